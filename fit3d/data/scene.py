@@ -1,0 +1,156 @@
+"""The data model: a ``View`` is one posed image, a ``Scene`` a named set of views.
+
+Conventions: images are float32 RGB in [0, 1], shape [H, W, 3] (numpy); ``K`` is 3x3 pixel
+intrinsics with pixel centres at +0.5 (OpenCV); ``c2w`` is a 4x4 camera-to-world rigid transform in
+OpenCV camera axes (x right, y down, z forward); depth is metric (metres), 0 where invalid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fit3d.errors import SceneError
+
+
+def check_pose(c2w: np.ndarray, source: str = "pose", atol: float = 1e-3) -> np.ndarray:
+    """Return ``c2w`` as float64 [4, 4]; raise ``SceneError`` naming ``source`` if not a rigid transform."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    if c2w.shape != (4, 4):
+        raise SceneError(f"{source}: pose must be 4x4, got shape {c2w.shape}")
+    if not np.isfinite(c2w).all():
+        raise SceneError(f"{source}: pose contains NaN or inf")
+    R = c2w[:3, :3]
+    if not np.allclose(R @ R.T, np.eye(3), atol=atol) or abs(np.linalg.det(R) - 1.0) > atol:
+        raise SceneError(f"{source}: pose rotation is not orthonormal with det +1 (not a rigid transform)")
+    if not np.allclose(c2w[3], [0, 0, 0, 1], atol=1e-6):
+        raise SceneError(f"{source}: pose last row must be [0, 0, 0, 1], got {c2w[3].tolist()}")
+    return c2w
+
+
+def check_intrinsics(K: np.ndarray, source: str = "intrinsics") -> np.ndarray:
+    """Return ``K`` as float64 [3, 3]; raise ``SceneError`` if malformed."""
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3):
+        raise SceneError(f"{source}: intrinsics must be 3x3, got shape {K.shape}")
+    if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
+        raise SceneError(f"{source}: intrinsics must be finite with positive focal lengths, got {K.tolist()}")
+    return K
+
+
+@dataclass
+class View:
+    """One posed image.
+
+    image  [H, W, 3] float32 in [0, 1]
+    K      [3, 3] float64 pixel intrinsics
+    c2w    [4, 4] float64 camera-to-world (OpenCV axes)
+    depth  [H, W] float32 metres, 0 = invalid (optional)
+    labels [H, W] int64 semantic class ids, -1 / ignore = 255 by dataset convention (optional)
+    mask   [H, W] bool, True = valid pixel (optional)
+    """
+
+    image: np.ndarray
+    K: np.ndarray
+    c2w: np.ndarray
+    name: str = ""
+    depth: np.ndarray | None = None
+    labels: np.ndarray | None = None
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        src = self.name or "view"
+        img = np.asarray(self.image)
+        if img.ndim != 3 or img.shape[2] != 3:
+            raise SceneError(f"{src}: image must be [H, W, 3], got shape {img.shape}")
+        if img.dtype == np.uint8:
+            img = img.astype(np.float32) / 255.0
+        self.image = img.astype(np.float32, copy=False)
+        if not np.isfinite(self.image).all():
+            raise SceneError(f"{src}: image contains NaN or inf")
+        self.K = check_intrinsics(self.K, src)
+        self.c2w = check_pose(self.c2w, src)
+        for attr in ("depth", "labels", "mask"):
+            a = getattr(self, attr)
+            if a is not None and tuple(a.shape[:2]) != self.image.shape[:2]:
+                raise SceneError(f"{src}: {attr} size {tuple(a.shape[:2])} does not match image size "
+                                 f"{self.image.shape[:2]}")
+        if self.depth is not None:
+            d = np.asarray(self.depth, dtype=np.float32)
+            if not np.isfinite(d).all():
+                raise SceneError(f"{src}: depth contains NaN or inf")
+            self.depth = d
+
+    @property
+    def height(self) -> int:
+        return self.image.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.image.shape[1]
+
+    @property
+    def w2c(self) -> np.ndarray:
+        """[4, 4] world-to-camera (the rasterizer's ``viewmat``)."""
+        return np.linalg.inv(self.c2w)
+
+    def resized(self, width: int, height: int) -> "View":
+        """This view at ``width`` x ``height``: image area-/bilinear-resampled, K rescaled consistently
+        (pixel centres at +0.5), depth / labels / mask resampled with nearest neighbour."""
+        if (width, height) == (self.width, self.height):
+            return self
+        sx, sy = width / self.width, height / self.height
+        K = self.K.copy()
+        K[0, 0] *= sx
+        K[0, 2] *= sx
+        K[1, 1] *= sy
+        K[1, 2] *= sy
+        interp = cv2.INTER_AREA if sx < 1 and sy < 1 else cv2.INTER_LINEAR
+        image = cv2.resize(self.image, (width, height), interpolation=interp)
+
+        def nearest(a):
+            if a is None:
+                return None
+            dt = a.dtype
+            a = a.astype(np.uint8) if dt == bool else a
+            out = cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST)
+            return out.astype(dt)
+
+        return replace(self, image=np.clip(image, 0, 1), K=K, depth=nearest(self.depth),
+                       labels=nearest(self.labels), mask=nearest(self.mask))
+
+
+@dataclass
+class Scene:
+    """A named set of views, with optional initial 3D points.
+
+    points        [P, 3] float32 world coordinates (e.g. COLMAP points3D) or None
+    points_rgb    [P, 3] float32 in [0, 1] or None
+    """
+
+    name: str
+    views: list[View]
+    points: np.ndarray | None = None
+    points_rgb: np.ndarray | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.views) == 0:
+            raise SceneError(f"{self.source or self.name}: scene has no views")
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    def resized(self, width: int, height: int) -> "Scene":
+        return replace(self, views=[v.resized(width, height) for v in self.views])
+
+    def subset(self, indices) -> "Scene":
+        return replace(self, views=[self.views[i] for i in indices])
+
+    def select(self, predicate) -> "Scene":
+        """Views whose name satisfies ``predicate(name)``."""
+        return replace(self, views=[v for v in self.views if predicate(v.name)])

@@ -1,0 +1,46 @@
+"""The scene-specific decoder: rendered low-dim features f -> backbone width D."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class FeatureDecoder(nn.Module):
+    """FiT3D's decoder: one ``Conv2d(f -> D, 3x3, padding 1, no bias)``.
+
+    forward: [B, f, H, W] -> [B, D, H, W]
+    """
+
+    def __init__(self, in_dim: int = 64, out_dim: int = 384, kernel_size: int = 3, bias: bool = False):
+        super().__init__()
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, padding=kernel_size // 2, bias=bias)
+
+    def forward(self, f: Tensor) -> Tensor:
+        return self.conv(f)
+
+    def save(self, path) -> None:
+        """``decoder.safetensors`` (with in/out dims in the metadata), written atomically."""
+        from safetensors.torch import save_file
+
+        from fit3d.io import atomic_path
+
+        with atomic_path(path) as tmp:
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp),
+                      metadata={"in_dim": str(self.in_dim), "out_dim": str(self.out_dim),
+                                "kernel_size": str(self.conv.kernel_size[0]),
+                                "bias": str(self.conv.bias is not None)})
+
+    @classmethod
+    def load(cls, path, map_location: str | torch.device = "cpu") -> "FeatureDecoder":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device=str(map_location)) as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        w = state["conv.weight"]
+        dec = cls(int(meta.get("in_dim", w.shape[1])), int(meta.get("out_dim", w.shape[0])),
+                  int(meta.get("kernel_size", w.shape[-1])), meta.get("bias", "False") == "True")
+        dec.load_state_dict(state)
+        return dec
