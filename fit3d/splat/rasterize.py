@@ -1,0 +1,76 @@
+"""Differentiable Gaussian rasterizer: public API and backend dispatch.
+
+``rasterize`` follows gsplat 1.5 ``rasterization(..., sh_degree=None, render_mode="RGB+ED",
+rasterize_mode="classic", packed=False)`` for one camera. Backends:
+
+* ``"torch"``: :mod:`fit3d.splat.projection` + :mod:`fit3d.splat.raster_torch` (any device);
+* ``"gsplat"``: gsplat's CUDA kernels (:mod:`fit3d.splat.raster_gsplat`);
+* ``"reference"``: the slow float64 yardstick (:mod:`fit3d.splat.reference`);
+* ``"auto"``: gsplat on CUDA when it imports, torch otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "torch", "gsplat", "reference")
+
+
+@functools.lru_cache(maxsize=1)
+def gsplat_available() -> bool:
+    """True when gsplat imports and CUDA is present (kernels build on first use)."""
+    if not torch.cuda.is_available():
+        return False
+    try:
+        import gsplat  # noqa: F401
+    except Exception:  # gsplat missing or its extension failed to load
+        return False
+    return True
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"rasterize: unknown backend {backend!r}, expected one of {BACKENDS}")
+    if backend == "auto":
+        return "gsplat" if device.type == "cuda" and gsplat_available() else "torch"
+    return backend
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+              viewmat: Tensor, K: Tensor, width: int, height: int, *, backend: str = "auto",
+              near_plane: float = 0.01, eps2d: float = 0.3):
+    """Render N Gaussians carrying C channels from one pinhole camera.
+
+    means [N, 3], quats [N, 4] (w, x, y, z; normalised inside), scales [N, 3] and opacities [N]
+    (activated), colors [N, C], viewmat [4, 4] world-to-camera (OpenCV axes), K [3, 3].
+    Returns image [H, W, C], depth [H, W] (expected depth, 0 where nothing was hit),
+    alpha [H, W] (accumulated opacity). Differentiable w.r.t. means, quats, scales, opacities, colors.
+    """
+    width, height = int(width), int(height)
+    backend = resolve_backend(backend, means.device)
+    if backend == "reference":
+        from fit3d.splat.reference import rasterize_reference
+
+        image, depth, alpha = rasterize_reference(means, quats, scales, opacities, colors, viewmat, K,
+                                                  width, height, near_plane=near_plane, eps2d=eps2d)
+        return image.to(colors.dtype), depth.to(colors.dtype), alpha.to(colors.dtype)
+    if backend == "gsplat":
+        from fit3d.splat.raster_gsplat import rasterize_gsplat
+
+        return rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
+                                near_plane=near_plane, eps2d=eps2d)
+
+    from fit3d.splat.projection import project
+    from fit3d.splat.raster_torch import build_tile_lists, composite
+
+    dt = means.dtype
+    viewmat, K = viewmat.detach().to(device=means.device, dtype=dt), K.detach().to(device=means.device, dtype=dt)
+    p = project(means, quats, scales, opacities, viewmat, K, width, height, near_plane=near_plane, eps2d=eps2d)
+    lists = build_tile_lists(p.means2d, p.radii, p.depths, width, height)
+    feats = torch.cat([colors[p.ids].to(dt), p.depths[:, None]], -1)    # [M, C + 1]: colour + depth
+    out, alpha = composite(p.means2d, p.conics, p.opacities, feats, lists, width, height)
+    depth = out[..., -1] / alpha.clamp_min(1e-10)
+    return out[..., :-1], depth, alpha
