@@ -75,14 +75,28 @@ class View:
         self.c2w = check_pose(self.c2w, src)
         for attr in ("depth", "labels", "mask"):
             a = getattr(self, attr)
-            if a is not None and tuple(a.shape[:2]) != self.image.shape[:2]:
-                raise SceneError(f"{src}: {attr} size {tuple(a.shape[:2])} does not match image size "
+            if a is None:
+                continue
+            a = np.asarray(a)
+            if a.ndim != 2:
+                raise SceneError(f"{src}: {attr} must be [H, W], got shape {a.shape}")
+            if a.shape != self.image.shape[:2]:
+                raise SceneError(f"{src}: {attr} size {tuple(a.shape)} does not match image size "
                                  f"{self.image.shape[:2]}")
+            setattr(self, attr, a)
         if self.depth is not None:
             d = np.asarray(self.depth, dtype=np.float32)
             if not np.isfinite(d).all():
                 raise SceneError(f"{src}: depth contains NaN or inf")
+            if (d < 0).any():
+                raise SceneError(f"{src}: depth contains negative values (0 marks invalid pixels)")
             self.depth = d
+        if self.labels is not None:
+            if not np.issubdtype(self.labels.dtype, np.integer):
+                raise SceneError(f"{src}: labels must be integer class ids, got dtype {self.labels.dtype}")
+            self.labels = self.labels.astype(np.int64, copy=False)
+        if self.mask is not None:
+            self.mask = self.mask.astype(bool, copy=False)
 
     @property
     def height(self) -> int:
@@ -100,27 +114,36 @@ class View:
     def resized(self, width: int, height: int) -> "View":
         """This view at ``width`` x ``height``: image area-/bilinear-resampled, K rescaled consistently
         (pixel centres at +0.5), depth / labels / mask resampled with nearest neighbour."""
+        width, height = int(width), int(height)
+        if width <= 0 or height <= 0:
+            raise SceneError(f"{self.name or 'view'}: cannot resize to {width}x{height}")
         if (width, height) == (self.width, self.height):
             return self
         sx, sy = width / self.width, height / self.height
         K = self.K.copy()
-        K[0, 0] *= sx
-        K[0, 2] *= sx
-        K[1, 1] *= sy
-        K[1, 2] *= sy
+        K[0, :] *= sx  # fx, skew, cx: with centres at +0.5, u' = sx * u maps the image edges exactly
+        K[1, :] *= sy
         interp = cv2.INTER_AREA if sx < 1 and sy < 1 else cv2.INTER_LINEAR
-        image = cv2.resize(self.image, (width, height), interpolation=interp)
+        image = np.clip(cv2.resize(self.image, (width, height), interpolation=interp), 0, 1)
+        return replace(self, image=image, K=K, depth=resize_nearest(self.depth, width, height),
+                       labels=resize_nearest(self.labels, width, height),
+                       mask=resize_nearest(self.mask, width, height))
 
-        def nearest(a):
-            if a is None:
-                return None
-            dt = a.dtype
-            a = a.astype(np.uint8) if dt == bool else a
-            out = cv2.resize(a, (width, height), interpolation=cv2.INTER_NEAREST)
-            return out.astype(dt)
 
-        return replace(self, image=np.clip(image, 0, 1), K=K, depth=nearest(self.depth),
-                       labels=nearest(self.labels), mask=nearest(self.mask))
+def resize_nearest(a: np.ndarray | None, width: int, height: int) -> np.ndarray | None:
+    """Nearest-neighbour resize of [H, W] ``a`` (any dtype) to [height, width], pixel centre to pixel centre.
+
+    Hand-written with numpy indexing: cv2.INTER_NEAREST samples at ``floor(i * scale)`` (a half-pixel
+    shift) and cv2.resize does not take int64 / bool arrays.
+    """
+    if a is None:
+        return None
+    h, w = a.shape[:2]
+    if (w, h) == (width, height):
+        return a
+    rows = np.minimum(((np.arange(height) + 0.5) * (h / height)).astype(np.int64), h - 1)  # [height]
+    cols = np.minimum(((np.arange(width) + 0.5) * (w / width)).astype(np.int64), w - 1)  # [width]
+    return a[rows[:, None], cols[None, :]]
 
 
 @dataclass

@@ -1,0 +1,160 @@
+"""Helpers shared by the scene readers: file loading with errors that name the file, view selection,
+resizing on load."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fit3d.data.scene import View, resize_nearest
+from fit3d.errors import SceneError
+
+Names = Iterable[str] | Callable[[str], bool] | None
+
+
+def frame_number(name: str) -> int:
+    """The frame index in a view name: the last run of digits ("frame-000123" -> 123, "123" -> 123,
+    "DSC01752" -> 1752, "seq-01/frame-000010" -> 10)."""
+    digits = re.findall(r"\d+", Path(str(name)).name)
+    if not digits:
+        raise SceneError(f"view name {name!r} holds no frame number")
+    return int(digits[-1])
+
+
+class NameFilter:
+    """Selects view names before their files are read: ``names`` is None (all), a predicate, or an
+    iterable of names (each must exist, checked by ``check_found``)."""
+
+    def __init__(self, names: Names):
+        self.predicate = names if callable(names) else None
+        self.wanted = None if names is None or callable(names) else {str(n) for n in names}
+
+    def __call__(self, name: str) -> bool:
+        if self.predicate is not None:
+            return bool(self.predicate(name))
+        return self.wanted is None or name in self.wanted
+
+    def check_found(self, found: Iterable[str], source: Path) -> None:
+        if self.wanted is None:
+            return
+        missing = sorted(self.wanted - set(found))
+        if missing:
+            more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise SceneError(f"{source}: requested views not found: {', '.join(missing[:5])}{more}")
+
+
+def check_resolution(resolution) -> tuple[int, int] | None:
+    """``None`` or a validated ``(W, H)`` of positive ints."""
+    if resolution is None:
+        return None
+    try:
+        w, h = (int(x) for x in resolution)
+    except (TypeError, ValueError):
+        raise SceneError(f"resolution must be (W, H), got {resolution!r}") from None
+    if w <= 0 or h <= 0:
+        raise SceneError(f"resolution must be positive, got {resolution!r}")
+    return w, h
+
+
+def require_file(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise SceneError(f"{path}: {what} is missing")
+    return path
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of an image file; ``SceneError`` naming the file if missing or unreadable."""
+    require_file(path, "image")
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise SceneError(f"{path}: image is unreadable (not a valid image file)")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_single_channel(path: Path, what: str) -> np.ndarray:
+    """[H, W] array of a single-channel image (PNG uint8 / uint16) or a ``.npy`` file, dtype kept."""
+    require_file(path, what)
+    if path.suffix.lower() == ".npy":
+        try:
+            a = np.load(path)
+        except Exception as e:  # numpy raises several types for a corrupt file
+            raise SceneError(f"{path}: {what} is unreadable ({e})") from None
+    else:
+        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if a is None:
+            raise SceneError(f"{path}: {what} is unreadable (not a valid image file)")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise SceneError(f"{path}: {what} must be single-channel, got shape {a.shape}")
+    return a
+
+
+def read_depth(path: Path, scale: float = 1e-3) -> np.ndarray:
+    """[H, W] float32 metres. Integer images (uint16 PNG) are multiplied by ``scale`` (mm -> m by
+    default); float ``.npy`` files are taken as metres. Non-finite, negative and 65535 (Kinect
+    "no reading") values become 0 = invalid."""
+    a = read_single_channel(path, "depth")
+    if np.issubdtype(a.dtype, np.integer):
+        invalid = a == np.iinfo(a.dtype).max if a.dtype == np.uint16 else np.zeros(a.shape, bool)
+        d = a.astype(np.float32) * np.float32(scale)
+        d[invalid] = 0
+    else:
+        d = a.astype(np.float32)
+        d[~np.isfinite(d) | (d < 0)] = 0
+    return d
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """[H, W] int64 semantic class ids from a single-channel uint8 / uint16 PNG."""
+    a = read_single_channel(path, "labels")
+    if not np.issubdtype(a.dtype, np.integer):
+        raise SceneError(f"{path}: labels must be integer class ids, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def read_mask(path: Path) -> np.ndarray:
+    """[H, W] bool, True = valid, from an image where 0 marks pixels to ignore."""
+    require_file(path, "mask")
+    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if a is None:
+        raise SceneError(f"{path}: mask is unreadable (not a valid image file)")
+    if a.ndim == 3:
+        a = a[..., 0]
+    return a > 0
+
+
+def read_matrix(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
+    """A whitespace-separated text matrix of ``shape`` as float64 (``inf`` / ``nan`` parse)."""
+    require_file(path, what)
+    try:
+        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise SceneError(f"{path}: {what} is unreadable ({e})") from None
+    if m.shape != shape:
+        raise SceneError(f"{path}: {what} must be {shape[0]}x{shape[1]}, got shape {m.shape}")
+    return m
+
+
+def fit_to(a: np.ndarray, width: int, height: int, what: str, source: Path, tol: float = 0.01) -> np.ndarray:
+    """``a`` [h, w] resized (nearest) to [height, width] when both cover the same field of view (aspect
+    ratios within ``tol``); a ``SceneError`` naming ``source`` otherwise."""
+    h, w = a.shape[:2]
+    if (w, h) == (width, height):
+        return a
+    if abs((w / h) / (width / height) - 1) > tol:
+        raise SceneError(f"{source}: {what} size {w}x{h} does not match image size {width}x{height}")
+    return resize_nearest(a, width, height)
+
+
+def make_view(image, K, c2w, name: str, resolution: tuple[int, int] | None, source: Path, **extra) -> View:
+    """A validated ``View`` (``source`` named in errors), resized to ``resolution`` if given."""
+    try:
+        view = View(image=image, K=K, c2w=c2w, name=name, **extra)
+    except SceneError as e:
+        raise SceneError(f"{source}: {e}") from None
+    return view.resized(*resolution) if resolution is not None else view
