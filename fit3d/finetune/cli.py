@@ -1,0 +1,53 @@
+"""``fit3d finetune --scenes DIR [DIR ...] --backbone dinov2_small --out OUT``: Stage 2.
+
+Runs single-process, or under ``torchrun --nproc_per_node N -m fit3d finetune ...`` with
+DistributedDataParallel. Rerunning the same command resumes from OUT/checkpoint.pt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from fit3d.config import add_arguments as add_config_arguments
+from fit3d.config import from_args
+from fit3d.finetune.config import FinetuneConfig
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scenes", nargs="+", required=True, metavar="DIR",
+                        help="lifted scene folders (outputs of `fit3d lift`)")
+    parser.add_argument("--backbone", default="dinov2_small", help="registered backbone name (see `fit3d backbones`)")
+    parser.add_argument("--model-path", default=None,
+                        help="local folder or hub id of the backbone's weights (default: the registry's / $FIT3D_MODEL_PATH)")
+    parser.add_argument("--out", required=True, help="output folder: model/ (save_pretrained) + fit3d.json")
+    add_config_arguments(parser, FinetuneConfig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fit3d.finetune.trainer import dist_info, finetune
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = from_args(FinetuneConfig, args)
+    m = finetune(args.scenes, args.backbone, args.out, cfg, model_path=args.model_path)
+    if dist_info().is_main:
+        _print_summary(m, args.out)
+    return 0
+
+
+def _print_summary(m: dict, out) -> None:
+    mem = m.get("memory", {})
+    loss = m.get("metrics", {}).get("loss", {})
+    print(f"fine-tuned {m['backbone']} for {m['steps']} steps on {m.get('num_train_views')} views "
+          f"({m.get('world_size', 1)} process(es)) -> {out}")
+    if mem:
+        print(f"  scenes in CPU memory: {mem['num_gaussians']:,} Gaussians x {mem['bytes_per_gaussian']:.0f} B "
+              f"= {mem['gaussian_bytes'] / 2**20:.1f} MiB")
+    if loss.get("steps"):
+        print(f"  loss: first {loss['first']:.4f} -> last {loss['last']:.4f} (min {loss['min']:.4f})")
+    held = m.get("metrics", {}).get("heldout")
+    if held and held.get("num_tokens"):
+        o, f = held["original"], held["finetuned"]
+        print(f"  held-out views ({held['num_views']}), distance to rendered 3D-aware features: "
+              f"L1 original {o['l1']:.4f} / fine-tuned {f['l1']:.4f}; "
+              f"cosine original {o['cosine_distance']:.4f} / fine-tuned {f['cosine_distance']:.4f}")

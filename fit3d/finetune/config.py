@@ -1,0 +1,40 @@
+"""Stage 2 configuration (defaults as FiT3D: AdamW 1e-5, wd 1e-4, batch 2, clip 0.1, 1 epoch, seed 42)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FinetuneConfig:
+    lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
+    batch_size: int = field(default=2, metadata={"help": "images per step (per process under torchrun)"})
+    grad_clip: float = field(default=0.1, metadata={"help": "clip the global gradient norm to this (0 = off)"})
+    epochs: int = field(default=1, metadata={"help": "passes over all training views of all scenes"})
+    max_steps: int | None = field(default=None, metadata={
+        "help": "stop after this many optimiser steps (default: the whole epochs)"})
+    seed: int = field(default=42, metadata={"help": "seed for the view order, flips and initialisation"})
+    freeze_blocks: int = field(default=0, metadata={
+        "help": "freeze the patch embedding and the first k transformer blocks (0 = whole backbone trained)"})
+    resolution: list[int] | None = field(default=None, metadata={
+        "help": "W H of the rendered view and backbone input, rounded down to a patch multiple "
+                "(default: each scene's lift resolution, rounded down)"})
+    alpha_threshold: float = field(default=0.5, metadata={
+        "help": "tokens whose rendered opacity (bilinearly downsampled to the patch grid) is below this "
+                "are masked out of the loss"})
+    flip_prob: float = field(default=0.5, metadata={"help": "probability of a horizontal flip of image+target+mask"})
+    workers: int = field(default=1, metadata={
+        "help": "DataLoader workers rendering the next batches while the backbone trains (0 = render inline)"})
+    worker_threads: int = field(default=1, metadata={"help": "torch threads inside each render worker"})
+    prefetch: int = field(default=2, metadata={"help": "batches each worker renders ahead"})
+    checkpoint_every: int = field(default=200, metadata={
+        "help": "write a resumable checkpoint every this many steps (0 = only at the end)"})
+    log_every: int = field(default=10, metadata={"help": "log the running loss every this many steps"})
+    device: str | None = field(default=None, metadata={
+        "help": "cpu / cuda / cuda:N (default: cuda when available; under torchrun cuda:LOCAL_RANK)"})
+    amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never on CPU)"})
+    evaluate: bool = field(default=True, metadata={
+        "help": "after training, measure original vs fine-tuned features against the rendered targets on "
+                "held-out views"})
+    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar (rank 0)"})
