@@ -1,1 +1,20 @@
-"""fit3d.models"""
+"""fit3d.models: registry of named 2D backbones behind one interface.
+
+    from fit3d.models import load_backbone
+    bb = load_backbone("dinov2_small", model_path=None, device="cpu")  # or FIT3D_MODEL_PATH / hub id
+    x = bb.prepare(images)                 # [B, 3, H, W] in [0, 1] -> sides multiples of bb.patch_size
+    patch, cls = bb.features(x)            # [B, D, h, w], [B, D]; no grad, batched, bf16 on CUDA
+    patch, cls = bb.tokens(x)              # same with autograd (fine-tuning)
+    per_layer = bb.features(x, layers=[8, 9, 10, 11])   # list[Tokens], each after the final norm
+
+Families and what each does differently: ``fit3d.models.families``.
+"""
+
+from fit3d.models.backbone import Backbone, Tokens
+from fit3d.models.concat import ConcatFeatures
+from fit3d.models.families import FAMILIES, Family, register_family
+from fit3d.models.loading import MODEL_PATH_ENV, load_backbone
+from fit3d.models.registry import BACKBONES, BackboneSpec, get_spec, list_backbones, register_backbone
+
+__all__ = ["BACKBONES", "Backbone", "BackboneSpec", "ConcatFeatures", "FAMILIES", "Family", "MODEL_PATH_ENV",
+           "Tokens", "get_spec", "list_backbones", "load_backbone", "register_backbone", "register_family"]
