@@ -56,6 +56,7 @@ def blob_image(cam_from_img, w: int, h: int, center_xy, sigma: float) -> np.ndar
     """
     u, v = np.meshgrid(np.arange(w) + 0.5, np.arange(h) + 0.5)
     xy = np.asarray(cam_from_img(np.stack([u.ravel(), v.ravel()], 1)), dtype=np.float64)
+    assert np.isfinite(xy).all(), "distortion too strong to invert over the whole image"
     d2 = ((xy - np.asarray(center_xy)) ** 2).sum(1).reshape(h, w)
     g = np.exp(-d2 / (2 * sigma ** 2))
     return np.repeat((g * 255).round().astype(np.uint8)[..., None], 3, axis=2)

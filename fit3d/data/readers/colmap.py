@@ -147,7 +147,7 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
 
     points = rgb = None
     if rec.num_points3D() > 0:
-        pts = list(rec.points3D.values())
+        pts = [rec.points3D[i] for i in sorted(rec.point3D_ids())]  # by id: deterministic order
         points = np.array([p.xyz for p in pts], dtype=np.float32)  # [P, 3]
         rgb = np.array([p.color for p in pts], dtype=np.float32) / 255.0  # [P, 3]
     return Scene(name=path.resolve().name, views=views, points=points, points_rgb=rgb, source=str(model_dir),
