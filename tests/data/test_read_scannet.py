@@ -53,6 +53,8 @@ def test_numeric_frame_order_and_jpg(tmp_path):
     s = read_scene(tmp_path, names=lambda n: int(n) in (20, 100, 110), load_depth=False)
     assert [v.name for v in s.views] == ["20", "100", "110"]
     assert s.views[0].depth is None and s.views[0].labels is None and "classes" not in s.meta
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": ["floor", "wall"]}))  # as fit3d generate writes
+    assert read_scene(tmp_path, names=["0"]).meta["classes"] == ["floor", "wall"]
 
 
 def test_colour_resized_to_depth_grid(tmp_path):

@@ -22,7 +22,9 @@ Labels are resampled (nearest) to the grid. Without ``depth/`` the grid is the c
 
 A pose file holding -inf (ScanNet's "tracking lost") skips its frame with one warning for all such
 frames; any other non-finite or non-rigid pose is a ``SceneError`` naming the file.
-``classes.json`` is stored as read, except that a dict with integer-like keys gets int keys.
+``classes.json`` (a list of names indexed by label id, ``{id: name}``, or either wrapped as
+``{"classes": ...}`` as ``fit3d generate`` writes it) goes to ``meta["classes"]`` unwrapped, a dict with
+integer-like keys getting int keys.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ def _read_classes(path: Path):
         classes = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SceneError(f"{path}: not valid JSON ({e})") from None
+    if isinstance(classes, dict) and set(classes) == {"classes"}:  # {"classes": [...]} (fit3d generate)
+        classes = classes["classes"]
     if isinstance(classes, dict) and all(str(k).lstrip("-").isdigit() for k in classes):
         classes = {int(k): v for k, v in classes.items()}
     return classes
