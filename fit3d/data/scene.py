@@ -8,7 +8,6 @@ OpenCV camera axes (x right, y down, z forward); depth is metric (metres), 0 whe
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import cv2
 import numpy as np
