@@ -7,7 +7,7 @@ Return type of :meth:`Backbone.tokens` / :meth:`Backbone.features`:
 - ``layers=[i, ...]`` -> ``list[Tokens]``, one per requested block in the given order. ``i`` indexes the
   transformer blocks (0 = output of the first block; negative counts from the end, -1 = last). Every entry
   goes through the model's final LayerNorm (DINOv2 "linear4" style), so ``layers=[-1]`` gives
-  ``[backbone.features(x)]``.
+  ``[backbone.features(x)]``. ``concat_layers(list)`` joins them along D into one ``Tokens`` (linear4 input).
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ class Tokens(NamedTuple):
 
     patch: torch.Tensor
     cls: torch.Tensor
+
+
+def concat_layers(layers: Sequence[Tokens]) -> Tokens:
+    """Join per-layer ``Tokens`` along the channels (DINOv2 linear4 style): patch [B, sum D, h, w], cls [B, sum D]."""
+    return Tokens(torch.cat([t.patch for t in layers], dim=1), torch.cat([t.cls for t in layers], dim=1))
 
 
 def round_to_multiple(n: float, multiple: int) -> int:
@@ -165,7 +170,8 @@ class Backbone(nn.Module):
     def features(self, images: torch.Tensor, layers: Sequence[int] | None = None,
                  batch_size: int = 16) -> Tokens | list[Tokens]:
         """:meth:`tokens` without autograd: ``torch.inference_mode``, eval mode, ``batch_size`` images at a time,
-        bf16 autocast on CUDA. Outputs are float32 on the backbone's device; images may live elsewhere."""
+        bf16 autocast on CUDA. Outputs are ordinary (non-inference) float32 tensors on the backbone's device;
+        images may live elsewhere (e.g. a large batch on the CPU)."""
         images = to_float_images(images)
         was_training = self.training
         self.eval()
@@ -176,6 +182,8 @@ class Backbone(nn.Module):
                     chunks.append(self.tokens(images[start:start + batch_size], layers))
         finally:
             self.train(was_training)
+        # concatenated outside inference_mode: the results are ordinary tensors, usable as targets in a loss
+        # that autograd records (inference tensors cannot be saved for backward)
         return _cat_chunks(chunks, layers is None)
 
     def train(self, mode: bool = True):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import transformers
 
-from fit3d.models import ConcatFeatures, Tokens, load_backbone
+from fit3d.models import ConcatFeatures, Tokens, concat_layers, load_backbone
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2)
 
@@ -109,6 +109,9 @@ def test_intermediate_layers_tokens_grad_and_save_roundtrip(tiny, family, tmp_pa
     assert isinstance(layers, list) and all(isinstance(t, Tokens) for t in layers)
     torch.testing.assert_close(layers[1].patch, bb.features(x).patch)
     assert layers[0].patch.shape == (2, 32, 2, 4)
+    joined = concat_layers(layers)
+    assert joined.patch.shape == (2, 64, 2, 4) and joined.cls.shape == (2, 64)
+    torch.testing.assert_close(joined.cls[:, 32:], layers[1].cls)
     # intermediate blocks go through the final LayerNorm: per-token stats follow its affine parameters
     norm = getattr(bb.model, bb._family.norm_attr)
     manual = (layers[0].patch.permute(0, 2, 3, 1) - norm.bias) / norm.weight
