@@ -1,0 +1,163 @@
+"""Linear depth probe as DINOv2's "linear" depth head (BNHead without BN, bins + linear classify).
+
+Per location: patch token concatenated with the image's [CLS] token -> x4 bilinear upsample -> 1x1 conv
+to ``n_bins`` logits -> ReLU + 0.1, normalised over bins -> depth = sum(p_k * bin_k), bins uniform on
+[min_depth, max_depth]; the depth map is bilinearly resized to the label resolution.
+Loss: SigLoss (lambda 0.15) + 0.5 x multi-scale gradient loss on log depth. AdamW 1e-4, wd 0.01, cosine
+with linear warmup. Metrics on valid pixels (0 < gt within [min_depth, max_depth], inside the Eigen /
+Garg crop when set), averaged over images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fit3d.probe.train import train_head
+
+DEPTH_METRICS = ("rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "delta1", "delta2", "delta3")
+
+
+class LinearDepthHead(nn.Module):
+    """patch [B, D, h, w] + cls [B, Dc] -> depth [B, 1, H, W] metres."""
+
+    def __init__(self, patch_dim: int, cls_dim: int, n_bins: int = 256, min_depth: float = 1e-3,
+                 max_depth: float = 10.0, upsample: int = 4, use_cls: bool = True):
+        super().__init__()
+        self.use_cls, self.upsample = use_cls, upsample
+        self.conv = nn.Conv2d(patch_dim + (cls_dim if use_cls else 0), n_bins, kernel_size=1)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        nn.init.zeros_(self.conv.bias)
+        self.register_buffer("bins", torch.linspace(min_depth, max_depth, n_bins))
+
+    def forward(self, patch: torch.Tensor, cls: torch.Tensor | None, out_size: tuple[int, int]) -> torch.Tensor:
+        x = patch
+        if self.use_cls:
+            x = torch.cat([patch, cls[:, :, None, None].expand(-1, -1, *patch.shape[-2:])], 1)
+        # DINOv2 upsamples the tokens x4 and then applies the 1x1 conv; both are linear per location and
+        # bilinear weights sum to 1, so conv-then-upsample is identical and 16x cheaper (D >> bins/16).
+        logits = self.conv(x)
+        if self.upsample != 1:
+            logits = F.interpolate(logits, scale_factor=self.upsample, mode="bilinear", align_corners=False)
+        prob = torch.relu(logits) + 0.1
+        prob = prob / prob.sum(1, keepdim=True)
+        depth = (prob * self.bins[None, :, None, None]).sum(1, keepdim=True)  # [B, 1, 4h, 4w]
+        return F.interpolate(depth, size=out_size, mode="bilinear", align_corners=False)
+
+
+def sig_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lam: float = 0.15, eps: float = 1e-3) -> torch.Tensor:
+    """Scale-invariant log loss (DINOv2 / depth toolbox): sqrt(var(g) + lam * mean(g)^2), g = log ratio."""
+    g = torch.log(pred[valid] + eps) - torch.log(gt[valid] + eps)
+    if g.numel() < 2:
+        return pred.sum() * 0.0
+    return torch.sqrt(torch.var(g) + lam * g.mean() ** 2)
+
+
+def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, scales: int = 4, eps: float = 1e-3) -> torch.Tensor:
+    """Multi-scale gradient matching of the log-depth difference (depth toolbox ``GradientLoss``).
+
+    pred, gt [B, 1, H, W], valid [B, 1, H, W] bool. At scale s (stride 2s, s=0 full) it sums
+    |d(x) - d(x+2)| along rows and columns over pairs of valid pixels, divided by the valid count.
+    """
+    total = pred.new_zeros(())
+    for s in range(scales):
+        step = 1 if s == 0 else 2 * s
+        p, g, m = pred[..., ::step, ::step], gt[..., ::step, ::step], valid[..., ::step, ::step].float()
+        d = (torch.log(p + eps) - torch.log(g + eps)) * m
+        n = m.sum().clamp(min=1)
+        v = (d[..., :-2, :] - d[..., 2:, :]).abs() * m[..., :-2, :] * m[..., 2:, :]
+        h = (d[..., :, :-2] - d[..., :, 2:]).abs() * m[..., :, :-2] * m[..., :, 2:]
+        total = total + (v.sum() + h.sum()) / n
+    return total
+
+
+def valid_mask(gt: torch.Tensor, min_depth: float, max_depth: float, crop: str | None = None) -> torch.Tensor:
+    """Pixels that count: gt in (min_depth, max_depth], inside the Eigen (NYU) / Garg (KITTI) crop."""
+    m = (gt > min_depth) & (gt <= max_depth)
+    if crop:
+        H, W = gt.shape[-2:]
+        c = torch.zeros_like(m)
+        if crop == "eigen":  # rows 45:471, cols 41:601 of 640x480, scaled to this resolution
+            c[..., round(45 * H / 480):round(471 * H / 480), round(41 * W / 640):round(601 * W / 640)] = True
+        elif crop == "garg":
+            c[..., int(0.40810811 * H):int(0.99189189 * H), int(0.03594771 * W):int(0.96405229 * W)] = True
+        else:
+            raise ValueError(f"unknown crop {crop!r}")
+        m &= c
+    return m
+
+
+def depth_metrics_image(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> dict | None:
+    """Metrics of one image on its valid pixels (pred already clamped to the depth range)."""
+    p, g = pred[valid].double(), gt[valid].double()
+    if g.numel() == 0:
+        return None
+    ratio = torch.maximum(p / g, g / p)
+    return {"rmse": float(torch.sqrt(((p - g) ** 2).mean())), "abs_rel": float(((p - g).abs() / g).mean()),
+            "sq_rel": float(((p - g) ** 2 / g).mean()), "log10": float((torch.log10(p) - torch.log10(g)).abs().mean()),
+            "rmse_log": float(torch.sqrt(((torch.log(p) - torch.log(g)) ** 2).mean())),
+            "delta1": float((ratio < 1.25).double().mean()), "delta2": float((ratio < 1.25 ** 2).double().mean()),
+            "delta3": float((ratio < 1.25 ** 3).double().mean())}
+
+
+def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_depth: float,
+                  crop: str | None = None) -> dict:
+    """Mean over images of the per-image metrics. pred, gt [N, H, W] (or [N, 1, H, W]) metres."""
+    pred = pred.reshape(-1, *gt.shape[-2:]).clamp(min_depth, max_depth)
+    gt = gt.reshape(-1, *gt.shape[-2:])
+    per = [m for i in range(len(gt)) if (m := depth_metrics_image(pred[i], gt[i], valid_mask(gt[i], min_depth, max_depth, crop)))]
+    if not per:
+        return {k: float("nan") for k in DEPTH_METRICS}
+    return {k: sum(m[k] for m in per) / len(per) for k in DEPTH_METRICS}
+
+
+@dataclass
+class DepthSettings:
+    iterations: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup: int = 666  # 12800 / 38400 of the iterations, as the protocol
+    seed: int = 0
+    n_bins: int = 256
+    min_depth: float = 1e-3
+    max_depth: float = 10.0
+    grad_weight: float = 0.5
+    use_cls: bool = True
+
+
+def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: DepthSettings) -> tuple[LinearDepthHead, dict]:
+    """Fit a head on cached features. patch [N, D, h, w], cls [N, Dc], depth [N, H, W] metres (0 invalid)."""
+    torch.manual_seed(s.seed)
+    head = LinearDepthHead(patch.shape[1], cls.shape[1], s.n_bins, s.min_depth, s.max_depth, use_cls=s.use_cls).to(patch.device)
+    out_size = tuple(depth.shape[-2:])
+
+    def step(idx):
+        gt = depth[idx][:, None].float()
+        pred = head(patch[idx], cls[idx], out_size)
+        valid = valid_mask(gt, s.min_depth, s.max_depth)
+        return sig_loss(pred, gt, valid) + s.grad_weight * gradient_loss(pred, gt, valid)
+
+    log = train_head(head, len(patch), step, iterations=s.iterations, batch_size=s.batch_size, lr=s.lr,
+                     weight_decay=s.weight_decay, schedule="cosine", warmup=s.warmup, seed=s.seed, desc="depth probe")
+    return head, log
+
+
+@torch.no_grad()
+def predict_depth(head: LinearDepthHead, patch: torch.Tensor, cls: torch.Tensor, out_size: tuple[int, int],
+                  batch_size: int = 16) -> torch.Tensor:
+    """Depth [N, H, W] metres."""
+    head.eval()
+    return torch.cat([head(patch[i:i + batch_size], cls[i:i + batch_size], out_size)[:, 0]
+                      for i in range(0, len(patch), batch_size)])
+
+
+def mean_depth_baseline(train_depth: torch.Tensor, test_depth: torch.Tensor, min_depth: float, max_depth: float,
+                        crop: str | None = None) -> dict:
+    """Metrics of predicting the training set's mean valid depth everywhere."""
+    v = valid_mask(train_depth, min_depth, max_depth)
+    mean = float(train_depth[v].mean())
+    return depth_metrics(torch.full_like(test_depth, mean), test_depth, min_depth, max_depth, crop)

@@ -1,0 +1,160 @@
+"""Feature sources for probes (original / fine-tuned / concat) and an on-disk feature cache.
+
+A *feature source* is a backbone (a registered name + optional local weights, or a fit3d fine-tuned
+folder) plus a *kind*:
+
+- ``original``  : the frozen pretrained model,
+- ``finetuned`` : the Stage 2 model alone (needs ``finetuned_dir``),
+- ``concat``    : FiT3D's default, original and fine-tuned patch tokens concatenated along D, [CLS]
+  from the original (``fit3d.models.ConcatFeatures``).
+
+Every resolved source has ``.features(images [B,3,H,W] in [0,1], layers=None) -> (patch [B,D,h,w],
+cls [B,D])``. Probes train only a head on frozen features, so with augmentation off the features of an
+image set are computed once (``extract_features``) and cached to disk (``FeatureCache``) keyed by the
+source, the image set and the resolution; the head then trains on the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fit3d.errors import Fit3DError, ModelNotFoundError
+from fit3d.io import torch_save
+
+KINDS = ("original", "finetuned", "concat")
+
+
+@dataclass(frozen=True)
+class FeatureSource:
+    """Which frozen features a probe reads."""
+
+    kind: str = "original"
+    backbone: str = "dinov2_small"
+    model_path: str | None = None
+    finetuned_dir: str | None = None
+    layers: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise Fit3DError(f"unknown feature kind {self.kind!r}; choose from {', '.join(KINDS)}")
+        if self.kind in ("finetuned", "concat") and not self.finetuned_dir:
+            raise Fit3DError(f"features '{self.kind}' need a fine-tuned folder (--finetuned DIR)")
+
+    @property
+    def label(self) -> str:
+        """Short name for tables: ``original`` / ``finetuned`` / ``concat`` (+ layers)."""
+        return self.kind + (f"[{','.join(map(str, self.layers))}]" if self.layers else "")
+
+    def key(self) -> str:
+        """Stable identity for the cache (paths resolved, weights' mtime included)."""
+        d = asdict(self)
+        for k in ("model_path", "finetuned_dir"):
+            if d[k]:
+                p = Path(d[k]).expanduser().resolve()
+                d[k] = str(p)
+                d[k + "_mtime"] = _tree_mtime(p)
+        return json.dumps(d, sort_keys=True, default=list)
+
+
+def _tree_mtime(p: Path) -> float:
+    """Latest mtime among weight files under ``p`` (so re-trained weights invalidate the cache)."""
+    if not p.exists():
+        return 0.0
+    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt",
+                                                                           ".pth", ".json")]
+    return max((f.stat().st_mtime for f in files), default=p.stat().st_mtime)
+
+
+def resolve_source(source: FeatureSource, device: str = "cpu"):
+    """Load the model(s) behind ``source``; returns an object with ``.features`` / ``.patch_size``."""
+    if source.finetuned_dir:
+        try:
+            from fit3d.finetune.assembled import load_finetuned
+        except ImportError as e:  # Stage 2 not built in this version
+            raise ModelNotFoundError(f"cannot load fine-tuned folder {source.finetuned_dir}: {e}") from e
+        if not Path(source.finetuned_dir).is_dir():
+            raise ModelNotFoundError(f"fine-tuned folder not found: {source.finetuned_dir}")
+        original, finetuned = load_finetuned(source.finetuned_dir, device=device)
+        if source.kind == "original":
+            return original
+        if source.kind == "finetuned":
+            return finetuned
+        from fit3d.models import ConcatFeatures
+
+        return ConcatFeatures(original, finetuned)
+    from fit3d.models import load_backbone
+
+    return load_backbone(source.backbone, model_path=source.model_path, device=device)
+
+
+def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
+                     layers: Sequence[int] | None = None, desc: str = "features",
+                     device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model.features`` over ``images`` (each [H, W, 3] float 0-1, all the same size).
+
+    Returns (patch [N, D, h, w] float32 cpu, cls [N, Dc] float32 cpu).
+    """
+    patches, clss = [], []
+    kw = {"layers": list(layers)} if layers else {}
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size):
+        batch = torch.from_numpy(np.stack(images[i:i + batch_size])).permute(0, 3, 1, 2).contiguous()
+        with torch.inference_mode():
+            p, c = model.features(batch.to(device), **kw)
+        patches.append(p.float().cpu())
+        clss.append(c.float().cpu())
+    return torch.cat(patches), torch.cat(clss)
+
+
+@dataclass
+class CachedFeatures:
+    """Features of one image set: patch [N, D, h, w], cls [N, Dc], the image names and patch size."""
+
+    patch: torch.Tensor
+    cls: torch.Tensor
+    names: list[str]
+    patch_size: int
+    seconds: float = 0.0  # time it took to compute them (0 when loaded from the cache)
+    from_cache: bool = False
+    meta: dict = field(default_factory=dict)
+
+
+class FeatureCache:
+    """Features on disk under ``root/<sha1>.pt`` keyed by source + image set + resolution.
+
+    ``root=None`` disables caching (features are computed every time).
+    """
+
+    def __init__(self, root: str | Path | None):
+        self.root = Path(root) if root else None
+
+    @staticmethod
+    def key(source: FeatureSource, image_set: str, names: Sequence[str], resolution: tuple[int, int]) -> str:
+        blob = json.dumps({"source": source.key(), "set": image_set, "names": list(names),
+                           "resolution": list(resolution), "version": 1}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()
+
+    def get(self, source: FeatureSource, image_set: str, names: Sequence[str], resolution: tuple[int, int],
+            compute: Callable[[], CachedFeatures]) -> CachedFeatures:
+        """Load the cached features, or ``compute()`` and store them."""
+        if self.root is None:
+            return compute()
+        path = self.root / f"{self.key(source, image_set, names, resolution)}.pt"
+        if path.exists():
+            d = torch.load(path, map_location="cpu", weights_only=True)
+            if list(d["names"]) == list(names):
+                return CachedFeatures(d["patch"].float(), d["cls"].float(), list(d["names"]),
+                                      int(d["patch_size"]), 0.0, True, {"path": str(path)})
+        out = compute()
+        torch_save({"patch": out.patch, "cls": out.cls, "names": list(out.names),
+                    "patch_size": out.patch_size, "source": source.key(), "set": image_set,
+                    "resolution": list(resolution)}, path)
+        out.meta["path"] = str(path)
+        return out

@@ -1,0 +1,93 @@
+"""Linear semantic segmentation probe: BatchNorm + 1x1 conv on frozen patch tokens (mmseg's BNHead).
+
+Logits are bilinearly upsampled to the label resolution; cross-entropy ignores ``ignore_index``;
+mIoU / mAcc come from a confusion matrix (classes absent from both prediction and labels are skipped,
+as mmseg's nan-mean does). Optimiser as DINOv2 / FiT3D: AdamW lr 1e-3, wd 1e-4, poly with linear warmup.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fit3d.probe.train import train_head
+
+
+class LinearSegHead(nn.Module):
+    """BN + 1x1 conv: patch [B, D, h, w] -> logits [B, C, H, W] (bilinear to ``out_size``)."""
+
+    def __init__(self, in_dim: int, num_classes: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(in_dim)
+        self.conv = nn.Conv2d(in_dim, num_classes, kernel_size=1)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        nn.init.zeros_(self.conv.bias)
+
+    def forward(self, patch: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+        logits = self.conv(self.bn(patch))  # [B, C, h, w]
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+
+
+@dataclass
+class SegSettings:
+    iterations: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 75  # 1500 / 40000 of the iterations, as the protocol
+    seed: int = 0
+    ignore_index: int = 255
+
+
+def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:
+    """Fit a head on cached features. patch [N, D, h, w], labels [N, H, W] int (ignore_index allowed)."""
+    torch.manual_seed(s.seed)
+    head = LinearSegHead(patch.shape[1], num_classes).to(patch.device)
+    out_size = tuple(labels.shape[-2:])
+
+    def step(idx):
+        logits = head(patch[idx], out_size)
+        return F.cross_entropy(logits, labels[idx].long(), ignore_index=s.ignore_index)
+
+    log = train_head(head, len(patch), step, iterations=s.iterations, batch_size=s.batch_size, lr=s.lr,
+                     weight_decay=s.weight_decay, schedule="poly", warmup=s.warmup, seed=s.seed, desc="seg probe")
+    return head, log
+
+
+@torch.no_grad()
+def predict_seg(head: LinearSegHead, patch: torch.Tensor, out_size: tuple[int, int], batch_size: int = 16) -> torch.Tensor:
+    """Class ids [N, H, W] (int64)."""
+    head.eval()
+    return torch.cat([head(patch[i:i + batch_size], out_size).argmax(1) for i in range(0, len(patch), batch_size)])
+
+
+def confusion_matrix(pred: torch.Tensor, gt: torch.Tensor, num_classes: int, ignore_index: int = 255) -> torch.Tensor:
+    """[C, C] int64 counts, rows = ground truth, columns = prediction; ignored pixels are left out."""
+    gt = gt.reshape(-1).long()
+    pred = pred.reshape(-1).long()
+    keep = (gt != ignore_index) & (gt >= 0) & (gt < num_classes)
+    idx = gt[keep] * num_classes + pred[keep].clamp(0, num_classes - 1)
+    return torch.bincount(idx, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def seg_metrics(conf: torch.Tensor) -> dict:
+    """miou, macc (class-mean, nan-skipping), aacc (pixel accuracy) and per-class IoU, from a confusion matrix."""
+    conf = conf.double()
+    tp = conf.diag()
+    gt_area = conf.sum(1)
+    union = gt_area + conf.sum(0) - tp
+    iou = tp / union  # nan where a class is in neither prediction nor labels
+    acc = tp / gt_area  # nan where a class has no labelled pixels
+    return {"miou": float(torch.nanmean(iou)), "macc": float(torch.nanmean(acc)),
+            "aacc": float(tp.sum() / conf.sum().clamp(min=1)), "iou_per_class": [float(x) for x in iou]}
+
+
+def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
+                      ignore_index: int = 255) -> dict:
+    """Metrics of predicting the training set's most frequent class everywhere."""
+    lab = train_labels[(train_labels != ignore_index) & (train_labels >= 0)].long()
+    major = int(torch.bincount(lab, minlength=num_classes).argmax())
+    return seg_metrics(confusion_matrix(torch.full_like(test_labels, major), test_labels, num_classes, ignore_index))
