@@ -13,7 +13,8 @@ class FinetuneConfig:
     grad_clip: float = field(default=0.1, metadata={"help": "clip the global gradient norm to this (0 = off)"})
     epochs: int = field(default=1, metadata={"help": "passes over all training views of all scenes"})
     max_steps: int | None = field(default=None, metadata={
-        "help": "stop after this many optimiser steps (default: the whole epochs)"})
+        "help": "train exactly this many optimiser steps, over as many epochs as that takes "
+                "(default: --epochs passes over the views)"})
     seed: int = field(default=42, metadata={"help": "seed for the view order, flips and initialisation"})
     freeze_blocks: int = field(default=0, metadata={
         "help": "freeze the patch embedding and the first k transformer blocks (0 = whole backbone trained)"})

@@ -196,6 +196,15 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def ranks_in_sync(model: nn.Module, device) -> bool:
+    """All ranks hold the same weights (compares a float64 checksum of every parameter; collective)."""
+    vec = torch.stack([torch.stack([p.detach().double().sum(), p.detach().double().square().sum()])
+                       for p in model.parameters()]).flatten().to(device)
+    gathered = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, vec)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 # ----------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def evaluate_against_targets(views: RenderedViews, backbones: dict, device, batch_size: int = 2,
@@ -269,9 +278,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
     sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
 
     manifest_path = out / MANIFEST_FILE
     if manifest_path.exists() and (out / MODEL_DIR).exists():
@@ -352,7 +359,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             if stat[1] > 0 or not torch.isfinite(stat[0]):
                 where = ", ".join(views.describe(int(i)) for i in batch["index"])
                 here = "" if torch.isfinite(loss) else f" on {where}"
-                raise NonFiniteError(f"non-finite training loss ({float(loss)}) at step {step + 1}{here}"
+                raise NonFiniteError(f"non-finite training loss ({float(loss.detach())}) at step {step + 1}{here}"
                                      + ("" if here else " on another rank"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -382,10 +389,13 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             epoch, consumed = epoch + 1, 0
     bar.close()
     train_s = time.perf_counter() - t_start
+    in_sync = None
     if di.active:
-        dist.barrier()
+        in_sync = ranks_in_sync(bb.model, device)
+        if not in_sync:
+            log.warning("rank %d: weights differ across ranks after training", di.rank)
     if not di.is_main:
-        return {"rank": di.rank, "steps": step, "seen": seen}
+        return {"rank": di.rank, "steps": step, "seen": seen, "ranks_in_sync": in_sync}
 
     # ---- outputs (rank 0)
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
@@ -414,6 +424,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
         "steps": step,
         "epochs_completed": epoch,
         "world_size": di.world_size,
+        "ranks_in_sync": in_sync,
         "device": str(device),
         "frozen_tensors": n_frozen,
         "memory": mem.as_dict(),

@@ -1,0 +1,43 @@
+"""Fixtures for Stage 2: a tiny random DINOv2 (saved with save_pretrained) and a lifted scene built by
+back-projecting a few real 7-Scenes frames (features = the tiny model's own, projected to f dims)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+RESOLUTION = (64, 48)  # W, H: an 8 x 6 grid of 8-px patches
+TRAIN = [f"frame-{i:06d}" for i in range(0, 48, 6)]  # 8 views (frames 0-398 are the lift/fine-tune range)
+HELDOUT = [f"frame-{i:06d}" for i in (4, 16, 28)]
+
+
+def make_tiny_dinov2(path, seed: int = 0):
+    """A 2-block, 32-wide DINOv2 with 8-px patches, saved with save_pretrained."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(seed)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=8,
+                       image_size=64)
+    Dinov2Model(cfg).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    return make_tiny_dinov2(tmp_path_factory.mktemp("tiny_dinov2"))
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tiny_model_dir):
+    from fit3d.models import load_backbone
+
+    return load_backbone("dinov2_small", model_path=str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def lifted_dir(tmp_path_factory, sevenscenes_path, tiny_backbone, tiny_model_dir):
+    from fit3d.finetune.backprojected import backprojected_lift
+
+    return backprojected_lift(sevenscenes_path, tiny_backbone, tmp_path_factory.mktemp("lifted") / "redkitchen",
+                              train_views=TRAIN, heldout_views=HELDOUT, resolution=RESOLUTION, feature_dim=8,
+                              stride=4, footprint=1.0, model_path=str(tiny_model_dir))

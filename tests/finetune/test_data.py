@@ -1,0 +1,75 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.testing import assert_close
+
+from fit3d.errors import SceneError
+from fit3d.finetune.data import (RenderedViews, ResumableSampler, decode_to_grid, load_scenes, scene_memory,
+                                 training_resolution)
+from fit3d.splat.decoder import FeatureDecoder
+
+
+@pytest.mark.parametrize("size", [(6, 8), (5, 7), (48, 64)])
+def test_decode_to_grid_equals_decode_then_bilinear_resize(size):
+    torch.manual_seed(0)
+    dec = FeatureDecoder(8, 32)
+    f = torch.randn(2, 8, 48, 64)
+    expected = F.interpolate(dec(f), size=size, mode="bilinear", align_corners=False)
+    assert_close(decode_to_grid(dec, f, size), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_flip_commutes_with_patch_multiple_resize():
+    # Why flipping target and mask on the grid equals flipping before the resize.
+    x = torch.randn(1, 4, 48, 64)
+    down = lambda t: F.interpolate(t, size=(6, 8), mode="bilinear", align_corners=False)  # noqa: E731
+    assert_close(down(x.flip(-1)), down(x).flip(-1))
+
+
+def test_training_resolution_rounds_down_to_patches():
+    assert training_resolution((640, 480), 14) == (630, 476)
+    assert training_resolution((640, 480), 14, [224, 170]) == (224, 168)
+    with pytest.raises(SceneError):
+        training_resolution((10, 10), 14)
+
+
+def test_items_shapes_flip_and_memory(lifted_dir):
+    scenes = load_scenes([lifted_dir], embed_dim=32)
+    mem = scene_memory(scenes)
+    # means 3 + quats 4 + scales 3 + opacity 1 + SH dc 3 + f 8 floats
+    assert mem.bytes_per_gaussian == 4 * (3 + 4 + 3 + 1 + 3 + 8)
+    assert mem.gaussian_bytes == mem.num_gaussians * mem.bytes_per_gaussian > 0
+    plain = RenderedViews(scenes, 8, flip_prob=0.0)
+    flipped = RenderedViews(scenes, 8, flip_prob=1.0)
+    assert len(plain) == 8
+    a, b = plain[3], flipped[3]
+    assert a["image"].shape == (3, 48, 64) and a["target"].shape == (32, 6, 8) and a["mask"].shape == (6, 8)
+    assert a["mask"].dtype == torch.bool and a["mask"].float().mean() > 0.5
+    assert not a["flip"] and b["flip"]
+    assert_close(b["image"], a["image"].flip(-1))
+    assert_close(b["target"], a["target"].flip(-1))
+    assert torch.equal(b["mask"], a["mask"].flip(-1))
+    # Flips are a function of (seed, epoch, index): the same key gives the same sample.
+    half = RenderedViews(scenes, 8, flip_prob=0.5)
+    assert [half[(i, 1)]["flip"] for i in range(4)] == [half[(i, 1)]["flip"] for i in range(4)]
+
+
+def test_decoder_width_mismatch_names_the_scene(lifted_dir):
+    with pytest.raises(SceneError, match="redkitchen"):
+        load_scenes([lifted_dir], embed_dim=384, backbone="dinov2_small")
+
+
+def test_sampler_resumes_mid_epoch_and_shards_disjointly():
+    data = list(range(11))
+    s0 = ResumableSampler(data, num_replicas=2, rank=0, seed=3)
+    s1 = ResumableSampler(data, num_replicas=2, rank=1, seed=3)
+    for s in (s0, s1):
+        s.set_epoch(2)
+    full0, full1 = list(s0), list(s1)
+    assert all(e == 2 for _, e in full0)
+    idx0, idx1 = [i for i, _ in full0], [i for i, _ in full1]
+    assert set(idx0) | set(idx1) == set(data) and len(idx0) == len(idx1) == 6  # padded like DistributedSampler
+    s0.set_start(4)
+    assert list(s0) == full0[4:] and len(s0) == 2
+    s0.set_start(0)
+    s0.set_epoch(3)
+    assert [i for i, _ in s0] != idx0  # reshuffled per epoch
