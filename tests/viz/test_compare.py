@@ -1,0 +1,103 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from fit3d.cli import main
+from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene
+from fit3d.viz.compare import compare_figure, model_input_size
+from fit3d.viz.images import read_image, save_png
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """These forward passes are tiny; with 2 threads on 2 cores shared with other jobs, OpenMP's spinning
+    made them ~40x slower (4.5 s vs 0.11 s per pass when the load average was 8)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def backbones(dinov2_path):
+    from fit3d.models import load_backbone
+
+    original = load_backbone("dinov2_small", model_path=dinov2_path)
+    finetuned = load_backbone("dinov2_small", model_path=dinov2_path)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a stand-in for fine-tuning: slightly perturbed weights
+        for p in finetuned.parameters():
+            p.add_(0.05 * p.std() * torch.randn(p.shape, generator=g))
+    return original, finetuned
+
+
+@pytest.fixture(scope="module")
+def photo():
+    """A 'user photo' of an odd size (not a patch multiple, portrait)."""
+    img = generate_scene(SyntheticSceneConfig(seed=3, num_views=1, width=150, height=203)).views[0].image
+    return (img * 255).astype(np.uint8)
+
+
+def test_model_input_size_keeps_aspect_on_patch_multiples():
+    assert model_input_size(480, 640, 14, 448) == (448, 602)
+    h, w = model_input_size(3000, 200, 14, 448, max_side=1344)  # a tall strip: long side capped
+    assert h == 1344 and w % 14 == 0 and w >= 14
+
+
+def test_compare_figure_panels_and_size(backbones, photo):
+    original, finetuned = backbones
+    fig = compare_figure(photo, original, finetuned, short_side=112, panel_height=None)
+    H, W = model_input_size(203, 150, 14, 112)  # (154, 112)
+    assert fig.dtype == np.uint8 and fig.ndim == 3
+    title_bar = fig.shape[0] - H - 12
+    assert 10 < title_bar < 40
+    assert fig.shape[1] == 3 * W + 4 * 6
+    image_panel = fig[6 + title_bar:6 + title_bar + H, 6:6 + W]
+    pca_o = fig[6 + title_bar:6 + title_bar + H, 12 + W:12 + 2 * W]
+    pca_f = fig[6 + title_bar:6 + title_bar + H, 18 + 2 * W:18 + 3 * W]
+    assert abs(image_panel.astype(float).mean() - photo.astype(float).mean()) < 10
+    # crisp patches: each 14x14 block of a PCA panel has one colour
+    assert (pca_o[:14, :14] == pca_o[0, 0]).all()
+    # the two maps are coloured with one basis: slightly perturbed weights give close, not equal, colours
+    diff = np.abs(pca_o.astype(int) - pca_f.astype(int)).mean()
+    assert 0 < diff < 40
+
+
+def test_same_model_gives_identical_pca_panels(backbones, photo):
+    original, _ = backbones
+    fig = compare_figure(photo, original, original, short_side=56, panel_height=None)
+    H, W = model_input_size(203, 150, 14, 56)
+    top = fig.shape[0] - 6 - H
+    np.testing.assert_array_equal(fig[top:top + H, 12 + W:12 + 2 * W], fig[top:top + H, 18 + 2 * W:18 + 3 * W])
+
+
+def test_depth_probe_panels(backbones, photo):
+    from fit3d.probe.depth import LinearDepthHead
+
+    original, finetuned = backbones
+    torch.manual_seed(0)
+    probes = {"original": LinearDepthHead(384, 384, n_bins=16, max_depth=5.0),
+              "concat": LinearDepthHead(768, 384, n_bins=16, max_depth=5.0)}
+    base = compare_figure(photo, original, finetuned, short_side=56, panel_height=100)
+    fig = compare_figure(photo, original, finetuned, probes, short_side=56, panel_height=100)
+    assert fig.shape[0] == base.shape[0]
+    assert fig.shape[1] > base.shape[1] + 2 * 70  # two more panels and a colour bar
+
+
+def test_compare_cli_on_a_finetuned_folder(backbones, photo, dinov2_path, tmp_path):
+    _, finetuned = backbones
+    ft_dir = tmp_path / "ft"
+    finetuned.model.save_pretrained(ft_dir / "model")
+    (ft_dir / "fit3d.json").write_text(json.dumps({"backbone": "dinov2_small",
+                                                   "original_model_path": str(dinov2_path)}))
+    save_png(tmp_path / "imgs" / "photo.png", photo)
+    save_png(tmp_path / "imgs" / "small.png", photo[:60, :90])
+    out = tmp_path / "out"
+    assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
+                 "--short-side", "56", "--panel-height", "120"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "small.png"]
+    fig = read_image(out / "photo.png")
+    assert fig.shape[0] > 120 and fig.shape[1] > 3 * 80
+    assert main(["compare", str(tmp_path / "missing.png"), "--finetuned", str(ft_dir), "--out", str(out)]) == 1
