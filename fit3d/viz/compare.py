@@ -47,6 +47,17 @@ def _depth_of(probe: DepthProbe, patch: torch.Tensor, cls: torch.Tensor, size: t
     return d.reshape(d.shape[0], *d.shape[-2:])[0].numpy()
 
 
+def feature_pca_figure(image, feature_maps: Mapping[str, torch.Tensor], panel_height: int | None = 320) -> np.ndarray:
+    """image | PCA of each map, all maps coloured with one PCA basis (e.g. rendered vs real features
+    during lifting: ``{"real": f [D, h, w], "rendered": g [D, h', w']}``). Maps are shown at the image size
+    (nearest, so patches stay crisp). Returns uint8 [H, W, 3]."""
+    img = to_uint8(image)
+    H, W = img.shape[:2]
+    rgbs = pca_rgb([f.detach().float().cpu() for f in feature_maps.values()])
+    panels = [img] + [upsample(c, H, W) for c in rgbs]
+    return hstack(panels, ["image", *feature_maps.keys()], height=panel_height or H)
+
+
 def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthProbe] | None = None, *,
                    short_side: int = 448, max_side: int = 1344, panel_height: int | None = 320,
                    names: tuple[str, str] = ("original", "fine-tuned")) -> np.ndarray:
