@@ -493,8 +493,8 @@ def render_view(layout: RoomLayout, c2w: np.ndarray, width: int, height: int, sh
                             stop_at_first=True)
         ndotl[rows[t_occ < 1.0 - 1e-3]] = 0.0
     falloff = 1.0 / (1.0 + 0.04 * dist ** 2)
-    sky = 0.5 + 0.5 * normal[:, 2]  # soft light from above
-    shade = 0.3 + 0.1 * sky + 0.9 * ndotl * falloff
+    sky = 0.5 + 0.5 * normal[:, 2]  # soft light from above, and light bounced off the floor from below
+    shade = 0.3 + 0.1 * sky + 0.2 * (1 - sky) ** 2 + 0.9 * ndotl * falloff
     rgb = np.clip(albedo * shade[:, None], 0, 1) ** (1 / 1.15)
     depth = t  # directions have camera z = 1, so t is z-depth
     return (rgb.reshape(height, width, 3).astype(np.float32), depth.reshape(height, width).astype(np.float32),
