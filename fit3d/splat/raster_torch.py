@@ -26,6 +26,7 @@ TILE = 16
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
 T_MIN = 1e-4
+_SIGMA_MAX = 40.0  # exp(-40) * opacity << 1/255: skipped anyway
 
 
 @dataclass
@@ -121,11 +122,13 @@ class _Blocks:
         dy = my - self.py[None, :, None]
         a, bb, c = (cn[..., i][:, None, :] for i in range(3))
         sigma = 0.5 * (a * dx * dx + c * dy * dy) + bb * dx * dy
-        G = torch.exp(-sigma)
+        # clamp before exp: exp(-sigma) of far pixels would be denormal, which is ~100x slower on CPU
+        G = torch.exp(-sigma.clamp(max=_SIGMA_MAX))
         raw = o[:, None, :] * G
         alpha = raw.clamp(max=ALPHA_MAX)
         keep = (sigma >= 0) & (alpha >= ALPHA_MIN)
         alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
+        G = torch.where(keep, G, torch.zeros_like(G))
         return alpha, dx, dy, G, keep & (raw <= ALPHA_MAX), o
 
 

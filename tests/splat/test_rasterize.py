@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fit3d.splat.rasterize import rasterize, resolve_backend
+from fit3d.splat.rasterize import numba_available, rasterize, resolve_backend
 
 F64 = torch.float64
+FAST = ["torch", pytest.param("numba", marks=pytest.mark.skipif(not numba_available(), reason="numba missing"))]
 
 
 def make_scene(n, width, height, *, opacity=(0.3, 1.0), scale=(0.05, 0.35), channels=5, seed=0,
@@ -41,9 +42,9 @@ def run(params, viewmat, K, width, height, backend, **kw):
     return (image.detach(), depth.detach(), alpha.detach()), grads
 
 
-def assert_matches_reference(params, viewmat, K, width, height, **kw):
+def assert_matches_reference(params, viewmat, K, width, height, backend="torch", **kw):
     out_r, grad_r = run(params, viewmat, K, width, height, "reference", **kw)
-    out_t, grad_t = run(params, viewmat, K, width, height, "torch", **kw)
+    out_t, grad_t = run(params, viewmat, K, width, height, backend, **kw)
     for name, a, b in zip(["image", "depth", "alpha", "d_means", "d_quats", "d_scales", "d_opacities", "d_colors"],
                           [*out_t, *grad_t], [*out_r, *grad_r]):
         scale = b.abs().max().clamp_min(1e-12)
@@ -52,30 +53,34 @@ def assert_matches_reference(params, viewmat, K, width, height, **kw):
 
 
 @pytest.mark.parametrize("seed", [0, 1])
-def test_matches_reference_multi_tile(seed):
+@pytest.mark.parametrize("backend", FAST)
+def test_matches_reference_multi_tile(seed, backend):
     params, V, K = make_scene(40, 45, 37, seed=seed)   # 3x3 tiles, partial edge tiles
-    (image, _, alpha), grads = assert_matches_reference(params, V, K, 45, 37)
+    (image, _, alpha), grads = assert_matches_reference(params, V, K, 45, 37, backend)
     assert alpha.max() > 0.5 and all(g.abs().sum() > 0 for g in grads)
 
 
-def test_matches_reference_with_early_termination():
+@pytest.mark.parametrize("backend", FAST)
+def test_matches_reference_with_early_termination(backend):
     # many opaque overlapping Gaussians: most pixels stop at transmittance <= 1e-4
     params, V, K = make_scene(60, 32, 32, opacity=(0.9, 1.0), scale=(0.4, 0.8), seed=3, depth=3.0)
-    (_, _, alpha), _ = assert_matches_reference(params, V, K, 32, 32)
+    (_, _, alpha), _ = assert_matches_reference(params, V, K, 32, 32, backend)
     assert (alpha > 1 - 1e-3).float().mean() > 0.5
 
 
-def test_matches_reference_low_opacity():
+@pytest.mark.parametrize("backend", FAST)
+def test_matches_reference_low_opacity(backend):
     params, V, K = make_scene(80, 33, 20, opacity=(0.01, 0.15), seed=4)
-    assert_matches_reference(params, V, K, 33, 20)
+    assert_matches_reference(params, V, K, 33, 20, backend)
 
 
-def test_gradcheck_float64():
+@pytest.mark.parametrize("backend", FAST)
+def test_gradcheck_float64(backend):
     params, V, K = make_scene(6, 12, 10, opacity=(0.3, 0.8), scale=(0.15, 0.4), channels=2, seed=5)
     params = [p.requires_grad_(True) for p in params]
 
     def f(*ps):
-        return rasterize(*ps, V, K, 12, 10, backend="torch")
+        return rasterize(*ps, V, K, 12, 10, backend=backend)
 
     assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-5, rtol=1e-4)
 
@@ -85,35 +90,39 @@ def _assert_finite(out, grads):
         assert torch.isfinite(t).all()
 
 
-def test_behind_camera_and_near_plane():
+@pytest.mark.parametrize("backend", FAST)
+def test_behind_camera_and_near_plane(backend):
     params, V, K = make_scene(30, 24, 20, seed=6, depth=0.5)   # ~half behind / at the camera
     params[0][:3, 2] = torch.tensor([0.0, 0.005, -1.0], dtype=F64)  # at, inside and behind the near plane
-    out, grads = assert_matches_reference(params, V, K, 24, 20)
+    out, grads = assert_matches_reference(params, V, K, 24, 20, backend)
     _assert_finite(out, grads)
     assert (grads[0][:3] == 0).all()  # culled Gaussians get exactly zero gradient
 
 
-def test_huge_gaussians_and_non_square():
+@pytest.mark.parametrize("backend", FAST)
+def test_huge_gaussians_and_non_square(backend):
     params, V, K = make_scene(8, 50, 18, scale=(3.0, 8.0), seed=7)
-    out, grads = assert_matches_reference(params, V, K, 50, 18)
+    out, grads = assert_matches_reference(params, V, K, 50, 18, backend)
     _assert_finite(out, grads)
     assert out[0].shape == (18, 50, 5) and out[1].shape == out[2].shape == (18, 50)
 
 
-def test_all_culled_is_empty_and_finite():
+@pytest.mark.parametrize("backend", FAST)
+def test_all_culled_is_empty_and_finite(backend):
     params, V, K = make_scene(10, 16, 16, seed=8)
     params[0][:, 2] = -2.0
-    out, grads = run(params, V, K, 16, 16, "torch")
+    out, grads = run(params, V, K, 16, 16, backend)
     _assert_finite(out, grads)
     assert all((t == 0).all() for t in out) and all((g == 0).all() for g in grads)
 
 
-def test_single_gaussian_centre_pixel():
+@pytest.mark.parametrize("backend", FAST)
+def test_single_gaussian_centre_pixel(backend):
     params, V, K = make_scene(1, 17, 17, seed=9)
     params[0][0] = torch.tensor([0.0, 0.0, 3.0], dtype=F64)
     params[3][0] = 0.8
     K[1, 2] = 8.5
-    out, grads = assert_matches_reference(params, V, K, 17, 17)
+    out, grads = assert_matches_reference(params, V, K, 17, 17, backend)
     _assert_finite(out, grads)
     image, depth, alpha = out
     torch.testing.assert_close(alpha[8, 8], torch.tensor(0.8, dtype=F64))   # sigma = 0 at the centre
@@ -121,15 +130,27 @@ def test_single_gaussian_centre_pixel():
     assert depth[alpha == 0].eq(0).all()
 
 
-def test_float32_close_to_float64():
+@pytest.mark.parametrize("backend", FAST)
+def test_float32_close_to_float64(backend):
     params, V, K = make_scene(200, 64, 48, seed=10, channels=35)
-    out64, _ = run(params, V, K, 64, 48, "torch")
-    out32, _ = run([p.float() for p in params], V.float(), K.float(), 64, 48, "torch")
+    out64, _ = run(params, V, K, 64, 48, backend)
+    out32, _ = run([p.float() for p in params], V.float(), K.float(), 64, 48, backend)
     for a, b in zip(out32, out64):
         torch.testing.assert_close(a.double(), b, rtol=1e-3, atol=1e-3)
 
 
 def test_backend_resolution():
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) == ("numba" if numba_available() else "torch")
     with pytest.raises(ValueError):
         resolve_backend("opengl", torch.device("cpu"))
+
+
+def test_float32_backends_agree():
+    """numba and torch composite the same float32 scene to float32 precision, gradients included."""
+    if not numba_available():
+        pytest.skip("numba missing")
+    params, V, K = make_scene(300, 48, 40, seed=11, channels=8, dtype=torch.float32)
+    out_t, g_t = run(params, V, K, 48, 40, "torch")
+    out_n, g_n = run(params, V, K, 48, 40, "numba")
+    for a, b in zip([*out_n, *g_n], [*out_t, *g_t]):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max().clamp_min(1)))

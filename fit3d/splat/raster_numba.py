@@ -1,0 +1,194 @@
+"""CPU compositing with numba: one thread per tile, one sequential loop per pixel.
+
+The same contract and tile lists as :mod:`fit3d.splat.raster_torch` (which it replaces on CPU
+when numba imports). Hand-written because a per-pixel loop evaluates a Gaussian only until the
+pixel saturates and touches channel data only for Gaussians that contribute, whereas the
+vectorised torch path computes every (pixel, list entry) pair of a block in several passes over
+memory; on 2 cores this loop is several times faster (see ``bench/rasterize.py``).
+
+Backward: per pixel, front to back again (recomputing alpha and transmittance); the colour behind
+a Gaussian is ``final . g - prefix``, as in the torch path. Gradients are written to one slot per
+(tile, Gaussian) intersection, so threads never share a slot, and summed per Gaussian in torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba as nb
+import numpy as np
+import torch
+from torch import Tensor
+
+from fit3d.splat.raster_torch import ALPHA_MAX, ALPHA_MIN, T_MIN, TILE, TileLists
+
+_SIGMA_MAX = 40.0  # beyond this alpha < 1/255 for any opacity; avoids denormal exp
+_FASTMATH = {"contract", "reassoc"}  # lets the channel dot products vectorise
+
+
+@nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last):
+    C = colors.shape[1]
+    for t in nb.prange(offsets.shape[0]):
+        start, cnt = offsets[t], counts[t]
+        x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        wbuf = np.empty(1, dtype=colors.dtype)
+        for py in range(y0, min(y0 + TILE, height)):
+            for px in range(x0, min(x0 + TILE, width)):
+                fx, fy = px + 0.5, py + 0.5
+                T = 1.0
+                k_end = cnt
+                for k in range(cnt):
+                    j = start + k
+                    dx, dy = packed[j, 0] - fx, packed[j, 1] - fy
+                    sig = 0.5 * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
+                    if sig < 0.0 or sig > packed[j, 6]:
+                        continue
+                    g = gids[j]
+                    alpha = min(ALPHA_MAX, packed[j, 5] * math.exp(-sig))
+                    if alpha < ALPHA_MIN:
+                        continue
+                    nT = T * (1.0 - alpha)
+                    if nT <= T_MIN:
+                        k_end = k
+                        break
+                    wbuf[0] = alpha * T
+                    w = wbuf[0]
+                    for c in range(C):
+                        out[py, px, c] += w * colors[g, c]
+                    T = nT
+                Tfin[py, px] = T
+                last[py, px] = k_end
+
+
+@nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
+def _backward_kernel(offsets, gids, packed, colors, tiles_x, width, height, out, Tfin, last, g_img, gA,
+                     v_m, v_con, v_op, v_col):
+    C = colors.shape[1]
+    for t in nb.prange(offsets.shape[0]):
+        start = offsets[t]
+        x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        wbuf = np.empty(1, dtype=colors.dtype)
+        for py in range(y0, min(y0 + TILE, height)):
+            for px in range(x0, min(x0 + TILE, width)):
+                k_end = last[py, px]
+                if k_end == 0:
+                    continue
+                fx, fy = px + 0.5, py + 0.5
+                total = 0.0
+                for c in range(C):
+                    total += out[py, px, c] * g_img[py, px, c]
+                tail = gA[py, px] * Tfin[py, px]
+                T = 1.0
+                prefix = 0.0
+                for k in range(k_end):
+                    j = start + k
+                    dx, dy = packed[j, 0] - fx, packed[j, 1] - fy
+                    ca, cb, cc = packed[j, 2], packed[j, 3], packed[j, 4]
+                    sig = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sig < 0.0 or sig > packed[j, 6]:
+                        continue
+                    g = gids[j]
+                    G = math.exp(-sig)
+                    raw = packed[j, 5] * G
+                    alpha = min(ALPHA_MAX, raw)
+                    if alpha < ALPHA_MIN:
+                        continue
+                    dot = 0.0
+                    for c in range(C):
+                        dot += colors[g, c] * g_img[py, px, c]
+                    w = alpha * T
+                    prefix += w * dot
+                    v_alpha = T * dot + (tail - (total - prefix)) / (1.0 - alpha)
+                    wbuf[0] = w
+                    wc = wbuf[0]
+                    for c in range(C):
+                        v_col[j, c] += wc * g_img[py, px, c]
+                    if raw <= ALPHA_MAX:
+                        v_op[j] += v_alpha * G
+                        vs = -v_alpha * raw
+                        v_m[j, 0] += vs * (ca * dx + cb * dy)
+                        v_m[j, 1] += vs * (cb * dx + cc * dy)
+                        v_con[j, 0] += 0.5 * vs * dx * dx
+                        v_con[j, 1] += vs * dx * dy
+                        v_con[j, 2] += 0.5 * vs * dy * dy
+                    T *= 1.0 - alpha
+
+
+def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
+    """Per-intersection [I, 7]: mean x, y, conic a, b, c, opacity, skip threshold on sigma.
+
+    alpha < 1/255 <=> sigma > log(255 opacity); the margin keeps the exact test (after exp) the
+    one that decides near the boundary, so results do not change, only most exp calls are saved.
+    """
+    o = opac.detach()
+    thr = torch.log(o.double() * 255.0).clamp(max=_SIGMA_MAX) + 1e-3
+    per_g = torch.cat([means2d.detach(), conics.detach(), o[:, None], thr[:, None].to(o.dtype)], 1)
+    return per_g[lists.gids].contiguous().numpy()
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().contiguous().numpy()
+
+
+def _set_threads():
+    nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
+
+
+def _forward(lists: TileLists, means2d, conics, opac, colors, width, height):
+    C = colors.shape[1]
+    out = np.zeros((height, width, C), dtype=_np(colors).dtype)
+    Tfin = np.ones((height, width), dtype=out.dtype)
+    last = np.zeros((height, width), dtype=np.int64)
+    if lists.gids.numel():
+        _set_threads()
+        _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opac),
+                        _np(colors), lists.tiles_x, width, height, out, Tfin, last)
+    return torch.from_numpy(out), torch.from_numpy(Tfin), torch.from_numpy(last)
+
+
+def _backward(lists: TileLists, means2d, conics, opac, colors, out, Tfin, last, g_img, gA):
+    M, C = colors.shape
+    dt = colors.dtype
+    I = lists.gids.shape[0]
+    v_m = torch.zeros(I, 2, dtype=dt)
+    v_con = torch.zeros(I, 3, dtype=dt)
+    v_op = torch.zeros(I, dtype=dt)
+    v_col = torch.zeros(I, C, dtype=dt)
+    if I:
+        _set_threads()
+        _backward_kernel(_np(lists.offsets), _np(lists.gids), _pack(lists, means2d, conics, opac), _np(colors),
+                         lists.tiles_x, out.shape[1], out.shape[0], _np(out), _np(Tfin), _np(last),
+                         _np(g_img.to(dt)), _np(gA.to(dt)), v_m.numpy(), v_con.numpy(), v_op.numpy(),
+                         v_col.numpy())
+    gids = lists.gids
+    return (torch.zeros(M, 2, dtype=dt).index_add_(0, gids, v_m),
+            torch.zeros(M, 3, dtype=dt).index_add_(0, gids, v_con),
+            torch.zeros(M, dtype=dt).index_add_(0, gids, v_op),
+            torch.zeros(M, C, dtype=dt).index_add_(0, gids, v_col))
+
+
+class _Composite(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, means2d, conics, opac, colors, lists, width, height):
+        out, Tfin, last = _forward(lists, means2d, conics, opac, colors, width, height)
+        ctx.save_for_backward(means2d, conics, opac, colors, out, Tfin, last)
+        ctx.lists = lists
+        return out, Tfin
+
+    @staticmethod
+    def backward(ctx, g_out, g_T):
+        means2d, conics, opac, colors, out, Tfin, last = ctx.saved_tensors
+        g_out = torch.zeros_like(out) if g_out is None else g_out
+        gA = torch.zeros_like(Tfin) if g_T is None else -g_T   # alpha = 1 - T_final
+        grads = _backward(ctx.lists, means2d, conics, opac, colors, out, Tfin, last, g_out, gA)
+        return (*grads, None, None, None)
+
+
+def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, lists: TileLists,
+              width: int, height: int):
+    """CPU tensors only. means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]
+    -> image [H, W, C], alpha [H, W]."""
+    dt = colors.dtype
+    out, Tfin = _Composite.apply(means2d.to(dt), conics.to(dt), opacities.to(dt), colors, lists, width, height)
+    return out, 1 - Tfin
