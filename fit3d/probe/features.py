@@ -106,8 +106,13 @@ def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
     kw = {"layers": list(layers)} if layers else {}
     for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size):
         batch = torch.from_numpy(np.stack(images[i:i + batch_size])).permute(0, 3, 1, 2).contiguous()
+        if hasattr(model, "prepare"):  # sides to patch multiples (a no-op at the default resolutions)
+            batch = model.prepare(batch)
         with torch.inference_mode():
-            p, c = model.features(batch.to(device), **kw)
+            out = model.features(batch.to(device), **kw)
+        if isinstance(out, list):  # one (patch, cls) per requested layer: DINOv2 "linear4" concatenation
+            out = (torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1))
+        p, c = out
         patches.append(p.float().cpu())
         clss.append(c.float().cpu())
     return torch.cat(patches), torch.cat(clss)

@@ -81,3 +81,19 @@ def test_matching_recall_perfect_for_consistent_features_and_low_for_random():
 
 def test_make_pairs_by_frame_gap():
     assert make_pairs([0, 2, 4, 10], [2, 10]) == [(0, 1, 2), (1, 2, 2), (0, 3, 10)]
+
+
+def test_gt_matches_on_real_7scenes_agree_in_colour(sevenscenes_path):
+    """Real frames 400 -> 410: projected matches land on the same surface (colour agrees, README: ~0.05)."""
+    from fit3d.data import read_scene
+
+    s = read_scene(sevenscenes_path, resolution=(160, 120), names=["frame-000400", "frame-000410"])
+    a, b = s.views
+    q = query_grid(120, 160, 4)
+    tgt, ok = gt_matches(a, b, q)
+    assert ok.mean() > 0.5
+    ca = a.image[q[ok, 1].astype(int), q[ok, 0].astype(int)]
+    cb = b.image[tgt[ok, 1].astype(int), tgt[ok, 0].astype(int)]
+    shuffled = np.random.default_rng(0).permutation(len(cb))
+    err, err_random = np.abs(ca - cb).mean(), np.abs(ca - cb[shuffled]).mean()
+    assert err < 0.1 and err < 0.5 * err_random

@@ -1,0 +1,72 @@
+"""``fit3d probe`` end to end on tiny 7-Scenes-layout fixtures with a stand-in backbone."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fit3d.cli import main
+from fit3d.probe import features
+from probe_testkit import PoolBackbone, write_7scenes
+
+
+@pytest.fixture
+def fake_backbone(monkeypatch):
+    loaded = []
+
+    def resolve(src, device="cpu"):
+        loaded.append(src.kind)
+        return PoolBackbone(seed={"original": 0, "finetuned": 1, "concat": 2}[src.kind])
+
+    monkeypatch.setattr(features, "resolve_source", resolve)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory):
+    return write_7scenes(tmp_path_factory.mktemp("kitchen"), list(range(0, 40, 2)) + list(range(400, 420, 2)),
+                         labels=True)
+
+
+def test_depth_two_sources_side_by_side_and_cache(scene, tmp_path, fake_backbone, capsys):
+    ft = tmp_path / "ft"  # stands for a fine-tuned folder (the stand-in backbone ignores it)
+    ft.mkdir()
+    (ft / "fit3d.json").write_text("{}")
+    argv = ["probe", "--task", "depth", "--data", str(scene), "--features", "original", "concat",
+            "--finetuned", str(ft), "--out", str(tmp_path / "out"), "--resolution", "32", "24",
+            "--iterations", "10", "--batch-size", "4", "--lr", "3e-3", "--figure", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "| original |" in out and "| concat |" in out and "baseline: train mean depth" in out
+    d = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert set(d["metrics"]) == {"original", "concat", "baseline: train mean depth"}
+    for k in ("rmse", "abs_rel", "delta1", "sq_rel", "log10", "rmse_log", "delta2", "delta3"):
+        assert np.isfinite(d["metrics"]["original"][k])
+    assert d["settings"]["n_train"] == 20 and d["settings"]["n_test"] == 10 and d["settings"]["seed"] == 0
+    assert (tmp_path / "out" / "figure.png").stat().st_size > 0 and (tmp_path / "out" / "probe.md").exists()
+    assert sorted(fake_backbone) == ["concat", "original"]
+    # second run: every feature set comes from the cache, no model is loaded
+    fake_backbone.clear()
+    assert main(argv) == 0
+    d2 = json.loads((tmp_path / "out" / "probe.json").read_text())
+    assert fake_backbone == [] and d2["timing"]["original"]["train_from_cache"]
+    assert d2["metrics"]["original"]["rmse"] == pytest.approx(d["metrics"]["original"]["rmse"])  # seeded
+
+
+def test_corr_and_seg(scene, tmp_path, fake_backbone):
+    assert main(["probe", "--task", "corr", "--data", str(scene), "--out", str(tmp_path / "c"),
+                 "--resolution", "32", "24", "--gaps", "2", "4", "--cache-dir", "none"]) == 0
+    d = json.loads((tmp_path / "c" / "probe.json").read_text())["metrics"]["original"]
+    assert {"recall@1", "recall@2", "recall@4", "by_gap", "by_rotation"} <= set(d)
+    assert d["recall@1"] <= d["recall@2"] <= d["recall@4"] and d["by_gap"]["gap 2"]["pairs"] == 9
+    assert main(["probe", "--task", "seg", "--data", str(scene), "--out", str(tmp_path / "s"),
+                 "--resolution", "32", "24", "--iterations", "10", "--batch-size", "4", "--figure", "1"]) == 0
+    m = json.loads((tmp_path / "s" / "probe.json").read_text())["metrics"]
+    assert {"miou", "macc"} <= set(m["original"]) and "baseline: majority class" in m
+
+
+def test_bad_input_is_a_plain_error(tmp_path, fake_backbone, capsys):
+    assert main(["probe", "--task", "depth", "--data", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 1
+    assert "not found" in capsys.readouterr().err
+    assert main(["probe", "--task", "depth", "--data", str(tmp_path), "--features", "concat"]) == 1
+    assert "--finetuned" in capsys.readouterr().err
