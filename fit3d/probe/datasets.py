@@ -341,20 +341,22 @@ def _clean_labels(v: View, num_classes: int) -> View:
     return v
 
 
-def read_scannet(root: Path, split: str, resolution, **kw) -> ProbeData:
-    """One ScanNet scene (frame split) or a folder of scenes (scannetv2_{train,val}.txt split)."""
+def read_scannet(root: Path, split: str, resolution, num_classes: int = 0, **kw) -> ProbeData:
+    """One ScanNet scene (frame split) or a folder of scenes (scannetv2_{train,val}.txt split, else every
+    scene folder with all its frames, e.g. separate train / test folders of ``fit3d generate`` rooms)."""
     if (root / "color").is_dir():
-        return read_fit3d_scene(root, split, resolution, layout="scannet", max_depth=10.0, **kw)
+        return read_fit3d_scene(root, split, resolution, layout="scannet", max_depth=10.0,
+                                num_classes=num_classes, **kw)
     lst = root / ("scannetv2_train.txt" if split == "train" else "scannetv2_val.txt")
     scenes = _read_list(lst) if lst.exists() else sorted(p.name for p in root.iterdir() if (p / "color").is_dir())
     if not scenes:
         raise SceneError(f"{root}: no ScanNet scene folders (with color/) found")
     wide = (0, 10 ** 9)
-    parts = [read_fit3d_scene(root / s, "train", resolution, train_frames=wide, layout="scannet", max_depth=10.0)
-             for s in scenes]
-    out = ProbeData("scannet", [f"{s}/{n}" for s, p in zip(scenes, parts) for n in p.names],
-                    [ld for p in parts for ld in p.loaders], 40, max_depth=10.0, posed=True)
-    return out
+    parts = [read_fit3d_scene(root / s, "train", resolution, train_frames=wide, layout="scannet", max_depth=10.0,
+                              num_classes=num_classes) for s in scenes]
+    n = num_classes or max(p.num_classes for p in parts)
+    return ProbeData("scannet", [f"{s}/{nm}" for s, p in zip(scenes, parts) for nm in p.names],
+                     [ld for p in parts for ld in p.loaders], n, parts[0].class_names, max_depth=10.0, posed=True)
 
 
 def detect(path: Path) -> str:
@@ -395,7 +397,7 @@ def load_probe_data(path, split: str, resolution=None, dataset: str = "auto", nu
     elif kind == "scannetpp":
         data = read_scannetpp(path, split, resolution, num_classes or 100)
     elif kind == "scannet":
-        data = read_scannet(path, split, resolution, train_frames=train_frames, test_frames=test_frames)
+        data = read_scannet(path, split, resolution, num_classes, train_frames=train_frames, test_frames=test_frames)
     elif kind == "scene":
         data = read_fit3d_scene(path, split, resolution, train_frames, test_frames, num_classes=num_classes)
     else:

@@ -150,3 +150,22 @@ def test_scene_labels_with_classes_json(tmp_path):
     d = load_probe_data(root, "test", None)
     assert d.num_classes == 3 and d.class_names == ["wall", "box", "near box"]
     assert set(np.unique(d.view(0).labels)) <= {0, 1, 2}
+
+
+def test_scannet_folder_of_generated_rooms(tmp_path):
+    """A folder of ScanNet-layout rooms (as ``fit3d generate`` writes) with {"classes": [...]}: all frames."""
+    for s in ("room0", "room1"):
+        scene = tmp_path / s
+        for d in ("color", "depth", "pose", "intrinsic", "label-filt"):
+            (scene / d).mkdir(parents=True)
+        np.savetxt(scene / "intrinsic" / "intrinsic_color.txt", np.array([[30, 0, 16, 0], [0, 30, 12, 0],
+                                                                           [0, 0, 1, 0], [0, 0, 0, 1.0]]))
+        for n in (0, 1):
+            cv2.imwrite(str(scene / "color" / f"{n}.png"), rgb(24, 32))
+            cv2.imwrite(str(scene / "depth" / f"{n}.png"), np.full((24, 32), 1500, np.uint16))
+            np.savetxt(scene / "pose" / f"{n}.txt", np.eye(4))
+            cv2.imwrite(str(scene / "label-filt" / f"{n}.png"), np.full((24, 32), 4, np.uint8))
+        (scene / "classes.json").write_text(json.dumps({"classes": ["a", "b", "c", "d", "e", "f"]}))
+    d = load_probe_data(tmp_path, "test", None, dataset="scannet")
+    assert d.names == ["room0/0", "room0/1", "room1/0", "room1/1"] and d.num_classes == 6
+    assert d.view(3).labels[0, 0] == 4
