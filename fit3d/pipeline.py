@@ -157,7 +157,7 @@ def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: d
         base = [k for k in p["metrics"] if k.startswith("baseline")]
         if base:
             res[f"{task}_baseline"] = {b: p["metrics"][b] for b in base}
-    res["lift"] = {n: {"heldout": r.get("heldout"), "num_gaussians": r.get("num_gaussians"),
+    res["lift"] = {n: {"heldout": r.get("heldout"), "num_gaussians": r.get("gaussians"),
                        "seconds": r.get("timings", {}).get("total")} for n, r in lift_reports.items()}
     res["finetune"] = {"steps": manifest.get("steps"), "metrics": manifest.get("metrics")}
     return res
