@@ -67,9 +67,11 @@ def project(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, vie
         z_all = means @ Wr[2] + t[2]
         ids = torch.nonzero((z_all >= near_plane) & (z_all <= far_plane)).squeeze(-1)
     mean_c = means[ids] @ Wr.T + t                                   # [M1, 3]
-    RS = quat_to_rotmat(quats[ids]) * scales[ids][:, None, :]        # [M1, 3, 3]
-    WRS = Wr @ RS
-    cov_c = WRS @ WRS.transpose(-1, -2)                              # [M1, 3, 3]
+    # W R S as one GEMM and the 2x3 Jacobian product written out: batched 3x3 matmuls are slow on CPU
+    R = quat_to_rotmat(quats[ids])                                   # [M1, 3, 3]
+    M1 = R.shape[0]
+    WR = (R.transpose(1, 2).reshape(-1, 3) @ Wr.T).reshape(M1, 3, 3).transpose(1, 2)
+    WRS = WR * scales[ids][:, None, :]                               # [M1, 3, 3]; cov_c = WRS WRS^T
 
     x, y, z = mean_c.unbind(-1)
     rz = 1.0 / z
@@ -79,13 +81,12 @@ def project(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, vie
     lim_yp, lim_yn = (height - cy) / fy + 0.3 * tan_fovy, cy / fy + 0.3 * tan_fovy
     tx = z * torch.minimum(lim_xp, torch.maximum(-lim_xn, x * rz))
     ty = z * torch.minimum(lim_yp, torch.maximum(-lim_yn, y * rz))
-    zero = torch.zeros_like(z)
-    J = torch.stack([fx * rz, zero, -fx * tx * rz * rz,
-                     zero, fy * rz, -fy * ty * rz * rz], -1).reshape(-1, 2, 3)
-    cov2d = J @ cov_c @ J.transpose(-1, -2)                          # [M1, 2, 2]
-    a = cov2d[:, 0, 0] + eps2d
-    b = cov2d[:, 0, 1]
-    c = cov2d[:, 1, 1] + eps2d
+    # J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]];  P = J W R S  [M1, 2, 3]
+    P0 = (fx * rz)[:, None] * WRS[:, 0] - (fx * tx * rz * rz)[:, None] * WRS[:, 2]
+    P1 = (fy * rz)[:, None] * WRS[:, 1] - (fy * ty * rz * rz)[:, None] * WRS[:, 2]
+    a = (P0 * P0).sum(-1) + eps2d                                    # cov2d = P P^T + eps2d I
+    b = (P0 * P1).sum(-1)
+    c = (P1 * P1).sum(-1) + eps2d
     det = a * c - b * b
     means2d = torch.stack([fx * x * rz + cx, fy * y * rz + cy], -1)  # [M1, 2]
     op = opacities[ids]

@@ -26,6 +26,18 @@ _SIGMA_MAX = 40.0  # beyond this alpha < 1/255 for any opacity; avoids denormal 
 _FASTMATH = {"contract", "reassoc"}  # lets the channel dot products vectorise
 
 
+@nb.njit(cache=True)
+def _row_list(packed, start, cnt, fy, rows):
+    """Entries k of a tile list whose ellipse {sigma <= threshold} reaches row centre fy -> count."""
+    n = 0
+    for k in range(cnt):
+        j = start + k
+        if abs(packed[j, 1] - fy) <= packed[j, 8]:
+            rows[n] = k
+            n += 1
+    return n
+
+
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last):
     C = colors.shape[1]
@@ -33,14 +45,21 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
         start, cnt = offsets[t], counts[t]
         x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
         wbuf = np.empty(1, dtype=colors.dtype)
+        rows = np.empty(cnt, dtype=np.int64)
         for py in range(y0, min(y0 + TILE, height)):
+            fy = py + 0.5
+            n_row = _row_list(packed, start, cnt, fy, rows)
             for px in range(x0, min(x0 + TILE, width)):
-                fx, fy = px + 0.5, py + 0.5
+                fx = px + 0.5
                 T = 1.0
                 k_end = cnt
-                for k in range(cnt):
+                for r in range(n_row):
+                    k = rows[r]
                     j = start + k
-                    dx, dy = packed[j, 0] - fx, packed[j, 1] - fy
+                    dx = packed[j, 0] - fx
+                    if abs(dx) > packed[j, 7]:
+                        continue
+                    dy = packed[j, 1] - fy
                     sig = 0.5 * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
                     if sig < 0.0 or sig > packed[j, 6]:
                         continue
@@ -68,22 +87,32 @@ def _backward_kernel(offsets, gids, packed, colors, tiles_x, width, height, out,
     for t in nb.prange(offsets.shape[0]):
         start = offsets[t]
         x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        cnt = offsets[t + 1] - start if t + 1 < offsets.shape[0] else gids.shape[0] - start
         wbuf = np.empty(1, dtype=colors.dtype)
+        rows = np.empty(cnt, dtype=np.int64)
         for py in range(y0, min(y0 + TILE, height)):
+            fy = py + 0.5
+            n_row = _row_list(packed, start, cnt, fy, rows)
             for px in range(x0, min(x0 + TILE, width)):
                 k_end = last[py, px]
                 if k_end == 0:
                     continue
-                fx, fy = px + 0.5, py + 0.5
+                fx = px + 0.5
                 total = 0.0
                 for c in range(C):
                     total += out[py, px, c] * g_img[py, px, c]
                 tail = gA[py, px] * Tfin[py, px]
                 T = 1.0
                 prefix = 0.0
-                for k in range(k_end):
+                for r in range(n_row):
+                    k = rows[r]
+                    if k >= k_end:
+                        break
                     j = start + k
-                    dx, dy = packed[j, 0] - fx, packed[j, 1] - fy
+                    dx = packed[j, 0] - fx
+                    if abs(dx) > packed[j, 7]:
+                        continue
+                    dy = packed[j, 1] - fy
                     ca, cb, cc = packed[j, 2], packed[j, 3], packed[j, 4]
                     sig = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
                     if sig < 0.0 or sig > packed[j, 6]:
@@ -116,15 +145,20 @@ def _backward_kernel(offsets, gids, packed, colors, tiles_x, width, height, out,
 
 
 def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
-    """Per-intersection [I, 7]: mean x, y, conic a, b, c, opacity, skip threshold on sigma.
+    """Per-intersection [I, 9]: mean x, y, conic a, b, c, opacity, sigma threshold, x and y extent.
 
-    alpha < 1/255 <=> sigma > log(255 opacity); the margin keeps the exact test (after exp) the
-    one that decides near the boundary, so results do not change, only most exp calls are saved.
+    alpha < 1/255 <=> sigma > log(255 opacity) =: thr, and sigma <= thr only within
+    |dx| <= sqrt(2 thr cov_xx), |dy| <= sqrt(2 thr cov_yy). These cheap tests skip most exp calls
+    and most pixel/Gaussian pairs; their margins leave the exact test (after exp) the one that
+    decides near the boundary, so results do not change.
     """
-    o = opac.detach()
-    thr = torch.log(o.double() * 255.0).clamp(max=_SIGMA_MAX) + 1e-3
-    per_g = torch.cat([means2d.detach(), conics.detach(), o[:, None], thr[:, None].to(o.dtype)], 1)
-    return per_g[lists.gids].contiguous().numpy()
+    o, cn = opac.detach().double(), conics.detach().double()
+    thr = torch.log(o * 255.0).clamp(max=_SIGMA_MAX) + 1e-3
+    det = (cn[:, 0] * cn[:, 2] - cn[:, 1] ** 2).clamp_min(1e-300)
+    ex = torch.sqrt(2 * thr.clamp_min(0) * cn[:, 2] / det) * 1.001 + 1e-3
+    ey = torch.sqrt(2 * thr.clamp_min(0) * cn[:, 0] / det) * 1.001 + 1e-3
+    per_g = torch.cat([means2d.detach().double(), cn, o[:, None], thr[:, None], ex[:, None], ey[:, None]], 1)
+    return per_g.to(means2d.dtype)[lists.gids].contiguous().numpy()
 
 
 def _np(t: Tensor) -> np.ndarray:
