@@ -28,6 +28,9 @@ class FinetuneConfig:
     workers: int = field(default=1, metadata={
         "help": "DataLoader workers rendering the next batches while the backbone trains (0 = render inline)"})
     worker_threads: int = field(default=1, metadata={"help": "torch threads inside each render worker"})
+    worker_start: str = field(default="spawn", metadata={
+        "help": "how render workers start: spawn (safe: the renderer's OpenMP/numba threads do not survive "
+                "fork; Gaussians still cross once through shared memory), forkserver, or fork"})
     prefetch: int = field(default=2, metadata={"help": "batches each worker renders ahead"})
     checkpoint_every: int = field(default=200, metadata={
         "help": "write a resumable checkpoint every this many steps (0 = only at the end)"})

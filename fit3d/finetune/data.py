@@ -26,6 +26,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from fit3d.errors import SceneError
 from fit3d.splat.decoder import FeatureDecoder
+from fit3d.splat.gaussians import FeatureGaussians
 from fit3d.splat.lifted import LiftedScene, load_lifted
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,37 @@ def decode_to_grid(decoder: FeatureDecoder, feats: Tensor, size: tuple[int, int]
     return out
 
 
+# ----------------------------------------------------------------------------------------- culling
+def visible_subset(g: FeatureGaussians, K, c2w, width: int, height: int, near: float = 0.01,
+                   sigmas: float = 3.0) -> FeatureGaussians:
+    """The Gaussians whose ``sigmas``-sigma footprint can touch a ``width`` x ``height`` view (conservative).
+
+    Rendering the subset gives the same image: everything dropped lies behind the near plane or
+    fully outside the frame. Saves the rasterizer projecting and sorting the rest of the scene (a view
+    of a room sees a fraction of it). Hand-written: a few vectorised lines, no library needed.
+    """
+    c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float64)
+    K = torch.as_tensor(np.asarray(K), dtype=torch.float64)
+    R, t = c2w[:3, :3], c2w[:3, 3]
+    cam = ((g.means.double() - t) @ R)  # [N, 3] world -> camera (R^T (x - t))
+    z = cam[:, 2]
+    zc = z.clamp_min(near)
+    u = K[0, 0] * cam[:, 0] / zc + K[0, 2]
+    v = K[1, 1] * cam[:, 1] / zc + K[1, 2]
+    # 2D std bound: |J| <= f/z * sqrt(1 + (x/z)^2 + (y/z)^2) times the largest 3D std, plus the
+    # rasterizer's 0.3 px^2 dilation; then the rasterizer's 3-sigma radius and a pixel of slack.
+    tan2 = (cam[:, 0] / zc).square() + (cam[:, 1] / zc).square()
+    s2d = g.log_scales.detach().max(dim=1).values.double().exp() * max(K[0, 0], K[1, 1]) / zc * (1 + tan2).sqrt()
+    r = sigmas * (s2d.square() + 0.3).sqrt() * 1.1 + 2.0
+    keep = (z > near) & (u + r > 0) & (u - r < width) & (v + r > 0) & (v - r < height)
+    if bool(keep.all()):
+        return g
+    idx = keep.nonzero().squeeze(1)
+    return FeatureGaussians(*(getattr(g, k).index_select(0, idx) for k in
+                              ("means", "quats", "log_scales", "opacity_logits", "sh", "features")),
+                            sh_degree=g.sh_degree)
+
+
 # ----------------------------------------------------------------------------------------- dataset
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     """A per-(epoch, item) seed: flips do not depend on worker assignment or on resuming."""
@@ -146,13 +178,14 @@ class RenderedViews(Dataset):
 
     def __init__(self, scenes: list[LiftedScene], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
-                 render_kwargs: dict | None = None):
+                 render_kwargs: dict | None = None, cull: bool = True):
         self.scenes = scenes
         self.patch_size = patch_size
         self.alpha_threshold = alpha_threshold
         self.flip_prob = flip_prob
         self.seed = seed
         self.render_kwargs = dict(render_kwargs or {})
+        self.cull = cull
         self.sizes = [training_resolution(s.resolution, patch_size, resolution) for s in scenes]
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
         self.entries: list[tuple[int, str]] = [(i, str(v)) for i, s in enumerate(scenes)
@@ -191,7 +224,8 @@ class RenderedViews(Dataset):
         s = self.scenes[si]
         W, H = self.sizes[si]
         h, w = H // self.patch_size, W // self.patch_size
-        r = render(s.gaussians, K, c2w, W, H, with_rgb=False, **self.render_kwargs)
+        g = visible_subset(s.gaussians, K, c2w, W, H) if self.cull else s.gaussians
+        r = render(g, K, c2w, W, H, with_rgb=False, **self.render_kwargs)
         feats = r.features.permute(2, 0, 1)[None].float()  # [1, f, H, W]
         target = decode_to_grid(s.decoder, feats, (h, w))[0]  # [D, h, w]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]

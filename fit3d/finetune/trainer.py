@@ -331,13 +331,17 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
                disable=not (di.is_main and cfg.progress), dynamic_ncols=True)
     step_times, wait_times = [], []
     seen: list[int] = []
+    # One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
+    # and the renderer's start-up once); the sampler, read in this process, sets epoch and position.
+    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
+                        worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
+                        prefetch_factor=cfg.prefetch if cfg.workers else None,
+                        persistent_workers=cfg.workers > 0,
+                        multiprocessing_context=cfg.worker_start if cfg.workers else None,
+                        pin_memory=device.type == "cuda", drop_last=False)
     while step < total:
         sampler.set_epoch(epoch)
         sampler.set_start(consumed)
-        loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                            worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
-                            prefetch_factor=cfg.prefetch if cfg.workers else None,
-                            pin_memory=device.type == "cuda", drop_last=False)
         it = iter(loader)
         t_prev = time.perf_counter()
         while True:
@@ -384,10 +388,11 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
                 save_checkpoint()
             if step >= total:
                 break
-        del it, loader
+        del it
         if consumed >= sampler.num_samples:
             epoch, consumed = epoch + 1, 0
     bar.close()
+    del loader  # stops the workers
     train_s = time.perf_counter() - t_start
     in_sync = None
     if di.active:

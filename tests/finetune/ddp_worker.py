@@ -9,7 +9,6 @@ import torch
 import fit3d.models
 from fit3d.finetune import FinetuneConfig, finetune
 
-lifted, model_path, out = sys.argv[1:4]
 loaded = []
 _load = fit3d.models.load_backbone
 
@@ -20,9 +19,15 @@ def recording_load(*a, **k):
     return bb
 
 
-fit3d.models.load_backbone = recording_load
-cfg = FinetuneConfig(lr=1e-3, workers=0, max_steps=3, checkpoint_every=2, evaluate=False, progress=False)
-result = finetune([lifted], "dinov2_small", out, cfg, model_path=model_path)
-torch.save({"state": {k: v.detach().clone() for k, v in loaded[0].model.state_dict().items()},
-            "seen": result["seen"], "ranks_in_sync": result["ranks_in_sync"],
-            "threads": torch.get_num_threads()}, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+def main():
+    lifted, model_path, out = sys.argv[1:4]
+    fit3d.models.load_backbone = recording_load
+    cfg = FinetuneConfig(lr=1e-3, workers=0, max_steps=3, checkpoint_every=2, evaluate=False, progress=False)
+    result = finetune([lifted], "dinov2_small", out, cfg, model_path=model_path)
+    torch.save({"state": {k: v.detach().clone() for k, v in loaded[0].model.state_dict().items()},
+                "seen": result["seen"], "ranks_in_sync": result["ranks_in_sync"],
+                "threads": torch.get_num_threads()}, os.path.join(out, f"rank{os.environ['RANK']}.pt"))
+
+
+if __name__ == "__main__":
+    main()

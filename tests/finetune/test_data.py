@@ -73,3 +73,22 @@ def test_sampler_resumes_mid_epoch_and_shards_disjointly():
     s0.set_start(0)
     s0.set_epoch(3)
     assert [i for i, _ in s0] != idx0  # reshuffled per epoch
+
+
+def test_culling_to_the_view_renders_the_same_image(lifted_dir):
+    from fit3d.finetune.data import visible_subset
+    from fit3d.splat.render import render
+
+    scenes = load_scenes([lifted_dir])
+    views = RenderedViews(scenes, 8)
+    g = scenes[0].gaussians
+    v = views.read_view(5)
+    K = v.K.copy()
+    K[0, 2] += 20  # shift the view so part of the scene falls outside it
+    sub = visible_subset(g, K, v.c2w, 64, 48)
+    assert 0 < len(sub) < len(g)
+    with torch.no_grad():
+        a = render(g, K, v.c2w, 64, 48, with_rgb=False)
+        b = render(sub, K, v.c2w, 64, 48, with_rgb=False)
+    assert_close(b.features, a.features, atol=1e-5, rtol=1e-5)
+    assert_close(b.alpha, a.alpha, atol=1e-6, rtol=1e-6)
