@@ -261,5 +261,7 @@ def _figure(path, cfg, test: Split, preds, examples, meta) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(ProbeConfig, args)
-    run_probe(cfg, command="fit3d probe " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 2 else None)
+    argv = sys.argv[1:]
+    command = "fit3d " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["probe"] else None
+    run_probe(cfg, command=command)
     return 0
