@@ -39,19 +39,20 @@ def _row_list(packed, start, cnt, fy, rows):
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last):
+def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last, consts,
+                    centres):
     C = colors.shape[1]
+    HALF, ONE, AMAX, AMIN, TMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
     for t in nb.prange(offsets.shape[0]):
         start, cnt = offsets[t], counts[t]
         x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
-        wbuf = np.empty(1, dtype=colors.dtype)
         rows = np.empty(cnt, dtype=np.int64)
         for py in range(y0, min(y0 + TILE, height)):
-            fy = py + 0.5
+            fy = centres[py]
             n_row = _row_list(packed, start, cnt, fy, rows)
             for px in range(x0, min(x0 + TILE, width)):
-                fx = px + 0.5
-                T = 1.0
+                fx = centres[px]
+                T = ONE
                 k_end = cnt
                 for r in range(n_row):
                     k = rows[r]
@@ -60,19 +61,19 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
                     if abs(dx) > packed[j, 7]:
                         continue
                     dy = packed[j, 1] - fy
-                    sig = 0.5 * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
-                    if sig < 0.0 or sig > packed[j, 6]:
+                    sig = HALF * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
+                    if sig < ZERO or sig > packed[j, 6]:
                         continue
                     g = gids[j]
-                    alpha = min(ALPHA_MAX, packed[j, 5] * math.exp(-sig))
-                    if alpha < ALPHA_MIN:
+                    raw = packed[j, 5] * math.exp(-sig)
+                    alpha = raw if raw < AMAX else AMAX
+                    if alpha < AMIN:
                         continue
-                    nT = T * (1.0 - alpha)
-                    if nT <= T_MIN:
+                    nT = T * (ONE - alpha)
+                    if nT <= TMIN:
                         k_end = k
                         break
-                    wbuf[0] = alpha * T
-                    w = wbuf[0]
+                    w = alpha * T
                     for c in range(C):
                         out[py, px, c] += w * colors[g, c]
                     T = nT
@@ -81,29 +82,28 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _backward_kernel(offsets, gids, packed, colors, tiles_x, width, height, out, Tfin, last, g_img, gA,
-                     v_m, v_con, v_op, v_col):
+def _backward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last, g_img, gA,
+                     v_m, v_con, v_op, v_col, consts, centres):
     C = colors.shape[1]
+    HALF, ONE, AMAX, AMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[5]
     for t in nb.prange(offsets.shape[0]):
-        start = offsets[t]
+        start, cnt = offsets[t], counts[t]
         x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
-        cnt = offsets[t + 1] - start if t + 1 < offsets.shape[0] else gids.shape[0] - start
-        wbuf = np.empty(1, dtype=colors.dtype)
         rows = np.empty(cnt, dtype=np.int64)
         for py in range(y0, min(y0 + TILE, height)):
-            fy = py + 0.5
+            fy = centres[py]
             n_row = _row_list(packed, start, cnt, fy, rows)
             for px in range(x0, min(x0 + TILE, width)):
                 k_end = last[py, px]
                 if k_end == 0:
                     continue
-                fx = px + 0.5
-                total = 0.0
+                fx = centres[px]
+                total = ZERO
                 for c in range(C):
                     total += out[py, px, c] * g_img[py, px, c]
                 tail = gA[py, px] * Tfin[py, px]
-                T = 1.0
-                prefix = 0.0
+                T = ONE
+                prefix = ZERO
                 for r in range(n_row):
                     k = rows[r]
                     if k >= k_end:
@@ -114,34 +114,32 @@ def _backward_kernel(offsets, gids, packed, colors, tiles_x, width, height, out,
                         continue
                     dy = packed[j, 1] - fy
                     ca, cb, cc = packed[j, 2], packed[j, 3], packed[j, 4]
-                    sig = 0.5 * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
-                    if sig < 0.0 or sig > packed[j, 6]:
+                    sig = HALF * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sig < ZERO or sig > packed[j, 6]:
                         continue
                     g = gids[j]
                     G = math.exp(-sig)
                     raw = packed[j, 5] * G
-                    alpha = min(ALPHA_MAX, raw)
-                    if alpha < ALPHA_MIN:
+                    alpha = raw if raw < AMAX else AMAX
+                    if alpha < AMIN:
                         continue
-                    dot = 0.0
+                    dot = ZERO
                     for c in range(C):
                         dot += colors[g, c] * g_img[py, px, c]
                     w = alpha * T
                     prefix += w * dot
-                    v_alpha = T * dot + (tail - (total - prefix)) / (1.0 - alpha)
-                    wbuf[0] = w
-                    wc = wbuf[0]
+                    v_alpha = T * dot + (tail - (total - prefix)) / (ONE - alpha)
                     for c in range(C):
-                        v_col[j, c] += wc * g_img[py, px, c]
-                    if raw <= ALPHA_MAX:
+                        v_col[j, c] += w * g_img[py, px, c]
+                    if raw <= AMAX:
                         v_op[j] += v_alpha * G
                         vs = -v_alpha * raw
                         v_m[j, 0] += vs * (ca * dx + cb * dy)
                         v_m[j, 1] += vs * (cb * dx + cc * dy)
-                        v_con[j, 0] += 0.5 * vs * dx * dx
+                        v_con[j, 0] += HALF * vs * dx * dx
                         v_con[j, 1] += vs * dx * dy
-                        v_con[j, 2] += 0.5 * vs * dy * dy
-                    T *= 1.0 - alpha
+                        v_con[j, 2] += HALF * vs * dy * dy
+                    T *= ONE - alpha
 
 
 def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
@@ -161,6 +159,13 @@ def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
     return per_g.to(means2d.dtype)[lists.gids].contiguous().numpy()
 
 
+def _consts(dtype, width, height):
+    """Constants and pixel centres typed like the data, so float32 kernels compute in float32
+    (expf, packed SIMD) as gsplat does, and float64 kernels in float64."""
+    consts = np.array([0.5, 1.0, ALPHA_MAX, ALPHA_MIN, T_MIN, 0.0], dtype=dtype)
+    return consts, np.arange(max(width, height), dtype=dtype) + dtype.type(0.5)
+
+
 def _np(t: Tensor) -> np.ndarray:
     return t.detach().contiguous().numpy()
 
@@ -177,7 +182,7 @@ def _forward(lists: TileLists, means2d, conics, opac, colors, width, height):
     if lists.gids.numel():
         _set_threads()
         _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opac),
-                        _np(colors), lists.tiles_x, width, height, out, Tfin, last)
+                        _np(colors), lists.tiles_x, width, height, out, Tfin, last, *_consts(out.dtype, width, height))
     return torch.from_numpy(out), torch.from_numpy(Tfin), torch.from_numpy(last)
 
 
@@ -191,10 +196,11 @@ def _backward(lists: TileLists, means2d, conics, opac, colors, out, Tfin, last, 
     v_col = torch.zeros(I, C, dtype=dt)
     if I:
         _set_threads()
-        _backward_kernel(_np(lists.offsets), _np(lists.gids), _pack(lists, means2d, conics, opac), _np(colors),
-                         lists.tiles_x, out.shape[1], out.shape[0], _np(out), _np(Tfin), _np(last),
-                         _np(g_img.to(dt)), _np(gA.to(dt)), v_m.numpy(), v_con.numpy(), v_op.numpy(),
-                         v_col.numpy())
+        H, W = out.shape[0], out.shape[1]
+        _backward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opac),
+                         _np(colors), lists.tiles_x, W, H, _np(out), _np(Tfin), _np(last), _np(g_img.to(dt)),
+                         _np(gA.to(dt)), v_m.numpy(), v_con.numpy(), v_op.numpy(), v_col.numpy(),
+                         *_consts(_np(colors).dtype, W, H))
     gids = lists.gids
     return (torch.zeros(M, 2, dtype=dt).index_add_(0, gids, v_m),
             torch.zeros(M, 3, dtype=dt).index_add_(0, gids, v_con),
