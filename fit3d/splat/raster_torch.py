@@ -83,6 +83,14 @@ def _pixel_offsets(dtype, device):
     return r.repeat(TILE), r.repeat_interleave(TILE)
 
 
+def _outside_image(tiles: Tensor, lists: TileLists, width: int, height: int) -> Tensor:
+    """[A, 256] True for padding pixels of partial edge tiles: they count as finished for early exit."""
+    r = torch.arange(TILE, device=tiles.device)
+    px = (tiles % lists.tiles_x)[:, None] * TILE + r.repeat(TILE)[None]
+    py = (tiles // lists.tiles_x)[:, None] * TILE + r.repeat_interleave(TILE)[None]
+    return (px >= width) | (py >= height)
+
+
 def _choose_block(max_count: int) -> int:
     return int(min(max(max_count, 1), 64))
 
@@ -146,7 +154,7 @@ def _composite_forward(lists: TileLists, means2d, conics, opac, colors, width, h
         colors_pad = torch.cat([colors, colors.new_zeros(1, C)], 0)
         tiles = torch.nonzero(lists.counts > 0).squeeze(-1)
         Tc = torch.ones(tiles.shape[0], TILE * TILE, dtype=dt, device=dev)
-        done = torch.zeros(tiles.shape[0], TILE * TILE, dtype=torch.bool, device=dev)
+        done = _outside_image(tiles, lists, width, height)
         acc = torch.zeros(tiles.shape[0], TILE * TILE, C, dtype=dt, device=dev)
         b = 0
         while tiles.numel():
@@ -183,7 +191,8 @@ def _tile(x: Tensor, lists: TileLists) -> Tensor:
     return x.reshape(ty, TILE, tx, TILE, C).permute(0, 2, 1, 3, 4).reshape(ty * tx, TILE * TILE, C)
 
 
-def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img, Tfin_img, g_img, gA_img):
+def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img, Tfin_img, g_img, gA_img,
+                        width, height):
     dev, dt = means2d.device, means2d.dtype
     M, C = colors.shape
     v_means2d = torch.zeros(M + 1, 2, dtype=dt, device=dev)
@@ -202,7 +211,7 @@ def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img
     tail_t = gA_t * _tile(Tfin_img[..., None], lists)[..., 0]         # [T, 256]  dA/dalpha numerator
     tiles = torch.nonzero(lists.counts > 0).squeeze(-1)
     Tc = torch.ones(tiles.shape[0], TILE * TILE, dtype=dt, device=dev)
-    done = torch.zeros(tiles.shape[0], TILE * TILE, dtype=torch.bool, device=dev)
+    done = _outside_image(tiles, lists, width, height)
     prefix = torch.zeros(tiles.shape[0], TILE * TILE, dtype=dt, device=dev)
     g, rest, tail = g_t[tiles], total_t[tiles], tail_t[tiles]
     b = 0
@@ -248,7 +257,7 @@ class _Composite(torch.autograd.Function):
     def forward(ctx, means2d, conics, opac, colors, lists, width, height):
         out, Tfin = _composite_forward(lists, means2d, conics, opac, colors, width, height)
         ctx.save_for_backward(means2d, conics, opac, colors, out, Tfin)
-        ctx.lists = lists
+        ctx.lists, ctx.size = lists, (width, height)
         return out, Tfin
 
     @staticmethod
@@ -259,7 +268,7 @@ class _Composite(torch.autograd.Function):
         # gradients arrive for the accumulated alpha = 1 - T_final
         gA = -g_T if g_T is not None else torch.zeros_like(Tfin)
         grads = _composite_backward(ctx.lists, means2d.detach(), conics.detach(), opac.detach(),
-                                    colors.detach(), out, Tfin, g_out.contiguous(), gA.contiguous())
+                                    colors.detach(), out, Tfin, g_out.contiguous(), gA.contiguous(), *ctx.size)
         return (*grads, None, None, None)
 
 
