@@ -3,14 +3,16 @@
     .venv/bin/python bench/finetune.py                 # shared DINOv2-S, batch 2, 7-Scenes, 224x168
     .venv/bin/python bench/finetune.py --lifted DIR    # any lifted scene (e.g. from `fit3d lift`)
 
-Prints one table: median seconds per step of
-  * plain   backbone forward + masked L1 + backward + clip + AdamW on a fixed batch (no data cost),
-  * full    `fit3d.finetune.finetune` (DataLoader workers render + decode the next batch meanwhile),
-            for each worker setting asked for, and its ratio to plain (target <= 1.25),
-  * render  one item rendered + decoded in this process (what the workers must hide).
-Without --lifted, a scene is built once by depth back-projection (no optimisation; features = the
-backbone's own, projected to 64 dims) and cached under runs/bench_finetune/. Other processes share
-the 2 cores, so timings are noisy: the load average is printed with the table.
+Prints one table, median seconds per step of
+  * plain   backbone forward + masked L1 + backward + clip + AdamW on a fixed batch (no data cost);
+  * full    the trainer's own step (``forward_loss`` + ``backward_step``) on batches from the trainer's
+            DataLoader: inline (0 workers) or rendered ahead by spawned workers; ratio to plain
+            (target <= 1.25).
+The settings run in alternating blocks (plain, full..., plain, full...) so that load from other
+processes on the shared cores hits them alike; the first steps of each block are not timed (a worker
+block starts with batches prefetched during the previous block). Without --lifted, a scene is built
+once by depth back-projection (features = the backbone's own, projected to 64 dims) and cached under
+runs/bench_finetune/.
 """
 
 from __future__ import annotations
@@ -20,18 +22,18 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from torch.utils.data import DataLoader, Sampler
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from fit3d.finetune import FinetuneConfig, finetune  # noqa: E402
-from fit3d.finetune.data import RenderedViews, load_scenes, scene_memory  # noqa: E402
-from fit3d.finetune.trainer import masked_l1  # noqa: E402
+from fit3d.finetune import FinetuneConfig  # noqa: E402
+from fit3d.finetune.data import RenderedViews, load_scenes, make_worker_init, scene_memory  # noqa: E402
+from fit3d.finetune.trainer import PatchTokens, backward_step, forward_loss  # noqa: E402
 from fit3d.models import load_backbone  # noqa: E402
 from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
 
@@ -54,21 +56,19 @@ def cached_scene(bb, model_path: str, resolution, views: int, stride: int) -> Pa
     return out
 
 
-def plain_steps(bb, batch: dict, steps: int, warmup: int, cfg: FinetuneConfig) -> list[float]:
-    params = [p for p in bb.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    bb.train()
-    times = []
-    for i in range(warmup + steps):
-        t = time.perf_counter()
-        loss = masked_l1(bb.tokens(batch["image"])[0], batch["target"], batch["mask"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return times
+class Endless(Sampler):
+    """(index, epoch) keys forever, each epoch in a fixed shuffled order."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __iter__(self):
+        epoch = 0
+        while True:
+            g = torch.Generator().manual_seed(epoch)
+            for i in torch.randperm(self.n, generator=g).tolist():
+                yield (i, epoch)
+            epoch += 1
 
 
 def main() -> int:
@@ -78,17 +78,17 @@ def main() -> int:
     ap.add_argument("--resolution", type=int, nargs=2, default=[224, 168], help="W H of the built scene")
     ap.add_argument("--views", type=int, default=40, help="training views of the built scene")
     ap.add_argument("--stride", type=int, default=6, help="back-project one Gaussian per stride x stride px")
-    ap.add_argument("--steps", type=int, default=10, help="timed steps per setting")
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds over the settings")
+    ap.add_argument("--block", type=int, default=5, help="steps per setting per round")
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="worker counts to time")
-    ap.add_argument("--worker-threads", type=int, nargs="+", default=[1], help="torch threads per worker")
+    ap.add_argument("--worker-threads", type=int, default=1, help="torch threads per worker")
     ap.add_argument("--main-threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     args = ap.parse_args()
     if args.main_threads:
         torch.set_num_threads(args.main_threads)
-
     threads = torch.get_num_threads()
+
     bb = load_backbone("dinov2_small", model_path=args.model_path)
     lifted = Path(args.lifted) if args.lifted else cached_scene(bb, args.model_path, tuple(args.resolution),
                                                                args.views, args.stride)
@@ -96,45 +96,56 @@ def main() -> int:
     mem = scene_memory(scenes)
     views = RenderedViews(scenes, bb.patch_size, flip_prob=0.5)
     W, H = views.sizes[0]
-    need = (args.warmup + args.steps) * args.batch
-    if len(views) < need:
-        print(f"note: {len(views)} training views < {need}: the full runs wrap into a second epoch")
-
-    # render + decode of one item in this process (2 threads), median of a few
-    render_t = []
-    for i in range(min(5, len(views))):
-        t = time.perf_counter()
-        views[i]
-        render_t.append(time.perf_counter() - t)
-    render_s = statistics.median(render_t[1:] if len(render_t) > 2 else render_t)
-
-    items = [views[i] for i in range(args.batch)]
-    batch = {k: torch.stack([it[k] for it in items]) for k in ("image", "target", "mask")}
     cfg = FinetuneConfig(batch_size=args.batch)
-    plain = statistics.median(plain_steps(bb, batch, args.steps, args.warmup, cfg))
-    del bb
 
-    rows = [("plain fwd+bwd+AdamW (fixed batch)", plain, 1.0, "")]
-    for workers in args.workers:
-        for wt in (args.worker_threads if workers else [threads]):
-            with tempfile.TemporaryDirectory(dir=REPO / "runs") as tmp:
-                c = FinetuneConfig(batch_size=args.batch, max_steps=args.warmup + args.steps, workers=workers,
-                                   worker_threads=wt, evaluate=False, progress=False, checkpoint_every=0)
-                m = finetune([lifted], "dinov2_small", Path(tmp) / "out", c, model_path=args.model_path)
-            step = m["timing"]["median_step_s"]
-            wait = m["timing"]["median_data_wait_s"]
-            label = f"full step, {workers} worker(s)" + (f" x {wt} thread(s)" if workers else " (render inline)")
-            rows.append((label, step, step / plain, f"waits {wait:.3f}s for data"))
+    loaders = {}
+    for w in args.workers:
+        dl = DataLoader(views, batch_size=args.batch, sampler=Endless(len(views)), num_workers=w,
+                        worker_init_fn=make_worker_init(args.worker_threads) if w else None,
+                        prefetch_factor=cfg.prefetch if w else None, persistent_workers=w > 0,
+                        multiprocessing_context=cfg.worker_start if w else None)
+        loaders[w] = iter(dl)
+    fixed = next(loaders[args.workers[0]])
 
+    bb.train()
+    module = PatchTokens(bb)
+    params = [p for p in bb.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dev = torch.device("cpu")
+    settings = ["plain"] + [f"w{w}" for w in args.workers]
+    times: dict[str, list[float]] = {s: [] for s in settings}
+    waits: dict[str, list[float]] = {s: [] for s in settings}
+    for w in args.workers:  # warm up: worker start, numba compile, first backbone steps
+        for _ in range(2):
+            backward_step(forward_loss(module, next(loaders[w]), dev, False), opt, params, cfg.grad_clip)
+    for r in range(args.rounds):
+        for s in settings:
+            skip = 1 if s in ("plain", "w0") else 1 + cfg.prefetch
+            for k in range(args.block + skip):
+                t = time.perf_counter()
+                batch = fixed if s == "plain" else next(loaders[int(s[1:])])
+                t_data = time.perf_counter()
+                backward_step(forward_loss(module, batch, dev, False), opt, params, cfg.grad_clip)
+                if k >= skip:
+                    times[s].append(time.perf_counter() - t)
+                    waits[s].append(t_data - t)
+        print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{s} {statistics.median(times[s]):.3f}s"
+                                                          for s in settings), flush=True)
+    del loaders
+
+    plain = statistics.median(times["plain"])
     load = os.getloadavg()
     print(f"\nFiT3D Stage 2 step cost: DINOv2-S, batch {args.batch}, {W}x{H} -> {H // 14}x{W // 14} tokens, "
           f"{mem.num_gaussians:,} Gaussians ({mem.bytes_per_gaussian:.0f} B each), main process {threads} "
-          f"torch threads, {os.cpu_count()} cores, load avg {load[0]:.1f}/{load[1]:.1f}")
-    print(f"render+decode of one view in the main process: {render_s:.3f}s (median)")
-    print(f"| {'setting':<42} | {'median s/step':>13} | {'ratio':>5} | note")
-    print(f"|{'-' * 44}|{'-' * 15}|{'-' * 7}|------")
-    for label, s, r, note in rows:
-        print(f"| {label:<42} | {s:>13.3f} | {r:>5.2f} | {note}")
+          f"torch threads, workers {args.worker_threads} thread(s), {os.cpu_count()} cores, "
+          f"load avg {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}")
+    print(f"| {'setting':<44} | {'median s/step':>13} | {'ratio':>5} | {'data wait':>9} | steps")
+    print(f"|{'-' * 46}|{'-' * 15}|{'-' * 7}|{'-' * 11}|------")
+    for s in settings:
+        label = ("plain fwd+bwd+clip+AdamW (fixed batch)" if s == "plain" else
+                 "full step, render inline (0 workers)" if s == "w0" else f"full step, {s[1:]} render worker(s)")
+        m = statistics.median(times[s])
+        print(f"| {label:<44} | {m:>13.3f} | {m / plain:>5.2f} | {statistics.median(waits[s]):>8.3f}s | {len(times[s])}")
     return 0
 
 

@@ -139,6 +139,31 @@ def masked_l1(tokens: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (diff * m).sum() / m.sum().clamp_min(1.0)
 
 
+def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool) -> Tensor:
+    """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w]} (bf16 autocast if use_amp)."""
+    images = batch["image"].to(device, non_blocking=True)
+    target = batch["target"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        tokens = module(images)
+    return masked_l1(tokens, target, mask)
+
+
+def backward_step(loss: Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float) -> Tensor:
+    """Backward, clip the global gradient norm to ``grad_clip`` (0: no clip), optimiser step; returns the
+    norm. A non-finite norm skips the step (the caller stops the run with the weights untouched)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip and grad_clip > 0:
+        gnorm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        if not torch.isfinite(gnorm):
+            return gnorm
+    else:
+        gnorm = torch.zeros(())
+    opt.step()
+    return gnorm
+
+
 def masked_cosine_distance(feats: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """Mean (1 - cos) over the masked tokens. [B, D, h, w] x2, mask [B, h, w]."""
     cos = torch.nn.functional.cosine_similarity(feats.float(), target.float(), dim=1, eps=1e-8)
@@ -350,12 +375,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             except StopIteration:
                 break
             t_data = time.perf_counter()
-            images = batch["image"].to(device, non_blocking=True)
-            target = batch["target"].to(device, non_blocking=True)
-            mask = batch["mask"].to(device, non_blocking=True)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                tokens = module(images)
-            loss = masked_l1(tokens, target, mask)
+            loss = forward_loss(module, batch, device, use_amp)
             # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.
             stat = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
             if di.active:
@@ -365,14 +385,10 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
                 here = "" if torch.isfinite(loss) else f" on {where}"
                 raise NonFiniteError(f"non-finite training loss ({float(loss.detach())}) at step {step + 1}{here}"
                                      + ("" if here else " on another rank"))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip and cfg.grad_clip > 0:
-                gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                if not torch.isfinite(gnorm):
-                    where = ", ".join(views.describe(int(i)) for i in batch["index"])
-                    raise NonFiniteError(f"non-finite gradient norm at step {step + 1} on {where}")
-            opt.step()
+            gnorm = backward_step(loss, opt, params, cfg.grad_clip)
+            if not torch.isfinite(gnorm):
+                where = ", ".join(views.describe(int(i)) for i in batch["index"])
+                raise NonFiniteError(f"non-finite gradient norm at step {step + 1} on {where}")
             step += 1
             consumed += len(batch["index"])
             seen.extend(int(i) for i in batch["index"])
