@@ -46,12 +46,14 @@ class LiftConfig:
     model_path: str | None = field(default=None, metadata={
         "help": "local weights folder (default: env FIT3D_MODEL_PATH / the registry's default)"})
     feature_dim: int = field(default=64, metadata={"help": "per-Gaussian feature size f (FiT3D: 64)"})
-    width: int = field(default=160, metadata={
-        "help": "render width in pixels; CPU-friendly default (FiT3D renders 876x584 on a GPU)"})
+    width: int = field(default=96, metadata={
+        "help": "render width in pixels; CPU-friendly default: 96x72 keeps ~3x3 render pixels per DINOv2 token "
+                "of the 448 px input (FiT3D renders 876x584 on a GPU)"})
     height: int | None = field(default=None, metadata={"help": "render height (default: keep the aspect ratio)"})
     feature_size: int = field(default=448, metadata={
         "help": "backbone input long side in pixels, snapped to the patch size (448 -> 32x24 DINOv2 tokens for 4:3)"})
-    iterations: int = field(default=3000, metadata={"help": "training iterations, one view each (FiT3D: 30000)"})
+    iterations: int = field(default=500, metadata={
+        "help": "training iterations, one view each (FiT3D: 30000); default sized for ~15 min on 2 shared CPU cores"})
     heldout_every: int = field(default=8, metadata={"help": "every k-th view is held out (never trained on)"})
     max_frame: int | None = field(default=None, metadata={
         "help": "use only views whose frame number is <= this (7-Scenes convention: 398)"})
@@ -75,7 +77,7 @@ class LiftConfig:
     max_sh_degree: int = field(default=3, metadata={"help": "final SH degree, raised by 1 every iterations/30"})
     decoder_kernel: int = field(default=3, metadata={"help": "decoder Conv2d kernel size (FiT3D 3)"})
     # initialisation
-    init_points: int = field(default=30000, metadata={"help": "at most this many initial Gaussians"})
+    init_points: int = field(default=15000, metadata={"help": "at most this many initial Gaussians"})
     init_voxel: float = field(default=0.0, metadata={
         "help": "voxel size (m) for depth back-projection (0: grown until <= init_points)"})
     init_opacity: float = field(default=0.1, metadata={"help": "initial opacity (3DGS 0.1)"})
@@ -87,7 +89,7 @@ class LiftConfig:
     max_screen_frac: float = field(default=0.15, metadata={
         "help": "prune Gaussians whose screen radius exceeds this fraction of the render width (3DGS: 20 px at "
                 "~1000 px, tuned for millions of Gaussians; the CPU budgets here use far fewer, larger ones)"})
-    max_gaussians: int = field(default=60000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
+    max_gaussians: int = field(default=25000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
     # run
     checkpoint_every: int = field(default=500, metadata={"help": "checkpoint period in iterations (0: never)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -116,13 +118,12 @@ def camera_extent(c2ws: np.ndarray) -> float:
 
 def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     """Average points [P, 3] and colours [P, 3] per voxel of size ``voxel``."""
-    key = np.floor(points / voxel).astype(np.int64)
-    _, inv, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    inv = inv.reshape(-1)
-    p = np.zeros((len(counts), 3))
-    c = np.zeros((len(counts), 3))
-    np.add.at(p, inv, points)
-    np.add.at(c, inv, colors)
+    q = np.floor((points - points.min(0)) / voxel).astype(np.int64)  # [P, 3] >= 0
+    dims = q.max(0) + 1
+    key = (q[:, 0] * dims[1] + q[:, 1]) * dims[2] + q[:, 2]  # one int64 per voxel: fast 1-D unique
+    _, inv, counts = np.unique(key, return_inverse=True, return_counts=True)
+    p = np.stack([np.bincount(inv, points[:, i], len(counts)) for i in range(3)], 1)
+    c = np.stack([np.bincount(inv, colors[:, i], len(counts)) for i in range(3)], 1)
     return (p / counts[:, None]).astype(np.float32), (c / counts[:, None]).astype(np.float32)
 
 
@@ -159,12 +160,13 @@ def initial_points(views, points, points_rgb, cfg: LiftConfig,
         pts, cols = backproject_depth(views)
         source = "depth"
         if len(pts) > 0:
-            voxel = cfg.init_voxel or float(np.linalg.norm(pts.max(0) - pts.min(0))) / 512
+            voxel = cfg.init_voxel or float(np.linalg.norm(pts.max(0) - pts.min(0))) / 1024
             while True:
                 p, c = voxel_downsample(pts, cols, voxel)
                 if cfg.init_voxel or len(p) <= cfg.init_points:
                     break
-                voxel *= 1.25
+                # surfaces: the count falls ~ with the voxel area; aim just under the cap
+                voxel *= max(1.1, 1.05 * math.sqrt(len(p) / cfg.init_points))
             pts, cols = p, c
     if len(pts) == 0:  # last resort: uniform in the training frusta between 0.1 and 2 x extent deep
         source = "random"

@@ -55,11 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
         if torch.cuda.is_available():
             cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
-    scenes = [Path(s) for s in args.scenes]
-    names = [s.resolve().name for s in scenes]
-    if len(set(names)) != len(names):
-        from fit3d.errors import SceneError
+    from fit3d.errors import SceneError
 
+    scenes = [Path(s) for s in args.scenes]
+    for s in scenes:
+        if not s.exists():
+            raise SceneError(f"{s}: scene path does not exist")
+    names = [Path(os.path.abspath(s)).name for s in scenes]  # symlinked scenes keep their own names
+    if len(set(names)) != len(names):
         raise SceneError(f"scene folder names must be unique (outputs go to OUT/<name>): {names}")
     out = Path(args.out)
     mine = shard(list(zip(scenes, names)), rank, world)
