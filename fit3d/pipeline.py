@@ -48,8 +48,9 @@ class PipelineConfig:
         "help": "probe test data (default: the probe data's test frames)"})
     max_frame: int | None = field(default=None, metadata={
         "help": "lift / fine-tune only views with frame number <= this (7-Scenes: 398)"})
-    lift_iterations: int = field(default=3000, metadata={"help": "Stage 1 iterations per scene"})
-    lift_width: int = field(default=160, metadata={"help": "Stage 1 render width"})
+    lift_iterations: int | None = field(default=None, metadata={
+        "help": "Stage 1 iterations per scene (default: LiftConfig's)"})
+    lift_width: int | None = field(default=None, metadata={"help": "Stage 1 render width (default: LiftConfig's)"})
     finetune_epochs: int = field(default=1, metadata={"help": "Stage 2 epochs (FiT3D: 1)"})
     finetune_lr: float = field(default=1e-5, metadata={"help": "Stage 2 AdamW learning rate (FiT3D: 1e-5)"})
     finetune_max_steps: int | None = field(default=None, metadata={"help": "cap on Stage 2 steps"})
@@ -69,8 +70,12 @@ def _stage_configs(cfg: PipelineConfig):
     from fit3d.finetune.config import FinetuneConfig
     from fit3d.splat.lift import LiftConfig
 
-    lift = LiftConfig(backbone=cfg.backbone, model_path=cfg.model_path, iterations=cfg.lift_iterations,
-                      width=cfg.lift_width, max_frame=cfg.max_frame, seed=cfg.seed, device=cfg.device)
+    lift = LiftConfig(backbone=cfg.backbone, model_path=cfg.model_path, max_frame=cfg.max_frame, seed=cfg.seed,
+                      device=cfg.device)
+    if cfg.lift_iterations is not None:
+        lift.iterations = cfg.lift_iterations
+    if cfg.lift_width is not None:
+        lift.width = cfg.lift_width
     ft = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, max_steps=cfg.finetune_max_steps,
                         resolution=cfg.finetune_resolution,
                         device=None if cfg.device == "auto" else cfg.device)
