@@ -55,7 +55,7 @@ def main() -> int:
         ("iterations", str(meta["iterations"])),
         ("wall time (whole lift)", f"{wall:.0f} s  (features {t['features']:.0f} s, train {t['train']:.0f} s, eval {t['eval']:.0f} s)"),
         ("iterations/s (train)", f"{meta['iterations'] / t['train']:.2f}"),
-        ("Gaussians (init -> final)", f"{meta['history'][0]['gaussians']} -> {meta['gaussians']} (init: {meta['init']})"),
+        ("Gaussians (first log -> final)", f"{meta['history'][0]['gaussians']} -> {meta['gaussians']} (init: {meta['init']})"),
         ("peak memory (RSS)", f"{peak_gib:.2f} GiB"),
         ("held-out RGB PSNR", f"{h['psnr']:.2f} dB"),
         ("held-out depth abs rel", f"{h['depth_abs_rel']:.4f}"),

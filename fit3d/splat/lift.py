@@ -292,7 +292,7 @@ def save_pca_figure(path, triples) -> None:
     from PIL import Image
 
     from fit3d.io import atomic_path
-    from fit3d.splat.pca import pca_rgb
+    from fit3d.viz.pca import pca_rgb
 
     if not triples:
         return
