@@ -22,9 +22,10 @@ import numpy as np
 import torch
 
 from fit3d.config import add_arguments as add_config_arguments, from_args
+from fit3d.data.readers import frame_number
 from fit3d.errors import Fit3DError
 from fit3d.probe import features as feats_mod
-from fit3d.probe.datasets import DATASETS, ProbeData, frame_number, load_probe_data, parse_range
+from fit3d.probe.datasets import DATASETS, ProbeData, load_probe_data, parse_range
 from fit3d.probe.features import CachedFeatures, FeatureCache, FeatureSource, extract_features
 
 
@@ -237,26 +238,19 @@ def _figure(path, cfg, test: Split, preds, examples, meta) -> None:
 
     n = min(cfg.figure, len(test.images))
     idx = np.linspace(0, len(test.images) - 1, n).round().astype(int) if n else []
-    rows = []
+    names = test.data.names
     if cfg.task == "corr":
-        for name, ex in examples.items():
-            for e in ex[:n]:
-                tile = report.match_tile(test.images[e["a"]], test.images[e["b"]], e, e["patch"])
-                rows.append([(f"{name}: {test.data.names[e['a']]} -> {test.data.names[e['b']]}", tile)])
+        if not any(ex[:n] for ex in examples.values()):
+            return
+        fig = report.corr_figure(test.images, names, examples, n)
+    elif not len(idx):
+        return
+    elif cfg.task == "depth":
+        fig = report.depth_figure(test.images, names, test.depth, preds, idx, cfg.min_depth, meta.max_depth, meta.crop)
     else:
-        for i in idx:
-            row = [(test.data.names[i], report.to_uint8(test.images[i]))]
-            if cfg.task == "depth":
-                gt = test.depth[i].numpy()
-                vmax = float(np.percentile(gt[gt > 0], 98)) if (gt > 0).any() else meta.max_depth
-                row.append(("ground truth", report.colorize_depth(gt, vmax)))
-                row += [(k, report.colorize_depth(p[i].numpy(), vmax)) for k, p in preds.items()]
-            else:
-                row.append(("ground truth", report.colorize_labels(test.labels[i].numpy(), meta.num_classes)))
-                row += [(k, report.colorize_labels(p[i].numpy(), meta.num_classes)) for k, p in preds.items()]
-            rows.append(row)
-    if rows:
-        report.write_figure(path, rows)
+        fig = report.seg_figure(test.images, names, test.labels, preds, idx, meta.num_classes, meta.class_names,
+                                meta.ignore_index)
+    report.write_figure(path, fig)
 
 
 def run(args: argparse.Namespace) -> int:

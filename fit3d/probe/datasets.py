@@ -59,6 +59,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fit3d.data.readers import frame_number  # re-exported: the probe's frame split uses it
 from fit3d.data.scene import View
 from fit3d.errors import SceneError
 
@@ -98,19 +99,6 @@ class ProbeData:
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def frame_number(name: str) -> int:
-    """Frame number of a view name (``frame-000398`` -> 398); fit3d.data's helper when available."""
-    try:
-        from fit3d.data.readers import frame_number as fn  # type: ignore[attr-defined]
-
-        return int(fn(name))
-    except (ImportError, AttributeError):
-        nums = re.findall(r"\d+", Path(name).stem)
-        if not nums:
-            raise SceneError(f"view name {name!r} has no frame number") from None
-        return int(nums[-1])
-
-
 def parse_range(text: str | None, default: tuple[int, int]) -> tuple[int, int]:
     """``"0-398"`` -> (0, 398) inclusive."""
     if not text:

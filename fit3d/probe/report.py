@@ -1,5 +1,6 @@
 """Probe outputs: ``probe.json`` (metrics per feature source + exact settings), a markdown table, and a
-PNG figure of predictions next to ground truth (composed with numpy/cv2; matplotlib is not a dependency).
+PNG figure of predictions next to ground truth (composed with ``fit3d.viz.images``; matplotlib is not a
+dependency).
 """
 
 from __future__ import annotations
@@ -9,8 +10,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
-from fit3d.io import atomic_path, write_json, write_text
+from fit3d.io import write_json, write_text
+from fit3d.viz.images import (add_colorbar, colorize_depth, colorize_labels, depth_range, hstack, save_png, to_uint8,
+                              upsample, vstack)
+from fit3d.viz.scene import legend
 
 COLUMNS = {
     "depth": ["rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "delta1", "delta2", "delta3"],
@@ -70,57 +75,101 @@ def write_report(out_dir: str | Path, task: str, results: dict[str, dict], setti
 
 
 # ------------------------------------------------------------------------------------------------ figures
-def colorize_depth(d: np.ndarray, vmax: float) -> np.ndarray:
-    """[H, W] metres -> [H, W, 3] uint8 RGB (turbo), invalid (<= 0) black."""
-    x = np.clip(d / max(vmax, 1e-6), 0, 1)
-    rgb = cv2.applyColorMap((x * 255).astype(np.uint8), cv2.COLORMAP_TURBO)[..., ::-1].copy()
-    rgb[d <= 0] = 0
-    return rgb
+# Pictures are composed with fit3d.viz.images (titled panels, one depth colour scale with a colour bar,
+# the fixed label palette of the synthetic scenes' figures) so probe and compare figures read alike.
 
 
-def palette(n: int, seed: int = 0) -> np.ndarray:
-    """[n, 3] uint8 fixed random colours (class 0..n-1)."""
-    return np.random.default_rng(seed).integers(40, 256, size=(max(n, 1), 3), dtype=np.uint8)
+def _panel(image: np.ndarray, height: int, nearest: bool) -> np.ndarray:
+    """uint8 [height, w, 3], aspect kept; ``nearest`` for depth / label maps so pixels stay crisp."""
+    h, w = image.shape[:2]
+    return upsample(image, height, max(1, round(w * height / h)), nearest=nearest)
 
 
-def colorize_labels(lab: np.ndarray, n: int, ignore: int = 255) -> np.ndarray:
-    pal = palette(n)
-    out = np.zeros((*lab.shape, 3), np.uint8)
-    ok = (lab >= 0) & (lab < n) & (lab != ignore)
-    out[ok] = pal[lab[ok]]
-    return out
+def depth_figure(images, names, gt: torch.Tensor, preds: dict[str, torch.Tensor], idx, min_depth: float,
+                 max_depth: float, crop: str | None = None, panel_height: int = 200) -> np.ndarray:
+    """Rows image | ground truth | each source's prediction (per-image RMSE / abs rel in the title), all
+    depth maps on one colour scale (percentiles of the shown ground truth) with a colour bar per row.
+
+    images [H, W, 3] float 0-1 per test image; gt [N, H, W]; preds {source: [N, H, W]} metres.
+    """
+    from fit3d.probe.depth import depth_metrics
+
+    idx = [int(i) for i in idx]
+    lo, hi = depth_range([gt[i].numpy() for i in idx])
+    hi = max(min(hi, max_depth), lo + 1e-6)
+    rows = []
+    for i in idx:
+        tiles = [_panel(to_uint8(images[i]), panel_height, False),
+                 _panel(colorize_depth(gt[i].numpy(), lo, hi), panel_height, True)]
+        titles = [str(names[i]), "ground truth"]
+        for k, p in preds.items():
+            m = depth_metrics(p[i:i + 1], gt[i:i + 1], min_depth, max_depth, crop)
+            tiles.append(_panel(colorize_depth(p[i].numpy(), lo, hi), panel_height, True))
+            titles.append(f"{k}: rmse {m['rmse']:.2f} m, rel {m['abs_rel']:.2f}")
+        rows.append(add_colorbar(hstack(tiles, titles), lo, hi, panel_height))
+    return vstack(rows)
 
 
-def _caption(img: np.ndarray, text: str) -> np.ndarray:
-    img = np.ascontiguousarray(img)
-    cv2.rectangle(img, (0, 0), (min(img.shape[1], 8 + 8 * len(text)), 18), (0, 0, 0), -1)
-    cv2.putText(img, text, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (255, 255, 255), 1, cv2.LINE_AA)
-    return img
+def seg_figure(images, names, labels: torch.Tensor, preds: dict[str, torch.Tensor], idx, num_classes: int,
+               class_names: list[str] | None = None, ignore_index: int = 255, panel_height: int = 200) -> np.ndarray:
+    """Rows image | ground truth | each source's prediction (per-image mIoU in the title), coloured with
+    ``fit3d.viz.images.LABEL_PALETTE`` (ignored pixels black), and a legend of the classes shown.
+
+    labels [N, H, W] int; preds {source: [N, H, W]} class ids.
+    """
+    from fit3d.probe.seg import confusion_matrix, seg_metrics
+
+    idx = [int(i) for i in idx]
+    rows, present = [], set()
+    for i in idx:
+        gt = labels[i].numpy()
+        tiles = [_panel(to_uint8(images[i]), panel_height, False), _panel(colorize_labels(gt), panel_height, True)]
+        titles = [str(names[i]), "ground truth"]
+        present |= set(np.unique(gt).tolist())
+        for k, p in preds.items():
+            m = seg_metrics(confusion_matrix(p[i], labels[i], num_classes, ignore_index))
+            tiles.append(_panel(colorize_labels(p[i].numpy()), panel_height, True))
+            titles.append(f"{k}: mIoU {m['miou']:.2f}")
+            present |= set(np.unique(p[i].numpy()).tolist())
+        rows.append(hstack(tiles, titles))
+    ids = sorted(int(c) for c in present if 0 <= c < num_classes and c != ignore_index)
+    names_c = list(class_names or []) or [f"class {c}" for c in range(num_classes)]
+    rows.append(legend(names_c, ids, max(r.shape[1] for r in rows)))
+    return vstack(rows)
 
 
-def write_figure(path: str | Path, rows: list[list[tuple[str, np.ndarray]]]) -> None:
-    """Grid PNG: each row a list of (caption, [H, W, 3] uint8 RGB) tiles of the same size."""
-    lines = [np.concatenate([_caption(t, c) for c, t in row], 1) for row in rows]
-    wmax = max(ln.shape[1] for ln in lines)
-    lines = [np.pad(ln, ((0, 0), (0, wmax - ln.shape[1]), (0, 0))) for ln in lines]
-    grid = np.concatenate(lines, 0)
-    with atomic_path(path) as tmp:
-        ok, buf = cv2.imencode(".png", grid[..., ::-1])
-        tmp.write_bytes(buf.tobytes())
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
-
-
-def match_tile(img_a: np.ndarray, img_b: np.ndarray, ex: dict, patch: float, max_lines: int = 60) -> np.ndarray:
-    """Pair side by side with sampled matches: green = within 2 patches of the truth, red = wrong."""
+def match_tile(img_a: np.ndarray, img_b: np.ndarray, ex: dict, patch: float, max_lines: int = 60,
+               height: int | None = None) -> np.ndarray:
+    """Pair side by side with sampled matches: green = within 2 patches of the truth, red = wrong.
+    ``height`` resizes the images first so lines stay thin. (fit3d.viz has no match drawing: lines are
+    drawn with cv2 on viz's uint8 images.)"""
     a, b = to_uint8(img_a), to_uint8(img_b)
+    s = 1.0 if height is None else height / a.shape[0]
+    if s != 1.0:
+        a, b = _panel(a, height, False), _panel(b, height, False)
     canvas = np.ascontiguousarray(np.concatenate([a, b], 1))
     W = a.shape[1]
     idx = np.linspace(0, len(ex["err"]) - 1, min(max_lines, len(ex["err"]))).round().astype(int)
     for k in idx:
-        q, p = ex["queries"][k], ex["pred"][k]
+        q, p = np.asarray(ex["queries"][k], float) * s, np.asarray(ex["pred"][k], float) * s
         col = (0, 220, 0) if ex["err"][k] <= 2 * patch else (230, 30, 30)
         cv2.line(canvas, (int(q[0]), int(q[1])), (int(p[0]) + W, int(p[1])), col, 1, cv2.LINE_AA)
     return canvas
+
+
+def corr_figure(images, names, examples: dict[str, list], n: int, panel_height: int = 200) -> np.ndarray:
+    """One row per (source, example pair): the pair with its sampled matches, titled with the source, the
+    frames and the pair's share of correct matches (green lines)."""
+    rows = []
+    for src, ex in examples.items():
+        for e in ex[:n]:
+            ok = float(np.mean(np.asarray(e["err"]) <= 2 * e["patch"])) if len(e["err"]) else float("nan")
+            tile = match_tile(images[e["a"]], images[e["b"]], e, e["patch"], height=panel_height)
+            title = f"{src}: {names[e['a']]} -> {names[e['b']]} ({ok:.0%} within 2 patches)"
+            rows.append(hstack([tile], [title]))
+    return vstack(rows)
+
+
+def write_figure(path: str | Path, figure: np.ndarray) -> None:
+    """Write a figure PNG atomically."""
+    save_png(path, figure)

@@ -12,7 +12,7 @@ from typing import Callable, Mapping
 import numpy as np
 import torch
 
-from fit3d.viz.images import colorbar, colorize_depth, depth_range, hstack, to_uint8, upsample
+from fit3d.viz.images import add_colorbar, colorize_depth, depth_range, hstack, to_uint8, upsample
 from fit3d.viz.pca import pca_rgb
 
 # A depth probe: (patch [B, D, h, w], cls [B, Dc], (H, W)) -> depth [B, 1, H, W] or [B, H, W] metres.
@@ -97,9 +97,5 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
     height = panel_height or H
     fig = hstack(panels, titles, height=height)
     if depths:  # a colour bar for the shared depth scale, level with the panels
-        bar = colorbar(lo, hi, height)
-        top = fig.shape[0] - 6 - height
-        ext = np.full((fig.shape[0], bar.shape[1] + 6, 3), 255, np.uint8)
-        ext[top:top + height, :bar.shape[1]] = bar
-        fig = np.concatenate([fig, ext], 1)
+        fig = add_colorbar(fig, lo, hi, height)
     return fig

@@ -186,6 +186,16 @@ def colorbar(vmin: float, vmax: float, height: int, cmap: str = "turbo", width: 
     return np.asarray(canvas)
 
 
+def add_colorbar(row: np.ndarray, vmin: float, vmax: float, height: int, pad: int = 6, **kw) -> np.ndarray:
+    """``row`` (an :func:`hstack` of panels ``height`` tall) with a :func:`colorbar` on its right, level with
+    the panels (they sit ``pad`` above the row's bottom edge)."""
+    bar = colorbar(vmin, vmax, height, **kw)
+    top = row.shape[0] - pad - height
+    ext = np.full((row.shape[0], bar.shape[1] + pad, 3), BACKGROUND, np.uint8)
+    ext[top:top + height, :bar.shape[1]] = bar
+    return np.concatenate([row, ext], 1)
+
+
 def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
     """Write uint8 RGB (or float in [0, 1]) as a PNG, atomically."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(to_uint8(image), cv2.COLOR_RGB2BGR))

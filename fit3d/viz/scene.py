@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from fit3d.data.scene import Scene
-from fit3d.viz.images import (BACKGROUND, LABEL_PALETTE, TEXT, colorbar, colorize_depth, colorize_labels,
+from fit3d.viz.images import (BACKGROUND, LABEL_PALETTE, TEXT, add_colorbar, colorize_depth, colorize_labels,
                               depth_range, font, hstack, vstack)
 
 
@@ -45,10 +45,7 @@ def scene_figure(scene: Scene, num_views: int = 4, panel_height: int = 180) -> n
     if len(depths) == len(views):
         lo, hi = depth_range(depths)
         row = hstack([colorize_depth(d, lo, hi) for d in depths], height=panel_height)
-        bar = colorbar(lo, hi, panel_height)
-        pad = np.full((row.shape[0], bar.shape[1] + 6, 3), 255, np.uint8)
-        pad[6:6 + panel_height, :bar.shape[1]] = bar
-        rows.append(np.concatenate([row, pad], 1))
+        rows.append(add_colorbar(row, lo, hi, panel_height))
     if all(v.labels is not None for v in views):
         rows.append(hstack([colorize_labels(v.labels) for v in views], height=panel_height))
         names = scene.meta.get("classes") or []
