@@ -42,8 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lift-width", type=int, default=None, help="default: LiftConfig's")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--finetune-lr", type=float, default=1e-5)
-    ap.add_argument("--probe-iterations", type=int, default=1500)
-    ap.add_argument("--probe-resolution", type=int, nargs=2, default=[448, 336])
+    ap.add_argument("--probe-iterations", type=int, default=1000)
+    ap.add_argument("--probe-resolution", type=int, nargs=2, default=[224, 168])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     a = ap.parse_args(argv)
     if a.threads:

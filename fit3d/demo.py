@@ -40,13 +40,14 @@ class DemoConfig:
     width: int = field(default=320, metadata={"help": "image width"})
     height: int = field(default=240, metadata={"help": "image height"})
     seed: int = field(default=0, metadata={"help": "seed of the rooms and of every stage"})
-    lift_iterations: int = field(default=1500, metadata={"help": "Stage 1 iterations per room"})
-    lift_width: int = field(default=160, metadata={"help": "Stage 1 render width"})
+    lift_iterations: int | None = field(default=None, metadata={
+        "help": "Stage 1 iterations per room (default: LiftConfig's)"})
+    lift_width: int | None = field(default=None, metadata={"help": "Stage 1 render width (default: LiftConfig's)"})
     finetune_epochs: int = field(default=1, metadata={"help": "Stage 2 epochs (FiT3D: 1)"})
     finetune_lr: float = field(default=1e-5, metadata={"help": "Stage 2 learning rate (FiT3D: 1e-5)"})
     finetune_max_steps: int | None = field(default=None, metadata={"help": "cap on Stage 2 steps"})
-    probe_iterations: int = field(default=1000, metadata={"help": "probe head iterations"})
-    probe_resolution: list[int] = field(default_factory=lambda: [308, 224], metadata={
+    probe_iterations: int = field(default=600, metadata={"help": "probe head iterations"})
+    probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={
         "help": "probe W H (patch multiple)"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
 
