@@ -6,7 +6,8 @@
         --out runs/probe-nyu
 
 Several feature sources in one call are evaluated on the same data with the same seed and printed side
-by side. Features are computed once per (source, image set, resolution) and cached under
+by side. Trained heads are kept as ``<out>/heads/<source label>.pt`` (``fit3d.probe.heads.load_depth_head``,
+``fit3d compare --depth-probe``). Features are computed once per (source, image set, resolution) and cached under
 ``--cache-dir`` (default ``<out>/cache``); the head trains on the cache (no augmentation).
 """
 
@@ -134,6 +135,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     """Run the probe of ``cfg``; writes probe.json / probe.md / figure under ``cfg.out``; returns the json dict."""
     from pathlib import Path
 
+    from fit3d.probe import heads as heads_mod
     from fit3d.probe import report
     from fit3d.probe.corr import evaluate_correspondence
     from fit3d.probe.depth import DepthSettings, depth_metrics, mean_depth_baseline, predict_depth, train_depth
@@ -163,6 +165,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     timing: dict[str, dict] = {}
     preds: dict[str, torch.Tensor] = {}
     examples: dict[str, list] = {}
+    saved_heads: dict[str, str] = {}  # source label -> <out>/heads/<label>.pt
     for src in sources:
         ft_test = _features(src, test, "test", res, cache, models, cfg)
         t = {"extract_test_s": ft_test.seconds, "test_from_cache": ft_test.from_cache}
@@ -184,6 +187,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
                               warmup=cfg.warmup if cfg.warmup is not None else round(n * 12800 / 38400),
                               min_depth=cfg.min_depth, max_depth=meta.max_depth)
             head, log = train_depth(P, C, train.depth.to(device), s)
+            head_meta = heads_mod.depth_head_meta(head, P.shape[1], C.shape[1], s.min_depth, s.max_depth)
             pred = predict_depth(head, ft_test.patch.to(device), ft_test.cls.to(device), tuple(test.depth.shape[-2:])).cpu()
             r = depth_metrics(pred, test.depth, s.min_depth, s.max_depth, meta.crop)
         else:
@@ -192,9 +196,13 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
                             warmup=cfg.warmup if cfg.warmup is not None else round(n * 1500 / 40000),
                             ignore_index=meta.ignore_index)
             head, log = train_seg(P, train.labels.to(device), meta.num_classes, s)
+            head_meta = heads_mod.seg_head_meta(head, class_names=meta.class_names, ignore_index=meta.ignore_index)
             pred = predict_seg(head, ft_test.patch.to(device), tuple(test.labels.shape[-2:])).cpu()
             r = seg_metrics(confusion_matrix(pred, test.labels, meta.num_classes, meta.ignore_index))
         preds[src.label] = pred
+        head_meta.update(source=heads_mod.source_meta(src), resolution=list(res), patch_size=ft_train.patch_size,
+                         dataset=meta.meta.get("dataset"), data=str(cfg.data), seed=cfg.seed, iterations=n)
+        saved_heads[src.label] = str(heads_mod.save_head(heads_mod.head_path(out, src.label), head, head_meta))
         losses = log["losses"]
         k = max(1, len(losses) // 20)
         r.update(loss_first=float(np.mean(losses[:k])), loss_last=float(np.mean(losses[-k:])))
@@ -220,7 +228,8 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
                     n_train=len(train.images) if train else 0, n_test=len(test.images),
                     dataset=meta.meta.get("dataset"), num_classes=meta.num_classes,
                     sources=[{"label": s.label, **asdict(s)} for s in sources])
-    table = report.write_report(out, cfg.task, results, settings, {"timing": timing}, command)
+    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads},
+                                command)
     if cfg.figure:
         _figure(out / "figure.png", cfg, test, preds, examples, meta)
     if verbose:
@@ -230,7 +239,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
                 print(f"{name}: features {t['extract_train_s']:.1f}s + head {t['head_train_s']:.1f}s; without the "
                       f"cache about {t['uncached_estimate_s']:.0f}s ({t['cache_speedup']:.1f}x slower)")
         print(f"wrote {out / 'probe.json'}")
-    return {"metrics": results, "timing": timing, "settings": settings, "table": table}
+    return {"metrics": results, "timing": timing, "settings": settings, "table": table, "heads": saved_heads}
 
 
 def _figure(path, cfg, test: Split, preds, examples, meta) -> None:

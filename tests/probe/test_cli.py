@@ -4,9 +4,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fit3d.cli import main
 from fit3d.probe import features
+from fit3d.probe.datasets import load_probe_data
+from fit3d.probe.depth import depth_metrics, predict_depth
+from fit3d.probe.features import extract_features
+from fit3d.probe.heads import load_depth_head, load_seg_head
 from probe_testkit import PoolBackbone, write_7scenes
 
 
@@ -45,6 +50,18 @@ def test_depth_two_sources_side_by_side_and_cache(scene, tmp_path, fake_backbone
     assert d["settings"]["n_train"] == 20 and d["settings"]["n_test"] == 10 and d["settings"]["seed"] == 0
     assert (tmp_path / "out" / "figure.png").stat().st_size > 0 and (tmp_path / "out" / "probe.md").exists()
     assert sorted(fake_backbone) == ["concat", "original"]
+    # the trained heads are saved and reproduce the reported metric on the test split
+    _, m = load_depth_head(tmp_path / "out" / "heads" / "concat.pt")
+    assert m["patch_dim"] == m["cls_dim"] == 16 and m["source"]["kind"] == "concat"  # the stand-in: 16 wide
+    assert m["resolution"] == [32, 24] and m["source"]["finetuned_dir"] == str(ft)
+    head, m = load_depth_head(tmp_path / "out" / "heads" / "original.pt")
+    test = load_probe_data(scene, "test", (32, 24))
+    images = [test.view(i).image for i in range(len(test))]
+    gt = torch.from_numpy(np.stack([test.view(i).depth for i in range(len(test))]))
+    patch, cls = extract_features(PoolBackbone(seed=0), images)
+    pred = predict_depth(head, patch, cls, (24, 32))
+    rmse = depth_metrics(pred, gt, m["min_depth"], m["max_depth"])["rmse"]
+    assert rmse == pytest.approx(d["metrics"]["original"]["rmse"], rel=1e-5)
     # second run: every feature set comes from the cache, no model is loaded
     fake_backbone.clear()
     assert main(argv) == 0
@@ -63,6 +80,9 @@ def test_corr_and_seg(scene, tmp_path, fake_backbone):
                  "--resolution", "32", "24", "--iterations", "10", "--batch-size", "4", "--figure", "1"]) == 0
     m = json.loads((tmp_path / "s" / "probe.json").read_text())["metrics"]
     assert {"miou", "macc"} <= set(m["original"]) and "baseline: majority class" in m
+    head, meta = load_seg_head(tmp_path / "s" / "heads" / "original.pt")
+    assert meta["num_classes"] == 3 and head.conv.in_channels == 16
+    assert not (tmp_path / "c" / "heads").exists()  # correspondence trains no head
 
 
 def test_bad_input_is_a_plain_error(tmp_path, fake_backbone, capsys):
