@@ -7,7 +7,7 @@ one PCA basis fitted on both feature maps colours them, so a colour means the sa
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,14 +58,26 @@ def feature_pca_figure(image, feature_maps: Mapping[str, torch.Tensor], panel_he
     return hstack(panels, ["image", *feature_maps.keys()], height=panel_height or H)
 
 
+def probe_features(model, x: torch.Tensor, layers: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(patch [1, D, h, w], cls [1, Dc]) of ``x`` [1, 3, H, W] exactly as ``fit3d probe`` extracted them
+    (``fit3d.probe.features.extract_features``: per-layer tokens concatenated along D)."""
+    from fit3d.probe.features import extract_features
+
+    return extract_features(model, [x[0].permute(1, 2, 0).cpu().numpy()], layers=layers, device=model.device)
+
+
 def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthProbe] | None = None, *,
                    short_side: int = 448, max_side: int = 1344, panel_height: int | None = 320,
-                   names: tuple[str, str] = ("original", "fine-tuned")) -> np.ndarray:
+                   names: tuple[str, str] = ("original", "fine-tuned"),
+                   probe_layers: Mapping[str, Sequence[int] | None] | None = None) -> np.ndarray:
     """Side-by-side panels [H, W, 3] uint8: image | PCA original | PCA fine-tuned | depth of each probe.
 
     image          [H, W, 3] uint8 or float in [0, 1], any size
     original, finetuned  Backbones (``.prepare``, ``.features``, ``.patch_size``) with the same patch size
-    depth_probes   optional {"original" | "finetuned" | "concat": probe}; their maps share one colour scale
+    depth_probes   optional {"original" | "finetuned" | "concat": probe}; their maps share one colour scale.
+                   "concat" reads ``fit3d.models.ConcatFeatures(original, finetuned)`` tokens (patch tokens
+                   original first, [CLS] of the original), as ``fit3d probe --features concat``.
+    probe_layers   optional {source: backbone layers} a probe was trained on (``fit3d probe --layers``)
     panel_height   display height of each panel (None: the model input height)
     """
     if original.patch_size != finetuned.patch_size:
@@ -80,16 +92,19 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
 
     depths, depth_titles = [], []
     for source, probe in (depth_probes or {}).items():
+        layers = (probe_layers or {}).get(source)
         if source == "original":
-            patch, cls = po, co
+            patch, cls = (po, co) if layers is None else probe_features(original, x, layers)
         elif source == "finetuned":
-            patch, cls = pf, cf
+            patch, cls = (pf, cf) if layers is None else probe_features(finetuned, x, layers)
         elif source == "concat":
-            patch, cls = torch.cat([po, pf.to(po.device)], 1), co
+            from fit3d.models import ConcatFeatures
+
+            patch, cls = probe_features(ConcatFeatures(original, finetuned), x, layers)
         else:
             raise ValueError(f"compare_figure: depth probe source {source!r} is not one of {FEATURE_SOURCES}")
         depths.append(_depth_of(probe, patch, cls, (H, W)))
-        depth_titles.append(f"depth probe: {dict(original=names[0], finetuned=names[1]).get(source, source)}")
+        depth_titles.append(f"depth: {dict(original=names[0], finetuned=names[1]).get(source, source)}")
     if depths:
         lo, hi = depth_range(depths)
         panels += [colorize_depth(d, lo, hi) for d in depths]

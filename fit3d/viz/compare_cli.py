@@ -3,6 +3,11 @@
 One PNG per image (``OUT/<image stem>.png``): the image, PCA of the original backbone's features and of
 the fine-tuned one's, coloured with one PCA basis fitted on both. Folders given as IMG are searched for
 images (non-recursively).
+
+``--depth-probe DIR_OR_FILE ...`` adds the depth maps of trained depth probes (``fit3d probe --task depth``
+output folders, whose ``heads/<source>.pt`` are read, or single head files), one panel per feature source
+(original / finetuned / concat) on one colour scale. Without ``--short-side`` the model input then has the
+probes' training short side (their ``--resolution``), so the features are at the scale the heads saw.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from tqdm import tqdm
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
-from fit3d.errors import SceneError
+from fit3d.errors import ModelNotFoundError, SceneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -28,7 +33,10 @@ class CompareConfig:
                                                         "(default: the one in the fine-tuned folder's fit3d.json)"})
     model_path: str = field(default="", metadata={"help": "local folder / hub id of the original weights "
                                                           "(default: the path in fit3d.json, FIT3D_MODEL_PATH, the hub)"})
-    short_side: int = field(default=448, metadata={"help": "model input: shorter image side, rounded to the patch"})
+    depth_probe: list[str] = field(default_factory=list, metadata={
+        "help": "depth probes to show: `fit3d probe --task depth` output folders (heads/*.pt) or head files"})
+    short_side: int = field(default=0, metadata={"help": "model input: shorter image side, rounded to the patch "
+                                                         "(0: the depth probes' training short side, else 448)"})
     max_side: int = field(default=1344, metadata={"help": "model input: cap on the longer side"})
     panel_height: int = field(default=320, metadata={"help": "display height of each panel in pixels"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto"})
@@ -78,6 +86,72 @@ def load_models(cfg: CompareConfig):
     return original, finetuned
 
 
+def find_depth_heads(paths) -> list[Path]:
+    """Depth-head files among ``paths``: files as given, folders expanded to ``heads/*.pt`` (or ``*.pt``
+    when the folder is a heads folder itself); seg heads in folders are skipped by the loader."""
+    from fit3d.probe.heads import HEADS_DIR
+
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted((p / HEADS_DIR).glob("*.pt")) or sorted(p.glob("*.pt"))
+            if not found:
+                raise ModelNotFoundError(f"{p}: no probe heads ({HEADS_DIR}/*.pt); run `fit3d probe --task depth "
+                                         f"--out {p}` first, or pass a head file")
+            out += found
+        else:
+            raise ModelNotFoundError(f"{p}: no such depth probe folder or head file")
+    return out
+
+
+def load_depth_probes(paths, original, finetuned, finetuned_dir: str = "", device: str = "cpu"):
+    """({source: probe callable}, {source: layers}, [head metas]) for ``compare_figure``.
+
+    Each head's recorded feature width is checked against the loaded backbones (the width of its source
+    times its number of layers); a mismatch raises ``ModelNotFoundError`` naming the head file.
+    """
+    import sys
+
+    from fit3d.probe.heads import load_head
+
+    files = find_depth_heads(paths)
+    probes, layers, metas = {}, {}, []
+    for f in files:
+        head, meta = load_head(f, device=device)
+        if meta["type"] != "depth":
+            if f in map(Path, paths):
+                raise ModelNotFoundError(f"{f}: a {meta['type']} probe head, not a depth probe")
+            continue
+        src = meta.get("source") or {}
+        kind = src.get("kind")
+        if kind not in ("original", "finetuned", "concat"):
+            raise ModelNotFoundError(f"{f}: unknown feature source {kind!r} in the head's meta")
+        if kind in probes:
+            raise ModelNotFoundError(f"{f}: a second depth probe on '{kind}' features (one per source)")
+        n = len(src.get("layers") or []) or 1
+        d_o, d_f = original.embed_dim, finetuned.embed_dim
+        want = tuple(n * d for d in {"original": (d_o, d_o), "finetuned": (d_f, d_f), "concat": (d_o + d_f, d_o)}[kind])
+        if (meta["patch_dim"], meta["cls_dim"]) != want:
+            raise ModelNotFoundError(f"{f}: head reads '{kind}' features of width {meta['patch_dim']} (+ [CLS] "
+                                     f"{meta['cls_dim']}) but these backbones give {want[0]} (+ {want[1]})")
+        ft = src.get("finetuned_dir")
+        if kind != "original" and ft and finetuned_dir and Path(ft).resolve() != Path(finetuned_dir).resolve():
+            print(f"warning: {f} was trained on features of {ft}, shown here on {finetuned_dir}", file=sys.stderr)
+
+        def probe(patch, cls, size, head=head):
+            return head(patch.to(device), cls.to(device), size)
+
+        probes[kind], layers[kind] = probe, src.get("layers")
+        metas.append({**meta, "path": str(f)})
+    if not probes:
+        raise ModelNotFoundError(f"no depth probe heads in {', '.join(map(str, paths))}")
+    order = {k: i for i, k in enumerate(("original", "finetuned", "concat"))}
+    probes = dict(sorted(probes.items(), key=lambda kv: order[kv[0]]))
+    return probes, layers, metas
+
+
 def _out_names(images: list[Path]) -> list[str]:
     """``<stem>.png`` per image, made unique when stems repeat."""
     seen: dict[str, int] = {}
@@ -98,10 +172,19 @@ def run(args: argparse.Namespace) -> int:
         raise SceneError("fit3d compare: --finetuned DIR is required (a `fit3d finetune` output folder)")
     images = find_images(args.images)
     original, finetuned = load_models(cfg)
+    probes, layers, short_side = None, None, cfg.short_side or 448
+    if cfg.depth_probe:
+        probes, layers, metas = load_depth_probes(cfg.depth_probe, original, finetuned, cfg.finetuned,
+                                                  _device(cfg.device))
+        trained = sorted({min(m["resolution"]) for m in metas if m.get("resolution")})
+        if not cfg.short_side and trained:
+            short_side = trained[0]
+        shown = ", ".join(f"{m['source']['label']} ({m['path']})" for m in metas)
+        print(f"depth probes: {shown}; model input short side {short_side}")
     out = Path(cfg.out)
     for path, name in zip(tqdm(images, desc="compare", unit="image"), _out_names(images)):
-        fig = compare_figure(read_image(path), original, finetuned, short_side=cfg.short_side,
-                             max_side=cfg.max_side, panel_height=cfg.panel_height)
+        fig = compare_figure(read_image(path), original, finetuned, probes, short_side=short_side,
+                             max_side=cfg.max_side, panel_height=cfg.panel_height, probe_layers=layers)
         save_png(out / name, fig)
     print(f"wrote {len(images)} figure(s) to {out}")
     return 0

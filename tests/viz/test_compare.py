@@ -86,12 +86,18 @@ def test_depth_probe_panels(backbones, photo):
     assert fig.shape[1] > base.shape[1] + 2 * 70  # two more panels and a colour bar
 
 
-def test_compare_cli_on_a_finetuned_folder(backbones, photo, dinov2_path, tmp_path):
+@pytest.fixture(scope="module")
+def ft_dir(backbones, dinov2_path, tmp_path_factory):
+    """A `fit3d finetune`-style folder holding the perturbed model."""
     _, finetuned = backbones
-    ft_dir = tmp_path / "ft"
+    ft_dir = tmp_path_factory.mktemp("ft")
     finetuned.model.save_pretrained(ft_dir / "model")
     (ft_dir / "fit3d.json").write_text(json.dumps({"backbone": "dinov2_small",
                                                    "original_model_path": str(dinov2_path)}))
+    return ft_dir
+
+
+def test_compare_cli_on_a_finetuned_folder(ft_dir, photo, tmp_path):
     save_png(tmp_path / "imgs" / "photo.png", photo)
     save_png(tmp_path / "imgs" / "small.png", photo[:60, :90])
     out = tmp_path / "out"
@@ -101,3 +107,78 @@ def test_compare_cli_on_a_finetuned_folder(backbones, photo, dinov2_path, tmp_pa
     fig = read_image(out / "photo.png")
     assert fig.shape[0] > 120 and fig.shape[1] > 3 * 80
     assert main(["compare", str(tmp_path / "missing.png"), "--finetuned", str(ft_dir), "--out", str(out)]) == 1
+
+
+def test_depth_probes_read_the_features_the_probe_trained_on(backbones, photo):
+    """concat = fit3d.models.ConcatFeatures tokens (original patch first, original [CLS]), extracted as
+    fit3d.probe.features.extract_features does; original / finetuned = each backbone's own tokens."""
+    from fit3d.models import ConcatFeatures
+    from fit3d.probe.features import extract_features
+    from fit3d.viz.compare import prepare_image
+
+    original, finetuned = backbones
+    seen = {}
+
+    def recorder(source):
+        def probe(patch, cls, size):
+            seen[source] = (patch.clone(), cls.clone())
+            return torch.ones(patch.shape[0], 1, *size) * (1 + len(seen))
+        return probe
+
+    compare_figure(photo, original, finetuned, {k: recorder(k) for k in ("original", "finetuned", "concat")},
+                   short_side=56, panel_height=60)
+    x = prepare_image(photo, original, 56)
+    img = [x[0].permute(1, 2, 0).numpy()]
+    for source, model in (("original", original), ("finetuned", finetuned),
+                          ("concat", ConcatFeatures(original, finetuned))):
+        patch, cls = extract_features(model, img)
+        torch.testing.assert_close(seen[source][0], patch)
+        torch.testing.assert_close(seen[source][1], cls)
+    assert seen["concat"][0].shape[1] == 768 and seen["concat"][1].shape[1] == 384
+    torch.testing.assert_close(seen["concat"][0][:, :384], seen["original"][0])
+
+
+@pytest.fixture(scope="module")
+def probe_dir(backbones, ft_dir, tmp_path_factory):
+    """A `fit3d probe --task depth` output folder: heads on original and concat features trained (briefly)
+    on synthetic views at 56 x 42, as the probe CLI extracts and saves them."""
+    from fit3d.models import ConcatFeatures
+    from fit3d.probe.depth import DepthSettings, train_depth
+    from fit3d.probe.features import FeatureSource, extract_features
+    from fit3d.probe.heads import depth_head_meta, head_path, save_head, source_meta
+
+    original, finetuned = backbones
+    views = generate_scene(SyntheticSceneConfig(seed=5, num_views=6, width=56, height=42)).views
+    images = [v.image for v in views]
+    depth = torch.from_numpy(np.stack([v.depth for v in views])).float()
+    out = tmp_path_factory.mktemp("probe")
+    for kind, model in (("original", original), ("concat", ConcatFeatures(original, finetuned))):
+        patch, cls = extract_features(model, images)
+        s = DepthSettings(iterations=30, batch_size=3, lr=3e-3, warmup=3, n_bins=32, max_depth=8.0)
+        head, _ = train_depth(patch, cls, depth, s)
+        src = FeatureSource(kind=kind, finetuned_dir=str(ft_dir))
+        meta = depth_head_meta(head, patch.shape[1], cls.shape[1], s.min_depth, s.max_depth,
+                               source=source_meta(src), resolution=[56, 42], patch_size=14)
+        save_head(head_path(out, src.label), head, meta)
+    return out
+
+
+def test_compare_cli_with_depth_probes(ft_dir, probe_dir, photo, tmp_path, capsys):
+    save_png(tmp_path / "imgs" / "photo.png", photo)
+    base = ["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--panel-height", "120"]
+    assert main([*base, "--out", str(tmp_path / "plain"), "--short-side", "42"]) == 0
+    assert main([*base, "--out", str(tmp_path / "probes"), "--depth-probe", str(probe_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "original" in printed and "concat" in printed and "short side 42" in printed  # the probes' scale
+    plain, fig = read_image(tmp_path / "plain" / "photo.png"), read_image(tmp_path / "probes" / "photo.png")
+    assert fig.shape[0] == plain.shape[0] and fig.shape[1] > plain.shape[1] + 2 * 80  # 2 depth panels + bar
+    # a single head file works too; a head for other backbones' features is a plain error naming the file
+    one = probe_dir / "heads" / "concat.pt"
+    assert main([*base, "--out", str(tmp_path / "one"), "--depth-probe", str(one)]) == 0
+    from fit3d.probe.heads import load_depth_head, save_head
+
+    head, meta = load_depth_head(one)
+    save_head(tmp_path / "wide.pt", head, {**meta, "source": {**meta["source"], "kind": "original"}})
+    assert main([*base, "--out", str(tmp_path / "bad"), "--depth-probe", str(tmp_path / "wide.pt")]) == 1
+    assert "wide.pt" in capsys.readouterr().err
+    assert main([*base, "--out", str(tmp_path / "bad"), "--depth-probe", str(tmp_path / "nothing")]) == 1
