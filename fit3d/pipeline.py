@@ -55,7 +55,8 @@ class PipelineConfig:
     finetune_lr: float = field(default=1e-5, metadata={"help": "Stage 2 AdamW learning rate (FiT3D: 1e-5)"})
     finetune_max_steps: int | None = field(default=None, metadata={"help": "cap on Stage 2 steps"})
     finetune_resolution: list[int] | None = field(default=None, metadata={
-        "help": "Stage 2 W H (default: the lift resolution)"})
+        "help": "Stage 2 W H: rendered view and backbone input (default: the probe resolution, so the backbone "
+                "is trained at the resolution it is evaluated at)"})
     probe_iterations: int = field(default=1500, metadata={"help": "probe head iterations"})
     probe_resolution: list[int] = field(default_factory=lambda: [448, 336], metadata={"help": "probe W H"})
     num_classes: int = field(default=0, metadata={"help": "seg classes (0: the dataset's)"})
@@ -77,7 +78,7 @@ def _stage_configs(cfg: PipelineConfig):
     if cfg.lift_width is not None:
         lift.width = cfg.lift_width
     ft = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, max_steps=cfg.finetune_max_steps,
-                        resolution=cfg.finetune_resolution,
+                        resolution=list(cfg.finetune_resolution or cfg.probe_resolution),
                         device=None if cfg.device == "auto" else cfg.device)
     return lift, ft
 
