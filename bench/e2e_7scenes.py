@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--lift-width", type=int, default=None, help="default: LiftConfig's")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--finetune-lr", type=float, default=1e-5)
+    ap.add_argument("--finetune-resolution", type=int, nargs=2, default=None,
+                    help="Stage 2 W H (default: the probe resolution)")
     ap.add_argument("--probe-iterations", type=int, default=1000)
     ap.add_argument("--probe-resolution", type=int, nargs=2, default=[224, 168])
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -53,6 +55,7 @@ def main(argv=None) -> int:
                          probe_data=a.data, eval_data=a.eval_data, max_frame=398,
                          lift_iterations=a.lift_iterations, lift_width=a.lift_width,
                          finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
+                         finetune_resolution=a.finetune_resolution,
                          probe_iterations=a.probe_iterations, probe_resolution=list(a.probe_resolution),
                          train_frames="0-398", test_frames=test_frames, device="cpu", seed=0)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from pathlib import Path
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.errors import ModelNotFoundError
-from fit3d.io import write_text
+from fit3d.io import write_json, write_text
 
 
 @dataclass
@@ -101,6 +101,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     results = run_pipeline([str(p) for p in train], pcfg)
     results["seconds"] = {"generate": round(t_gen, 1), **results["seconds"],
                           "total": round(time.perf_counter() - t_start, 1)}
+    write_json(out / "results.json", results)
     report = write_report(out, cfg, results, train, test, model_path)
     print(f"[fit3d demo] report: {report}")
     if cfg.report_dir:
