@@ -110,6 +110,13 @@ class View:
         """[4, 4] world-to-camera (the rasterizer's ``viewmat``)."""
         return np.linalg.inv(self.c2w)
 
+    def unproject(self, pixels: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """World points [M, 3] float64 of pixel coordinates ``pixels`` [M, 2] (x, y; pixel centres at +0.5)
+        at camera depths ``z`` [M] (metres)."""
+        pixels, z = np.asarray(pixels, np.float64), np.asarray(z, np.float64)
+        rays = np.concatenate([pixels, np.ones((len(pixels), 1))], 1) @ np.linalg.inv(self.K).T  # [M, 3]
+        return (rays * z[:, None]) @ self.c2w[:3, :3].T + self.c2w[:3, 3]
+
     def resized(self, width: int, height: int) -> "View":
         """This view at ``width`` x ``height``: image area-/bilinear-resampled, K rescaled consistently
         (pixel centres at +0.5), depth / labels / mask resampled with nearest neighbour."""

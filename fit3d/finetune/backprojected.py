@@ -53,11 +53,10 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
     for i, v in enumerate(views):
         d = torch.from_numpy(v.depth)[ys, xs].double()
         ok = d > 0
-        u, w_, d = xs[ok].double() + 0.5, ys[ok].double() + 0.5, d[ok]
-        K = torch.from_numpy(v.K)
-        cam = torch.stack([(u - K[0, 2]) / K[0, 0] * d, (w_ - K[1, 2]) / K[1, 1] * d, d], -1)  # [M, 3]
-        c2w = torch.from_numpy(v.c2w)
-        means.append((cam @ c2w[:3, :3].T + c2w[:3, 3]).float())
+        d = d[ok]
+        pix = torch.stack([xs[ok], ys[ok]], 1).double() + 0.5  # [M, 2]
+        means.append(torch.from_numpy(v.unproject(pix.numpy(), d.numpy())).float())
+        K = v.K
         colors.append(torch.from_numpy(v.image)[ys[ok], xs[ok]])
         feats.append(dense[i, :, ys[ok], xs[ok]].T)  # [M, D]
         sizes.append((d / K[0, 0] * stride * footprint / 2).float())

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from fit3d.device import resolve_device
 from fit3d.config import add_arguments as add_config_arguments, from_args
 from fit3d.data.readers import frame_number
 from fit3d.errors import Fit3DError
@@ -147,7 +148,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
         raise Fit3DError("--data is required")
     if len(cfg.resolution) != 2:
         raise Fit3DError("--resolution takes W H")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    device = str(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     res = (int(cfg.resolution[0]), int(cfg.resolution[1]))

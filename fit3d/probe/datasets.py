@@ -59,6 +59,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from fit3d.data.readers.common import read_rgb as common_read_rgb
 from fit3d.data.readers import frame_number  # re-exported: the probe's frame split uses it
 from fit3d.data.scene import View
 from fit3d.errors import SceneError
@@ -115,11 +116,8 @@ def nominal_K(w: int, h: int) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """[H, W, 3] float32 0-1."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SceneError(f"cannot read image {path}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    """[H, W, 3] float32 0-1 (``fit3d.data.readers.common.read_rgb`` scaled)."""
+    return common_read_rgb(path).astype(np.float32) / 255.0
 
 
 def read_index_png(path: Path) -> np.ndarray:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fit3d.device import resolve_device
 from fit3d.errors import NonFiniteError, SceneError
 from fit3d.io import torch_save, write_json
 from fit3d.splat.decoder import FeatureDecoder
@@ -136,11 +137,7 @@ def backproject_depth(views) -> tuple[np.ndarray, np.ndarray]:
         ys, xs = np.nonzero(v.depth > 0)
         if len(ys) == 0:
             continue
-        z = v.depth[ys, xs].astype(np.float64)
-        x = (xs + 0.5 - v.K[0, 2]) / v.K[0, 0] * z
-        y = (ys + 0.5 - v.K[1, 2]) / v.K[1, 1] * z
-        pc = np.stack([x, y, z], 1)
-        pts.append(pc @ v.c2w[:3, :3].T + v.c2w[:3, 3])
+        pts.append(v.unproject(np.stack([xs + 0.5, ys + 0.5], 1), v.depth[ys, xs]))
         cols.append(v.image[ys, xs])
     if not pts:
         return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.float32)
@@ -229,12 +226,6 @@ def means_lr(it: int, cfg: LiftConfig, extent: float) -> float:
     """3DGS's exponential (log-linear) decay from lr_means to lr_means_final over the run."""
     t = min(max(it / max(cfg.iterations, 1), 0.0), 1.0)
     return extent * math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 # ------------------------------------------------------------------ metrics

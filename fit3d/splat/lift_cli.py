@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from fit3d.io import read_json
-    from fit3d.splat.lift import LiftConfig, _load_backbone, lift_scene, resolve_device
+    from fit3d.device import resolve_device
+    from fit3d.splat.lift import LiftConfig, _load_backbone, lift_scene
     from fit3d.splat.lifted import META_FILE, is_lifted
 
     cfg = from_args(LiftConfig, args)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
+from fit3d.device import resolve_device
 from fit3d.errors import ModelNotFoundError, SceneError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -63,21 +64,13 @@ def find_images(paths) -> list[Path]:
     return out
 
 
-def _device(name: str) -> str:
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_models(cfg: CompareConfig):
     """(original, fine-tuned) Backbones from ``cfg.finetuned``; ``backbone`` / ``model_path`` override the
     original model recorded in the folder."""
     from fit3d.finetune.assembled import load_finetuned, read_manifest
     from fit3d.models import load_backbone
 
-    device = _device(cfg.device)
+    device = str(resolve_device(cfg.device))
     original, finetuned = load_finetuned(cfg.finetuned, device=device)
     if cfg.backbone or cfg.model_path:
         name = cfg.backbone or read_manifest(cfg.finetuned)["backbone"]
@@ -175,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
     probes, layers, short_side = None, None, cfg.short_side or 448
     if cfg.depth_probe:
         probes, layers, metas = load_depth_probes(cfg.depth_probe, original, finetuned, cfg.finetuned,
-                                                  _device(cfg.device))
+                                                  str(resolve_device(cfg.device)))
         trained = sorted({min(m["resolution"]) for m in metas if m.get("resolution")})
         if not cfg.short_side and trained:
             short_side = trained[0]

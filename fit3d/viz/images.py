@@ -207,9 +207,8 @@ def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Any image file cv2 reads (PNG, JPEG, ...) -> uint8 RGB [H, W, 3]; raises ``SceneError`` if unreadable."""
-    from fit3d.errors import SceneError
+    from pathlib import Path
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise SceneError(f"{path}: not a readable image")
-    return img[..., ::-1].copy()
+    from fit3d.data.readers.common import read_rgb
+
+    return read_rgb(Path(path))

@@ -147,3 +147,18 @@ def test_frame_number(name, n):
 def test_frame_number_without_digits():
     with pytest.raises(SceneError, match="no frame number"):
         frame_number("kitchen")
+
+
+def test_unproject_inverts_projection():
+    import numpy as np
+
+    from fit3d.data import View
+
+    c2w = np.eye(4)
+    c2w[:3, 3] = [0.5, -0.2, 1.0]
+    K = np.array([[100.0, 0, 32], [0, 90.0, 24], [0, 0, 1]])
+    v = View(image=np.zeros((48, 64, 3), np.float32), K=K, c2w=c2w)
+    world = np.array([[0.6, 0.1, 3.0], [0.2, -0.4, 2.0]])
+    cam = world - c2w[:3, 3]
+    pix = (cam @ K.T)[:, :2] / cam[:, 2:]
+    np.testing.assert_allclose(v.unproject(pix, cam[:, 2]), world, atol=1e-12)
