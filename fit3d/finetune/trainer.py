@@ -15,6 +15,7 @@ Output folder::
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -282,9 +283,15 @@ def finetune(scene_dirs, backbone: str, out, cfg: FinetuneConfig | None = None, 
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     try:
-        return _finetune(scene_dirs, backbone, out, cfg, model_path, di, device, load_backbone, tqdm)
+        result = _finetune(scene_dirs, backbone, out, cfg, model_path, di, device, load_backbone, tqdm)
+        if di.active:
+            # Every rank leaves together, once rank 0 has written the outputs: a rank that tears its
+            # group down while a peer still works on it can abort (SIGABRT) at interpreter exit.
+            dist.barrier()
+        return result
     finally:
         if di.active and dist.is_initialized():
+            gc.collect()  # frees the DDP reducer (cycles) while the process group is still alive
             dist.destroy_process_group()
 
 
@@ -409,6 +416,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             epoch, consumed = epoch + 1, 0
     bar.close()
     del loader  # stops the workers
+    del module  # drop DDP (and its hold on the process group) before the group is destroyed
     train_s = time.perf_counter() - t_start
     in_sync = None
     if di.active:
