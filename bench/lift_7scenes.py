@@ -26,6 +26,24 @@ from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
 from fit3d.splat.lift import LiftConfig, lift_scene  # noqa: E402
 
 
+def override(cfg: LiftConfig, items: list[str]) -> LiftConfig:
+    """``cfg`` with FIELD=VALUE items applied (values parsed as the field's type)."""
+    import dataclasses
+    import typing
+
+    from fit3d.config import _base_type
+
+    hints = typing.get_type_hints(LiftConfig)
+    changes = {}
+    for item in items:
+        k, _, v = item.partition("=")
+        if k not in hints:
+            raise SystemExit(f"--set {item}: LiftConfig has no field {k!r}")
+        tp, _ = _base_type(hints[k])
+        changes[k] = (v.lower() in ("1", "true", "yes")) if tp is bool else tp(v)
+    return dataclasses.replace(cfg, **changes)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=LiftConfig.iterations)
@@ -34,6 +52,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/fit3d-bench-lift/redkitchen")
     ap.add_argument("--resume", action="store_true", help="keep an existing output folder (resume / reuse cache)")
+    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
+                    help="other LiftConfig fields, e.g. --set feature_loss_at=render lr_features=0.01")
     ap.add_argument("--pca-out", default=str(ROOT / "docs" / "lift-pca-redkitchen.png"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -42,6 +62,7 @@ def main() -> int:
         shutil.rmtree(out)
     cfg = LiftConfig(model_path=str(shared_model_dir()), width=args.width, iterations=args.iterations,
                      feature_size=args.feature_size, max_frame=398, progress=False)
+    cfg = override(cfg, args.set)
     t0 = time.perf_counter()
     meta = lift_scene(shared_7scenes_dir(), cfg, out)
     wall = time.perf_counter() - t0
@@ -53,6 +74,7 @@ def main() -> int:
         ("render resolution", f"{W}x{H} (targets {meta['target_grid'][1]}x{meta['target_grid'][0]} DINOv2-S tokens)"),
         ("threads", str(args.threads)),
         ("iterations", str(meta["iterations"])),
+        ("settings changed", " ".join(args.set) or "none"),
         ("wall time (whole lift)", f"{wall:.0f} s  (features {t['features']:.0f} s, train {t['train']:.0f} s, eval {t['eval']:.0f} s)"),
         ("iterations/s (train)", f"{meta['iterations'] / t['train']:.2f}"),
         ("Gaussians (first log -> final)", f"{meta['history'][0]['gaussians']} -> {meta['gaussians']} (init: {meta['init']})"),

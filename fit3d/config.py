@@ -26,7 +26,8 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = ()) -> None:
-    """Add ``--name`` options for every field of dataclass ``cls`` (help from ``metadata['help']``)."""
+    """Add ``--name`` options for every field of dataclass ``cls`` (help from ``metadata['help']``,
+    allowed values from ``metadata['choices']``)."""
     hints = typing.get_type_hints(cls)
     group = parser.add_argument_group(f"{cls.__name__} options")
     for f in dataclasses.fields(cls):
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
                                default=argparse.SUPPRESS, help=help_)
         else:
             group.add_argument(flag, dest=f.name, type=tp, nargs="+" if is_list else None,
-                               default=argparse.SUPPRESS, help=help_)
+                               choices=f.metadata.get("choices"), default=argparse.SUPPRESS, help=help_)
 
 
 def from_args(cls: type[T], ns: argparse.Namespace, **overrides: Any) -> T:
@@ -60,3 +61,13 @@ def to_dict(cfg: Any) -> dict:
 def from_dict(cls: type[T], d: dict) -> T:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def check_choices(cfg: Any) -> None:
+    """Raise ``Fit3DError`` naming the field when a value is not among its ``metadata['choices']``."""
+    from fit3d.errors import Fit3DError
+
+    for f in dataclasses.fields(cfg):
+        choices = f.metadata.get("choices")
+        if choices is not None and getattr(cfg, f.name) not in choices:
+            raise Fit3DError(f"{type(cfg).__name__}.{f.name} = {getattr(cfg, f.name)!r}: expected one of {', '.join(map(str, choices))}")

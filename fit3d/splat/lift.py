@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fit3d.config import check_choices
 from fit3d.device import resolve_device
 from fit3d.errors import NonFiniteError, SceneError
 from fit3d.io import torch_save, write_json
@@ -73,6 +74,10 @@ class LiftConfig:
     # loss
     lambda_dssim: float = field(default=0.2, metadata={"help": "weight of 1-SSIM in the colour loss (0.2)"})
     feature_weight: float = field(default=1.0, metadata={"help": "weight of the L1 feature loss (1.0)"})
+    feature_loss_at: str = field(default="grid", metadata={
+        "choices": ("grid", "render"), "help": "where the feature L1 is taken: grid (decoded render average-pooled to the backbone's patch "
+                "grid, the tokens' own footprint and the held-out metric's) or render (targets bilinearly "
+                "upsampled to the render size, as FiT3D)"})
     feature_grad_to_geometry: bool = field(default=False, metadata={
         "help": "let feature gradients reach means/scales/rotations/opacity (FiT3D: no)"})
     max_sh_degree: int = field(default=3, metadata={"help": "final SH degree, raised by 1 every iterations/30"})
@@ -347,6 +352,7 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     backbone (else ``load_backbone(cfg.backbone, cfg.model_path)``). Returns the lift.json dict.
     """
     cfg = cfg or LiftConfig()
+    check_choices(cfg)
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -453,7 +459,12 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
             gt = torch.as_tensor(v.image, device=device)
             l_rgb = (1 - cfg.lambda_dssim) * (r.rgb - gt).abs().mean() + cfg.lambda_dssim * (1 - ssim(r.rgb, gt))
             dec = decoder(r.features.permute(2, 0, 1)[None])  # [1, D, H, W]
-            l_feat = (dec - cache.target(cache.index(v.name), W, H, device)).abs().mean()
+            ti = cache.index(v.name)
+            if cfg.feature_loss_at == "grid":
+                tgt = cache.grid(ti, device)  # [D, h, w]
+                l_feat = (F.adaptive_avg_pool2d(dec, tgt.shape[-2:])[0] - tgt).abs().mean()
+            else:
+                l_feat = (dec - cache.target(ti, W, H, device)).abs().mean()
             loss = l_rgb + cfg.feature_weight * l_feat
             if not torch.isfinite(loss):
                 raise NonFiniteError(f"lift {name}: loss became {float(loss)} at iteration {it} (view {v.name})")
