@@ -21,6 +21,11 @@ class FinetuneConfig:
     resolution: list[int] | None = field(default=None, metadata={
         "help": "W H of the rendered view and backbone input, rounded down to a patch multiple "
                 "(default: each scene's lift resolution, rounded down)"})
+    target_at: str = field(default="lift", metadata={
+        "choices": ("lift", "train"),
+        "help": "resolution the 3D-aware targets are rendered at, before decoding and resizing to the patch grid: "
+                "lift (each scene's lift resolution: the scale its decoder was trained at, and cheap) or train "
+                "(the training resolution, as FiT3D)"})
     alpha_threshold: float = field(default=0.5, metadata={
         "help": "tokens whose rendered opacity (bilinearly downsampled to the patch grid) is below this "
                 "are masked out of the loss"})

@@ -8,6 +8,7 @@ One item (``RenderedViews[i]``)::
 
     image  [3, H, W]  float32 in [0, 1]  the view at the training resolution (a patch multiple)
     target [D, h, w]  float32            decoded rendered features, bilinearly resized to the patch grid
+                                         (rendered at the scene's lift resolution unless target_at="train")
     mask   [h, w]     bool               tokens where the scene was rendered (opacity >= threshold)
     scene, index      int                which scene / which entry, for error messages
 """
@@ -178,8 +179,11 @@ class RenderedViews(Dataset):
 
     def __init__(self, scenes: list[LiftedScene], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
-                 render_kwargs: dict | None = None, cull: bool = True):
+                 render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift"):
+        if target_at not in ("lift", "train"):
+            raise ValueError(f"target_at must be 'lift' or 'train', got {target_at!r}")
         self.scenes = scenes
+        self.target_at = target_at
         self.patch_size = patch_size
         self.alpha_threshold = alpha_threshold
         self.flip_prob = flip_prob
@@ -224,12 +228,26 @@ class RenderedViews(Dataset):
         s = self.scenes[si]
         W, H = self.sizes[si]
         h, w = H // self.patch_size, W // self.patch_size
-        g = visible_subset(s.gaussians, K, c2w, W, H) if self.cull else s.gaussians
-        r = render(g, K, c2w, W, H, with_rgb=False, **self.render_kwargs)
+        Wr, Hr = self.render_size(si)
+        if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
+            K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
+        g = visible_subset(s.gaussians, K, c2w, Wr, Hr) if self.cull else s.gaussians
+        r = render(g, K, c2w, Wr, Hr, with_rgb=False, **self.render_kwargs)
         feats = r.features.permute(2, 0, 1)[None].float()  # [1, f, H, W]
         target = decode_to_grid(s.decoder, feats, (h, w))[0]  # [D, h, w]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
         return target.contiguous(), alpha >= self.alpha_threshold
+
+    def render_size(self, scene_index: int) -> tuple[int, int]:
+        """(W, H) targets of this scene are rendered at before decoding: its lift resolution (the scale its
+        decoder was trained at) unless that is coarser than the patch grid, or the training resolution."""
+        W, H = self.sizes[scene_index]
+        if self.target_at == "train":
+            return W, H
+        Wl, Hl = self.scenes[scene_index].resolution
+        if Wl < W // self.patch_size or Hl < H // self.patch_size:
+            return W, H
+        return Wl, Hl
 
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)

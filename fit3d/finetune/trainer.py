@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from fit3d.config import to_dict
+from fit3d.config import check_choices, to_dict
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
@@ -49,7 +49,7 @@ CHECKPOINT_FILE = "checkpoint.pt"
 LOSSES_FILE = "losses.json"
 # Config fields a resumed run must share with the run that wrote the checkpoint.
 _RESUME_KEYS = ("lr", "weight_decay", "batch_size", "grad_clip", "epochs", "seed", "freeze_blocks",
-                "resolution", "alpha_threshold", "flip_prob")
+                "resolution", "target_at", "alpha_threshold", "flip_prob")
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -274,6 +274,7 @@ def finetune(scene_dirs, backbone: str, out, cfg: FinetuneConfig | None = None, 
     from fit3d.models import load_backbone
 
     cfg = cfg or FinetuneConfig()
+    check_choices(cfg)
     out = Path(out)
     di = dist_info()
     device = pick_device(cfg, di)
@@ -305,7 +306,8 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
     if di.is_main:
         log.info("%s", mem)
     views = RenderedViews(scenes, bb.patch_size, which="train", resolution=cfg.resolution,
-                          alpha_threshold=cfg.alpha_threshold, flip_prob=cfg.flip_prob, seed=cfg.seed)
+                          alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
+                          flip_prob=cfg.flip_prob, seed=cfg.seed)
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
     sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed)
@@ -434,7 +436,8 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
         bb.eval()
         original = load_backbone(backbone_name, model_path=model_path, device=str(device)).eval()
         held = RenderedViews(scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
-                             alpha_threshold=cfg.alpha_threshold, flip_prob=0.0, seed=cfg.seed)
+                             alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
+                             flip_prob=0.0, seed=cfg.seed)
         metrics["heldout"] = evaluate_against_targets(held, {"original": original, "finetuned": bb}, device,
                                                       cfg.batch_size, progress=cfg.progress)
         del original

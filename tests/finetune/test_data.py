@@ -92,3 +92,27 @@ def test_culling_to_the_view_renders_the_same_image(lifted_dir):
         b = render(sub, K, v.c2w, 64, 48, with_rgb=False)
     assert_close(b.features, a.features, atol=1e-5, rtol=1e-5)
     assert_close(b.alpha, a.alpha, atol=1e-6, rtol=1e-6)
+
+
+def test_targets_render_at_the_lift_resolution_by_default(lifted_dir):
+    from fit3d.splat.render import render
+
+    scenes = load_scenes([lifted_dir])  # lifted at 64x48
+    lift = RenderedViews(scenes, 8, resolution=[128, 96], flip_prob=0.0)
+    full = RenderedViews(scenes, 8, resolution=[128, 96], flip_prob=0.0, target_at="train")
+    assert lift.render_size(0) == (64, 48) and full.render_size(0) == (128, 96)
+    item = lift[2]
+    assert item["image"].shape == (3, 96, 128) and item["target"].shape == (32, 12, 16)
+    # The same camera at the lift resolution: K scaled as View.resized does.
+    v = lift.read_view(2).resized(64, 48)
+    with torch.no_grad():
+        r = render(scenes[0].gaussians, v.K, v.c2w, 64, 48, with_rgb=False)
+        expected = decode_to_grid(scenes[0].decoder, r.features.permute(2, 0, 1)[None], (12, 16))[0]
+    assert_close(item["target"], expected, atol=1e-4, rtol=1e-4)
+    # Rendering at twice the size gives nearly the same targets where the scene is rendered.
+    other = full[2]
+    both = item["mask"] & other["mask"]
+    cos = F.cosine_similarity(item["target"], other["target"], dim=0)[both]
+    assert both.sum() > 50 and cos.mean() > 0.9
+    with pytest.raises(ValueError, match="target_at"):
+        RenderedViews(scenes, 8, target_at="full")
