@@ -63,6 +63,8 @@ class PipelineConfig:
     probe_dataset: str = field(default="auto", metadata={"help": "probe dataset layout (see fit3d probe)"})
     train_frames: str = field(default="0-398", metadata={"help": "probe training frame range"})
     test_frames: str = field(default="400-498", metadata={"help": "probe test frame range"})
+    val_frames: str | None = field(default=None, metadata={
+        "help": "depth probe: frames of the training range kept for choosing the head checkpoint (e.g. 320-398)"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
     seed: int = field(default=0, metadata={"help": "seed of every stage"})
 
@@ -92,7 +94,7 @@ def probe_config(cfg: PipelineConfig, task: str, data: str, finetuned: str | Non
                        features=list(SOURCES) if finetuned else ["original"], out=str(out / task),
                        resolution=list(cfg.probe_resolution), iterations=cfg.probe_iterations,
                        seed=cfg.seed, num_classes=cfg.num_classes, train_frames=cfg.train_frames,
-                       test_frames=cfg.test_frames, device="auto" if cfg.device == "auto" else cfg.device,
+                       test_frames=cfg.test_frames, val_frames=cfg.val_frames, device="auto" if cfg.device == "auto" else cfg.device,
                        cache_dir=str(out / "cache"))
 
 

@@ -59,6 +59,11 @@ class ProbeConfig:
                                                                     "10 NYU/ScanNet/7-Scenes, 20 ScanNet++, 80 KITTI)"})
     train_frames: str = field(default="0-398", metadata={"help": "frame-number range of training views (scenes)"})
     test_frames: str = field(default="400-498", metadata={"help": "frame-number range of test views (scenes)"})
+    val_frames: str | None = field(default=None, metadata={
+        "help": "depth: frame-number range carved out of the training views as a validation split; the head "
+                "keeps its checkpoint with the best validation abs rel (the protocol's best checkpoint without "
+                "looking at the test views), e.g. 320-398"})
+    val_every: int = field(default=100, metadata={"help": "validate the depth head every this many iterations"})
     max_items: int = field(default=0, metadata={"help": "cap images per split (evenly spaced; 0 = all)"})
     gaps: list[int] = field(default_factory=lambda: [2, 10, 20, 40],
                             metadata={"help": "corr: frame-number gaps of the pairs"})
@@ -119,6 +124,18 @@ class _Models:
         return self.loaded[src]
 
 
+def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, validation indices) of training views: validation = frame number within ``frames``."""
+    lo, hi = frames
+    in_val = [lo <= frame_number(n) <= hi for n in names]
+    val = [i for i, v in enumerate(in_val) if v]
+    fit = [i for i, v in enumerate(in_val) if not v]
+    if not val or not fit:
+        raise Fit3DError(f"--val-frames {lo}-{hi} leaves {len(fit)} training and {len(val)} validation views; "
+                         f"both must be non-empty")
+    return torch.tensor(fit), torch.tensor(val)
+
+
 def _features(src, split: Split, set_name: str, res, cache: FeatureCache, models: _Models, cfg) -> CachedFeatures:
     def compute():
         model = models.get(src)
@@ -161,6 +178,9 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     train = None if cfg.task == "corr" else materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
     meta = test.data
     models = _Models(device)
+    fit_idx = val_idx = None
+    if cfg.val_frames and cfg.task == "depth":
+        fit_idx, val_idx = validation_split(train.data.names, parse_range(cfg.val_frames, (0, 0)))
 
     results: dict[str, dict] = {}
     timing: dict[str, dict] = {}
@@ -187,7 +207,12 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
             s = DepthSettings(iterations=n, batch_size=cfg.batch_size, lr=cfg.lr or 1e-4, seed=cfg.seed,
                               warmup=cfg.warmup if cfg.warmup is not None else round(n * 12800 / 38400),
                               min_depth=cfg.min_depth, max_depth=meta.max_depth)
-            head, log = train_depth(P, C, train.depth.to(device), s)
+            D = train.depth.to(device)
+            val = None
+            if val_idx is not None:
+                val = (P[val_idx], C[val_idx], D[val_idx])
+                P, C, D = P[fit_idx], C[fit_idx], D[fit_idx]
+            head, log = train_depth(P, C, D, s, val=val, val_every=cfg.val_every)
             head_meta = heads_mod.depth_head_meta(head, P.shape[1], C.shape[1], s.min_depth, s.max_depth)
             pred = predict_depth(head, ft_test.patch.to(device), ft_test.cls.to(device), tuple(test.depth.shape[-2:])).cpu()
             r = depth_metrics(pred, test.depth, s.min_depth, s.max_depth, meta.crop)
@@ -207,6 +232,8 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
         losses = log["losses"]
         k = max(1, len(losses) // 20)
         r.update(loss_first=float(np.mean(losses[:k])), loss_last=float(np.mean(losses[-k:])))
+        if "best_iteration" in log:
+            r.update(best_iteration=log["best_iteration"], val_abs_rel=log["best_val"])
         results[src.label] = r
         # what the same training would cost without the cache: one backbone forward per image drawn
         per_img = (ft_train.seconds / len(train.images)) if not ft_train.from_cache else None
@@ -227,6 +254,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     settings = asdict(cfg)
     settings.update(device=device, resolved_max_depth=meta.max_depth, crop=meta.crop,
                     n_train=len(train.images) if train else 0, n_test=len(test.images),
+                    n_val=len(val_idx) if val_idx is not None else 0,
                     dataset=meta.meta.get("dataset"), num_classes=meta.num_classes,
                     sources=[{"label": s.label, **asdict(s)} for s in sources])
     table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads},

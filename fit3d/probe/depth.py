@@ -129,8 +129,14 @@ class DepthSettings:
     use_cls: bool = True
 
 
-def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: DepthSettings) -> tuple[LinearDepthHead, dict]:
-    """Fit a head on cached features. patch [N, D, h, w], cls [N, Dc], depth [N, H, W] metres (0 invalid)."""
+def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: DepthSettings,
+                val: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                val_every: int = 100) -> tuple[LinearDepthHead, dict]:
+    """Fit a head on cached features. patch [N, D, h, w], cls [N, Dc], depth [N, H, W] metres (0 invalid).
+
+    ``val``: (patch, cls, depth) of a validation split; the head keeps the checkpoint with the best
+    validation abs rel (evaluated every ``val_every`` iterations), as the protocol's best checkpoint.
+    """
     torch.manual_seed(s.seed)
     head = LinearDepthHead(patch.shape[1], cls.shape[1], s.n_bins, s.min_depth, s.max_depth, use_cls=s.use_cls).to(patch.device)
     out_size = tuple(depth.shape[-2:])
@@ -141,8 +147,17 @@ def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: 
         valid = valid_mask(gt, s.min_depth, s.max_depth)
         return sig_loss(pred, gt, valid) + s.grad_weight * gradient_loss(pred, gt, valid)
 
+    validate = None
+    if val is not None:
+        vp, vc, vd = val
+
+        def validate():
+            pred = predict_depth(head, vp, vc, tuple(vd.shape[-2:]))
+            return depth_metrics(pred, vd, s.min_depth, s.max_depth)["abs_rel"]
+
     log = train_head(head, len(patch), step, iterations=s.iterations, batch_size=s.batch_size, lr=s.lr,
-                     weight_decay=s.weight_decay, schedule="cosine", warmup=s.warmup, seed=s.seed, desc="depth probe")
+                     weight_decay=s.weight_decay, schedule="cosine", warmup=s.warmup, seed=s.seed, desc="depth probe",
+                     validate=validate, val_every=val_every)
     return head, log
 
 

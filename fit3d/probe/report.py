@@ -35,9 +35,15 @@ def markdown_table(task: str, results: dict[str, dict]) -> str:
     """One row per feature source (and baseline), one column per metric (arrows say which way is better)."""
     cols = COLUMNS[task]
     head = "| features | " + " | ".join(c + (" ↓" if c in LOWER_IS_BETTER else " ↑") for c in cols) + " |"
-    lines = [head, "|" + "---|" * (len(cols) + 1)]
+    ckpt = any("best_iteration" in m for m in results.values())  # heads chosen on a validation split
+    if ckpt:
+        head += " best iteration (val abs rel) |"
+    lines = [head, "|" + "---|" * (len(cols) + 1 + ckpt)]
     for name, m in results.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(m.get(c, float("nan"))) for c in cols) + " |")
+        row = f"| {name} | " + " | ".join(_fmt(m.get(c, float("nan"))) for c in cols) + " |"
+        if ckpt:
+            row += (f" {m['best_iteration']} ({m['val_abs_rel']:.4f}) |" if "best_iteration" in m else " - |")
+        lines.append(row)
     if task == "corr":  # per-bin breakdown
         for key, title in (("by_gap", "frame gap"), ("by_rotation", "relative rotation")):
             bins = sorted({b for m in results.values() for b in m.get(key, {})},

@@ -31,17 +31,24 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str, power: float = 1.
 
 def train_head(head: torch.nn.Module, n_train: int, step_loss: Callable[[torch.Tensor], torch.Tensor], *,
                iterations: int, batch_size: int, lr: float, weight_decay: float, schedule: str, warmup: int,
-               seed: int, desc: str = "probe") -> dict:
+               seed: int, desc: str = "probe", validate: Callable[[], float] | None = None,
+               val_every: int = 100) -> dict:
     """Train ``head`` for ``iterations`` steps; each step draws ``batch_size`` indices of the training set
     (a seeded random permutation per epoch) and minimises ``step_loss(indices)``.
 
-    Returns {"losses": [float per iteration], "seconds": float}.
+    ``validate``: called (head in eval mode, no grad) every ``val_every`` iterations and at the end; returns
+    a score to minimise. The head ends with the weights of the best score (the protocol's "best
+    checkpoint", on a validation split instead of the test set).
+    Returns {"losses": [float per iteration], "seconds": float} plus, with ``validate``,
+    "val": [(iteration, score)], "best_iteration" and "best_val".
     """
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, iterations, warmup, schedule))
     head.train()
     losses: list[float] = []
+    val: list[tuple[int, float]] = []
+    best = None  # (iteration, score, state)
     order = torch.randperm(n_train, generator=gen)
     pos = 0
     t0 = time.perf_counter()
@@ -58,5 +65,17 @@ def train_head(head: torch.nn.Module, n_train: int, step_loss: Callable[[torch.T
         opt.step()
         sched.step()
         losses.append(float(loss.detach()))
+        if validate is not None and ((it + 1) % max(1, val_every) == 0 or it + 1 == iterations):
+            head.eval()
+            with torch.no_grad():
+                score = float(validate())
+            head.train()
+            val.append((it + 1, score))
+            if best is None or score < best[1]:
+                best = (it + 1, score, {k: v.detach().clone() for k, v in head.state_dict().items()})
     head.eval()
-    return {"losses": losses, "seconds": time.perf_counter() - t0}
+    out = {"losses": losses, "seconds": time.perf_counter() - t0}
+    if validate is not None and best is not None:
+        head.load_state_dict(best[2])
+        out.update(val=val, best_iteration=best[0], best_val=best[1])
+    return out

@@ -90,3 +90,16 @@ def test_bad_input_is_a_plain_error(tmp_path, fake_backbone, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["probe", "--task", "depth", "--data", str(tmp_path), "--features", "concat"]) == 1
     assert "--finetuned" in capsys.readouterr().err
+
+
+def test_depth_validation_frames_choose_the_head_checkpoint(scene, tmp_path, fake_backbone, capsys):
+    argv = ["probe", "--task", "depth", "--data", str(scene), "--features", "original", "--out", str(tmp_path / "o"),
+            "--resolution", "32", "24", "--iterations", "20", "--batch-size", "4", "--lr", "3e-3", "--figure", "0",
+            "--val-frames", "30-38", "--val-every", "5"]
+    assert main(argv) == 0
+    assert "best iteration (val abs rel)" in capsys.readouterr().out
+    d = json.loads((tmp_path / "o" / "probe.json").read_text())
+    assert d["settings"]["n_val"] == 5 and d["settings"]["n_train"] == 20  # frames 30..38 of 0..38
+    assert d["metrics"]["original"]["best_iteration"] in (5, 10, 15, 20)
+    assert main(argv[:-4] + ["--val-frames", "100-200"]) != 0  # no validation view: a plain error
+    assert "0 validation views" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """On a small synthetic case the probes learn: loss falls and the metric beats the trivial baseline."""
 
 import numpy as np
+import pytest
 import torch
 
 from fit3d.probe.depth import DepthSettings, depth_metrics, mean_depth_baseline, predict_depth, train_depth
@@ -54,3 +55,21 @@ def test_seg_probe_learns():
     m = seg_metrics(confusion_matrix(predict_seg(head, Pt, (32, 32)), te_l, 3))
     base = majority_baseline(tr_l, te_l, 3)
     assert m["miou"] > base["miou"] + 0.3 and m["macc"] > base["macc"] + 0.3
+
+
+def test_depth_probe_keeps_the_best_validation_checkpoint():
+    bb = PoolBackbone()
+    tr_i, tr_d, _ = scenes(24, 0)
+    va_i, va_d, _ = scenes(8, 2)
+    P, C = extract_features(bb, tr_i)
+    Pv, Cv = extract_features(bb, va_i)
+    s = DepthSettings(iterations=60, batch_size=8, lr=3e-3, warmup=5, max_depth=5.0, n_bins=64)
+    head, log = train_depth(P, C, tr_d, s, val=(Pv, Cv, va_d), val_every=7)
+    its = [it for it, _ in log["val"]]
+    assert its == list(range(7, 60, 7)) + [60]
+    best_it, best = min(log["val"], key=lambda t: t[1])
+    assert log["best_iteration"] == best_it and log["best_val"] == best
+    # the returned head is that checkpoint: it reproduces the best validation score, not the last one
+    again = depth_metrics(predict_depth(head, Pv, Cv, (32, 32)), va_d, s.min_depth, s.max_depth)["abs_rel"]
+    assert again == pytest.approx(best, rel=1e-6)
+    assert best <= log["val"][-1][1] and best < log["val"][0][1]  # it learned before it was chosen
