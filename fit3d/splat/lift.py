@@ -67,9 +67,10 @@ class LiftConfig:
     lr_opacity: float = field(default=0.05, metadata={"help": "opacity LR (FiT3D 0.05)"})
     lr_scaling: float = field(default=5e-3, metadata={"help": "log-scale LR (FiT3D 5e-3)"})
     lr_rotation: float = field(default=1e-3, metadata={"help": "rotation LR (FiT3D 1e-3)"})
-    lr_features: float = field(default=5e-3, metadata={
-        "help": "feature f LR (FiT3D 6.25e-5 over 30k GPU iterations; raised so features converge in a few "
-                "thousand CPU iterations)"})
+    lr_features: float = field(default=2e-2, metadata={
+        "help": "feature f LR (FiT3D 6.25e-5 over 30k GPU iterations; raised so features, which start at 0 and "
+                "are unit-scale coefficients of the PCA-initialised decoder, converge in a few thousand CPU "
+                "iterations)"})
     lr_decoder: float = field(default=1e-3, metadata={"help": "decoder LR (FiT3D 6.25e-5; raised like lr_features)"})
     # loss
     lambda_dssim: float = field(default=0.2, metadata={"help": "weight of 1-SSIM in the colour loss (0.2)"})
@@ -81,6 +82,10 @@ class LiftConfig:
     feature_grad_to_geometry: bool = field(default=False, metadata={
         "help": "let feature gradients reach means/scales/rotations/opacity (FiT3D: no)"})
     max_sh_degree: int = field(default=3, metadata={"help": "final SH degree, raised by 1 every iterations/30"})
+    decoder_init: str = field(default="pca", metadata={
+        "choices": ("pca", "random"),
+        "help": "decoder start: pca (centre tap = the training tokens' top-f principal directions, scaled so "
+                "f starts on a unit scale; the other taps zero) or random (PyTorch's default, as FiT3D)"})
     decoder_kernel: int = field(default=3, metadata={"help": "decoder Conv2d kernel size (FiT3D 3)"})
     # initialisation
     init_points: int = field(default=15000, metadata={"help": "at most this many initial Gaussians"})
@@ -213,6 +218,30 @@ def init_params(points: np.ndarray, colors: np.ndarray, cfg: LiftConfig, device)
         "features": torch.zeros(n, cfg.feature_dim, device=device),
     }
     return {k: nn.Parameter(v.contiguous()) for k, v in p.items()}
+
+
+@torch.no_grad()
+def pca_init_decoder(decoder: FeatureDecoder, cache: FeatureCache, names: list[str], max_tokens: int = 100_000,
+                     seed: int = 0) -> None:
+    """Start the decoder as the (uncentred) PCA of the training tokens: centre tap column k =
+    sqrt(lambda_k) * q_k for the top-f eigenpairs of E[x x^T] (x [D] tokens), other taps zero. Rendered f
+    then only has to learn whitened coefficients instead of a basis and its coefficients jointly.
+    Hand-written: a D x D eigendecomposition, no library call to wrap."""
+    D, f = decoder.out_dim, decoder.in_dim
+    gen = torch.Generator().manual_seed(seed)
+    per_view = max(1, max_tokens // max(1, len(names)))
+    xs = []
+    for n in names:
+        g = cache.grid(cache.index(n)).reshape(D, -1).T  # [h*w, D]
+        xs.append(g[torch.randperm(len(g), generator=gen)[:per_view]])
+    x = torch.cat(xs).double()
+    evals, evecs = torch.linalg.eigh(x.T @ x / len(x))  # ascending
+    k = min(f, D)
+    top = evecs[:, -k:].flip(1) * evals[-k:].flip(0).clamp_min(0).sqrt()  # [D, k]
+    w = decoder.conv.weight
+    w.zero_()
+    c = w.shape[-1] // 2
+    w[:, :k, c, c] = top.to(w.dtype)
 
 
 def as_gaussians(params: dict, sh_degree: int) -> FeatureGaussians:
@@ -411,6 +440,8 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
         params = init_params(pts, cols, cfg, device)
     optimizer = make_optimizer(params, cfg, extent)
     decoder = FeatureDecoder(cfg.feature_dim, cache.dim, cfg.decoder_kernel).to(device)
+    if cfg.decoder_init == "pca":  # (a resumed run loads its decoder below)
+        pca_init_decoder(decoder, cache, [names[i] for i in train_idx], seed=cfg.seed)
     dec_opt = torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder, eps=1e-15)
     stats = DensifyStats(len(params["means"]), device)
     sched = DensifySchedule.scaled(cfg.iterations)

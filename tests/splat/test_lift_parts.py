@@ -150,3 +150,39 @@ def test_init_from_depth_voxelises_and_caps():
     params = init_params(pts, np.full((50, 3), 0.5, np.float32), cfg, "cpu")
     assert (params["features"] == 0).all() and params["features"].shape == (50, 64)
     assert isinstance(params["means"], nn.Parameter)
+
+
+class _Grids:
+    """Stands for a FeatureCache: ``grid(i)`` [D, h, w], ``index(name)``."""
+
+    def __init__(self, grids):
+        self.grids = grids
+
+    def index(self, name):
+        return int(name)
+
+    def grid(self, i, device=None):
+        return self.grids[i]
+
+
+def test_pca_decoder_init_spans_the_tokens_with_unit_scale_coefficients():
+    from fit3d.splat.decoder import FeatureDecoder
+    from fit3d.splat.lift import pca_init_decoder
+
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(48, 6, generator=g))[0]  # tokens live in a 6-dim subspace of D = 48
+    grids = [(basis @ (torch.randn(6, 20, generator=g) * torch.arange(6, 0, -1)[:, None])).reshape(48, 4, 5)
+             for _ in range(5)]
+    dec = FeatureDecoder(8, 48)
+    pca_init_decoder(dec, _Grids(grids), [str(i) for i in range(5)])
+    w = dec.conv.weight.detach()
+    off_centre = w.clone()
+    off_centre[:, :, 1, 1] = 0
+    assert w[:, :, 1, 1].abs().sum() > 0 and off_centre.abs().max() == 0
+    centre = w[:, :, 1, 1].double()  # [48, 8]
+    x = torch.cat([t.reshape(48, -1) for t in grids], 1).double()  # [48, 100]
+    coef = torch.linalg.pinv(centre, rtol=1e-5) @ x  # [8, 100]: the f that decodes (1x1) to each token
+    torch.testing.assert_close(centre @ coef, x, atol=1e-4, rtol=1e-4)
+    rms = coef[:6].pow(2).mean(1).sqrt()  # whitened: the used directions need coefficients of RMS ~1
+    assert ((rms > 0.8) & (rms < 1.25)).all(), rms
+    assert w[:, 6:, 1, 1].norm() < 1e-4  # directions the tokens do not use stay (near) zero
