@@ -9,8 +9,12 @@ Per tile row, the list is first cut to the Gaussians whose ellipse reaches that 
 compiled per dtype and compute in it (float32 like gsplat; float64 for the reference tests).
 
 Backward: per pixel, front to back again (recomputing alpha and transmittance); the colour behind
-a Gaussian is ``final . g - prefix``, as in the torch path. Gradients are written to one slot per
-(tile, Gaussian) intersection, so threads never share a slot, and summed per Gaussian in torch.
+a Gaussian is ``final . g - prefix``, as in the torch path. The image gradient reaches the geometry
+only through the dot products ``final . g`` and ``colour . g``; summing them over the leading
+``n_geo`` channels only gives the gradients of those channels rendered through live geometry and
+the rest through detached geometry, in one pass (``rasterize(..., geometry_channels=)``).
+Gradients are written to one slot per (tile, Gaussian) intersection, so threads never share a
+slot, and summed per Gaussian in torch.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _backward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last, g_img, gA,
-                     v_m, v_con, v_op, v_col, consts, centres):
+                     v_m, v_con, v_op, v_col, consts, centres, n_geo):
     C = colors.shape[1]
     HALF, ONE, AMAX, AMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[5]
     for t in nb.prange(offsets.shape[0]):
@@ -101,7 +105,7 @@ def _backward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heig
                     continue
                 fx = centres[px]
                 total = ZERO
-                for c in range(C):
+                for c in range(n_geo):  # geometry sees only the leading n_geo channels
                     total += out[py, px, c] * g_img[py, px, c]
                 tail = gA[py, px] * Tfin[py, px]
                 T = ONE
@@ -126,7 +130,7 @@ def _backward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heig
                     if alpha < AMIN:
                         continue
                     dot = ZERO
-                    for c in range(C):
+                    for c in range(n_geo):
                         dot += colors[g, c] * g_img[py, px, c]
                     w = alpha * T
                     prefix += w * dot
@@ -188,7 +192,7 @@ def _forward(lists: TileLists, means2d, conics, opac, colors, width, height):
     return torch.from_numpy(out), torch.from_numpy(Tfin), torch.from_numpy(last)
 
 
-def _backward(lists: TileLists, means2d, conics, opac, colors, out, Tfin, last, g_img, gA):
+def _backward(lists: TileLists, means2d, conics, opac, colors, out, Tfin, last, g_img, gA, n_geo):
     M, C = colors.shape
     dt = colors.dtype
     I = lists.gids.shape[0]
@@ -202,7 +206,7 @@ def _backward(lists: TileLists, means2d, conics, opac, colors, out, Tfin, last, 
         _backward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opac),
                          _np(colors), lists.tiles_x, W, H, _np(out), _np(Tfin), _np(last), _np(g_img.to(dt)),
                          _np(gA.to(dt)), v_m.numpy(), v_con.numpy(), v_op.numpy(), v_col.numpy(),
-                         *_consts(_np(colors).dtype, W, H))
+                         *_consts(_np(colors).dtype, W, H), n_geo)
     gids = lists.gids
     return (torch.zeros(M, 2, dtype=dt).index_add_(0, gids, v_m),
             torch.zeros(M, 3, dtype=dt).index_add_(0, gids, v_con),
@@ -212,10 +216,10 @@ def _backward(lists: TileLists, means2d, conics, opac, colors, out, Tfin, last, 
 
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opac, colors, lists, width, height):
+    def forward(ctx, means2d, conics, opac, colors, lists, width, height, n_geo):
         out, Tfin, last = _forward(lists, means2d, conics, opac, colors, width, height)
         ctx.save_for_backward(means2d, conics, opac, colors, out, Tfin, last)
-        ctx.lists = lists
+        ctx.lists, ctx.n_geo = lists, n_geo
         return out, Tfin
 
     @staticmethod
@@ -223,14 +227,17 @@ class _Composite(torch.autograd.Function):
         means2d, conics, opac, colors, out, Tfin, last = ctx.saved_tensors
         g_out = torch.zeros_like(out) if g_out is None else g_out
         gA = torch.zeros_like(Tfin) if g_T is None else -g_T   # alpha = 1 - T_final
-        grads = _backward(ctx.lists, means2d, conics, opac, colors, out, Tfin, last, g_out, gA)
-        return (*grads, None, None, None)
+        grads = _backward(ctx.lists, means2d, conics, opac, colors, out, Tfin, last, g_out, gA, ctx.n_geo)
+        return (*grads, None, None, None, None)
 
 
 def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, lists: TileLists,
-              width: int, height: int):
+              width: int, height: int, geometry_channels: int | None = None):
     """CPU tensors only. means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]
-    -> image [H, W, C], alpha [H, W]."""
+    -> image [H, W, C], alpha [H, W]. Only the leading ``geometry_channels`` channels (None: all)
+    send gradients to means2d / conics / opacities; every channel gets its colour gradient."""
     dt = colors.dtype
-    out, Tfin = _Composite.apply(means2d.to(dt), conics.to(dt), opacities.to(dt), colors, lists, width, height)
+    n_geo = colors.shape[1] if geometry_channels is None else int(geometry_channels)
+    out, Tfin = _Composite.apply(means2d.to(dt), conics.to(dt), opacities.to(dt), colors, lists, width, height,
+                                 n_geo)
     return out, 1 - Tfin

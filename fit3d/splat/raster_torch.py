@@ -11,7 +11,9 @@ Layout (the gsplat recipe, vectorised over tiles instead of CUDA blocks):
   reached transmittance <= 1e-4 (early exit). Memory is O(tiles x 256 x block), never N x pixels;
 * the backward recomputes the same blocks front to back. The colour of everything behind a
   Gaussian is ``final - prefix`` (the forward output minus the running sum), so no per-pair state
-  is stored between passes.
+  is stored between passes. The image gradient reaches the geometry only through ``final . g`` and
+  ``colour . g``; taking them over the leading ``n_geo`` channels renders the other channels as if
+  through detached geometry, in the same pass (``rasterize(..., geometry_channels=)``).
 """
 
 from __future__ import annotations
@@ -192,7 +194,8 @@ def _tile(x: Tensor, lists: TileLists) -> Tensor:
 
 
 def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img, Tfin_img, g_img, gA_img,
-                        width, height):
+                        width, height, n_geo):
+    """Gradients of image [Hp, Wp, C] and alpha; only channels [:n_geo] reach means2d / conics / opac."""
     dev, dt = means2d.device, means2d.dtype
     M, C = colors.shape
     v_means2d = torch.zeros(M + 1, 2, dtype=dt, device=dev)
@@ -207,7 +210,8 @@ def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img
     colors_pad = torch.cat([colors, colors.new_zeros(1, C)], 0)
     g_t = _tile(g_img, lists)                                         # [T, 256, C]
     gA_t = _tile(gA_img[..., None], lists)[..., 0]                    # [T, 256]
-    total_t = (_tile(out_img, lists) * g_t).sum(-1)                   # [T, 256]  sum_j w_j c_j . g
+    # geometry sees the image gradient only through these dot products: restricted to [:n_geo]
+    total_t = (_tile(out_img[..., :n_geo], lists) * g_t[..., :n_geo]).sum(-1)  # [T, 256]  sum_j w_j c_j . g
     tail_t = gA_t * _tile(Tfin_img[..., None], lists)[..., 0]         # [T, 256]  dA/dalpha numerator
     tiles = torch.nonzero(lists.counts > 0).squeeze(-1)
     Tc = torch.ones(tiles.shape[0], TILE * TILE, dtype=dt, device=dev)
@@ -224,7 +228,7 @@ def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img
         Texcl = torch.cat([Tc[:, :, None], Tincl[:, :, :-1]], -1)
         w = torch.where(valid, alpha * Texcl, torch.zeros_like(alpha))
         col = colors_pad[gid]                                         # [A, L, C]
-        dot = torch.bmm(g, col.transpose(1, 2))                       # [A, 256, L]  c_i . g
+        dot = torch.bmm(g[..., :n_geo], col[..., :n_geo].transpose(1, 2))  # [A, 256, L]  c_i . g
         v_colors.index_add_(0, gid.reshape(-1), torch.bmm(w.transpose(1, 2), g).reshape(-1, C))
         wd = w * dot
         after = rest[:, :, None] - (prefix[:, :, None] + torch.cumsum(wd, -1))  # sum_{j>i} w_j c_j.g
@@ -254,10 +258,10 @@ def _composite_backward(lists: TileLists, means2d, conics, opac, colors, out_img
 
 class _Composite(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, means2d, conics, opac, colors, lists, width, height):
+    def forward(ctx, means2d, conics, opac, colors, lists, width, height, n_geo):
         out, Tfin = _composite_forward(lists, means2d, conics, opac, colors, width, height)
         ctx.save_for_backward(means2d, conics, opac, colors, out, Tfin)
-        ctx.lists, ctx.size = lists, (width, height)
+        ctx.lists, ctx.size, ctx.n_geo = lists, (width, height), n_geo
         return out, Tfin
 
     @staticmethod
@@ -268,13 +272,16 @@ class _Composite(torch.autograd.Function):
         # gradients arrive for the accumulated alpha = 1 - T_final
         gA = -g_T if g_T is not None else torch.zeros_like(Tfin)
         grads = _composite_backward(ctx.lists, means2d.detach(), conics.detach(), opac.detach(),
-                                    colors.detach(), out, Tfin, g_out.contiguous(), gA.contiguous(), *ctx.size)
-        return (*grads, None, None, None)
+                                    colors.detach(), out, Tfin, g_out.contiguous(), gA.contiguous(), *ctx.size,
+                                    ctx.n_geo)
+        return (*grads, None, None, None, None)
 
 
 def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, lists: TileLists,
-              width: int, height: int):
+              width: int, height: int, geometry_channels: int | None = None):
     """Front-to-back composite. means2d [M, 2], conics [M, 3], opacities [M], colors [M, C]
-    -> image [H, W, C], alpha [H, W] (accumulated opacity)."""
-    out, Tfin = _Composite.apply(means2d, conics, opacities, colors, lists, width, height)
+    -> image [H, W, C], alpha [H, W] (accumulated opacity). Only the leading ``geometry_channels``
+    channels (None: all) send gradients to means2d / conics / opacities; all get colour gradients."""
+    n_geo = colors.shape[1] if geometry_channels is None else int(geometry_channels)
+    out, Tfin = _Composite.apply(means2d, conics, opacities, colors, lists, width, height, n_geo)
     return out[:height, :width], 1 - Tfin[:height, :width]

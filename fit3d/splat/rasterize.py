@@ -9,6 +9,12 @@ rasterize_mode="classic", packed=False)`` for one camera. Backends:
 * ``"gsplat"``: gsplat's CUDA kernels (:mod:`fit3d.splat.raster_gsplat`);
 * ``"reference"``: the slow float64 yardstick (:mod:`fit3d.splat.reference`);
 * ``"auto"``: gsplat on CUDA when it imports, numba on CPU when it imports, torch otherwise.
+
+``geometry_channels=k`` lets only the first k channels (and the expected depth) send gradients to
+the geometry and opacities; the other channels behave as if rendered through detached geometry
+(FiT3D lifting: feature losses train only the features). numba / torch / reference do it in the
+same pass by restricting the backward's channel sums; gsplat renders the rest in a second pass
+through detached geometry (:func:`rasterize_two_pass`).
 """
 
 from __future__ import annotations
@@ -56,23 +62,34 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
               viewmat: Tensor, K: Tensor, width: int, height: int, *, backend: str = "auto",
-              near_plane: float = 0.01, eps2d: float = 0.3):
+              near_plane: float = 0.01, eps2d: float = 0.3, geometry_channels: int | None = None):
     """Render N Gaussians carrying C channels from one pinhole camera.
 
     means [N, 3], quats [N, 4] (w, x, y, z; normalised inside), scales [N, 3] and opacities [N]
     (activated), colors [N, C], viewmat [4, 4] world-to-camera (OpenCV axes), K [3, 3].
     Returns image [H, W, C], depth [H, W] (expected depth, 0 where nothing was hit),
     alpha [H, W] (accumulated opacity). Differentiable w.r.t. means, quats, scales, opacities, colors.
+    ``geometry_channels`` (0..C, None = C): only colors[:, :k], depth and alpha send gradients to
+    means / quats / scales / opacities; every channel gets its colour gradient. Outputs do not change.
     """
     width, height = int(width), int(height)
     backend = resolve_backend(backend, means.device)
+    C = colors.shape[1]
+    k = C if geometry_channels is None else int(geometry_channels)
+    if not 0 <= k <= C:
+        raise ValueError(f"rasterize: geometry_channels={geometry_channels} outside 0..{C} "
+                         f"(colors {tuple(colors.shape)})")
     if backend == "reference":
         from fit3d.splat.reference import rasterize_reference
 
         image, depth, alpha = rasterize_reference(means, quats, scales, opacities, colors, viewmat, K,
-                                                  width, height, near_plane=near_plane, eps2d=eps2d)
+                                                  width, height, near_plane=near_plane, eps2d=eps2d,
+                                                  geometry_channels=k)
         return image.to(colors.dtype), depth.to(colors.dtype), alpha.to(colors.dtype)
     if backend == "gsplat":
+        if k < C:  # gsplat's backward has no channel mask: two passes
+            return rasterize_two_pass(means, quats, scales, opacities, colors, viewmat, K, width, height, k,
+                                      backend=backend, near_plane=near_plane, eps2d=eps2d)
         from fit3d.splat.raster_gsplat import rasterize_gsplat
 
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
@@ -90,7 +107,22 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     viewmat, K = viewmat.detach().to(device=means.device, dtype=dt), K.detach().to(device=means.device, dtype=dt)
     p = project(means, quats, scales, opacities, viewmat, K, width, height, near_plane=near_plane, eps2d=eps2d)
     lists = build_tile_lists(p.means2d, p.radii, p.depths, width, height)
-    feats = torch.cat([colors[p.ids].to(dt), p.depths[:, None]], -1)    # [M, C + 1]: colour + depth
-    out, alpha = composite(p.means2d, p.conics, p.opacities, feats, lists, width, height)
-    depth = out[..., -1] / alpha.clamp_min(1e-10)
-    return out[..., :-1], depth, alpha
+    cols = colors[p.ids].to(dt)
+    # [M, C + 1]: geometry channels, depth (also a geometry channel), the rest; k = C: colour + depth
+    feats = torch.cat([cols[:, :k], p.depths[:, None], cols[:, k:]], -1)
+    out, alpha = composite(p.means2d, p.conics, p.opacities, feats, lists, width, height, geometry_channels=k + 1)
+    depth = out[..., k] / alpha.clamp_min(1e-10)
+    image = out[..., :-1] if k == C else torch.cat([out[..., :k], out[..., k + 1:]], -1)
+    return image, depth, alpha
+
+
+def rasterize_two_pass(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                       viewmat: Tensor, K: Tensor, width: int, height: int, geometry_channels: int, **kw):
+    """``rasterize(..., geometry_channels=k)`` as two passes (for backends without a channel mask):
+    colors[:, :k] with depth and alpha through the live geometry, colors[:, k:] through detached
+    geometry. Same arguments (``kw``: backend, near_plane, eps2d) and outputs as :func:`rasterize`."""
+    k = int(geometry_channels)
+    image, depth, alpha = rasterize(means, quats, scales, opacities, colors[:, :k], viewmat, K, width, height, **kw)
+    geo = (means.detach(), quats.detach(), scales.detach(), opacities.detach())
+    rest, _, _ = rasterize(*geo, colors[:, k:], viewmat, K, width, height, **kw)
+    return torch.cat([image, rest], -1), depth, alpha

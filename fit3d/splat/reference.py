@@ -29,14 +29,17 @@ def _rotmat(q: Tensor) -> Tensor:
 
 def rasterize_reference(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
                         viewmat: Tensor, K: Tensor, width: int, height: int, *, near_plane: float = 0.01,
-                        eps2d: float = 0.3, far_plane: float = 1e10):
-    """Same contract as :func:`fit3d.splat.rasterize.rasterize`; computes in float64."""
+                        eps2d: float = 0.3, far_plane: float = 1e10, geometry_channels: int | None = None):
+    """Same contract as :func:`fit3d.splat.rasterize.rasterize`; computes in float64.
+    Channels from ``geometry_channels`` on are weighted by detached blend weights (same values,
+    gradients to the colours only)."""
     f64 = torch.float64
     means, quats, scales = means.to(f64), quats.to(f64), scales.to(f64)
     opacities, colors = opacities.to(f64), colors.to(f64)
     V, K = viewmat.detach().to(f64), K.detach().to(f64)
     fx, fy, cx, cy = float(K[0, 0]), float(K[1, 1]), float(K[0, 2]), float(K[1, 2])
     C = colors.shape[1]
+    k = C if geometry_channels is None else int(geometry_channels)
     ys, xs = torch.meshgrid(torch.arange(height, dtype=f64) + 0.5, torch.arange(width, dtype=f64) + 0.5,
                             indexing="ij")
 
@@ -77,7 +80,8 @@ def rasterize_reference(means: Tensor, quats: Tensor, scales: Tensor, opacities:
 
     T = torch.ones(height, width, dtype=f64)
     done = torch.zeros(height, width, dtype=torch.bool)
-    out = torch.zeros(height, width, C + 1, dtype=f64)
+    out = torch.zeros(height, width, k + 1, dtype=f64)       # geometry channels + depth
+    rest = torch.zeros(height, width, C - k, dtype=f64)     # channels that see detached geometry
     for _, i, mu, conic, z in splats:
         dx, dy = mu[0] - xs, mu[1] - ys
         sigma = 0.5 * (conic[0] * dx * dx + conic[2] * dy * dy) + conic[1] * dx * dy
@@ -88,9 +92,10 @@ def rasterize_reference(means: Tensor, quats: Tensor, scales: Tensor, opacities:
         done = done | stop
         use = use & ~stop
         w = torch.where(use, alpha * T, torch.zeros_like(T))
-        feat = torch.cat([colors[i], z.reshape(1)])
+        feat = torch.cat([colors[i, :k], z.reshape(1)])
         out = out + w[..., None] * feat
+        rest = rest + w.detach()[..., None] * colors[i, k:]
         T = torch.where(use, next_T, T)
     alpha_acc = 1 - T
-    depth = out[..., C] / alpha_acc.clamp_min(1e-10)
-    return out[..., :C], depth, alpha_acc
+    depth = out[..., k] / alpha_acc.clamp_min(1e-10)
+    return torch.cat([out[..., :k], rest], -1), depth, alpha_acc
