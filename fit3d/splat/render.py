@@ -33,8 +33,8 @@ def render(gaussians: FeatureGaussians, K, c2w, width: int, height: int, *, with
 
     K [3, 3], c2w [4, 4] (OpenCV axes; numpy or tensor). Colour and features share one pass
     (FiT3D: "features are composited in the same pass as RGB, no background term").
-    ``detach_geometry_for_features``: render features in a second pass through detached geometry
-    and opacity, so feature gradients reach only ``f`` (FiT3D's default during lifting).
+    ``detach_geometry_for_features``: feature gradients reach only ``f``, never geometry or opacity
+    (FiT3D's default during lifting); still one pass (``rasterize(..., geometry_channels=3)``).
     """
     from fit3d.splat.rasterize import rasterize
 
@@ -48,18 +48,13 @@ def render(gaussians: FeatureGaussians, K, c2w, width: int, height: int, *, with
     if with_rgb:
         chans.append(g.colors(c2w_t[:3, 3]))
     F = g.feature_dim
-    if with_features and not detach_geometry_for_features:
+    if with_features or not chans:  # features alone still give depth and alpha
         chans.append(g.features)
-    if not chans:
-        chans.append(g.features)
-    image, depth, alpha = rasterize(*args, torch.cat(chans, -1), viewmat, K_t, width, height,
-                                    backend=backend, **raster_kwargs)
+    colors = torch.cat(chans, -1)                                  # [N, 3 + F] / [N, 3] / [N, F]
+    geometry_channels = (3 if with_rgb else 0) if with_features and detach_geometry_for_features else None
+    image, depth, alpha = rasterize(*args, colors, viewmat, K_t, width, height, backend=backend,
+                                    geometry_channels=geometry_channels, **raster_kwargs)
+    C = image.shape[-1]
     rgb = image[..., :3] if with_rgb else image.new_zeros(height, width, 3)
-    if with_features and detach_geometry_for_features:
-        dargs = tuple(a.detach() for a in args)
-        feats, _, _ = rasterize(*dargs, g.features, viewmat, K_t, width, height, backend=backend, **raster_kwargs)
-    elif with_features:
-        feats = image[..., -F:]
-    else:
-        feats = image.new_zeros(height, width, F)
+    feats = image[..., C - F:] if with_features else image.new_zeros(height, width, F)
     return Rendered(rgb=rgb, features=feats, depth=depth, alpha=alpha)
