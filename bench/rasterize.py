@@ -3,6 +3,7 @@
     .venv/bin/python bench/rasterize.py            # full grid (N x image x C x scene)
     .venv/bin/python bench/rasterize.py --quick    # the two target configurations only
     .venv/bin/python bench/rasterize.py --n 50000 --size 128 --channels 67 --scene opaque low
+    .venv/bin/python bench/rasterize.py --quick --geometry-channels 3 [--two-pass]   # lifting's render
 
 Scenes are realistic for Stage 1: Gaussians spread through the view frustum at depths 2-6 with
 per-axis pixel footprints (sigma) log-uniform in 0.5-4 px at 128x128 (3-sigma radius of a couple
@@ -18,6 +19,9 @@ included, which tracemalloc cannot see) of one forward+backward, inputs and scen
 Timings: median wall-clock seconds of ``--runs`` runs after one warm-up (which also compiles numba
 kernels); ``cpu s`` is the process CPU time (all threads) of the median forward+backward, a figure
 less distorted by other jobs on a shared machine. CPU threads set by ``--threads``.
+``--geometry-channels K``: only the first K channels reach the geometry in the backward (Stage 1's
+render, K = 3); with ``--two-pass`` the same gradients come from two passes (live geometry for the
+first K channels, detached for the rest: what backends without a channel mask do).
 Other jobs on a shared machine make timings noisy: report them with the load at the time.
 """
 
@@ -68,7 +72,12 @@ def _status(key: str) -> int:
 def run_one(args) -> dict:
     import torch
 
-    from fit3d.splat.rasterize import rasterize
+    from fit3d.splat.rasterize import rasterize as _rasterize, rasterize_two_pass
+
+    def rasterize(*a, **kw):
+        if args.two_pass:
+            return rasterize_two_pass(*a, args.geometry_channels, **kw)
+        return _rasterize(*a, geometry_channels=args.geometry_channels, **kw)
 
     torch.set_num_threads(args.threads)
     params, V, K = make_scene(args.n[0], args.size[0], args.channels[0], args.scene[0], device=args.device)
@@ -134,11 +143,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--backend", default="auto", help="auto (numba on CPU) | torch | numba | gsplat")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--geometry-channels", type=int, default=None,
+                    help="only the first K channels send gradients to the geometry (default: all)")
+    ap.add_argument("--two-pass", action="store_true",
+                    help="with --geometry-channels: two passes (live + detached geometry) instead of one")
     ap.add_argument("--omp-wait", default="PASSIVE",
                     help="OMP_WAIT_POLICY for the runs (PASSIVE: threads sleep instead of spinning at barriers, "
                          "which on an oversubscribed shared machine is up to ~50x faster for small torch ops)")
     ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.two_pass and args.geometry_channels is None:
+        ap.error("--two-pass needs --geometry-channels")
     if args.one:
         print(json.dumps(run_one(args)))
         return 0
@@ -146,7 +161,9 @@ def main(argv=None) -> int:
         configs = [(n, s, 67, sc) for n, s in ((10000, 64), (50000, 128)) for sc in args.scene]
     else:
         configs = [(n, s, c, sc) for n in args.n for s in args.size for c in args.channels for sc in args.scene]
+    gc = "all" if args.geometry_channels is None else args.geometry_channels
     print(f"backend={args.backend} device={args.device} threads={args.threads} runs={args.runs} "
+          f"geometry_channels={gc}{' (two passes)' if args.two_pass else ''} "
           f"OMP_WAIT_POLICY={args.omp_wait} loadavg={os.getloadavg()[0]:.1f}")
     hdr = f"{'N':>6} {'image':>7} {'C':>3} {'scene':>11} {'fwd s':>8} {'fwd+bwd s':>10} {'(cpu s)':>8} {'peak MB':>8} {'alpha':>6} target"
     print(hdr)
@@ -156,6 +173,8 @@ def main(argv=None) -> int:
         cmd = [sys.executable, os.path.abspath(__file__), "--one", "--n", str(n), "--size", str(s),
                "--channels", str(c), "--scene", sc, "--runs", str(args.runs), "--threads", str(args.threads),
                "--backend", args.backend, "--device", args.device]
+        if args.geometry_channels is not None:
+            cmd += ["--geometry-channels", str(args.geometry_channels)] + (["--two-pass"] if args.two_pass else [])
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
                    OMP_WAIT_POLICY=args.omp_wait)
         res = subprocess.run(cmd, capture_output=True, text=True, env=env)
