@@ -11,12 +11,14 @@
 
 ``--eval-data``: any folder in the same layout (e.g. other held-out frames of the scene); all its
 frames are evaluated unless ``--test-frames`` says otherwise. ``--json`` writes depth_rmse,
-depth_abs_rel, depth_delta1, corr_recall (each {original, finetuned, concat}) and seconds per stage.
+depth_abs_rel, depth_delta1, corr_recall (each {original, finetuned, concat}) and seconds per stage, plus
+plain_probe: depth rmse / abs_rel / delta1 of the same features under the plain probe protocol.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -27,7 +29,8 @@ import torch
 
 from fit3d.io import write_json, write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
-from fit3d.pipeline import PipelineConfig, results_markdown, run_pipeline
+from fit3d.pipeline import PipelineConfig, probe_config, results_markdown, run_pipeline
+from fit3d.probe.cli import run_probe
 
 
 def main(argv=None) -> int:
@@ -39,7 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(REPO_ROOT / "runs" / "e2e_7scenes"))
     ap.add_argument("--json", default=None, help="write the headline numbers as JSON here")
     ap.add_argument("--results-md", default=str(REPO_ROOT / "docs" / "results.md"), help="'' to skip")
-    ap.add_argument("--lift-iterations", type=int, default=None, help="default: LiftConfig's")
+    ap.add_argument("--lift-iterations", type=int, default=2000,
+                    help="Stage 1 iterations (2000: ~5 min here, features closer to the tokens than LiftConfig's 500)")
     ap.add_argument("--lift-width", type=int, default=None, help="default: LiftConfig's")
     ap.add_argument("--finetune-epochs", type=int, default=1)
     ap.add_argument("--finetune-lr", type=float, default=1e-5)
@@ -49,6 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--val-frames", default="320-398",
                     help="training frames kept to pick each depth head's checkpoint by abs rel ('' = none)")
     ap.add_argument("--probe-resolution", type=int, nargs=2, default=[224, 168])
+    ap.add_argument("--plain-probe-iterations", type=int, default=1000,
+                    help="also probe depth with the plain protocol (this many iterations on all of 0-398, last "
+                         "checkpoint) to show how much the numbers depend on the probe protocol (0: skip)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -64,12 +71,24 @@ def main(argv=None) -> int:
                          device="cpu", seed=0)
     t0 = time.perf_counter()
     res = run_pipeline([a.data], cfg)
+    plain = None
+    if a.plain_probe_iterations:
+        t1 = time.perf_counter()
+        out = Path(a.out)
+        pc = dataclasses.replace(probe_config(cfg, "depth", a.data, str(out / "finetuned"), out / "probe"),
+                                 iterations=a.plain_probe_iterations, val_frames=None,
+                                 out=str(out / "probe" / "depth_plain"))
+        plain = run_probe(pc, verbose=False)["metrics"]
+        res["seconds"]["probe_depth_plain"] = round(time.perf_counter() - t1, 1)
     res["seconds"]["total"] = round(time.perf_counter() - t0, 1)
     headline = {
         "depth_rmse": res.get("depth_rmse"), "depth_abs_rel": res.get("depth_abs_rel"),
         "depth_delta1": res.get("depth_delta1"), "corr_recall": res.get("corr_recall1"),
         "seconds": res["seconds"],
     }
+    if plain:
+        headline["plain_probe"] = {m: {s: plain[s][m] for s in ("original", "finetuned", "concat")}
+                                   for m in ("rmse", "abs_rel", "delta1")}
     command = "python bench/e2e_7scenes.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     table = results_markdown(res)
     print(table)
@@ -77,6 +96,15 @@ def main(argv=None) -> int:
     print(f"concat vs original depth RMSE: {(o - c) / o * 100:+.1f}% (target: >= +5%)")
     r = headline["corr_recall"]
     print(f"correspondence recall@1: finetuned {r['finetuned']:.4f} vs original {r['original']:.4f}")
+    plain_md = []
+    if plain:
+        pr = headline["plain_probe"]["rmse"]
+        plain_md = ["", f"The same features under the plain probe protocol ({a.plain_probe_iterations} head iterations on "
+                    "all of frames 0-398, last checkpoint): depth RMSE original "
+                    f"{pr['original']:.4f}, finetuned {pr['finetuned']:.4f}, concat {pr['concat']:.4f} "
+                    f"({(pr['original'] - pr['concat']) / pr['original'] * 100:+.1f}% concat vs original, "
+                    f"{(pr['original'] - pr['finetuned']) / pr['original'] * 100:+.1f}% finetuned vs original)."]
+        print(plain_md[-1])
     if a.json:
         write_json(a.json, headline)
     if a.results_md:
@@ -87,7 +115,7 @@ def main(argv=None) -> int:
               + "every number below is measured on frames 400-498, which no stage saw.", "",
               "```", command, "```", "", table, "",
               f"concat vs original depth RMSE: {(o - c) / o * 100:+.1f}% (target +5%); correspondence recall@1 "
-              f"finetuned {r['finetuned']:.4f} vs original {r['original']:.4f}.", "",
+              f"finetuned {r['finetuned']:.4f} vs original {r['original']:.4f}.", *plain_md, "",
               "Settings:", "", "```json", json.dumps(res["config"], indent=2), "```", "",
               "Stage 1 held-out metrics and Stage 2 metrics:", "", "```json",
               json.dumps({"lift": res["lift"], "finetune": res["finetune"]}, indent=2, default=str), "```", ""]
