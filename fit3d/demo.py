@@ -40,8 +40,8 @@ class DemoConfig:
     width: int = field(default=320, metadata={"help": "image width"})
     height: int = field(default=240, metadata={"help": "image height"})
     seed: int = field(default=0, metadata={"help": "seed of the rooms and of every stage"})
-    lift_iterations: int | None = field(default=None, metadata={
-        "help": "Stage 1 iterations per room (default: LiftConfig's)"})
+    lift_iterations: int | None = field(default=500, metadata={
+        "help": "Stage 1 iterations per room (small synthetic rooms: 500 keep the demo near 15 min; None: LiftConfig's)"})
     lift_width: int | None = field(default=None, metadata={"help": "Stage 1 render width (default: LiftConfig's)"})
     finetune_epochs: int = field(default=1, metadata={"help": "Stage 2 epochs (FiT3D: 1)"})
     finetune_lr: float = field(default=1e-5, metadata={"help": "Stage 2 learning rate (FiT3D: 1e-5)"})
