@@ -72,6 +72,9 @@ class LiftConfig:
         "help": "feature f LR (FiT3D 6.25e-5 over 30k GPU iterations; raised so features, which start at 0 and "
                 "are unit-scale coefficients of the PCA-initialised decoder, converge in a few thousand CPU "
                 "iterations)"})
+    lr_features_final: float | None = field(default=None, metadata={
+        "help": "feature LR at the end of the run, reached by log-linear decay from lr_features like 3DGS's xyz "
+                "LR; the decoder LR decays by the same factor (None: constant, as FiT3D)"})
     lr_decoder: float = field(default=1e-3, metadata={"help": "decoder LR (FiT3D 6.25e-5; raised like lr_features)"})
     # loss
     lambda_dssim: float = field(default=0.2, metadata={"help": "weight of 1-SSIM in the colour loss (0.2)"})
@@ -261,6 +264,14 @@ def means_lr(it: int, cfg: LiftConfig, extent: float) -> float:
     """3DGS's exponential (log-linear) decay from lr_means to lr_means_final over the run."""
     t = min(max(it / max(cfg.iterations, 1), 0.0), 1.0)
     return extent * math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
+
+
+def features_lr(it: int, cfg: LiftConfig) -> float:
+    """lr_features decayed log-linearly to lr_features_final over the run (constant when that is None)."""
+    if cfg.lr_features_final is None:
+        return cfg.lr_features
+    t = min(max(it / max(cfg.iterations, 1), 0.0), 1.0)
+    return math.exp((1 - t) * math.log(cfg.lr_features) + t * math.log(cfg.lr_features_final))
 
 
 # ------------------------------------------------------------------ metrics
@@ -484,6 +495,12 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
             vi = train_idx[perm.pop()]
             v = views[vi]
             optimizer.param_groups[0]["lr"] = means_lr(it, cfg, extent)
+            if cfg.lr_features_final is not None:
+                decay = features_lr(it, cfg) / cfg.lr_features
+                for group in optimizer.param_groups:
+                    if group.get("name") == "features":
+                        group["lr"] = cfg.lr_features * decay
+                dec_opt.param_groups[0]["lr"] = cfg.lr_decoder * decay
             sh_degree = min(cfg.max_sh_degree, it // sh_interval)
             g = as_gaussians(params, sh_degree)
             r = render(g, v.K, v.c2w, W, H, detach_geometry_for_features=not cfg.feature_grad_to_geometry,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -186,3 +187,13 @@ def test_pca_decoder_init_spans_the_tokens_with_unit_scale_coefficients():
     rms = coef[:6].pow(2).mean(1).sqrt()  # whitened: the used directions need coefficients of RMS ~1
     assert ((rms > 0.8) & (rms < 1.25)).all(), rms
     assert w[:, 6:, 1, 1].norm() < 1e-4  # directions the tokens do not use stay (near) zero
+
+
+def test_feature_lr_decays_log_linearly_when_asked():
+    from fit3d.splat.lift import features_lr
+
+    const = LiftConfig(iterations=100, lr_features=0.02)
+    assert features_lr(0, const) == features_lr(100, const) == 0.02
+    cfg = LiftConfig(iterations=100, lr_features=0.02, lr_features_final=0.002)
+    assert features_lr(0, cfg) == pytest.approx(0.02) and features_lr(100, cfg) == pytest.approx(0.002)
+    assert features_lr(50, cfg) == pytest.approx((0.02 * 0.002) ** 0.5)  # geometric midpoint
