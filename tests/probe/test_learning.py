@@ -28,12 +28,18 @@ def scenes(n, seed, H=32, W=32):
     return imgs, torch.from_numpy(np.stack(depths)), torch.from_numpy(np.stack(labels))
 
 
-def test_depth_probe_learns():
+def depth_sets(other_seed: int):
+    """(patch, cls, depth) of 24 training images and of 8 others (test or validation)."""
     bb = PoolBackbone()
-    tr_i, tr_d, _ = scenes(24, 0)
-    te_i, te_d, _ = scenes(8, 1)
-    P, C = extract_features(bb, tr_i)
-    Pt, Ct = extract_features(bb, te_i)
+    sets = []
+    for n, seed in ((24, 0), (8, other_seed)):
+        imgs, depth, _ = scenes(n, seed)
+        sets.append((*extract_features(bb, imgs), depth))
+    return sets
+
+
+def test_depth_probe_learns():
+    (P, C, tr_d), (Pt, Ct, te_d) = depth_sets(1)
     s = DepthSettings(iterations=100, batch_size=8, lr=3e-3, warmup=10, max_depth=5.0, n_bins=64)
     head, log = train_depth(P, C, tr_d, s)
     assert np.mean(log["losses"][-10:]) < 0.7 * np.mean(log["losses"][:10])
@@ -58,11 +64,7 @@ def test_seg_probe_learns():
 
 
 def test_depth_probe_keeps_the_best_validation_checkpoint():
-    bb = PoolBackbone()
-    tr_i, tr_d, _ = scenes(24, 0)
-    va_i, va_d, _ = scenes(8, 2)
-    P, C = extract_features(bb, tr_i)
-    Pv, Cv = extract_features(bb, va_i)
+    (P, C, tr_d), (Pv, Cv, va_d) = depth_sets(2)
     s = DepthSettings(iterations=60, batch_size=8, lr=3e-3, warmup=5, max_depth=5.0, n_bins=64)
     head, log = train_depth(P, C, tr_d, s, val=(Pv, Cv, va_d), val_every=7)
     its = [it for it, _ in log["val"]]
