@@ -70,4 +70,5 @@ def check_choices(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         choices = f.metadata.get("choices")
         if choices is not None and getattr(cfg, f.name) not in choices:
-            raise Fit3DError(f"{type(cfg).__name__}.{f.name} = {getattr(cfg, f.name)!r}: expected one of {', '.join(map(str, choices))}")
+            raise Fit3DError(f"{type(cfg).__name__}.{f.name} = {getattr(cfg, f.name)!r}: "
+                             f"expected one of {', '.join(map(str, choices))}")

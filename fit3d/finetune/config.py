@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+TARGET_AT = ("lift", "train")  # where Stage 2 targets are rendered: the scene's lift resolution / the training one
+
 
 @dataclass
 class FinetuneConfig:
@@ -22,7 +24,7 @@ class FinetuneConfig:
         "help": "W H of the rendered view and backbone input, rounded down to a patch multiple "
                 "(default: each scene's lift resolution, rounded down)"})
     target_at: str = field(default="lift", metadata={
-        "choices": ("lift", "train"),
+        "choices": TARGET_AT,
         "help": "resolution the 3D-aware targets are rendered at, before decoding and resizing to the patch grid: "
                 "lift (each scene's lift resolution: the scale its decoder was trained at, and cheap) or train "
                 "(the training resolution, as FiT3D)"})

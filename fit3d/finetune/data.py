@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
 from fit3d.errors import SceneError
+from fit3d.finetune.config import TARGET_AT
 from fit3d.splat.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
 from fit3d.splat.lifted import LiftedScene, load_lifted
@@ -180,8 +181,8 @@ class RenderedViews(Dataset):
     def __init__(self, scenes: list[LiftedScene], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
                  render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift"):
-        if target_at not in ("lift", "train"):
-            raise ValueError(f"target_at must be 'lift' or 'train', got {target_at!r}")
+        if target_at not in TARGET_AT:
+            raise ValueError(f"target_at must be one of {TARGET_AT}, got {target_at!r}")
         self.scenes = scenes
         self.target_at = target_at
         self.patch_size = patch_size

@@ -94,7 +94,8 @@ class DensifyStats:
 
 
 # ------------------------------------------------------------------ optimizer-aware tensor surgery
-def _group(optimizer: torch.optim.Optimizer, name: str) -> dict:
+def param_group(optimizer: torch.optim.Optimizer, name: str) -> dict:
+    """The optimizer's param group named ``name`` (groups carry a "name" key)."""
     for g in optimizer.param_groups:
         if g.get("name") == name:
             return g
@@ -102,7 +103,7 @@ def _group(optimizer: torch.optim.Optimizer, name: str) -> dict:
 
 
 def _swap(optimizer, params: dict, name: str, new_value: Tensor, state_fn) -> None:
-    group = _group(optimizer, name)
+    group = param_group(optimizer, name)
     old = group["params"][0]
     state = optimizer.state.pop(old, None)
     new = nn.Parameter(new_value.contiguous().requires_grad_(True))

@@ -29,7 +29,8 @@ from fit3d.device import resolve_device
 from fit3d.errors import NonFiniteError, SceneError
 from fit3d.io import torch_save, write_json
 from fit3d.splat.decoder import FeatureDecoder
-from fit3d.splat.densify import PARAM_NAMES, DensifySchedule, DensifyStats, densify_and_prune, reset_opacity
+from fit3d.splat.densify import (PARAM_NAMES, DensifySchedule, DensifyStats, densify_and_prune, param_group,
+                                 reset_opacity)
 from fit3d.splat.feature_cache import FeatureCache
 from fit3d.splat.gaussians import FeatureGaussians, rgb_to_sh_dc
 from fit3d.splat.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
@@ -260,18 +261,22 @@ def make_optimizer(params: dict, cfg: LiftConfig, extent: float) -> torch.optim.
     return torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES], lr=0.0, eps=1e-15)
 
 
+def _log_linear(it: int, iterations: int, start: float, final: float) -> float:
+    """3DGS's exponential (log-linear) decay from ``start`` to ``final`` over ``iterations``."""
+    t = min(max(it / max(iterations, 1), 0.0), 1.0)
+    return math.exp((1 - t) * math.log(start) + t * math.log(final))
+
+
 def means_lr(it: int, cfg: LiftConfig, extent: float) -> float:
-    """3DGS's exponential (log-linear) decay from lr_means to lr_means_final over the run."""
-    t = min(max(it / max(cfg.iterations, 1), 0.0), 1.0)
-    return extent * math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
+    """lr_means -> lr_means_final over the run, times the scene extent (3DGS)."""
+    return extent * _log_linear(it, cfg.iterations, cfg.lr_means, cfg.lr_means_final)
 
 
 def features_lr(it: int, cfg: LiftConfig) -> float:
     """lr_features decayed log-linearly to lr_features_final over the run (constant when that is None)."""
     if cfg.lr_features_final is None:
         return cfg.lr_features
-    t = min(max(it / max(cfg.iterations, 1), 0.0), 1.0)
-    return math.exp((1 - t) * math.log(cfg.lr_features) + t * math.log(cfg.lr_features_final))
+    return _log_linear(it, cfg.iterations, cfg.lr_features, cfg.lr_features_final)
 
 
 # ------------------------------------------------------------------ metrics
@@ -494,13 +499,11 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
                 perm = torch.randperm(len(train_idx), generator=gen).tolist()
             vi = train_idx[perm.pop()]
             v = views[vi]
-            optimizer.param_groups[0]["lr"] = means_lr(it, cfg, extent)
-            if cfg.lr_features_final is not None:
-                decay = features_lr(it, cfg) / cfg.lr_features
-                for group in optimizer.param_groups:
-                    if group.get("name") == "features":
-                        group["lr"] = cfg.lr_features * decay
-                dec_opt.param_groups[0]["lr"] = cfg.lr_decoder * decay
+            param_group(optimizer, "means")["lr"] = means_lr(it, cfg, extent)
+            if cfg.lr_features_final is not None:  # the decoder's LR follows the features' by the same factor
+                lr_f = features_lr(it, cfg)
+                param_group(optimizer, "features")["lr"] = lr_f
+                dec_opt.param_groups[0]["lr"] = cfg.lr_decoder * lr_f / cfg.lr_features
             sh_degree = min(cfg.max_sh_degree, it // sh_interval)
             g = as_gaussians(params, sh_degree)
             r = render(g, v.K, v.c2w, W, H, detach_geometry_for_features=not cfg.feature_grad_to_geometry,
