@@ -197,3 +197,12 @@ def test_feature_lr_decays_log_linearly_when_asked():
     cfg = LiftConfig(iterations=100, lr_features=0.02, lr_features_final=0.002)
     assert features_lr(0, cfg) == pytest.approx(0.02) and features_lr(100, cfg) == pytest.approx(0.002)
     assert features_lr(50, cfg) == pytest.approx((0.02 * 0.002) ** 0.5)  # geometric midpoint
+
+
+def test_a_setting_outside_its_choices_is_a_plain_error():
+    from fit3d.config import check_choices
+    from fit3d.errors import Fit3DError
+
+    check_choices(LiftConfig())
+    with pytest.raises(Fit3DError, match="feature_loss_at = 'pixel'.*grid, render"):
+        check_choices(LiftConfig(feature_loss_at="pixel"))
