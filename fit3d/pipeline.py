@@ -94,7 +94,7 @@ def probe_config(cfg: PipelineConfig, task: str, data: str, finetuned: str | Non
                        features=list(SOURCES) if finetuned else ["original"], out=str(out / task),
                        resolution=list(cfg.probe_resolution), iterations=cfg.probe_iterations,
                        seed=cfg.seed, num_classes=cfg.num_classes, train_frames=cfg.train_frames,
-                       test_frames=cfg.test_frames, val_frames=cfg.val_frames,
+                       test_frames=cfg.test_frames, val_frames=cfg.val_frames if task == "depth" else None,
                        device="auto" if cfg.device == "auto" else cfg.device,
                        cache_dir=str(out / "cache"))
 

@@ -179,7 +179,9 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     meta = test.data
     models = _Models(device)
     fit_idx = val_idx = None
-    if cfg.val_frames and cfg.task == "depth":
+    if cfg.val_frames:
+        if cfg.task != "depth":
+            raise Fit3DError(f"--val-frames picks depth heads' checkpoints; task {cfg.task} does not use it")
         fit_idx, val_idx = validation_split(train.data.names, parse_range(cfg.val_frames, (0, 0)))
 
     results: dict[str, dict] = {}

@@ -103,3 +103,6 @@ def test_depth_validation_frames_choose_the_head_checkpoint(scene, tmp_path, fak
     assert d["metrics"]["original"]["best_iteration"] in (5, 10, 15, 20)
     assert main(argv[:-4] + ["--val-frames", "100-200"]) != 0  # no validation view: a plain error
     assert "0 validation views" in capsys.readouterr().err
+    seg = [a if a != "depth" else "seg" for a in argv]
+    assert main(seg) != 0  # only depth heads use it: said, not silently ignored
+    assert "does not use it" in capsys.readouterr().err
