@@ -42,7 +42,7 @@ from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
 
 def cached_scene(bb, model_path: str, resolution, views: int, stride: int) -> Path:
     """A back-projected lifted scene of 7-Scenes at ``resolution`` (W, H), built once."""
-    from fit3d.finetune.backprojected import backprojected_lift
+    from fit3d.lift.backprojected import backprojected_lift
 
     key = {"resolution": list(resolution), "views": views, "stride": stride, "model": model_path, "v": 1}
     out = REPO / "runs" / "bench_finetune" / f"redkitchen_{resolution[0]}x{resolution[1]}_v{views}_s{stride}"

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
-from fit3d.splat.lift import LiftConfig, lift_scene  # noqa: E402
+from fit3d.lift import LiftConfig, lift_scene  # noqa: E402
 
 
 def override(cfg: LiftConfig, items: list[str]) -> LiftConfig:

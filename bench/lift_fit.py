@@ -22,13 +22,13 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fit3d.splat.feature_cache import FeatureCache  # noqa: E402
-from fit3d.splat.lifted import load_lifted  # noqa: E402
+from fit3d.lift.targets import TargetCache  # noqa: E402
+from fit3d.lift.lifted import load_lifted  # noqa: E402
 from fit3d.splat.render import render  # noqa: E402
 
 
 @torch.no_grad()
-def mean_cosine(lifted, cache: FeatureCache, views) -> float:
+def mean_cosine(lifted, cache: TargetCache, views) -> float:
     W, H = lifted.resolution
     cos = []
     for v in views:
@@ -48,7 +48,7 @@ def main() -> int:
     if not caches:
         raise SystemExit(f"{args.lift}/cache: no feature cache")
     lifted = load_lifted(args.lift)
-    cache = FeatureCache(caches[0])
+    cache = TargetCache(caches[0])
     train = lifted.read_views("train").views[::args.train_every]
     held = lifted.read_views("heldout").views
     print(f"| {args.lift} | views | feature cosine |\n|---|---|---|")

@@ -27,8 +27,9 @@ sys.path.insert(0, str(ROOT))
 from fit3d.data import read_scene  # noqa: E402
 from fit3d.data.readers import frame_number  # noqa: E402
 from fit3d.paths import shared_7scenes_dir  # noqa: E402
-from fit3d.splat.feature_cache import FeatureCache  # noqa: E402
-from fit3d.splat.lift import pose_distance, split_views  # noqa: E402
+from fit3d.lift.targets import TargetCache  # noqa: E402
+from fit3d.lift.evaluate import pose_distance
+from fit3d.lift.init import split_views  # noqa: E402
 
 
 def main() -> int:
@@ -42,7 +43,7 @@ def main() -> int:
     caches = sorted(Path(args.lift, "cache").glob("*.npy"))
     if not caches:
         raise SystemExit(f"{args.lift}/cache: no feature cache (run bench/lift_7scenes.py --out {args.lift} first)")
-    cache = FeatureCache(caches[0])
+    cache = TargetCache(caches[0])
     h, w = cache.grid_size
     D = cache.dim
     scale = 4  # views read at 4 px per token: token j spans pixels [4j, 4j + 4), its centre is x = 4j + 2

@@ -1,6 +1,6 @@
 """fit3d: FiT3D (Yue et al., ECCV 2024) -- 3D-aware fine-tuning of 2D vision foundation models.
 
-Stages: ``fit3d.splat.lift`` (features -> feature Gaussians), ``fit3d.finetune`` (train the 2D
+Stages: ``fit3d.lift`` (features -> feature Gaussians), ``fit3d.finetune`` (train the 2D
 model on rendered 3D-aware features), ``fit3d.probe`` (linear probes, correspondence).
 """
 

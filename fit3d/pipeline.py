@@ -71,7 +71,7 @@ class PipelineConfig:
 
 def _stage_configs(cfg: PipelineConfig):
     from fit3d.finetune.config import FinetuneConfig
-    from fit3d.splat.lift import LiftConfig
+    from fit3d.lift.config import LiftConfig
 
     lift = LiftConfig(backbone=cfg.backbone, model_path=cfg.model_path, max_frame=cfg.max_frame, seed=cfg.seed,
                       device=cfg.device)
@@ -104,8 +104,8 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finet
     """Run Stage 1 on every scene, Stage 2 on all of them, then the probes. Returns ``results.json``'s dict."""
     from fit3d.finetune.trainer import finetune
     from fit3d.probe.cli import run_probe
-    from fit3d.splat.lift import lift_scene
-    from fit3d.splat.lifted import is_lifted, load_lifted
+    from fit3d.lift.stage import lift_scene
+    from fit3d.lift.lifted import is_lifted, load_lifted
 
     out = Path(cfg.out)
     lift_d, ft_d = _stage_configs(cfg)

@@ -27,9 +27,9 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from fit3d.errors import SceneError
 from fit3d.finetune.config import TARGET_AT
-from fit3d.splat.decoder import FeatureDecoder
+from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
-from fit3d.splat.lifted import LiftedScene, load_lifted
+from fit3d.lift.lifted import LiftedScene, load_lifted
 
 log = logging.getLogger(__name__)
 

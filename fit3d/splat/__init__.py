@@ -1,6 +1,6 @@
-"""Splatting: feature Gaussians, the differentiable rasterizer, and Stage 1 lifting."""
+"""Splatting: feature Gaussians and the differentiable rasterizer (numba / torch / gsplat backends, a
+float64 reference), projection, rendering and 3DGS density control. Stage 1 lives in ``fit3d.lift``."""
 
-from fit3d.splat.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
 
 
@@ -11,4 +11,4 @@ def rasterize(*args, **kwargs):
     return _rasterize(*args, **kwargs)
 
 
-__all__ = ["FeatureGaussians", "FeatureDecoder", "rasterize"]
+__all__ = ["FeatureGaussians", "rasterize"]

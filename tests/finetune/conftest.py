@@ -36,7 +36,7 @@ def tiny_backbone(tiny_model_dir):
 
 @pytest.fixture(scope="session")
 def lifted_dir(tmp_path_factory, sevenscenes_path, tiny_backbone, tiny_model_dir):
-    from fit3d.finetune.backprojected import backprojected_lift
+    from fit3d.lift.backprojected import backprojected_lift
 
     return backprojected_lift(sevenscenes_path, tiny_backbone, tmp_path_factory.mktemp("lifted") / "redkitchen",
                               train_views=TRAIN, heldout_views=HELDOUT, resolution=RESOLUTION, feature_dim=8,

@@ -6,7 +6,7 @@ from torch.testing import assert_close
 from fit3d.errors import SceneError
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, decode_to_grid, load_scenes, scene_memory,
                                  training_resolution)
-from fit3d.splat.decoder import FeatureDecoder
+from fit3d.lift.decoder import FeatureDecoder
 
 
 @pytest.mark.parametrize("size", [(6, 8), (5, 7), (48, 64)])

@@ -25,7 +25,7 @@ def backbone_input_size(width: int, height: int, long_side: int, patch: int) -> 
     return max(patch, round(width * s / patch) * patch), max(patch, round(height * s / patch) * patch)
 
 
-class FeatureCache:
+class TargetCache:
     """Per-view target grids. ``grids`` [V, D, h, w] float16 (numpy memmap)."""
 
     def __init__(self, path: str | Path):
@@ -62,7 +62,7 @@ class FeatureCache:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, path: str | Path, views, backbone, *, long_side: int = 448, backbone_name: str = "",
-              batch_size: int = 4, progress: bool = True) -> "FeatureCache":
+              batch_size: int = 4, progress: bool = True) -> "TargetCache":
         """Compute (or reuse, when names / backbone / size match) the cache for ``views`` (list of ``View``)."""
         path = Path(path)
         names = [v.name for v in views]

@@ -18,7 +18,7 @@ import torch
 
 from fit3d.errors import SceneError
 from fit3d.io import read_json
-from fit3d.splat.decoder import FeatureDecoder
+from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
 
 GAUSSIANS_FILE = "gaussians.ply"

@@ -1,4 +1,4 @@
-"""The scene-specific decoder: rendered low-dim features f -> backbone width D."""
+"""The scene-specific decoder: rendered low-dim features f -> backbone width D, and its PCA start."""
 
 from __future__ import annotations
 
@@ -44,3 +44,27 @@ class FeatureDecoder(nn.Module):
                   int(meta.get("kernel_size", w.shape[-1])), meta.get("bias", "False") == "True")
         dec.load_state_dict(state)
         return dec
+
+
+@torch.no_grad()
+def pca_init_decoder(decoder: FeatureDecoder, cache: "TargetCache", names: list[str], max_tokens: int = 100_000,
+                     seed: int = 0) -> None:
+    """Start the decoder as the (uncentred) PCA of the training tokens: centre tap column k =
+    sqrt(lambda_k) * q_k for the top-f eigenpairs of E[x x^T] (x [D] tokens), other taps zero. Rendered f
+    then only has to learn whitened coefficients instead of a basis and its coefficients jointly.
+    Hand-written: a D x D eigendecomposition, no library call to wrap."""
+    D, f = decoder.out_dim, decoder.in_dim
+    gen = torch.Generator().manual_seed(seed)
+    per_view = max(1, max_tokens // max(1, len(names)))
+    xs = []
+    for n in names:
+        g = cache.grid(cache.index(n)).reshape(D, -1).T  # [h*w, D]
+        xs.append(g[torch.randperm(len(g), generator=gen)[:per_view]])
+    x = torch.cat(xs).double()
+    evals, evecs = torch.linalg.eigh(x.T @ x / len(x))  # ascending
+    k = min(f, D)
+    top = evecs[:, -k:].flip(1) * evals[-k:].flip(0).clamp_min(0).sqrt()  # [D, k]
+    w = decoder.conv.weight
+    w.zero_()
+    c = w.shape[-1] // 2
+    w[:, :k, c, c] = top.to(w.dtype)

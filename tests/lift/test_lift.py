@@ -16,8 +16,8 @@ import torch.nn.functional as F
 
 from fit3d.data.scene import Scene, View
 from fit3d.splat.gaussians import FeatureGaussians, rgb_to_sh_dc
-from fit3d.splat.lift import LiftConfig, lift_scene
-from fit3d.splat.lifted import is_lifted, load_lifted
+from fit3d.lift import LiftConfig, lift_scene
+from fit3d.lift.lifted import is_lifted, load_lifted
 
 HERE = Path(__file__).resolve().parent
 
@@ -147,7 +147,7 @@ import sys, torch
 sys.path.insert(0, {here!r})
 torch.set_num_threads(1)
 from test_lift import synthetic_scene, tiny_config, ColourBackbone
-from fit3d.splat.lift import lift_scene
+from fit3d.lift import lift_scene
 lift_scene(synthetic_scene(), tiny_config(iterations=40, checkpoint_every=10, pca_views=0), {out!r},
            backbone=ColourBackbone())
 """

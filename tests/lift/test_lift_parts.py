@@ -9,8 +9,10 @@ from torch import nn
 
 from fit3d.data.scene import View
 from fit3d.splat.densify import (PARAM_NAMES, DensifySchedule, DensifyStats, densify_and_prune, reset_opacity)
-from fit3d.splat.feature_cache import FeatureCache, backbone_input_size
-from fit3d.splat.lift import LiftConfig, init_params, initial_points, make_optimizer, split_views, voxel_downsample
+from fit3d.lift.targets import TargetCache, backbone_input_size
+from fit3d.lift.config import LiftConfig
+from fit3d.lift.init import init_params, initial_points, split_views, voxel_downsample
+from fit3d.lift.optimize import make_optimizer
 from fit3d.splat.ssim import ssim
 
 
@@ -116,15 +118,15 @@ def _views(n=3, w=16, h=12):
 
 def test_feature_cache_is_computed_once_and_upsampled(tmp_path):
     bb, views = _Backbone(), _views()
-    c = FeatureCache.build(tmp_path / "c.npy", views, bb, long_side=16, progress=False)
+    c = TargetCache.build(tmp_path / "c.npy", views, bb, long_side=16, progress=False)
     assert c.grids.shape == (3, 2, 3, 4) and isinstance(c.grids, np.memmap)
     calls = bb.calls
-    c2 = FeatureCache.build(tmp_path / "c.npy", views, bb, long_side=16, progress=False)
+    c2 = TargetCache.build(tmp_path / "c.npy", views, bb, long_side=16, progress=False)
     assert bb.calls == calls and c2.names == ["v0", "v1", "v2"]
     t = c2.target(1, 16, 12)
     assert t.shape == (1, 2, 12, 16)
     torch.testing.assert_close(t.mean(), c2.grid(1).mean(), atol=1e-2, rtol=0)
-    FeatureCache.build(tmp_path / "c.npy", views[:2], bb, long_side=16, progress=False)  # other views: recompute
+    TargetCache.build(tmp_path / "c.npy", views[:2], bb, long_side=16, progress=False)  # other views: recompute
     assert bb.calls > calls
     assert backbone_input_size(640, 480, 448, 14) == (448, 336)
 
@@ -154,7 +156,7 @@ def test_init_from_depth_voxelises_and_caps():
 
 
 class _Grids:
-    """Stands for a FeatureCache: ``grid(i)`` [D, h, w], ``index(name)``."""
+    """Stands for a TargetCache: ``grid(i)`` [D, h, w], ``index(name)``."""
 
     def __init__(self, grids):
         self.grids = grids
@@ -167,8 +169,8 @@ class _Grids:
 
 
 def test_pca_decoder_init_spans_the_tokens_with_unit_scale_coefficients():
-    from fit3d.splat.decoder import FeatureDecoder
-    from fit3d.splat.lift import pca_init_decoder
+    from fit3d.lift.decoder import FeatureDecoder
+    from fit3d.lift.decoder import pca_init_decoder
 
     g = torch.Generator().manual_seed(0)
     basis = torch.linalg.qr(torch.randn(48, 6, generator=g))[0]  # tokens live in a 6-dim subspace of D = 48
@@ -190,7 +192,7 @@ def test_pca_decoder_init_spans_the_tokens_with_unit_scale_coefficients():
 
 
 def test_feature_lr_decays_log_linearly_when_asked():
-    from fit3d.splat.lift import features_lr
+    from fit3d.lift.optimize import features_lr
 
     const = LiftConfig(iterations=100, lr_features=0.02)
     assert features_lr(0, const) == features_lr(100, const) == 0.02

@@ -1,6 +1,6 @@
 """``fit3d lift SCENE [SCENE ...] --backbone NAME --out DIR``: Stage 1 for one or many scenes.
 
-Each scene is lifted into ``DIR/<scene folder name>/`` (see :mod:`fit3d.splat.lifted`). Finished scenes
+Each scene is lifted into ``DIR/<scene folder name>/`` (see :mod:`fit3d.lift.lifted`). Finished scenes
 (``lift.json`` present) are skipped, interrupted ones resume from their checkpoint. Under ``torchrun``
 (env ``RANK`` / ``WORLD_SIZE``) rank r lifts scenes r, r + W, r + 2W, ... (no process group needed:
 scenes are independent); on CUDA each rank uses device ``LOCAL_RANK``.
@@ -18,7 +18,7 @@ from fit3d.config import from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from fit3d.splat.lift import LiftConfig
+    from fit3d.lift.config import LiftConfig
 
     parser.add_argument("scenes", nargs="+", metavar="SCENE", help="scene folders (any layout read_scene knows)")
     parser.add_argument("--out", required=True, help="output folder; scene i goes to OUT/<scene name>")
@@ -45,9 +45,9 @@ def run(args: argparse.Namespace) -> int:
     import shutil
 
     from fit3d.io import read_json
-    from fit3d.device import resolve_device
-    from fit3d.splat.lift import LiftConfig, _load_backbone, lift_scene
-    from fit3d.splat.lifted import META_FILE, is_lifted
+    from fit3d.lift.config import LiftConfig
+    from fit3d.lift.stage import lift_scene, load_lift_backbone
+    from fit3d.lift.lifted import META_FILE, is_lifted
 
     cfg = from_args(LiftConfig, args)
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.overwrite and dst.exists():
             shutil.rmtree(dst)
         if backbone is None:  # load once, shared by this rank's scenes
-            backbone = _load_backbone(cfg, resolve_device(cfg.device))
+            backbone = load_lift_backbone(cfg)
         meta = lift_scene(path, cfg, dst, backbone=backbone, name=name)
         print(format_metrics(name, meta))
         sys.stdout.flush()

@@ -5,7 +5,7 @@ sized to the pixel footprint); each carries ``f = Q^T x``, where ``x`` is the ba
 pixel and ``Q`` [D, f] the top-f right singular vectors of the sampled features; the decoder's centre
 tap is ``Q``. Rendered + decoded targets are then a multi-view blend of the backbone's own features
 projected onto its f main directions: 3D-consistent, and different from the original features in a way
-a fine-tuned backbone can learn. Written in the layout of :mod:`fit3d.splat.lifted`.
+a fine-tuned backbone can learn. Written in the layout of :mod:`fit3d.lift.lifted`.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch.nn.functional as F
 
 from fit3d.errors import SceneError
 from fit3d.io import write_json
-from fit3d.splat.decoder import FeatureDecoder
+from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians, rgb_to_sh_dc
-from fit3d.splat.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
+from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 
 
 @torch.no_grad()
@@ -86,7 +86,7 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
         "resolution": [int(W), int(H)],
         "scene": {"path": str(Path(scene_path).resolve()), "layout": layout,
                   "train_views": list(train_views), "heldout_views": list(heldout_views)},
-        "iterations": 0, "builder": "fit3d.finetune.backprojected (depth back-projection, no optimisation)",
+        "iterations": 0, "builder": "fit3d.lift.backprojected (depth back-projection, no optimisation)",
         "num_gaussians": n, "explained_variance": float((sample @ Q).pow(2).sum() / sample.pow(2).sum()),
     })
     return out_dir

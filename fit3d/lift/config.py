@@ -1,0 +1,85 @@
+"""Stage 1 settings (``LiftConfig``): one dataclass, every field a ``fit3d lift`` option."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+@dataclass
+class LiftConfig:
+    """Stage 1 settings. Learning rates: FiT3D's values are the reference (see the help of each)."""
+
+    method: str = field(default="optimize", metadata={
+        "choices": ("optimize",),
+        "help": "how Gaussians and features are fitted: optimize (FiT3D: gradient descent on colour + feature loss)"})
+    backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
+    model_path: str | None = field(default=None, metadata={
+        "help": "local weights folder (default: env FIT3D_MODEL_PATH / the registry's default)"})
+    feature_dim: int = field(default=64, metadata={"help": "per-Gaussian feature size f (FiT3D: 64)"})
+    width: int = field(default=96, metadata={
+        "help": "render width in pixels; CPU-friendly default: 96x72 keeps ~3x3 render pixels per DINOv2 token "
+                "of the 448 px input (FiT3D renders 876x584 on a GPU)"})
+    height: int | None = field(default=None, metadata={"help": "render height (default: keep the aspect ratio)"})
+    feature_size: int = field(default=448, metadata={
+        "help": "backbone input long side in pixels, snapped to the patch size (448 -> 32x24 DINOv2 tokens for 4:3)"})
+    iterations: int = field(default=5000, metadata={
+        "help": "training iterations, one view each (FiT3D: 30000); 5000 lift a 200-view scene at 96x72 in ~12 min "
+                "on 2 CPU cores, features included (bench/lift_7scenes.py)"})
+    heldout_every: int = field(default=8, metadata={"help": "every k-th view is held out (never trained on)"})
+    max_frame: int | None = field(default=None, metadata={
+        "help": "use only views whose frame number is <= this (7-Scenes convention: 398)"})
+    # learning rates (Adam, eps 1e-15)
+    lr_means: float = field(default=1.6e-4, metadata={"help": "initial xyz LR x scene extent (FiT3D 1.6e-4)"})
+    lr_means_final: float = field(default=1.6e-6, metadata={"help": "final xyz LR x extent, exponential decay (FiT3D 1.6e-6)"})
+    lr_sh_dc: float = field(default=2.5e-3, metadata={"help": "SH DC LR (FiT3D 2.5e-3)"})
+    lr_sh_rest: float = field(default=1.25e-4, metadata={"help": "higher SH LR (FiT3D 1.25e-4)"})
+    lr_opacity: float = field(default=0.05, metadata={"help": "opacity LR (FiT3D 0.05)"})
+    lr_scaling: float = field(default=5e-3, metadata={"help": "log-scale LR (FiT3D 5e-3)"})
+    lr_rotation: float = field(default=1e-3, metadata={"help": "rotation LR (FiT3D 1e-3)"})
+    lr_features: float = field(default=2e-2, metadata={
+        "help": "feature f LR (FiT3D 6.25e-5 over 30k GPU iterations; raised so features, which start at 0 and "
+                "are unit-scale coefficients of the PCA-initialised decoder, converge in a few thousand CPU "
+                "iterations)"})
+    lr_features_final: float | None = field(default=None, metadata={
+        "help": "feature LR at the end of the run, reached by log-linear decay from lr_features like 3DGS's xyz "
+                "LR; the decoder LR decays by the same factor (None: constant, as FiT3D)"})
+    lr_decoder: float = field(default=1e-3, metadata={"help": "decoder LR (FiT3D 6.25e-5; raised like lr_features)"})
+    # loss
+    lambda_dssim: float = field(default=0.2, metadata={"help": "weight of 1-SSIM in the colour loss (0.2)"})
+    feature_weight: float = field(default=1.0, metadata={"help": "weight of the L1 feature loss (1.0)"})
+    feature_loss_at: str = field(default="grid", metadata={
+        "choices": ("grid", "render"), "help": "where the feature L1 is taken: grid (decoded render average-pooled to the backbone's patch "
+                "grid, the tokens' own footprint and the held-out metric's) or render (targets bilinearly "
+                "upsampled to the render size, as FiT3D)"})
+    feature_grad_to_geometry: bool = field(default=False, metadata={
+        "help": "let feature gradients reach means/scales/rotations/opacity (FiT3D: no)"})
+    max_sh_degree: int = field(default=3, metadata={"help": "final SH degree, raised by 1 every iterations/30"})
+    decoder_init: str = field(default="pca", metadata={
+        "choices": ("pca", "random"),
+        "help": "decoder start: pca (centre tap = the training tokens' top-f principal directions, scaled so "
+                "f starts on a unit scale; the other taps zero) or random (PyTorch's default, as FiT3D)"})
+    decoder_kernel: int = field(default=3, metadata={"help": "decoder Conv2d kernel size (FiT3D 3)"})
+    # initialisation
+    init_points: int = field(default=15000, metadata={"help": "at most this many initial Gaussians"})
+    init_voxel: float = field(default=0.0, metadata={
+        "help": "voxel size (m) for depth back-projection (0: grown until <= init_points)"})
+    init_opacity: float = field(default=0.1, metadata={"help": "initial opacity (3DGS 0.1)"})
+    # density control
+    densify: bool = field(default=True, metadata={"help": "3DGS clone/split/prune, schedule scaled to iterations"})
+    densify_grad_threshold: float = field(default=2e-4, metadata={"help": "view-space gradient threshold (NDC units)"})
+    percent_dense: float = field(default=0.01, metadata={"help": "clone below / split above this x extent"})
+    min_opacity: float = field(default=0.005, metadata={"help": "prune opacity below this"})
+    max_screen_frac: float = field(default=0.15, metadata={
+        "help": "prune Gaussians whose screen radius exceeds this fraction of the render width (3DGS: 20 px at "
+                "~1000 px, tuned for millions of Gaussians; the CPU budgets here use far fewer, larger ones)"})
+    max_gaussians: int = field(default=25000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
+    # run
+    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint period in iterations (0: never)"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda[:i]"})
+    raster_backend: str = field(default="auto", metadata={"help": "fit3d.splat.rasterize backend"})
+    pca_views: int = field(default=2, metadata={"help": "held-out views in heldout_pca.png (0: none)"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def render_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) for source images of ``width`` x ``height``."""
+        return self.width, self.height or max(1, round(self.width * height / width))
