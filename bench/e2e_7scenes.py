@@ -29,8 +29,10 @@ import torch
 
 from fit3d.io import write_json, write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
-from fit3d.pipeline import PipelineConfig, probe_config, results_markdown, run_pipeline
-from fit3d.probe.cli import run_probe
+from fit3d.finetune.config import FinetuneConfig
+from fit3d.lift.config import LiftConfig
+from fit3d.pipeline import PipelineConfig, results_markdown, run_pipeline
+from fit3d.probe.cli import ProbeConfig, run_probe
 
 
 def main(argv=None) -> int:
@@ -61,21 +63,23 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     test_frames = a.test_frames or ("0-999999999" if a.eval_data else "400-498")
-    cfg = PipelineConfig(out=a.out, backbone="dinov2_small", model_path=a.model_path, tasks=["depth", "corr"],
-                         probe_data=a.data, eval_data=a.eval_data, max_frame=398,
-                         lift_iterations=a.lift_iterations, lift_width=a.lift_width,
-                         finetune_epochs=a.finetune_epochs, finetune_lr=a.finetune_lr,
-                         finetune_resolution=a.finetune_resolution,
-                         probe_iterations=a.probe_iterations, probe_resolution=list(a.probe_resolution),
-                         train_frames="0-398", test_frames=test_frames, val_frames=a.val_frames or None,
-                         device="cpu", seed=0)
+    # seed=None: each stage keeps its own default seed (lift 0, fine-tune 42, probe 0), as in the documented runs.
+    cfg = PipelineConfig(out=a.out, backbone="dinov2_small", model_path=a.model_path, device="cpu", seed=None,
+                         tasks=["depth", "corr"], probe_data=a.data, eval_data=a.eval_data,
+                         lift=LiftConfig(max_frame=398, iterations=a.lift_iterations,
+                                         **({"width": a.lift_width} if a.lift_width else {})),
+                         finetune=FinetuneConfig(epochs=a.finetune_epochs, lr=a.finetune_lr,
+                                                 resolution=a.finetune_resolution),
+                         probe=ProbeConfig(iterations=a.probe_iterations, resolution=list(a.probe_resolution),
+                                           train_frames="0-398", test_frames=test_frames,
+                                           val_frames=a.val_frames or None))
     t0 = time.perf_counter()
     res = run_pipeline([a.data], cfg)
     plain = None
     if a.plain_probe_iterations:
         t1 = time.perf_counter()
         out = Path(a.out)
-        pc = dataclasses.replace(probe_config(cfg, "depth", a.data, str(out / "finetuned"), out / "probe"),
+        pc = dataclasses.replace(cfg.probe_config("depth", a.data, str(out / "finetuned"), out / "probe"),
                                  iterations=a.plain_probe_iterations, val_frames=None,
                                  out=str(out / "probe" / "depth_plain"))
         plain = run_probe(pc, verbose=False)["metrics"]

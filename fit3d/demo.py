@@ -23,7 +23,11 @@ from pathlib import Path
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.errors import ModelNotFoundError
+from fit3d.finetune.config import FinetuneConfig
 from fit3d.io import write_json, write_text
+from fit3d.lift.config import LiftConfig
+from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
+from fit3d.probe.cli import ProbeConfig
 
 
 @dataclass
@@ -40,16 +44,12 @@ class DemoConfig:
     width: int = field(default=320, metadata={"help": "image width"})
     height: int = field(default=240, metadata={"help": "image height"})
     seed: int = field(default=0, metadata={"help": "seed of the rooms and of every stage"})
-    lift_iterations: int | None = field(default=500, metadata={
-        "help": "Stage 1 iterations per room (small synthetic rooms: 500 keep the demo near 15 min; None: LiftConfig's)"})
-    lift_width: int | None = field(default=None, metadata={"help": "Stage 1 render width (default: LiftConfig's)"})
-    finetune_epochs: int = field(default=1, metadata={"help": "Stage 2 epochs (FiT3D: 1)"})
-    finetune_lr: float = field(default=1e-5, metadata={"help": "Stage 2 learning rate (FiT3D: 1e-5)"})
-    finetune_max_steps: int | None = field(default=None, metadata={"help": "cap on Stage 2 steps"})
-    probe_iterations: int = field(default=600, metadata={"help": "probe head iterations"})
-    probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={
-        "help": "probe W H (patch multiple)"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
+    lift: LiftConfig = field(default_factory=lambda: LiftConfig(iterations=500), metadata={
+        "inherit": SHARED, "help": "Stage 1 (500 iterations per small synthetic room keep the demo near 15 min)"})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={"inherit": SHARED})
+    probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(iterations=600, resolution=[224, 168]),
+                               metadata={"inherit": PROBE_SET_BY_PIPELINE + ("dataset", "num_classes")})
 
 
 def resolve_model_path(backbone: str, model_path: str | None) -> str | None:
@@ -78,7 +78,6 @@ def resolve_model_path(backbone: str, model_path: str | None) -> str | None:
 def run_demo(cfg: DemoConfig) -> dict:
     from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
     from fit3d.data.synthetic_cli import generate_scenes
-    from fit3d.pipeline import PipelineConfig, run_pipeline
 
     t_start = time.perf_counter()
     out = Path(cfg.out)
@@ -91,13 +90,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     test = generate_scenes(out / "scenes" / "test", cfg.test_scenes,
                            dataclasses.replace(scfg, seed=cfg.seed + 1000))
     t_gen = time.perf_counter() - t0
-    pcfg = PipelineConfig(out=str(out), backbone=cfg.backbone, model_path=model_path, tasks=["seg", "depth"],
-                          probe_data=str(out / "scenes" / "train"), eval_data=str(out / "scenes" / "test"),
-                          probe_dataset="scannet", num_classes=len(CLASS_NAMES),
-                          lift_iterations=cfg.lift_iterations, lift_width=cfg.lift_width,
-                          finetune_epochs=cfg.finetune_epochs, finetune_lr=cfg.finetune_lr,
-                          finetune_max_steps=cfg.finetune_max_steps, probe_iterations=cfg.probe_iterations,
-                          probe_resolution=list(cfg.probe_resolution), device=cfg.device, seed=cfg.seed)
+    pcfg = PipelineConfig(out=str(out), backbone=cfg.backbone, model_path=model_path, device=cfg.device,
+                          seed=cfg.seed, tasks=["seg", "depth"], probe_data=str(out / "scenes" / "train"),
+                          eval_data=str(out / "scenes" / "test"), lift=cfg.lift, finetune=cfg.finetune,
+                          probe=dataclasses.replace(cfg.probe, dataset="scannet", num_classes=len(CLASS_NAMES)))
     results = run_pipeline([str(p) for p in train], pcfg)
     results["seconds"] = {"generate": round(t_gen, 1), **results["seconds"],
                           "total": round(time.perf_counter() - t_start, 1)}

@@ -20,8 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import from_args
+from fit3d.config import check_choices, from_args, inherit
+from fit3d.finetune.config import FinetuneConfig
+from fit3d.finetune.trainer import finetune
 from fit3d.io import write_json, write_text
+from fit3d.lift.config import LiftConfig
+from fit3d.lift.lifted import is_lifted, load_lifted
+from fit3d.lift.stage import lift_scene
+from fit3d.probe.cli import ProbeConfig, run_probe
 
 SOURCES = ("original", "finetuned", "concat")
 # headline metric per task: (probe.json key, label, lower is better)
@@ -32,84 +38,59 @@ HEADLINE = {
 }
 
 
+# Fields every stage config has with one meaning; the pipeline sets them on each stage.
+SHARED = ("backbone", "model_path", "device", "seed")
+# ProbeConfig fields the pipeline sets per task.
+PROBE_SET_BY_PIPELINE = SHARED + ("task", "data", "eval_data", "finetuned", "features", "out", "cache_dir")
+
+
 @dataclass
 class PipelineConfig:
-    """Settings of the whole pipeline; each stage's full config is reachable from the Python API."""
+    """Settings of the whole pipeline: shared fields, then each stage's own config (``--lift.iterations``,
+    ``--finetune.max-steps``, ``--probe.iterations``, ...)."""
 
     out: str = field(default="runs/pipeline", metadata={"help": "output folder"})
-    backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
+    backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name (every stage)"})
     model_path: str | None = field(default=None, metadata={
         "help": "local weights folder (default: $FIT3D_MODEL_PATH, else the hub)"})
+    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N (every stage)"})
+    seed: int | None = field(default=None, metadata={
+        "help": "seed of every stage (default: each stage's own: lift 0, fine-tune 42 as FiT3D, probe 0)"})
     tasks: list[str] = field(default_factory=lambda: ["depth", "corr"], metadata={
-        "help": "probe tasks: depth seg corr"})
+        "choices": ("depth", "seg", "corr"), "help": "probe tasks"})
     probe_data: str | None = field(default=None, metadata={
-        "help": "probe training data (default: the first scene; frame split 0-398 / 400-498)"})
+        "help": "probe training data (default: the first scene; frame split --probe.train-frames / --probe.test-frames)"})
     eval_data: str | None = field(default=None, metadata={
         "help": "probe test data (default: the probe data's test frames)"})
-    max_frame: int | None = field(default=None, metadata={
-        "help": "lift / fine-tune only views with frame number <= this (7-Scenes: 398)"})
-    lift_iterations: int | None = field(default=None, metadata={
-        "help": "Stage 1 iterations per scene (default: LiftConfig's)"})
-    lift_width: int | None = field(default=None, metadata={"help": "Stage 1 render width (default: LiftConfig's)"})
-    finetune_epochs: int = field(default=1, metadata={"help": "Stage 2 epochs (FiT3D: 1)"})
-    finetune_lr: float = field(default=1e-5, metadata={"help": "Stage 2 AdamW learning rate (FiT3D: 1e-5)"})
-    finetune_max_steps: int | None = field(default=None, metadata={"help": "cap on Stage 2 steps"})
-    finetune_resolution: list[int] | None = field(default=None, metadata={
-        "help": "Stage 2 W H: rendered view and backbone input (default: the probe resolution, so the backbone "
-                "is trained at the resolution it is evaluated at)"})
-    probe_iterations: int = field(default=1500, metadata={"help": "probe head iterations"})
-    probe_resolution: list[int] = field(default_factory=lambda: [448, 336], metadata={"help": "probe W H"})
-    num_classes: int = field(default=0, metadata={"help": "seg classes (0: the dataset's)"})
-    probe_dataset: str = field(default="auto", metadata={"help": "probe dataset layout (see fit3d probe)"})
-    train_frames: str = field(default="0-398", metadata={"help": "probe training frame range"})
-    test_frames: str = field(default="400-498", metadata={"help": "probe test frame range"})
-    val_frames: str | None = field(default=None, metadata={
-        "help": "depth probe: frames of the training range kept for choosing the head checkpoint (e.g. 320-398)"})
-    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
-    seed: int = field(default=0, metadata={"help": "seed of every stage"})
+    lift: LiftConfig = field(default_factory=LiftConfig, metadata={"inherit": SHARED})
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={"inherit": SHARED})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"inherit": PROBE_SET_BY_PIPELINE})
+
+    def _shared(self) -> tuple[str, ...]:
+        return SHARED if self.seed is not None else tuple(n for n in SHARED if n != "seed")
+
+    def lift_config(self) -> LiftConfig:
+        return inherit(self, self.lift, self._shared())
+
+    def finetune_config(self) -> FinetuneConfig:
+        """Stage 2 config; its resolution defaults to the probe's, so the backbone is trained at the
+        resolution it is evaluated at."""
+        ft = inherit(self, self.finetune, self._shared())
+        return ft if ft.resolution else dataclasses.replace(ft, resolution=list(self.probe.resolution))
+
+    def probe_config(self, task: str, data: str, finetuned: str | None, out: Path) -> ProbeConfig:
+        """The ProbeConfig for ``task`` (original, and fine-tuned + concat when given)."""
+        return dataclasses.replace(
+            inherit(self, self.probe, self._shared()), task=task, data=data, eval_data=self.eval_data,
+            finetuned=finetuned, features=list(SOURCES) if finetuned else ["original"], out=str(out / task),
+            cache_dir=str(out / "cache"), val_frames=self.probe.val_frames if task == "depth" else None)
 
 
-def _stage_configs(cfg: PipelineConfig):
-    from fit3d.finetune.config import FinetuneConfig
-    from fit3d.lift.config import LiftConfig
-
-    lift = LiftConfig(backbone=cfg.backbone, model_path=cfg.model_path, max_frame=cfg.max_frame, seed=cfg.seed,
-                      device=cfg.device)
-    if cfg.lift_iterations is not None:
-        lift.iterations = cfg.lift_iterations
-    if cfg.lift_width is not None:
-        lift.width = cfg.lift_width
-    ft = FinetuneConfig(epochs=cfg.finetune_epochs, lr=cfg.finetune_lr, max_steps=cfg.finetune_max_steps,
-                        resolution=list(cfg.finetune_resolution or cfg.probe_resolution),
-                        device=None if cfg.device == "auto" else cfg.device)
-    return lift, ft
-
-
-def probe_config(cfg: PipelineConfig, task: str, data: str, finetuned: str | None, out: Path):
-    """The ProbeConfig the pipeline uses for ``task`` (original, and fine-tuned + concat when given)."""
-    from fit3d.probe.cli import ProbeConfig
-
-    return ProbeConfig(task=task, data=data, eval_data=cfg.eval_data, dataset=cfg.probe_dataset,
-                       backbone=cfg.backbone, model_path=cfg.model_path, finetuned=finetuned,
-                       features=list(SOURCES) if finetuned else ["original"], out=str(out / task),
-                       resolution=list(cfg.probe_resolution), iterations=cfg.probe_iterations,
-                       seed=cfg.seed, num_classes=cfg.num_classes, train_frames=cfg.train_frames,
-                       test_frames=cfg.test_frames, val_frames=cfg.val_frames if task == "depth" else None,
-                       device="auto" if cfg.device == "auto" else cfg.device,
-                       cache_dir=str(out / "cache"))
-
-
-def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finetune_cfg=None,
-                 verbose: bool = True) -> dict:
+def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True) -> dict:
     """Run Stage 1 on every scene, Stage 2 on all of them, then the probes. Returns ``results.json``'s dict."""
-    from fit3d.finetune.trainer import finetune
-    from fit3d.probe.cli import run_probe
-    from fit3d.lift.stage import lift_scene
-    from fit3d.lift.lifted import is_lifted, load_lifted
-
+    check_choices(cfg)
     out = Path(cfg.out)
-    lift_d, ft_d = _stage_configs(cfg)
-    lift_cfg, finetune_cfg = lift_cfg or lift_d, finetune_cfg or ft_d
+    lift_cfg, finetune_cfg = cfg.lift_config(), cfg.finetune_config()
     seconds: dict[str, float] = {}
 
     def say(msg):
@@ -135,7 +116,7 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finet
     t0 = time.perf_counter()
     ft_dir = out / "finetuned"
     say(f"fine-tune {cfg.backbone} on {len(lifted_dirs)} lifted scene(s) -> {ft_dir}")
-    manifest = finetune(lifted_dirs, cfg.backbone, ft_dir, finetune_cfg, model_path=cfg.model_path)
+    manifest = finetune(lifted_dirs, None, ft_dir, finetune_cfg)
     seconds["finetune"] = time.perf_counter() - t0
 
     # probes ----------------------------------------------------------------------------------------
@@ -144,7 +125,7 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finet
     for task in cfg.tasks:
         t0 = time.perf_counter()
         say(f"probe {task}: original / fine-tuned / concat")
-        probes[task] = run_probe(probe_config(cfg, task, probe_data, str(ft_dir), out / "probe"),
+        probes[task] = run_probe(cfg.probe_config(task, probe_data, str(ft_dir), out / "probe"),
                                  command=None, verbose=verbose)
         seconds[f"probe_{task}"] = time.perf_counter() - t0
 

@@ -8,14 +8,17 @@ import pytest
 
 from fit3d.demo import DemoConfig, resolve_model_path, run_demo
 from fit3d.errors import ModelNotFoundError
+from fit3d.finetune.config import FinetuneConfig
+from fit3d.lift.config import LiftConfig
+from fit3d.probe.cli import ProbeConfig
 
 
 @pytest.mark.slow
 def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     monkeypatch.setenv("FIT3D_MODEL_PATH", str(dinov2_path))
     cfg = DemoConfig(out=str(tmp_path / "demo"), report_dir=str(tmp_path / "docs"), train_scenes=1, test_scenes=1,
-                     num_views=8, width=112, height=84, lift_iterations=20, lift_width=56,
-                     finetune_max_steps=3, probe_iterations=15, probe_resolution=[112, 84])
+                     num_views=8, width=112, height=84, lift=LiftConfig(iterations=20, width=56),
+                     finetune=FinetuneConfig(max_steps=3), probe=ProbeConfig(iterations=15, resolution=[112, 84]))
     res = run_demo(cfg)
     # every stage produced numbers for every feature source
     for key in ("depth_rmse", "seg_miou"):

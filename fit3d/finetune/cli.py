@@ -17,19 +17,17 @@ from fit3d.finetune.config import FinetuneConfig
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", nargs="+", required=True, metavar="DIR",
                         help="lifted scene folders (outputs of `fit3d lift`)")
-    parser.add_argument("--backbone", default="dinov2_small", help="registered backbone name (see `fit3d backbones`)")
-    parser.add_argument("--model-path", default=None,
-                        help="local folder or hub id of the backbone's weights (default: the registry's / $FIT3D_MODEL_PATH)")
     parser.add_argument("--out", required=True, help="output folder: model/ (save_pretrained) + fit3d.json")
     add_config_arguments(parser, FinetuneConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit3d.finetune.trainer import dist_info, finetune
+    from fit3d.device import dist_info
+    from fit3d.finetune.trainer import finetune
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = from_args(FinetuneConfig, args)
-    m = finetune(args.scenes, args.backbone, args.out, cfg, model_path=args.model_path)
+    m = finetune(args.scenes, None, args.out, cfg)
     if dist_info().is_main:
         _print_summary(m, args.out)
     return 0

@@ -9,6 +9,12 @@ TARGET_AT = ("lift", "train")  # where Stage 2 targets are rendered: the scene's
 
 @dataclass
 class FinetuneConfig:
+    """Stage 2 settings. ``backbone``, ``model_path``, ``device`` and ``seed`` mean what they mean in every
+    stage's config."""
+
+    backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name (see `fit3d backbones`)"})
+    model_path: str | None = field(default=None, metadata={
+        "help": "local weights folder or hub id (default: env FIT3D_MODEL_PATH / the registry's default)"})
     lr: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=1e-4, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=2, metadata={"help": "images per step (per process under torchrun)"})
@@ -42,8 +48,8 @@ class FinetuneConfig:
     checkpoint_every: int = field(default=200, metadata={
         "help": "write a resumable checkpoint every this many steps (0 = only at the end)"})
     log_every: int = field(default=10, metadata={"help": "log the running loss every this many steps"})
-    device: str | None = field(default=None, metadata={
-        "help": "cpu / cuda / cuda:N (default: cuda when available; under torchrun cuda:LOCAL_RANK)"})
+    device: str = field(default="auto", metadata={
+        "help": "auto / cpu / cuda / cuda:N (auto: cuda when available; under torchrun cuda:LOCAL_RANK)"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never on CPU)"})
     evaluate: bool = field(default=True, metadata={
         "help": "after training, measure original vs fine-tuned features against the rendered targets on "

@@ -15,6 +15,7 @@ Output folder::
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import math
@@ -24,7 +25,6 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from fit3d.config import check_choices, to_dict
+from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
@@ -53,38 +54,6 @@ _RESUME_KEYS = ("lr", "weight_decay", "batch_size", "grad_clip", "epochs", "seed
 
 
 # ----------------------------------------------------------------------------------------- helpers
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world_size > 1
-
-
-def dist_info() -> DistInfo:
-    """Rank / world size from the environment ``torchrun`` sets (1 process otherwise)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def pick_device(cfg: FinetuneConfig, di: DistInfo) -> torch.device:
-    if cfg.device:
-        dev = torch.device(cfg.device)
-        if dev.type == "cuda" and dev.index is None and di.active:
-            dev = torch.device("cuda", di.local_rank)
-        return dev
-    if torch.cuda.is_available():
-        return torch.device("cuda", di.local_rank)
-    return torch.device("cpu")
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -263,8 +232,9 @@ def evaluate_against_targets(views: RenderedViews, backbones: dict, device, batc
 
 
 # ----------------------------------------------------------------------------------------- training
-def finetune(scene_dirs, backbone: str, out, cfg: FinetuneConfig | None = None, model_path=None) -> dict:
-    """Fine-tune ``backbone`` on the rendered features of the lifted ``scene_dirs``; returns the manifest.
+def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None = None, model_path=None) -> dict:
+    """Fine-tune ``cfg.backbone`` on the rendered features of the lifted ``scene_dirs``; returns the manifest.
+    ``backbone`` / ``model_path``, when given, override ``cfg.backbone`` / ``cfg.model_path``.
 
     Resumes from ``out/checkpoint.pt`` when present; returns the existing manifest when ``out`` already
     holds a finished run with the same number of steps.
@@ -274,17 +244,19 @@ def finetune(scene_dirs, backbone: str, out, cfg: FinetuneConfig | None = None, 
     from fit3d.models import load_backbone
 
     cfg = cfg or FinetuneConfig()
+    cfg = dataclasses.replace(cfg, backbone=backbone or cfg.backbone,
+                              model_path=model_path if model_path is not None else cfg.model_path)
     check_choices(cfg)
     out = Path(out)
     di = dist_info()
-    device = pick_device(cfg, di)
+    device = resolve_device(cfg.device, di.local_rank)
     if di.active and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     try:
-        result = _finetune(scene_dirs, backbone, out, cfg, model_path, di, device, load_backbone, tqdm)
+        result = _finetune(scene_dirs, cfg.backbone, out, cfg, cfg.model_path, di, device, load_backbone, tqdm)
         if di.active:
             # Every rank leaves together, once rank 0 has written the outputs: a rank that tears its
             # group down while a peer still works on it can abort (SIGABRT) at interpreter exit.

@@ -3,7 +3,7 @@
 Each scene is lifted into ``DIR/<scene folder name>/`` (see :mod:`fit3d.lift.lifted`). Finished scenes
 (``lift.json`` present) are skipped, interrupted ones resume from their checkpoint. Under ``torchrun``
 (env ``RANK`` / ``WORLD_SIZE``) rank r lifts scenes r, r + W, r + 2W, ... (no process group needed:
-scenes are independent); on CUDA each rank uses device ``LOCAL_RANK``.
+scenes are independent); on CUDA each rank uses device ``LOCAL_RANK`` (``fit3d.device.resolve_device``).
 """
 
 from __future__ import annotations
@@ -44,18 +44,14 @@ def format_metrics(name: str, meta: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     import shutil
 
+    from fit3d.device import dist_info
     from fit3d.io import read_json
     from fit3d.lift.config import LiftConfig
     from fit3d.lift.stage import lift_scene, load_lift_backbone
     from fit3d.lift.lifted import META_FILE, is_lifted
 
     cfg = from_args(LiftConfig, args)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if cfg.device == "auto" and world > 1:
-        import torch
-
-        if torch.cuda.is_available():
-            cfg.device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % torch.cuda.device_count()}"
+    di = dist_info()
     from fit3d.errors import SceneError
 
     scenes = [Path(s) for s in args.scenes]
@@ -66,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise SceneError(f"scene folder names must be unique (outputs go to OUT/<name>): {names}")
     out = Path(args.out)
-    mine = shard(list(zip(scenes, names)), rank, world)
+    mine = shard(list(zip(scenes, names)), di.rank, di.world_size)
     backbone = None
     for path, name in mine:
         dst = out / name

@@ -1,0 +1,47 @@
+"""The pipeline nests the stage configs; shared fields (backbone, model path, device, seed) reach every stage."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fit3d.config import add_arguments, from_args
+from fit3d.finetune.config import FinetuneConfig
+from fit3d.lift.config import LiftConfig
+from fit3d.pipeline import PipelineConfig
+from fit3d.probe.cli import ProbeConfig
+
+
+def stages(cfg: PipelineConfig):
+    return cfg.lift_config(), cfg.finetune_config(), cfg.probe_config("depth", "data", "ft", Path("out"))
+
+
+def test_seed_backbone_device_reach_every_stage():
+    cfg = PipelineConfig(backbone="dinov2_base", model_path="/w", device="cpu", seed=5)
+    for s in stages(cfg):
+        assert (s.backbone, s.model_path, s.device, s.seed) == ("dinov2_base", "/w", "cpu", 5)
+
+
+def test_without_a_seed_each_stage_keeps_its_own_default():
+    lift, ft, probe = stages(PipelineConfig())
+    assert (lift.seed, ft.seed, probe.seed) == (LiftConfig().seed, FinetuneConfig().seed, ProbeConfig().seed)
+
+
+def test_dotted_cli_options_set_stage_fields():
+    p = argparse.ArgumentParser()
+    add_arguments(p, PipelineConfig)
+    cfg = from_args(PipelineConfig, p.parse_args([
+        "--seed", "3", "--lift.iterations", "12", "--lift.max-frame", "398", "--finetune.max-steps", "4",
+        "--probe.iterations", "30", "--probe.resolution", "112", "84", "--probe.val-frames", "320-398"]))
+    lift, ft, probe = stages(cfg)
+    assert (lift.iterations, lift.max_frame, lift.seed) == (12, 398, 3)
+    assert (ft.max_steps, ft.seed) == (4, 3)
+    assert ft.resolution == [112, 84]  # Stage 2 trains at the probe resolution unless told otherwise
+    assert (probe.iterations, probe.seed, probe.val_frames, probe.features) == (30, 3, "320-398",
+                                                                               ["original", "finetuned", "concat"])
+    assert cfg.probe_config("seg", "d", None, Path("o")).val_frames is None  # depth only
+
+
+def test_finetune_resolution_given_is_kept():
+    cfg = PipelineConfig(finetune=FinetuneConfig(resolution=[56, 42]))
+    assert cfg.finetune_config().resolution == [56, 42]
