@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("fit3d.probe.cli", "Evaluate features: linear seg/depth probes, cross-view correspondence"),
     "pipeline": ("fit3d.pipeline", "lift + finetune + probe in one command"),
     "demo": ("fit3d.demo", "The whole method end to end on embedded synthetic indoor scenes"),
-    "compare": ("fit3d.viz.compare_cli", "PCA pictures of original vs fine-tuned features for any images"),
+    "compare": ("fit3d.compare", "PCA pictures of original vs fine-tuned features for any images"),
     "generate": ("fit3d.data.synthetic_cli", "Generate synthetic indoor scenes (posed RGB, depth, labels)"),
     "backbones": ("fit3d.models.cli", "List the registered 2D backbones"),
 }

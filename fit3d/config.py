@@ -20,6 +20,8 @@ import dataclasses
 import typing
 from typing import Any, TypeVar
 
+from fit3d.errors import Fit3DError
+
 T = TypeVar("T")
 
 
@@ -115,8 +117,6 @@ def from_dict(cls: type[T], d: dict) -> T:
 def check_choices(cfg: Any, prefix: str = "") -> None:
     """Raise ``Fit3DError`` naming the field when a value is not among its ``metadata['choices']``
     (nested configs included)."""
-    from fit3d.errors import Fit3DError
-
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value) and not isinstance(value, type):

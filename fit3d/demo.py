@@ -20,14 +20,25 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from fit3d.compare import compare_figure
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
+from fit3d.data import read_scene
+from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
+from fit3d.data.synthetic_cli import generate_scenes
 from fit3d.errors import ModelNotFoundError
+from fit3d.finetune.assembled import load_finetuned
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.io import write_json, write_text
 from fit3d.lift.config import LiftConfig
-from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
+from fit3d.models import load_backbone
+from fit3d.paths import shared_model_dir
+from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, results_markdown, run_pipeline
 from fit3d.probe.cli import ProbeConfig
+from fit3d.viz.images import save_png, vstack
+from fit3d.viz.scene import scene_figure
 
 
 @dataclass
@@ -55,9 +66,6 @@ class DemoConfig:
 def resolve_model_path(backbone: str, model_path: str | None) -> str | None:
     """``model_path`` / ``$FIT3D_MODEL_PATH`` if given; else the hub id when the hub answers; else the
     offline copy in ``shared/`` if there is one; else a ModelNotFoundError saying what to pass."""
-    from fit3d.models import load_backbone
-    from fit3d.paths import shared_model_dir
-
     given = model_path or os.environ.get("FIT3D_MODEL_PATH")
     if given:
         return given
@@ -76,9 +84,6 @@ def resolve_model_path(backbone: str, model_path: str | None) -> str | None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
-
     t_start = time.perf_counter()
     out = Path(cfg.out)
     model_path = resolve_model_path(cfg.backbone, cfg.model_path)
@@ -111,15 +116,6 @@ def run_demo(cfg: DemoConfig) -> dict:
 
 def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_path) -> Path:
     """``<out>/report/report.md`` with the pictures it shows next to it."""
-    import numpy as np
-
-    from fit3d.data import read_scene
-    from fit3d.finetune.assembled import load_finetuned
-    from fit3d.pipeline import results_markdown
-    from fit3d.viz.compare import compare_figure
-    from fit3d.viz.images import save_png
-    from fit3d.viz.scene import scene_figure
-
     rep = out / "report"
     rep.mkdir(parents=True, exist_ok=True)
     pics = []
@@ -136,8 +132,6 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
     held = read_scene(test[0], layout="scannet")
     idx = np.linspace(0, len(held) - 1, 3).round().astype(int)
     rows = [compare_figure(held.views[i].image, original, finetuned, panel_height=240) for i in idx]
-    from fit3d.viz.images import vstack
-
     save_png(rep / "compare.png", vstack(rows, pad=6))
     pics.append(("Held-out room: image, PCA of original vs fine-tuned DINOv2 features (one basis)", "compare.png"))
     for task in ("seg", "depth"):

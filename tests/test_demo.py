@@ -43,7 +43,7 @@ def test_offline_without_local_copy_says_what_to_pass(tmp_path, monkeypatch):
     monkeypatch.delenv("FIT3D_MODEL_PATH", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr("fit3d.paths.shared_model_dir", lambda: tmp_path / "nowhere")
+    monkeypatch.setattr("fit3d.demo.shared_model_dir", lambda: tmp_path / "nowhere")
     with pytest.raises(ModelNotFoundError) as e:
         resolve_model_path("dinov2_small", None)
     msg = str(e.value)

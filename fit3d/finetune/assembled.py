@@ -10,15 +10,15 @@ import logging
 from pathlib import Path
 
 from fit3d.errors import ModelNotFoundError
+from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR
 from fit3d.io import read_json
+from fit3d.models import ConcatFeatures, load_backbone
 
 log = logging.getLogger(__name__)
 
 
 def read_manifest(path) -> dict:
     """The ``fit3d.json`` manifest of a ``fit3d finetune`` output folder."""
-    from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR
-
     p = Path(path)
     f = p / MANIFEST_FILE
     if not f.exists():
@@ -32,9 +32,6 @@ def read_manifest(path) -> dict:
 
 def load_finetuned(path, device: str = "cpu"):
     """(original Backbone, fine-tuned Backbone), both frozen in eval mode, from a fine-tuned folder."""
-    from fit3d.finetune.trainer import MODEL_DIR
-    from fit3d.models import load_backbone
-
     p = Path(path)
     m = read_manifest(p)
     orig_path = m.get("original_model_path")
@@ -51,6 +48,4 @@ def load_finetuned(path, device: str = "cpu"):
 
 def load_assembled(path, device: str = "cpu"):
     """``ConcatFeatures(original, fine-tuned)``: features() gives [B, 2D, h, w] patch tokens, CLS of the original."""
-    from fit3d.models import ConcatFeatures
-
     return ConcatFeatures(*load_finetuned(path, device=device))

@@ -11,7 +11,9 @@ import logging
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
+from fit3d.device import dist_info
 from fit3d.finetune.config import FinetuneConfig
+from fit3d.finetune.trainer import finetune
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,9 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit3d.device import dist_info
-    from fit3d.finetune.trainer import finetune
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = from_args(FinetuneConfig, args)
     m = finetune(args.scenes, None, args.out, cfg)

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fit3d.data import read_scene
 from fit3d.errors import SceneError
 from fit3d.io import write_json
 from fit3d.lift.decoder import FeatureDecoder
-from fit3d.splat.gaussians import FeatureGaussians, rgb_to_sh_dc
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
+from fit3d.splat.gaussians import FeatureGaussians, rgb_to_sh_dc
 
 
 @torch.no_grad()
@@ -33,8 +34,6 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
 
     resolution (W, H): the "lift" resolution (views are read at it). Returns ``out_dir``.
     """
-    from fit3d.data import read_scene
-
     out_dir = Path(out_dir)
     W, H = resolution
     scene = read_scene(scene_path, layout=layout, resolution=(W, H), names=list(train_views))

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from fit3d.io import atomic_path
 
 
 class FeatureDecoder(nn.Module):
@@ -22,10 +26,6 @@ class FeatureDecoder(nn.Module):
 
     def save(self, path) -> None:
         """``decoder.safetensors`` (with in/out dims in the metadata), written atomically."""
-        from safetensors.torch import save_file
-
-        from fit3d.io import atomic_path
-
         with atomic_path(path) as tmp:
             save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp),
                       metadata={"in_dim": str(self.in_dim), "out_dim": str(self.out_dim),
@@ -34,8 +34,6 @@ class FeatureDecoder(nn.Module):
 
     @classmethod
     def load(cls, path, map_location: str | torch.device = "cpu") -> "FeatureDecoder":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt", device=str(map_location)) as f:
             meta = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from fit3d.data import read_scene
 from fit3d.errors import SceneError
 from fit3d.io import read_json
 from fit3d.lift.decoder import FeatureDecoder
@@ -48,8 +49,6 @@ class LiftedScene:
 
     def read_views(self, which: str = "train", **kwargs):
         """Re-read this scene's source views (``which`` in train / heldout / all) at the lift resolution."""
-        from fit3d.data import read_scene
-
         s = self.meta["scene"]
         scene = read_scene(s["path"], layout=s.get("layout", "auto"), resolution=self.resolution, **kwargs)
         if which == "all":

@@ -14,7 +14,8 @@ Families and what each does differently: ``fit3d.models.families``.
 from fit3d.models.backbone import Backbone, Tokens, concat_layers
 from fit3d.models.concat import ConcatFeatures
 from fit3d.models.families import FAMILIES, Family, register_family
-from fit3d.models.loading import MODEL_PATH_ENV, load_backbone
+from fit3d.models.hub import MODEL_PATH_ENV
+from fit3d.models.loading import load_backbone
 from fit3d.models.registry import BACKBONES, BackboneSpec, get_spec, list_backbones, register_backbone
 
 __all__ = ["BACKBONES", "Backbone", "BackboneSpec", "ConcatFeatures", "FAMILIES", "Family", "MODEL_PATH_ENV",

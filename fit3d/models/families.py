@@ -25,6 +25,7 @@ from torch import nn
 
 from fit3d.errors import ModelNotFoundError
 from fit3d.models.backbone import Backbone
+from fit3d.models.hub import hub_reachable, hub_unreachable_error
 from fit3d.models.registry import BackboneSpec
 
 
@@ -118,8 +119,6 @@ def _read_model_type(folder: Path) -> str | None:
 
 
 def _load_transformers(family: Family, spec: BackboneSpec, source: str, is_local: bool) -> Backbone:
-    from fit3d.models.loading import hub_unreachable_error, hub_reachable
-
     ok, why = family.available()
     if not ok:
         raise ModelNotFoundError(f"backbone '{spec.name}': {why}; install a transformers version that has it")
@@ -204,8 +203,6 @@ def _load_timm(family: Family, spec: BackboneSpec, source: str, is_local: bool) 
     try:
         model = timm.create_model(arch, **kwargs)
     except (OSError, RuntimeError) as e:
-        from fit3d.models.loading import hub_unreachable_error
-
         raise hub_unreachable_error(spec, spec.hub_id, detail=str(e).splitlines()[0]) from e
     return Backbone(spec, family, model, patch_size=model.patch_embed.patch_size[0], embed_dim=model.embed_dim,
                     num_layers=len(model.blocks), num_registers=model.num_prefix_tokens - 1)

@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from fit3d.errors import ModelNotFoundError
 from fit3d.models.backbone import Backbone
+from fit3d.models.families import load_with_family
+from fit3d.models.hub import MODEL_PATH_ENV
 from fit3d.models.registry import BackboneSpec, get_spec
 
-MODEL_PATH_ENV = "FIT3D_MODEL_PATH"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Can we open a TCP connection to the model hub (``HF_ENDPOINT``) within ``timeout`` seconds?
-
-    Checked before a hub download so an offline machine fails in seconds instead of sitting through
-    transformers' retries; ``HF_HUB_OFFLINE=1`` answers no without trying.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-        return False
-    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def hub_unreachable_error(spec: BackboneSpec, hub_id: str, detail: str = "") -> ModelNotFoundError:
-    """The error for a hub id that cannot be downloaded: says how to point at a local folder instead."""
-    why = f" ({detail})" if detail else " (no connection to the model hub, and not in the local hub cache)"
-    return ModelNotFoundError(
-        f"backbone '{spec.name}': could not load hub id '{hub_id}'{why}. Pass --model-path DIR or set "
-        f"{MODEL_PATH_ENV}=DIR with a local folder in the hub layout (config.json + model.safetensors), e.g. "
-        f"made on a machine with internet by `huggingface-cli download {hub_id} --local-dir DIR`"
-        + (" after accepting the model's licence on the hub" if hub_id.startswith("facebook/dinov3") else ""))
 
 
 def resolve_source(spec: BackboneSpec, model_path: str | os.PathLike | None) -> tuple[str, bool]:
@@ -76,8 +48,6 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
     the registered hub id. Raises ModelNotFoundError for an unknown name, a missing folder, or a hub id that
     cannot be reached (the message says how to use a local folder instead).
     """
-    from fit3d.models.families import load_with_family
-
     spec = get_spec(name)
     source, is_local = resolve_source(spec, model_path)
     return load_with_family(spec, source, is_local).to(device)

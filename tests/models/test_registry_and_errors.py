@@ -11,7 +11,7 @@ import transformers
 from fit3d.cli import main
 from fit3d.errors import ModelNotFoundError
 from fit3d.models import BACKBONES, BackboneSpec, list_backbones, load_backbone, register_backbone
-from fit3d.models import loading
+from fit3d.models import families, hub, loading
 
 EXPECTED = ["dinov2_small", "dinov2_base", "dinov2_large", "dinov2_giant", "dinov2_small_reg", "dinov2_base_reg",
             "dinov2_large_reg", "dinov2_giant_reg", "dinov3_small", "dinov3_base", "dinov3_large", "clip_b16",
@@ -76,7 +76,7 @@ def test_env_model_path_and_wrong_family(tiny_dinov2, monkeypatch):
 
 
 def test_offline_hub_id_says_how_to_use_a_local_folder(monkeypatch):
-    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(families, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(ModelNotFoundError) as err:
         load_backbone("dinov2_base")
     msg = str(err.value)
@@ -85,7 +85,7 @@ def test_offline_hub_id_says_how_to_use_a_local_folder(monkeypatch):
 
 def test_hub_oserror_becomes_model_not_found(monkeypatch):
     """With a (stubbed) reachable hub, transformers' OSError is still turned into the same guidance."""
-    monkeypatch.setattr(loading, "hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(families, "hub_reachable", lambda timeout=3.0: True)
 
     def refuse(*args, **kwargs):
         raise OSError("facebook/vit-mae-base is not a local folder and is not a valid model identifier")
@@ -97,7 +97,7 @@ def test_hub_oserror_becomes_model_not_found(monkeypatch):
 
 def test_hub_reachable_honours_offline_env(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert loading.hub_reachable() is False
+    assert hub.hub_reachable() is False
 
 
 def test_hub_ids_pass_through_as_model_path(monkeypatch):

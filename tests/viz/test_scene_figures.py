@@ -2,7 +2,7 @@ import numpy as np
 import torch
 
 from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene
-from fit3d.viz.compare import feature_pca_figure
+from fit3d.viz.panels import feature_pca_figure
 from fit3d.viz.images import LABEL_PALETTE
 from fit3d.viz.scene import scene_figure
 

@@ -6,7 +6,7 @@ import torch
 
 from fit3d.cli import main
 from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene
-from fit3d.viz.compare import compare_figure, model_input_size
+from fit3d.compare import compare_figure, model_input_size
 from fit3d.viz.images import read_image, save_png
 
 
@@ -114,7 +114,7 @@ def test_depth_probes_read_the_features_the_probe_trained_on(backbones, photo):
     fit3d.probe.features.extract_features does; original / finetuned = each backbone's own tokens."""
     from fit3d.models import ConcatFeatures
     from fit3d.probe.features import extract_features
-    from fit3d.viz.compare import prepare_image
+    from fit3d.compare import prepare_image
 
     original, finetuned = backbones
     seen = {}

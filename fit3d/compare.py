@@ -1,5 +1,9 @@
 """``fit3d compare IMG [IMG ...] --finetuned DIR --out DIR``: PCA pictures of original vs fine-tuned features.
 
+The paper's qualitative figure (``compare_figure``): an image, PCA of original vs fine-tuned features,
+depth-probe maps. It works on any photo: the image is resized (keeping its aspect) to a multiple of the
+patch size, both backbones see the same input, and one PCA basis fitted on both feature maps colours them.
+
 One PNG per image (``OUT/<image stem>.png``): the image, PCA of the original backbone's features and of
 the fine-tuned one's, coloured with one PCA basis fitted on both. Folders given as IMG are searched for
 images (non-recursively).
@@ -13,15 +17,25 @@ probes' training short side (their ``--resolution``), so the features are at the
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
+import numpy as np
+import torch
 from tqdm import tqdm
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.device import resolve_device
 from fit3d.errors import ModelNotFoundError, SceneError
+from fit3d.finetune.assembled import load_finetuned, read_manifest
+from fit3d.models import ConcatFeatures, load_backbone
+from fit3d.probe.features import extract_features
+from fit3d.probe.heads import HEADS_DIR, load_head
+from fit3d.viz.images import read_image, save_png, to_uint8
+from fit3d.viz.panels import comparison_figure
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -41,6 +55,81 @@ class CompareConfig:
     max_side: int = field(default=1344, metadata={"help": "model input: cap on the longer side"})
     panel_height: int = field(default=320, metadata={"help": "display height of each panel in pixels"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto"})
+
+
+# A depth probe: (patch [B, D, h, w], cls [B, Dc], (H, W)) -> depth [B, 1, H, W] or [B, H, W] metres.
+# ``fit3d.probe.depth.LinearDepthHead`` is one. Keyed by the features it reads:
+# "original", "finetuned" or "concat" (original and fine-tuned patch tokens, original [CLS]).
+DepthProbe = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
+FEATURE_SOURCES = ("original", "finetuned", "concat")
+
+
+def model_input_size(height: int, width: int, patch: int, short_side: int = 448,
+                     max_side: int = 1344) -> tuple[int, int]:
+    """(H, W) for the model: shorter side about ``short_side``, longer side at most ``max_side``, aspect
+    kept, both rounded to multiples of ``patch``."""
+    scale = short_side / min(height, width)
+    if max(height, width) * scale > max_side:
+        scale = max_side / max(height, width)
+    return (max(patch, int(round(height * scale / patch)) * patch),
+            max(patch, int(round(width * scale / patch)) * patch))
+
+
+def prepare_image(image, backbone, short_side: int = 448, max_side: int = 1344) -> torch.Tensor:
+    """uint8 / float RGB [H, W, 3] -> float [1, 3, H', W'] in [0, 1] sized for ``backbone``."""
+    img = torch.from_numpy(to_uint8(image)).permute(2, 0, 1)[None]
+    size = model_input_size(img.shape[-2], img.shape[-1], backbone.patch_size, short_side, max_side)
+    return backbone.prepare(img, size=size)
+
+
+def _depth_of(probe: DepthProbe, patch: torch.Tensor, cls: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    with torch.inference_mode():
+        d = probe(patch, cls, size)
+    d = d.detach().float().cpu()
+    return d.reshape(d.shape[0], *d.shape[-2:])[0].numpy()
+
+
+def probe_features(model, x: torch.Tensor, layers: Sequence[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(patch [1, D, h, w], cls [1, Dc]) of ``x`` [1, 3, H, W] exactly as ``fit3d probe`` extracted them
+    (``fit3d.probe.features.extract_features``: per-layer tokens concatenated along D)."""
+    return extract_features(model, [x[0].permute(1, 2, 0).cpu().numpy()], layers=layers, device=model.device)
+
+
+def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthProbe] | None = None, *,
+                   short_side: int = 448, max_side: int = 1344, panel_height: int | None = 320,
+                   names: tuple[str, str] = ("original", "fine-tuned"),
+                   probe_layers: Mapping[str, Sequence[int] | None] | None = None) -> np.ndarray:
+    """Side-by-side panels [H, W, 3] uint8: image | PCA original | PCA fine-tuned | depth of each probe.
+
+    image          [H, W, 3] uint8 or float in [0, 1], any size
+    original, finetuned  Backbones (``.prepare``, ``.features``, ``.patch_size``) with the same patch size
+    depth_probes   optional {"original" | "finetuned" | "concat": probe}; their maps share one colour scale.
+                   "concat" reads ``fit3d.models.ConcatFeatures(original, finetuned)`` tokens (patch tokens
+                   original first, [CLS] of the original), as ``fit3d probe --features concat``.
+    probe_layers   optional {source: backbone layers} a probe was trained on (``fit3d probe --layers``)
+    panel_height   display height of each panel (None: the model input height)
+    """
+    if original.patch_size != finetuned.patch_size:
+        raise ValueError(f"compare_figure: patch sizes differ ({original.patch_size} vs {finetuned.patch_size})")
+    x = prepare_image(image, original, short_side, max_side)                # [1, 3, H, W]
+    H, W = x.shape[-2:]
+    po, co = original.features(x)
+    pf, cf = finetuned.features(x)
+    depths = {}
+    for source, probe in (depth_probes or {}).items():
+        layers = (probe_layers or {}).get(source)
+        if source == "original":
+            patch, cls = (po, co) if layers is None else probe_features(original, x, layers)
+        elif source == "finetuned":
+            patch, cls = (pf, cf) if layers is None else probe_features(finetuned, x, layers)
+        elif source == "concat":
+            patch, cls = probe_features(ConcatFeatures(original, finetuned), x, layers)
+        else:
+            raise ValueError(f"compare_figure: depth probe source {source!r} is not one of {FEATURE_SOURCES}")
+        depths[f"depth: {dict(original=names[0], finetuned=names[1]).get(source, source)}"] = \
+            _depth_of(probe, patch, cls, (H, W))
+    return comparison_figure(x[0].permute(1, 2, 0).cpu().numpy(), {names[0]: po[0], names[1]: pf[0]}, depths,
+                             panel_height=panel_height)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +156,6 @@ def find_images(paths) -> list[Path]:
 def load_models(cfg: CompareConfig):
     """(original, fine-tuned) Backbones from ``cfg.finetuned``; ``backbone`` / ``model_path`` override the
     original model recorded in the folder."""
-    from fit3d.finetune.assembled import load_finetuned, read_manifest
-    from fit3d.models import load_backbone
-
     device = str(resolve_device(cfg.device))
     original, finetuned = load_finetuned(cfg.finetuned, device=device)
     if cfg.backbone or cfg.model_path:
@@ -82,8 +168,6 @@ def load_models(cfg: CompareConfig):
 def find_depth_heads(paths) -> list[Path]:
     """Depth-head files among ``paths``: files as given, folders expanded to ``heads/*.pt`` (or ``*.pt``
     when the folder is a heads folder itself); seg heads in folders are skipped by the loader."""
-    from fit3d.probe.heads import HEADS_DIR
-
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
@@ -105,10 +189,6 @@ def load_depth_probes(paths, original, finetuned, finetuned_dir: str = "", devic
     Each head's recorded feature width is checked against the loaded backbones (the width of its source
     times its number of layers); a mismatch raises ``ModelNotFoundError`` naming the head file.
     """
-    import sys
-
-    from fit3d.probe.heads import load_head
-
     files = find_depth_heads(paths)
     probes, layers, metas = {}, {}, []
     for f in files:
@@ -157,9 +237,6 @@ def _out_names(images: list[Path]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fit3d.viz.compare import compare_figure
-    from fit3d.viz.images import read_image, save_png
-
     cfg = from_args(CompareConfig, args)
     if not cfg.finetuned:
         raise SceneError("fit3d compare: --finetuned DIR is required (a `fit3d finetune` output folder)")
