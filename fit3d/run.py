@@ -274,3 +274,69 @@ def recover_staged(out: str | os.PathLike) -> None:
     old = out.with_name(f".{out.name}.old")
     if old.exists() and not out.exists():
         os.replace(old, out)
+
+
+# ----------------------------------------------------------------------------------------- validation
+def option_error(cfg: Any, name: str, expected: str) -> Fit3DError:
+    """The error for field ``name`` of config ``cfg``, naming the field and its CLI option."""
+    flag = "--" + name.replace("_", "-")
+    return Fit3DError(f"{flag} ({type(cfg).__name__}.{name}) = {getattr(cfg, name)!r}: {expected}")
+
+
+def check_counts(cfg: Any, at_least: dict[str, int]) -> None:
+    """Every field in ``at_least`` is an int (or None where the field allows it) >= its bound."""
+    for name, low in at_least.items():
+        v = getattr(cfg, name)
+        if v is None and _allows_none(cfg, name):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
+            raise option_error(cfg, name, f"must be an integer >= {low}")
+
+
+def check_reals(cfg: Any, ranges: dict[str, tuple[float, float]]) -> None:
+    """Every field in ``ranges`` is a finite number within ``[low, high]`` (None allowed where the field allows it)."""
+    for name, (low, high) in ranges.items():
+        v = getattr(cfg, name)
+        if v is None and _allows_none(cfg, name):
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v) \
+                or not low <= v <= high:
+            raise option_error(cfg, name, f"must be a finite number in [{low:g}, {high:g}]")
+
+
+def _allows_none(cfg: Any, name: str) -> bool:
+    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    return f.default is None or "None" in str(f.type)
+
+
+def check_size(cfg: Any, name: str) -> None:
+    """Field ``name`` is None or two positive integers (W H)."""
+    v = getattr(cfg, name)
+    if v is None:
+        return
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
+            isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0 for x in v):
+        raise option_error(cfg, name, "must be two positive integers W H")
+
+
+def check_device(name: str | None, option: str = "--device") -> None:
+    """``None`` / "auto" or a device this machine has (``cuda`` without a GPU and ``cuda:7`` on a
+    one-GPU machine are errors naming ``option``)."""
+    if name in (None, "", "auto"):
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise Fit3DError(f"{option} {name!r}: not a device (expected auto, cpu, cuda or cuda:N)") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise Fit3DError(f"{option} {name!r}: CUDA is not available on this machine (use cpu or auto)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise Fit3DError(f"{option} {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        return
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return
+    raise Fit3DError(f"{option} {name!r}: device type {dev.type} is not available (expected auto, cpu or cuda[:N])")
