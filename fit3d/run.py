@@ -87,7 +87,8 @@ def _decode(obj: Any, tensors: dict[str, Tensor], path: Path) -> Any:
         if k in ("__tensor__", "__ndarray__"):
             if v not in tensors:
                 raise Fit3DError(f"{path}: corrupt checkpoint (tensor {v} is missing)")
-            return tensors[v] if k == "__tensor__" else tensors[v].numpy()
+            t = tensors[v]
+            return t if k == "__tensor__" or t is None else t.numpy()
         if k == "__tuple__":
             return tuple(_decode(x, tensors, path) for x in v)
         if k == "__items__":
@@ -130,6 +131,27 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if str(device) != "cpu":
         out = _to_device(out, device)
     return out, _decode(tree.get("state", {}), raw, path)
+
+
+def checkpoint_state(path: str | os.PathLike) -> dict:
+    """The plain ``state`` of a checkpoint, read from its header only (tensor references become None)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            tree = json.loads((f.metadata() or {})[_STATE_KEY])
+    except Exception as e:  # as in load_checkpoint
+        raise Fit3DError(f"{path}: checkpoint is unreadable or corrupt ({type(e).__name__}: {e})") from None
+    return _decode(tree.get("state", {}), _NoTensors(), path)
+
+
+class _NoTensors(dict):
+    def __contains__(self, key) -> bool:
+        return True
+
+    def __getitem__(self, key):
+        return None
 
 
 def _to_device(obj: Any, device) -> Any:

@@ -199,7 +199,7 @@ def _save_pretrained_atomic(model, dest: Path) -> None:
 
 def _check_lifted(scene_dirs) -> None:
     """Every folder is a finished lifted scene (checked before the backbone loads)."""
-    from fit3d.splat.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
+    from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 
     for d in scene_dirs:
         missing = [f for f in (GAUSSIANS_FILE, DECODER_FILE, META_FILE) if not (Path(d) / f).is_file()]
