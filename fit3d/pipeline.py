@@ -105,11 +105,11 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finet
     from fit3d.finetune.trainer import finetune
     from fit3d.probe.cli import run_probe
     from fit3d.lift.stage import lift_scene
-    from fit3d.lift.lifted import is_lifted, load_lifted
 
     out = Path(cfg.out)
     lift_d, ft_d = _stage_configs(cfg)
     lift_cfg, finetune_cfg = lift_cfg or lift_d, finetune_cfg or ft_d
+    finished = validate_pipeline(scenes, cfg, lift_cfg, finetune_cfg)
     seconds: dict[str, float] = {}
 
     def say(msg):
@@ -122,9 +122,9 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finet
     for i, s in enumerate(scenes):
         name = Path(s).name
         d = out / "lifted" / name
-        if is_lifted(d):
-            say(f"lift {i + 1}/{len(scenes)} {name}: done already, skipped")
-            lift_reports[name] = load_lifted(d).meta
+        if finished[name] is not None:
+            say(f"lift {i + 1}/{len(scenes)} {name}: done already with these settings, skipped")
+            lift_reports[name] = finished[name]
         else:
             say(f"lift {i + 1}/{len(scenes)} {name} -> {d}")
             lift_reports[name] = lift_scene(s, lift_cfg, d, name=name)
@@ -154,6 +154,41 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, lift_cfg=None, finet
     if verbose:
         print(results_markdown(results))
     return results
+
+
+def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg, finetune_cfg) -> dict:
+    """Check every option, scene and probe setting before any work; returns {scene name: lift.json of a
+    finished lift with the same settings, or None}. A finished lift made with other settings is a
+    ``SettingsMismatch`` naming the differing fields."""
+    from fit3d.data.readers import detect_layout
+    from fit3d.errors import Fit3DError
+    from fit3d.lift.lifted import lift_settings, reuse_finished
+    from fit3d.run import check_counts, check_device, check_size
+
+    if not scenes:
+        raise Fit3DError("pipeline: no scenes given")
+    bad = [t for t in cfg.tasks if t not in HEADLINE]
+    if bad or not cfg.tasks:
+        raise Fit3DError(f"--tasks {' '.join(cfg.tasks)}: expected one or more of {', '.join(HEADLINE)}")
+    check_counts(cfg, {"probe_iterations": 1, "num_classes": 0, "finetune_epochs": 1, "finetune_max_steps": 1,
+                       "lift_iterations": 1, "lift_width": 1})
+    check_size(cfg, "probe_resolution")
+    check_size(cfg, "finetune_resolution")
+    check_device(cfg.device)
+    lift_cfg.validate()
+    finetune_cfg.validate()
+    for s in scenes:
+        detect_layout(s)  # SceneError naming a missing folder or one no reader knows
+    for opt, path in (("--probe-data", cfg.probe_data), ("--eval-data", cfg.eval_data)):
+        if path is not None and not Path(path).exists():
+            raise Fit3DError(f"{opt} {path}: does not exist")
+    names = [Path(s).name for s in scenes]
+    if len(set(names)) != len(names):
+        raise Fit3DError(f"pipeline: scene folder names must be unique (lifts go to <out>/lifted/<name>): {names}")
+    out = Path(cfg.out)
+    how = f"use another --out, or delete {out / 'lifted'}/<scene> to lift it again"
+    return {n: reuse_finished(out / "lifted" / n, lift_settings(lift_cfg, Path(s).resolve()), how)
+            for s, n in zip(scenes, names)}
 
 
 def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: dict, seconds: dict) -> dict:

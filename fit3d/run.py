@@ -188,11 +188,11 @@ def restore_rng(st: dict) -> None:
 def result_settings(cfg: Any) -> dict:
     """``{field: value}`` of every field of dataclass ``cfg`` that determines its result (all but those
     declared ``metadata={"volatile": True}``: progress bars, checkpoint periods, devices, ...)."""
-    return {f.name: _plain(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
+    return {f.name: as_recorded(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
             if not f.metadata.get("volatile", False)}
 
 
-def _plain(v: Any) -> Any:
+def as_recorded(v: Any) -> Any:
     """JSON's view of ``v`` (tuples -> lists), so recorded and current settings compare equal."""
     return json.loads(json.dumps(v, default=str))
 
@@ -209,8 +209,8 @@ def check_resume(recorded: dict | None, current: dict, what: str, path, how: str
     if recorded is None:
         raise SettingsMismatch(f"{path}: {what} records no settings (written by an older fit3d), so it cannot "
                                f"be reused safely; {how}")
-    current = _plain(current)
-    recorded = _plain(recorded)
+    current = as_recorded(current)
+    recorded = as_recorded(recorded)
     missing = object()
     diff = []
     for k in sorted(set(recorded) | set(current)):

@@ -49,31 +49,40 @@ def format_metrics(name: str, meta: dict) -> str:
 def _prepare_staged(dst: Path, settings: dict) -> Path:
     """The sibling folder an ``--overwrite`` lift of ``dst`` builds in: an earlier interrupted overwrite
     with the same settings resumes there, one with other settings is discarded; the old target cache is
-    linked in (``TargetCache`` reuses it only if it matches)."""
+    linked in when the old lift used the same backbone weights (``TargetCache`` checks views and size)."""
     import shutil
 
+    from fit3d.errors import Fit3DError
+    from fit3d.io import read_json_dict
+    from fit3d.lift.lifted import META_FILE
     from fit3d.lift.optimize import CHECKPOINT_FILE
-    from fit3d.run import checkpoint_state, staged_dir
+    from fit3d.run import as_recorded, checkpoint_state, staged_dir
 
     work = staged_dir(dst)
     ck = work / CHECKPOINT_FILE
     if work.exists() and ck.exists():
         try:
             rec = checkpoint_state(ck).get("settings") or {}
-        except Exception:  # an unreadable staged checkpoint: start the overwrite afresh
+        except Fit3DError:  # an unreadable staged checkpoint: start the overwrite afresh
             rec = {}
-        from fit3d.run import _plain
-
-        if {k: v for k, v in rec.items() if k != "train_views"} != _plain(settings):
+        if {k: v for k, v in rec.items() if k != "train_views"} != as_recorded(settings):
             shutil.rmtree(work)
     elif work.exists():
         shutil.rmtree(work)
     old_cache = dst / "cache"
-    if old_cache.is_dir() and not (work / "cache").exists():
+    try:
+        old = read_json_dict(dst / META_FILE, "lifted scene record").get("settings") or {}
+    except Fit3DError:
+        old = {}
+    same_weights = all(old.get(k, object()) == settings[k] for k in ("scene", "backbone", "model_path", "feature_size"))
+    if same_weights and old_cache.is_dir() and not (work / "cache").exists():
         (work / "cache").mkdir(parents=True)
         for f in old_cache.iterdir():
             if f.is_file() and not f.name.startswith("."):
-                os.link(f, work / "cache" / f.name)
+                try:
+                    os.link(f, work / "cache" / f.name)  # free; the cache is only ever replaced, never edited
+                except OSError:
+                    shutil.copy2(f, work / "cache" / f.name)
     return work
 
 
