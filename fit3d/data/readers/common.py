@@ -163,6 +163,8 @@ def load_text_matrix(path: Path, what: str) -> np.ndarray:
     """[r, c] float64 of a whitespace-separated text matrix; ``SceneError`` naming the file when it is
     missing, empty, ragged or not text."""
     require_file(path, what)
+    if not path.read_bytes().strip():
+        raise SceneError(f"{path}: {what} is empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", UserWarning)  # numpy only warns for an empty file
