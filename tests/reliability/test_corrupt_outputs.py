@@ -116,3 +116,13 @@ def test_corrupt_target_cache_is_recomputed(lifted, scene_dir, tmp_path, capsys)
     from fit3d.lift.targets import TargetCache
 
     assert len(TargetCache(cache)) == 6  # rebuilt whole
+
+
+@pytest.mark.parametrize("damage", ["config.json", "model.safetensors"])
+def test_damaged_model_folder_is_named(damage, lifted, tiny_dino, tmp_path, capsys):
+    weights = copy_of(tiny_dino, tmp_path / "weights")
+    _truncate(weights / damage)
+    rc, _, err = run_cli(capsys, "finetune", "--scenes", lifted[0] / "room", "--out", tmp_path / "ft",
+                         "--model-path", weights, *FINETUNE_OPTS)
+    assert_clean_error(rc, err, weights)
+    assert not (tmp_path / "ft" / "fit3d.json").exists()

@@ -29,7 +29,7 @@ def _signal_at(monkeypatch, optimizer_cls, call: int, sig) -> None:
     monkeypatch.setattr(optimizer_cls, "step", step)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_lift_interrupt_checkpoints_and_resumes(sig, lifted, scene_dir, tmp_path, capsys, monkeypatch):
     from fit3d.lift import load_lifted
 
@@ -57,7 +57,7 @@ def test_lift_interrupt_checkpoints_and_resumes(sig, lifted, scene_dir, tmp_path
     torch.testing.assert_close(a.decoder.conv.weight, b.decoder.conv.weight, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_finetune_interrupt_checkpoints_and_resumes(sig, finetuned, tmp_path, capsys, monkeypatch):
     from safetensors.torch import load_file
 
@@ -78,8 +78,9 @@ def test_finetune_interrupt_checkpoints_and_resumes(sig, finetuned, tmp_path, ca
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_real_process_signal_exits_130_with_the_resume_message(sig, scene_dir, tiny_dino, tmp_path):
+def test_real_process_sigterm_exits_130_with_the_resume_message(scene_dir, tiny_dino, tmp_path):
+    """A real ``python -m fit3d`` process (one case: a fresh process pays its imports and JIT, ~15 s)."""
+    sig = signal.SIGTERM
     out = tmp_path / "lifted"
     argv = [sys.executable, "-m", "fit3d", "lift", str(scene_dir), "--out", str(out), "--iterations", "100000",
             "--width", "16", "--feature-size", "32", "--feature-dim", "4", "--init-points", "200",
