@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(mod.run(args) or 0)
     except Fit3DError as e:
-        print(f"fit3d {args.command}: error: {e}", file=sys.stderr)
+        print(f"fit3d: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\nfit3d {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+    except KeyboardInterrupt as e:  # fit3d.run.Interrupted says where its checkpoint went
+        why = str(e) if str(e) else f"{args.command}: interrupted; rerun the same command to resume"
+        print(f"\nfit3d: {why}", file=sys.stderr)
         return 130
 
 

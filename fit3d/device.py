@@ -33,27 +33,30 @@ def dist_info() -> DistInfo:
                     int(os.environ.get("LOCAL_RANK", 0)))
 
 
-def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> torch.device:
+def resolve_device(name: str | None = "auto", local_rank: int | None = None, option: str = "--device") -> torch.device:
     """``"auto"`` (or None): CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:N"`` as given.
     Under torchrun (``local_rank`` given, or env ``WORLD_SIZE`` > 1) an index-less CUDA device becomes
-    ``cuda:LOCAL_RANK`` (modulo the visible GPUs). A device that does not exist is a ``Fit3DError``."""
+    ``cuda:LOCAL_RANK`` (modulo the visible GPUs). A device this machine lacks is a ``Fit3DError`` naming
+    ``option``."""
     if local_rank is None:
         di = dist_info()
         local_rank = di.local_rank if di.active else None
-    if name in (None, "auto"):
+    if name in (None, "", "auto"):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except (RuntimeError, TypeError) as e:
-        raise Fit3DError(f"device {name!r}: not a device (expected auto, cpu, cuda or cuda:N)") from e
+        raise Fit3DError(f"{option} {name!r}: not a device (expected auto, cpu, cuda or cuda:N)") from e
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise Fit3DError(f"device {name!r}: CUDA is not available on this machine (use --device cpu or auto)")
+            raise Fit3DError(f"{option} {name!r}: CUDA is not available on this machine (use cpu or auto)")
         n = torch.cuda.device_count()
         if dev.index is None and local_rank is not None:
             dev = torch.device("cuda", local_rank % n)
         if dev.index is not None and dev.index >= n:
-            raise Fit3DError(f"device {name!r}: this machine has {n} CUDA device(s)")
+            raise Fit3DError(f"{option} {name!r}: this machine has {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise Fit3DError(f"{option} {name!r}: MPS is not available on this machine (use cpu or auto)")
     elif dev.type not in ("cpu", "mps"):
-        raise Fit3DError(f"device {name!r}: unsupported device type {dev.type!r} (expected auto, cpu, cuda or cuda:N)")
+        raise Fit3DError(f"{option} {name!r}: device type {dev.type} is not available (expected auto, cpu or cuda[:N])")
     return dev

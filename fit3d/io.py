@@ -1,9 +1,17 @@
-"""Atomic output writing: a crash never leaves a half-written file that loads."""
+"""Atomic output writing: a crash never leaves a half-written file that loads.
+
+Temporaries are siblings named ``.<name>.<pid>.<random>.tmp``: :func:`clean_stale_temps` removes those
+whose process is gone (a kill during a write leaves nothing behind on the next run). Outputs get the
+user's normal permissions (``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders), not the
+private 0600 / 0700 of ``mkstemp`` / ``mkdtemp``.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,17 +27,81 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` (an existing
+    folder is moved aside first and removed after the swap)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back (the value is process-wide)
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
+
+
+_TEMP = re.compile(r"^\..+\.(\d+)\.[^.]*(\.old)?\.tmp$")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of :func:`atomic_path` / :func:`atomic_dir` in ``folder`` (not recursive)
+    whose writing process no longer runs; returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in folder.iterdir():
+        m = _TEMP.match(p.name)
+        if m is None or _alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -43,8 +115,30 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    return json.loads(Path(path).read_text())
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    """The parsed JSON of ``path``; a missing, unreadable or malformed file is a ``Fit3DError`` naming it."""
+    from fit3d.errors import Fit3DError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise Fit3DError(f"{path}: {what} is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise Fit3DError(f"{path}: {what} is unreadable or corrupt ({e})") from None
+
+
+def read_json_dict(path: str | os.PathLike, what: str = "JSON file", keys: tuple[str, ...] = ()) -> dict:
+    """:func:`read_json` of a JSON object holding ``keys``; anything else is a ``Fit3DError`` naming the file."""
+    from fit3d.errors import Fit3DError
+
+    d = read_json(path, what)
+    if not isinstance(d, dict):
+        raise Fit3DError(f"{path}: {what} must hold a JSON object, got {type(d).__name__}")
+    missing = [k for k in keys if k not in d]
+    if missing:
+        raise Fit3DError(f"{path}: {what} is incomplete (missing {', '.join(missing)})")
+    return d
 
 
 def torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -21,13 +21,16 @@ from pathlib import Path
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import check_choices, from_args, inherit
+from fit3d.data.readers import detect_layout
+from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.trainer import finetune
 from fit3d.io import write_json, write_text
 from fit3d.lift.config import LiftConfig
-from fit3d.lift.lifted import is_lifted, load_lifted
+from fit3d.lift.lifted import lift_settings, reuse_finished
 from fit3d.lift.stage import lift_scene
 from fit3d.probe.cli import ProbeConfig, run_probe
+from fit3d.run import check_counts, check_device, check_size
 
 SOURCES = ("original", "finetuned", "concat")
 # headline metric per task: (probe.json key, label, lower is better)
@@ -88,9 +91,9 @@ class PipelineConfig:
 
 def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True) -> dict:
     """Run Stage 1 on every scene, Stage 2 on all of them, then the probes. Returns ``results.json``'s dict."""
-    check_choices(cfg)
     out = Path(cfg.out)
     lift_cfg, finetune_cfg = cfg.lift_config(), cfg.finetune_config()
+    finished = validate_pipeline(scenes, cfg, lift_cfg, finetune_cfg)
     seconds: dict[str, float] = {}
 
     def say(msg):
@@ -103,9 +106,9 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     for i, s in enumerate(scenes):
         name = Path(s).name
         d = out / "lifted" / name
-        if is_lifted(d):
-            say(f"lift {i + 1}/{len(scenes)} {name}: done already, skipped")
-            lift_reports[name] = load_lifted(d).meta
+        if finished[name] is not None:
+            say(f"lift {i + 1}/{len(scenes)} {name}: done already with these settings, skipped")
+            lift_reports[name] = finished[name]
         else:
             say(f"lift {i + 1}/{len(scenes)} {name} -> {d}")
             lift_reports[name] = lift_scene(s, lift_cfg, d, name=name)
@@ -135,6 +138,43 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     if verbose:
         print(results_markdown(results))
     return results
+
+
+def _stage_check(stage: str, check) -> None:
+    """Run a stage config's check; its error names the pipeline's option (``--iterations`` -> ``--lift.iterations``)."""
+    try:
+        check()
+    except Fit3DError as e:
+        msg = str(e)
+        raise Fit3DError(f"--{stage}.{msg[2:]}" if msg.startswith("--") else msg) from None
+
+
+def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConfig, finetune_cfg: FinetuneConfig) -> dict:
+    """Check every option, scene and probe setting before any work; returns {scene name: lift.json of a
+    finished lift with the same settings, or None}. A finished lift made with other settings is a
+    ``SettingsMismatch`` naming the differing fields."""
+    if not scenes:
+        raise Fit3DError("pipeline: no scenes given")
+    if not cfg.tasks:
+        raise Fit3DError(f"--tasks: expected one or more of {', '.join(HEADLINE)}")
+    check_choices(cfg)
+    check_device(cfg.device)
+    _stage_check("probe", lambda: (check_counts(cfg.probe, {"iterations": 1, "num_classes": 0}),
+                                   check_size(cfg.probe, "resolution")))
+    _stage_check("lift", lift_cfg.validate)
+    _stage_check("finetune", finetune_cfg.validate)
+    for s in scenes:
+        detect_layout(s)  # SceneError naming a missing folder or one no reader knows
+    for opt, path in (("--probe-data", cfg.probe_data), ("--eval-data", cfg.eval_data)):
+        if path is not None and not Path(path).exists():
+            raise Fit3DError(f"{opt} {path}: does not exist")
+    names = [Path(s).name for s in scenes]
+    if len(set(names)) != len(names):
+        raise Fit3DError(f"pipeline: scene folder names must be unique (lifts go to <out>/lifted/<name>): {names}")
+    out = Path(cfg.out)
+    how = f"use another --out, or delete {out / 'lifted'}/<scene> to lift it again"
+    return {n: reuse_finished(out / "lifted" / n, lift_settings(lift_cfg, Path(s).resolve()), how)
+            for s, n in zip(scenes, names)}
 
 
 def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: dict, seconds: dict) -> dict:

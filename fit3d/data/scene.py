@@ -30,13 +30,25 @@ def check_pose(c2w: np.ndarray, source: str = "pose", atol: float = 1e-3) -> np.
     return c2w
 
 
-def check_intrinsics(K: np.ndarray, source: str = "intrinsics") -> np.ndarray:
-    """Return ``K`` as float64 [3, 3]; raise ``SceneError`` if malformed."""
-    K = np.asarray(K, dtype=np.float64)
+def check_intrinsics(K: np.ndarray, source: str = "intrinsics", size: tuple[int, int] | None = None) -> np.ndarray:
+    """Return ``K`` as float64 [3, 3]; raise ``SceneError`` if malformed: not finite, focal lengths not
+    positive, last row not [0, 0, 1], or (given the image ``size`` (W, H)) the principal point outside
+    the image."""
+    try:
+        K = np.asarray(K, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SceneError(f"{source}: intrinsics are not numbers") from None
     if K.shape != (3, 3):
         raise SceneError(f"{source}: intrinsics must be 3x3, got shape {K.shape}")
     if not np.isfinite(K).all() or K[0, 0] <= 0 or K[1, 1] <= 0:
         raise SceneError(f"{source}: intrinsics must be finite with positive focal lengths, got {K.tolist()}")
+    if not np.allclose(K[2], [0, 0, 1], atol=1e-6) or abs(K[1, 0]) > 1e-6:
+        raise SceneError(f"{source}: intrinsics must be [[fx, s, cx], [0, fy, cy], [0, 0, 1]], got {K.tolist()}")
+    if size is not None:
+        w, h = size
+        if not (0 <= K[0, 2] <= w and 0 <= K[1, 2] <= h):
+            raise SceneError(f"{source}: principal point ({K[0, 2]:g}, {K[1, 2]:g}) lies outside the {w}x{h} "
+                             f"image (intrinsics for another image size?)")
     return K
 
 
@@ -70,7 +82,7 @@ class View:
         self.image = img.astype(np.float32, copy=False)
         if not np.isfinite(self.image).all():
             raise SceneError(f"{src}: image contains NaN or inf")
-        self.K = check_intrinsics(self.K, src)
+        self.K = check_intrinsics(self.K, src, size=(self.image.shape[1], self.image.shape[0]))
         self.c2w = check_pose(self.c2w, src)
         for attr in ("depth", "labels", "mask"):
             a = getattr(self, attr)

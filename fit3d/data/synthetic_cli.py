@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
+from fit3d.errors import Fit3DError
 from fit3d.io import read_json
 from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene, write_scene
 
@@ -32,9 +33,10 @@ def scene_dir(out: Path, seed: int) -> Path:
 def _done(path: Path, cfg: SyntheticSceneConfig) -> bool:
     meta = path / "synthetic.json"
     try:
-        return meta.is_file() and read_json(meta).get("config") == dataclasses.asdict(cfg)
-    except ValueError:
+        d = read_json(meta) if meta.is_file() else None
+    except Fit3DError:  # a corrupt record: regenerate the scene
         return False
+    return isinstance(d, dict) and d.get("config") == dataclasses.asdict(cfg)
 
 
 def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overwrite: bool = False,
@@ -55,7 +57,7 @@ def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overw
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(SyntheticSceneConfig, args)
     if args.num_scenes < 1:
-        raise SystemExit("fit3d generate: --num-scenes must be at least 1")
+        raise Fit3DError(f"--num-scenes must be at least 1, got {args.num_scenes}")
     paths = generate_scenes(args.out, args.num_scenes, cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} scene(s) of {cfg.num_views} views at {cfg.width}x{cfg.height} to {args.out}")
     return 0

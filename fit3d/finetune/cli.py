@@ -1,7 +1,9 @@
 """``fit3d finetune --scenes DIR [DIR ...] --backbone dinov2_small --out OUT``: Stage 2.
 
 Runs single-process, or under ``torchrun --nproc_per_node N -m fit3d finetune ...`` with
-DistributedDataParallel. Rerunning the same command resumes from OUT/checkpoint.pt.
+DistributedDataParallel. Rerunning the same command resumes from OUT/checkpoint.safetensors, or returns
+the finished run when its settings are the same; with other settings it stops naming them (``--overwrite``
+builds the new run beside OUT and swaps it in once complete).
 """
 
 from __future__ import annotations
@@ -20,13 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--scenes", nargs="+", required=True, metavar="DIR",
                         help="lifted scene folders (outputs of `fit3d lift`)")
     parser.add_argument("--out", required=True, help="output folder: model/ (save_pretrained) + fit3d.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a finished run made with other settings (the old one is kept until the new "
+                             "one is complete)")
     add_config_arguments(parser, FinetuneConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = from_args(FinetuneConfig, args)
-    m = finetune(args.scenes, None, args.out, cfg)
+    m = finetune(args.scenes, None, args.out, cfg, overwrite=args.overwrite)
     if dist_info().is_main:
         _print_summary(m, args.out)
     return 0

@@ -38,20 +38,34 @@ class FinetuneConfig:
         "help": "tokens whose rendered opacity (bilinearly downsampled to the patch grid) is below this "
                 "are masked out of the loss"})
     flip_prob: float = field(default=0.5, metadata={"help": "probability of a horizontal flip of image+target+mask"})
-    workers: int = field(default=1, metadata={
+    workers: int = field(default=1, metadata={"volatile": True,
         "help": "DataLoader workers rendering the next batches while the backbone trains (0 = render inline)"})
-    worker_threads: int = field(default=1, metadata={"help": "torch threads inside each render worker"})
-    worker_start: str = field(default="spawn", metadata={
+    worker_threads: int = field(default=1, metadata={"volatile": True, "help": "torch threads inside each render worker"})
+    worker_start: str = field(default="spawn", metadata={"volatile": True, "choices": ("spawn", "forkserver", "fork"),
         "help": "how render workers start: spawn (safe: the renderer's OpenMP/numba threads do not survive "
                 "fork; Gaussians still cross once through shared memory), forkserver, or fork"})
-    prefetch: int = field(default=2, metadata={"help": "batches each worker renders ahead"})
-    checkpoint_every: int = field(default=200, metadata={
+    prefetch: int = field(default=2, metadata={"volatile": True, "help": "batches each worker renders ahead"})
+    checkpoint_every: int = field(default=200, metadata={"volatile": True,
         "help": "write a resumable checkpoint every this many steps (0 = only at the end)"})
-    log_every: int = field(default=10, metadata={"help": "log the running loss every this many steps"})
-    device: str = field(default="auto", metadata={
+    log_every: int = field(default=10, metadata={"volatile": True, "help": "log the running loss every this many steps"})
+    device: str = field(default="auto", metadata={"volatile": True,
         "help": "auto / cpu / cuda / cuda:N (auto: cuda when available; under torchrun cuda:LOCAL_RANK)"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never on CPU)"})
     evaluate: bool = field(default=True, metadata={
         "help": "after training, measure original vs fine-tuned features against the rendered targets on "
                 "held-out views"})
-    progress: bool = field(default=True, metadata={"help": "show a tqdm progress bar (rank 0)"})
+    progress: bool = field(default=True, metadata={"volatile": True, "help": "show a tqdm progress bar (rank 0)"})
+
+    def validate(self) -> None:
+        """``Fit3DError`` naming the option for any value out of range (called before any work)."""
+        from fit3d.config import check_choices
+        from fit3d.run import check_counts, check_device, check_reals, check_size
+
+        check_choices(self)
+        check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "freeze_blocks": 0, "workers": 0,
+                            "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0})
+        inf = float("inf")
+        check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
+                           "alpha_threshold": (0, 1), "flip_prob": (0, 1)})
+        check_size(self, "resolution")
+        check_device(self.device)

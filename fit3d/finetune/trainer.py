@@ -10,7 +10,11 @@ Output folder::
     OUT/model/          save_pretrained of the fine-tuned transformers model (AutoModel-loadable)
     OUT/fit3d.json      manifest: backbone, original_model_path, config, steps, metrics, memory, timing
     OUT/losses.json     the per-step training loss
-    OUT/checkpoint.pt   while running (removed once the manifest is written)
+    OUT/checkpoint.safetensors  while running (removed once the manifest is written; see fit3d.run)
+
+``fit3d.json`` records the settings that determine the result (``settings``: the non-volatile config
+fields, backbone, model source, scenes, world size); a rerun with the same ones returns the finished run,
+with others it stops naming the differing fields (``overwrite=True`` rebuilds beside and swaps).
 """
 
 from __future__ import annotations
@@ -21,9 +25,7 @@ import logging
 import math
 import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -34,23 +36,23 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from fit3d.config import check_choices, to_dict
+from fit3d.config import to_dict
 from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  scene_memory)
-from fit3d.io import read_json, torch_save, write_json
+from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
+from fit3d.run import (Interrupt, capture_rng, check_resume, commit_staged, load_checkpoint, recover_staged,
+                       restore_rng, result_settings, save_checkpoint, staged_dir)
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "fit3d.json"
 MODEL_DIR = "model"
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+OLD_CHECKPOINT_FILE = "checkpoint.pt"  # pickled (fit3d < this version): never loaded
 LOSSES_FILE = "losses.json"
-# Config fields a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("lr", "weight_decay", "batch_size", "grad_clip", "epochs", "seed", "freeze_blocks",
-                "resolution", "target_at", "alpha_threshold", "flip_prob")
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -160,35 +162,34 @@ def _original_model_path(backbone, model_path) -> str | None:
 
 def _save_pretrained_atomic(model, dest: Path) -> None:
     """save_pretrained into a temporary sibling folder, then swap it in (a crash never leaves half a model)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
-        old = None
-        if dest.exists():
-            old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _rng_state() -> dict:
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
+def _check_lifted(scene_dirs) -> None:
+    """Every folder is a finished lifted scene (checked before the backbone loads)."""
+    from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
+
+    for d in scene_dirs:
+        missing = [f for f in (GAUSSIANS_FILE, DECODER_FILE, META_FILE) if not (Path(d) / f).is_file()]
+        if missing:
+            raise Fit3DError(f"{d}: not a finished lifted scene (missing {', '.join(missing)}); run `fit3d lift` "
+                             f"first")
 
 
-def _set_rng_state(st: dict) -> None:
-    torch.set_rng_state(st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["python"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+def run_settings(scene_dirs, cfg: FinetuneConfig, world_size: int) -> dict:
+    """What determines a fine-tuning result: the non-volatile config, backbone, model source, scenes (and
+    the settings each was lifted with), world size."""
+    from fit3d.models.loading import resolve_source
+    from fit3d.models.registry import get_spec
+
+    scenes = []
+    for d in scene_dirs:
+        meta = read_json_dict(Path(d) / "lift.json", "lifted scene record (lift.json)")
+        scenes.append({"path": str(Path(d).resolve()), "lift": meta.get("settings", meta.get("config"))})
+    return {**result_settings(cfg), "model_source": resolve_source(get_spec(cfg.backbone), cfg.model_path)[0],
+            "scenes": scenes,
+            "world_size": world_size}
 
 
 def ranks_in_sync(model: nn.Module, device) -> bool:
@@ -232,12 +233,14 @@ def evaluate_against_targets(views: RenderedViews, backbones: dict, device, batc
 
 
 # ----------------------------------------------------------------------------------------- training
-def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None = None, model_path=None) -> dict:
+def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None = None, model_path=None,
+             overwrite: bool = False) -> dict:
     """Fine-tune ``cfg.backbone`` on the rendered features of the lifted ``scene_dirs``; returns the manifest.
     ``backbone`` / ``model_path``, when given, override ``cfg.backbone`` / ``cfg.model_path``.
 
-    Resumes from ``out/checkpoint.pt`` when present; returns the existing manifest when ``out`` already
-    holds a finished run with the same number of steps.
+    Resumes from ``out/checkpoint.safetensors`` when present; returns the existing manifest when ``out``
+    already holds a finished run with the same settings, and raises ``SettingsMismatch`` naming the
+    differing fields when its settings differ (``overwrite``: build the new run beside ``out``, then swap).
     """
     from tqdm import tqdm
 
@@ -246,7 +249,10 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
     cfg = cfg or FinetuneConfig()
     cfg = dataclasses.replace(cfg, backbone=backbone or cfg.backbone,
                               model_path=model_path if model_path is not None else cfg.model_path)
-    check_choices(cfg)
+    cfg.validate()
+    if not scene_dirs:
+        raise Fit3DError("finetune: no lifted scenes given (--scenes)")
+    _check_lifted(scene_dirs)
     out = Path(out)
     di = dist_info()
     device = resolve_device(cfg.device, di.local_rank)
@@ -256,7 +262,19 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     try:
-        result = _finetune(scene_dirs, cfg.backbone, out, cfg, cfg.model_path, di, device, load_backbone, tqdm)
+        settings = run_settings(scene_dirs, cfg, di.world_size)
+        recover_staged(out)
+        done = _finished(out, settings, overwrite)
+        if done is not None:
+            if di.is_main:
+                log.info("%s: already fine-tuned (%d steps, same settings); nothing to do", out, done["steps"])
+            return done
+        work = staged_dir(out) if overwrite and out.exists() else out
+        with Interrupt() as interrupt:
+            result = _finetune(scene_dirs, cfg.backbone, work, cfg, cfg.model_path, di, device, load_backbone, tqdm,
+                               settings, interrupt)
+        if di.is_main and work != out:
+            commit_staged(work, out)
         if di.active:
             # Every rank leaves together, once rank 0 has written the outputs: a rank that tears its
             # group down while a peer still works on it can abort (SIGABRT) at interpreter exit.
@@ -268,7 +286,19 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             dist.destroy_process_group()
 
 
-def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device, load_backbone, tqdm) -> dict:
+def _finished(out: Path, settings: dict, overwrite: bool) -> dict | None:
+    """The manifest of a finished run in ``out`` with ``settings``; None when there is none (or it is to be
+    overwritten); ``SettingsMismatch`` when it was made with others."""
+    manifest_path = out / MANIFEST_FILE
+    if overwrite or not (manifest_path.exists() and (out / MODEL_DIR).exists()):
+        return None
+    done = read_json_dict(manifest_path, "fine-tuning manifest", keys=("steps",))
+    check_resume(done.get("settings"), settings, "finished fine-tuning", out)
+    return done
+
+
+def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device, load_backbone, tqdm,
+              settings: dict, interrupt: Interrupt) -> dict:
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     bb = load_backbone(backbone_name, model_path=model_path, device=str(device))
@@ -286,14 +316,6 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
 
-    manifest_path = out / MANIFEST_FILE
-    if manifest_path.exists() and (out / MODEL_DIR).exists():
-        done = read_json(manifest_path)
-        if done.get("steps") == total and done.get("world_size", 1) == di.world_size:
-            if di.is_main:
-                log.info("%s: already fine-tuned (%d steps); nothing to do", out, total)
-            return done
-
     n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks)
     params = [p for p in bb.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -301,19 +323,25 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
     # ---- resume
     step, epoch, consumed, losses = 0, 0, 0, []
     ckpt_path = out / CHECKPOINT_FILE
+    if (out / OLD_CHECKPOINT_FILE).exists():
+        raise Fit3DError(f"{out / OLD_CHECKPOINT_FILE}: a pickled checkpoint of an older fit3d; it is never "
+                         f"loaded (unpickling can run code): delete it to start over")
+    if di.is_main:
+        clean_stale_temps(out)
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        diff = [k for k in _RESUME_KEYS if ck["config"].get(k) != to_dict(cfg).get(k)]
-        if diff:
-            raise Fit3DError(f"{ckpt_path}: written with different settings ({', '.join(diff)}); "
-                             f"use another --out or delete the checkpoint to start over")
-        if ck["world_size"] != di.world_size or ck["backbone"] != backbone_name:
-            raise Fit3DError(f"{ckpt_path}: written by a run of {ck['backbone']!r} on {ck['world_size']} "
-                             f"process(es), this is {backbone_name!r} on {di.world_size}")
-        bb.model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        step, epoch, consumed, losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
-        _set_rng_state(ck["rng"])
+        ck_t, ck = load_checkpoint(ckpt_path)
+        check_resume(ck.get("settings"), settings, "interrupted run's checkpoint", ckpt_path,
+                     how="rerun with the settings it was started with, or with --overwrite / another --out to "
+                         "start over")
+        try:
+            bb.model.load_state_dict(ck_t["model"])
+            opt.load_state_dict(ck_t["optimizer"])
+            step, epoch, consumed, losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
+            restore_rng(ck["rng"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            raise Fit3DError(f"{ckpt_path}: checkpoint does not fit this model / run ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0][:200]}); delete it to start over") from None
+        del ck_t
         if di.is_main:
             log.info("resuming %s at step %d (epoch %d, %d samples in)", ckpt_path, step, epoch, consumed)
 
@@ -324,14 +352,20 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             find_unused_parameters=True)  # e.g. DINOv2's mask token never receives a gradient
     use_amp = cfg.amp and device.type == "cuda"
 
-    def save_checkpoint():
+    def checkpoint():
         if di.is_main:
-            torch_save({"step": step, "epoch": epoch, "consumed": consumed, "losses": losses,
-                        "model": bb.model.state_dict(), "optimizer": opt.state_dict(), "rng": _rng_state(),
-                        "config": to_dict(cfg), "world_size": di.world_size, "backbone": backbone_name},
-                       ckpt_path)
+            save_checkpoint(ckpt_path, {"model": bb.model.state_dict(), "optimizer": opt.state_dict()},
+                            {"step": step, "epoch": epoch, "consumed": consumed, "losses": losses,
+                             "rng": capture_rng(), "settings": settings})
         if di.active:
             dist.barrier()
+
+    def stop_requested() -> bool:
+        """SIGTERM / SIGINT on any rank (one all-reduce, so every rank checkpoints together)."""
+        flag = torch.tensor([1.0 if interrupt.requested else 0.0], device=device)
+        if di.active:
+            dist.all_reduce(flag)
+        return bool(flag.item() > 0)
 
     bar = tqdm(total=total, initial=step, desc="fine-tune", unit="step",
                disable=not (di.is_main and cfg.progress), dynamic_ncols=True)
@@ -381,8 +415,11 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             bar.update(1)
             if cfg.log_every and step % cfg.log_every == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
+            if stop_requested():
+                checkpoint()
+                interrupt.stop(f"fine-tune {out}: step {step}", ckpt_path)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-                save_checkpoint()
+                checkpoint()
             if step >= total:
                 break
         del it
@@ -423,6 +460,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
         "patch_size": bb.patch_size,
         "embed_dim": bb.embed_dim,
         "config": to_dict(cfg),
+        "settings": settings,
         "scenes": [str(Path(s.path).resolve()) for s in scenes],
         "num_train_views": len(views),
         "steps": step,

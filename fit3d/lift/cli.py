@@ -1,7 +1,10 @@
 """``fit3d lift SCENE [SCENE ...] --backbone NAME --out DIR``: Stage 1 for one or many scenes.
 
 Each scene is lifted into ``DIR/<scene folder name>/`` (see :mod:`fit3d.lift.lifted`). Finished scenes
-(``lift.json`` present) are skipped, interrupted ones resume from their checkpoint. Under ``torchrun``
+made with the same settings are skipped, interrupted ones resume from their checkpoint; a finished scene
+or checkpoint made with other settings stops the command (before any work) naming the differing fields.
+``--overwrite`` lifts into a sibling folder and swaps it in only once complete. Options and every scene's
+layout are checked first, and each scene is read before the backbone loads. Under ``torchrun``
 (env ``RANK`` / ``WORLD_SIZE``) rank r lifts scenes r, r + W, r + 2W, ... (no process group needed:
 scenes are independent); on CUDA each rank uses device ``LOCAL_RANK`` (``fit3d.device.resolve_device``).
 """
@@ -22,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("scenes", nargs="+", metavar="SCENE", help="scene folders (any layout read_scene knows)")
     parser.add_argument("--out", required=True, help="output folder; scene i goes to OUT/<scene name>")
-    parser.add_argument("--overwrite", action="store_true", help="re-lift scenes that are already finished")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="re-lift scenes that are already finished (the old result is kept until the new one is "
+                             "complete)")
     add_config_arguments(parser, LiftConfig)
 
 
@@ -41,40 +46,89 @@ def format_metrics(name: str, meta: dict) -> str:
             f"nearest-view {f(h.get('baseline_nearest_cosine'))}")
 
 
-def run(args: argparse.Namespace) -> int:
+def _prepare_staged(dst: Path, settings: dict) -> Path:
+    """The sibling folder an ``--overwrite`` lift of ``dst`` builds in: an earlier interrupted overwrite
+    with the same settings resumes there, one with other settings is discarded; the old target cache is
+    linked in when the old lift used the same backbone weights (``TargetCache`` checks views and size)."""
     import shutil
 
+    from fit3d.errors import Fit3DError
+    from fit3d.io import read_json_dict
+    from fit3d.lift.lifted import META_FILE
+    from fit3d.lift.optimize import CHECKPOINT_FILE
+    from fit3d.run import as_recorded, checkpoint_state, staged_dir
+
+    work = staged_dir(dst)
+    ck = work / CHECKPOINT_FILE
+    if work.exists() and ck.exists():
+        try:
+            rec = checkpoint_state(ck).get("settings") or {}
+        except Fit3DError:  # an unreadable staged checkpoint: start the overwrite afresh
+            rec = {}
+        if {k: v for k, v in rec.items() if k != "train_views"} != as_recorded(settings):
+            shutil.rmtree(work)
+    elif work.exists():
+        shutil.rmtree(work)
+    old_cache = dst / "cache"
+    try:
+        old = read_json_dict(dst / META_FILE, "lifted scene record").get("settings") or {}
+    except Fit3DError:
+        old = {}
+    same_weights = all(old.get(k, object()) == settings[k] for k in ("scene", "backbone", "model_path", "feature_size"))
+    if same_weights and old_cache.is_dir() and not (work / "cache").exists():
+        (work / "cache").mkdir(parents=True)
+        for f in old_cache.iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                try:
+                    os.link(f, work / "cache" / f.name)  # free; the cache is only ever replaced, never edited
+                except OSError:
+                    shutil.copy2(f, work / "cache" / f.name)
+    return work
+
+
+def run(args: argparse.Namespace) -> int:
+    from fit3d.data.readers import detect_layout
     from fit3d.device import dist_info
-    from fit3d.io import read_json
     from fit3d.lift.config import LiftConfig
-    from fit3d.lift.stage import lift_scene, load_lift_backbone
-    from fit3d.lift.lifted import META_FILE, is_lifted
+    from fit3d.lift.lifted import lift_settings, reuse_finished
+    from fit3d.lift.stage import lift_scene, load_lift_backbone, read_lift_scene
+    from fit3d.run import commit_staged, recover_staged
 
     cfg = from_args(LiftConfig, args)
     di = dist_info()
     from fit3d.errors import SceneError
 
+    cfg.validate()
     scenes = [Path(s) for s in args.scenes]
     for s in scenes:
         if not s.exists():
             raise SceneError(f"{s}: scene path does not exist")
+        detect_layout(s)  # a folder no reader knows fails now, not after the first scenes' lifts
     names = [Path(os.path.abspath(s)).name for s in scenes]  # symlinked scenes keep their own names
     if len(set(names)) != len(names):
         raise SceneError(f"scene folder names must be unique (outputs go to OUT/<name>): {names}")
     out = Path(args.out)
     mine = shard(list(zip(scenes, names)), di.rank, di.world_size)
+    finished = {}
+    for path, name in mine:  # every finished scene is checked before any work
+        recover_staged(out / name)
+        if not args.overwrite:
+            finished[name] = reuse_finished(out / name, lift_settings(cfg, path.resolve()))
     backbone = None
     for path, name in mine:
         dst = out / name
-        if is_lifted(dst) and not args.overwrite:
-            print(f"{name}: already lifted, skipping ({dst})")
-            print(format_metrics(name, read_json(dst / META_FILE)))
+        if finished.get(name) is not None:
+            print(f"{name}: already lifted, skipping ({dst}: same settings)")
+            print(format_metrics(name, finished[name]))
             continue
-        if args.overwrite and dst.exists():
-            shutil.rmtree(dst)
+        work = _prepare_staged(dst, lift_settings(cfg, path.resolve())) if args.overwrite and dst.exists() else dst
+        scene = read_lift_scene(path, cfg)  # read and checked before the backbone loads
         if backbone is None:  # load once, shared by this rank's scenes
             backbone = load_lift_backbone(cfg)
-        meta = lift_scene(path, cfg, dst, backbone=backbone, name=name)
+        meta = lift_scene(path, cfg, work, backbone=backbone, name=name, scene=scene)
+        del scene
+        if work != dst:
+            commit_staged(work, dst)
         print(format_metrics(name, meta))
         sys.stdout.flush()
     return 0

@@ -73,12 +73,46 @@ class LiftConfig:
                 "~1000 px, tuned for millions of Gaussians; the CPU budgets here use far fewer, larger ones)"})
     max_gaussians: int = field(default=25000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
     # run
-    checkpoint_every: int = field(default=500, metadata={"help": "checkpoint period in iterations (0: never)"})
+    # run (volatile: these do not change the result, so a rerun may change them and still resume / reuse)
+    checkpoint_every: int = field(default=500, metadata={
+        "volatile": True, "help": "checkpoint period in iterations (0: never)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
-    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda[:i]"})
-    raster_backend: str = field(default="auto", metadata={"help": "fit3d.splat.rasterize backend"})
-    pca_views: int = field(default=2, metadata={"help": "held-out views in heldout_pca.png (0: none)"})
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda[:i]"})
+    raster_backend: str = field(default="auto", metadata={
+        "volatile": True, "choices": ("auto", "torch", "numba", "gsplat", "reference"),
+        "help": "fit3d.splat.rasterize backend (numba: CPU only; gsplat: CUDA only)"})
+    pca_views: int = field(default=2, metadata={"volatile": True, "help": "held-out views in heldout_pca.png (0: none)"})
+    progress: bool = field(default=True, metadata={"volatile": True, "help": "show progress bars"})
+
+    def validate(self) -> None:
+        """``Fit3DError`` naming the option for any value out of range (called before any work)."""
+        from fit3d.config import check_choices
+        from fit3d.errors import Fit3DError
+        from fit3d.run import check_counts, check_device, check_reals, option_error
+
+        check_choices(self)
+        check_counts(self, {"feature_dim": 1, "width": 1, "height": 1, "feature_size": 1, "iterations": 1,
+                            "heldout_every": 0, "max_frame": 0, "max_sh_degree": 0, "decoder_kernel": 1,
+                            "init_points": 1, "max_gaussians": 1, "checkpoint_every": 0, "pca_views": 0})
+        inf = float("inf")
+        check_reals(self, {"lr_means": (1e-30, inf), "lr_means_final": (1e-30, inf), "lr_sh_dc": (0, inf),
+                           "lr_sh_rest": (0, inf), "lr_opacity": (0, inf), "lr_scaling": (0, inf),
+                           "lr_rotation": (0, inf), "lr_features": (1e-30, inf), "lr_features_final": (1e-30, inf),
+                           "lr_decoder": (0, inf), "lambda_dssim": (0, 1), "feature_weight": (0, inf),
+                           "init_voxel": (0, inf), "init_opacity": (1e-6, 1 - 1e-6),
+                           "densify_grad_threshold": (0, inf), "percent_dense": (0, inf), "min_opacity": (0, 1),
+                           "max_screen_frac": (1e-6, inf)})
+        if self.max_sh_degree > 3:
+            raise option_error(self, "max_sh_degree", "must be 0..3 (the Gaussians store SH up to degree 3)")
+        if self.decoder_kernel % 2 == 0:
+            raise option_error(self, "decoder_kernel", "must be odd (the decoder keeps the render size)")
+        check_device(self.device)
+        import torch
+
+        cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+        if (self.raster_backend == "gsplat" and not cuda) or (self.raster_backend == "numba" and cuda):
+            raise Fit3DError(f"--raster-backend {self.raster_backend} does not run on device "
+                             f"{self.device!r} (numba: CPU only, gsplat: CUDA only)")
 
     def render_size(self, width: int, height: int) -> tuple[int, int]:
         """(W, H) for source images of ``width`` x ``height``."""

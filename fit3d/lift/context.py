@@ -24,7 +24,8 @@ class LiftContext:
     """One scene, ready to lift. ``views`` are resized to the render size ``(W, H)``; ``cache`` holds the
     backbone's token grids of every view (train and held-out) by name; ``points`` [P, 3] / ``points_rgb``
     [P, 3] are the scene's sparse points (COLMAP) or None; ``out`` is the scene's output folder (methods
-    keep their checkpoint there)."""
+    keep their checkpoint there); ``settings`` are what determine the result (``fit3d.lift.lifted.lift_settings``:
+    recorded in lift.json and checked against a checkpoint before resuming)."""
 
     cfg: LiftConfig
     device: torch.device
@@ -36,6 +37,7 @@ class LiftContext:
     out: Path
     points: np.ndarray | None = None
     points_rgb: np.ndarray | None = None
+    settings: dict = field(default_factory=dict)
 
     @property
     def size(self) -> tuple[int, int]:

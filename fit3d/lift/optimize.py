@@ -1,6 +1,8 @@
 """Stage 1 by optimisation (FiT3D's method): 3DGS training of colour, geometry and per-Gaussian features
 against the colour + feature loss (``fit3d.lift.loss``) under 3DGS density control, one view per
-iteration. Resumable: the whole state is checkpointed to ``<out>/checkpoint.pt``.
+iteration. Resumable: the whole state is checkpointed to ``<out>/checkpoint.safetensors`` (``fit3d.run``:
+tensors + JSON, no pickle) every ``checkpoint_every`` iterations and on SIGTERM / SIGINT; a checkpoint made
+with other settings (``ctx.settings`` + the training views) is an error naming them, never resumed.
 """
 
 from __future__ import annotations
@@ -8,17 +10,15 @@ from __future__ import annotations
 import math
 import os
 import signal
-import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from fit3d.errors import NonFiniteError
-from fit3d.io import torch_save
+from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.context import LiftContext, LiftResult
 from fit3d.lift.decoder import FeatureDecoder, pca_init_decoder
@@ -26,9 +26,11 @@ from fit3d.lift.init import as_gaussians, camera_extent, init_params, initial_po
 from fit3d.lift.loss import lift_loss
 from fit3d.splat.densify import (PARAM_NAMES, DensifySchedule, DensifyStats, densify_and_prune, param_group,
                                  reset_opacity)
+from fit3d.run import Interrupt, check_resume, load_checkpoint, save_checkpoint
 from fit3d.splat.render import render
 
-CHECKPOINT_FILE = "checkpoint.pt"
+CHECKPOINT_FILE = "checkpoint.safetensors"
+OLD_CHECKPOINT_FILE = "checkpoint.pt"  # pickled (fit3d < this version): never loaded
 STOP_AFTER_ENV = "FIT3D_LIFT_STOP_AFTER"  # testing aid: SIGKILL the process right after checkpointing iteration k
 
 
@@ -56,26 +58,6 @@ def features_lr(it: int, cfg: LiftConfig) -> float:
     if cfg.lr_features_final is None:
         return cfg.lr_features
     return _log_linear(it, cfg.iterations, cfg.lr_features, cfg.lr_features_final)
-
-
-class _Terminate:
-    """Turns SIGTERM into a flag the loop checks (it then checkpoints and stops)."""
-
-    def __init__(self):
-        self.requested = False
-        self._old = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        return self
-
-    def _handle(self, *_):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
 
 
 @dataclass
@@ -118,9 +100,10 @@ def _fresh_state(ctx: LiftContext) -> _State:
                   DensifyStats(len(params["means"]), dev), gen, rng)
 
 
-def _resume_state(ctx: LiftContext, ckpt: dict) -> _State:
+def _resume_state(ctx: LiftContext, tensors: dict, ckpt: dict) -> _State:
     cfg, dev = ctx.cfg, ctx.device
     torch.manual_seed(cfg.seed)
+    ckpt = {**tensors, **ckpt}
     params = {k: nn.Parameter(v.to(dev)) for k, v in ckpt["params"].items()}
     decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.decoder_kernel).to(dev)
     decoder.load_state_dict(ckpt["decoder"])
@@ -136,25 +119,39 @@ def _resume_state(ctx: LiftContext, ckpt: dict) -> _State:
     return st
 
 
+def checkpoint_settings(ctx: LiftContext) -> dict:
+    """What a checkpoint must share with this run to be resumed: the lift settings and training views."""
+    return {**ctx.settings, "train_views": ctx.train_names}
+
+
 def _load_state(ctx: LiftContext) -> _State:
-    """Resume from ``<out>/checkpoint.pt`` when it belongs to this run, else start fresh."""
+    """Resume from ``<out>/checkpoint.safetensors`` when present (``SettingsMismatch`` when it was made
+    with other settings), else start fresh."""
     path = ctx.out / CHECKPOINT_FILE
-    ckpt = torch.load(path, map_location=ctx.device, weights_only=False) if path.exists() else None
-    if ckpt is not None and (ckpt.get("train_views") != ctx.train_names
-                             or ckpt.get("config", {}).get("iterations") != ctx.cfg.iterations
-                             or ckpt.get("config", {}).get("feature_dim") != ctx.cfg.feature_dim):
-        ckpt = None  # a checkpoint of another run: start over
-    return _resume_state(ctx, ckpt) if ckpt is not None else _fresh_state(ctx)
+    if (ctx.out / OLD_CHECKPOINT_FILE).exists():
+        raise Fit3DError(f"{ctx.out / OLD_CHECKPOINT_FILE}: a pickled checkpoint of an older fit3d; it is never "
+                         f"loaded (unpickling can run code): delete it to start over")
+    if not path.exists():
+        return _fresh_state(ctx)
+    tensors, state = load_checkpoint(path)  # CPU: generator states must stay there; .to(dev) below
+    check_resume(state.get("settings"), checkpoint_settings(ctx), "interrupted lift's checkpoint", path,
+                 how="rerun with the settings it was started with, or with --overwrite to start over")
+    try:
+        return _resume_state(ctx, tensors, state)
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise Fit3DError(f"{path}: checkpoint does not fit this run ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''}); delete it to start over") from None
 
 
 def _save_state(ctx: LiftContext, st: _State, train_seconds: float) -> None:
-    torch_save({"iteration": st.iteration, "params": {k: v.detach() for k, v in st.params.items()},
-                "optimizer": st.optimizer.state_dict(), "decoder": st.decoder.state_dict(),
-                "decoder_optimizer": st.dec_opt.state_dict(), "stats": st.stats.state_dict(),
-                "generator": st.gen.get_state(), "np_rng": st.rng.bit_generator.state, "history": st.history,
-                "train_seconds": train_seconds, "perm": st.perm, "extent": st.extent,
-                "init_source": st.init_source, "train_views": ctx.train_names, "config": asdict(ctx.cfg)},
-               ctx.out / CHECKPOINT_FILE)
+    save_checkpoint(ctx.out / CHECKPOINT_FILE,
+                    {"params": {k: v.detach() for k, v in st.params.items()},
+                     "optimizer": st.optimizer.state_dict(), "decoder": st.decoder.state_dict(),
+                     "decoder_optimizer": st.dec_opt.state_dict(), "stats": st.stats.state_dict(),
+                     "generator": st.gen.get_state()},
+                    {"iteration": st.iteration, "np_rng": st.rng.bit_generator.state, "history": st.history,
+                     "train_seconds": train_seconds, "perm": st.perm, "extent": st.extent,
+                     "init_source": st.init_source, "settings": checkpoint_settings(ctx)})
 
 
 def _step(ctx: LiftContext, st: _State, it: int, sched: DensifySchedule, sh_interval: int) -> dict:
@@ -211,7 +208,7 @@ def optimize_scene(ctx: LiftContext) -> LiftResult:
     n_run = 0
     bar = tqdm(range(st.iteration, cfg.iterations), desc=f"lift {ctx.name}", disable=not cfg.progress, unit="it",
                initial=st.iteration, total=cfg.iterations)
-    with _Terminate() as term:
+    with Interrupt() as term:
         for it in bar:
             for k, v in _step(ctx, st, it, sched, sh_interval).items():
                 run[k] += v
@@ -229,7 +226,7 @@ def optimize_scene(ctx: LiftContext) -> LiftResult:
             if done == stop_after:
                 os.kill(os.getpid(), signal.SIGKILL)  # testing aid: a hard kill right after the checkpoint
             if term.requested:
-                raise KeyboardInterrupt(f"lift {ctx.name}: stopped by SIGTERM at iteration {done}; checkpoint saved")
+                term.stop(f"lift {ctx.name}: iteration {done}", ctx.out / CHECKPOINT_FILE)
     bar.close()
     return LiftResult(st.params, st.decoder, min(cfg.max_sh_degree, cfg.iterations // sh_interval), st.extent,
                       st.init_source, st.history, {"train": elapsed()}, {"resumed_from": st.resumed_from})

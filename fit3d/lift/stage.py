@@ -16,18 +16,17 @@ from pathlib import Path
 from typing import Callable
 
 
-from fit3d.config import check_choices
 from fit3d.data import read_scene
 from fit3d.data.readers import frame_number
 from fit3d.data.scene import Scene
 from fit3d.device import resolve_device
 from fit3d.errors import SceneError
-from fit3d.io import write_json
+from fit3d.io import clean_stale_temps, write_json
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.context import LiftContext, LiftResult
 from fit3d.lift.evaluate import evaluate_heldout, save_pca_figure
 from fit3d.lift.init import as_gaussians, split_views
-from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
+from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE, lift_settings
 from fit3d.lift.optimize import optimize_scene, remove_checkpoint
 from fit3d.lift.targets import TargetCache
 from fit3d.models import load_backbone
@@ -50,20 +49,24 @@ def read_lift_scene(scene_or_path, cfg: LiftConfig) -> Scene:
 
 
 def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, backbone=None,
-               name: str | None = None) -> dict:
+               name: str | None = None, scene: Scene | None = None) -> dict:
     """Lift one scene into ``out_dir`` (the scene's own folder; files gaussians.ply, decoder.safetensors,
     lift.json written last). A method may resume from its checkpoint in ``out_dir``.
 
     scene_or_path: a ``Scene`` or a folder for ``fit3d.data.read_scene``. ``backbone``: an already loaded
-    backbone (else ``load_backbone(cfg.backbone, cfg.model_path)``). Returns the lift.json dict.
+    backbone (else ``load_backbone(cfg.backbone, cfg.model_path)``). ``scene``: ``scene_or_path`` already
+    read by :func:`read_lift_scene` (the CLI reads and checks it before loading the backbone). Returns the
+    lift.json dict.
     """
     cfg = cfg or LiftConfig()
-    check_choices(cfg)
+    cfg.validate()
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for d in (out, out / "cache"):
+        clean_stale_temps(d)  # left by a kill during an atomic write
     device = resolve_device(cfg.device)
-    scene = read_lift_scene(scene_or_path, cfg)
+    scene = scene if scene is not None else read_lift_scene(scene_or_path, cfg)
     src_path = str(Path(scene_or_path).resolve()) if isinstance(scene_or_path, (str, os.PathLike)) else scene.source
     layout = scene.meta.get("layout", "auto")
     name = name or scene.name
@@ -84,7 +87,7 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
 
     W, H = cfg.render_size(scene.views[0].width, scene.views[0].height)
     ctx = LiftContext(cfg, device, name, [v.resized(W, H) for v in scene.views], train_idx, held_idx, cache, out,
-                      scene.points, scene.points_rgb)
+                      scene.points, scene.points_rgb, settings=lift_settings(cfg, src_path))
     del scene  # the source-resolution images are no longer needed (when read here)
     result = METHODS[cfg.method](ctx)
     timings.update(result.timings)
@@ -119,7 +122,7 @@ def write_lifted(ctx: LiftContext, result: LiftResult, timings: dict, t_start: f
         "iterations": cfg.iterations, "timings": timings, "heldout": heldout,
         "gaussians": len(g), "init": result.init_source, "extent": result.extent,
         "target_grid": list(ctx.cache.grid_size), "target_dim": ctx.cache.dim,
-        "history": result.history, **result.extra, "config": asdict(cfg),
+        "history": result.history, **result.extra, "config": asdict(cfg), "settings": ctx.settings,
     }
     write_json(ctx.out / META_FILE, meta)
     return meta

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fit3d.io import atomic_path, read_json, write_json
+from fit3d.errors import Fit3DError
+from fit3d.io import atomic_path, read_json, read_json_dict, write_json
 
 
 def backbone_input_size(width: int, height: int, long_side: int, patch: int) -> tuple[int, int]:
@@ -30,9 +31,16 @@ class TargetCache:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.meta = read_json(self.path.with_suffix(".json"))
-        self.grids = np.load(self.path, mmap_mode="r")
+        self.meta = read_json_dict(self.path.with_suffix(".json"), "target cache record", keys=("names",))
+        try:
+            self.grids = np.load(self.path, mmap_mode="r")
+        except (OSError, ValueError, EOFError) as e:  # numpy: missing / truncated / not an .npy
+            raise Fit3DError(f"{self.path}: target cache is unreadable or corrupt ({e}); delete it to "
+                             f"recompute") from None
         self.names: list[str] = list(self.meta["names"])
+        if self.grids.ndim != 4 or len(self.grids) != len(self.names):
+            raise Fit3DError(f"{self.path}: target cache holds shape {self.grids.shape}, expected "
+                             f"[{len(self.names)}, D, h, w] for the views its record lists; delete it to recompute")
         self._index = {n: i for i, n in enumerate(self.names)}
 
     def __len__(self) -> int:
@@ -73,7 +81,7 @@ class TargetCache:
                 meta = read_json(path.with_suffix(".json"))
                 if all(meta.get(k) == v for k, v in want.items()):
                     return cls(path)
-            except Exception:  # unreadable cache: recompute
+            except Fit3DError:  # unreadable or corrupt cache: recompute
                 pass
         h, w = H // backbone.patch_size, W // backbone.patch_size
         from tqdm import tqdm

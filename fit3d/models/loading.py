@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from fit3d.errors import ModelNotFoundError
+from fit3d.errors import Fit3DError, ModelNotFoundError
 from fit3d.models.backbone import Backbone
 from fit3d.models.families import load_with_family
 from fit3d.models.hub import MODEL_PATH_ENV
@@ -50,4 +50,12 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
     """
     spec = get_spec(name)
     source, is_local = resolve_source(spec, model_path)
-    return load_with_family(spec, source, is_local).to(device)
+    try:
+        return load_with_family(spec, source, is_local).to(device)
+    except Fit3DError:
+        raise
+    except Exception as e:  # a damaged local folder: safetensors / torch / transformers raise their own types
+        if not is_local:
+            raise
+        raise ModelNotFoundError(f"{source}: model weights are unreadable or corrupt for backbone '{spec.name}' "
+                                 f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None

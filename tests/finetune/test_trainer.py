@@ -90,7 +90,9 @@ def test_kill_and_resume_reaches_the_same_step_and_weights(tmp_path, lifted_dir,
     monkeypatch.setattr(trainer_mod, "masked_l1", dies_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
-    ck = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    from fit3d.run import load_checkpoint
+
+    _, ck = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert ck["step"] == 2 and not (tmp_path / "run" / "fit3d.json").exists()
     monkeypatch.setattr(trainer_mod, "masked_l1", real)
 

@@ -131,7 +131,7 @@ def test_lift_learns_synthetic_scene(scene, tmp_path):
     assert lifted.resolution == (32, 24) and len(lifted.gaussians) == meta["gaussians"]
     assert lifted.meta["scene"]["heldout_views"] == ["frame-000000", "frame-000016"]
     assert not set(lifted.meta["scene"]["heldout_views"]) & set(lifted.meta["scene"]["train_views"])
-    assert not (out / "checkpoint.pt").exists()
+    assert not (out / "checkpoint.safetensors").exists()
 
 
 def test_feature_dim_is_free_and_geometry_switch(scene, tmp_path):
@@ -160,12 +160,12 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     env = {**os.environ, "FIT3D_LIFT_STOP_AFTER": "25"}
     r = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == -9, r.stderr  # SIGKILLed right after the checkpoint at iteration 25
-    assert (tmp_path / "killed" / "checkpoint.pt").exists() and not is_lifted(out)
+    assert (tmp_path / "killed" / "checkpoint.safetensors").exists() and not is_lifted(out)
 
     meta = lift_scene(synthetic_scene(), tiny_config(iterations=40, checkpoint_every=10, pca_views=0), out,
                       backbone=ColourBackbone())
     assert meta["resumed_from"] == 25 and meta["history"][-1]["iteration"] == 40
-    assert is_lifted(out) and not (tmp_path / "killed" / "checkpoint.pt").exists()
+    assert is_lifted(out) and not (tmp_path / "killed" / "checkpoint.safetensors").exists()
 
     ref = lift_scene(synthetic_scene(), tiny_config(iterations=40, checkpoint_every=10, pca_views=0),
                      tmp_path / "straight", backbone=ColourBackbone())

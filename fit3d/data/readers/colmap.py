@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fit3d.data.readers.common import NameFilter, Names, check_resolution, make_view, read_rgb
+from fit3d.data.readers.common import NameFilter, Names, check_resolution, make_view, read_rgb, warn_outside
 from fit3d.data.readers.distortion import Undistorter
 from fit3d.data.scene import Scene, check_intrinsics, check_pose
 from fit3d.errors import SceneError
@@ -120,6 +120,7 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
     if not chosen:
         raise SceneError(f"{model_dir}: scene has no views" + (" (none selected)" if images else ""))
 
+    warn_outside(image_dir, [(f"image {images[n].name}", image_dir / images[n].name) for n in chosen], model_dir)
     undistorters: dict[int, Undistorter] = {}
     views = []
     for name in chosen:

@@ -3,7 +3,9 @@ resizing on load."""
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -66,12 +68,38 @@ def require_file(path: Path, what: str) -> Path:
     return path
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """[H, W, 3] uint8 RGB of an image file; ``SceneError`` naming the file if missing or unreadable."""
-    require_file(path, "image")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+def _read_bytes(path: Path, what: str) -> bytes:
+    require_file(path, what)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise SceneError(f"{path}: {what} is unreadable ({e.strerror or e})") from None
+
+
+def _check_complete(data: bytes, path: Path, what: str) -> None:
+    """``SceneError`` if a JPEG / PNG is truncated. OpenCV decodes a truncated JPEG partially (grey
+    below the cut) with only a libjpeg warning on stderr, so the end markers are checked here."""
+    if data[:3] == b"\xff\xd8\xff" and b"\xff\xd9" not in data[-4096:]:
+        raise SceneError(f"{path}: {what} is truncated or corrupt (JPEG without its end marker)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in data[-64:]:
+        raise SceneError(f"{path}: {what} is truncated or corrupt (PNG without its IEND chunk)")
+
+
+def decode_image(path: Path, what: str, flags: int) -> np.ndarray:
+    """``cv2.imdecode`` of the file at ``path``, strictly: a missing, truncated or undecodable file is a
+    ``SceneError`` naming it."""
+    data = _read_bytes(path, what)
+    _check_complete(data, path, what)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
     if img is None:
-        raise SceneError(f"{path}: image is unreadable (not a valid image file)")
+        raise SceneError(f"{path}: {what} is unreadable (not a valid image file)")
+    return img
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """[H, W, 3] uint8 RGB of an image file; ``SceneError`` naming the file if missing, truncated or
+    unreadable."""
+    img = decode_image(path, "image", cv2.IMREAD_COLOR)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -84,9 +112,7 @@ def read_single_channel(path: Path, what: str) -> np.ndarray:
         except Exception as e:  # numpy raises several types for a corrupt file
             raise SceneError(f"{path}: {what} is unreadable ({e})") from None
     else:
-        a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if a is None:
-            raise SceneError(f"{path}: {what} is unreadable (not a valid image file)")
+        a = decode_image(path, what, cv2.IMREAD_UNCHANGED)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
     if a.ndim != 2:
@@ -119,10 +145,7 @@ def read_labels(path: Path) -> np.ndarray:
 
 def read_mask(path: Path) -> np.ndarray:
     """[H, W] bool, True = valid, from an image where 0 marks pixels to ignore."""
-    require_file(path, "mask")
-    a = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if a is None:
-        raise SceneError(f"{path}: mask is unreadable (not a valid image file)")
+    a = decode_image(path, "mask", cv2.IMREAD_UNCHANGED)
     if a.ndim == 3:
         a = a[..., 0]
     return a > 0
@@ -130,14 +153,45 @@ def read_mask(path: Path) -> np.ndarray:
 
 def read_matrix(path: Path, shape: tuple[int, int], what: str) -> np.ndarray:
     """A whitespace-separated text matrix of ``shape`` as float64 (``inf`` / ``nan`` parse)."""
-    require_file(path, what)
-    try:
-        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise SceneError(f"{path}: {what} is unreadable ({e})") from None
+    m = load_text_matrix(path, what)
     if m.shape != shape:
         raise SceneError(f"{path}: {what} must be {shape[0]}x{shape[1]}, got shape {m.shape}")
     return m
+
+
+def load_text_matrix(path: Path, what: str) -> np.ndarray:
+    """[r, c] float64 of a whitespace-separated text matrix; ``SceneError`` naming the file when it is
+    missing, empty, ragged or not text."""
+    require_file(path, what)
+    if not path.read_bytes().strip():
+        raise SceneError(f"{path}: {what} is empty")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)  # numpy only warns for an empty file
+            m = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except (ValueError, UnicodeDecodeError, UserWarning) as e:
+        raise SceneError(f"{path}: {what} is unreadable ({str(e).splitlines()[0] if str(e) else 'empty file'})") \
+            from None
+    if m.size == 0:
+        raise SceneError(f"{path}: {what} is empty")
+    return m
+
+
+def inside(root: Path, target: Path) -> bool:
+    """Does ``target`` resolve to a path inside folder ``root`` (symlinks followed)?"""
+    try:
+        Path(os.path.realpath(target)).relative_to(os.path.realpath(root))
+        return True
+    except ValueError:
+        return False
+
+
+def warn_outside(root: Path, paths: list[tuple[str, Path]], source: Path) -> None:
+    """One warning naming ``source`` for the ``(where, path)`` entries that leave folder ``root``."""
+    out = [f"{where} -> {p}" for where, p in paths if not inside(root, p)]
+    if out:
+        warnings.warn(f"{source}: {len(out)} path(s) point outside {root}: {'; '.join(out[:3])}"
+                      f"{' ...' if len(out) > 3 else ''}", stacklevel=3)
 
 
 def fit_to(a: np.ndarray, width: int, height: int, what: str, source: Path, tol: float = 0.01) -> np.ndarray:

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, make_view, read_depth,
-                                       read_mask, read_rgb)
+                                       read_mask, read_rgb, warn_outside)
 from fit3d.data.readers.distortion import Undistorter
 from fit3d.data.scene import Scene, check_intrinsics, check_pose
 from fit3d.errors import SceneError
@@ -92,8 +92,13 @@ def _camera(meta: dict, frame: dict, source: str):
         dist = np.array([g["k1"], g["k2"], g["p1"], g["p2"], g["k3"]])
     else:
         dist = np.zeros(0)
-    w = None if cam["w"] is None else int(cam["w"])
-    h = None if cam["h"] is None else int(cam["h"])
+    try:
+        w = None if cam["w"] is None else int(cam["w"])
+        h = None if cam["h"] is None else int(cam["h"])
+    except (TypeError, ValueError):
+        raise SceneError(f"{source}: camera size w / h must be integers, got {cam['w']!r} x {cam['h']!r}") from None
+    if (w is not None and w <= 0) or (h is not None and h <= 0) or not np.isfinite(list(g.values())).all():
+        raise SceneError(f"{source}: camera size must be positive and distortion finite (w={w}, h={h}, {g})")
     return model, K, dist, w, h
 
 
@@ -126,7 +131,7 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
         raise SceneError(f"{json_file}: transforms file is missing")
     try:
         meta = json.loads(json_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SceneError(f"{json_file}: not valid JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("frames"), list):
         raise SceneError(f"{json_file}: has no 'frames' list")
@@ -136,6 +141,9 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
         for i, fr in enumerate(meta.get(key) or []):
             if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
                 raise SceneError(f"{json_file}: {key}[{i}] needs 'file_path' and 'transform_matrix'")
+            if not isinstance(fr["file_path"], str) or not isinstance(fr.get("depth_file_path") or "", str) \
+                    or not isinstance(fr.get("mask_path") or "", str):
+                raise SceneError(f"{json_file}: {key}[{i}]: file paths must be strings")
             if fr.get("is_bad", False):
                 warnings.warn(f"{json_file}: skipping {fr['file_path']} (is_bad)", stacklevel=2)
                 continue
@@ -146,9 +154,15 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
 
     select = NameFilter(names)
     select.check_found(stems, json_file)
-    depth_scale = float(meta.get("depth_unit_scale_factor", 1e-3))
+    try:
+        depth_scale = float(meta.get("depth_unit_scale_factor", 1e-3))
+    except (TypeError, ValueError):
+        raise SceneError(f"{json_file}: depth_unit_scale_factor must be a number") from None
+    if not np.isfinite(depth_scale) or depth_scale <= 0:
+        raise SceneError(f"{json_file}: depth_unit_scale_factor must be positive, got {depth_scale}")
     undistorters: dict[tuple, Undistorter] = {}
     views, test_names = [], []
+    used: list[tuple[str, Path]] = []  # (where, file) of every file path read, checked for leaving the scene
     for (fr, is_test, where), name in zip(entries, stems):
         if not select(name):
             continue
@@ -163,6 +177,7 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
         c2w = check_pose(m, f"{src} transform_matrix") @ OPENGL_TO_OPENCV
 
         img_file = _resolve(root, fr["file_path"], ("images", "../resized_images"))
+        used.append((f"{where}.file_path", img_file))
         image = read_rgb(img_file)
         ih, iw = image.shape[:2]
         w, h = w or iw, h or ih
@@ -176,9 +191,11 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
         extra = {}
         if load_depth and fr.get("depth_file_path"):
             depth_file = _resolve(root, fr["depth_file_path"], ())
+            used.append((f"{where}.depth_file_path", depth_file))
             extra["depth"] = fit_to(read_depth(depth_file, depth_scale), iw, ih, "depth", depth_file)
         if fr.get("mask_path"):
             mask_file = _resolve(root, fr["mask_path"], ("masks", "../resized_anon_masks"))
+            used.append((f"{where}.mask_path", mask_file))
             extra["mask"] = fit_to(read_mask(mask_file), iw, ih, "mask", mask_file)
 
         if model in ("OPENCV", "OPENCV_FISHEYE") and np.any(dist != 0):
@@ -198,6 +215,9 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
 
     points = rgb = None
     if meta.get("ply_file_path"):
+        used.append(("ply_file_path", root / meta["ply_file_path"]))
         points, rgb = _read_ply_points(root / meta["ply_file_path"])
+    # ScanNet++ DSLR keeps images beside the nerfstudio/ folder (../resized_images): its parent is the scene
+    warn_outside(root.parent if root.name == "nerfstudio" else root, used, json_file)
     return Scene(name=root.resolve().name, views=views, points=points, points_rgb=rgb, source=str(json_file),
                  meta={"layout": NAME, "test_names": test_names})

@@ -36,7 +36,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, make_view,
+from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, load_text_matrix,
+                                       make_view,
                                        read_depth, read_labels, read_rgb, require_file)
 from fit3d.data.scene import Scene, check_intrinsics, check_pose
 from fit3d.errors import SceneError
@@ -52,11 +53,7 @@ def detect(path: Path) -> bool:
 
 def _read_K(path: Path) -> np.ndarray:
     """[3, 3] from a 4x4 or 3x3 text matrix."""
-    require_file(path, "intrinsics file")
-    try:
-        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise SceneError(f"{path}: intrinsics are unreadable ({e})") from None
+    m = load_text_matrix(path, "intrinsics file")
     if m.shape not in ((3, 3), (4, 4)):
         raise SceneError(f"{path}: intrinsics must be 4x4 or 3x3, got shape {m.shape}")
     return check_intrinsics(m[:3, :3], str(path))
@@ -64,11 +61,7 @@ def _read_K(path: Path) -> np.ndarray:
 
 def _read_pose(path: Path) -> np.ndarray | None:
     """[4, 4] c2w, or None if ScanNet marked it invalid (-inf and no NaN)."""
-    require_file(path, "pose")
-    try:
-        m = np.loadtxt(path, dtype=np.float64, ndmin=2)
-    except ValueError as e:
-        raise SceneError(f"{path}: pose is unreadable ({e})") from None
+    m = load_text_matrix(path, "pose")
     if np.isneginf(m).any() and not np.isnan(m).any():
         return None
     if m.shape != (4, 4):
@@ -79,7 +72,7 @@ def _read_pose(path: Path) -> np.ndarray | None:
 def _read_classes(path: Path):
     try:
         classes = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SceneError(f"{path}: not valid JSON ({e})") from None
     if isinstance(classes, dict) and set(classes) == {"classes"}:  # {"classes": [...]} (fit3d generate)
         classes = classes["classes"]
