@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fit3d.errors import NonFiniteError
-from fit3d.probe.depth import DepthSettings, LinearDepthHead, gradient_loss, valid_mask
+from fit3d.probe.depth_bins import bin_sums
+from fit3d.probe.depth import DepthSettings, LinearDepthHead, log_gradient_loss, valid_mask
 from fit3d.probe.seg import LinearSegHead, SegSettings
 from fit3d.probe.train import batch_order, lr_factor
 
@@ -76,16 +77,17 @@ class _Classes:
         return torch.tensor(sorted(range(len(flat)), key=flat.__getitem__))
 
 
-def _masked_sig_loss(pred, gt, valid, dims, lam: float = 0.15, eps: float = 1e-3) -> torch.Tensor:
-    """``depth.sig_loss`` per head with masked sums instead of boolean indexing (same value)."""
+def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, eps: float = 1e-3) -> torch.Tensor:
+    """``depth.sig_loss + grad_weight * depth.gradient_loss`` per head, with masked sums instead of
+    boolean indexing (same value) and the log difference computed once for both terms."""
     m = valid.to(pred.dtype)
     g = (torch.log(pred + eps) - torch.log(gt + eps)) * m
     n = m.expand_as(g).sum(dims)
     mean = g.sum(dims) / n.clamp(min=1)
     shape = mean.shape + (1,) * len(dims)
     var = (((g - mean.reshape(shape)) * m) ** 2).sum(dims) / (n - 1).clamp(min=1)  # unbiased as torch.var
-    loss = torch.sqrt(var + lam * mean ** 2)
-    return torch.where(n >= 2, loss, pred.sum(dims) * 0.0)
+    sig = torch.where(n >= 2, torch.sqrt(var + lam * mean ** 2), pred.sum(dims) * 0.0)
+    return sig + grad_weight * log_gradient_loss(g, m, dims=dims)
 
 
 def _gather(feats: list[torch.Tensor], members: list[int], src_of, idx_of) -> torch.Tensor:
@@ -148,6 +150,8 @@ def _logs(out: dict, validate: bool) -> list[dict]:
 class _StackedDepth:
     """All depth heads as stacked tensors; ``forward`` gives depth [G, B, H, W] for per-head inputs."""
 
+    fused: bool | None = None  # the numba tail (depth_bins); None: on CPU, tensor ops on other devices
+
     def __init__(self, heads: list[LinearDepthHead], classes: _Classes):
         self.classes, self.use_cls = classes, heads[0].use_cls
         self.upsample, self.bins = heads[0].upsample, heads[0].bins
@@ -182,20 +186,30 @@ class _StackedDepth:
 
     def forward(self, patches: list[torch.Tensor], clss: list[torch.Tensor | None], out_size) -> torch.Tensor:
         """patches[c] [n_c, B, C_c, h, w], clss[c] [n_c, B, Dc_c] per width class -> depth [G, B, H, W]."""
+        fused = patches[0].device.type == "cpu" if self.fused is None else self.fused
         logits = []
         for c, x in enumerate(patches):
-            l = torch.einsum("nkc,nbchw->nbkhw", self.Wp[c], x)
+            l = torch.einsum("nkc,nbchw->nbhwk" if fused else "nkc,nbchw->nbkhw", self.Wp[c], x)
             bias = self.b[c][:, None, :]
             if self.use_cls:
                 bias = bias + torch.einsum("nkd,nbd->nbk", self.Wc[c], clss[c])
-            logits.append(l + bias[..., None, None])
-        L = torch.cat(logits)[self.order.to(logits[0].device)]  # [G, B, K, h, w]
-        up_r, up_c, out_r, out_c = self.mats(*L.shape[-2:], tuple(out_size), L)
-        r = torch.relu(resize(L, up_r, up_c) if self.upsample != 1 else L)  # [G, B, K, 4h, 4w]
+            logits.append(l + (bias[:, :, None, None] if fused else bias[..., None, None]))
+        B = logits[0].shape[1]
+        h, w = logits[0].shape[2:4] if fused else logits[0].shape[-2:]
+        up_r, up_c, out_r, out_c = self.mats(h, w, tuple(out_size), logits[0])
         K = self.bins.numel()
-        T = torch.stack([self.bins, torch.ones_like(self.bins)], 1).to(r.dtype)  # [K, 2]
-        nd = torch.einsum("gbkyx,kt->gbtyx", r, T)
-        depth = (nd[:, :, 0] + 0.1 * self.bins.sum()) / (nd[:, :, 1] + 0.1 * K)  # = sum_k p_k bin_k
+        order = self.order.to(logits[0].device)
+        if fused:  # per width class, then back to the global head order (on the small [n, B, 4h, 4w] sums)
+            sums = [bin_sums(l.reshape(-1, h, w, K), self.bins.to(l.dtype), self.upsample) for l in logits]
+            num = torch.cat([n_.reshape(-1, B, *n_.shape[1:]) for n_, _ in sums])[order]
+            den = torch.cat([d_.reshape(-1, B, *d_.shape[1:]) for _, d_ in sums])[order]
+        else:
+            L = torch.cat(logits)[order]  # [G, B, K, h, w]
+            r = torch.relu(resize(L, up_r, up_c) if self.upsample != 1 else L)  # [G, B, K, 4h, 4w]
+            T = torch.stack([self.bins, torch.ones_like(self.bins)], 1).to(r.dtype)  # [K, 2]
+            nd = torch.einsum("gbkyx,kt->gbtyx", r, T)
+            num, den = nd[:, :, 0], nd[:, :, 1]
+        depth = (num + 0.1 * self.bins.sum()) / (den + 0.1 * K)  # = sum_k p_k bin_k, p = (relu + 0.1) normalised
         return resize(depth, out_r, out_c)
 
     def to_heads(self, heads: list[LinearDepthHead], state=None) -> list[LinearDepthHead]:
@@ -242,8 +256,7 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
         cs = [_gather(clss, m, src_of, lambda g: idx[g // F_]) for m in classes.members]
         pred = stack.forward(xs, cs, out_size)  # [G, B, H, W]
         pred = pred.reshape(S, F_, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H, W]
-        loss = _masked_sig_loss(pred, gt, valid, dims) + s0.grad_weight * gradient_loss(pred, gt, valid, dims=dims)
-        return loss.reshape(-1)
+        return _depth_losses(pred, gt, valid, dims, s0.grad_weight).reshape(-1)
 
     validate = None
     if val is not None:

@@ -66,17 +66,23 @@ def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, sca
     ``dims``: reduce over these dimensions only (one loss per remaining index, e.g. per head of a batched
     trainer: pred [G, B, 1, H, W], dims (1, 2, 3, 4) -> [G]); None: over all (a scalar).
     """
-    total = pred.new_zeros(())
+    m = valid.to(pred.dtype)
+    return log_gradient_loss((torch.log(pred + eps) - torch.log(gt + eps)) * m, m, scales, dims)
+
+
+def log_gradient_loss(d: torch.Tensor, m: torch.Tensor, scales: int = 4, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``gradient_loss`` from the masked log-depth difference d = (log pred - log gt) * m and the mask m
+    (a scale's subsampled d is d at the subsampled pixels, so d is computed once for every scale)."""
+    total = d.new_zeros(())
     for s in range(scales):
         step = 1 if s == 0 else 2 * s
-        p, g, m = pred[..., ::step, ::step], gt[..., ::step, ::step], valid[..., ::step, ::step].to(pred.dtype)
-        d = (torch.log(p + eps) - torch.log(g + eps)) * m
-        v = (d[..., :-2, :] - d[..., 2:, :]).abs() * m[..., :-2, :] * m[..., 2:, :]
-        h = (d[..., :, :-2] - d[..., :, 2:]).abs() * m[..., :, :-2] * m[..., :, 2:]
+        ds, ms = d[..., ::step, ::step], m[..., ::step, ::step]
+        v = (ds[..., :-2, :] - ds[..., 2:, :]).abs() * ms[..., :-2, :] * ms[..., 2:, :]
+        h = (ds[..., :, :-2] - ds[..., :, 2:]).abs() * ms[..., :, :-2] * ms[..., :, 2:]
         if dims is None:
-            total = total + (v.sum() + h.sum()) / m.sum().clamp(min=1)
+            total = total + (v.sum() + h.sum()) / ms.sum().clamp(min=1)
         else:
-            total = total + (v.sum(dims) + h.sum(dims)) / m.expand_as(d).sum(dims).clamp(min=1)
+            total = total + (v.sum(dims) + h.sum(dims)) / ms.expand_as(ds).sum(dims).clamp(min=1)
     return total
 
 
