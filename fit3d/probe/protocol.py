@@ -85,6 +85,8 @@ class ProbeConfig:
     pairs_per_bin: int = field(default=50, metadata={"help": "corr probe3d: pairs drawn per rotation bin"})
     min_overlap: float = field(default=0.1, metadata={
         "help": "corr probe3d: least share of a pair's valid points that reproject into the other view"})
+    corr_stride: int = field(default=1, metadata={
+        "help": "corr probe3d: use every this-many-th valid-depth pixel of the quarter-resolution views (1 = all)"})
     figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
     device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto"})
     extract_batch: int = field(default=8, metadata={"help": "images per backbone forward"})
@@ -274,7 +276,8 @@ def _corr(cfg: ProbeConfig, test: Split, test_data: ProbeData, feats_test: dict,
 
         views = quarter_views(cfg.eval_data or cfg.data, test_data, **kw)
         s = Probe3DSettings(num_corr=cfg.num_corr, rot_edges=tuple(cfg.rot_edges or Probe3DSettings.rot_edges),
-                            pairs_per_bin=cfg.pairs_per_bin, min_overlap=cfg.min_overlap, seed=cfg.seed)
+                            pairs_per_bin=cfg.pairs_per_bin, min_overlap=cfg.min_overlap, seed=cfg.seed,
+                            point_stride=cfg.corr_stride)
         pairs = draw_pairs(views, s)
         for label, ft in feats_test.items():
             results[label], examples[label] = evaluate_probe3d(ft.patch, views, pairs, s,
