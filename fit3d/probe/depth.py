@@ -11,6 +11,7 @@ Garg crop when set), averaged over images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,21 +57,32 @@ def sig_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lam: flo
     return torch.sqrt(torch.var(g) + lam * g.mean() ** 2)
 
 
-def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, scales: int = 4, eps: float = 1e-3) -> torch.Tensor:
+def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, scales: int = 4, eps: float = 1e-3,
+                  dims: tuple[int, ...] | None = None) -> torch.Tensor:
     """Multi-scale gradient matching of the log-depth difference (depth toolbox ``GradientLoss``).
 
     pred, gt [B, 1, H, W], valid [B, 1, H, W] bool. At scale s (stride 2s, s=0 full) it sums
     |d(x) - d(x+2)| along rows and columns over pairs of valid pixels, divided by the valid count.
+    ``dims``: reduce over these dimensions only (one loss per remaining index, e.g. per head of a batched
+    trainer: pred [G, B, 1, H, W], dims (1, 2, 3, 4) -> [G]); None: over all (a scalar).
     """
-    total = pred.new_zeros(())
+    m = valid.to(pred.dtype)
+    return log_gradient_loss((torch.log(pred + eps) - torch.log(gt + eps)) * m, m, scales, dims)
+
+
+def log_gradient_loss(d: torch.Tensor, m: torch.Tensor, scales: int = 4, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+    """``gradient_loss`` from the masked log-depth difference d = (log pred - log gt) * m and the mask m
+    (a scale's subsampled d is d at the subsampled pixels, so d is computed once for every scale)."""
+    total = d.new_zeros(())
     for s in range(scales):
         step = 1 if s == 0 else 2 * s
-        p, g, m = pred[..., ::step, ::step], gt[..., ::step, ::step], valid[..., ::step, ::step].float()
-        d = (torch.log(p + eps) - torch.log(g + eps)) * m
-        n = m.sum().clamp(min=1)
-        v = (d[..., :-2, :] - d[..., 2:, :]).abs() * m[..., :-2, :] * m[..., 2:, :]
-        h = (d[..., :, :-2] - d[..., :, 2:]).abs() * m[..., :, :-2] * m[..., :, 2:]
-        total = total + (v.sum() + h.sum()) / n
+        ds, ms = d[..., ::step, ::step], m[..., ::step, ::step]
+        v = (ds[..., :-2, :] - ds[..., 2:, :]).abs() * ms[..., :-2, :] * ms[..., 2:, :]
+        h = (ds[..., :, :-2] - ds[..., :, 2:]).abs() * ms[..., :, :-2] * ms[..., :, 2:]
+        if dims is None:
+            total = total + (v.sum() + h.sum()) / ms.sum().clamp(min=1)
+        else:
+            total = total + (v.sum(dims) + h.sum(dims)) / ms.expand_as(ds).sum(dims).clamp(min=1)
     return total
 
 
@@ -116,17 +128,25 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_de
 
 @dataclass
 class DepthSettings:
+    """The depth probe protocol's head training (DINOv2's linear depth head); the one place of its defaults."""
+
+    WARMUP_SHARE: ClassVar[float] = 12800 / 38400  # the protocol's warmup share of the iterations
+
     iterations: int = 2000
     batch_size: int = 8
     lr: float = 1e-4
     weight_decay: float = 0.01
-    warmup: int = 666  # 12800 / 38400 of the iterations, as the protocol
+    warmup: int | None = None  # None: WARMUP_SHARE of the iterations
     seed: int = 0
     n_bins: int = 256
     min_depth: float = 1e-3
     max_depth: float = 10.0
     grad_weight: float = 0.5
     use_cls: bool = True
+
+    def __post_init__(self) -> None:
+        if self.warmup is None:
+            self.warmup = round(self.iterations * self.WARMUP_SHARE)
 
 
 def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: DepthSettings,
@@ -138,11 +158,11 @@ def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: 
     validation abs rel (evaluated every ``val_every`` iterations), as the protocol's best checkpoint.
     """
     torch.manual_seed(s.seed)
-    head = LinearDepthHead(patch.shape[1], cls.shape[1], s.n_bins, s.min_depth, s.max_depth, use_cls=s.use_cls).to(patch.device)
+    head = LinearDepthHead(patch.shape[1], cls.shape[1], s.n_bins, s.min_depth, s.max_depth, use_cls=s.use_cls).to(patch.device, patch.dtype)
     out_size = tuple(depth.shape[-2:])
 
     def step(idx):
-        gt = depth[idx][:, None].float()
+        gt = depth[idx][:, None].to(patch.dtype)
         pred = head(patch[idx], cls[idx], out_size)
         valid = valid_mask(gt, s.min_depth, s.max_depth)
         return sig_loss(pred, gt, valid) + s.grad_weight * gradient_loss(pred, gt, valid)

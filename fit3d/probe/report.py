@@ -21,6 +21,7 @@ COLUMNS = {
     "depth": ["rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "delta1", "delta2", "delta3"],
     "seg": ["miou", "macc", "aacc"],
     "corr": ["recall@1", "recall@2", "recall@4"],
+    "corr-probe3d": ["recall@5px", "recall@10px", "recall@20px"],
 }
 LOWER_IS_BETTER = {"rmse", "abs_rel", "sq_rel", "log10", "rmse_log"}
 
@@ -31,8 +32,19 @@ def _fmt(x) -> str:
     return str(x)
 
 
-def markdown_table(task: str, results: dict[str, dict]) -> str:
-    """One row per feature source (and baseline), one column per metric (arrows say which way is better)."""
+def _cell(m: dict, c: str) -> str:
+    """The metric, with ``± std`` over seeds when the row holds several seeds."""
+    v = _fmt(m.get(c, float("nan")))
+    if len(m.get("seeds", ())) > 1 and c in m.get("std", {}):
+        v += f" ± {m['std'][c]:.4f}"
+    return v
+
+
+def markdown_table(task: str, results: dict[str, dict], corr_protocol: str = "fit3d") -> str:
+    """One row per feature source (and baseline), one column per metric (arrows say which way is better);
+    with several seeds each cell is mean ± std over seeds."""
+    if task == "corr" and corr_protocol == "probe3d":
+        return _probe3d_table(results)
     cols = COLUMNS[task]
     head = "| features | " + " | ".join(c + (" ↓" if c in LOWER_IS_BETTER else " ↑") for c in cols) + " |"
     ckpt = any("best_iteration" in m for m in results.values())  # heads chosen on a validation split
@@ -40,7 +52,7 @@ def markdown_table(task: str, results: dict[str, dict]) -> str:
         head += " best iteration (val abs rel) |"
     lines = [head, "|" + "---|" * (len(cols) + 1 + ckpt)]
     for name, m in results.items():
-        row = f"| {name} | " + " | ".join(_fmt(m.get(c, float("nan"))) for c in cols) + " |"
+        row = f"| {name} | " + " | ".join(_cell(m, c) for c in cols) + " |"
         if ckpt:
             row += (f" {m['best_iteration']} ({m['val_abs_rel']:.4f}) |" if "best_iteration" in m else " - |")
         lines.append(row)
@@ -62,11 +74,26 @@ def markdown_table(task: str, results: dict[str, dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _probe3d_table(results: dict[str, dict]) -> str:
+    """probe3d correspondence: recall within 5 / 10 / 20 px overall, then recall@10px per rotation bin."""
+    cols = COLUMNS["corr-probe3d"]
+    bins = list(dict.fromkeys(b for m in results.values() for b in m.get("by_rotation", {})))
+    lines = ["| features | " + " | ".join(c + " ↑" for c in cols) + " | " + " | ".join(f"{b} @10px" for b in bins)
+             + " |", "|" + "---|" * (len(cols) + len(bins) + 1)]
+    for name, m in results.items():
+        cells = [_fmt(m.get(c, float("nan"))) for c in cols]
+        for b in bins:
+            r = m.get("by_rotation", {}).get(b)
+            cells.append("-" if not r or not r["pairs"] else f"{r['recall@10px']:.4f} ({r['pairs']})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n(per rotation bin: mean over pairs of recall@10px, number of pairs)\n"
+
+
 def write_report(out_dir: str | Path, task: str, results: dict[str, dict], settings: dict, extra: dict | None = None,
-                 command: str | None = None) -> str:
+                 command: str | None = None, corr_protocol: str = "fit3d") -> str:
     """Write ``probe.json`` and ``probe.md``; return the markdown table."""
     out = Path(out_dir)
-    table = markdown_table(task, results)
+    table = markdown_table(task, results, corr_protocol)
     write_json(out / "probe.json", {"task": task, "metrics": results, "settings": settings, **(extra or {}),
                                     **({"command": command} if command else {})})
     md = [f"# fit3d probe: {task}", ""]

@@ -8,6 +8,7 @@ as mmseg's nan-mean does). Optimiser as DINOv2 / FiT3D: AdamW lr 1e-3, wd 1e-4, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,19 +34,27 @@ class LinearSegHead(nn.Module):
 
 @dataclass
 class SegSettings:
+    """The seg probe protocol's head training (mmseg BNHead as DINOv2 / FiT3D); the one place of its defaults."""
+
+    WARMUP_SHARE: ClassVar[float] = 1500 / 40000  # the protocol's warmup share of the iterations
+
     iterations: int = 2000
     batch_size: int = 8
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup: int = 75  # 1500 / 40000 of the iterations, as the protocol
+    warmup: int | None = None  # None: WARMUP_SHARE of the iterations
     seed: int = 0
     ignore_index: int = 255
+
+    def __post_init__(self) -> None:
+        if self.warmup is None:
+            self.warmup = round(self.iterations * self.WARMUP_SHARE)
 
 
 def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:
     """Fit a head on cached features. patch [N, D, h, w], labels [N, H, W] int (ignore_index allowed)."""
     torch.manual_seed(s.seed)
-    head = LinearSegHead(patch.shape[1], num_classes).to(patch.device)
+    head = LinearSegHead(patch.shape[1], num_classes).to(patch.device, patch.dtype)
     out_size = tuple(labels.shape[-2:])
 
     def step(idx):

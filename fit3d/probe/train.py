@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -29,6 +29,21 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str, power: float = 1.
     raise ValueError(f"unknown lr schedule {schedule!r}")
 
 
+def batch_order(n_train: int, batch_size: int, iterations: int, seed: int) -> Iterator[torch.Tensor]:
+    """The training indices of each iteration: a seeded random permutation per epoch, ``batch_size``
+    (at most ``n_train``) at a time; a partial last batch starts a new permutation. Shared by the separate
+    and the batched trainers so one seed draws the same batches in both."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n_train, generator=gen)
+    pos = 0
+    for _ in range(iterations):
+        if pos + batch_size > n_train:
+            order, pos = torch.randperm(n_train, generator=gen), 0
+        idx = order[pos:pos + min(batch_size, n_train)]
+        pos += len(idx)
+        yield idx
+
+
 def train_head(head: torch.nn.Module, n_train: int, step_loss: Callable[[torch.Tensor], torch.Tensor], *,
                iterations: int, batch_size: int, lr: float, weight_decay: float, schedule: str, warmup: int,
                seed: int, desc: str = "probe", validate: Callable[[], float] | None = None,
@@ -42,21 +57,15 @@ def train_head(head: torch.nn.Module, n_train: int, step_loss: Callable[[torch.T
     Returns {"losses": [float per iteration], "seconds": float} plus, with ``validate``,
     "val": [(iteration, score)], "best_iteration" and "best_val".
     """
-    gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, iterations, warmup, schedule))
     head.train()
     losses: list[float] = []
     val: list[tuple[int, float]] = []
     best = None  # (iteration, score, state)
-    order = torch.randperm(n_train, generator=gen)
-    pos = 0
     t0 = time.perf_counter()
-    for it in tqdm(range(iterations), desc=desc, leave=False):
-        if pos + batch_size > n_train:
-            order, pos = torch.randperm(n_train, generator=gen), 0
-        idx = order[pos:pos + min(batch_size, n_train)]
-        pos += len(idx)
+    batches = batch_order(n_train, batch_size, iterations, seed)
+    for it, idx in enumerate(tqdm(batches, total=iterations, desc=desc, leave=False)):
         loss = step_loss(idx)
         if not torch.isfinite(loss):
             raise NonFiniteError(f"{desc}: loss became {loss.item()} at iteration {it}")

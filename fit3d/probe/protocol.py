@@ -1,0 +1,396 @@
+"""The probe protocol: ``ProbeConfig`` (every option and default of ``fit3d probe``), the train / test /
+validation splits, and ``run_probe``, which trains the heads of every feature source x seed (batched,
+``fit3d.probe.batched``) on cached features and reports mean, std and per-seed metrics.
+
+    from fit3d.probe.protocol import ProbeConfig, run_probe
+    run_probe(ProbeConfig(task="depth", data="../shared/data/7scenes-redkitchen", seeds=[0, 1, 2]))
+
+Head training defaults (lr, weight decay, warmup share, schedules) live in ``DepthSettings`` /
+``SegSettings``; ``depth_settings`` / ``seg_settings`` fill them from a config (its ``lr`` / ``warmup``
+override them only when given).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fit3d.data.readers import frame_number
+from fit3d.device import resolve_device
+from fit3d.errors import Fit3DError
+from fit3d.probe import features as feats_mod
+from fit3d.probe.datasets import DATASETS, ProbeData, load_probe_data, parse_range
+from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
+from fit3d.probe.features import KINDS, CachedFeatures, FeatureCache, FeatureSource, extract_features
+from fit3d.probe.seg import SegSettings
+
+TASKS = ("seg", "depth", "corr")
+CORR_PROTOCOLS = ("fit3d", "probe3d")
+TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
+
+
+@dataclass
+class ProbeConfig:
+    task: str = field(default="depth", metadata={"help": "what to probe", "choices": TASKS})
+    data: str = field(default="", metadata={"help": "dataset folder (train split; also test unless --eval-data)"})
+    eval_data: str | None = field(default=None, metadata={"help": "separate dataset folder for the test split"})
+    dataset: str = field(default="auto", metadata={"help": "layout", "choices": DATASETS})
+    backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
+    model_path: str | None = field(default=None, metadata={"help": "local weights of the backbone"})
+    finetuned: str | None = field(default=None, metadata={"help": "fit3d fine-tuned folder (finetuned/concat)"})
+    features: list[str] = field(default_factory=lambda: ["original"],
+                                metadata={"help": "feature sources", "choices": KINDS})
+    layers: list[int] | None = field(default=None, metadata={"help": "backbone layers (e.g. 8 9 10 11: linear4)"})
+    out: str = field(default="runs/probe", metadata={"help": "output folder (probe.json, probe.md, figure)"})
+    cache_dir: str | None = field(default=None, metadata={"help": "feature cache (default <out>/cache; 'none' off)"})
+    resolution: list[int] = field(default_factory=lambda: [448, 336],
+                                  metadata={"help": "probe resolution W H (a patch multiple; 448x336 = 32x24 /14)"})
+    iterations: int = field(default=1500, metadata={"help": "head training iterations"})
+    batch_size: int = field(default=8, metadata={"help": "images per iteration"})
+    lr: float | None = field(default=None, metadata={"help": "AdamW lr (default: DepthSettings / SegSettings, "
+                                                              "seg 1e-3, depth 1e-4)"})
+    warmup: int | None = field(default=None, metadata={"help": "warmup iterations (default the protocol's "
+                                                               "share: seg 1500/40k, depth 12.8k/38.4k)"})
+    seed: int = field(default=0, metadata={"help": "seed of everything else (and the heads' when --seeds is not given)"})
+    seeds: list[int] | None = field(default=None, metadata={
+        "help": "head seeds (init, batch order): one head per source and seed, all trained in one batched pass; "
+                "metrics are the mean over seeds, with std and per-seed numbers in probe.json (default [seed])"})
+    num_classes: int = field(default=0, metadata={"help": "seg classes (NYUv2: 13 or 40; 0 = dataset's)"})
+    min_depth: float = field(default=1e-3, metadata={"help": "depth bins start"})
+    max_depth: float | None = field(default=None, metadata={"help": "depth bins end (default the dataset's: "
+                                                                    "10 NYU/ScanNet/7-Scenes, 20 ScanNet++, 80 KITTI)"})
+    train_frames: str = field(default="0-398", metadata={"help": "frame-number range of training views (scenes)"})
+    test_frames: str = field(default="400-498", metadata={"help": "frame-number range of test views (scenes)"})
+    val_frames: str | None = field(default=None, metadata={
+        "help": "depth: frame-number range carved out of the training views as a validation split; the head "
+                "keeps its checkpoint with the best validation abs rel (the protocol's best checkpoint without "
+                "looking at the test views), e.g. 320-398"})
+    val_every: int = field(default=100, metadata={"help": "validate the depth head every this many iterations"})
+    max_items: int = field(default=0, metadata={"help": "cap images per split (evenly spaced; 0 = all)"})
+    protocol: str = field(default="fit3d", metadata={
+        "help": "corr: fit3d = grid queries of frame-gap pairs, recall within 1/2/4 patches; probe3d = El Banani "
+                "et al.'s pairs across the rotation range, quarter-resolution valid-depth points, mutual NN with "
+                "a ratio test, recall of the top matches within 5/10/20 px (docs/probe3d-corr.md)",
+        "choices": CORR_PROTOCOLS})
+    gaps: list[int] = field(default_factory=lambda: [2, 10, 20, 40],
+                            metadata={"help": "corr fit3d: frame-number gaps of the pairs"})
+    rot_edges: list[float] | None = field(default=None, metadata={
+        "help": "corr: relative-rotation bin edges in degrees (default fit3d 0 10 20 40, probe3d 0 15 30 60 180)"})
+    depth_tol: float = field(default=0.05, metadata={"help": "corr fit3d: relative depth tolerance of the occlusion check"})
+    num_corr: int = field(default=1000, metadata={"help": "corr probe3d: matches kept per pair (top ratio-test weight)"})
+    pairs_per_bin: int = field(default=50, metadata={"help": "corr probe3d: pairs drawn per rotation bin"})
+    min_overlap: float = field(default=0.1, metadata={
+        "help": "corr probe3d: least share of a pair's valid points that reproject into the other view"})
+    corr_stride: int = field(default=1, metadata={
+        "help": "corr probe3d: use every this-many-th valid-depth pixel of the quarter-resolution views (1 = all)"})
+    figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
+    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto"})
+    extract_batch: int = field(default=8, metadata={"help": "images per backbone forward"})
+
+    @property
+    def head_seeds(self) -> list[int]:
+        return [int(s) for s in self.seeds] if self.seeds else [int(self.seed)]
+
+
+def depth_settings(cfg: ProbeConfig, max_depth: float, seed: int) -> DepthSettings:
+    """The depth head's training settings for ``cfg`` (DepthSettings' defaults unless cfg overrides)."""
+    over = {k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None}
+    return DepthSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=seed, min_depth=cfg.min_depth,
+                         max_depth=max_depth, **over)
+
+
+def seg_settings(cfg: ProbeConfig, ignore_index: int, seed: int) -> SegSettings:
+    """The seg head's training settings for ``cfg`` (SegSettings' defaults unless cfg overrides)."""
+    over = {k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None}
+    return SegSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=seed, ignore_index=ignore_index,
+                       **over)
+
+
+def sources(cfg: ProbeConfig) -> list[FeatureSource]:
+    return [FeatureSource(kind=k, backbone=cfg.backbone, model_path=cfg.model_path,
+                          finetuned_dir=cfg.finetuned, layers=tuple(cfg.layers) if cfg.layers else None)
+            for k in cfg.features]
+
+
+@dataclass
+class Split:
+    """A materialised split: images, targets and views at the probe resolution."""
+
+    data: ProbeData
+    images: list[np.ndarray]
+    views: list
+    depth: torch.Tensor | None  # [N, H, W]
+    labels: torch.Tensor | None  # [N, H, W] int64
+
+
+def materialise(data: ProbeData, need: str) -> Split:
+    views = [data.view(i) for i in range(len(data))]
+    if not views:
+        raise Fit3DError(f"{data.meta.get('path')}: the {data.meta.get('split')} split is empty")
+    depth = labels = None
+    if need in ("depth", "corr"):
+        if any(v.depth is None for v in views):
+            raise Fit3DError(f"{data.meta.get('path')}: task {need} needs depth for every view")
+        depth = torch.from_numpy(np.stack([v.depth for v in views]))
+    if need == "seg":
+        if any(v.labels is None for v in views) or data.num_classes <= 0:
+            raise Fit3DError(f"{data.meta.get('path')}: task seg needs labels for every view")
+        labels = torch.from_numpy(np.stack([v.labels for v in views])).long()
+    return Split(data, [v.image for v in views], views, depth, labels)
+
+
+class _Models:
+    """Load each source's model at most once, only when a cache misses."""
+
+    def __init__(self, device: str):
+        self.device, self.loaded = device, {}
+
+    def get(self, src: FeatureSource):
+        if src not in self.loaded:
+            self.loaded[src] = feats_mod.resolve_source(src, device=self.device)
+        return self.loaded[src]
+
+
+def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, validation indices) of training views: validation = frame number within ``frames``."""
+    lo, hi = frames
+    in_val = [lo <= frame_number(n) <= hi for n in names]
+    val = [i for i, v in enumerate(in_val) if v]
+    fit = [i for i, v in enumerate(in_val) if not v]
+    if not val or not fit:
+        raise Fit3DError(f"--val-frames {lo}-{hi} leaves {len(fit)} training and {len(val)} validation views; "
+                         f"both must be non-empty")
+    return torch.tensor(fit), torch.tensor(val)
+
+
+def _features(src, split: Split, set_name: str, res, cache: FeatureCache, models: _Models, cfg) -> CachedFeatures:
+    def compute():
+        model = models.get(src)
+        t0 = time.perf_counter()
+        p, c = extract_features(model, split.images, cfg.extract_batch, src.layers, desc=f"{src.label} {set_name}",
+                                device=models.device)
+        return CachedFeatures(p, c, list(split.data.names), int(getattr(model, "patch_size", 14)),
+                              time.perf_counter() - t0)
+
+    set_id = f"{split.data.meta.get('dataset')}:{split.data.meta.get('path')}:{set_name}"
+    return cache.get(src, set_id, split.data.names, tuple(res), compute)
+
+
+def seed_summary(per_seed: dict[int, dict], keys) -> dict:
+    """Mean over seeds of each metric in ``keys`` (the reported number), ``std`` (sample std, 0 for one
+    seed) and ``per_seed`` {seed: metrics}."""
+    out, std = {}, {}
+    for k in keys:
+        vals = [m[k] for m in per_seed.values() if k in m]
+        if vals:
+            out[k] = float(np.mean(vals))
+            std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    out.update(std=std, seeds=list(per_seed), per_seed={str(s): m for s, m in per_seed.items()})
+    return out
+
+
+def _check(cfg: ProbeConfig) -> None:
+    for f in fields(cfg):  # declared choices (lists: each element)
+        choices, v = f.metadata.get("choices"), getattr(cfg, f.name)
+        bad = [x for x in (v if isinstance(v, list) else [v]) if choices is not None and x not in choices]
+        if bad:
+            raise Fit3DError(f"--{f.name.replace('_', '-')} {' '.join(map(str, bad))}: choose from {', '.join(choices)}")
+    if not cfg.data:
+        raise Fit3DError("--data is required")
+    if len(cfg.resolution) != 2:
+        raise Fit3DError("--resolution takes W H")
+    if len(set(cfg.head_seeds)) != len(cfg.head_seeds):
+        raise Fit3DError(f"--seeds {' '.join(map(str, cfg.head_seeds))}: each seed once")
+
+
+def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True) -> dict:
+    """Run the probe of ``cfg``; writes probe.json / probe.md / figure under ``cfg.out``; returns the json dict."""
+    from fit3d.probe import report
+
+    _check(cfg)
+    device = str(resolve_device(cfg.device))
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    res = (int(cfg.resolution[0]), int(cfg.resolution[1]))
+    srcs = sources(cfg)
+    out = Path(cfg.out)
+    cache = FeatureCache(None if (cfg.cache_dir or "").lower() == "none" else (cfg.cache_dir or out / "cache"))
+    frames = dict(train_frames=parse_range(cfg.train_frames, TRAIN_FRAMES),
+                  test_frames=parse_range(cfg.test_frames, TEST_FRAMES))
+    kw = dict(dataset=cfg.dataset, num_classes=cfg.num_classes, max_depth=cfg.max_depth, max_items=cfg.max_items,
+              **frames)
+    test_data = load_probe_data(cfg.eval_data or cfg.data, "test", res, **kw)
+    test = materialise(test_data, cfg.task)
+    train = None if cfg.task == "corr" else materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
+    meta = test.data
+    models = _Models(device)
+    if cfg.val_frames and cfg.task != "depth":
+        raise Fit3DError(f"--val-frames picks depth heads' checkpoints; task {cfg.task} does not use it")
+
+    timing: dict[str, dict] = {}
+    feats_test, feats_train = {}, {}
+    for src in srcs:
+        feats_test[src.label] = ft = _features(src, test, "test", res, cache, models, cfg)
+        timing[src.label] = {"extract_test_s": ft.seconds, "test_from_cache": ft.from_cache}
+        if train is not None:
+            feats_train[src.label] = fr = _features(src, train, "train", res, cache, models, cfg)
+            timing[src.label].update(extract_train_s=fr.seconds, train_from_cache=fr.from_cache)
+
+    if cfg.task == "corr":
+        results, examples = _corr(cfg, test, test_data, feats_test, res, **kw)
+        preds, saved_heads, val_n = {}, {}, 0
+    else:
+        results, preds, saved_heads, val_n = _heads(cfg, srcs, train, test, feats_train, feats_test, timing,
+                                                    device, res, out)
+        examples = {}
+
+    settings = asdict(cfg)
+    settings.update(device=device, resolved_max_depth=meta.max_depth, crop=meta.crop, head_seeds=cfg.head_seeds,
+                    n_train=len(train.images) if train else 0, n_test=len(test.images), n_val=val_n,
+                    dataset=meta.meta.get("dataset"), num_classes=meta.num_classes,
+                    sources=[{"label": s.label, **asdict(s)} for s in srcs])
+    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads},
+                                command, corr_protocol=cfg.protocol)
+    if cfg.figure:
+        _figure(out / "figure.png", cfg, test, preds, examples, meta)
+    if verbose:
+        print(table)
+        for name, t in timing.items():
+            if "cache_speedup" in t:
+                print(f"{name}: features {t['extract_train_s']:.1f}s + heads {t['head_train_s']:.1f}s (all sources x "
+                      f"seeds together); without the cache about {t['uncached_estimate_s']:.0f}s "
+                      f"({t['cache_speedup']:.1f}x slower)")
+        print(f"wrote {out / 'probe.json'}")
+    return {"metrics": results, "timing": timing, "settings": settings, "table": table, "heads": saved_heads}
+
+
+def _corr(cfg: ProbeConfig, test: Split, test_data: ProbeData, feats_test: dict, res, **kw):
+    """Correspondence of every source on the test split under ``cfg.protocol``."""
+    results, examples = {}, {}
+    if cfg.protocol == "probe3d":
+        from fit3d.probe.corr_probe3d import Probe3DSettings, draw_pairs, evaluate_probe3d, quarter_views
+
+        views = quarter_views(cfg.eval_data or cfg.data, test_data, **kw)
+        s = Probe3DSettings(num_corr=cfg.num_corr, rot_edges=tuple(cfg.rot_edges or Probe3DSettings.rot_edges),
+                            pairs_per_bin=cfg.pairs_per_bin, min_overlap=cfg.min_overlap, seed=cfg.seed,
+                            point_stride=cfg.corr_stride)
+        pairs = draw_pairs(views, s)
+        for label, ft in feats_test.items():
+            results[label], examples[label] = evaluate_probe3d(ft.patch, views, pairs, s,
+                                                               keep_examples=max(cfg.figure, 1))
+            k = test.views[0].width / views[0].width  # figure: quarter-resolution pixels -> probe images
+            for e in examples[label]:
+                e["queries"], e["pred"] = e["queries"] * k, e["pred"] * k
+        return results, examples
+    from fit3d.probe.corr import evaluate_correspondence
+
+    frames_n = [frame_number(n) for n in test.data.names]
+    for label, ft in feats_test.items():
+        r, ex = evaluate_correspondence(ft.patch, test.views, frames_n, ft.patch_size, cfg.gaps,
+                                        cfg.rot_edges or [0.0, 10.0, 20.0, 40.0], depth_tol=cfg.depth_tol,
+                                        keep_examples=max(cfg.figure, 1))
+        for e in ex:
+            e["patch"] = r["patch_px"]
+        results[label], examples[label] = r, ex
+    return results, examples
+
+
+def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing, device, res, out):
+    """Train the depth / seg heads of every source x seed in one batched pass; metrics per source."""
+    from fit3d.probe import heads as heads_mod
+    from fit3d.probe.batched import train_depth_batched, train_seg_batched
+    from fit3d.probe.depth import depth_metrics, mean_depth_baseline, predict_depth
+    from fit3d.probe.seg import confusion_matrix, majority_baseline, predict_seg, seg_metrics
+
+    meta, seeds, labels = test.data, cfg.head_seeds, [s.label for s in srcs]
+    P = [feats_train[k].patch.to(device) for k in labels]
+    C = [feats_train[k].cls.to(device) for k in labels]
+    val_n = 0
+    if cfg.task == "depth":
+        settings = [depth_settings(cfg, meta.max_depth, s) for s in seeds]
+        D, val = train.depth.to(device), None
+        if cfg.val_frames:
+            fit_idx, val_idx = validation_split(train.data.names, parse_range(cfg.val_frames, (0, 0)))
+            val_n = len(val_idx)
+            val = ([p[val_idx] for p in P], [c[val_idx] for c in C], D[val_idx])
+            P, C, D = [p[fit_idx] for p in P], [c[fit_idx] for c in C], D[fit_idx]
+        trained = train_depth_batched(P, C, D, settings, val=val, val_every=cfg.val_every)
+    else:
+        settings = [seg_settings(cfg, meta.ignore_index, s) for s in seeds]
+        trained = train_seg_batched(P, train.labels.to(device), meta.num_classes, settings)
+    keys = DEPTH_METRICS if cfg.task == "depth" else ("miou", "macc", "aacc")
+    results, preds, saved = {}, {}, {}
+    for f, src in enumerate(srcs):
+        fr, ft = feats_train[src.label], feats_test[src.label]
+        per_seed = {}
+        for si, seed in enumerate(seeds):
+            head, log = trained[si * len(srcs) + f]
+            s = settings[si]
+            if cfg.task == "depth":
+                head_meta = heads_mod.depth_head_meta(head, fr.patch.shape[1], fr.cls.shape[1], s.min_depth, s.max_depth)
+                pred = predict_depth(head, ft.patch.to(device), ft.cls.to(device), tuple(test.depth.shape[-2:])).cpu()
+                r = depth_metrics(pred, test.depth, s.min_depth, s.max_depth, meta.crop)
+            else:
+                head_meta = heads_mod.seg_head_meta(head, class_names=meta.class_names, ignore_index=meta.ignore_index)
+                pred = predict_seg(head, ft.patch.to(device), tuple(test.labels.shape[-2:])).cpu()
+                r = seg_metrics(confusion_matrix(pred, test.labels, meta.num_classes, meta.ignore_index))
+            if si == 0:
+                preds[src.label] = pred
+            head_meta.update(source=heads_mod.source_meta(src), resolution=list(res), patch_size=fr.patch_size,
+                             dataset=meta.meta.get("dataset"), data=str(cfg.data), seed=seed, iterations=cfg.iterations)
+            name = src.label if si == 0 else f"{src.label}_seed{seed}"  # the first seed's head keeps the plain name
+            saved[name] = str(heads_mod.save_head(heads_mod.head_path(out, name), head, head_meta))
+            losses = log["losses"]
+            k = max(1, len(losses) // 20)
+            r.update(loss_first=float(np.mean(losses[:k])), loss_last=float(np.mean(losses[-k:])))
+            if "best_iteration" in log:
+                r.update(best_iteration=log["best_iteration"], val_abs_rel=log["best_val"])
+            per_seed[seed] = r
+        summary = seed_summary(per_seed, (*keys, "loss_first", "loss_last", "val_abs_rel"))
+        if "iou_per_class" in per_seed[seeds[0]]:
+            summary["iou_per_class"] = [float(x) for x in np.mean([m["iou_per_class"] for m in per_seed.values()], 0)]
+        if "best_iteration" in per_seed[seeds[0]]:
+            its = [m["best_iteration"] for m in per_seed.values()]
+            summary["best_iteration"] = its[0] if len(its) == 1 else its
+        results[src.label] = summary
+        # what the same training would cost without the cache: one backbone forward per image drawn
+        n_img = len(train.images)
+        per_img = (fr.seconds / n_img) if not fr.from_cache else None
+        head_s = trained[0][1]["seconds"]
+        t = timing[src.label]
+        t.update(head_train_s=head_s, heads_in_pass=len(trained), extract_per_image_s=per_img)
+        if per_img:
+            uncached = head_s + len(seeds) * cfg.iterations * min(cfg.batch_size, n_img) * per_img
+            cached = head_s + fr.seconds
+            t.update(uncached_estimate_s=uncached, cached_total_s=cached, cache_speedup=uncached / cached)
+    if cfg.task == "depth":
+        results["baseline: train mean depth"] = mean_depth_baseline(train.depth, test.depth, cfg.min_depth,
+                                                                    meta.max_depth, meta.crop)
+    else:
+        results["baseline: majority class"] = majority_baseline(train.labels, test.labels, meta.num_classes,
+                                                                meta.ignore_index)
+    return results, preds, saved, val_n
+
+
+def _figure(path, cfg, test: Split, preds, examples, meta) -> None:
+    from fit3d.probe import report
+
+    n = min(cfg.figure, len(test.images))
+    idx = np.linspace(0, len(test.images) - 1, n).round().astype(int) if n else []
+    names = test.data.names
+    if cfg.task == "corr":
+        if not any(ex[:n] for ex in examples.values()):
+            return
+        fig = report.corr_figure(test.images, names, examples, n)
+    elif not len(idx):
+        return
+    elif cfg.task == "depth":
+        fig = report.depth_figure(test.images, names, test.depth, preds, idx, cfg.min_depth, meta.max_depth, meta.crop)
+    else:
+        fig = report.seg_figure(test.images, names, test.labels, preds, idx, meta.num_classes, meta.class_names,
+                                meta.ignore_index)
+    report.write_figure(path, fig)
