@@ -10,7 +10,6 @@ import argparse
 import logging
 
 from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import from_args
 from fit3d.finetune.config import FinetuneConfig
 
 
@@ -21,18 +20,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model-path", default=None,
                         help="local folder or hub id of the backbone's weights (default: the registry's / $FIT3D_MODEL_PATH)")
     parser.add_argument("--out", required=True, help="output folder: model/ (save_pretrained) + fit3d.json")
-    add_config_arguments(parser, FinetuneConfig)
+    from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES
+
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                        help="named preset of the options below (fit3d = FiT3D's recipe exactly; options given "
+                             f"explicitly override it; see fit3d.finetune.recipes) (default: {DEFAULT_RECIPE})")
+    add_config_arguments(parser, FinetuneConfig, skip=("recipe",))
 
 
 def run(args: argparse.Namespace) -> int:
     from fit3d.finetune.trainer import dist_info, finetune
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = from_args(FinetuneConfig, args)
+    cfg = recipe_config(args)
     m = finetune(args.scenes, args.backbone, args.out, cfg, model_path=args.model_path)
     if dist_info().is_main:
         _print_summary(m, args.out)
     return 0
+
+
+def recipe_config(args: argparse.Namespace) -> FinetuneConfig:
+    """``--recipe``'s preset with the options given on the command line on top."""
+    import dataclasses
+
+    from fit3d.finetune.recipes import from_recipe
+
+    names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"recipe"}
+    return from_recipe(getattr(args, "recipe", None), **{k: v for k, v in vars(args).items() if k in names})
 
 
 def _print_summary(m: dict, out) -> None:
