@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 TARGET_AT = ("lift", "train")  # where Stage 2 targets are rendered: the scene's lift resolution / the training one
+ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze_blocks) / LoRA adapters (peft)
+LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
+ANCHOR_AT = ("opacity", "everywhere", "unmasked")  # where the anchor to the frozen original applies
 
 
 @dataclass
@@ -26,6 +29,23 @@ class FinetuneConfig:
     seed: int = field(default=42, metadata={"help": "seed for the view order, flips and initialisation"})
     freeze_blocks: int = field(default=0, metadata={
         "help": "freeze the patch embedding and the first k transformer blocks (0 = whole backbone trained)"})
+    adapter: str = field(default="none", metadata={
+        "choices": ADAPTERS,
+        "help": "none: train the backbone's weights; lora: train low-rank adapters (peft LoRA) on the attention "
+                "(see --lora-targets) with the backbone frozen, merged into the weights before saving"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r (adapter=lora)"})
+    lora_alpha: float = field(default=16.0, metadata={"help": "LoRA scaling alpha (update = alpha / r * B A)"})
+    lora_targets: str = field(default="qkv", metadata={
+        "choices": LORA_TARGETS,
+        "help": "layers that get LoRA adapters: qkv (attention query/key/value), attention (+ its output "
+                "projection), all (+ the MLP)"})
+    anchor_weight: float = field(default=0.0, metadata={
+        "help": "weight of an L1 term pulling the fine-tuned patch tokens toward the frozen original's "
+                "(0 = off, FiT3D); per token it is weighted as --anchor-at says"})
+    anchor_at: str = field(default="opacity", metadata={
+        "choices": ANCHOR_AT,
+        "help": "opacity: weight 1 - rendered opacity (where the 3D target is unreliable or absent); everywhere: "
+                "weight 1 on every token (plain distillation); unmasked: weight 1 on the tokens the 3D loss masks out"})
     resolution: list[int] | None = field(default=None, metadata={
         "help": "W H of the rendered view and backbone input, rounded down to a patch multiple "
                 "(default: each scene's lift resolution, rounded down)"})
@@ -55,6 +75,8 @@ class FinetuneConfig:
         "help": "after training, measure original vs fine-tuned features against the rendered targets on "
                 "held-out views"})
     progress: bool = field(default=True, metadata={"volatile": True, "help": "show a tqdm progress bar (rank 0)"})
+    recipe: str | None = field(default=None, metadata={"volatile": True,
+        "help": "the named preset these settings started from (fit3d.finetune.recipes; recorded, not applied here)"})
 
     def validate(self) -> None:
         """``Fit3DError`` naming the option for any value out of range (called before any work)."""
@@ -63,9 +85,11 @@ class FinetuneConfig:
 
         check_choices(self)
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "freeze_blocks": 0, "workers": 0,
-                            "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0})
+                            "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0,
+                            "lora_rank": 1})
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
-                           "alpha_threshold": (0, 1), "flip_prob": (0, 1)})
+                           "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
+                           "anchor_weight": (0, inf)})
         check_size(self, "resolution")
         check_device(self.device)

@@ -10,6 +10,7 @@ One item (``RenderedViews[i]``)::
     target [D, h, w]  float32            decoded rendered features, bilinearly resized to the patch grid
                                          (rendered at the scene's lift resolution unless target_at="train")
     mask   [h, w]     bool               tokens where the scene was rendered (opacity >= threshold)
+    alpha  [h, w]     float32 in [0, 1]  rendered opacity at the patch grid (the anchor term weights by 1 - alpha)
     scene, index      int                which scene / which entry, for error messages
 """
 
@@ -221,8 +222,8 @@ class RenderedViews(Dataset):
         return v
 
     @torch.no_grad()
-    def render_target(self, index: int, K, c2w) -> tuple[Tensor, Tensor]:
-        """target [D, h, w], mask [h, w] (bool) for a camera of this entry's scene."""
+    def render_target(self, index: int, K, c2w, with_alpha: bool = False):
+        """target [D, h, w], mask [h, w] (bool) for a camera of this entry's scene (+ alpha [h, w] float32)."""
         from fit3d.splat.render import render
 
         si, _ = self.entries[index]
@@ -237,6 +238,8 @@ class RenderedViews(Dataset):
         feats = r.features.permute(2, 0, 1)[None].float()  # [1, f, H, W]
         target = decode_to_grid(s.decoder, feats, (h, w))[0]  # [D, h, w]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        if with_alpha:
+            return target.contiguous(), alpha >= self.alpha_threshold, alpha.clamp(0, 1).contiguous()
         return target.contiguous(), alpha >= self.alpha_threshold
 
     def render_size(self, scene_index: int) -> tuple[int, int]:
@@ -253,7 +256,7 @@ class RenderedViews(Dataset):
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         v = self.read_view(index)
-        target, mask = self.render_target(index, v.K, v.c2w)
+        target, mask, alpha = self.render_target(index, v.K, v.c2w, with_alpha=True)
         image = torch.from_numpy(np.ascontiguousarray(v.image)).permute(2, 0, 1).contiguous()  # [3, H, W]
         flip = False
         if self.flip_prob > 0:
@@ -262,8 +265,8 @@ class RenderedViews(Dataset):
         if flip:
             # Flipping at the grid is the same as flipping at full resolution first: the
             # bilinear sampling positions of a patch-multiple resize are mirror-symmetric.
-            image, target, mask = image.flip(-1), target.flip(-1), mask.flip(-1)
-        return {"image": image, "target": target, "mask": mask, "scene": self.entries[index][0],
+            image, target, mask, alpha = image.flip(-1), target.flip(-1), mask.flip(-1), alpha.flip(-1)
+        return {"image": image, "target": target, "mask": mask, "alpha": alpha, "scene": self.entries[index][0],
                 "index": index, "flip": flip}
 
 

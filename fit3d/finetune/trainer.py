@@ -111,14 +111,62 @@ def masked_l1(tokens: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (diff * m).sum() / m.sum().clamp_min(1.0)
 
 
-def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool) -> Tensor:
-    """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w]} (bf16 autocast if use_amp)."""
+def anchor_token_weights(mask: Tensor, alpha: Tensor | None, at: str) -> Tensor:
+    """Per-token weight [B, h, w] of the anchor term: ``opacity`` 1 - alpha, ``everywhere`` 1, ``unmasked``
+    1 where the 3D loss is masked out."""
+    if at == "opacity":
+        if alpha is None:
+            raise Fit3DError("anchor_at=opacity needs the rendered opacity in the batch ('alpha')")
+        return (1.0 - alpha.float()).clamp(0, 1)
+    if at == "everywhere":
+        return torch.ones(mask.shape, dtype=torch.float32, device=mask.device)
+    if at == "unmasked":
+        return (~mask.bool()).float()
+    raise Fit3DError(f"anchor_at = {at!r}: expected opacity, everywhere or unmasked")
+
+
+def anchor_l1(tokens: Tensor, reference: Tensor, weight: Tensor) -> Tensor:
+    """sum(weight * mean_D |tokens - reference|) / number of tokens: [B, D, h, w] x2, weight [B, h, w]. Divided
+    by all tokens, not by sum(weight), so the term fades where the 3D target is everywhere reliable."""
+    diff = (tokens.float() - reference.float()).abs().mean(1)
+    return (diff * weight).sum() / weight.numel()
+
+
+def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool,
+                 anchor: tuple | None = None) -> Tensor:
+    """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w], "alpha" [B,h,w]} (bf16
+    autocast if use_amp), plus ``weight * anchor_l1`` to the frozen original's tokens when ``anchor`` =
+    (original Backbone, weight, anchor_at) is given."""
     images = batch["image"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         tokens = module(images)
-    return masked_l1(tokens, target, mask)
+    loss = masked_l1(tokens, target, mask)
+    if anchor is not None and anchor[1] > 0:
+        original, weight, at = anchor
+        alpha = batch.get("alpha")
+        w = anchor_token_weights(mask, None if alpha is None else alpha.to(device, non_blocking=True), at)
+        reference = original.features(images)[0]  # [B, D, h, w], no grad
+        loss = loss + weight * anchor_l1(tokens, reference, w)
+    return loss
+
+
+def build_trainable(bb, cfg: FinetuneConfig) -> tuple[list, int, object]:
+    """Apply the recipe's model levers to backbone ``bb``: LoRA adapters (cfg.adapter) and frozen blocks.
+
+    Returns (trainable parameters, number of frozen tensors, the PeftModel or None)."""
+    peft_model = None
+    if cfg.adapter == "lora":
+        from fit3d.finetune.adapters import add_lora
+
+        peft_model = add_lora(bb.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
+    n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks)
+    params = [p for p in bb.parameters() if p.requires_grad]
+    if not params:
+        raise Fit3DError(f"nothing to train: freeze_blocks={cfg.freeze_blocks} / adapter={cfg.adapter} leave "
+                         f"no trainable parameter")
+    return params, n_frozen, peft_model
 
 
 def backward_step(loss: Tensor, opt: torch.optim.Optimizer, params: list, grad_clip: float) -> Tensor:
@@ -316,8 +364,13 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
 
-    n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks)
-    params = [p for p in bb.parameters() if p.requires_grad]
+    params, n_frozen, peft_model = build_trainable(bb, cfg)
+    n_trainable = sum(p.numel() for p in params)
+    original = None  # the frozen original: the anchor's reference, and the held-out evaluation's baseline
+    if cfg.anchor_weight > 0:
+        original = load_backbone(backbone_name, model_path=model_path, device=str(device)).eval()
+        original.requires_grad_(False)
+    anchor = (original, cfg.anchor_weight, cfg.anchor_at) if original is not None else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     # ---- resume
@@ -390,7 +443,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             except StopIteration:
                 break
             t_data = time.perf_counter()
-            loss = forward_loss(module, batch, device, use_amp)
+            loss = forward_loss(module, batch, device, use_amp, anchor)
             # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.
             stat = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
             if di.active:
@@ -438,12 +491,18 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
         return {"rank": di.rank, "steps": step, "seen": seen, "ranks_in_sync": in_sync}
 
     # ---- outputs (rank 0)
+    if peft_model is not None:  # adapters folded into the weights: model/ is a plain transformers model
+        from fit3d.finetune.adapters import merge_lora
+
+        bb.model = merge_lora(peft_model)
+        del peft_model
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": losses})
     metrics: dict = {"loss": loss_summary(losses)}
     if cfg.evaluate:
         bb.eval()
-        original = load_backbone(backbone_name, model_path=model_path, device=str(device)).eval()
+        if original is None:
+            original = load_backbone(backbone_name, model_path=model_path, device=str(device)).eval()
         held = RenderedViews(scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
                              alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
                              flip_prob=0.0, seed=cfg.seed)
@@ -469,6 +528,7 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
         "ranks_in_sync": in_sync,
         "device": str(device),
         "frozen_tensors": n_frozen,
+        "trainable_parameters": n_trainable,
         "memory": mem.as_dict(),
         "metrics": metrics,
         "timing": {"total_s": train_s, "steps_timed": len(warm),

@@ -37,6 +37,9 @@ Layouts (``--dataset`` name, what ``--data`` points at):
     ``annotations/{training,validation}/*.png`` (0 = other -> ignore, 1..150 -> 0..149).
 ``voc`` -- ``VOCdevkit/VOC2012/JPEGImages/*.jpg``, ``SegmentationClass/*.png`` (palette indices 0..20,
     255 = boundary/ignore) and ``ImageSets/Segmentation/{train,val}.txt`` (21 classes).
+``camvid`` -- CamVid in the SegNet layout: ``train/*.jpg`` + ``trainannot/*.png`` (train split) and
+    ``val/`` + ``valannot/`` (test split); 8-bit label PNGs sharing the image's stem, class ids 0..10
+    (``CAMVID_CLASSES``), 11 = unlabelled -> ignore.
 ``kitti`` -- Eigen split in the BTS file-list format::
 
         root/eigen_train_files_with_gt.txt, root/eigen_test_files_with_gt.txt
@@ -65,7 +68,9 @@ from fit3d.data.scene import View
 from fit3d.errors import SceneError
 
 IGNORE = 255
-DATASETS = ("auto", "scene", "scannet", "nyuv2", "scannetpp", "ade20k", "voc", "kitti")
+DATASETS = ("auto", "scene", "scannet", "nyuv2", "scannetpp", "ade20k", "voc", "kitti", "camvid")
+CAMVID_CLASSES = ("sky", "building", "pole", "road", "pavement", "tree", "sign_symbol", "fence", "car",
+                  "pedestrian", "bicyclist")
 TRAIN_FRAMES = (0, 398)
 TEST_FRAMES = (400, 498)
 
@@ -206,6 +211,23 @@ def read_voc(root: Path, split: str, resolution) -> ProbeData:
         return _make_view(read_rgb(root / "JPEGImages" / f"{i}.jpg"), i, resolution, labels=labels)
 
     return ProbeData("voc", ids, [lambda i=i: load(i) for i in ids], 21)
+
+
+def read_camvid(root: Path, split: str, resolution) -> ProbeData:
+    """CamVid, SegNet layout: ``split`` "train" -> train/ + trainannot/, "test" (or "val") -> val/ + valannot/."""
+    sub = "train" if split == "train" else "val"
+    imgs = sorted(p for p in (root / sub).glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not imgs:
+        raise SceneError(f"no images in {root / sub} (CamVid SegNet layout: {sub}/ and {sub}annot/ expected)")
+
+    def load(p):
+        raw = read_index_png(root / f"{sub}annot" / (p.stem + ".png"))
+        labels = raw.copy()
+        labels[(raw < 0) | (raw >= len(CAMVID_CLASSES))] = IGNORE  # 11 = unlabelled
+        return _make_view(read_rgb(p), p.stem, resolution, labels=labels)
+
+    return ProbeData("camvid", [p.stem for p in imgs], [lambda p=p: load(p) for p in imgs], len(CAMVID_CLASSES),
+                     list(CAMVID_CLASSES))
 
 
 def read_kitti(root: Path, split: str, resolution) -> ProbeData:
@@ -353,6 +375,8 @@ def detect(path: Path) -> str:
         return "voc"
     if (path / "eigen_test_files_with_gt.txt").exists():
         return "kitti"
+    if (path / "trainannot").is_dir() or (path / "valannot").is_dir():
+        return "camvid"
     if (path / "splits" / "nvs_sem_val.txt").exists():
         return "scannetpp"
     if (path / "label40").is_dir() or (path / "label13").is_dir() or (path / "nyu_depth_v2_labeled.mat").exists():
@@ -380,6 +404,8 @@ def load_probe_data(path, split: str, resolution=None, dataset: str = "auto", nu
         data = read_voc(path, split, resolution)
     elif kind == "kitti":
         data = read_kitti(path, split, resolution)
+    elif kind == "camvid":
+        data = read_camvid(path, split, resolution)
     elif kind == "scannetpp":
         data = read_scannetpp(path, split, resolution, num_classes or 100)
     elif kind == "scannet":

@@ -1,0 +1,593 @@
+"""Proof across scenes: lift many scenes, fine-tune one model on all of them, probe scenes and images it never saw.
+
+    python bench/generalize.py --out runs/generalize --json runs/generalize.json [--recipe default]
+    python bench/generalize.py --quick --out runs/generalize_quick       # smoke run (minutes)
+
+Stages (each kept under ``--out``; rerunning reuses finished ones):
+
+1. generate ``--rooms`` synthetic rooms to lift, plus ``--probe-rooms`` + ``--test-rooms`` held-out rooms
+   (never lifted or fine-tuned on) for the rooms probes (``fit3d.data.synthetic``);
+2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms (``--lift-method``: ``backprojected``, a
+   depth back-projection without optimisation, or any ``fit3d.lift`` method such as ``optimize``);
+3. fine-tune one DINOv2-S on all lifted scenes with ``--recipe`` (``fit3d.finetune.recipes``) -> ``OUT/finetuned``;
+4. evaluate original / finetuned / concat on:
+
+   - ``sun3d_depth_from_redkitchen``: depth head trained on RedKitchen 0-398, tested on every sun3d-office frame;
+   - ``sun3d_depth_in_scene``: head trained on sun3d frames 935-984, tested on 3160-3209;
+   - ``sun3d_corr``: correspondence recall@1 / @2 patches on sun3d pairs at ``--gaps`` (no head);
+   - ``camvid_seg``: seg head trained on CamVid train, tested on val (out of domain);
+   - ``rooms_seg`` / ``rooms_depth``: heads trained on the probe rooms, tested on the test rooms.
+
+   Depth is reported metric (``rmse``, ``abs_rel``, ``delta1``) and scale-aligned (``*_aligned``: each
+   prediction multiplied by median(gt) / median(pred) per image, as probe3d does): across scenes the
+   metric numbers are dominated by the scene's scale. Heads follow ``fit3d probe``'s plain protocol
+   (fixed iterations, last checkpoint) at ``--probe-resolution``; each is trained with ``--seeds`` seeds
+   (mean and std of the metric over seeds). The interval is a paired bootstrap over test images (per-image
+   values averaged over seeds; confusion matrices / pair hit counts summed) of (concat - original) and
+   (finetuned - original); a gain is claimed only where it excludes 0.
+
+Writes ``OUT/generalize.json`` (and ``--json PATH``) in the schema
+``{"evals": {EVAL: {SOURCE: {METRIC: {"mean", "std"}}, "ci": {"concat-original": {METRIC: [lo, hi]},
+"finetuned-original": {...}}}}, "seconds": {...}, "model_dir": ...}`` (plus ``settings``, ``claims`` and
+``targets`` beside them) and ``OUT/generalize.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fit3d.config import add_arguments, from_args
+from fit3d.io import write_json, write_text
+from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
+
+EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
+         "rooms_depth")
+SOURCES = ("original", "finetuned", "concat")
+DEPTH_METRICS = ("rmse", "abs_rel", "delta1", "rmse_aligned", "abs_rel_aligned", "delta1_aligned")
+SEG_METRICS = ("miou", "macc")
+LOWER_IS_BETTER = {"rmse", "abs_rel", "rmse_aligned", "abs_rel_aligned"}
+LIFT_METHODS = ("backprojected", "optimize", "solve")
+
+
+@dataclass
+class GeneralizeConfig:
+    out: str = field(default=str(REPO_ROOT / "runs" / "generalize"), metadata={"help": "output folder (every stage)"})
+    json: str | None = field(default=None, metadata={"help": "also write the JSON result here"})
+    md: str | None = field(default=None, metadata={"help": "also write the markdown table here"})
+    model_path: str = field(default=str(shared_model_dir()), metadata={"help": "DINOv2-S weights folder"})
+    redkitchen: str = field(default=str(shared_7scenes_dir()), metadata={"help": "7-Scenes RedKitchen folder"})
+    icl: str = field(default=str(shared_dir() / "data" / "icl-livingroom1"), metadata={
+        "help": "icl-livingroom1 folder ('' = not lifted)"})
+    sun3d: str = field(default=str(shared_dir() / "data" / "sun3d-office"), metadata={
+        "help": "sun3d-office folder (evaluation only: never lifted or fine-tuned on)"})
+    camvid: str = field(default=str(shared_dir() / "data" / "camvid"), metadata={"help": "CamVid (SegNet layout)"})
+    rooms: int = field(default=30, metadata={"help": "generated rooms lifted and fine-tuned on"})
+    probe_rooms: int = field(default=4, metadata={"help": "held-out generated rooms the rooms heads train on"})
+    test_rooms: int = field(default=4, metadata={"help": "held-out generated rooms the rooms heads are tested on"})
+    room_views: int = field(default=24, metadata={"help": "views per generated room"})
+    room_size: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "generated rooms' W H"})
+    lift_method: str = field(default="backprojected", metadata={
+        "choices": LIFT_METHODS, "help": "Stage 1: backprojected (no optimisation) or a fit3d.lift method"})
+    lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
+    lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
+    lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
+    recipe: str = field(default="default", metadata={"help": "fine-tuning preset (fit3d.finetune.recipes)"})
+    finetune_steps: int | None = field(default=None, metadata={"help": "Stage 2 steps (default: the recipe's epochs)"})
+    set: list[str] = field(default_factory=list, metadata={
+        "help": "FinetuneConfig overrides FIELD=VALUE (JSON values), e.g. lr=1e-4 freeze_blocks=6"})
+    probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "probe W H"})
+    probe_iterations: int = field(default=1000, metadata={"help": "head iterations (depth and seg)"})
+    seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
+    max_items: int = field(default=0, metadata={"help": "cap images per probe split (evenly spaced; 0 = all)"})
+    gaps: list[int] = field(default_factory=lambda: [3, 10, 20], metadata={"help": "sun3d correspondence frame gaps"})
+    bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples"})
+    cache_dir: str | None = field(default=None, metadata={
+        "help": "feature cache (default OUT/cache; share one between runs: original features are reused)"})
+    scenes_dir: str | None = field(default=None, metadata={
+        "help": "where generated rooms and lifted scenes go (default OUT; share one between recipe runs)"})
+    threads: int = field(default=0, metadata={"help": "torch threads (0: default)"})
+    quick: bool = field(default=False, metadata={
+        "help": "smoke run: 3 rooms (+1+1 held out), 12 views, 40 views per lifted scene, 10 Stage 2 steps, "
+                "60 head iterations, 1 seed, 24 images per probe split"})
+
+
+QUICK = dict(rooms=3, probe_rooms=1, test_rooms=1, room_views=12, lift_max_views=40, finetune_steps=10,
+             probe_iterations=60, seeds=1, max_items=24, bootstrap=200)
+
+
+# ----------------------------------------------------------------------------------------- stages 1-3
+def _say(msg: str) -> None:
+    print(f"[generalize] {msg}", flush=True)
+
+
+def generate_rooms(cfg: GeneralizeConfig, out: Path) -> dict[str, list[Path]]:
+    from fit3d.data.synthetic import SyntheticSceneConfig
+    from fit3d.data.synthetic_cli import generate_scenes
+
+    base = SyntheticSceneConfig(num_views=cfg.room_views, width=cfg.room_size[0], height=cfg.room_size[1], seed=0)
+    sets = {"lift": (cfg.rooms, 0), "probe": (cfg.probe_rooms, 10000), "test": (cfg.test_rooms, 20000)}
+    return {k: generate_scenes(out / "rooms" / k, n, dataclasses.replace(base, seed=s), progress=False)
+            for k, (n, s) in sets.items() if n > 0}
+
+
+def _lift_views(path, max_frame: int | None, max_views: int, heldout_every: int = 8) -> tuple[list, list]:
+    """(train, held-out) view names of a scene: frames <= max_frame, evenly capped, every k-th held out."""
+    from fit3d.data import read_scene
+    from fit3d.data.readers import frame_number
+
+    names = [v.name for v in read_scene(path, resolution=(32, 24), load_depth=False,
+                                        names=(lambda n: frame_number(n) <= max_frame) if max_frame else None).views]
+    if max_views and len(names) > max_views:
+        names = [names[i] for i in np.linspace(0, len(names) - 1, max_views).round().astype(int)]
+    held = names[::heldout_every]
+    return [n for n in names if n not in held], held
+
+
+def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone) -> list[Path]:
+    from fit3d.lift import LiftConfig, is_lifted, lift_scene
+    from fit3d.lift.backprojected import backprojected_lift
+
+    dirs = []
+    for i, (name, path, max_frame) in enumerate(scenes):
+        d = out / "lifted" / name
+        dirs.append(d)
+        if is_lifted(d):
+            continue
+        _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
+        if cfg.lift_method == "backprojected":
+            from fit3d.data import read_scene
+
+            train, held = _lift_views(path, max_frame, cfg.lift_max_views)
+            v0 = read_scene(path, load_depth=False, names=train[:1]).views[0]
+            res = (cfg.lift_width, round(cfg.lift_width * v0.height / v0.width))
+            backprojected_lift(path, backbone, d, train_views=train, heldout_views=held, resolution=res,
+                               model_path=cfg.model_path)
+        else:
+            lc = LiftConfig(backbone="dinov2_small", model_path=cfg.model_path, method=cfg.lift_method,
+                            iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu")
+            lift_scene(str(path), lc, d, backbone=backbone, name=name)
+    return dirs
+
+
+def finetune_config(cfg: GeneralizeConfig):
+    from fit3d.finetune.recipes import from_recipe
+
+    sets = {}
+    for s in cfg.set:
+        k, _, v = s.partition("=")
+        try:
+            sets[k] = json.loads(v)
+        except json.JSONDecodeError:
+            sets[k] = v
+    explicit = dict(resolution=list(cfg.probe_resolution), device="cpu", progress=False)
+    if cfg.finetune_steps:
+        explicit["max_steps"] = cfg.finetune_steps
+    explicit.update(sets)
+    return from_recipe(cfg.recipe, **explicit)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+@dataclass
+class Feats:
+    patch: torch.Tensor  # [N, D, h, w]
+    cls: torch.Tensor  # [N, Dc]
+
+    def subset(self, idx) -> "Feats":
+        return Feats(self.patch[idx], self.cls[idx])
+
+
+def extract(sources: dict, splits: dict, cache, res) -> dict:
+    """{set name: {"original"|"finetuned"|"concat": Feats}}; concat = the two patch sets, CLS of the original."""
+    from fit3d.probe.features import CachedFeatures, extract_features, resolve_source
+
+    models = {}
+    out: dict = {}
+    for set_name, split in splits.items():
+        out[set_name] = {}
+        for label, src in sources.items():
+            def compute(src=src, split=split, label=label):
+                if label not in models:
+                    models[label] = resolve_source(src)
+                t0 = time.perf_counter()
+                p, c = extract_features(models[label], split.images, 8, desc=f"{label} {set_name}")
+                return CachedFeatures(p, c, list(split.data.names), 14, time.perf_counter() - t0)
+
+            set_id = f"generalize:{split.data.meta.get('dataset')}:{split.data.meta.get('path')}:{set_name}"
+            f = cache.get(src, set_id, split.data.names, tuple(res), compute)
+            out[set_name][label] = Feats(f.patch, f.cls)
+        o, f = out[set_name]["original"], out[set_name]["finetuned"]
+        out[set_name]["concat"] = Feats(torch.cat([o.patch, f.patch], 1), o.cls)
+    return out
+
+
+def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: float) -> np.ndarray:
+    """[N, len(DEPTH_METRICS)] metric and median-scaled metrics per image (NaN rows: no valid pixel)."""
+    from fit3d.probe.depth import depth_metrics_image, valid_mask
+
+    rows = []
+    pred = pred.clamp(min_d, max_d)
+    for i in range(len(gt)):
+        v = valid_mask(gt[i], min_d, max_d)
+        m = depth_metrics_image(pred[i], gt[i], v)
+        if m is None:
+            rows.append([np.nan] * len(DEPTH_METRICS))
+            continue
+        s = gt[i][v].median() / pred[i][v].median().clamp_min(1e-6)
+        ma = depth_metrics_image((pred[i] * s).clamp(min_d, max_d), gt[i], v)
+        rows.append([m["rmse"], m["abs_rel"], m["delta1"], ma["rmse"], ma["abs_rel"], ma["delta1"]])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_depth: float = 10.0,
+               known: dict | None = None) -> dict:
+    """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained."""
+    from fit3d.probe.depth import DepthSettings, predict_depth, train_depth as fit
+
+    n = cfg.probe_iterations
+    out = dict(known or {})
+    for src in SOURCES:
+        if src in out:
+            continue
+        per_seed = []
+        for seed in range(cfg.seeds):
+            s = DepthSettings(iterations=n, batch_size=8, lr=1e-4, seed=seed, warmup=round(n * 12800 / 38400),
+                              max_depth=max_depth)
+            head, _ = fit(train_f[src].patch, train_f[src].cls, train_depth, s)
+            pred = predict_depth(head, test_f[src].patch, test_f[src].cls, tuple(test_depth.shape[-2:]))
+            per_seed.append(depth_per_image(pred, test_depth, s.min_depth, s.max_depth))
+        out[src] = np.stack(per_seed)
+    return out
+
+
+def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg,
+             ignore: int = 255, known: dict | None = None) -> dict:
+    """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it."""
+    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg, train_seg
+
+    n = cfg.probe_iterations
+    out = dict(known or {})
+    for src in SOURCES:
+        if src in out:
+            continue
+        per_seed = []
+        for seed in range(cfg.seeds):
+            s = SegSettings(iterations=n, batch_size=8, lr=1e-3, seed=seed, warmup=round(n * 1500 / 40000),
+                            ignore_index=ignore)
+            head, _ = train_seg(train_f[src].patch, train_labels, num_classes, s)
+            pred = predict_seg(head, test_f[src].patch, tuple(test_labels.shape[-2:]))
+            per_seed.append(np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
+                                      for i in range(len(pred))]).astype(np.float64))
+        out[src] = np.stack(per_seed)
+    return out
+
+
+def eval_corr(feats: dict, views, frames: list[int], gaps: list[int]) -> tuple[dict, list[int]]:
+    """({source: [1, P, 2 + 2 * len(gaps)] per-pair (hits@1, n, hits@2, n, ...) per gap slot}, pair gaps).
+
+    Columns: overall recall@1 (hits, n), recall@2 (hits, n); then recall@1 (hits, n) at each gap (zeros for
+    pairs of another gap). Matching as ``fit3d.probe.corr.evaluate_correspondence``."""
+    from fit3d.probe.corr import gt_matches, make_pairs, match_pair, query_grid
+
+    H, W = views[0].height, views[0].width
+    pairs = make_pairs(list(frames), list(gaps))
+    out = {}
+    for src in SOURCES:
+        P = feats[src].patch
+        patch = W / P.shape[-1]
+        queries = query_grid(H, W, patch / 2)
+        rows = []
+        for i, j, gap in pairs:
+            tgt, ok = gt_matches(views[i], views[j], queries)
+            row = np.zeros(4 + 2 * len(gaps))
+            if ok.any():
+                err = np.linalg.norm(match_pair(P[i], P[j], queries[ok], H, W) - tgt[ok], axis=1)
+                h1, h2, m = float((err <= patch).sum()), float((err <= 2 * patch).sum()), float(ok.sum())
+                g = 4 + 2 * list(gaps).index(gap)
+                row[[0, 1, 2, 3, g, g + 1]] = [h1, m, h2, m, h1, m]
+            rows.append(row)
+        out[src] = np.asarray(rows)[None]
+    return out, [g for _, _, g in pairs]
+
+
+def corr_metric_names(gaps) -> list[str]:
+    return ["recall1", "recall2"] + [f"recall1_gap{g}" for g in gaps]
+
+
+def summarise(kind: str, stats: dict, cfg, names: list[str] | None = None) -> dict:
+    """One eval's entry of the JSON: {source: {metric: {mean, std}}, "ci": {...}} from per-image stats."""
+    from fit3d.probe.stats import macc_from_confusion, miou_from_confusion, paired_bootstrap, ratio_metric
+
+    entry: dict = {}
+    if kind == "depth":
+        names = list(DEPTH_METRICS)
+        keep = ~np.isnan(stats["original"]).any(axis=(0, 2))  # images with valid pixels (same GT for all sources)
+        stats = {k: v[:, keep] for k, v in stats.items()}
+        value = lambda x, j: np.nanmean(x[..., j], axis=-1)  # noqa: E731 - [seeds] per-seed means
+        pooled = {k: v.mean(0) for k, v in stats.items()}  # [N, M] averaged over seeds
+        metric_fn = {j: None for j in range(len(names))}
+        pick = lambda x, j: x[:, j]  # noqa: E731
+    elif kind == "seg":
+        names = list(SEG_METRICS)
+        fns = [miou_from_confusion, macc_from_confusion]
+        value = lambda x, j: fns[j](x.sum(1))  # noqa: E731
+        pooled = {k: v.sum(0) for k, v in stats.items()}  # [N, C, C]
+        metric_fn = {j: fns[j] for j in range(len(names))}
+        pick = lambda x, j: x  # noqa: E731
+    else:  # corr: columns (hits, n) per metric
+        value = lambda x, j: ratio_metric(x.sum(1)[..., 2 * j:2 * j + 2])  # noqa: E731
+        pooled = {k: v.sum(0) for k, v in stats.items()}
+        metric_fn = {j: ratio_metric for j in range(len(names))}
+        pick = lambda x, j: x[:, 2 * j:2 * j + 2]  # noqa: E731
+    for src in SOURCES:
+        entry[src] = {}
+        for j, m in enumerate(names):
+            v = np.asarray(value(stats[src], j), dtype=np.float64)
+            entry[src][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    entry["ci"] = {}
+    for other in ("concat", "finetuned"):
+        key = f"{other}-original"
+        entry["ci"][key] = {}
+        for j, m in enumerate(names):
+            r = paired_bootstrap(pick(pooled["original"], j), pick(pooled[other], j), metric_fn[j],
+                                 n_boot=cfg.bootstrap, seed=0)
+            entry["ci"][key][m] = [r["lo"], r["hi"]]
+    return entry
+
+
+def claims(evals: dict) -> dict:
+    """{eval: {"concat-original"|"finetuned-original": {metric: "gain" | "loss" | "n.s."}}} from the intervals."""
+    out = {}
+    for ev, e in evals.items():
+        out[ev] = {}
+        for key, cis in e["ci"].items():
+            out[ev][key] = {}
+            for m, (lo, hi) in cis.items():
+                better = (hi < 0) if m in LOWER_IS_BETTER else (lo > 0)
+                worse = (lo > 0) if m in LOWER_IS_BETTER else (hi < 0)
+                out[ev][key][m] = "gain" if better else ("loss" if worse else "n.s.")
+    return out
+
+
+def targets(evals: dict, gaps) -> dict:
+    """The issue's 'done when' checks, each True / False (None where the eval was not run)."""
+    t = {}
+    for ev in ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene"):
+        if ev in evals:
+            e = evals[ev]
+            o, c, f = (e[s]["rmse"]["mean"] for s in SOURCES)
+            t[f"{ev}: concat rmse <= 0.95 x original, interval excludes 0"] = bool(
+                c <= 0.95 * o and e["ci"]["concat-original"]["rmse"][1] < 0)
+            t[f"{ev}: finetuned rmse not worse than original"] = bool(f <= o)
+    if "sun3d_corr" in evals:
+        e = evals["sun3d_corr"]
+        t["sun3d_corr: finetuned recall@1 above original at every gap"] = all(
+            e["finetuned"][f"recall1_gap{g}"]["mean"] > e["original"][f"recall1_gap{g}"]["mean"] for g in gaps)
+    if "camvid_seg" in evals:
+        e = evals["camvid_seg"]
+        t["camvid_seg: concat miou >= original"] = e["concat"]["miou"]["mean"] >= e["original"]["miou"]["mean"]
+        t["camvid_seg: finetuned miou within 1 point of original"] = (
+            e["finetuned"]["miou"]["mean"] >= e["original"]["miou"]["mean"] - 0.01)
+    if "rooms_seg" in evals:
+        e = evals["rooms_seg"]
+        t["rooms_seg: concat miou >= original"] = e["concat"]["miou"]["mean"] >= e["original"]["miou"]["mean"]
+    if "rooms_depth" in evals:
+        e = evals["rooms_depth"]
+        t["rooms_depth: concat rmse <= original"] = e["concat"]["rmse"]["mean"] <= e["original"]["rmse"]["mean"]
+    return t
+
+
+def markdown(result: dict) -> str:
+    cl = result["claims"]
+    lines = ["| eval | metric | original | finetuned | concat | concat - original (95% CI) | "
+             "finetuned - original (95% CI) |", "|---|---|---|---|---|---|---|"]
+    for ev, e in result["evals"].items():
+        for m in e["original"]:
+            arrow = "↓" if m in LOWER_IS_BETTER else "↑"
+            cells = [f"{e[s][m]['mean']:.4f} ± {e[s][m]['std']:.4f}" for s in SOURCES]
+            cis = []
+            for key in ("concat-original", "finetuned-original"):
+                lo, hi = e["ci"][key][m]
+                d = e[key.split("-")[0]][m]["mean"] - e["original"][m]["mean"]
+                mark = {"gain": " **gain**", "loss": " *loss*", "n.s.": ""}[cl[ev][key][m]]
+                cis.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
+            lines.append(f"| {ev} | {m} {arrow} | " + " | ".join(cells + cis) + " |")
+    lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in result["seconds"].items()]
+    lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'no'} |"
+                                                     for k, v in result["targets"].items()]
+    return "\n".join(lines)
+
+
+class OriginalStats:
+    """The original model's per-image results under a probe setting, kept on disk: they do not depend on
+    the fine-tuning, so runs comparing recipes (sharing ``--cache-dir``) train the original's heads once."""
+
+    def __init__(self, root: Path, cfg: GeneralizeConfig, source_key: str):
+        self.root, self.source_key = root / "original_stats", source_key
+        self.settings = {k: getattr(cfg, k) for k in ("probe_iterations", "seeds", "probe_resolution", "max_items",
+                                                      "room_views", "room_size", "gaps")}
+
+    def path(self, name: str, train_names, test_names) -> Path:
+        import hashlib
+
+        blob = json.dumps({"eval": name, "settings": self.settings, "source": self.source_key, "version": 1,
+                           "train": list(train_names), "test": list(test_names)}, sort_keys=True)
+        return self.root / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}.npy"
+
+    def __call__(self, name: str, train_names, test_names, fn, *args, **kw) -> dict:
+        p = self.path(name, train_names, test_names)
+        known = {"original": np.load(p)} if p.exists() else None
+        st = fn(*args, known=known, **kw)
+        if known is None:
+            from fit3d.io import atomic_path
+
+            p.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(p) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, st["original"])
+        return st
+
+
+# ----------------------------------------------------------------------------------------- main
+def run(cfg: GeneralizeConfig, command: str = "") -> dict:
+    from fit3d.data.readers import frame_number
+    from fit3d.data.synthetic import CLASS_NAMES
+    from fit3d.finetune import finetune
+    from fit3d.models import load_backbone
+    from fit3d.probe.protocol import materialise
+    from fit3d.probe.datasets import load_probe_data
+    from fit3d.probe.features import FeatureCache, FeatureSource
+
+    if cfg.quick:
+        cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()})
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t_all = time.perf_counter()
+    out = Path(cfg.out)
+    seconds: dict[str, float] = {}
+    res = tuple(int(x) for x in cfg.probe_resolution)
+
+    t0 = time.perf_counter()
+    work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
+    rooms = generate_rooms(cfg, work)
+    seconds["generate"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
+    scenes = [("redkitchen", Path(cfg.redkitchen), 398)]
+    if cfg.icl:
+        scenes.append(("icl-livingroom1", Path(cfg.icl), None))
+    scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
+    lifted = lift_all(cfg, scenes, work, backbone)
+    del backbone
+    seconds["lift"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    ft_dir = out / "finetuned"
+    fcfg = finetune_config(cfg)
+    _say(f"fine-tune on {len(lifted)} lifted scenes, recipe {cfg.recipe} -> {ft_dir}")
+    manifest = finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
+    seconds["finetune"] = time.perf_counter() - t0
+
+    # ---- evaluation sets
+    t0 = time.perf_counter()
+    wide = (0, 10 ** 9)
+    mi = cfg.max_items
+    data = {
+        "redkitchen_train": (load_probe_data(cfg.redkitchen, "train", res, train_frames=(0, 398), max_items=mi), "depth"),
+        "sun3d_all": (load_probe_data(cfg.sun3d, "test", res, test_frames=wide), "depth"),
+        "camvid_train": (load_probe_data(cfg.camvid, "train", res, dataset="camvid", max_items=mi), "seg"),
+        "camvid_val": (load_probe_data(cfg.camvid, "test", res, dataset="camvid", max_items=mi), "seg"),
+    }
+    for k in ("probe", "test"):
+        if rooms.get(k):
+            data[f"rooms_{k}"] = (load_probe_data(work / "rooms" / k, "train", res, dataset="scannet",
+                                                  num_classes=len(CLASS_NAMES), max_items=mi), "both")
+    splits = {}
+    for k, (d, need) in data.items():
+        s = materialise(d, "depth" if need in ("depth", "both") else "seg")
+        if need == "both":
+            s.labels = torch.from_numpy(np.stack([v.labels for v in s.views])).long()
+        splits[k] = s
+    sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
+               "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(ft_dir))}
+    cache = FeatureCache(cfg.cache_dir or out / "cache")
+    orig_stats = OriginalStats(Path(cfg.cache_dir or out / "cache"), cfg, sources["original"].key())
+    feats = extract(sources, splits, cache, res)
+    seconds["features"] = time.perf_counter() - t0
+
+    evals: dict = {}
+    sun = splits["sun3d_all"]
+    sun_frames = [frame_number(n) for n in sun.data.names]
+    in_a = [i for i, f in enumerate(sun_frames) if 935 <= f <= 984]
+    in_b = [i for i, f in enumerate(sun_frames) if 3160 <= f <= 3209]
+    if mi:
+        in_a = [in_a[i] for i in np.linspace(0, len(in_a) - 1, min(mi, len(in_a))).round().astype(int)]
+        in_b = [in_b[i] for i in np.linspace(0, len(in_b) - 1, min(mi, len(in_b))).round().astype(int)]
+    sub = lambda f, idx: {k: v.subset(idx) for k, v in f.items()}  # noqa: E731
+
+    t0 = time.perf_counter()
+    _say("depth probes: redkitchen -> sun3d")
+    st = orig_stats("sun3d_depth_from_redkitchen", splits["redkitchen_train"].data.names, sun.data.names, eval_depth,
+                    feats["redkitchen_train"], splits["redkitchen_train"].depth, feats["sun3d_all"], sun.depth, cfg)
+    evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, cfg)
+    _say("depth probes: sun3d 935-984 -> 3160-3209")
+    st = orig_stats("sun3d_depth_in_scene", [sun.data.names[i] for i in in_a], [sun.data.names[i] for i in in_b],
+                    eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
+                    sub(feats["sun3d_all"], in_b), sun.depth[in_b], cfg)
+    evals["sun3d_depth_in_scene"] = summarise("depth", st, cfg)
+    seconds["probe_sun3d_depth"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
+    evals["sun3d_corr"] = summarise("corr", st, cfg, corr_metric_names(cfg.gaps))
+    seconds["probe_sun3d_corr"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    _say("seg probes: camvid")
+    cv_tr, cv_te = splits["camvid_train"], splits["camvid_val"]
+    st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"], cv_tr.labels,
+                    feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, cfg)
+    evals["camvid_seg"] = summarise("seg", st, cfg)
+    seconds["probe_camvid"] = time.perf_counter() - t0
+
+    if "rooms_probe" in splits and "rooms_test" in splits:
+        t0 = time.perf_counter()
+        _say("seg + depth probes: held-out rooms")
+        rp, rt = splits["rooms_probe"], splits["rooms_test"]
+        st = orig_stats("rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["rooms_probe"], rp.labels,
+                        feats["rooms_test"], rt.labels, len(CLASS_NAMES), cfg)
+        evals["rooms_seg"] = summarise("seg", st, cfg)
+        st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
+                        feats["rooms_test"], rt.depth, cfg)
+        evals["rooms_depth"] = summarise("depth", st, cfg)
+        seconds["probe_rooms"] = time.perf_counter() - t0
+    seconds["total"] = time.perf_counter() - t_all
+
+    result = {"evals": evals, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+              "model_dir": str((ft_dir / "model").resolve())}
+    result["claims"] = claims(evals)
+    result["targets"] = targets(evals, cfg.gaps)
+    result["settings"] = {**dataclasses.asdict(cfg), "command": command, "finetune": dataclasses.asdict(fcfg),
+                          "finetune_steps_run": manifest.get("steps"),
+                          "num_train_views": manifest.get("num_train_views"),
+                          "lifted_scenes": [d.name for d in lifted],
+                          "n_test": {"sun3d_depth_from_redkitchen": len(sun.images), "sun3d_depth_in_scene": len(in_b),
+                                     "camvid_seg": len(cv_te.images),
+                                     "rooms": len(splits["rooms_test"].images) if "rooms_test" in splits else 0},
+                          "finetune_heldout": manifest.get("metrics", {}).get("heldout")}
+    table = markdown(result)
+    write_json(out / "generalize.json", result)
+    md = "\n".join(["# bench/generalize.py", "", "```", command, "```", "", table, ""])
+    write_text(out / "generalize.md", md)
+    if cfg.json:
+        write_json(cfg.json, result)
+    if cfg.md:
+        write_text(cfg.md, md)
+    print(table)
+    return result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap, GeneralizeConfig)
+    cfg = from_args(GeneralizeConfig, ap.parse_args(argv))
+    from fit3d.config import check_choices
+
+    check_choices(cfg)
+    command = "python bench/generalize.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
+    run(cfg, command)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

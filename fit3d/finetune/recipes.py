@@ -1,0 +1,46 @@
+"""Named Stage 2 presets (``fit3d finetune --recipe NAME``); options given explicitly override a preset.
+
+- ``fit3d``: FiT3D's recipe exactly: whole backbone, AdamW 1e-5, wd 1e-4, batch 2, clip 0.1, 1 epoch,
+  no adapter, no anchor (= ``FinetuneConfig()``'s defaults).
+- ``default``: the best recipe of the small-scale search in ``docs/generalize.md`` (cross-scene probes).
+- ``lora``, ``freeze``, ``anchor``: the single levers of that search, for reproducing it.
+
+``FinetuneConfig()`` itself keeps FiT3D's values (the library default is the faithful method); the
+``fit3d finetune`` command and ``bench/generalize.py`` start from ``default``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from fit3d.errors import Fit3DError
+from fit3d.finetune.config import FinetuneConfig
+
+RECIPES: dict[str, dict] = {
+    "fit3d": {},
+    "lora": {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": "attention", "lr": 1e-4},
+    "freeze": {"freeze_blocks": 6},
+    "anchor": {"anchor_weight": 1.0, "anchor_at": "opacity"},
+}
+# The best of the search (docs/generalize.md): see there for the numbers behind it.
+RECIPES["default"] = dict(RECIPES["lora"], anchor_weight=1.0, anchor_at="opacity")
+DEFAULT_RECIPE = "default"
+
+
+def recipe_overrides(name: str) -> dict:
+    """The field values preset ``name`` sets (a copy)."""
+    if name not in RECIPES:
+        raise Fit3DError(f"unknown fine-tuning recipe {name!r}; choose from {', '.join(RECIPES)}")
+    return dict(RECIPES[name])
+
+
+def from_recipe(name: str | None, **explicit) -> FinetuneConfig:
+    """``FinetuneConfig`` of preset ``name`` (None: FiT3D's defaults), with ``explicit`` fields on top."""
+    fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
+    bad = sorted(set(explicit) - fields)
+    if bad:
+        raise Fit3DError(f"unknown FinetuneConfig field(s) {', '.join(bad)}")
+    values = recipe_overrides(name) if name else {}
+    values.update(explicit)
+    values["recipe"] = name
+    return FinetuneConfig(**values)

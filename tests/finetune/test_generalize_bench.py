@@ -1,0 +1,77 @@
+"""bench/generalize.py end to end on tiny settings (a tiny random DINOv2, few images), and its table logic."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+from fit3d.paths import REPO_ROOT, shared_dir
+
+
+def _bench():
+    import sys
+
+    if "generalize_bench" not in sys.modules:  # dataclasses need the module registered while it executes
+        spec = importlib.util.spec_from_file_location("generalize_bench", REPO_ROOT / "bench" / "generalize.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["generalize_bench"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["generalize_bench"]
+
+
+def test_claims_follow_the_interval_and_the_metric_direction():
+    g = _bench()
+    evals = {"e": {"ci": {"concat-original": {"rmse": [-0.2, -0.1], "miou": [-0.01, 0.02]},
+                          "finetuned-original": {"rmse": [0.1, 0.3], "miou": [0.01, 0.02]}}}}
+    c = g.claims(evals)["e"]
+    assert c["concat-original"] == {"rmse": "gain", "miou": "n.s."}
+    assert c["finetuned-original"] == {"rmse": "loss", "miou": "gain"}
+
+
+def test_depth_per_image_scale_alignment_removes_a_global_scale():
+    import torch
+
+    g = _bench()
+    gt = torch.rand(3, 12, 16) * 3 + 1
+    m = g.depth_per_image(gt * 1.5, gt, 1e-3, 10.0)  # right shape, wrong scale
+    names = list(g.DEPTH_METRICS)
+    assert (m[:, names.index("abs_rel")] == pytest.approx(0.5))
+    assert np.allclose(m[:, names.index("abs_rel_aligned")], 0, atol=1e-6)
+    assert np.allclose(m[:, names.index("delta1_aligned")], 1)
+
+
+@pytest.mark.slow
+def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, sevenscenes_path):
+    for d in ("sun3d-office", "camvid", "icl-livingroom1"):
+        if not (shared_dir() / "data" / d).is_dir():
+            pytest.skip(f"shared data/{d} missing")
+    g = _bench()
+    out = tmp_path / "gen"
+    argv = ["--out", str(out), "--json", str(tmp_path / "r.json"), "--model-path", str(tiny_model_dir),
+            "--quick", "--rooms", "2", "--room-views", "6", "--room-size", "64", "48", "--lift-width", "32",
+            "--lift-max-views", "8", "--finetune-steps", "2", "--probe-resolution", "64", "48",
+            "--probe-iterations", "4", "--max-items", "8", "--bootstrap", "50", "--seeds", "2",
+            "--set", "workers=0"]
+    assert g.main(argv) == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert set(r["evals"]) == set(g.EVALS)
+    for ev, e in r["evals"].items():
+        assert set(e) == {"original", "finetuned", "concat", "ci"}
+        assert set(e["ci"]) == {"concat-original", "finetuned-original"}
+        for src in g.SOURCES:
+            for m, v in e[src].items():
+                assert set(v) == {"mean", "std"} and np.isfinite(v["mean"]), (ev, src, m)
+        for key, cis in e["ci"].items():
+            assert cis.keys() == e["original"].keys()
+            assert all(lo <= hi for lo, hi in cis.values())
+    assert {"rmse", "abs_rel", "delta1", "rmse_aligned"} <= set(r["evals"]["sun3d_depth_in_scene"]["original"])
+    assert {"miou", "macc"} == set(r["evals"]["camvid_seg"]["original"])
+    assert {"recall1", "recall2", "recall1_gap3"} <= set(r["evals"]["sun3d_corr"]["original"])
+    assert r["evals"]["sun3d_depth_from_redkitchen"]["original"]["rmse"]["std"] >= 0  # 2 seeds
+    assert (out / "finetuned" / "model" / "config.json").exists() and r["model_dir"].endswith("finetuned/model")
+    assert {"lift", "finetune", "features", "total"} <= set(r["seconds"])
+    assert (out / "generalize.md").read_text().count("| sun3d_corr |") == 5
+    # the original's per-image results are kept for the next run with the same probe settings (one file per eval)
+    before = sorted(p.name for p in (out / "cache" / "original_stats").iterdir())
+    assert len(before) == 5

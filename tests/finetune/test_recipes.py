@@ -1,0 +1,106 @@
+"""Stage 2 recipe levers: LoRA adapters (peft, merged before saving), the anchor to the frozen original,
+named presets."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from fit3d.errors import Fit3DError
+from fit3d.finetune import FinetuneConfig, finetune
+from fit3d.finetune.data import RenderedViews, load_scenes
+from fit3d.finetune.recipes import RECIPES, from_recipe
+from fit3d.finetune.trainer import anchor_l1, anchor_token_weights
+
+BACKBONE = "dinov2_small"
+
+
+def quick(**kw) -> FinetuneConfig:
+    base = dict(lr=1e-3, workers=0, progress=False, evaluate=False, checkpoint_every=0, epochs=2)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def state(model_dir):
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(model_dir)).state_dict()
+
+
+def test_items_carry_the_rendered_opacity(lifted_dir):
+    views = RenderedViews(load_scenes([lifted_dir], embed_dim=32), 8, which="train", resolution=[64, 48],
+                          alpha_threshold=0.5, flip_prob=0.0)
+    it = views[0]
+    assert it["alpha"].shape == it["mask"].shape == (6, 8) and it["alpha"].dtype == torch.float32
+    assert 0 <= float(it["alpha"].min()) and float(it["alpha"].max()) <= 1
+    assert torch.equal(it["mask"], it["alpha"] >= 0.5)
+
+
+def test_anchor_weights_and_loss():
+    mask = torch.tensor([[[True, False]]])
+    alpha = torch.tensor([[[0.9, 0.2]]])
+    assert torch.allclose(anchor_token_weights(mask, alpha, "opacity"), torch.tensor([[[0.1, 0.8]]]))
+    assert torch.equal(anchor_token_weights(mask, alpha, "everywhere"), torch.ones(1, 1, 2))
+    assert torch.equal(anchor_token_weights(mask, alpha, "unmasked"), torch.tensor([[[0.0, 1.0]]]))
+    a, b = torch.zeros(1, 3, 1, 2), torch.ones(1, 3, 1, 2)
+    # per-token |a - b| = 1, weights 0.1 and 0.8, divided by the 2 tokens
+    assert float(anchor_l1(a, b, torch.tensor([[[0.1, 0.8]]]))) == pytest.approx(0.45)
+
+
+def test_lora_trains_adapters_only_and_saves_a_plain_merged_model(tmp_path, lifted_dir, tiny_model_dir):
+    import fit3d
+
+    out = tmp_path / "lora"
+    m = finetune([lifted_dir], BACKBONE, out, quick(adapter="lora", lora_rank=2, lora_targets="qkv", lr=1e-2),
+                 model_path=str(tiny_model_dir))
+    tuned, orig = state(out / "model"), state(tiny_model_dir)
+    assert tuned.keys() == orig.keys()  # no lora_A / lora_B / base_layer keys: merged and unloaded
+    changed = {k for k in tuned if not torch.equal(tuned[k], orig[k])}
+    assert changed and all(any(t in k for t in ("q_proj", "k_proj", "v_proj", "query", "key", "value"))
+                           for k in changed)  # only the adapted attention weights moved
+    total = sum(v.numel() for v in orig.values())
+    assert 0 < m["trainable_parameters"] < 0.2 * total
+    orig_bb, ft_bb = fit3d.finetune.load_finetuned(out)
+    x = torch.rand(1, 3, 48, 64)
+    assert not torch.allclose(orig_bb.features(x)[0], ft_bb.features(x)[0])
+
+
+def test_anchor_keeps_tokens_closer_to_the_original(tmp_path, lifted_dir, tiny_model_dir):
+    """A strong anchor everywhere: the fine-tuned tokens stay nearer the original's than without it."""
+    from fit3d.finetune import load_finetuned
+
+    dists = {}
+    for name, kw in {"plain": {}, "anchored": dict(anchor_weight=20.0, anchor_at="everywhere")}.items():
+        out = tmp_path / name
+        finetune([lifted_dir], BACKBONE, out, quick(**kw), model_path=str(tiny_model_dir))
+        orig_bb, ft_bb = load_finetuned(out)
+        views = RenderedViews(load_scenes([lifted_dir], embed_dim=32), 8, which="heldout", flip_prob=0.0)
+        imgs = torch.stack([views[i]["image"] for i in range(len(views))])
+        dists[name] = float((orig_bb.features(imgs)[0] - ft_bb.features(imgs)[0]).abs().mean())
+    assert dists["plain"] > 0
+    assert dists["anchored"] < 0.5 * dists["plain"]
+
+
+def test_recipes_presets_and_overrides():
+    fit3d_cfg = from_recipe("fit3d")
+    assert dataclasses.replace(fit3d_cfg, recipe=None) == FinetuneConfig()
+    assert fit3d_cfg.recipe == "fit3d"
+    d = from_recipe("default", lr=3e-5)
+    assert d.lr == 3e-5 and all(getattr(d, k) == v for k, v in RECIPES["default"].items() if k != "lr")
+    with pytest.raises(Fit3DError, match="unknown fine-tuning recipe"):
+        from_recipe("nope")
+    with pytest.raises(Fit3DError, match="unknown FinetuneConfig field"):
+        from_recipe("fit3d", learning_rate=1)
+
+
+def test_cli_recipe_with_explicit_override(tmp_path, lifted_dir, tiny_model_dir):
+    from fit3d.cli import main
+
+    out = tmp_path / "cli"
+    rc = main(["finetune", "--scenes", str(lifted_dir), "--backbone", BACKBONE, "--model-path",
+               str(tiny_model_dir), "--out", str(out), "--recipe", "fit3d", "--max-steps", "1", "--lr", "2e-5",
+               "--workers", "0", "--no-evaluate", "--no-progress"])
+    assert rc == 0
+    cfg = json.loads((out / "fit3d.json").read_text())["config"]
+    assert cfg["recipe"] == "fit3d" and cfg["lr"] == 2e-5 and cfg["adapter"] == "none" and cfg["anchor_weight"] == 0
