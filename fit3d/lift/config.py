@@ -9,8 +9,9 @@ class LiftConfig:
     """Stage 1 settings. Learning rates: FiT3D's values are the reference (see the help of each)."""
 
     method: str = field(default="optimize", metadata={
-        "choices": ("optimize",),
-        "help": "how Gaussians and features are fitted: optimize (FiT3D: gradient descent on colour + feature loss)"})
+        "choices": ("optimize", "solve"),
+        "help": "how Gaussians and features are fitted: optimize (FiT3D: gradient descent on colour + feature loss) "
+                "or solve (geometry fused from depth, features in closed form; docs/lift-solve.md)"})
     backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
     model_path: str | None = field(default=None, metadata={
         "help": "local weights folder (default: env FIT3D_MODEL_PATH / the registry's default)"})
@@ -72,6 +73,32 @@ class LiftConfig:
         "help": "prune Gaussians whose screen radius exceeds this fraction of the render width (3DGS: 20 px at "
                 "~1000 px, tuned for millions of Gaussians; the CPU budgets here use far fewer, larger ones)"})
     max_gaussians: int = field(default=25000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
+    # method "solve" (fit3d.lift.solve, fit3d.lift.fuse)
+    solve_max_gaussians: int = field(default=60000, metadata={
+        "help": "solve: at most this many fused surfels (the voxel grows until the count fits)"})
+    solve_voxel: float = field(default=0.0, metadata={
+        "help": "solve: fusion voxel size in metres (0: solve_voxel_factor x the median pixel footprint)"})
+    solve_voxel_factor: float = field(default=1.0, metadata={"help": "solve: automatic voxel / pixel footprint"})
+    solve_min_views: int = field(default=3, metadata={
+        "help": "solve: keep voxels seen by at least this many training views (drops depth noise and floaters)"})
+    solve_scale: float = field(default=0.6, metadata={
+        "help": "solve: surfel in-plane scale / max(voxel, pixel footprint)"})
+    solve_flat: float = field(default=0.1, metadata={"help": "solve: surfel normal-axis scale / in-plane scale"})
+    solve_opacity: float = field(default=0.95, metadata={"help": "solve: surfel opacity"})
+    solve_geometry_iterations: int = field(default=0, metadata={
+        "help": "solve: colour-only optimisation iterations after fusing depth (0: none)"})
+    solve_nodepth_iterations: int = field(default=2000, metadata={
+        "help": "solve: colour-only optimisation iterations for scenes without depth (geometry from the points)"})
+    solve_targets_at: str = field(default="grid", metadata={
+        "choices": ("grid", "render"),
+        "help": "solve: tokens as the grid loss sees them (each token over its pixels) or bilinearly upsampled"})
+    solve_cg_iterations: int = field(default=6, metadata={
+        "help": "solve: conjugate-gradient iterations on the least-squares feature problem, from the weighted "
+                "average (0: the weighted average alone)"})
+    solve_view_stride: int = field(default=2, metadata={
+        "help": "solve: every k-th training view enters the least-squares passes (the average uses all)"})
+    solve_refine_iterations: int = field(default=0, metadata={
+        "help": "solve: Adam iterations of the feature loss on f and the decoder after the solve (0: none)"})
     # run
     # run (volatile: these do not change the result, so a rerun may change them and still resume / reuse)
     checkpoint_every: int = field(default=500, metadata={

@@ -28,11 +28,12 @@ from fit3d.lift.evaluate import evaluate_heldout, save_pca_figure
 from fit3d.lift.init import as_gaussians, split_views
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE, lift_settings
 from fit3d.lift.optimize import optimize_scene, remove_checkpoint
+from fit3d.lift.solve import solve_scene
 from fit3d.lift.targets import TargetCache
 from fit3d.models import load_backbone
 
 # Stage 1 methods: LiftContext -> LiftResult.
-METHODS: dict[str, Callable[[LiftContext], LiftResult]] = {"optimize": optimize_scene}
+METHODS: dict[str, Callable[[LiftContext], LiftResult]] = {"optimize": optimize_scene, "solve": solve_scene}
 
 
 def load_lift_backbone(cfg: LiftConfig, device=None):
