@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fit3d.device import resolve_device
 from fit3d.errors import Fit3DError
-from fit3d.io import atomic_path, clean_stale_temps
+from fit3d.io import atomic_path
 
 FORMAT = "fit3d-checkpoint/1"
 _STATE_KEY = "fit3d_state"
@@ -271,10 +271,9 @@ class Interrupt:
 # ----------------------------------------------------------------------------------------- overwrite
 def staged_dir(out: str | os.PathLike) -> Path:
     """The sibling folder an ``--overwrite`` run builds into (fixed name, so an interrupted overwrite
-    resumes there); stale temporary files inside the parent are cleaned first."""
+    resumes there)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out.parent)
     return out.with_name(f".{out.name}.new")
 
 

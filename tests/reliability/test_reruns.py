@@ -163,3 +163,16 @@ def test_finetune_overwrite_replaces_once_complete(finetuned, tmp_path, capsys):
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE((out / "model").stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
+
+
+def test_generate_removes_a_killed_write_and_uses_the_umask(tmp_path, capsys):
+    out = tmp_path / "scenes"
+    stale = out / ".synthetic_0000.999999999.k1ll3d.tmp"  # a half-written scene of a process that is gone
+    (stale / "color").mkdir(parents=True)
+    rc, _, err = run_cli(capsys, "generate", out, "--num-scenes", "1", "--num-views", "2", "--width", "16",
+                         "--height", "12")
+    assert rc == 0, err
+    assert not stale.exists() and leftovers(out / "synthetic_0000") == []
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "synthetic_0000").stat().st_mode) == 0o777 & ~umask
