@@ -25,7 +25,7 @@ from fit3d.data.readers import detect_layout
 from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.trainer import finetune
-from fit3d.io import write_json, write_text
+from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.lifted import lift_settings, reuse_finished
 from fit3d.lift.stage import lift_scene
@@ -94,6 +94,7 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     out = Path(cfg.out)
     lift_cfg, finetune_cfg = cfg.lift_config(), cfg.finetune_config()
     finished = validate_pipeline(scenes, cfg, lift_cfg, finetune_cfg)
+    clean_stale_temps(out)  # results.json / results.md temporaries a kill left
     seconds: dict[str, float] = {}
 
     def say(msg):
@@ -119,7 +120,8 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     t0 = time.perf_counter()
     ft_dir = out / "finetuned"
     say(f"fine-tune {cfg.backbone} on {len(lifted_dirs)} lifted scene(s) -> {ft_dir}")
-    manifest = finetune(lifted_dirs, None, ft_dir, finetune_cfg)
+    manifest = finetune(lifted_dirs, None, ft_dir, finetune_cfg,
+                        how=f"use another --out, or delete {ft_dir} to fine-tune again")
     seconds["finetune"] = time.perf_counter() - t0
 
     # probes ----------------------------------------------------------------------------------------

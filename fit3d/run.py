@@ -31,7 +31,7 @@ from torch import Tensor
 
 from fit3d.device import resolve_device
 from fit3d.errors import Fit3DError
-from fit3d.io import atomic_path, clean_stale_temps
+from fit3d.io import atomic_path
 
 FORMAT = "fit3d-checkpoint/1"
 _STATE_KEY = "fit3d_state"
@@ -210,21 +210,32 @@ def check_resume(recorded: dict | None, current: dict, what: str, path, how: str
     if recorded is None:
         raise SettingsMismatch(f"{path}: {what} records no settings (written by an older fit3d), so it cannot "
                                f"be reused safely; {how}")
-    current = as_recorded(current)
-    recorded = as_recorded(recorded)
-    missing = object()
-    diff = []
-    for k in sorted(set(recorded) | set(current)):
-        old, new = recorded.get(k, missing), current.get(k, missing)
-        if old != new:
-            fmt = lambda v: "(not recorded)" if v is missing else json.dumps(v)  # noqa: E731
-            diff.append(f"{k}: {_short(fmt(old))} -> {_short(fmt(new))}")
+    diff = [f"{k}: {_short(old)} -> {_short(new)}" for k, old, new in _differences(as_recorded(recorded),
+                                                                                    as_recorded(current))]
     if diff:
-        raise SettingsMismatch(f"{path}: {what} was made with other settings ({'; '.join(diff)}); {how}")
+        more = f"; and {len(diff) - 8} more" if len(diff) > 8 else ""
+        raise SettingsMismatch(f"{path}: {what} was made with other settings ({'; '.join(diff[:8])}{more}); {how}")
 
 
-def _short(s: str, n: int = 80) -> str:
-    return s if len(s) <= n else s[: n - 3] + "..."
+_MISSING = object()
+
+
+def _differences(old: Any, new: Any, where: str = ""):
+    """(field path, old, new) of every leaf where ``old`` and ``new`` differ (dicts by key, equal-length
+    lists by index: ``scenes[0].lift.feature_dim``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        for k in sorted(set(old) | set(new), key=str):
+            yield from _differences(old.get(k, _MISSING), new.get(k, _MISSING), f"{where}.{k}" if where else str(k))
+    elif isinstance(old, list) and isinstance(new, list) and len(old) == len(new) and old != new:
+        for i, (a, b) in enumerate(zip(old, new)):
+            yield from _differences(a, b, f"{where}[{i}]")
+    elif old != new:
+        yield where, old, new
+
+
+def _short(v: Any, n: int = 80) -> str:
+    s = "(not recorded)" if v is _MISSING else json.dumps(v)
+    return s if len(s) <= n else s[: n // 2 - 2] + "..." + s[-(n // 2 - 1):]  # both ends: paths differ at the end
 
 
 # ----------------------------------------------------------------------------------------- interrupts
@@ -271,10 +282,9 @@ class Interrupt:
 # ----------------------------------------------------------------------------------------- overwrite
 def staged_dir(out: str | os.PathLike) -> Path:
     """The sibling folder an ``--overwrite`` run builds into (fixed name, so an interrupted overwrite
-    resumes there); stale temporary files inside the parent are cleaned first."""
+    resumes there)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    clean_stale_temps(out.parent)
     return out.with_name(f".{out.name}.new")
 
 

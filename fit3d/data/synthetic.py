@@ -20,8 +20,6 @@ from __future__ import annotations
 import colorsys
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +28,7 @@ import numpy as np
 
 from fit3d.data.scene import Scene, View
 from fit3d.errors import SceneError
+from fit3d.io import atomic_dir
 
 CLASS_NAMES: tuple[str, ...] = (
     "floor", "wall", "ceiling", "table", "cabinet", "lamp", "ball", "chair", "picture", "bin",
@@ -747,12 +746,7 @@ def write_scene(scene: Scene, out_dir: str | os.PathLike) -> Path:
     leaves a half-written scene; an existing ``out_dir`` is replaced.
     """
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the scene is an ordinary folder
-    try:
+    with atomic_dir(out_dir) as tmp:  # a pid-named sibling, cleaned by clean_stale_temps after a kill
         for sub in ("color", "depth", "pose", "intrinsic", "label-filt"):
             (tmp / sub).mkdir()
         K4 = np.eye(4)
@@ -777,16 +771,4 @@ def write_scene(scene: Scene, out_dir: str | os.PathLike) -> Path:
         if "config" in scene.meta:  # how it was generated (lets ``fit3d generate`` skip finished scenes)
             (tmp / "synthetic.json").write_text(json.dumps(
                 {"config": scene.meta["config"], "room_size": scene.meta.get("room_size")}, indent=2) + "\n")
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return out_dir

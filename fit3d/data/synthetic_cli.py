@@ -15,7 +15,7 @@ from tqdm import tqdm
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.errors import Fit3DError
-from fit3d.io import read_json
+from fit3d.io import clean_stale_temps, read_json
 from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene, write_scene
 
 
@@ -43,6 +43,7 @@ def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overw
                     progress: bool = True) -> list[Path]:
     """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders."""
     paths = []
+    clean_stale_temps(out)  # scenes a kill interrupted mid-write
     bar = tqdm(range(num_scenes), desc="generate", unit="scene", disable=not progress)
     for k in bar:
         scfg = dataclasses.replace(cfg, seed=cfg.seed + k)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR
-from fit3d.io import read_json
+from fit3d.io import read_json_dict
 from fit3d.models import ConcatFeatures, load_backbone
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def read_manifest(path) -> dict:
     if not f.exists():
         raise ModelNotFoundError(f"{p}: not a fit3d fine-tuned folder (no {MANIFEST_FILE}); "
                                  f"run `fit3d finetune --out {p}` first")
-    m = read_json(f)
+    m = read_json_dict(f, "fine-tuning manifest", keys=("backbone",))
     if not (p / m.get("model_dir", MODEL_DIR)).is_dir():
         raise ModelNotFoundError(f"{p / m.get('model_dir', MODEL_DIR)}: fine-tuned model folder missing")
     return m

@@ -282,13 +282,14 @@ def evaluate_against_targets(views: RenderedViews, backbones: dict, device, batc
 
 # ----------------------------------------------------------------------------------------- training
 def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None = None, model_path=None,
-             overwrite: bool = False) -> dict:
+             overwrite: bool = False, how: str | None = None) -> dict:
     """Fine-tune ``cfg.backbone`` on the rendered features of the lifted ``scene_dirs``; returns the manifest.
     ``backbone`` / ``model_path``, when given, override ``cfg.backbone`` / ``cfg.model_path``.
 
     Resumes from ``out/checkpoint.safetensors`` when present; returns the existing manifest when ``out``
     already holds a finished run with the same settings, and raises ``SettingsMismatch`` naming the
-    differing fields when its settings differ (``overwrite``: build the new run beside ``out``, then swap).
+    differing fields when its settings differ (``overwrite``: build the new run beside ``out``, then swap;
+    ``how``: what that error tells the user to do, default ``--overwrite`` or another ``--out``).
     """
     from tqdm import tqdm
 
@@ -312,7 +313,7 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
     try:
         settings = run_settings(scene_dirs, cfg, di.world_size)
         recover_staged(out)
-        done = _finished(out, settings, overwrite)
+        done = _finished(out, settings, overwrite, how)
         if done is not None:
             if di.is_main:
                 log.info("%s: already fine-tuned (%d steps, same settings); nothing to do", out, done["steps"])
@@ -334,14 +335,14 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             dist.destroy_process_group()
 
 
-def _finished(out: Path, settings: dict, overwrite: bool) -> dict | None:
+def _finished(out: Path, settings: dict, overwrite: bool, how: str | None) -> dict | None:
     """The manifest of a finished run in ``out`` with ``settings``; None when there is none (or it is to be
     overwritten); ``SettingsMismatch`` when it was made with others."""
     manifest_path = out / MANIFEST_FILE
     if overwrite or not (manifest_path.exists() and (out / MODEL_DIR).exists()):
         return None
     done = read_json_dict(manifest_path, "fine-tuning manifest", keys=("steps",))
-    check_resume(done.get("settings"), settings, "finished fine-tuning", out)
+    check_resume(done.get("settings"), settings, "finished fine-tuning", out, how)
     return done
 
 
@@ -442,6 +443,11 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
                 batch = next(it)
             except StopIteration:
                 break
+            except RuntimeError:  # Ctrl-C reaches the render workers too; they exit and the loader raises
+                if not interrupt.requested:
+                    raise
+                checkpoint()
+                interrupt.stop(f"fine-tune {out}: step {step}", ckpt_path)
             t_data = time.perf_counter()
             loss = forward_loss(module, batch, device, use_amp, anchor)
             # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.

@@ -126,3 +126,25 @@ def test_damaged_model_folder_is_named(damage, lifted, tiny_dino, tmp_path, caps
                          "--model-path", weights, *FINETUNE_OPTS)
     assert_clean_error(rc, err, weights)
     assert not (tmp_path / "ft" / "fit3d.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "a JSON list", "no backbone"])
+def test_damaged_finetune_manifest_fed_to_compare(damage, finetuned, scene_dir, tmp_path, capsys):
+    out = copy_of(finetuned[0], tmp_path / "ft")
+    f = out / "fit3d.json"
+    if damage in DAMAGES:
+        DAMAGES[damage](f)
+    elif damage == "a JSON list":
+        f.write_text("[1, 2]")
+    else:
+        f.write_text('{"steps": 2}')
+    rc, _, err = run_cli(capsys, "compare", scene_dir / "frame-000000.color.jpg", "--finetuned", out, "--out",
+                         tmp_path / "cmp")
+    assert_clean_error(rc, err, f)
+
+
+def test_truncated_image_fed_to_compare(finetuned, scene_dir, tmp_path, capsys):
+    img = tmp_path / "cut.jpg"
+    img.write_bytes((scene_dir / "frame-000000.color.jpg").read_bytes()[:300])
+    rc, _, err = run_cli(capsys, "compare", img, "--finetuned", finetuned[0], "--out", tmp_path / "cmp")
+    assert_clean_error(rc, err, img)

@@ -90,7 +90,7 @@ def test_real_process_sigterm_exits_130_with_the_resume_message(scene_dir, tiny_
     p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     ck = out / "room" / "checkpoint.safetensors"
     t0 = time.monotonic()
-    while not ck.exists() and p.poll() is None and time.monotonic() - t0 < 90:
+    while not ck.exists() and p.poll() is None and time.monotonic() - t0 < 240:
         time.sleep(0.05)
     p.send_signal(sig)
     _, err = p.communicate(timeout=60)
