@@ -32,7 +32,7 @@ from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.lift.config import LiftConfig
 from fit3d.pipeline import PipelineConfig, results_markdown, run_pipeline
-from fit3d.probe.cli import ProbeConfig, run_probe
+from fit3d.probe.protocol import ProbeConfig, run_probe
 
 
 def main(argv=None) -> int:
@@ -58,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-probe-iterations", type=int, default=1000,
                     help="also probe depth with the plain protocol (this many iterations on all of 0-398, last "
                          "checkpoint) to show how much the numbers depend on the probe protocol (0: skip)")
+    ap.add_argument("--plain-probe-seeds", type=int, nargs="+", default=[0],
+                    help="seeds of the plain-protocol depth heads (all trained in one batched pass; mean and std)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     a = ap.parse_args(argv)
     if a.threads:
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         out = Path(a.out)
         pc = dataclasses.replace(cfg.probe_config("depth", a.data, str(out / "finetuned"), out / "probe"),
-                                 iterations=a.plain_probe_iterations, val_frames=None,
+                                 iterations=a.plain_probe_iterations, val_frames=None, seeds=a.plain_probe_seeds,
                                  out=str(out / "probe" / "depth_plain"))
         plain = run_probe(pc, verbose=False)["metrics"]
         res["seconds"]["probe_depth_plain"] = round(time.perf_counter() - t1, 1)
@@ -93,6 +95,8 @@ def main(argv=None) -> int:
     if plain:
         headline["plain_probe"] = {m: {s: plain[s][m] for s in ("original", "finetuned", "concat")}
                                    for m in ("rmse", "abs_rel", "delta1")}
+        headline["plain_probe_std"] = {m: {s: plain[s].get("std", {}).get(m) for s in ("original", "finetuned", "concat")}
+                                       for m in ("rmse", "abs_rel", "delta1")}  # over --plain-probe-seeds
     command = "python bench/e2e_7scenes.py " + " ".join(shlex.quote(x) for x in (argv or sys.argv[1:]))
     table = results_markdown(res)
     print(table)
@@ -106,7 +110,10 @@ def main(argv=None) -> int:
         plain_md = ["", f"The same features under the plain probe protocol ({a.plain_probe_iterations} head iterations on "
                     "all of frames 0-398, last checkpoint): depth RMSE original "
                     f"{pr['original']:.4f}, finetuned {pr['finetuned']:.4f}, concat {pr['concat']:.4f} "
-                    f"({(pr['original'] - pr['concat']) / pr['original'] * 100:+.1f}% concat vs original, "
+                    + (f"(mean over seeds {' '.join(map(str, a.plain_probe_seeds))}; std "
+                       + ", ".join(f"{k} {v:.4f}" for k, v in headline["plain_probe_std"]["rmse"].items()) + ") "
+                       if len(a.plain_probe_seeds) > 1 else "")
+                    + f"({(pr['original'] - pr['concat']) / pr['original'] * 100:+.1f}% concat vs original, "
                     f"{(pr['original'] - pr['finetuned']) / pr['original'] * 100:+.1f}% finetuned vs original)."]
         print(plain_md[-1])
     if a.json:

@@ -20,7 +20,7 @@ import torch
 
 from fit3d.io import write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
-from fit3d.probe.cli import ProbeConfig, run_probe
+from fit3d.probe.protocol import ProbeConfig, run_probe
 
 
 def main() -> int:
@@ -30,13 +30,14 @@ def main() -> int:
     ap.add_argument("--iterations", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--resolution", type=int, nargs=2, default=[224, 168])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0], help="depth head seeds (trained in one batched pass)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO_ROOT / "runs" / "probe-7scenes"))
     ap.add_argument("--doc", default=str(REPO_ROOT / "docs" / "probe-7scenes.md"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     common = dict(data=str(shared_7scenes_dir()), backbone="dinov2_small", model_path=str(shared_model_dir()),
-                  finetuned=a.finetuned, features=a.features, resolution=a.resolution, seed=0,
+                  finetuned=a.finetuned, features=a.features, resolution=a.resolution, seed=0, seeds=a.seeds,
                   cache_dir=str(Path(a.out) / "cache"), batch_size=a.batch_size, iterations=a.iterations)
     command = "PYTHONPATH=. .venv/bin/python bench/probe_7scenes.py " + " ".join(sys.argv[1:])
     runs = {}
@@ -56,7 +57,8 @@ def main() -> int:
         "", "## Depth (linear probe, DINOv2 protocol head)", "",
         f"256 bins on [0.001, 10] m, patch + [CLS] per location, x4 upsample; SigLoss + 0.5 gradient loss; AdamW "
         f"lr 1e-4, wd 0.01, cosine, warmup {d['settings']['iterations'] * 12800 // 38400} of "
-        f"{d['settings']['iterations']} iterations, batch {a.batch_size}, seed 0, no augmentation (head trained on "
+        f"{d['settings']['iterations']} iterations, batch {a.batch_size}, seeds {' '.join(map(str, a.seeds))} "
+        f"(mean ± std over seeds when several), no augmentation (head trained on "
         f"cached features); metrics on valid depth (<= 10 m) at {a.resolution[0]}x{a.resolution[1]}, no crop.", "",
         d["table"],
         "## Cross-view correspondence", "",

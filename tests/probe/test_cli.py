@@ -106,3 +106,58 @@ def test_depth_validation_frames_choose_the_head_checkpoint(scene, tmp_path, fak
     seg = [a if a != "depth" else "seg" for a in argv]
     assert main(seg) != 0  # only depth heads use it: said, not silently ignored
     assert "does not use it" in capsys.readouterr().err
+
+
+def test_seeds_give_mean_std_and_per_seed_heads(scene, tmp_path, fake_backbone, capsys):
+    argv = ["probe", "--task", "depth", "--data", str(scene), "--out", str(tmp_path / "o"), "--resolution", "32", "24",
+            "--iterations", "10", "--batch-size", "4", "--lr", "3e-3", "--figure", "0", "--seeds", "0", "1", "2"]
+    assert main(argv) == 0
+    assert " ± " in capsys.readouterr().out  # the table shows mean ± std
+    d = json.loads((tmp_path / "o" / "probe.json").read_text())
+    m = d["metrics"]["original"]
+    per = [m["per_seed"][s]["rmse"] for s in ("0", "1", "2")]
+    assert m["rmse"] == pytest.approx(np.mean(per)) and m["std"]["rmse"] == pytest.approx(np.std(per, ddof=1))
+    assert len(set(per)) == 3 and m["seeds"] == [0, 1, 2] and d["settings"]["head_seeds"] == [0, 1, 2]
+    assert set(d["heads"]) == {"original", "original_seed1", "original_seed2"}
+    _, meta = load_depth_head(d["heads"]["original_seed2"])
+    assert meta["seed"] == 2
+    # one seed given explicitly is the plain run with that seed
+    assert main(argv[:-4] + ["--seeds", "1", "--out", str(tmp_path / "one")]) == 0
+    one = json.loads((tmp_path / "one" / "probe.json").read_text())["metrics"]["original"]
+    assert one["rmse"] == pytest.approx(m["per_seed"]["1"]["rmse"], rel=1e-6) and one["std"]["rmse"] == 0.0
+
+
+def test_protocol_and_cli_round_trip():
+    import argparse
+    import dataclasses
+
+    from fit3d.config import from_args, from_dict
+    from fit3d.probe import cli, protocol
+
+    assert cli.ProbeConfig is protocol.ProbeConfig and cli.run_probe is protocol.run_probe
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    ns = p.parse_args(["--task", "corr", "--protocol", "probe3d", "--seeds", "3", "4", "--features", "original",
+                       "concat", "--resolution", "64", "48", "--num-corr", "50", "--lr", "0.01"])
+    cfg = from_args(protocol.ProbeConfig, ns)
+    assert (cfg.task, cfg.protocol, cfg.head_seeds, cfg.features, cfg.num_corr, cfg.lr) == \
+        ("corr", "probe3d", [3, 4], ["original", "concat"], 50, 0.01)
+    assert from_dict(protocol.ProbeConfig, dataclasses.asdict(cfg)) == cfg
+    assert protocol.ProbeConfig().head_seeds == [0]
+    with pytest.raises(SystemExit):
+        p.parse_args(["--protocol", "nope"])
+    # the settings' defaults come from DepthSettings / SegSettings unless the config overrides them
+    d = protocol.depth_settings(protocol.ProbeConfig(iterations=3000), 10.0, 0)
+    assert (d.lr, d.warmup) == (1e-4, 1000)
+    s = protocol.seg_settings(protocol.ProbeConfig(iterations=4000, lr=5e-3, warmup=7), 255, 1)
+    assert (s.lr, s.warmup, s.seed) == (5e-3, 7, 1)
+
+
+def test_corr_probe3d_protocol_end_to_end(scene, tmp_path, fake_backbone):
+    assert main(["probe", "--task", "corr", "--protocol", "probe3d", "--data", str(scene), "--out", str(tmp_path / "c"),
+                 "--resolution", "32", "24", "--cache-dir", "none", "--num-corr", "20", "--figure", "1"]) == 0
+    d = json.loads((tmp_path / "c" / "probe.json").read_text())["metrics"]["original"]
+    assert {"recall@5px", "recall@10px", "recall@20px", "by_rotation"} <= set(d)
+    assert d["recall@5px"] <= d["recall@10px"] <= d["recall@20px"] and d["pairs"] > 0
+    assert list(d["by_rotation"]) == ["0-15deg", "15-30deg", "30-60deg", "60-180deg"]
+    assert (tmp_path / "c" / "figure.png").exists()

@@ -1,0 +1,80 @@
+"""The batched trainer equals separate training (same seed: same initial weights, same batches)."""
+
+import numpy as np
+import pytest
+import torch
+
+from fit3d.probe import batched
+from fit3d.probe.batched import interp_matrix, resize, train_depth_batched, train_seg_batched
+from fit3d.probe.depth import DepthSettings, depth_metrics, predict_depth, train_depth
+from fit3d.probe.seg import SegSettings, predict_seg, train_seg
+from fit3d.probe.train import batch_order
+
+SEEDS = (0, 3)
+
+
+def sources(dtype, n=12, seed=0):
+    """Three feature sources of two widths (6, 10, 6) with [CLS], and depth / labels at 20 x 26."""
+    g = torch.Generator().manual_seed(seed)
+    P = [torch.randn(n, c, 3, 4, generator=g, dtype=dtype) for c in (6, 10, 6)]
+    C = [torch.randn(n, c, generator=g, dtype=dtype) for c in (6, 10, 6)]
+    D = torch.rand(n, 20, 26, generator=g, dtype=dtype) * 3 + 0.5
+    D[:, :2] = 0  # invalid rows
+    L = torch.randint(0, 4, (n, 20, 26), generator=g)
+    L[:, :3] = 255
+    return P, C, D, L
+
+
+@pytest.mark.parametrize("dtype,fused,tol", [(torch.float64, None, 1e-10), (torch.float64, False, 1e-10),
+                                             (torch.float32, None, 1e-4)])
+def test_batched_depth_equals_separate(monkeypatch, dtype, fused, tol):
+    monkeypatch.setattr(batched._StackedDepth, "fused", fused)  # numba tail (CPU default) and tensor ops
+    P, C, D, _ = sources(dtype)
+    ss = [DepthSettings(iterations=25, batch_size=5, lr=1e-2, n_bins=16, max_depth=5.0, seed=s) for s in SEEDS]
+    val = ([p[:4] for p in P], [c[:4] for c in C], D[:4])
+    out = train_depth_batched(P, C, D, ss, val=val, val_every=6)
+    assert len(out) == len(SEEDS) * 3
+    for si, s in enumerate(ss):
+        for f in range(3):
+            head, log = train_depth(P[f], C[f], D, s, val=(P[f][:4], C[f][:4], D[:4]), val_every=6)
+            hb, lb = out[si * 3 + f]
+            torch.testing.assert_close(hb.conv.weight, head.conv.weight, atol=tol, rtol=0)
+            torch.testing.assert_close(hb.conv.bias, head.conv.bias, atol=tol, rtol=0)
+            np.testing.assert_allclose(lb["losses"], log["losses"], atol=tol * 10)
+            assert lb["best_iteration"] == log["best_iteration"]
+            assert lb["best_val"] == pytest.approx(log["best_val"], abs=tol * 10)
+            r = depth_metrics(predict_depth(head, P[f], C[f], (20, 26)), D, s.min_depth, s.max_depth)["rmse"]
+            rb = depth_metrics(predict_depth(hb, P[f], C[f], (20, 26)), D, s.min_depth, s.max_depth)["rmse"]
+            assert rb == pytest.approx(r, abs=tol * 10)
+    # different seeds really differ (init and batches)
+    assert not torch.allclose(out[0][0].conv.weight, out[3][0].conv.weight)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
+def test_batched_seg_equals_separate(dtype, tol):
+    P, _, _, L = sources(dtype, seed=1)
+    ss = [SegSettings(iterations=20, batch_size=5, lr=1e-2, seed=s) for s in SEEDS]
+    out = train_seg_batched(P, L, 4, ss)
+    for si, s in enumerate(ss):
+        for f in range(3):
+            head, log = train_seg(P[f], L, 4, s)
+            hb, lb = out[si * 3 + f]
+            for k, v in head.state_dict().items():  # BN running stats included
+                torch.testing.assert_close(hb.state_dict()[k].to(v.dtype), v, atol=tol, rtol=0)
+            np.testing.assert_allclose(lb["losses"], log["losses"], atol=tol * 10)
+            assert torch.equal(predict_seg(hb, P[f], (20, 26)), predict_seg(head, P[f], (20, 26)))
+
+
+def test_interp_matrices_are_pytorchs_bilinear():
+    x = torch.randn(2, 5, 3, 4, dtype=torch.float64)
+    for size in ((12, 16), (20, 26), (7, 9)):
+        ref = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        got = resize(x, interp_matrix(3, size[0], x.dtype), interp_matrix(4, size[1], x.dtype).T)
+        torch.testing.assert_close(got, ref, atol=1e-12, rtol=0)
+
+
+def test_batch_order_is_a_permutation_per_epoch():
+    idx = list(batch_order(10, 4, 6, seed=5))
+    assert [len(i) for i in idx] == [4, 4, 4, 4, 4, 4]
+    assert sorted(torch.cat(idx[:2]).tolist() + []) == sorted(set(torch.cat(idx[:2]).tolist()))  # no repeat in epoch
+    assert [i.tolist() for i in idx] == [i.tolist() for i in batch_order(10, 4, 6, seed=5)]
