@@ -85,17 +85,20 @@ class LiftConfig:
         "help": "solve: surfel in-plane scale / max(voxel, pixel footprint)"})
     solve_flat: float = field(default=0.1, metadata={"help": "solve: surfel normal-axis scale / in-plane scale"})
     solve_opacity: float = field(default=0.95, metadata={"help": "solve: surfel opacity"})
-    solve_geometry_iterations: int = field(default=0, metadata={
+    solve_fill_holes: bool = field(default=True, metadata={
+        "help": "solve: give invalid / depth-edge pixels their nearest valid depth before fusing (a hole in the "
+                "depth is a hole in the rendered features: single-view fit cosine 0.963 -> 0.991 on RedKitchen)"})
+    solve_geometry_iterations: int = field(default=300, metadata={
         "help": "solve: colour-only optimisation iterations after fusing depth (0: none)"})
     solve_nodepth_iterations: int = field(default=2000, metadata={
         "help": "solve: colour-only optimisation iterations for scenes without depth (geometry from the points)"})
     solve_targets_at: str = field(default="grid", metadata={
         "choices": ("grid", "render"),
         "help": "solve: tokens as the grid loss sees them (each token over its pixels) or bilinearly upsampled"})
-    solve_cg_iterations: int = field(default=6, metadata={
+    solve_cg_iterations: int = field(default=4, metadata={
         "help": "solve: conjugate-gradient iterations on the least-squares feature problem, from the weighted "
                 "average (0: the weighted average alone)"})
-    solve_view_stride: int = field(default=2, metadata={
+    solve_view_stride: int = field(default=4, metadata={
         "help": "solve: every k-th training view enters the least-squares passes (the average uses all)"})
     solve_refine_iterations: int = field(default=0, metadata={
         "help": "solve: Adam iterations of the feature loss on f and the decoder after the solve (0: none)"})

@@ -21,11 +21,26 @@ from fit3d.errors import SceneError
 _EDGE = 0.05  # relative depth jump that marks a depth edge (no reliable normal across it)
 
 
-def view_points(view, drop_edges: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def fill_depth(depth: np.ndarray, bad: np.ndarray) -> np.ndarray:
+    """[H, W] depth with the ``bad`` pixels (invalid, edges) set to their nearest good pixel's depth
+    (unchanged when nothing is bad or nothing is good). Nearest, not interpolated: a hole next to a depth
+    edge takes one side's depth, never a value in between."""
+    from scipy.ndimage import distance_transform_edt
+
+    if not bad.any() or bad.all():
+        return depth
+    _, (iy, ix) = distance_transform_edt(bad, return_indices=True)
+    return depth[iy, ix]
+
+
+def view_points(view, drop_edges: bool = True, fill_holes: bool = True
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(points [M, 3], normals [M, 3] unit, towards the camera, colours [M, 3], footprint [M] metres per pixel,
     pixel index [M]) for the valid depth pixels of ``view`` (world frame); ``drop_edges``: without the pixels
-    on a depth edge or next to invalid depth."""
+    on a depth edge or next to invalid depth (unless ``fill_holes``: invalid and edge pixels get inpainted depth)."""
     d = view.depth
+    if fill_holes:  # every pixel gets a surfel: a hole in the depth would be a hole in the rendered features
+        d = fill_depth(d, (d <= 0) | _edges(d))
     H, W = d.shape
     ys, xs = np.mgrid[0:H, 0:W]
     Kinv = np.linalg.inv(view.K)
@@ -33,13 +48,12 @@ def view_points(view, drop_edges: bool = True) -> tuple[np.ndarray, np.ndarray, 
     pc = rays * d[..., None]  # camera-frame point map
     valid = d > 0
     # central differences (one-sided at the border) of the point map; valid only between valid, close depths
+    pp, dp = np.pad(pc, ((1, 1), (1, 1), (0, 0)), mode="edge"), np.pad(d, 1, mode="edge")
+
     def diff(axis):
-        a = np.roll(pc, -1, axis) - np.roll(pc, 1, axis)
-        za, zb = np.roll(d, -1, axis), np.roll(d, 1, axis)
+        sl = lambda o: (slice(1, H + 1), slice(1 + o, W + 1 + o)) if axis == 1 else (slice(1 + o, H + 1 + o), slice(1, W + 1))  # noqa: E731
+        a, za, zb = pp[sl(1)] - pp[sl(-1)], dp[sl(1)], dp[sl(-1)]
         ok = (za > 0) & (zb > 0) & (np.abs(za - zb) < 2 * _EDGE * np.maximum(d, 1e-6))
-        edge = [slice(None)] * 2
-        edge[axis] = [0, -1]
-        ok[tuple(edge)] = False
         return a, ok
     dx, okx = diff(1)
     dy, oky = diff(0)
@@ -49,7 +63,7 @@ def view_points(view, drop_edges: bool = True) -> tuple[np.ndarray, np.ndarray, 
     view_dir = -rays / np.linalg.norm(rays, axis=-1, keepdims=True)  # points towards the camera
     n = np.where(good[..., None], n / np.maximum(norm, 1e-12)[..., None], view_dir)
     n = np.where((n * view_dir).sum(-1, keepdims=True) < 0, -n, n)
-    if drop_edges:  # flying pixels between a foreground and its background become floaters from other views
+    if drop_edges and not fill_holes:  # flying pixels between a foreground and its background become floaters from other views
         valid = valid & okx & oky
     sel = np.flatnonzero(valid.reshape(-1))
     R, t = view.c2w[:3, :3], view.c2w[:3, 3]
@@ -60,11 +74,11 @@ def view_points(view, drop_edges: bool = True) -> tuple[np.ndarray, np.ndarray, 
 
 
 def fuse_points(views, voxel: float = 0.0, max_points: int = 100_000, voxel_factor: float = 1.0,
-                min_views: int = 1, drop_edges: bool = True):
+                min_views: int = 1, drop_edges: bool = True, fill_holes: bool = True):
     """Voxel-fuse every view's depth points. Returns (means [N, 3], normals [N, 3], colours [N, 3],
     footprint [N], voxel size). ``voxel`` 0: ``voxel_factor`` x the median pixel footprint, grown until
     at most ``max_points`` voxels remain."""
-    parts = [view_points(v, drop_edges) for v in views if v.depth is not None and (v.depth > 0).any()]
+    parts = [view_points(v, drop_edges, fill_holes) for v in views if v.depth is not None and (v.depth > 0).any()]
     if not parts:
         raise SceneError("solve: no training view has valid depth (and the scene has no points)")
     P = np.concatenate([p[0] for p in parts])
@@ -96,6 +110,18 @@ def fuse_points(views, voxel: float = 0.0, max_points: int = 100_000, voxel_fact
     nrm = np.where(nn_ > 1e-6, nrm / np.maximum(nn_, 1e-12), np.array([0.0, 0.0, 1.0]))
     foot = np.bincount(inv, Ft, n) / counts
     return means, nrm, cols, foot, vox
+
+
+def _edges(d: np.ndarray) -> np.ndarray:
+    """[H, W] bool: valid pixels with a 4-neighbour that is invalid or more than 5% nearer / farther
+    (flying pixels sit between a foreground and its background)."""
+    p = np.pad(d, 1, mode="edge")
+    H, W = d.shape
+    e = np.zeros(d.shape, bool)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        n = p[dy:dy + H, dx:dx + W]
+        e |= (n <= 0) | (np.abs(n - d) > _EDGE * np.maximum(d, 1e-6))
+    return e & (d > 0)
 
 
 def normal_quats(normals: np.ndarray) -> np.ndarray:

@@ -187,7 +187,7 @@ def _room(n_views=10, width=32, height=24) -> Scene:
 def _cfg(**kw) -> LiftConfig:
     base = dict(method="solve", backbone="colour", width=32, feature_size=32, feature_dim=6, progress=False,
                 pca_views=0, device="cpu", solve_min_views=1, solve_max_gaussians=3000, solve_cg_iterations=3,
-                solve_view_stride=1, max_sh_degree=1)
+                solve_view_stride=1, max_sh_degree=1, solve_geometry_iterations=0)
     base.update(kw)
     return LiftConfig(**base)
 
