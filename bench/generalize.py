@@ -53,6 +53,10 @@ from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
          "rooms_depth")
 SOURCES = ("original", "finetuned", "concat")
+# Control: the original's tokens twice. A head on concat reads twice the channels, and at a few hundred
+# head iterations that alone changes the numbers (duplicated channels double the head's effective step
+# size); concat is also compared with this head of the same width.
+CONTROL = "original_x2"
 DEPTH_METRICS = ("rmse", "abs_rel", "delta1", "rmse_aligned", "abs_rel_aligned", "delta1_aligned")
 SEG_METRICS = ("miou", "macc")
 LOWER_IS_BETTER = {"rmse", "abs_rel", "rmse_aligned", "abs_rel_aligned"}
@@ -207,6 +211,7 @@ def extract(sources: dict, splits: dict, cache, res) -> dict:
             out[set_name][label] = Feats(f.patch, f.cls)
         o, f = out[set_name]["original"], out[set_name]["finetuned"]
         out[set_name]["concat"] = Feats(torch.cat([o.patch, f.patch], 1), o.cls)
+        out[set_name][CONTROL] = Feats(torch.cat([o.patch, o.patch], 1), o.cls)
     return out
 
 
@@ -235,7 +240,7 @@ def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_de
 
     n = cfg.probe_iterations
     out = dict(known or {})
-    for src in SOURCES:
+    for src in SOURCES + (CONTROL,):
         if src in out:
             continue
         per_seed = []
@@ -256,7 +261,7 @@ def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes
 
     n = cfg.probe_iterations
     out = dict(known or {})
-    for src in SOURCES:
+    for src in SOURCES + (CONTROL,):
         if src in out:
             continue
         per_seed = []
@@ -281,7 +286,7 @@ def eval_corr(feats: dict, views, frames: list[int], gaps: list[int]) -> tuple[d
     H, W = views[0].height, views[0].width
     pairs = make_pairs(list(frames), list(gaps))
     out = {}
-    for src in SOURCES:
+    for src in SOURCES + (CONTROL,):
         P = feats[src].patch
         patch = W / P.shape[-1]
         queries = query_grid(H, W, patch / 2)
@@ -333,14 +338,16 @@ def summarise(kind: str, stats: dict, cfg, names: list[str] | None = None) -> di
         for j, m in enumerate(names):
             v = np.asarray(value(stats[src], j), dtype=np.float64)
             entry[src][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-    entry["ci"] = {}
-    for other in ("concat", "finetuned"):
-        key = f"{other}-original"
-        entry["ci"][key] = {}
-        for j, m in enumerate(names):
-            r = paired_bootstrap(pick(pooled["original"], j), pick(pooled[other], j), metric_fn[j],
-                                 n_boot=cfg.bootstrap, seed=0)
-            entry["ci"][key][m] = [r["lo"], r["hi"]]
+    def ci(base, other):
+        return {m: [(r := paired_bootstrap(pick(pooled[base], j), pick(pooled[other], j), metric_fn[j],
+                                           n_boot=cfg.bootstrap, seed=0))["lo"], r["hi"]]
+                for j, m in enumerate(names)}
+
+    entry["ci"] = {f"{other}-original": ci("original", other) for other in ("concat", "finetuned")}
+    if CONTROL in stats:  # kept apart from the schema: control[EVAL] = {CONTROL: ..., "ci": ...}
+        ctl = {m: {"mean": float((v := np.asarray(value(stats[CONTROL], j), dtype=np.float64)).mean()),
+                   "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0} for j, m in enumerate(names)}
+        entry["_control"] = {CONTROL: ctl, "ci": {f"concat-{CONTROL}": ci(CONTROL, "concat")}}
     return entry
 
 
@@ -388,8 +395,10 @@ def targets(evals: dict, gaps) -> dict:
 
 def markdown(result: dict) -> str:
     cl = result["claims"]
+    ctl = result.get("controls", {})
     lines = ["| eval | metric | original | finetuned | concat | concat - original (95% CI) | "
-             "finetuned - original (95% CI) |", "|---|---|---|---|---|---|---|"]
+             "finetuned - original (95% CI) | control: original x2 | concat - original x2 (95% CI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for ev, e in result["evals"].items():
         for m in e["original"]:
             arrow = "↓" if m in LOWER_IS_BETTER else "↑"
@@ -400,6 +409,12 @@ def markdown(result: dict) -> str:
                 d = e[key.split("-")[0]][m]["mean"] - e["original"][m]["mean"]
                 mark = {"gain": " **gain**", "loss": " *loss*", "n.s.": ""}[cl[ev][key][m]]
                 cis.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
+            if ev in ctl:
+                c = ctl[ev][CONTROL][m]["mean"]
+                lo, hi = ctl[ev]["ci"][f"concat-{CONTROL}"][m]
+                cis += [f"{c:.4f}", f"{e['concat'][m]['mean'] - c:+.4f} [{lo:+.4f}, {hi:+.4f}]"]
+            else:
+                cis += ["-", "-"]
             lines.append(f"| {ev} | {m} {arrow} | " + " | ".join(cells + cis) + " |")
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in result["seconds"].items()]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'no'} |"
@@ -424,16 +439,18 @@ class OriginalStats:
         return self.root / f"{name}-{hashlib.sha1(blob.encode()).hexdigest()[:16]}.npy"
 
     def __call__(self, name: str, train_names, test_names, fn, *args, **kw) -> dict:
-        p = self.path(name, train_names, test_names)
-        known = {"original": np.load(p)} if p.exists() else None
+        p = self.path(name, train_names, test_names).with_suffix(".npz")
+        known = dict(np.load(p)) if p.exists() else {}
+        if not known and p.with_suffix(".npy").exists():  # written before the control existed
+            known = {"original": np.load(p.with_suffix(".npy"))}
         st = fn(*args, known=known, **kw)
-        if known is None:
+        if set(known) != {"original", CONTROL}:
             from fit3d.io import atomic_path
 
             p.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(p) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.save(fh, st["original"])
+                    np.savez(fh, original=st["original"], **{CONTROL: st[CONTROL]})
         return st
 
 
@@ -553,7 +570,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         seconds["probe_rooms"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 
-    result = {"evals": evals, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
+    result = {"evals": evals, "controls": controls, "seconds": {k: round(v, 1) for k, v in seconds.items()},
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)
     result["targets"] = targets(evals, cfg.gaps)

@@ -71,6 +71,8 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     assert r["evals"]["sun3d_depth_from_redkitchen"]["original"]["rmse"]["std"] >= 0  # 2 seeds
     assert (out / "finetuned" / "model" / "config.json").exists() and r["model_dir"].endswith("finetuned/model")
     assert {"lift", "finetune", "features", "total"} <= set(r["seconds"])
+    ctl = r["controls"]["camvid_seg"]  # concat's width control: the original's tokens twice
+    assert set(ctl["original_x2"]) == {"miou", "macc"} and set(ctl["ci"]) == {"concat-original_x2"}
     assert (out / "generalize.md").read_text().count("| sun3d_corr |") == 5
     # the original's per-image results are kept for the next run with the same probe settings (one file per eval)
     before = sorted(p.name for p in (out / "cache" / "original_stats").iterdir())
