@@ -27,6 +27,7 @@ import os
 import random
 import statistics
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -35,14 +36,20 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
 from fit3d.config import to_dict
 from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
+from fit3d.finetune.adapters import add_lora, merge_lora
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  scene_memory)
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
+from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
+from fit3d.models import load_backbone
+from fit3d.models.loading import resolve_source
+from fit3d.models.registry import get_spec
 from fit3d.run import (Interrupt, capture_rng, check_resume, commit_staged, load_checkpoint, recover_staged,
                        restore_rng, result_settings, save_checkpoint, staged_dir)
 
@@ -158,8 +165,6 @@ def build_trainable(bb, cfg: FinetuneConfig) -> tuple[list, int, object]:
     Returns (trainable parameters, number of frozen tensors, the PeftModel or None)."""
     peft_model = None
     if cfg.adapter == "lora":
-        from fit3d.finetune.adapters import add_lora
-
         peft_model = add_lora(bb.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
     n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks)
     params = [p for p in bb.parameters() if p.requires_grad]
@@ -216,8 +221,6 @@ def _save_pretrained_atomic(model, dest: Path) -> None:
 
 def _check_lifted(scene_dirs) -> None:
     """Every folder is a finished lifted scene (checked before the backbone loads)."""
-    from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
-
     for d in scene_dirs:
         missing = [f for f in (GAUSSIANS_FILE, DECODER_FILE, META_FILE) if not (Path(d) / f).is_file()]
         if missing:
@@ -228,9 +231,6 @@ def _check_lifted(scene_dirs) -> None:
 def run_settings(scene_dirs, cfg: FinetuneConfig, world_size: int) -> dict:
     """What determines a fine-tuning result: the non-volatile config, backbone, model source, scenes (and
     the settings each was lifted with), world size."""
-    from fit3d.models.loading import resolve_source
-    from fit3d.models.registry import get_spec
-
     scenes = []
     for d in scene_dirs:
         meta = read_json_dict(Path(d) / "lift.json", "lifted scene record (lift.json)")
@@ -258,8 +258,6 @@ def evaluate_against_targets(views: RenderedViews, backbones: dict, device, batc
     backbones: {label: Backbone}. Returns {"num_views", label: {"l1", "cosine_distance"}}, masked means
     over all valid tokens of all views.
     """
-    from tqdm import tqdm
-
     sums = {k: {"l1": 0.0, "cosine_distance": 0.0} for k in backbones}
     count = 0.0
     for start in tqdm(range(0, len(views), batch_size), desc="held-out eval", disable=not progress, leave=False):
@@ -291,10 +289,6 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
     differing fields when its settings differ (``overwrite``: build the new run beside ``out``, then swap;
     ``how``: what that error tells the user to do, default ``--overwrite`` or another ``--out``).
     """
-    from tqdm import tqdm
-
-    from fit3d.models import load_backbone
-
     cfg = cfg or FinetuneConfig()
     cfg = dataclasses.replace(cfg, backbone=backbone or cfg.backbone,
                               model_path=model_path if model_path is not None else cfg.model_path)
@@ -320,8 +314,7 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             return done
         work = staged_dir(out) if overwrite and out.exists() else out
         with Interrupt() as interrupt:
-            result = _finetune(scene_dirs, cfg.backbone, work, cfg, cfg.model_path, di, device, load_backbone, tqdm,
-                               settings, interrupt)
+            result = _finetune(scene_dirs, work, cfg, di, device, settings, interrupt)
         if di.is_main and work != out:
             commit_staged(work, out)
         if di.active:
@@ -346,13 +339,55 @@ def _finished(out: Path, settings: dict, overwrite: bool, how: str | None) -> di
     return done
 
 
-def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device, load_backbone, tqdm,
-              settings: dict, interrupt: Interrupt) -> dict:
-    t_start = time.perf_counter()
+@dataclass
+class _Run:
+    """One fine-tuning run's state: what is trained, on what, and how far it got (the checkpoint's content)."""
+
+    cfg: FinetuneConfig
+    out: Path
+    di: DistInfo
+    device: torch.device
+    settings: dict
+    bb: object                       # the Backbone being trained
+    scenes: list
+    views: RenderedViews
+    sampler: ResumableSampler
+    total: int                       # optimiser steps of the whole run
+    params: list
+    opt: torch.optim.Optimizer
+    n_frozen: int
+    peft_model: object | None        # the PeftModel wrapping bb.model (adapter=lora), merged before saving
+    original: object | None          # the frozen original (anchor reference; held-out baseline)
+    mem: object
+    step: int = 0
+    epoch: int = 0
+    consumed: int = 0                # samples of the current epoch already seen
+    losses: list = field(default_factory=list)
+    seen: list = field(default_factory=list)
+    step_times: list = field(default_factory=list)
+    wait_times: list = field(default_factory=list)
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT_FILE
+
+    @property
+    def anchor(self) -> tuple | None:
+        return (self.original, self.cfg.anchor_weight, self.cfg.anchor_at) if self.original is not None else None
+
+
+def _load_original(cfg: FinetuneConfig, device):
+    original = load_backbone(cfg.backbone, model_path=cfg.model_path, device=str(device)).eval()
+    original.requires_grad_(False)
+    return original
+
+
+def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, settings: dict) -> _Run:
+    """Backbone, lifted scenes, rendered views, sampler, trainable parameters and optimiser."""
     seed_everything(cfg.seed)
-    bb = load_backbone(backbone_name, model_path=model_path, device=str(device))
+    bb = load_backbone(cfg.backbone, model_path=cfg.model_path, device=str(device))
     bb.train()
-    scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=backbone_name)
+    scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone)
     mem = scene_memory(scenes)
     if di.is_main:
         log.info("%s", mem)
@@ -364,78 +399,103 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
     sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
-
     params, n_frozen, peft_model = build_trainable(bb, cfg)
-    n_trainable = sum(p.numel() for p in params)
-    original = None  # the frozen original: the anchor's reference, and the held-out evaluation's baseline
-    if cfg.anchor_weight > 0:
-        original = load_backbone(backbone_name, model_path=model_path, device=str(device)).eval()
-        original.requires_grad_(False)
-    anchor = (original, cfg.anchor_weight, cfg.anchor_at) if original is not None else None
+    original = _load_original(cfg, device) if cfg.anchor_weight > 0 else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return _Run(cfg, out, di, device, settings, bb, scenes, views, sampler, total, params, opt, n_frozen,
+                peft_model, original, mem)
 
-    # ---- resume
-    step, epoch, consumed, losses = 0, 0, 0, []
-    ckpt_path = out / CHECKPOINT_FILE
+
+def _resume(run: _Run) -> None:
+    """Continue from ``run.out``'s checkpoint when there is one (made with the same settings)."""
+    out, di, path = run.out, run.di, run.ckpt_path
     if (out / OLD_CHECKPOINT_FILE).exists():
         raise Fit3DError(f"{out / OLD_CHECKPOINT_FILE}: a pickled checkpoint of an older fit3d; it is never "
                          f"loaded (unpickling can run code): delete it to start over")
     if di.is_main:
         clean_stale_temps(out)
-    if ckpt_path.exists():
-        ck_t, ck = load_checkpoint(ckpt_path)
-        check_resume(ck.get("settings"), settings, "interrupted run's checkpoint", ckpt_path,
-                     how="rerun with the settings it was started with, or with --overwrite / another --out to "
-                         "start over")
-        try:
-            bb.model.load_state_dict(ck_t["model"])
-            opt.load_state_dict(ck_t["optimizer"])
-            step, epoch, consumed, losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
-            restore_rng(ck["rng"])
-        except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            raise Fit3DError(f"{ckpt_path}: checkpoint does not fit this model / run ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0][:200]}); delete it to start over") from None
-        del ck_t
-        if di.is_main:
-            log.info("resuming %s at step %d (epoch %d, %d samples in)", ckpt_path, step, epoch, consumed)
+    if not path.exists():
+        return
+    ck_t, ck = load_checkpoint(path)
+    check_resume(ck.get("settings"), run.settings, "interrupted run's checkpoint", path,
+                 how="rerun with the settings it was started with, or with --overwrite / another --out to "
+                     "start over")
+    try:
+        run.bb.model.load_state_dict(ck_t["model"])
+        run.opt.load_state_dict(ck_t["optimizer"])
+        run.step, run.epoch, run.consumed, run.losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
+        restore_rng(ck["rng"])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise Fit3DError(f"{path}: checkpoint does not fit this model / run ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]}); delete it to start over") from None
+    if di.is_main:
+        log.info("resuming %s at step %d (epoch %d, %d samples in)", path, run.step, run.epoch, run.consumed)
 
-    module: nn.Module = PatchTokens(bb)
+
+def _checkpoint(run: _Run) -> None:
+    if run.di.is_main:
+        save_checkpoint(run.ckpt_path, {"model": run.bb.model.state_dict(), "optimizer": run.opt.state_dict()},
+                        {"step": run.step, "epoch": run.epoch, "consumed": run.consumed, "losses": run.losses,
+                         "rng": capture_rng(), "settings": run.settings})
+    if run.di.active:
+        dist.barrier()
+
+
+def _stop_requested(run: _Run, interrupt: Interrupt) -> bool:
+    """SIGTERM / SIGINT on any rank (one all-reduce, so every rank checkpoints together)."""
+    flag = torch.tensor([1.0 if interrupt.requested else 0.0], device=run.device)
+    if run.di.active:
+        dist.all_reduce(flag)
+    return bool(flag.item() > 0)
+
+
+def _make_loader(run: _Run) -> DataLoader:
+    """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
+    and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
+    cfg = run.cfg
+    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=cfg.workers,
+                      worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
+                      prefetch_factor=cfg.prefetch if cfg.workers else None,
+                      persistent_workers=cfg.workers > 0,
+                      multiprocessing_context=cfg.worker_start if cfg.workers else None,
+                      pin_memory=run.device.type == "cuda", drop_last=False)
+
+
+def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool) -> float:
+    """Forward, backward, optimiser step on one batch; returns the loss averaged over ranks."""
+    loss = forward_loss(module, batch, run.device, use_amp, run.anchor)
+    # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.
+    stat = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
+    if run.di.active:
+        dist.all_reduce(stat)
+    if stat[1] > 0 or not torch.isfinite(stat[0]):
+        where = ", ".join(run.views.describe(int(i)) for i in batch["index"])
+        here = "" if torch.isfinite(loss) else f" on {where}"
+        raise NonFiniteError(f"non-finite training loss ({float(loss.detach())}) at step {run.step + 1}{here}"
+                             + ("" if here else " on another rank"))
+    gnorm = backward_step(loss, run.opt, run.params, run.cfg.grad_clip)
+    if not torch.isfinite(gnorm):
+        where = ", ".join(run.views.describe(int(i)) for i in batch["index"])
+        raise NonFiniteError(f"non-finite gradient norm at step {run.step + 1} on {where}")
+    return float(stat[0]) / run.di.world_size
+
+
+def _train(run: _Run, interrupt: Interrupt) -> None:
+    """Steps until ``run.total``, checkpointing every ``checkpoint_every`` and on SIGTERM / SIGINT."""
+    cfg, di, device = run.cfg, run.di, run.device
+    module: nn.Module = PatchTokens(run.bb)
     if di.active:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=True)  # e.g. DINOv2's mask token never receives a gradient
     use_amp = cfg.amp and device.type == "cuda"
-
-    def checkpoint():
-        if di.is_main:
-            save_checkpoint(ckpt_path, {"model": bb.model.state_dict(), "optimizer": opt.state_dict()},
-                            {"step": step, "epoch": epoch, "consumed": consumed, "losses": losses,
-                             "rng": capture_rng(), "settings": settings})
-        if di.active:
-            dist.barrier()
-
-    def stop_requested() -> bool:
-        """SIGTERM / SIGINT on any rank (one all-reduce, so every rank checkpoints together)."""
-        flag = torch.tensor([1.0 if interrupt.requested else 0.0], device=device)
-        if di.active:
-            dist.all_reduce(flag)
-        return bool(flag.item() > 0)
-
-    bar = tqdm(total=total, initial=step, desc="fine-tune", unit="step",
+    where = f"fine-tune {run.out}"
+    bar = tqdm(total=run.total, initial=run.step, desc="fine-tune", unit="step",
                disable=not (di.is_main and cfg.progress), dynamic_ncols=True)
-    step_times, wait_times = [], []
-    seen: list[int] = []
-    # One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
-    # and the renderer's start-up once); the sampler, read in this process, sets epoch and position.
-    loader = DataLoader(views, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.workers,
-                        worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
-                        prefetch_factor=cfg.prefetch if cfg.workers else None,
-                        persistent_workers=cfg.workers > 0,
-                        multiprocessing_context=cfg.worker_start if cfg.workers else None,
-                        pin_memory=device.type == "cuda", drop_last=False)
-    while step < total:
-        sampler.set_epoch(epoch)
-        sampler.set_start(consumed)
+    loader = _make_loader(run)
+    while run.step < run.total:
+        run.sampler.set_epoch(run.epoch)
+        run.sampler.set_start(run.consumed)
         it = iter(loader)
         t_prev = time.perf_counter()
         while True:
@@ -446,103 +506,101 @@ def _finetune(scene_dirs, backbone_name, out: Path, cfg, model_path, di, device,
             except RuntimeError:  # Ctrl-C reaches the render workers too; they exit and the loader raises
                 if not interrupt.requested:
                     raise
-                checkpoint()
-                interrupt.stop(f"fine-tune {out}: step {step}", ckpt_path)
+                _checkpoint(run)
+                interrupt.stop(f"{where}: step {run.step}", run.ckpt_path)
             t_data = time.perf_counter()
-            loss = forward_loss(module, batch, device, use_amp, anchor)
-            # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.
-            stat = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
-            if di.active:
-                dist.all_reduce(stat)
-            if stat[1] > 0 or not torch.isfinite(stat[0]):
-                where = ", ".join(views.describe(int(i)) for i in batch["index"])
-                here = "" if torch.isfinite(loss) else f" on {where}"
-                raise NonFiniteError(f"non-finite training loss ({float(loss.detach())}) at step {step + 1}{here}"
-                                     + ("" if here else " on another rank"))
-            gnorm = backward_step(loss, opt, params, cfg.grad_clip)
-            if not torch.isfinite(gnorm):
-                where = ", ".join(views.describe(int(i)) for i in batch["index"])
-                raise NonFiniteError(f"non-finite gradient norm at step {step + 1} on {where}")
-            step += 1
-            consumed += len(batch["index"])
-            seen.extend(int(i) for i in batch["index"])
-            losses.append(float(stat[0]) / di.world_size)
+            run.losses.append(_train_step(run, module, batch, use_amp))
+            run.step += 1
+            run.consumed += len(batch["index"])
+            run.seen.extend(int(i) for i in batch["index"])
             t_now = time.perf_counter()
-            step_times.append(t_now - t_prev)
-            wait_times.append(t_data - t_prev)
+            run.step_times.append(t_now - t_prev)
+            run.wait_times.append(t_data - t_prev)
             t_prev = t_now
             bar.update(1)
-            if cfg.log_every and step % cfg.log_every == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-cfg.log_every:]):.4f}")
-            if stop_requested():
-                checkpoint()
-                interrupt.stop(f"fine-tune {out}: step {step}", ckpt_path)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-                checkpoint()
-            if step >= total:
+            if cfg.log_every and run.step % cfg.log_every == 0:
+                bar.set_postfix(loss=f"{np.mean(run.losses[-cfg.log_every:]):.4f}")
+            if _stop_requested(run, interrupt):
+                _checkpoint(run)
+                interrupt.stop(f"{where}: step {run.step}", run.ckpt_path)
+            if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < run.total:
+                _checkpoint(run)
+            if run.step >= run.total:
                 break
         del it
-        if consumed >= sampler.num_samples:
-            epoch, consumed = epoch + 1, 0
+        if run.consumed >= run.sampler.num_samples:
+            run.epoch, run.consumed = run.epoch + 1, 0
     bar.close()
     del loader  # stops the workers
     del module  # drop DDP (and its hold on the process group) before the group is destroyed
-    train_s = time.perf_counter() - t_start
-    in_sync = None
-    if di.active:
-        in_sync = ranks_in_sync(bb.model, device)
-        if not in_sync:
-            log.warning("rank %d: weights differ across ranks after training", di.rank)
-    if not di.is_main:
-        return {"rank": di.rank, "steps": step, "seen": seen, "ranks_in_sync": in_sync}
 
-    # ---- outputs (rank 0)
-    if peft_model is not None:  # adapters folded into the weights: model/ is a plain transformers model
-        from fit3d.finetune.adapters import merge_lora
 
-        bb.model = merge_lora(peft_model)
-        del peft_model
+def _median_warm(times: list) -> float | None:
+    """Median step time without the first (warm-up) steps."""
+    warm = times[2:] if len(times) > 4 else times
+    return statistics.median(warm) if warm else None
+
+
+def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
+    """model/ (save_pretrained; LoRA merged in), losses.json, held-out metrics and the manifest (rank 0)."""
+    cfg, bb, out = run.cfg, run.bb, run.out
+    if run.peft_model is not None:  # adapters folded into the weights: model/ is a plain transformers model
+        bb.model = merge_lora(run.peft_model)
+        run.peft_model = None
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
-    write_json(out / LOSSES_FILE, {"loss": losses})
-    metrics: dict = {"loss": loss_summary(losses)}
+    write_json(out / LOSSES_FILE, {"loss": run.losses})
+    metrics: dict = {"loss": loss_summary(run.losses)}
     if cfg.evaluate:
         bb.eval()
-        if original is None:
-            original = load_backbone(backbone_name, model_path=model_path, device=str(device)).eval()
-        held = RenderedViews(scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
+        original = run.original if run.original is not None else _load_original(cfg, run.device)
+        held = RenderedViews(run.scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
                              alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
                              flip_prob=0.0, seed=cfg.seed)
-        metrics["heldout"] = evaluate_against_targets(held, {"original": original, "finetuned": bb}, device,
+        metrics["heldout"] = evaluate_against_targets(held, {"original": original, "finetuned": bb}, run.device,
                                                       cfg.batch_size, progress=cfg.progress)
-        del original
-    warm = step_times[2:] if len(step_times) > 4 else step_times
     manifest = {
         "format": "fit3d-finetuned/1",
-        "backbone": backbone_name,
+        "backbone": cfg.backbone,
         "family": getattr(bb, "family", None),
-        "original_model_path": _original_model_path(bb, model_path),
+        "original_model_path": _original_model_path(bb, cfg.model_path),
         "model_dir": MODEL_DIR,
         "patch_size": bb.patch_size,
         "embed_dim": bb.embed_dim,
         "config": to_dict(cfg),
-        "settings": settings,
-        "scenes": [str(Path(s.path).resolve()) for s in scenes],
-        "num_train_views": len(views),
-        "steps": step,
-        "epochs_completed": epoch,
-        "world_size": di.world_size,
+        "settings": run.settings,
+        "scenes": [str(Path(s.path).resolve()) for s in run.scenes],
+        "num_train_views": len(run.views),
+        "steps": run.step,
+        "epochs_completed": run.epoch,
+        "world_size": run.di.world_size,
         "ranks_in_sync": in_sync,
-        "device": str(device),
-        "frozen_tensors": n_frozen,
-        "trainable_parameters": n_trainable,
-        "memory": mem.as_dict(),
+        "device": str(run.device),
+        "frozen_tensors": run.n_frozen,
+        "trainable_parameters": sum(p.numel() for p in run.params),
+        "memory": run.mem.as_dict(),
         "metrics": metrics,
-        "timing": {"total_s": train_s, "steps_timed": len(warm),
-                   "median_step_s": statistics.median(warm) if warm else None,
-                   "median_data_wait_s": statistics.median(wait_times[2:] if len(wait_times) > 4 else wait_times)
-                   if wait_times else None},
+        "timing": {"total_s": train_s, "steps_timed": len(run.step_times[2:] if len(run.step_times) > 4
+                                                             else run.step_times),
+                   "median_step_s": _median_warm(run.step_times), "median_data_wait_s": _median_warm(run.wait_times)},
     }
     write_json(out / MANIFEST_FILE, manifest)
-    if ckpt_path.exists():
-        ckpt_path.unlink()
-    return {**manifest, "seen": seen}
+    run.ckpt_path.unlink(missing_ok=True)
+    return manifest
+
+
+def _finetune(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, settings: dict,
+              interrupt: Interrupt) -> dict:
+    """Prepare, resume, train, then (rank 0) write the outputs; returns the manifest (+ the samples seen)."""
+    t_start = time.perf_counter()
+    run = _prepare(scene_dirs, out, cfg, di, device, settings)
+    _resume(run)
+    _train(run, interrupt)
+    train_s = time.perf_counter() - t_start
+    in_sync = None
+    if di.active:
+        in_sync = ranks_in_sync(run.bb.model, device)
+        if not in_sync:
+            log.warning("rank %d: weights differ across ranks after training", di.rank)
+    if not di.is_main:
+        return {"rank": di.rank, "steps": run.step, "seen": run.seen, "ranks_in_sync": in_sync}
+    return {**_write_outputs(run, train_s, in_sync), "seen": run.seen}

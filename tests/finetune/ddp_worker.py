@@ -6,11 +6,11 @@ import sys
 
 import torch
 
-import fit3d.models
+import fit3d.finetune.trainer as trainer
 from fit3d.finetune import FinetuneConfig, finetune
 
 loaded = []
-_load = fit3d.models.load_backbone
+_load = trainer.load_backbone
 
 
 def recording_load(*a, **k):
@@ -21,7 +21,7 @@ def recording_load(*a, **k):
 
 def main():
     lifted, model_path, out = sys.argv[1:4]
-    fit3d.models.load_backbone = recording_load
+    trainer.load_backbone = recording_load
     cfg = FinetuneConfig(lr=1e-3, workers=0, max_steps=3, checkpoint_every=2, evaluate=False, progress=False)
     result = finetune([lifted], "dinov2_small", out, cfg, model_path=model_path)
     torch.save({"state": {k: v.detach().clone() for k, v in loaded[0].model.state_dict().items()},
