@@ -34,6 +34,7 @@ from fit3d.finetune.assembled import load_finetuned, read_manifest
 from fit3d.models import ConcatFeatures, load_backbone
 from fit3d.probe.features import extract_features
 from fit3d.probe.heads import HEADS_DIR, load_head
+from fit3d.probe.sources import KINDS as FEATURE_SOURCES
 from fit3d.viz.images import read_image, save_png, to_uint8
 from fit3d.viz.panels import comparison_figure
 
@@ -54,14 +55,13 @@ class CompareConfig:
                                                          "(0: the depth probes' training short side, else 448)"})
     max_side: int = field(default=1344, metadata={"help": "model input: cap on the longer side"})
     panel_height: int = field(default=320, metadata={"help": "display height of each panel in pixels"})
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto"})
+    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N"})
 
 
 # A depth probe: (patch [B, D, h, w], cls [B, Dc], (H, W)) -> depth [B, 1, H, W] or [B, H, W] metres.
 # ``fit3d.probe.depth.LinearDepthHead`` is one. Keyed by the features it reads:
 # "original", "finetuned" or "concat" (original and fine-tuned patch tokens, original [CLS]).
 DepthProbe = Callable[[torch.Tensor, torch.Tensor, tuple[int, int]], torch.Tensor]
-FEATURE_SOURCES = ("original", "finetuned", "concat")
 
 
 def model_input_size(height: int, width: int, patch: int, short_side: int = 448,
@@ -199,7 +199,7 @@ def load_depth_probes(paths, original, finetuned, finetuned_dir: str = "", devic
             continue
         src = meta.get("source") or {}
         kind = src.get("kind")
-        if kind not in ("original", "finetuned", "concat"):
+        if kind not in FEATURE_SOURCES:
             raise ModelNotFoundError(f"{f}: unknown feature source {kind!r} in the head's meta")
         if kind in probes:
             raise ModelNotFoundError(f"{f}: a second depth probe on '{kind}' features (one per source)")
@@ -220,7 +220,7 @@ def load_depth_probes(paths, original, finetuned, finetuned_dir: str = "", devic
         metas.append({**meta, "path": str(f)})
     if not probes:
         raise ModelNotFoundError(f"no depth probe heads in {', '.join(map(str, paths))}")
-    order = {k: i for i, k in enumerate(("original", "finetuned", "concat"))}
+    order = {k: i for i, k in enumerate(FEATURE_SOURCES)}
     probes = dict(sorted(probes.items(), key=lambda kv: order[kv[0]]))
     return probes, layers, metas
 

@@ -30,9 +30,9 @@ from fit3d.lift.config import LiftConfig
 from fit3d.lift.lifted import lift_settings, reuse_finished
 from fit3d.lift.stage import lift_scene
 from fit3d.probe.cli import ProbeConfig, run_probe
+from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.run import check_counts, check_device, check_size
 
-SOURCES = ("original", "finetuned", "concat")
 # headline metric per task: (probe.json key, label, lower is better)
 HEADLINE = {
     "depth": [("rmse", "depth RMSE", True), ("abs_rel", "depth abs rel", True), ("delta1", "depth delta1", False)],

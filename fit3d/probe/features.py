@@ -1,12 +1,4 @@
-"""Feature sources for probes (original / fine-tuned / concat) and an on-disk feature cache.
-
-A *feature source* is a backbone (a registered name + optional local weights, or a fit3d fine-tuned
-folder) plus a *kind*:
-
-- ``original``  : the frozen pretrained model,
-- ``finetuned`` : the Stage 2 model alone (needs ``finetuned_dir``),
-- ``concat``    : FiT3D's default, original and fine-tuned patch tokens concatenated along D, [CLS]
-  from the original (``fit3d.models.ConcatFeatures``).
+"""Frozen features of a feature source (``fit3d.probe.sources``) for probes, and their on-disk cache.
 
 Every resolved source has ``.features(images [B,3,H,W] in [0,1], layers=None) -> (patch [B,D,h,w],
 cls [B,D])``. Probes train only a head on frozen features, so with augmentation off the features of an
@@ -26,74 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fit3d.errors import Fit3DError, ModelNotFoundError
+from fit3d.errors import Fit3DError
 from fit3d.io import torch_save
-
-KINDS = ("original", "finetuned", "concat")
-
-
-@dataclass(frozen=True)
-class FeatureSource:
-    """Which frozen features a probe reads."""
-
-    kind: str = "original"
-    backbone: str = "dinov2_small"
-    model_path: str | None = None
-    finetuned_dir: str | None = None
-    layers: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise Fit3DError(f"unknown feature kind {self.kind!r}; choose from {', '.join(KINDS)}")
-        if self.kind in ("finetuned", "concat") and not self.finetuned_dir:
-            raise Fit3DError(f"features '{self.kind}' need a fine-tuned folder (--finetuned DIR)")
-
-    @property
-    def label(self) -> str:
-        """Short name for tables: ``original`` / ``finetuned`` / ``concat`` (+ layers)."""
-        return self.kind + (f"[{','.join(map(str, self.layers))}]" if self.layers else "")
-
-    def key(self) -> str:
-        """Stable identity for the cache (paths resolved, weights' mtime included)."""
-        d = asdict(self)
-        for k in ("model_path", "finetuned_dir"):
-            if d[k]:
-                p = Path(d[k]).expanduser().resolve()
-                d[k] = str(p)
-                d[k + "_mtime"] = _tree_mtime(p)
-        return json.dumps(d, sort_keys=True, default=list)
-
-
-def _tree_mtime(p: Path) -> float:
-    """Latest mtime among weight files under ``p`` (so re-trained weights invalidate the cache)."""
-    if not p.exists():
-        return 0.0
-    files = [p] if p.is_file() else [f for f in p.rglob("*") if f.suffix in (".safetensors", ".bin", ".pt",
-                                                                           ".pth", ".json")]
-    return max((f.stat().st_mtime for f in files), default=p.stat().st_mtime)
-
-
-def resolve_source(source: FeatureSource, device: str = "cpu"):
-    """Load the model(s) behind ``source``; returns an object with ``.features`` / ``.patch_size``."""
-    if source.finetuned_dir:
-        try:
-            from fit3d.finetune.assembled import load_finetuned
-        except ImportError as e:  # Stage 2 not built in this version
-            raise ModelNotFoundError(f"cannot load fine-tuned folder {source.finetuned_dir}: {e}") from e
-        if not Path(source.finetuned_dir).is_dir():
-            raise ModelNotFoundError(f"fine-tuned folder not found: {source.finetuned_dir}")
-        original, finetuned = load_finetuned(source.finetuned_dir, device=device)
-        if source.kind == "original":
-            return original
-        if source.kind == "finetuned":
-            return finetuned
-        from fit3d.models import ConcatFeatures
-
-        return ConcatFeatures(original, finetuned)
-    from fit3d.models import load_backbone
-
-    return load_backbone(source.backbone, model_path=source.model_path, device=device)
-
+from fit3d.probe.sources import KINDS, FeatureSource, resolve_source  # noqa: F401  (re-exported)
 
 def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
                      layers: Sequence[int] | None = None, desc: str = "features",
