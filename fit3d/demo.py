@@ -35,7 +35,9 @@ from fit3d.io import write_json, write_text
 from fit3d.lift.config import LiftConfig
 from fit3d.models import load_backbone
 from fit3d.paths import shared_model_dir
-from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, results_markdown, run_pipeline
+from fit3d.finetune.recipes import DEFAULT_RECIPE, from_recipe
+from fit3d.pipeline import (PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, add_recipe_argument, results_markdown,
+                            run_pipeline)
 from fit3d.probe.cli import ProbeConfig
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
@@ -58,7 +60,8 @@ class DemoConfig:
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
     lift: LiftConfig = field(default_factory=lambda: LiftConfig(iterations=500), metadata={
         "inherit": SHARED, "help": "Stage 1 (500 iterations per small synthetic room keep the demo near 15 min)"})
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig, metadata={"inherit": SHARED})
+    finetune: FinetuneConfig = field(default_factory=lambda: from_recipe(DEFAULT_RECIPE), metadata={
+        "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(iterations=600, resolution=[224, 168]),
                                metadata={"inherit": PROBE_SET_BY_PIPELINE + ("dataset", "num_classes")})
 
@@ -171,9 +174,10 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_recipe_argument(parser)
     add_config_arguments(parser, DemoConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(from_args(DemoConfig, args))
+    run_demo(from_args(DemoConfig, args, base=DemoConfig(finetune=from_recipe(args.recipe))))
     return 0

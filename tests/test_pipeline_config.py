@@ -45,3 +45,21 @@ def test_dotted_cli_options_set_stage_fields():
 def test_finetune_resolution_given_is_kept():
     cfg = PipelineConfig(finetune=FinetuneConfig(resolution=[56, 42]))
     assert cfg.finetune_config().resolution == [56, 42]
+
+
+def test_recipe_is_the_base_and_dotted_options_override_it():
+    from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
+    from fit3d.pipeline import add_arguments as add_pipeline_arguments
+
+    p = argparse.ArgumentParser()
+    add_pipeline_arguments(p)
+
+    def parse(argv):
+        a = p.parse_args(["scene", *argv])
+        return from_args(PipelineConfig, a, base=PipelineConfig(finetune=from_recipe(a.recipe)))
+
+    assert parse([]).finetune == from_recipe(DEFAULT_RECIPE) == PipelineConfig().finetune
+    fit3d = parse(["--recipe", "fit3d", "--finetune.max-steps", "3"]).finetune
+    assert fit3d == from_recipe("fit3d", max_steps=3) and fit3d.adapter == "none"
+    some = next(n for n, v in RECIPES.items() if "lr" in v)
+    assert parse(["--recipe", some, "--finetune.lr", "0.5"]).finetune.lr == 0.5  # explicit beats the preset
