@@ -126,5 +126,5 @@ def check_choices(cfg: Any, prefix: str = "") -> None:
         bad = [v for v in (value if isinstance(value, (list, tuple)) else [value]) if v not in (choices or [v])]
         if bad:
             value = bad[0]
-            raise Fit3DError(f"{type(cfg).__name__}.{f.name} = {value!r}: "
+            raise Fit3DError(f"--{f.name.replace('_', '-')} ({type(cfg).__name__}.{f.name}) = {value!r}: "
                              f"expected one of {', '.join(map(str, choices))}")

@@ -38,7 +38,7 @@ from fit3d.paths import shared_model_dir
 from fit3d.finetune.recipes import DEFAULT_RECIPE, from_recipe
 from fit3d.pipeline import (PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, add_recipe_argument, results_markdown,
                             run_pipeline)
-from fit3d.probe.cli import ProbeConfig
+from fit3d.probe.config import ProbeConfig
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
 

@@ -30,9 +30,10 @@ from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.lifted import lift_settings, reuse_finished
 from fit3d.lift.stage import lift_scene
-from fit3d.probe.cli import ProbeConfig, run_probe
+from fit3d.probe.config import ProbeConfig
+from fit3d.probe.protocol import run_probe
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.run import check_counts, check_device, check_size
+from fit3d.run import check_device
 
 # headline metric per task: (probe.json key, label, lower is better)
 HEADLINE = {
@@ -163,8 +164,7 @@ def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConf
         raise Fit3DError(f"--tasks: expected one or more of {', '.join(HEADLINE)}")
     check_choices(cfg)
     check_device(cfg.device)
-    _stage_check("probe", lambda: (check_counts(cfg.probe, {"iterations": 1, "num_classes": 0}),
-                                   check_size(cfg.probe, "resolution")))
+    _stage_check("probe", cfg.probe.validate)
     _stage_check("lift", lift_cfg.validate)
     _stage_check("finetune", finetune_cfg.validate)
     for s in scenes:

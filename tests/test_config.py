@@ -63,5 +63,5 @@ def test_bad_choice_names_the_field_nested_and_in_lists():
         tasks: list[str] = dataclasses.field(default_factory=lambda: ["depth"], metadata={"choices": ("depth", "seg")})
 
     check_choices(Tasks(["depth", "seg"]))
-    with pytest.raises(Fit3DError, match="tasks = 'sge'"):
+    with pytest.raises(Fit3DError, match=r"--tasks \(Tasks.tasks\) = 'sge'"):
         check_choices(Tasks(["depth", "sge"]))

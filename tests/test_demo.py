@@ -10,7 +10,7 @@ from fit3d.demo import DemoConfig, resolve_model_path, run_demo
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.lift.config import LiftConfig
-from fit3d.probe.cli import ProbeConfig
+from fit3d.probe.config import ProbeConfig
 
 
 @pytest.mark.slow

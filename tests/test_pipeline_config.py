@@ -9,7 +9,7 @@ from fit3d.config import add_arguments, from_args
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.lift.config import LiftConfig
 from fit3d.pipeline import PipelineConfig
-from fit3d.probe.cli import ProbeConfig
+from fit3d.probe.config import ProbeConfig
 
 
 def stages(cfg: PipelineConfig):

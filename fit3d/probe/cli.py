@@ -21,7 +21,8 @@ import shlex
 import sys
 
 from fit3d.config import add_arguments as add_config_arguments, from_args
-from fit3d.probe.protocol import ProbeConfig, run_probe, validation_split  # noqa: F401  (re-exported for callers)
+from fit3d.probe.config import ProbeConfig
+from fit3d.probe.protocol import run_probe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -63,6 +63,7 @@ import numpy as np
 from PIL import Image
 
 from fit3d.data.readers.common import read_rgb as common_read_rgb
+from fit3d.data.readers.common import read_single_channel, require_file
 from fit3d.data.readers import frame_number  # re-exported: the probe's frame split uses it
 from fit3d.data.scene import View
 from fit3d.errors import SceneError
@@ -126,20 +127,24 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def read_index_png(path: Path) -> np.ndarray:
-    """Label PNG as integer indices (palette PNGs give the indices, not the colours)."""
-    if not path.exists():
-        raise SceneError(f"label file not found: {path}")
-    return np.array(Image.open(path)).astype(np.int64)
+    """Label PNG as integer indices (palette PNGs give the indices, not the colours: PIL, not cv2, which
+    would expand the palette); a missing, truncated or unreadable file is a ``SceneError`` naming it."""
+    require_file(path, "labels")
+    try:
+        with Image.open(path) as im:  # PIL refuses truncated data unless LOAD_TRUNCATED_IMAGES is set
+            a = np.array(im)
+    except (OSError, SyntaxError, ValueError) as e:
+        raise SceneError(f"{path}: labels are unreadable or truncated ({e})") from None
+    if a.ndim != 2:
+        raise SceneError(f"{path}: labels must be a single-channel or palette PNG, got shape {a.shape}")
+    return a.astype(np.int64)
 
 
 def read_depth_png(path: Path, scale: float) -> np.ndarray:
-    """uint16 depth PNG / ``scale`` -> metres (0 stays invalid); ``.npy`` is taken as metres."""
-    if path.suffix == ".npy":
-        return np.load(path).astype(np.float32)
-    d = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if d is None:
-        raise SceneError(f"cannot read depth {path}")
-    return d.astype(np.float32) / scale
+    """uint16 depth PNG / ``scale`` -> metres (0 stays invalid); ``.npy`` is taken as metres. Strict
+    decoding (``fit3d.data.readers.common.read_single_channel``)."""
+    d = read_single_channel(path, "depth").astype(np.float32)
+    return d if path.suffix.lower() == ".npy" else d / scale
 
 
 def shift_labels(raw: np.ndarray, num_classes: int) -> np.ndarray:
@@ -321,7 +326,10 @@ def read_fit3d_scene(path: Path, split: str, resolution, train_frames=TRAIN_FRAM
 def _class_names(path: Path, meta: dict) -> list[str] | None:
     c = next((meta[k] for k in ("classes", "class_names") if meta.get(k) is not None), None)
     if c is None and (path / "classes.json").exists():
-        c = json.loads((path / "classes.json").read_text())
+        try:
+            c = json.loads((path / "classes.json").read_text())
+        except (OSError, ValueError) as e:
+            raise SceneError(f"{path / 'classes.json'}: unreadable class list ({e})") from None
     if isinstance(c, dict) and c and all(str(k).lstrip("-").isdigit() for k in c):  # {id: name}
         ids = {int(k): v for k, v in c.items() if int(k) >= 0}
         return [str(ids.get(i, f"class{i}")) for i in range(max(ids) + 1)]

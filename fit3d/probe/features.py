@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -80,10 +81,13 @@ class FeatureCache:
             return compute()
         path = self.root / f"{self.key(source, image_set, names, resolution)}.pt"
         if path.exists():
-            d = torch.load(path, map_location="cpu", weights_only=True)
-            if list(d["names"]) == list(names):
-                return CachedFeatures(d["patch"].float(), d["cls"].float(), list(d["names"]),
-                                      int(d["patch_size"]), 0.0, True, {"path": str(path)})
+            try:
+                d = torch.load(path, map_location="cpu", weights_only=True)
+                if list(d["names"]) == list(names):
+                    return CachedFeatures(d["patch"].float(), d["cls"].float(), list(d["names"]),
+                                          int(d["patch_size"]), 0.0, True, {"path": str(path)})
+            except Exception as e:  # truncated / corrupt / foreign file (torch raises many types): recompute
+                warnings.warn(f"{path}: unreadable feature cache ({type(e).__name__}); recomputing", stacklevel=2)
         out = compute()
         torch_save({"patch": out.patch, "cls": out.cls, "names": list(out.names),
                     "patch_size": out.patch_size, "source": source.key(), "set": image_set,

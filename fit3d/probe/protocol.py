@@ -1,8 +1,9 @@
-"""The probe protocol: ``ProbeConfig`` (every option and default of ``fit3d probe``), the train / test /
-validation splits, and ``run_probe``, which trains the heads of every feature source x seed (batched,
+"""The probe protocol: the train / test / validation splits of a ``ProbeConfig`` (``fit3d.probe.config``:
+every option and default of ``fit3d probe``), and ``run_probe``, which trains the heads of every feature source x seed (batched,
 ``fit3d.probe.batched``) on cached features and reports mean, std and per-seed metrics.
 
-    from fit3d.probe.protocol import ProbeConfig, run_probe
+    from fit3d.probe.config import ProbeConfig
+    from fit3d.probe.protocol import run_probe
     run_probe(ProbeConfig(task="depth", data="../shared/data/7scenes-redkitchen", seeds=[0, 1, 2]))
 
 Head training defaults (lr, weight decay, warmup share, schedules) live in ``DepthSettings`` /
@@ -23,77 +24,13 @@ from fit3d.data.readers import frame_number
 from fit3d.device import resolve_device
 from fit3d.errors import Fit3DError
 from fit3d.probe import features as feats_mod
-from fit3d.probe.datasets import DATASETS, ProbeData, load_probe_data, parse_range
+from fit3d.probe.config import ProbeConfig
+from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
 from fit3d.probe.features import KINDS, CachedFeatures, FeatureCache, FeatureSource, extract_features
 from fit3d.probe.seg import SegSettings
 
-TASKS = ("seg", "depth", "corr")
-CORR_PROTOCOLS = ("fit3d", "probe3d")
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
-
-
-@dataclass
-class ProbeConfig:
-    task: str = field(default="depth", metadata={"help": "what to probe", "choices": TASKS})
-    data: str = field(default="", metadata={"help": "dataset folder (train split; also test unless --eval-data)"})
-    eval_data: str | None = field(default=None, metadata={"help": "separate dataset folder for the test split"})
-    dataset: str = field(default="auto", metadata={"help": "layout", "choices": DATASETS})
-    backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
-    model_path: str | None = field(default=None, metadata={"help": "local weights of the backbone"})
-    finetuned: str | None = field(default=None, metadata={"help": "fit3d fine-tuned folder (finetuned/concat)"})
-    features: list[str] = field(default_factory=lambda: ["original"],
-                                metadata={"help": "feature sources", "choices": KINDS})
-    layers: list[int] | None = field(default=None, metadata={"help": "backbone layers (e.g. 8 9 10 11: linear4)"})
-    out: str = field(default="runs/probe", metadata={"help": "output folder (probe.json, probe.md, figure)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "feature cache (default <out>/cache; 'none' off)"})
-    resolution: list[int] = field(default_factory=lambda: [448, 336],
-                                  metadata={"help": "probe resolution W H (a patch multiple; 448x336 = 32x24 /14)"})
-    iterations: int = field(default=1500, metadata={"help": "head training iterations"})
-    batch_size: int = field(default=8, metadata={"help": "images per iteration"})
-    lr: float | None = field(default=None, metadata={"help": "AdamW lr (default: DepthSettings / SegSettings, "
-                                                              "seg 1e-3, depth 1e-4)"})
-    warmup: int | None = field(default=None, metadata={"help": "warmup iterations (default the protocol's "
-                                                               "share: seg 1500/40k, depth 12.8k/38.4k)"})
-    seed: int = field(default=0, metadata={"help": "seed of everything else (and the heads' when --seeds is not given)"})
-    seeds: list[int] | None = field(default=None, metadata={
-        "help": "head seeds (init, batch order): one head per source and seed, all trained in one batched pass; "
-                "metrics are the mean over seeds, with std and per-seed numbers in probe.json (default [seed])"})
-    num_classes: int = field(default=0, metadata={"help": "seg classes (NYUv2: 13 or 40; 0 = dataset's)"})
-    min_depth: float = field(default=1e-3, metadata={"help": "depth bins start"})
-    max_depth: float | None = field(default=None, metadata={"help": "depth bins end (default the dataset's: "
-                                                                    "10 NYU/ScanNet/7-Scenes, 20 ScanNet++, 80 KITTI)"})
-    train_frames: str = field(default="0-398", metadata={"help": "frame-number range of training views (scenes)"})
-    test_frames: str = field(default="400-498", metadata={"help": "frame-number range of test views (scenes)"})
-    val_frames: str | None = field(default=None, metadata={
-        "help": "depth: frame-number range carved out of the training views as a validation split; the head "
-                "keeps its checkpoint with the best validation abs rel (the protocol's best checkpoint without "
-                "looking at the test views), e.g. 320-398"})
-    val_every: int = field(default=100, metadata={"help": "validate the depth head every this many iterations"})
-    max_items: int = field(default=0, metadata={"help": "cap images per split (evenly spaced; 0 = all)"})
-    protocol: str = field(default="fit3d", metadata={
-        "help": "corr: fit3d = grid queries of frame-gap pairs, recall within 1/2/4 patches; probe3d = El Banani "
-                "et al.'s pairs across the rotation range, quarter-resolution valid-depth points, mutual NN with "
-                "a ratio test, recall of the top matches within 5/10/20 px (docs/probe3d-corr.md)",
-        "choices": CORR_PROTOCOLS})
-    gaps: list[int] = field(default_factory=lambda: [2, 10, 20, 40],
-                            metadata={"help": "corr fit3d: frame-number gaps of the pairs"})
-    rot_edges: list[float] | None = field(default=None, metadata={
-        "help": "corr: relative-rotation bin edges in degrees (default fit3d 0 10 20 40, probe3d 0 15 30 60 180)"})
-    depth_tol: float = field(default=0.05, metadata={"help": "corr fit3d: relative depth tolerance of the occlusion check"})
-    num_corr: int = field(default=1000, metadata={"help": "corr probe3d: matches kept per pair (top ratio-test weight)"})
-    pairs_per_bin: int = field(default=50, metadata={"help": "corr probe3d: pairs drawn per rotation bin"})
-    min_overlap: float = field(default=0.1, metadata={
-        "help": "corr probe3d: least share of a pair's valid points that reproject into the other view"})
-    corr_stride: int = field(default=1, metadata={
-        "help": "corr probe3d: use every this-many-th valid-depth pixel of the quarter-resolution views (1 = all)"})
-    figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
-    device: str = field(default="cpu", metadata={"help": "cpu | cuda | auto"})
-    extract_batch: int = field(default=8, metadata={"help": "images per backbone forward"})
-
-    @property
-    def head_seeds(self) -> list[int]:
-        return [int(s) for s in self.seeds] if self.seeds else [int(self.seed)]
 
 
 def depth_settings(cfg: ProbeConfig, max_depth: float, seed: int) -> DepthSettings:
@@ -194,17 +131,14 @@ def seed_summary(per_seed: dict[int, dict], keys) -> dict:
 
 
 def _check(cfg: ProbeConfig) -> None:
-    for f in fields(cfg):  # declared choices (lists: each element)
-        choices, v = f.metadata.get("choices"), getattr(cfg, f.name)
-        bad = [x for x in (v if isinstance(v, list) else [v]) if choices is not None and x not in choices]
-        if bad:
-            raise Fit3DError(f"--{f.name.replace('_', '-')} {' '.join(map(str, bad))}: choose from {', '.join(choices)}")
+    """The options a run needs beyond ``ProbeConfig.validate`` (data given, seeds distinct)."""
+    cfg.validate()
     if not cfg.data:
         raise Fit3DError("--data is required")
-    if len(cfg.resolution) != 2:
-        raise Fit3DError("--resolution takes W H")
     if len(set(cfg.head_seeds)) != len(cfg.head_seeds):
         raise Fit3DError(f"--seeds {' '.join(map(str, cfg.head_seeds))}: each seed once")
+    if cfg.val_frames and cfg.task != "depth":
+        raise Fit3DError(f"--val-frames picks depth heads' checkpoints; task {cfg.task} does not use it")
 
 
 def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True) -> dict:
@@ -228,8 +162,6 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     train = None if cfg.task == "corr" else materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
     meta = test.data
     models = _Models(device)
-    if cfg.val_frames and cfg.task != "depth":
-        raise Fit3DError(f"--val-frames picks depth heads' checkpoints; task {cfg.task} does not use it")
 
     timing: dict[str, dict] = {}
     feats_test, feats_train = {}, {}
