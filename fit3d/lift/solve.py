@@ -205,7 +205,7 @@ def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict
     if has_depth:
         means, normals, cols, foot, vox = fuse_points(train, cfg.solve_voxel, cfg.solve_max_gaussians,
                                                       cfg.solve_voxel_factor, cfg.solve_min_views,
-                                                      fill_holes=cfg.solve_fill_holes)
+                                                      fill_holes=cfg.solve_fill_holes, carve_tol=cfg.solve_carve_tol)
         if len(means) == 0:
             raise SceneError(f"{ctx.name}: solve: no voxel is seen by {cfg.solve_min_views} training views "
                              f"(lower --solve-min-views)")
