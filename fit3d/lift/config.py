@@ -82,7 +82,7 @@ class LiftConfig:
     solve_min_views: int = field(default=3, metadata={
         "help": "solve: keep voxels seen by at least this many training views (drops depth noise and floaters)"})
     solve_carve_tol: float = field(default=0.0, metadata={
-        "help": "solve: free-space carving, drop fused voxels that over 10% of the views seeing them see through by "
+        "help": "solve: free-space carving, drop fused voxels that over a tenth of the views seeing them see through by "
                 "more than this fraction of the depth (0: off; 0.05 on RedKitchen: depth abs rel 0.055 -> 0.037, "
                 "feature cosine unchanged)"})
     solve_scale: float = field(default=0.6, metadata={
