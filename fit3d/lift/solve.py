@@ -267,7 +267,8 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
     sub = train[::max(1, cfg.solve_view_stride)]
     at = cfg.solve_targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
-    total = len(train) + (len(sub) * (cfg.solve_cg_iterations + 1) if cfg.solve_cg_iterations else 0)
+    total = len(train) + (len(sub) * (cfg.solve_cg_iterations + 1 + (len(sub) < len(train)))
+                          if cfg.solve_cg_iterations else 0)
     bar = tqdm(total=total, desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     targets = lambda vs: (lambda i: view_targets(ctx.cache, vs[i].name, proj, W, H, at))  # noqa: E731
     num, den = accumulate(params, train, targets(train), W, H, cfg.raster_backend, bar)
