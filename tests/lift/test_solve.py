@@ -257,3 +257,14 @@ def test_free_space_carving_drops_a_floater():
     floater = np.array([[2.0, 0.0, 0.5]])  # 1 m in front of the cameras, well before the wall
     seen, bad = free_space_violations(np.concatenate([wall, floater]), views, 0.05)
     assert list(seen) == [3, 3] and bad[1] == 3 and bad[0] == 0
+
+
+def test_lift_help_lists_the_solve_options():
+    import argparse
+
+    from fit3d.lift.cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    text = p.format_help()  # argparse %-formats every help string: a stray % breaks --help
+    assert "{optimize,solve}" in text and "--solve-cg-iterations" in text
