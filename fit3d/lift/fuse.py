@@ -73,11 +73,38 @@ def view_points(view, drop_edges: bool = True, fill_holes: bool = True
     return pw, nw, view.image.reshape(-1, 3)[sel], foot, sel
 
 
+def free_space_violations(means: np.ndarray, views, tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """(seen [N], violated [N]) counts over ``views``: a view sees point j when it projects onto a valid
+    depth pixel, and is violated when the point lies more than ``tol`` x that depth in front of it
+    (the view saw through where the point is: a floater or a drifted duplicate of the surface)."""
+    seen = np.zeros(len(means), np.int64)
+    bad = np.zeros(len(means), np.int64)
+    for v in views:
+        if v.depth is None:
+            continue
+        w2c = v.w2c
+        pc = means @ w2c[:3, :3].T + w2c[:3, 3]
+        z = pc[:, 2]
+        zs = np.where(z > 1e-6, z, 1.0)
+        u = v.K[0, 0] * pc[:, 0] / zs + v.K[0, 2]
+        w = v.K[1, 1] * pc[:, 1] / zs + v.K[1, 2]
+        H, W = v.depth.shape
+        inb = (z > 1e-6) & (u >= 0) & (u < W) & (w >= 0) & (w < H)
+        d = np.zeros(len(means), np.float32)
+        d[inb] = v.depth[w[inb].astype(np.int64), u[inb].astype(np.int64)]
+        ok = inb & (d > 0)
+        seen += ok
+        bad += ok & (z < d * (1 - tol))
+    return seen, bad
+
+
 def fuse_points(views, voxel: float = 0.0, max_points: int = 100_000, voxel_factor: float = 1.0,
-                min_views: int = 1, drop_edges: bool = True, fill_holes: bool = True):
+                min_views: int = 1, drop_edges: bool = True, fill_holes: bool = True, carve_tol: float = 0.0,
+                carve_frac: float = 0.1):
     """Voxel-fuse every view's depth points. Returns (means [N, 3], normals [N, 3], colours [N, 3],
     footprint [N], voxel size). ``voxel`` 0: ``voxel_factor`` x the median pixel footprint, grown until
-    at most ``max_points`` voxels remain."""
+    at most ``max_points`` voxels remain. ``carve_tol`` > 0: then drop voxels that more than ``carve_frac``
+    of the views seeing them see through (``free_space_violations``)."""
     parts = [view_points(v, drop_edges, fill_holes) for v in views if v.depth is not None and (v.depth > 0).any()]
     if not parts:
         raise SceneError("solve: no training view has valid depth (and the scene has no points)")
@@ -109,6 +136,10 @@ def fuse_points(views, voxel: float = 0.0, max_points: int = 100_000, voxel_fact
     nn_ = np.linalg.norm(nrm, axis=1, keepdims=True)
     nrm = np.where(nn_ > 1e-6, nrm / np.maximum(nn_, 1e-12), np.array([0.0, 0.0, 1.0]))
     foot = np.bincount(inv, Ft, n) / counts
+    if carve_tol > 0:  # free-space carving: drop voxels more than carve_frac of their views see through
+        seen, bad = free_space_violations(means, views, carve_tol)
+        keep = bad <= carve_frac * np.maximum(seen, 1)
+        means, nrm, cols, foot = means[keep], nrm[keep], cols[keep], foot[keep]
     return means, nrm, cols, foot, vox
 
 

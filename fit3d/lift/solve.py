@@ -205,7 +205,7 @@ def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict
     if has_depth:
         means, normals, cols, foot, vox = fuse_points(train, cfg.solve_voxel, cfg.solve_max_gaussians,
                                                       cfg.solve_voxel_factor, cfg.solve_min_views,
-                                                      fill_holes=cfg.solve_fill_holes)
+                                                      fill_holes=cfg.solve_fill_holes, carve_tol=cfg.solve_carve_tol)
         if len(means) == 0:
             raise SceneError(f"{ctx.name}: solve: no voxel is seen by {cfg.solve_min_views} training views "
                              f"(lower --solve-min-views)")
@@ -267,7 +267,8 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
     sub = train[::max(1, cfg.solve_view_stride)]
     at = cfg.solve_targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
-    total = len(train) + (len(sub) * (cfg.solve_cg_iterations + 1) if cfg.solve_cg_iterations else 0)
+    total = len(train) + (len(sub) * (cfg.solve_cg_iterations + 1 + (len(sub) < len(train)))
+                          if cfg.solve_cg_iterations else 0)
     bar = tqdm(total=total, desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     targets = lambda vs: (lambda i: view_targets(ctx.cache, vs[i].name, proj, W, H, at))  # noqa: E731
     num, den = accumulate(params, train, targets(train), W, H, cfg.raster_backend, bar)

@@ -245,3 +245,26 @@ def test_a_view_that_sees_no_gaussian_is_a_clear_error(room, tmp_path):
     with pytest.raises(Fit3DError, match=f"{away.name} sees none"):
         lift_scene(Scene(name="away", views=views, source="synthetic"), _cfg(), tmp_path / "y",
                    backbone=_ColourBackbone())
+
+
+def test_free_space_carving_drops_a_floater():
+    from fit3d.lift.fuse import free_space_violations
+
+    views = _views(3)
+    for v in views:
+        v.depth = np.full((H, W), 3.0, np.float32)  # a wall ~3 m ahead of every camera
+    wall = np.array([[0.0, 0.0, 0.5]])  # on the line of sight, far behind the floater
+    floater = np.array([[2.0, 0.0, 0.5]])  # 1 m in front of the cameras, well before the wall
+    seen, bad = free_space_violations(np.concatenate([wall, floater]), views, 0.05)
+    assert list(seen) == [3, 3] and bad[1] == 3 and bad[0] == 0
+
+
+def test_lift_help_lists_the_solve_options():
+    import argparse
+
+    from fit3d.lift.cli import add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    text = p.format_help()  # argparse %-formats every help string: a stray % breaks --help
+    assert "{optimize,solve}" in text and "--solve-cg-iterations" in text
