@@ -32,7 +32,8 @@ from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.lift.config import LiftConfig
 from fit3d.pipeline import PipelineConfig, results_markdown, run_pipeline
-from fit3d.probe.protocol import ProbeConfig, run_probe
+from fit3d.probe.config import ProbeConfig
+from fit3d.probe.protocol import run_probe
 
 
 def main(argv=None) -> int:

@@ -20,7 +20,8 @@ import torch
 
 from fit3d.io import write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
-from fit3d.probe.protocol import ProbeConfig, run_probe
+from fit3d.probe.config import ProbeConfig
+from fit3d.probe.protocol import run_probe
 
 
 def main() -> int:
