@@ -86,7 +86,8 @@ def freeze_first_blocks(model: nn.Module, k: int) -> int:
         return 0
     blocks = transformer_blocks(model)
     if k > len(blocks):
-        raise Fit3DError(f"freeze_blocks={k} but the backbone has only {len(blocks)} blocks")
+        raise Fit3DError(f"--freeze-blocks {k}: the backbone has only {len(blocks)} blocks (set --freeze-blocks, "
+                         f"or pick a --recipe that freezes fewer, e.g. fit3d)")
     frozen = [b for b in blocks[:k]]
     for name, m in model.named_modules():
         if name.split(".")[-1] == "embeddings":

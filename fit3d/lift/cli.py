@@ -40,7 +40,8 @@ def format_metrics(name: str, meta: dict) -> str:
     h = meta.get("heldout") or {}
     f = lambda x, p=3: "n/a" if x is None else f"{x:.{p}f}"  # noqa: E731
     t = meta.get("timings", {})
-    return (f"{name}: {meta['gaussians']} Gaussians, {meta['iterations']} it in {t.get('total', 0):.0f} s | held-out "
+    how = f"{meta['iterations']} it" if meta.get("method", "optimize") == "optimize" else meta["method"]
+    return (f"{name}: {meta['gaussians']} Gaussians, {how} in {t.get('total', 0):.0f} s | held-out "
             f"({h.get('views', 0)} views) PSNR {f(h.get('psnr'), 2)} dB, depth abs rel {f(h.get('depth_abs_rel'))}, "
             f"feature cosine {f(h.get('feature_cosine'))} vs scene-mean {f(h.get('baseline_mean_cosine'))} / "
             f"nearest-view {f(h.get('baseline_nearest_cosine'))}")

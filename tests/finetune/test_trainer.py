@@ -136,7 +136,7 @@ def test_cli_with_a_render_worker(tmp_path, lifted_dir, tiny_model_dir, capsys):
     out = tmp_path / "cli"
     rc = main(["finetune", "--scenes", str(lifted_dir), "--backbone", BACKBONE, "--model-path",
                str(tiny_model_dir), "--out", str(out), "--max-steps", "2", "--workers", "1", "--no-evaluate",
-               "--no-progress"])
+               "--no-progress", "--recipe", "fit3d"])
     assert rc == 0
     assert json.loads((out / "fit3d.json").read_text())["steps"] == 2
     assert "Gaussians x 88 B" in capsys.readouterr().out

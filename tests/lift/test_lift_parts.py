@@ -206,5 +206,5 @@ def test_a_setting_outside_its_choices_is_a_plain_error():
     from fit3d.errors import Fit3DError
 
     check_choices(LiftConfig())
-    with pytest.raises(Fit3DError, match="feature_loss_at = 'pixel'.*grid, render"):
+    with pytest.raises(Fit3DError, match=r"--feature-loss-at \(LiftConfig.feature_loss_at\) = 'pixel'.*grid, render"):
         check_choices(LiftConfig(feature_loss_at="pixel"))

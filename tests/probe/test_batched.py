@@ -62,7 +62,9 @@ def test_batched_seg_equals_separate(dtype, tol):
             for k, v in head.state_dict().items():  # BN running stats included
                 torch.testing.assert_close(hb.state_dict()[k].to(v.dtype), v, atol=tol, rtol=0)
             np.testing.assert_allclose(lb["losses"], log["losses"], atol=tol * 10)
-            assert torch.equal(predict_seg(hb, P[f], (20, 26)), predict_seg(head, P[f], (20, 26)))
+            same = predict_seg(hb, P[f], (20, 26)) == predict_seg(head, P[f], (20, 26))
+            # float64: identical; float32: weights agree to 1e-5, so only near-tie pixels may flip
+            assert bool(same.all()) if dtype == torch.float64 else float(same.float().mean()) > 0.99
 
 
 def test_interp_matrices_are_pytorchs_bilinear():

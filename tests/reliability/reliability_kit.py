@@ -15,7 +15,8 @@ K = np.array([[36.0, 0, 20.0], [0, 34.0, 15.0], [0, 0, 1]])
 LIFT_OPTS = ["--iterations", "6", "--width", "16", "--feature-size", "32", "--feature-dim", "4",
              "--init-points", "200", "--max-gaussians", "400", "--pca-views", "0", "--no-progress",
              "--device", "cpu", "--checkpoint-every", "0"]
-FINETUNE_OPTS = ["--max-steps", "2", "--workers", "0", "--no-progress", "--no-evaluate", "--lr", "1e-3",
+# FiT3D's recipe: the default preset freezes more blocks than the tiny backbone has
+FINETUNE_OPTS = ["--recipe", "fit3d", "--max-steps", "2", "--workers", "0", "--no-progress", "--no-evaluate", "--lr", "1e-3",
                  "--device", "cpu", "--checkpoint-every", "0"]
 
 
