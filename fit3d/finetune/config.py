@@ -28,7 +28,8 @@ class FinetuneConfig:
                 "(default: --epochs passes over the views)"})
     seed: int = field(default=42, metadata={"help": "seed for the view order, flips and initialisation"})
     freeze_blocks: int = field(default=0, metadata={
-        "help": "freeze the patch embedding and the first k transformer blocks (0 = whole backbone trained)"})
+        "help": "freeze the patch embedding and the first k transformer blocks (0 = whole backbone trained; "
+                "k < 0: train only the last -k blocks)"})
     adapter: str = field(default="none", metadata={
         "choices": ADAPTERS,
         "help": "none: train the backbone's weights; lora: train low-rank adapters (peft LoRA) on the attention "

@@ -81,10 +81,15 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
 
 
 def freeze_first_blocks(model: nn.Module, k: int) -> int:
-    """Freeze the patch embedding and the first ``k`` blocks; returns the number of frozen tensors."""
-    if k <= 0:
+    """Freeze the patch embedding and the first ``k`` blocks (k < 0: all but the last ``-k`` blocks, none
+    when the model has no more than ``-k``); returns the number of frozen tensors."""
+    if k == 0:
         return 0
     blocks = transformer_blocks(model)
+    if k < 0:
+        k = max(0, len(blocks) + k)
+        if k == 0:
+            return 0
     if k > len(blocks):
         raise Fit3DError(f"--freeze-blocks {k}: the backbone has only {len(blocks)} blocks (set --freeze-blocks, "
                          f"or pick a --recipe that freezes fewer, e.g. fit3d)")

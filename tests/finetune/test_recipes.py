@@ -104,3 +104,17 @@ def test_cli_recipe_with_explicit_override(tmp_path, lifted_dir, tiny_model_dir)
     assert rc == 0
     cfg = json.loads((out / "fit3d.json").read_text())["config"]
     assert cfg["recipe"] == "fit3d" and cfg["lr"] == 2e-5 and cfg["adapter"] == "none" and cfg["anchor_weight"] == 0
+
+
+def test_negative_freeze_blocks_trains_only_the_last_blocks():
+    from transformers import Dinov2Config, Dinov2Model
+
+    from fit3d.finetune.trainer import freeze_first_blocks
+
+    m = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, patch_size=8,
+                                 image_size=64))
+    assert freeze_first_blocks(m, -3) > 0
+    trainable = {n.split(".")[2] for n, p in m.named_parameters() if p.requires_grad and n.startswith("encoder.layer.")}
+    assert trainable == {"1", "2", "3"} and not any(p.requires_grad for p in m.embeddings.parameters())
+    m2 = Dinov2Model(m.config)
+    assert freeze_first_blocks(m2, -6) == 0 and all(p.requires_grad for p in m2.parameters())  # fewer blocks than 6
