@@ -118,3 +118,10 @@ def test_negative_freeze_blocks_trains_only_the_last_blocks():
     assert trainable == {"1", "2", "3"} and not any(p.requires_grad for p in m.embeddings.parameters())
     m2 = Dinov2Model(m.config)
     assert freeze_first_blocks(m2, -6) == 0 and all(p.requires_grad for p in m2.parameters())  # fewer blocks than 6
+
+
+def test_every_preset_passes_validation():
+    from fit3d.finetune.recipes import RECIPES, from_recipe
+
+    for name in RECIPES:
+        from_recipe(name).validate()
