@@ -49,10 +49,10 @@ import torch
 from fit3d.config import add_arguments, from_args
 from fit3d.io import write_json, write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
+from fit3d.probe.sources import KINDS as SOURCES
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
          "rooms_depth")
-SOURCES = ("original", "finetuned", "concat")
 # Control: the original's tokens twice. A head on concat reads twice the channels, and at a few hundred
 # head iterations that alone changes the numbers (duplicated channels double the head's effective step
 # size); concat is also compared with this head of the same width.
@@ -233,21 +233,32 @@ def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: f
     return np.asarray(rows, dtype=np.float64)
 
 
+def _todo(known: dict | None) -> tuple[dict, list[str]]:
+    """(results so far, the sources still to train): heads of ``known`` sources are not retrained."""
+    out = dict(known or {})
+    return out, [src for src in SOURCES + (CONTROL,) if src not in out]
+
+
 def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_depth: float = 10.0,
                known: dict | None = None) -> dict:
-    """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained."""
-    from fit3d.probe.depth import DepthSettings, predict_depth, train_depth as fit
+    """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained.
+    The heads of every source x seed train in one batched pass (``fit3d.probe.batched``; equal to
+    training them one by one)."""
+    from fit3d.probe.batched import train_depth_batched
+    from fit3d.probe.depth import DepthSettings, predict_depth
 
     n = cfg.probe_iterations
-    out = dict(known or {})
-    for src in SOURCES + (CONTROL,):
-        if src in out:
-            continue
+    out, todo = _todo(known)
+    if not todo:
+        return out
+    settings = [DepthSettings(iterations=n, batch_size=8, lr=1e-4, seed=seed, warmup=round(n * 12800 / 38400),
+                              max_depth=max_depth) for seed in range(cfg.seeds)]
+    heads = train_depth_batched([train_f[s].patch for s in todo], [train_f[s].cls for s in todo], train_depth,
+                                settings)
+    for k, src in enumerate(todo):
         per_seed = []
-        for seed in range(cfg.seeds):
-            s = DepthSettings(iterations=n, batch_size=8, lr=1e-4, seed=seed, warmup=round(n * 12800 / 38400),
-                              max_depth=max_depth)
-            head, _ = fit(train_f[src].patch, train_f[src].cls, train_depth, s)
+        for si, s in enumerate(settings):
+            head = heads[si * len(todo) + k][0]
             pred = predict_depth(head, test_f[src].patch, test_f[src].cls, tuple(test_depth.shape[-2:]))
             per_seed.append(depth_per_image(pred, test_depth, s.min_depth, s.max_depth))
         out[src] = np.stack(per_seed)
@@ -256,20 +267,22 @@ def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_de
 
 def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg,
              ignore: int = 255, known: dict | None = None) -> dict:
-    """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it."""
-    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg, train_seg
+    """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it.
+    Heads of every source x seed train in one batched pass."""
+    from fit3d.probe.batched import train_seg_batched
+    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
 
     n = cfg.probe_iterations
-    out = dict(known or {})
-    for src in SOURCES + (CONTROL,):
-        if src in out:
-            continue
+    out, todo = _todo(known)
+    if not todo:
+        return out
+    settings = [SegSettings(iterations=n, batch_size=8, lr=1e-3, seed=seed, warmup=round(n * 1500 / 40000),
+                            ignore_index=ignore) for seed in range(cfg.seeds)]
+    heads = train_seg_batched([train_f[s].patch for s in todo], train_labels, num_classes, settings)
+    for k, src in enumerate(todo):
         per_seed = []
-        for seed in range(cfg.seeds):
-            s = SegSettings(iterations=n, batch_size=8, lr=1e-3, seed=seed, warmup=round(n * 1500 / 40000),
-                            ignore_index=ignore)
-            head, _ = train_seg(train_f[src].patch, train_labels, num_classes, s)
-            pred = predict_seg(head, test_f[src].patch, tuple(test_labels.shape[-2:]))
+        for si in range(len(settings)):
+            pred = predict_seg(heads[si * len(todo) + k][0], test_f[src].patch, tuple(test_labels.shape[-2:]))
             per_seed.append(np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
                                       for i in range(len(pred))]).astype(np.float64))
         out[src] = np.stack(per_seed)
