@@ -384,7 +384,7 @@ def targets(evals: dict, gaps) -> dict:
     for ev in ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene"):
         if ev in evals:
             e = evals[ev]
-            o, c, f = (e[s]["rmse"]["mean"] for s in SOURCES)
+            o, f, c = (e[s]["rmse"]["mean"] for s in ("original", "finetuned", "concat"))
             t[f"{ev}: concat rmse <= 0.95 x original, interval excludes 0"] = bool(
                 c <= 0.95 * o and e["ci"]["concat-original"]["rmse"][1] < 0)
             t[f"{ev}: finetuned rmse not worse than original"] = bool(f <= o)

@@ -29,6 +29,16 @@ def test_claims_follow_the_interval_and_the_metric_direction():
     assert c["finetuned-original"] == {"rmse": "loss", "miou": "gain"}
 
 
+def test_depth_targets_read_each_source_by_name():
+    g = _bench()
+    m = lambda x: {"rmse": {"mean": x, "std": 0.0}}  # noqa: E731
+    ev = {"original": m(1.0), "finetuned": m(0.9), "concat": m(1.2),
+          "ci": {"concat-original": {"rmse": [0.1, 0.3]}, "finetuned-original": {"rmse": [-0.2, -0.05]}}}
+    t = g.targets({"sun3d_depth_in_scene": ev}, [3])
+    assert t["sun3d_depth_in_scene: finetuned rmse not worse than original"] is True   # 0.9 <= 1.0
+    assert t["sun3d_depth_in_scene: concat rmse <= 0.95 x original, interval excludes 0"] is False  # 1.2
+
+
 def test_depth_per_image_scale_alignment_removes_a_global_scale():
     import torch
 
