@@ -59,6 +59,8 @@ def main(argv=None) -> int:
     ap.add_argument("--plain-probe-iterations", type=int, default=1000,
                     help="also probe depth with the plain protocol (this many iterations on all of 0-398, last "
                          "checkpoint) to show how much the numbers depend on the probe protocol (0: skip)")
+    ap.add_argument("--probe-seeds", type=int, nargs="+", default=[0],
+                    help="seeds of the validation-picked probe heads (one batched pass; mean and std in results)")
     ap.add_argument("--plain-probe-seeds", type=int, nargs="+", default=[0],
                     help="seeds of the plain-protocol depth heads (all trained in one batched pass; mean and std)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
@@ -75,7 +77,7 @@ def main(argv=None) -> int:
                                                  resolution=a.finetune_resolution),
                          probe=ProbeConfig(iterations=a.probe_iterations, resolution=list(a.probe_resolution),
                                            train_frames="0-398", test_frames=test_frames,
-                                           val_frames=a.val_frames or None))
+                                           val_frames=a.val_frames or None, seeds=a.probe_seeds))
     t0 = time.perf_counter()
     res = run_pipeline([a.data], cfg)
     plain = None
