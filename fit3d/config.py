@@ -91,12 +91,9 @@ def from_args(cls: type[T], ns: argparse.Namespace, *, prefix: str = "", base: T
     return dataclasses.replace(base, **kw) if base is not None else cls(**kw)
 
 
-def inherit(parent: Any, child: T, names: tuple[str, ...] | None = None) -> T:
-    """``child`` with the fields ``names`` (default: every field both have) copied from ``parent``."""
+def inherit(parent: Any, child: T, names: tuple[str, ...]) -> T:
+    """``child`` with the fields ``names`` copied from ``parent`` (those ``child`` has)."""
     child_names = {f.name for f in dataclasses.fields(child)}
-    if names is None:
-        names = tuple(f.name for f in dataclasses.fields(parent) if f.name in child_names
-                      and not is_config(type(getattr(parent, f.name))))
     return dataclasses.replace(child, **{n: getattr(parent, n) for n in names if n in child_names})
 
 
