@@ -192,7 +192,8 @@ class Feats:
 
 def extract(sources: dict, splits: dict, cache, res) -> dict:
     """{set name: {"original"|"finetuned"|"concat": Feats}}; concat = the two patch sets, CLS of the original."""
-    from fit3d.probe.features import CachedFeatures, extract_features, resolve_source
+    from fit3d.probe.features import CachedFeatures, extract_features
+    from fit3d.probe.sources import resolve_source
 
     models = {}
     out: dict = {}
@@ -239,6 +240,13 @@ def _todo(known: dict | None) -> tuple[dict, list[str]]:
     return out, [src for src in SOURCES + (CONTROL,) if src not in out]
 
 
+def _per_seed(heads: list, todo: list[str], n_seeds: int, evaluate) -> dict:
+    """{source: np.stack over seeds of ``evaluate(source, head)``} from a batched trainer's seed-major
+    [(head, log)] list (index = seed_index * len(todo) + source_index)."""
+    return {src: np.stack([evaluate(src, heads[si * len(todo) + k][0]) for si in range(n_seeds)])
+            for k, src in enumerate(todo)}
+
+
 def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_depth: float = 10.0,
                known: dict | None = None) -> dict:
     """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained.
@@ -251,17 +259,13 @@ def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_de
     out, todo = _todo(known)
     if not todo:
         return out
-    settings = [DepthSettings(iterations=n, batch_size=8, lr=1e-4, seed=seed, warmup=round(n * 12800 / 38400),
-                              max_depth=max_depth) for seed in range(cfg.seeds)]
+    settings = [DepthSettings(iterations=n, seed=seed, max_depth=max_depth) for seed in range(cfg.seeds)]
     heads = train_depth_batched([train_f[s].patch for s in todo], [train_f[s].cls for s in todo], train_depth,
                                 settings)
-    for k, src in enumerate(todo):
-        per_seed = []
-        for si, s in enumerate(settings):
-            head = heads[si * len(todo) + k][0]
-            pred = predict_depth(head, test_f[src].patch, test_f[src].cls, tuple(test_depth.shape[-2:]))
-            per_seed.append(depth_per_image(pred, test_depth, s.min_depth, s.max_depth))
-        out[src] = np.stack(per_seed)
+    s = settings[0]  # the seeds' settings differ only in the seed
+    out.update(_per_seed(heads, todo, len(settings), lambda src, head: depth_per_image(
+        predict_depth(head, test_f[src].patch, test_f[src].cls, tuple(test_depth.shape[-2:])), test_depth,
+        s.min_depth, s.max_depth)))
     return out
 
 
@@ -276,16 +280,14 @@ def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes
     out, todo = _todo(known)
     if not todo:
         return out
-    settings = [SegSettings(iterations=n, batch_size=8, lr=1e-3, seed=seed, warmup=round(n * 1500 / 40000),
-                            ignore_index=ignore) for seed in range(cfg.seeds)]
+    settings = [SegSettings(iterations=n, seed=seed, ignore_index=ignore) for seed in range(cfg.seeds)]
     heads = train_seg_batched([train_f[s].patch for s in todo], train_labels, num_classes, settings)
-    for k, src in enumerate(todo):
-        per_seed = []
-        for si in range(len(settings)):
-            pred = predict_seg(heads[si * len(todo) + k][0], test_f[src].patch, tuple(test_labels.shape[-2:]))
-            per_seed.append(np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
-                                      for i in range(len(pred))]).astype(np.float64))
-        out[src] = np.stack(per_seed)
+    def confusions(src, head):
+        pred = predict_seg(head, test_f[src].patch, tuple(test_labels.shape[-2:]))
+        return np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
+                         for i in range(len(pred))]).astype(np.float64)
+
+    out.update(_per_seed(heads, todo, len(settings), confusions))
     return out
 
 
@@ -475,7 +477,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     from fit3d.models import load_backbone
     from fit3d.probe.protocol import materialise
     from fit3d.probe.datasets import load_probe_data
-    from fit3d.probe.features import FeatureCache, FeatureSource
+    from fit3d.probe.features import FeatureCache
+    from fit3d.probe.sources import FeatureSource
 
     if cfg.quick:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()})

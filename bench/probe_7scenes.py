@@ -11,7 +11,6 @@ thread (several developers share 2 cores here; one thread was ~2-4x faster per s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path

@@ -24,7 +24,7 @@ import torch
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.probe.batched import train_depth_batched
 from fit3d.probe.datasets import load_probe_data
-from fit3d.probe.depth import DepthSettings, depth_metrics, predict_depth, train_depth
+from fit3d.probe.depth import depth_metrics, predict_depth, train_depth
 from fit3d.probe.features import FeatureCache
 from fit3d.probe.protocol import ProbeConfig, _features, _Models, depth_settings, materialise, sources
 

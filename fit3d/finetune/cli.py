@@ -13,7 +13,6 @@ import dataclasses
 import logging
 
 from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import from_args
 from fit3d.device import dist_info
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe

@@ -23,7 +23,6 @@ import dataclasses
 import gc
 import logging
 import math
-import os
 import random
 import statistics
 import time

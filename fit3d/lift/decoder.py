@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from fit3d.io import atomic_path
+
+if TYPE_CHECKING:
+    from fit3d.lift.targets import TargetCache
 
 
 class FeatureDecoder(nn.Module):

@@ -13,7 +13,6 @@ D-wide tokens and projecting afterwards.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 
 import numpy as np

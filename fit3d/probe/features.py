@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -19,9 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fit3d.errors import Fit3DError
 from fit3d.io import torch_save
-from fit3d.probe.sources import KINDS, FeatureSource, resolve_source  # noqa: F401  (re-exported)
+from fit3d.probe.sources import FeatureSource
 
 def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
                      layers: Sequence[int] | None = None, desc: str = "features",

@@ -14,7 +14,7 @@ override them only when given).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +23,12 @@ import torch
 from fit3d.data.readers import frame_number
 from fit3d.device import resolve_device
 from fit3d.errors import Fit3DError
-from fit3d.probe import features as feats_mod
+from fit3d.probe import sources as sources_mod  # module attribute: tests swap resolve_source
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
-from fit3d.probe.features import KINDS, CachedFeatures, FeatureCache, FeatureSource, extract_features
+from fit3d.probe.features import CachedFeatures, FeatureCache, extract_features
+from fit3d.probe.sources import FeatureSource
 from fit3d.probe.seg import SegSettings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
@@ -88,7 +89,7 @@ class _Models:
 
     def get(self, src: FeatureSource):
         if src not in self.loaded:
-            self.loaded[src] = feats_mod.resolve_source(src, device=self.device)
+            self.loaded[src] = sources_mod.resolve_source(src, device=self.device)
         return self.loaded[src]
 
 

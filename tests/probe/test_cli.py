@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fit3d.cli import main
-from fit3d.probe import features
+from fit3d.probe import sources
 from fit3d.probe.datasets import load_probe_data
 from fit3d.probe.depth import depth_metrics, predict_depth
 from fit3d.probe.features import extract_features
@@ -23,7 +23,7 @@ def fake_backbone(monkeypatch):
         loaded.append(src.kind)
         return PoolBackbone(seed={"original": 0, "finetuned": 1, "concat": 2}[src.kind])
 
-    monkeypatch.setattr(features, "resolve_source", resolve)
+    monkeypatch.setattr(sources, "resolve_source", resolve)
     return loaded
 
 

@@ -37,8 +37,7 @@ import cv2
 import numpy as np
 
 from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, load_text_matrix,
-                                       make_view,
-                                       read_depth, read_labels, read_rgb, require_file)
+                                       make_view, read_depth, read_labels, read_rgb)
 from fit3d.data.scene import Scene, check_intrinsics, check_pose
 from fit3d.errors import SceneError
 
