@@ -38,6 +38,7 @@ import argparse
 import dataclasses
 import json
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,8 +49,10 @@ import torch
 
 from fit3d.config import add_arguments, from_args
 from fit3d.io import write_json, write_text
+from fit3d.lift.backprojected import generated_with
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
+from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
          "rooms_depth")
@@ -145,13 +148,23 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
     for i, (name, path, max_frame) in enumerate(scenes):
         d = out / "lifted" / name
         dirs.append(d)
+        train, held = _lift_views(path, max_frame, cfg.lift_max_views)
+        want = as_recorded({"method": cfg.lift_method, "width": cfg.lift_width, "iterations": cfg.lift_iterations,
+                            "max_frame": max_frame, "train_views": train, "heldout_views": held,
+                            "scene": str(Path(path).resolve()), "source": generated_with(path)})
+        record = d / "generalize.json"  # what this bench lifted the folder with (the lift's own settings vary by method)
         if is_lifted(d):
-            continue
+            had = json.loads(record.read_text()) if record.exists() else None
+            if had == want:
+                continue
+            why = "no record of its settings" if had is None else "settings differ: " + ", ".join(
+                k for k in want if had.get(k) != want[k])
+            _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
+            shutil.rmtree(d)
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
         if cfg.lift_method == "backprojected":
             from fit3d.data import read_scene
 
-            train, held = _lift_views(path, max_frame, cfg.lift_max_views)
             v0 = read_scene(path, load_depth=False, names=train[:1]).views[0]
             res = (cfg.lift_width, round(cfg.lift_width * v0.height / v0.width))
             backprojected_lift(path, backbone, d, train_views=train, heldout_views=held, resolution=res,
@@ -160,6 +173,7 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
             lc = LiftConfig(backbone="dinov2_small", model_path=cfg.model_path, method=cfg.lift_method,
                             iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu")
             lift_scene(str(path), lc, d, backbone=backbone, name=name)
+        write_json(record, want)
     return dirs
 
 
@@ -190,6 +204,17 @@ class Feats:
         return Feats(self.patch[idx], self.cls[idx])
 
 
+def _generated_tag(path) -> str:
+    """":<hash>" of the generator records of the ``fit3d generate`` rooms under ``path`` ("" for other data), so
+    cached features of rooms regenerated under the same folder with other settings are not reused."""
+    import hashlib
+
+    records = sorted(Path(path).glob("*/synthetic.json")) if path and Path(path).is_dir() else []
+    if not records:
+        return ""
+    return ":" + hashlib.sha1(b"".join(r.read_bytes() for r in records)).hexdigest()[:16]
+
+
 def extract(sources: dict, splits: dict, cache, res) -> dict:
     """{set name: {"original"|"finetuned"|"concat": Feats}}; concat = the two patch sets, CLS of the original."""
     from fit3d.probe.features import CachedFeatures, extract_features
@@ -207,7 +232,8 @@ def extract(sources: dict, splits: dict, cache, res) -> dict:
                 p, c = extract_features(models[label], split.images, 8, desc=f"{label} {set_name}")
                 return CachedFeatures(p, c, list(split.data.names), 14, time.perf_counter() - t0)
 
-            set_id = f"generalize:{split.data.meta.get('dataset')}:{split.data.meta.get('path')}:{set_name}"
+            path = split.data.meta.get("path")
+            set_id = f"generalize:{split.data.meta.get('dataset')}:{path}:{set_name}{_generated_tag(path)}"
             f = cache.get(src, set_id, split.data.names, tuple(res), compute)
             out[set_name][label] = Feats(f.patch, f.cls)
         o, f = out[set_name]["original"], out[set_name]["finetuned"]

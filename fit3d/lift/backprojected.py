@@ -18,10 +18,17 @@ import torch.nn.functional as F
 
 from fit3d.data import read_scene
 from fit3d.errors import SceneError
-from fit3d.io import write_json
+from fit3d.io import read_json_dict, write_json
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 from fit3d.splat.gaussians import FeatureGaussians, rgb_to_sh_dc
+
+
+def generated_with(scene_path) -> dict | None:
+    """The generator record of a ``fit3d generate`` scene (its ``synthetic.json``), so that a room regenerated
+    under the same folder with other settings does not pass for the lifted one; None for other scenes."""
+    p = Path(scene_path) / "synthetic.json"
+    return read_json_dict(p, "generated scene record") if p.exists() else None
 
 
 @torch.no_grad()
@@ -76,6 +83,11 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
     k = decoder.conv.kernel_size[0] // 2
     decoder.conv.weight[:, :, k, k] = Q
 
+    settings = {"builder": "backprojected", "backbone": backbone.name, "model_path": model_path,
+                "scene": str(Path(scene_path).resolve()), "layout": layout, "train_views": list(train_views),
+                "heldout_views": list(heldout_views), "resolution": [int(W), int(H)], "feature_dim": f,
+                "stride": stride, "footprint": footprint, "opacity": opacity, "seed": seed,
+                "source": generated_with(scene_path)}
     out_dir.mkdir(parents=True, exist_ok=True)
     gaussians.save_ply(out_dir / GAUSSIANS_FILE)
     decoder.save(out_dir / DECODER_FILE)
@@ -85,6 +97,6 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
         "scene": {"path": str(Path(scene_path).resolve()), "layout": layout,
                   "train_views": list(train_views), "heldout_views": list(heldout_views)},
         "iterations": 0, "builder": "fit3d.lift.backprojected (depth back-projection, no optimisation)",
-        "num_gaussians": n, "explained_variance": float((sample @ Q).pow(2).sum() / sample.pow(2).sum()),
+        "settings": settings, "num_gaussians": n, "explained_variance": float((sample @ Q).pow(2).sum() / sample.pow(2).sum()),
     })
     return out_dir

@@ -87,3 +87,30 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     # the original's per-image results are kept for the next run with the same probe settings (one file per eval)
     before = sorted(p.name for p in (out / "cache" / "original_stats").iterdir())
     assert len(before) == 5
+
+
+def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone, tiny_model_dir):
+    """A rerun with other room or lift settings must not reuse the lifted folder of the earlier run."""
+    import dataclasses
+
+    from fit3d.data.synthetic import SyntheticSceneConfig
+    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.lift.lifted import load_lifted
+
+    g = _bench()
+    cfg = g.GeneralizeConfig(model_path=str(tiny_model_dir), lift_width=32)
+    room = SyntheticSceneConfig(num_views=6, width=64, height=48, seed=0)
+    path = generate_scenes(tmp_path / "rooms", 1, room, progress=False)[0]
+    d = g.lift_all(cfg, [("room", path, None)], tmp_path, tiny_backbone)[0]
+    first = load_lifted(d).meta
+    assert len(first["scene"]["train_views"]) == 5
+    stamp = (d / "lift.json").stat().st_mtime_ns
+    g.lift_all(cfg, [("room", path, None)], tmp_path, tiny_backbone)  # same settings: reused as is
+    assert (d / "lift.json").stat().st_mtime_ns == stamp
+    generate_scenes(tmp_path / "rooms", 1, dataclasses.replace(room, num_views=9), progress=False)  # regenerated
+    g.lift_all(cfg, [("room", path, None)], tmp_path, tiny_backbone)
+    again = load_lifted(d).meta
+    assert len(again["scene"]["train_views"]) == 7  # 9 views, every 8th held out
+    assert again["settings"]["source"]["config"]["num_views"] == 9
+    g.lift_all(dataclasses.replace(cfg, lift_width=48), [("room", path, None)], tmp_path, tiny_backbone)
+    assert load_lifted(d).meta["resolution"][0] == 48
