@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 TARGET_AT = ("lift", "train")  # where Stage 2 targets are rendered: the scene's lift resolution / the training one
 ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze_blocks) / LoRA adapters (peft)
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
-ANCHOR_AT = ("opacity", "everywhere", "unmasked")  # where the anchor to the frozen original applies
+ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
 
 
 @dataclass
@@ -46,7 +46,14 @@ class FinetuneConfig:
     anchor_at: str = field(default="opacity", metadata={
         "choices": ANCHOR_AT,
         "help": "opacity: weight 1 - rendered opacity (where the 3D target is unreliable or absent); everywhere: "
-                "weight 1 on every token (plain distillation); unmasked: weight 1 on the tokens the 3D loss masks out"})
+                "weight 1 on every token (plain distillation); unmasked: weight 1 on the tokens the 3D loss masks out; "
+                "spread: where the Gaussians composited at a token disagree (multi-view spread of the target, see "
+                "--anchor-spread) or opacity is low"})
+    anchor_spread: float = field(default=0.25, metadata={
+        "help": "anchor_at=spread: the relative spread of the rendered features (compositing-weighted variance of "
+                "the Gaussians' f over their mean square, 0 = every contributor agrees) at which a token's anchor "
+                "weight reaches 1; the weight is max(1 - opacity, min(1, spread / this)). 0.25: about the 90th "
+                "percentile of back-projected 7-Scenes / generated-room targets (median ~0.1)"})
     resolution: list[int] | None = field(default=None, metadata={
         "help": "W H of the rendered view and backbone input, rounded down to a patch multiple "
                 "(default: each scene's lift resolution, rounded down)"})
@@ -91,7 +98,7 @@ class FinetuneConfig:
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
-                           "anchor_weight": (0, inf)})
+                           "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1)})
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
             raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)")
         check_size(self, "resolution")

@@ -11,6 +11,8 @@ One item (``RenderedViews[i]``)::
                                          (rendered at the scene's lift resolution unless target_at="train")
     mask   [h, w]     bool               tokens where the scene was rendered (opacity >= threshold)
     alpha  [h, w]     float32 in [0, 1]  rendered opacity at the patch grid (the anchor term weights by 1 - alpha)
+    spread [h, w]     float32 in [0, 1]  only with ``with_spread``: how much the Gaussians composited there
+                                         disagree (:func:`feature_spread`), area-averaged to the patch grid
     scene, index      int                which scene / which entry, for error messages
 """
 
@@ -128,6 +130,28 @@ def decode_to_grid(decoder: FeatureDecoder, feats: Tensor, size: tuple[int, int]
     return out
 
 
+# ----------------------------------------------------------------------------------------- spread
+def with_square_norm(g: FeatureGaussians) -> FeatureGaussians:
+    """``g`` whose features carry one more channel, ``|f|^2`` ([N, F] -> [N, F + 1]), for :func:`feature_spread`."""
+    f = g.features
+    return FeatureGaussians(g.means, g.quats, g.log_scales, g.opacity_logits, g.sh,
+                            torch.cat([f, f.square().sum(1, keepdim=True)], 1), sh_degree=g.sh_degree)
+
+
+def feature_spread(rendered: Tensor, alpha: Tensor, eps: float = 1e-8) -> Tensor:
+    """Relative spread of the features composited at each pixel: [H, W, F + 1] (features, ``|f|^2``), [H, W] -> [H, W].
+
+    With compositing weights w_j (sum_j w_j = alpha), R = sum_j w_j f_j and S = sum_j w_j |f_j|^2, the
+    weighted variance of the contributors over their mean square is ``1 - |R|^2 / (alpha S)``: 0 where all
+    agree (one surface seen consistently), towards 1 where they cancel. For a back-projected lift the
+    contributors are different views' tokens of the same surface, so this is their multi-view spread.
+    Pixels nothing covers get 1 (no reliable target)."""
+    R, S = rendered[..., :-1], rendered[..., -1]
+    denom = alpha * S
+    spread = 1.0 - R.square().sum(-1) / denom.clamp_min(eps)
+    return torch.where(denom > eps, spread, torch.ones_like(spread)).clamp(0, 1)
+
+
 # ----------------------------------------------------------------------------------------- culling
 def visible_subset(g: FeatureGaussians, K, c2w, width: int, height: int, near: float = 0.01,
                    sigmas: float = 3.0) -> FeatureGaussians:
@@ -181,7 +205,8 @@ class RenderedViews(Dataset):
 
     def __init__(self, scenes: list[LiftedScene], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
-                 render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift"):
+                 render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift",
+                 with_spread: bool = False):
         if target_at not in TARGET_AT:
             raise ValueError(f"target_at must be one of {TARGET_AT}, got {target_at!r}")
         self.scenes = scenes
@@ -192,6 +217,7 @@ class RenderedViews(Dataset):
         self.seed = seed
         self.render_kwargs = dict(render_kwargs or {})
         self.cull = cull
+        self.with_spread = with_spread
         self.sizes = [training_resolution(s.resolution, patch_size, resolution) for s in scenes]
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
         self.entries: list[tuple[int, str]] = [(i, str(v)) for i, s in enumerate(scenes)
@@ -222,8 +248,9 @@ class RenderedViews(Dataset):
         return v
 
     @torch.no_grad()
-    def render_target(self, index: int, K, c2w, with_alpha: bool = False):
-        """target [D, h, w], mask [h, w] (bool) for a camera of this entry's scene (+ alpha [h, w] float32)."""
+    def render_target(self, index: int, K, c2w, with_alpha: bool = False, with_spread: bool = False):
+        """target [D, h, w], mask [h, w] (bool) for a camera of this entry's scene (+ alpha [h, w] float32,
+        + spread [h, w] float32 with ``with_spread``)."""
         from fit3d.splat.render import render
 
         si, _ = self.entries[index]
@@ -234,10 +261,16 @@ class RenderedViews(Dataset):
         if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
             K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
         g = visible_subset(s.gaussians, K, c2w, Wr, Hr) if self.cull else s.gaussians
-        r = render(g, K, c2w, Wr, Hr, with_rgb=False, **self.render_kwargs)
-        feats = r.features.permute(2, 0, 1)[None].float()  # [1, f, H, W]
+        r = render(with_square_norm(g) if with_spread else g, K, c2w, Wr, Hr, with_rgb=False, **self.render_kwargs)
+        rendered = r.features[..., :-1] if with_spread else r.features
+        feats = rendered.permute(2, 0, 1)[None].float()  # [1, f, H, W]
         target = decode_to_grid(s.decoder, feats, (h, w))[0]  # [D, h, w]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+        if with_spread:
+            spread = F.interpolate(feature_spread(r.features.float(), r.alpha.float())[None, None], size=(h, w),
+                                   mode="area")[0, 0]
+            return target.contiguous(), alpha >= self.alpha_threshold, alpha.clamp(0, 1).contiguous(), \
+                spread.contiguous()
         if with_alpha:
             return target.contiguous(), alpha >= self.alpha_threshold, alpha.clamp(0, 1).contiguous()
         return target.contiguous(), alpha >= self.alpha_threshold
@@ -256,7 +289,9 @@ class RenderedViews(Dataset):
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         v = self.read_view(index)
-        target, mask, alpha = self.render_target(index, v.K, v.c2w, with_alpha=True)
+        out = self.render_target(index, v.K, v.c2w, with_alpha=True, with_spread=self.with_spread)
+        target, mask, alpha = out[:3]
+        extra = {"spread": out[3]} if self.with_spread else {}
         image = torch.from_numpy(np.ascontiguousarray(v.image)).permute(2, 0, 1).contiguous()  # [3, H, W]
         flip = False
         if self.flip_prob > 0:
@@ -266,8 +301,9 @@ class RenderedViews(Dataset):
             # Flipping at the grid is the same as flipping at full resolution first: the
             # bilinear sampling positions of a patch-multiple resize are mirror-symmetric.
             image, target, mask, alpha = image.flip(-1), target.flip(-1), mask.flip(-1), alpha.flip(-1)
-        return {"image": image, "target": target, "mask": mask, "alpha": alpha, "scene": self.entries[index][0],
-                "index": index, "flip": flip}
+            extra = {k: t.flip(-1) for k, t in extra.items()}
+        return {"image": image, "target": target, "mask": mask, "alpha": alpha, **extra,
+                "scene": self.entries[index][0], "index": index, "flip": flip}
 
 
 def worker_init(worker_id: int, threads: int = 1) -> None:

@@ -123,9 +123,15 @@ def masked_l1(tokens: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return (diff * m).sum() / m.sum().clamp_min(1.0)
 
 
-def anchor_token_weights(mask: Tensor, alpha: Tensor | None, at: str) -> Tensor:
+def anchor_token_weights(mask: Tensor, alpha: Tensor | None, at: str, spread: Tensor | None = None,
+                         spread_scale: float = 0.25) -> Tensor:
     """Per-token weight [B, h, w] of the anchor term: ``opacity`` 1 - alpha, ``everywhere`` 1, ``unmasked``
-    1 where the 3D loss is masked out."""
+    1 where the 3D loss is masked out, ``spread`` max(1 - alpha, min(1, spread / spread_scale)): where the
+    target is absent or its contributors disagree (the multi-view spread of :func:`feature_spread`)."""
+    if at == "spread":
+        if alpha is None or spread is None:
+            raise Fit3DError("anchor_at=spread needs the rendered opacity and spread in the batch ('alpha', 'spread')")
+        return torch.maximum(1.0 - alpha.float(), spread.float() / spread_scale).clamp(0, 1)
     if at == "opacity":
         if alpha is None:
             raise Fit3DError("anchor_at=opacity needs the rendered opacity in the batch ('alpha')")
@@ -134,7 +140,7 @@ def anchor_token_weights(mask: Tensor, alpha: Tensor | None, at: str) -> Tensor:
         return torch.ones(mask.shape, dtype=torch.float32, device=mask.device)
     if at == "unmasked":
         return (~mask.bool()).float()
-    raise Fit3DError(f"anchor_at = {at!r}: expected opacity, everywhere or unmasked")
+    raise Fit3DError(f"anchor_at = {at!r}: expected opacity, everywhere, unmasked or spread")
 
 
 def anchor_l1(tokens: Tensor, reference: Tensor, weight: Tensor) -> Tensor:
@@ -148,7 +154,7 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
                  anchor: tuple | None = None) -> Tensor:
     """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w], "alpha" [B,h,w]} (bf16
     autocast if use_amp), plus ``weight * anchor_l1`` to the frozen original's tokens when ``anchor`` =
-    (original Backbone, weight, anchor_at) is given."""
+    (original Backbone, weight, anchor_at[, anchor_spread]) is given."""
     images = batch["image"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
@@ -156,9 +162,10 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
         tokens = module(images)
     loss = masked_l1(tokens, target, mask)
     if anchor is not None and anchor[1] > 0:
-        original, weight, at = anchor
-        alpha = batch.get("alpha")
-        w = anchor_token_weights(mask, None if alpha is None else alpha.to(device, non_blocking=True), at)
+        original, weight, at, *scale = anchor
+        alpha, spread = batch.get("alpha"), batch.get("spread")
+        w = anchor_token_weights(mask, None if alpha is None else alpha.to(device, non_blocking=True), at,
+                                 None if spread is None else spread.to(device, non_blocking=True), *scale)
         reference = original.features(images)[0]  # [B, D, h, w], no grad
         loss = loss + weight * anchor_l1(tokens, reference, w)
     return loss
@@ -378,7 +385,8 @@ class _Run:
 
     @property
     def anchor(self) -> tuple | None:
-        return (self.original, self.cfg.anchor_weight, self.cfg.anchor_at) if self.original is not None else None
+        return ((self.original, self.cfg.anchor_weight, self.cfg.anchor_at, self.cfg.anchor_spread)
+                if self.original is not None else None)
 
 
 def _load_original(cfg: FinetuneConfig, device):
@@ -398,7 +406,8 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
         log.info("%s", mem)
     views = RenderedViews(scenes, bb.patch_size, which="train", resolution=cfg.resolution,
                           alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
-                          flip_prob=cfg.flip_prob, seed=cfg.seed)
+                          flip_prob=cfg.flip_prob, seed=cfg.seed,
+                          with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread")
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
     sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed)

@@ -43,9 +43,43 @@ def test_anchor_weights_and_loss():
     assert torch.allclose(anchor_token_weights(mask, alpha, "opacity"), torch.tensor([[[0.1, 0.8]]]))
     assert torch.equal(anchor_token_weights(mask, alpha, "everywhere"), torch.ones(1, 1, 2))
     assert torch.equal(anchor_token_weights(mask, alpha, "unmasked"), torch.tensor([[[0.0, 1.0]]]))
+    spread = torch.tensor([[[0.05, 0.01]]])  # low spread: opacity decides the second token
+    assert torch.allclose(anchor_token_weights(mask, alpha, "spread", spread, 0.1), torch.tensor([[[0.5, 0.8]]]))
+    assert torch.allclose(anchor_token_weights(mask, alpha, "spread", spread * 10, 0.1), torch.ones(1, 1, 2))
+    with pytest.raises(Fit3DError, match="spread"):
+        anchor_token_weights(mask, alpha, "spread")
     a, b = torch.zeros(1, 3, 1, 2), torch.ones(1, 3, 1, 2)
     # per-token |a - b| = 1, weights 0.1 and 0.8, divided by the 2 tokens
     assert float(anchor_l1(a, b, torch.tensor([[[0.1, 0.8]]]))) == pytest.approx(0.45)
+
+
+def test_feature_spread_is_the_compositing_weighted_relative_variance():
+    """Two Gaussians at one pixel, front one half opaque: the closed form equals the weighted variance of
+    their features over the weighted mean square, computed directly; agreeing features give 0."""
+    from fit3d.finetune.data import feature_spread
+
+    f = torch.tensor([[1.0, 2.0, 0.0], [0.0, 1.0, 3.0]], dtype=torch.float64)
+    w = torch.tensor([0.5, 0.5 * 0.8], dtype=torch.float64)  # alpha_1, T_2 * alpha_2
+    alpha = w.sum()
+    rendered = torch.cat([(w[:, None] * f).sum(0), (w * f.square().sum(1)).sum()[None]])[None, None]
+    mean = (w[:, None] * f).sum(0) / alpha
+    direct = (w * (f - mean).square().sum(1)).sum() / alpha / ((w * f.square().sum(1)).sum() / alpha)
+    assert float(feature_spread(rendered, alpha.view(1, 1))) == pytest.approx(float(direct), rel=1e-9)
+    same = torch.cat([(w[:, None] * f[:1]).sum(0), (w * f[:1].square().sum(1)).sum()[None]])[None, None]
+    assert float(feature_spread(same, alpha.view(1, 1))) == pytest.approx(0.0, abs=1e-9)
+    assert float(feature_spread(torch.zeros(1, 1, 4), torch.zeros(1, 1))) == 1.0  # nothing rendered
+
+
+def test_items_carry_the_spread_when_asked(lifted_dir):
+    scenes = load_scenes([lifted_dir], embed_dim=32)
+    kw = dict(which="train", resolution=[64, 48], flip_prob=0.0)
+    plain, spread = RenderedViews(scenes, 8, **kw)[1], RenderedViews(scenes, 8, with_spread=True, **kw)[1]
+    assert "spread" not in plain
+    assert torch.allclose(spread["target"], plain["target"], atol=1e-5)  # the extra channel leaves the target alone
+    assert torch.equal(spread["mask"], plain["mask"])
+    s = spread["spread"]
+    assert s.shape == (6, 8) and 0 <= float(s.min()) and float(s.max()) <= 1
+    assert float(s[spread["mask"]].std()) > 0  # different views' tokens disagree more in some places
 
 
 def test_lora_trains_adapters_only_and_saves_a_plain_merged_model(tmp_path, lifted_dir, tiny_model_dir):
@@ -71,7 +105,8 @@ def test_anchor_keeps_tokens_closer_to_the_original(tmp_path, lifted_dir, tiny_m
     from fit3d.finetune import load_finetuned
 
     dists = {}
-    for name, kw in {"plain": {}, "anchored": dict(anchor_weight=20.0, anchor_at="everywhere")}.items():
+    for name, kw in {"plain": {}, "anchored": dict(anchor_weight=20.0, anchor_at="everywhere"),
+                     "spread": dict(anchor_weight=20.0, anchor_at="spread", anchor_spread=1e-3)}.items():
         out = tmp_path / name
         finetune([lifted_dir], BACKBONE, out, quick(**kw), model_path=str(tiny_model_dir))
         orig_bb, ft_bb = load_finetuned(out)
@@ -80,6 +115,7 @@ def test_anchor_keeps_tokens_closer_to_the_original(tmp_path, lifted_dir, tiny_m
         dists[name] = float((orig_bb.features(imgs)[0] - ft_bb.features(imgs)[0]).abs().mean())
     assert dists["plain"] > 0
     assert dists["anchored"] < 0.5 * dists["plain"]
+    assert dists["spread"] < 0.5 * dists["plain"]  # a tiny anchor_spread: nearly every token anchored
 
 
 def test_recipes_presets_and_overrides():
