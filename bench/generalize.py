@@ -97,6 +97,8 @@ class GeneralizeConfig:
     seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
     max_items: int = field(default=0, metadata={"help": "cap images per probe split (evenly spaced; 0 = all)"})
     gaps: list[int] = field(default_factory=lambda: [3, 10, 20], metadata={"help": "sun3d correspondence frame gaps"})
+    evals: list[str] = field(default_factory=lambda: list(EVALS), metadata={
+        "help": "the evaluations to run (default: all); e.g. sun3d_corr camvid_seg for a quick look at one lever"})
     bootstrap: int = field(default=2000, metadata={"help": "bootstrap resamples"})
     cache_dir: str | None = field(default=None, metadata={
         "help": "feature cache (default OUT/cache; share one between runs: original features are reused)"})
@@ -541,14 +543,18 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     t0 = time.perf_counter()
     wide = (0, 10 ** 9)
     mi = cfg.max_items
-    data = {
-        "redkitchen_train": (load_probe_data(cfg.redkitchen, "train", res, train_frames=(0, 398), max_items=mi), "depth"),
-        "sun3d_all": (load_probe_data(cfg.sun3d, "test", res, test_frames=wide), "depth"),
-        "camvid_train": (load_probe_data(cfg.camvid, "train", res, dataset="camvid", max_items=mi), "seg"),
-        "camvid_val": (load_probe_data(cfg.camvid, "test", res, dataset="camvid", max_items=mi), "seg"),
-    }
+    want = set(cfg.evals)
+    data = {}
+    if "sun3d_depth_from_redkitchen" in want:
+        data["redkitchen_train"] = (load_probe_data(cfg.redkitchen, "train", res, train_frames=(0, 398), max_items=mi),
+                                    "depth")
+    if want & {"sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr"}:
+        data["sun3d_all"] = (load_probe_data(cfg.sun3d, "test", res, test_frames=wide), "depth")
+    if "camvid_seg" in want:
+        data["camvid_train"] = (load_probe_data(cfg.camvid, "train", res, dataset="camvid", max_items=mi), "seg")
+        data["camvid_val"] = (load_probe_data(cfg.camvid, "test", res, dataset="camvid", max_items=mi), "seg")
     for k in ("probe", "test"):
-        if rooms.get(k):
+        if rooms.get(k) and want & {"rooms_seg", "rooms_depth"}:
             data[f"rooms_{k}"] = (load_probe_data(work / "rooms" / k, "train", res, dataset="scannet",
                                                   num_classes=len(CLASS_NAMES), max_items=mi), "both")
     splits = {}
@@ -565,8 +571,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     seconds["features"] = time.perf_counter() - t0
 
     evals: dict = {}
-    sun = splits["sun3d_all"]
-    sun_frames = [frame_number(n) for n in sun.data.names]
+    sun = splits.get("sun3d_all")
+    sun_frames = [frame_number(n) for n in sun.data.names] if sun else []
     in_a = [i for i, f in enumerate(sun_frames) if 935 <= f <= 984]
     in_b = [i for i, f in enumerate(sun_frames) if 3160 <= f <= 3209]
     if mi:
@@ -575,40 +581,48 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     sub = lambda f, idx: {k: v.subset(idx) for k, v in f.items()}  # noqa: E731
 
     t0 = time.perf_counter()
-    _say("depth probes: redkitchen -> sun3d")
-    st = orig_stats("sun3d_depth_from_redkitchen", splits["redkitchen_train"].data.names, sun.data.names, eval_depth,
-                    feats["redkitchen_train"], splits["redkitchen_train"].depth, feats["sun3d_all"], sun.depth, cfg)
-    evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, cfg)
-    _say("depth probes: sun3d 935-984 -> 3160-3209")
-    st = orig_stats("sun3d_depth_in_scene", [sun.data.names[i] for i in in_a], [sun.data.names[i] for i in in_b],
-                    eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
-                    sub(feats["sun3d_all"], in_b), sun.depth[in_b], cfg)
-    evals["sun3d_depth_in_scene"] = summarise("depth", st, cfg)
+    if "sun3d_depth_from_redkitchen" in want:
+        _say("depth probes: redkitchen -> sun3d")
+        st = orig_stats("sun3d_depth_from_redkitchen", splits["redkitchen_train"].data.names, sun.data.names,
+                        eval_depth, feats["redkitchen_train"], splits["redkitchen_train"].depth, feats["sun3d_all"],
+                        sun.depth, cfg)
+        evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, cfg)
+    if "sun3d_depth_in_scene" in want:
+        _say("depth probes: sun3d 935-984 -> 3160-3209")
+        st = orig_stats("sun3d_depth_in_scene", [sun.data.names[i] for i in in_a], [sun.data.names[i] for i in in_b],
+                        eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
+                        sub(feats["sun3d_all"], in_b), sun.depth[in_b], cfg)
+        evals["sun3d_depth_in_scene"] = summarise("depth", st, cfg)
     seconds["probe_sun3d_depth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
-    evals["sun3d_corr"] = summarise("corr", st, cfg, corr_metric_names(cfg.gaps))
+    if "sun3d_corr" in want:
+        st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
+        evals["sun3d_corr"] = summarise("corr", st, cfg, corr_metric_names(cfg.gaps))
     seconds["probe_sun3d_corr"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    _say("seg probes: camvid")
-    cv_tr, cv_te = splits["camvid_train"], splits["camvid_val"]
-    st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"], cv_tr.labels,
-                    feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, cfg)
-    evals["camvid_seg"] = summarise("seg", st, cfg)
+    cv_te = splits.get("camvid_val")
+    if "camvid_seg" in want:
+        _say("seg probes: camvid")
+        cv_tr = splits["camvid_train"]
+        st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"],
+                        cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, cfg)
+        evals["camvid_seg"] = summarise("seg", st, cfg)
     seconds["probe_camvid"] = time.perf_counter() - t0
 
     if "rooms_probe" in splits and "rooms_test" in splits:
         t0 = time.perf_counter()
         _say("seg + depth probes: held-out rooms")
         rp, rt = splits["rooms_probe"], splits["rooms_test"]
-        st = orig_stats("rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["rooms_probe"], rp.labels,
-                        feats["rooms_test"], rt.labels, len(CLASS_NAMES), cfg)
-        evals["rooms_seg"] = summarise("seg", st, cfg)
-        st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
-                        feats["rooms_test"], rt.depth, cfg)
-        evals["rooms_depth"] = summarise("depth", st, cfg)
+        if "rooms_seg" in want:
+            st = orig_stats("rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["rooms_probe"], rp.labels,
+                            feats["rooms_test"], rt.labels, len(CLASS_NAMES), cfg)
+            evals["rooms_seg"] = summarise("seg", st, cfg)
+        if "rooms_depth" in want:
+            st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
+                            feats["rooms_test"], rt.depth, cfg)
+            evals["rooms_depth"] = summarise("depth", st, cfg)
         seconds["probe_rooms"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 
@@ -621,8 +635,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
                           "finetune_steps_run": manifest.get("steps"),
                           "num_train_views": manifest.get("num_train_views"),
                           "lifted_scenes": [d.name for d in lifted],
-                          "n_test": {"sun3d_depth_from_redkitchen": len(sun.images), "sun3d_depth_in_scene": len(in_b),
-                                     "camvid_seg": len(cv_te.images),
+                          "n_test": {"sun3d_depth_from_redkitchen": len(sun.images) if sun else 0,
+                                     "sun3d_depth_in_scene": len(in_b), "camvid_seg": len(cv_te.images) if cv_te else 0,
                                      "rooms": len(splits["rooms_test"].images) if "rooms_test" in splits else 0},
                           "finetune_heldout": manifest.get("metrics", {}).get("heldout")}
     table = markdown(result)
@@ -644,6 +658,10 @@ def main(argv=None) -> int:
     from fit3d.config import check_choices
 
     check_choices(cfg)
+    bad = sorted(set(cfg.evals) - set(EVALS))
+    if bad or not cfg.evals:
+        raise SystemExit(f"--evals: unknown {', '.join(bad)}; choose from {', '.join(EVALS)}" if bad else
+                         "--evals: give at least one")
     command = "python bench/generalize.py " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
     run(cfg, command)
     return 0

@@ -88,6 +88,13 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     before = sorted(p.name for p in (out / "cache" / "original_stats").iterdir())
     assert len(before) == 5
 
+    # a subset of the evaluations on the same outputs: the fine-tuned model is reused, only those evals run
+    assert g.main(argv[:2] + ["--json", str(tmp_path / "sub.json")] + argv[4:] + ["--evals", "sun3d_corr"]) == 0
+    sub = json.loads((tmp_path / "sub.json").read_text())
+    assert set(sub["evals"]) == {"sun3d_corr"}
+    assert sub["evals"]["sun3d_corr"]["finetuned"] == r["evals"]["sun3d_corr"]["finetuned"]
+    with pytest.raises(SystemExit, match="unknown nope"):
+        g.main(argv + ["--evals", "nope"])
 
 def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone, tiny_model_dir):
     """A rerun with other room or lift settings must not reuse the lifted folder of the earlier run."""
