@@ -184,10 +184,47 @@ def _fmt_diff(e: dict, key: str, m: str) -> str:
     return f"{m} {d:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
+def _better_worse(m: str, lo: float, hi: float) -> tuple[bool, bool]:
+    """(better, worse) of an interval of (B - A) of metric ``m``: whether it excludes 0 on either side."""
+    if m in LOWER_IS_BETTER:
+        return hi < 0, lo > 0
+    return lo > 0, hi < 0
+
+
+def in_short(held: dict) -> str:
+    """One sentence counting, over every held-out metric, where an interval excludes 0 and which way."""
+    count = {k: [0, 0] for k in ("finetuned-original", "concat-original", "control")}
+    n = n_ctl = 0
+    for ev, e in held["evals"].items():
+        for key in ("finetuned-original", "concat-original"):
+            for m, (lo, hi) in e["ci"][key].items():
+                b, w = _better_worse(m, lo, hi)
+                count[key][0] += b
+                count[key][1] += w
+                n += key == "finetuned-original"
+        for m, (lo, hi) in (held["controls"].get(ev, {}).get("ci", {}).get(f"concat-{CONTROL}") or {}).items():
+            b, w = _better_worse(m, lo, hi)
+            count["control"][0] += b
+            count["control"][1] += w
+            n_ctl += 1
+    (fg, fl), (cg, cl), (kg, kl) = count.values()
+    text = (f"**In short:** of the {n} held-out metrics, the fine-tuned model alone is better than the original on "
+            f"{fg} and worse on {fl}; concat is better than the original on {cg} and worse on {cl}")
+    if n_ctl:
+        text += f"; against the width control concat is better on {kg} and worse on {kl} of {n_ctl}"
+    text += " (every other interval includes 0)."
+    if fl > fg:
+        text += " On these rooms the fine-tuning does not improve the features on their own."
+    if n_ctl and cg and not kg:
+        text += (" Concat's gain over the original is matched by the control, so it comes from the wider head, not "
+                 "from what the fine-tuned tokens add.")
+    return text
+
+
 def findings(held: dict) -> list[str]:
     """Plain-language lines read off the intervals: per eval and comparison, which metrics gain, lose, or
     show no difference the interval can tell apart from 0."""
-    lines = []
+    lines = [in_short(held), ""]
     names = {"finetuned-original": "Fine-tuned alone vs original", "concat-original": "Concat vs original"}
     for ev, e in held["evals"].items():
         for key, title in names.items():
@@ -203,8 +240,7 @@ def findings(held: dict) -> list[str]:
         if ctl:
             above, below, same = [], [], []
             for m, (lo, hi) in ctl["ci"][f"concat-{CONTROL}"].items():
-                better = (hi < 0) if m in LOWER_IS_BETTER else (lo > 0)
-                worse = (lo > 0) if m in LOWER_IS_BETTER else (hi < 0)
+                better, worse = _better_worse(m, lo, hi)
                 (above if better else below if worse else same).append(m)
             lines.append(f"- Concat vs the width control `{CONTROL}`, `{ev}`: better on {', '.join(above) or 'none'}; "
                          f"worse on {', '.join(below) or 'none'}; not separable on {', '.join(same) or 'none'}. "

@@ -46,6 +46,7 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     # the report carries the seed spread, the intervals, the control and the time per stage
     assert "| rooms_seg | miou ↑ |" in report and "| rooms_depth | rmse ↓ |" in report
     assert " ± " in report and "95%" in report and "original_x2" in report and "### What the numbers show" in report
+    assert "**In short:**" in report
     assert "| lift |" in report and "| intervals |" in report
     for pic in ("scene.png", "compare.png", "probe_depth.png", "probe_seg.png"):
         assert (tmp_path / "docs" / pic).stat().st_size > 1000, pic
@@ -89,3 +90,28 @@ def test_explicit_model_path_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("FIT3D_MODEL_PATH", str(tmp_path / "env"))
     assert resolve_model_path("dinov2_small", str(tmp_path / "arg")) == str(tmp_path / "arg")
     assert resolve_model_path("dinov2_small", None) == str(tmp_path / "env")
+
+
+def test_findings_read_the_intervals():
+    """The report's plain-language lines count only intervals that exclude 0, in the metric's direction."""
+    import numpy as np
+
+    from fit3d.demo import findings
+    from fit3d.probe.summary import CONTROL, claims, summarise
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 1.0, (1, 40, 6)).repeat(2, 0)
+    noise = lambda: rng.normal(0, 0.002, base.shape)  # noqa: E731
+    concat = base * 0.9 + noise()
+    stats = {"original": base + noise(), "finetuned": base * 1.2 + noise(),  # 20% worse metric depth everywhere
+             "concat": concat, CONTROL: concat.copy()}  # concat gains, and the control exactly as much
+    e = summarise("depth", stats, type("C", (), {"bootstrap": 200})())
+    held = {"evals": {"rooms_depth": e}, "controls": {"rooms_depth": e.pop("_control")}}
+    held["claims"] = claims(held["evals"])
+    text = "\n".join(findings(held))
+    # delta1-type metrics move the other way under a scale of the errors, so count from the claims themselves
+    ft = held["claims"]["rooms_depth"]["finetuned-original"]
+    assert f"better than the original on {list(ft.values()).count('gain')} and worse on " \
+           f"{list(ft.values()).count('loss')}" in text
+    assert "rmse +0." in text and "*losses* on" in text
+    assert "matched by the control" in text and "better on 0 and worse on 0 of 6" in text
