@@ -49,7 +49,7 @@ from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, add_re
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import CONTROL, LOWER_IS_BETTER, claims, probe_stats, summarise, summary_markdown
-from fit3d.run import check_resume
+from fit3d.run import check_counts, check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
 
@@ -127,6 +127,7 @@ def check_rooms(out: Path, cfg: DemoConfig) -> None:
 def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
+    check_counts(cfg, {"train_scenes": 1, "test_scenes": 1, "num_views": 2, "width": 14, "height": 14, "bootstrap": 1})
     model_path = resolve_model_path(cfg.backbone, cfg.model_path)
     check_rooms(out, cfg)
     scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)

@@ -115,3 +115,11 @@ def test_findings_read_the_intervals():
            f"{list(ft.values()).count('loss')}" in text
     assert "rmse +0." in text and "*losses* on" in text
     assert "matched by the control" in text and "better on 0 and worse on 0 of 6" in text
+
+
+def test_bad_counts_are_refused_before_any_work(tmp_path):
+    from fit3d.errors import Fit3DError
+
+    with pytest.raises(Fit3DError, match="--bootstrap"):
+        run_demo(DemoConfig(out=str(tmp_path / "demo"), bootstrap=0))
+    assert not (tmp_path / "demo").exists()
