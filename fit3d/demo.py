@@ -150,7 +150,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                           "intervals": round(time.perf_counter() - t0, 1),
                           "total": round(time.perf_counter() - t_start, 1)}
     results["machine"] = {"cpus": os.cpu_count(), "device": str(resolve_device(cfg.device)),
-                          "load_at_end": round(os.getloadavg()[0], 2)}
+                          "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": round(time.process_time(), 1)}
     write_json(out / "results.json", results)
     report = write_report(out, cfg, results, train, test, model_path)
     print(f"[fit3d demo] report: {report}")
@@ -288,7 +288,7 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
             shutil.copy2(src, rep / f"probe_{task}.png")
             pics.append((f"{task} probe on held-out rooms: ground truth and predictions per feature source",
                          f"probe_{task}.png"))
-    held = results["heldout"]
+    held, m = results["heldout"], results["machine"]
     p = cfg.probe
     lines = ["# fit3d demo report", "",
              f"Backbone `{cfg.backbone}` ({model_path or 'hub'}); {len(train)} training rooms (lifted, fine-tuned "
@@ -314,7 +314,10 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              *findings(held), "", "## Time per stage", "",
              f"Wall seconds on {results['machine']['cpus']} CPU cores, device `{results['machine']['device']}`, "
              f"load average {results['machine']['load_at_end']:.1f} when the run ended (other jobs on the same "
-             f"cores slow every stage: compare stages within one run).", "",
+             f"cores slow every stage: compare stages within one run)"
+             + (f"; its process used {m['cpu_seconds']:.0f} CPU seconds over all threads (on {m['cpus']} otherwise "
+                f"idle cores: at least {m['cpu_seconds'] / m['cpus']:.0f} s of wall time)." if m.get("cpu_seconds")
+                else "."), "",
              "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in results["seconds"].items()], ""]
     lift = results.get("lift", {})
     if lift:
