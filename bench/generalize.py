@@ -52,17 +52,12 @@ from fit3d.io import write_json, write_text
 from fit3d.lift.backprojected import generated_with
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
+from fit3d.probe.summary import (CONTROL, DEPTH_METRICS, LOWER_IS_BETTER, SEG_METRICS, Feats,  # noqa: F401
+                                 claims, depth_per_image, eval_depth, eval_seg, summarise)
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
          "rooms_depth")
-# Control: the original's tokens twice. A head on concat reads twice the channels, and at a few hundred
-# head iterations that alone changes the numbers (duplicated channels double the head's effective step
-# size); concat is also compared with this head of the same width.
-CONTROL = "original_x2"
-DEPTH_METRICS = ("rmse", "abs_rel", "delta1", "rmse_aligned", "abs_rel_aligned", "delta1_aligned")
-SEG_METRICS = ("miou", "macc")
-LOWER_IS_BETTER = {"rmse", "abs_rel", "rmse_aligned", "abs_rel_aligned"}
 LIFT_METHODS = ("backprojected", "optimize", "solve")
 
 
@@ -197,15 +192,6 @@ def finetune_config(cfg: GeneralizeConfig):
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-@dataclass
-class Feats:
-    patch: torch.Tensor  # [N, D, h, w]
-    cls: torch.Tensor  # [N, Dc]
-
-    def subset(self, idx) -> "Feats":
-        return Feats(self.patch[idx], self.cls[idx])
-
-
 def _generated_tag(path) -> str:
     """":<hash>" of the generator records of the ``fit3d generate`` rooms under ``path`` ("" for other data), so
     cached features of rooms regenerated under the same folder with other settings are not reused."""
@@ -244,81 +230,6 @@ def extract(sources: dict, splits: dict, cache, res) -> dict:
     return out
 
 
-def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: float) -> np.ndarray:
-    """[N, len(DEPTH_METRICS)] metric and median-scaled metrics per image (NaN rows: no valid pixel)."""
-    from fit3d.probe.depth import depth_metrics_image, valid_mask
-
-    rows = []
-    pred = pred.clamp(min_d, max_d)
-    for i in range(len(gt)):
-        v = valid_mask(gt[i], min_d, max_d)
-        m = depth_metrics_image(pred[i], gt[i], v)
-        if m is None:
-            rows.append([np.nan] * len(DEPTH_METRICS))
-            continue
-        s = gt[i][v].median() / pred[i][v].median().clamp_min(1e-6)
-        ma = depth_metrics_image((pred[i] * s).clamp(min_d, max_d), gt[i], v)
-        rows.append([m["rmse"], m["abs_rel"], m["delta1"], ma["rmse"], ma["abs_rel"], ma["delta1"]])
-    return np.asarray(rows, dtype=np.float64)
-
-
-def _todo(known: dict | None) -> tuple[dict, list[str]]:
-    """(results so far, the sources still to train): heads of ``known`` sources are not retrained."""
-    out = dict(known or {})
-    return out, [src for src in SOURCES + (CONTROL,) if src not in out]
-
-
-def _per_seed(heads: list, todo: list[str], n_seeds: int, evaluate) -> dict:
-    """{source: np.stack over seeds of ``evaluate(source, head)``} from a batched trainer's seed-major
-    [(head, log)] list (index = seed_index * len(todo) + source_index)."""
-    return {src: np.stack([evaluate(src, heads[si * len(todo) + k][0]) for si in range(n_seeds)])
-            for k, src in enumerate(todo)}
-
-
-def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_depth: float = 10.0,
-               known: dict | None = None) -> dict:
-    """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained.
-    The heads of every source x seed train in one batched pass (``fit3d.probe.batched``; equal to
-    training them one by one)."""
-    from fit3d.probe.batched import train_depth_batched
-    from fit3d.probe.depth import DepthSettings, predict_depth
-
-    n = cfg.probe_iterations
-    out, todo = _todo(known)
-    if not todo:
-        return out
-    settings = [DepthSettings(iterations=n, seed=seed, max_depth=max_depth) for seed in range(cfg.seeds)]
-    heads = train_depth_batched([train_f[s].patch for s in todo], [train_f[s].cls for s in todo], train_depth,
-                                settings)
-    s = settings[0]  # the seeds' settings differ only in the seed
-    out.update(_per_seed(heads, todo, len(settings), lambda src, head: depth_per_image(
-        predict_depth(head, test_f[src].patch, test_f[src].cls, tuple(test_depth.shape[-2:])), test_depth,
-        s.min_depth, s.max_depth)))
-    return out
-
-
-def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg,
-             ignore: int = 255, known: dict | None = None) -> dict:
-    """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it.
-    Heads of every source x seed train in one batched pass."""
-    from fit3d.probe.batched import train_seg_batched
-    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
-
-    n = cfg.probe_iterations
-    out, todo = _todo(known)
-    if not todo:
-        return out
-    settings = [SegSettings(iterations=n, seed=seed, ignore_index=ignore) for seed in range(cfg.seeds)]
-    heads = train_seg_batched([train_f[s].patch for s in todo], train_labels, num_classes, settings)
-    def confusions(src, head):
-        pred = predict_seg(head, test_f[src].patch, tuple(test_labels.shape[-2:]))
-        return np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
-                         for i in range(len(pred))]).astype(np.float64)
-
-    out.update(_per_seed(heads, todo, len(settings), confusions))
-    return out
-
-
 def eval_corr(feats: dict, views, frames: list[int], gaps: list[int]) -> tuple[dict, list[int]]:
     """({source: [1, P, 2 + 2 * len(gaps)] per-pair (hits@1, n, hits@2, n, ...) per gap slot}, pair gaps).
 
@@ -349,63 +260,6 @@ def eval_corr(feats: dict, views, frames: list[int], gaps: list[int]) -> tuple[d
 
 def corr_metric_names(gaps) -> list[str]:
     return ["recall1", "recall2"] + [f"recall1_gap{g}" for g in gaps]
-
-
-def summarise(kind: str, stats: dict, cfg, names: list[str] | None = None) -> dict:
-    """One eval's entry of the JSON: {source: {metric: {mean, std}}, "ci": {...}} from per-image stats."""
-    from fit3d.probe.stats import macc_from_confusion, miou_from_confusion, paired_bootstrap, ratio_metric
-
-    entry: dict = {}
-    if kind == "depth":
-        names = list(DEPTH_METRICS)
-        keep = ~np.isnan(stats["original"]).any(axis=(0, 2))  # images with valid pixels (same GT for all sources)
-        stats = {k: v[:, keep] for k, v in stats.items()}
-        value = lambda x, j: np.nanmean(x[..., j], axis=-1)  # noqa: E731 - [seeds] per-seed means
-        pooled = {k: v.mean(0) for k, v in stats.items()}  # [N, M] averaged over seeds
-        metric_fn = {j: None for j in range(len(names))}
-        pick = lambda x, j: x[:, j]  # noqa: E731
-    elif kind == "seg":
-        names = list(SEG_METRICS)
-        fns = [miou_from_confusion, macc_from_confusion]
-        value = lambda x, j: fns[j](x.sum(1))  # noqa: E731
-        pooled = {k: v.sum(0) for k, v in stats.items()}  # [N, C, C]
-        metric_fn = {j: fns[j] for j in range(len(names))}
-        pick = lambda x, j: x  # noqa: E731
-    else:  # corr: columns (hits, n) per metric
-        value = lambda x, j: ratio_metric(x.sum(1)[..., 2 * j:2 * j + 2])  # noqa: E731
-        pooled = {k: v.sum(0) for k, v in stats.items()}
-        metric_fn = {j: ratio_metric for j in range(len(names))}
-        pick = lambda x, j: x[:, 2 * j:2 * j + 2]  # noqa: E731
-    for src in SOURCES:
-        entry[src] = {}
-        for j, m in enumerate(names):
-            v = np.asarray(value(stats[src], j), dtype=np.float64)
-            entry[src][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-    def ci(base, other):
-        return {m: [(r := paired_bootstrap(pick(pooled[base], j), pick(pooled[other], j), metric_fn[j],
-                                           n_boot=cfg.bootstrap, seed=0))["lo"], r["hi"]]
-                for j, m in enumerate(names)}
-
-    entry["ci"] = {f"{other}-original": ci("original", other) for other in ("concat", "finetuned")}
-    if CONTROL in stats:  # kept apart from the issue's schema: control[EVAL] = {CONTROL: ..., "ci": ...}
-        ctl = {m: {"mean": float((v := np.asarray(value(stats[CONTROL], j), dtype=np.float64)).mean()),
-                   "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0} for j, m in enumerate(names)}
-        entry["_control"] = {CONTROL: ctl, "ci": {f"concat-{CONTROL}": ci(CONTROL, "concat")}}
-    return entry
-
-
-def claims(evals: dict) -> dict:
-    """{eval: {"concat-original"|"finetuned-original": {metric: "gain" | "loss" | "n.s."}}} from the intervals."""
-    out = {}
-    for ev, e in evals.items():
-        out[ev] = {}
-        for key, cis in e["ci"].items():
-            out[ev][key] = {}
-            for m, (lo, hi) in cis.items():
-                better = (hi < 0) if m in LOWER_IS_BETTER else (lo > 0)
-                worse = (lo > 0) if m in LOWER_IS_BETTER else (hi < 0)
-                out[ev][key][m] = "gain" if better else ("loss" if worse else "n.s.")
-    return out
 
 
 def targets(evals: dict, gaps) -> dict:

@@ -1,24 +1,29 @@
-"""Integration: a tiny `fit3d demo` (one small room, few iterations) runs every stage end to end."""
+"""Integration: a tiny `fit3d demo` (one small room, few iterations) runs every stage end to end, its report
+carries the seed spread and intervals, reruns resume and changed room settings are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
-from fit3d.demo import DemoConfig, resolve_model_path, run_demo
+from fit3d.demo import DemoConfig, check_rooms, resolve_model_path, run_demo
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.lift.config import LiftConfig
 from fit3d.probe.config import ProbeConfig
+from fit3d.run import SettingsMismatch
 
 
 @pytest.mark.slow
 def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     monkeypatch.setenv("FIT3D_MODEL_PATH", str(dinov2_path))
     cfg = DemoConfig(out=str(tmp_path / "demo"), report_dir=str(tmp_path / "docs"), train_scenes=1, test_scenes=1,
-                     num_views=8, width=112, height=84, lift=LiftConfig(iterations=20, width=56),
-                     finetune=FinetuneConfig(max_steps=3), probe=ProbeConfig(iterations=15, resolution=[112, 84]))
+                     num_views=8, width=112, height=84, bootstrap=100,
+                     lift=LiftConfig(method="solve", solve_geometry_iterations=0, width=56),
+                     finetune=FinetuneConfig(max_steps=3),
+                     probe=ProbeConfig(iterations=15, resolution=[112, 84], seeds=[0, 1]))
     res = run_demo(cfg)
     # every stage produced numbers for every feature source
     for key in ("depth_rmse", "seg_miou"):
@@ -26,10 +31,23 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
         assert all(v == v for v in res[key].values())  # not NaN
     assert res["finetune"]["steps"] == 3
     assert res["lift"]["synthetic_0000"]["heldout"]["feature_cosine"] > 0
+    held = res["heldout"]
+    assert set(held["evals"]) == {"rooms_seg", "rooms_depth"} and held["seeds"] == [0, 1]
+    # the per-image statistics rebuilt from the saved heads give the probe's own numbers (mean over seeds)
+    assert held["evals"]["rooms_seg"]["finetuned"]["miou"]["mean"] == pytest.approx(res["seg_miou"]["finetuned"])
+    assert held["evals"]["rooms_depth"]["concat"]["rmse"]["mean"] == pytest.approx(res["depth_rmse"]["concat"])
+    for ev, e in held["evals"].items():
+        assert set(e["ci"]) == {"concat-original", "finetuned-original"}
+        assert all(lo <= hi for cis in e["ci"].values() for lo, hi in cis.values())
+        assert "original_x2" in held["controls"][ev]
     out = tmp_path / "demo"
     assert json.loads((out / "results.json").read_text())["depth_rmse"] == res["depth_rmse"]
     report = (tmp_path / "docs" / "report.md").read_text()
-    assert "| depth RMSE" in report and "| seg mIoU" in report
+    # the report carries the seed spread, the intervals, the control and the time per stage
+    assert "| rooms_seg | miou ↑ |" in report and "| rooms_depth | rmse ↓ |" in report
+    assert " ± " in report and "95%" in report and "original_x2" in report and "### What the numbers show" in report
+    assert "**In short:**" in report
+    assert "| lift |" in report and "| intervals |" in report
     for pic in ("scene.png", "compare.png", "probe_depth.png", "probe_seg.png"):
         assert (tmp_path / "docs" / pic).stat().st_size > 1000, pic
         assert f"]({pic})" in report
@@ -37,6 +55,24 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(out / "finetuned" / "model") is not None
+    # a rerun resumes (the lift is skipped); other room settings in the same folder are refused
+    again = run_demo(cfg)
+    assert again["lift"] == res["lift"] and again["finetune"]["steps"] == 3
+    with pytest.raises(SettingsMismatch, match="num_views"):
+        run_demo(dataclasses.replace(cfg, num_views=6))
+
+
+def test_changed_rooms_are_not_silently_reused(tmp_path):
+    out = tmp_path / "demo"
+    cfg = DemoConfig(out=str(out))
+    check_rooms(out, cfg)
+    check_rooms(out, dataclasses.replace(cfg, probe=ProbeConfig(iterations=5)))  # probe settings: rooms reused
+    with pytest.raises(SettingsMismatch, match=r"train_scenes: 14 -> 3"):
+        check_rooms(out, dataclasses.replace(cfg, train_scenes=3))
+    old = tmp_path / "old"  # a demo folder written before rooms.json existed
+    (old / "lifted").mkdir(parents=True)
+    with pytest.raises(SettingsMismatch, match="records no settings"):
+        check_rooms(old, cfg)
 
 
 def test_offline_without_local_copy_says_what_to_pass(tmp_path, monkeypatch):
@@ -54,3 +90,36 @@ def test_explicit_model_path_wins(monkeypatch, tmp_path):
     monkeypatch.setenv("FIT3D_MODEL_PATH", str(tmp_path / "env"))
     assert resolve_model_path("dinov2_small", str(tmp_path / "arg")) == str(tmp_path / "arg")
     assert resolve_model_path("dinov2_small", None) == str(tmp_path / "env")
+
+
+def test_findings_read_the_intervals():
+    """The report's plain-language lines count only intervals that exclude 0, in the metric's direction."""
+    import numpy as np
+
+    from fit3d.demo import findings
+    from fit3d.probe.summary import CONTROL, claims, summarise
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 1.0, (1, 40, 6)).repeat(2, 0)
+    noise = lambda: rng.normal(0, 0.002, base.shape)  # noqa: E731
+    concat = base * 0.9 + noise()
+    stats = {"original": base + noise(), "finetuned": base * 1.2 + noise(),  # 20% worse metric depth everywhere
+             "concat": concat, CONTROL: concat.copy()}  # concat gains, and the control exactly as much
+    e = summarise("depth", stats, type("C", (), {"bootstrap": 200})())
+    held = {"evals": {"rooms_depth": e}, "controls": {"rooms_depth": e.pop("_control")}}
+    held["claims"] = claims(held["evals"])
+    text = "\n".join(findings(held))
+    # delta1-type metrics move the other way under a scale of the errors, so count from the claims themselves
+    ft = held["claims"]["rooms_depth"]["finetuned-original"]
+    assert f"better than the original on {list(ft.values()).count('gain')} and worse on " \
+           f"{list(ft.values()).count('loss')}" in text
+    assert "rmse +0." in text and "*losses* on" in text
+    assert "matched by the control" in text and "better on 0 and worse on 0 of 6" in text
+
+
+def test_bad_counts_are_refused_before_any_work(tmp_path):
+    from fit3d.errors import Fit3DError
+
+    with pytest.raises(Fit3DError, match="--bootstrap"):
+        run_demo(DemoConfig(out=str(tmp_path / "demo"), bootstrap=0))
+    assert not (tmp_path / "demo").exists()

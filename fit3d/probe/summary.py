@@ -1,0 +1,284 @@
+"""Cross-scene probe summaries: per-image statistics of every feature source x head seed, reduced to the
+mean ± std over seeds and paired bootstrap 95% intervals over test images (``fit3d.probe.stats``).
+
+Shared by ``bench/generalize.py`` and ``fit3d demo``. Sources are ``original`` / ``finetuned`` /
+``concat`` (``fit3d.probe.sources.KINDS``) plus the width control ``original_x2`` (the original's
+tokens twice: a head on concat reads twice the channels, and at a few hundred head iterations that alone
+changes the numbers, so concat is also compared with a head of the same width on no new information).
+
+Per-image statistics (the ``stats`` dicts, {source: array}):
+
+- depth: [seeds, N, len(DEPTH_METRICS)] metric and median-scaled metrics per image (``depth_per_image``);
+- seg: [seeds, N, C, C] per-image confusion matrices;
+- corr: [1, P, 2k] per-pair (hits, n) columns.
+
+The ``cfg`` the functions read is any object with ``probe_iterations`` and ``seeds`` (head training) and
+``bootstrap`` (resamples), as ``bench/generalize.py``'s config.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fit3d.probe.sources import KINDS as SOURCES
+
+# Control: the original's tokens twice. A head on concat reads twice the channels, and at a few hundred
+# head iterations that alone changes the numbers (duplicated channels double the head's effective step
+# size); concat is also compared with this head of the same width.
+CONTROL = "original_x2"
+DEPTH_METRICS = ("rmse", "abs_rel", "delta1", "rmse_aligned", "abs_rel_aligned", "delta1_aligned")
+SEG_METRICS = ("miou", "macc")
+LOWER_IS_BETTER = {"rmse", "abs_rel", "rmse_aligned", "abs_rel_aligned"}
+
+
+@dataclass
+class Feats:
+    patch: torch.Tensor  # [N, D, h, w]
+    cls: torch.Tensor  # [N, Dc]
+
+    def subset(self, idx) -> "Feats":
+        return Feats(self.patch[idx], self.cls[idx])
+
+
+def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: float) -> np.ndarray:
+    """[N, len(DEPTH_METRICS)] metric and median-scaled metrics per image (NaN rows: no valid pixel)."""
+    from fit3d.probe.depth import depth_metrics_image, valid_mask
+
+    rows = []
+    pred = pred.clamp(min_d, max_d)
+    for i in range(len(gt)):
+        v = valid_mask(gt[i], min_d, max_d)
+        m = depth_metrics_image(pred[i], gt[i], v)
+        if m is None:
+            rows.append([np.nan] * len(DEPTH_METRICS))
+            continue
+        s = gt[i][v].median() / pred[i][v].median().clamp_min(1e-6)
+        ma = depth_metrics_image((pred[i] * s).clamp(min_d, max_d), gt[i], v)
+        rows.append([m["rmse"], m["abs_rel"], m["delta1"], ma["rmse"], ma["abs_rel"], ma["delta1"]])
+    return np.asarray(rows, dtype=np.float64)
+
+
+def _todo(known: dict | None) -> tuple[dict, list[str]]:
+    """(results so far, the sources still to train): heads of ``known`` sources are not retrained."""
+    out = dict(known or {})
+    return out, [src for src in SOURCES + (CONTROL,) if src not in out]
+
+
+def _per_seed(heads: list, todo: list[str], n_seeds: int, evaluate) -> dict:
+    """{source: np.stack over seeds of ``evaluate(source, head)``} from a batched trainer's seed-major
+    [(head, log)] list (index = seed_index * len(todo) + source_index)."""
+    return {src: np.stack([evaluate(src, heads[si * len(todo) + k][0]) for si in range(n_seeds)])
+            for k, src in enumerate(todo)}
+
+
+def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_depth: float = 10.0,
+               known: dict | None = None, settings: list | None = None) -> dict:
+    """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained.
+    The heads of every source x seed train in one batched pass (``fit3d.probe.batched``; equal to
+    training them one by one). ``settings``: one ``DepthSettings`` per seed (default: ``cfg.seeds`` seeds
+    0.. of ``cfg.probe_iterations`` iterations, the rest DepthSettings' defaults; ``cfg`` is then unused)."""
+    from fit3d.probe.batched import train_depth_batched
+    from fit3d.probe.depth import DepthSettings, predict_depth
+
+    out, todo = _todo(known)
+    if not todo:
+        return out
+    if settings is None:
+        settings = [DepthSettings(iterations=cfg.probe_iterations, seed=seed, max_depth=max_depth)
+                    for seed in range(cfg.seeds)]
+    heads = train_depth_batched([train_f[s].patch for s in todo], [train_f[s].cls for s in todo], train_depth,
+                                settings)
+    s = settings[0]  # the seeds' settings differ only in the seed
+    out.update(_per_seed(heads, todo, len(settings), lambda src, head: depth_per_image(
+        predict_depth(head, test_f[src].patch, test_f[src].cls, tuple(test_depth.shape[-2:])), test_depth,
+        s.min_depth, s.max_depth)))
+    return out
+
+
+def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg,
+             ignore: int = 255, known: dict | None = None, settings: list | None = None) -> dict:
+    """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it.
+    Heads of every source x seed train in one batched pass. ``settings``: one ``SegSettings`` per seed
+    (default as ``eval_depth``'s)."""
+    from fit3d.probe.batched import train_seg_batched
+    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
+
+    out, todo = _todo(known)
+    if not todo:
+        return out
+    if settings is None:
+        settings = [SegSettings(iterations=cfg.probe_iterations, seed=seed, ignore_index=ignore)
+                    for seed in range(cfg.seeds)]
+    heads = train_seg_batched([train_f[s].patch for s in todo], train_labels, num_classes, settings)
+    def confusions(src, head):
+        pred = predict_seg(head, test_f[src].patch, tuple(test_labels.shape[-2:]))
+        return np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
+                         for i in range(len(pred))]).astype(np.float64)
+
+    out.update(_per_seed(heads, todo, len(settings), confusions))
+    return out
+
+
+
+
+def summarise(kind: str, stats: dict, cfg, names: list[str] | None = None) -> dict:
+    """One eval's entry of the JSON: {source: {metric: {mean, std}}, "ci": {...}} from per-image stats."""
+    from fit3d.probe.stats import macc_from_confusion, miou_from_confusion, paired_bootstrap, ratio_metric
+
+    entry: dict = {}
+    if kind == "depth":
+        names = list(DEPTH_METRICS)
+        keep = ~np.isnan(stats["original"]).any(axis=(0, 2))  # images with valid pixels (same GT for all sources)
+        stats = {k: v[:, keep] for k, v in stats.items()}
+        value = lambda x, j: np.nanmean(x[..., j], axis=-1)  # noqa: E731 - [seeds] per-seed means
+        pooled = {k: v.mean(0) for k, v in stats.items()}  # [N, M] averaged over seeds
+        metric_fn = {j: None for j in range(len(names))}
+        pick = lambda x, j: x[:, j]  # noqa: E731
+    elif kind == "seg":
+        names = list(SEG_METRICS)
+        fns = [miou_from_confusion, macc_from_confusion]
+        value = lambda x, j: fns[j](x.sum(1))  # noqa: E731
+        pooled = {k: v.sum(0) for k, v in stats.items()}  # [N, C, C]
+        metric_fn = {j: fns[j] for j in range(len(names))}
+        pick = lambda x, j: x  # noqa: E731
+    else:  # corr: columns (hits, n) per metric
+        value = lambda x, j: ratio_metric(x.sum(1)[..., 2 * j:2 * j + 2])  # noqa: E731
+        pooled = {k: v.sum(0) for k, v in stats.items()}
+        metric_fn = {j: ratio_metric for j in range(len(names))}
+        pick = lambda x, j: x[:, 2 * j:2 * j + 2]  # noqa: E731
+    for src in SOURCES:
+        entry[src] = {}
+        for j, m in enumerate(names):
+            v = np.asarray(value(stats[src], j), dtype=np.float64)
+            entry[src][m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    def ci(base, other):
+        return {m: [(r := paired_bootstrap(pick(pooled[base], j), pick(pooled[other], j), metric_fn[j],
+                                           n_boot=cfg.bootstrap, seed=0))["lo"], r["hi"]]
+                for j, m in enumerate(names)}
+
+    entry["ci"] = {f"{other}-original": ci("original", other) for other in ("concat", "finetuned")}
+    if CONTROL in stats:  # kept apart from the issue's schema: control[EVAL] = {CONTROL: ..., "ci": ...}
+        ctl = {m: {"mean": float((v := np.asarray(value(stats[CONTROL], j), dtype=np.float64)).mean()),
+                   "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0} for j, m in enumerate(names)}
+        entry["_control"] = {CONTROL: ctl, "ci": {f"concat-{CONTROL}": ci(CONTROL, "concat")}}
+    return entry
+
+
+def claims(evals: dict) -> dict:
+    """{eval: {"concat-original"|"finetuned-original": {metric: "gain" | "loss" | "n.s."}}} from the intervals."""
+    out = {}
+    for ev, e in evals.items():
+        out[ev] = {}
+        for key, cis in e["ci"].items():
+            out[ev][key] = {}
+            for m, (lo, hi) in cis.items():
+                better = (hi < 0) if m in LOWER_IS_BETTER else (lo > 0)
+                worse = (lo > 0) if m in LOWER_IS_BETTER else (hi < 0)
+                out[ev][key][m] = "gain" if better else ("loss" if worse else "n.s.")
+    return out
+
+
+def probe_stats(cfg, control: bool = True) -> dict:
+    """Per-image statistics {source: array} of a finished ``run_probe(cfg)`` of task seg or depth with the
+    sources original / finetuned / concat: each seed's saved head (``<out>/heads``) applied to the cached
+    test features (the numbers of its probe.json, per image). With ``control``, the heads of ``CONTROL``
+    are trained as ``run_probe`` trained the others (same settings and seeds, one batched pass) and
+    added. A head file whose seed or iterations differ from ``cfg``'s is a ``Fit3DError`` (stale run)."""
+    from fit3d.errors import Fit3DError
+    from fit3d.probe import heads as heads_mod
+    from fit3d.probe.datasets import load_probe_data, parse_range
+    from fit3d.probe.depth import predict_depth
+    from fit3d.probe.features import FeatureCache
+    from fit3d.probe.protocol import (TEST_FRAMES, TRAIN_FRAMES, _features, _Models, depth_settings, materialise,
+                                      seg_settings, sources)
+    from fit3d.probe.seg import confusion_matrix, predict_seg
+
+    if cfg.task not in ("depth", "seg"):
+        raise Fit3DError(f"per-image probe statistics: task {cfg.task} has no heads (depth or seg)")
+    if control and cfg.val_frames:
+        raise Fit3DError("the width control trains last-checkpoint heads; the probe used --val-frames")
+    srcs = {s.label: s for s in sources(cfg)}
+    if set(srcs) != set(SOURCES):
+        raise Fit3DError(f"per-image probe statistics need the sources {', '.join(SOURCES)}, got {', '.join(srcs)}")
+    res = (int(cfg.resolution[0]), int(cfg.resolution[1]))
+    kw = dict(dataset=cfg.dataset, num_classes=cfg.num_classes, max_depth=cfg.max_depth, max_items=cfg.max_items,
+              train_frames=parse_range(cfg.train_frames, TRAIN_FRAMES),
+              test_frames=parse_range(cfg.test_frames, TEST_FRAMES))
+    test = materialise(load_probe_data(cfg.eval_data or cfg.data, "test", res, **kw), cfg.task)
+    meta = test.data
+    if cfg.task == "depth" and meta.crop:
+        raise Fit3DError(f"{meta.meta.get('path')}: per-image depth statistics take no evaluation crop ({meta.crop})")
+    cache = FeatureCache(None if (cfg.cache_dir or "").lower() == "none" else (cfg.cache_dir or Path(cfg.out) / "cache"))
+    models = _Models("cpu")
+    feats = {k: _features(s, test, "test", res, cache, models, cfg) for k, s in srcs.items()}
+    test_f = {k: Feats(f.patch, f.cls) for k, f in feats.items()}
+    seeds = cfg.head_seeds
+    if cfg.task == "depth":
+        settings = [depth_settings(cfg, meta.max_depth, s) for s in seeds]
+        size = tuple(test.depth.shape[-2:])
+        evaluate = lambda src, head: depth_per_image(  # noqa: E731
+            predict_depth(head, test_f[src].patch, test_f[src].cls, size), test.depth, cfg.min_depth, meta.max_depth)
+    else:
+        settings = [seg_settings(cfg, meta.ignore_index, s) for s in seeds]
+        size = tuple(test.labels.shape[-2:])
+
+        def evaluate(src, head):
+            pred = predict_seg(head, test_f[src].patch, size)
+            return np.stack([confusion_matrix(pred[i], test.labels[i], meta.num_classes, meta.ignore_index).numpy()
+                             for i in range(len(pred))]).astype(np.float64)
+
+    stats = {}
+    for src in SOURCES:
+        per = []
+        for si, seed in enumerate(seeds):
+            path = heads_mod.head_path(cfg.out, src if si == 0 else f"{src}_seed{seed}")  # run_probe's names
+            if not path.is_file():
+                raise Fit3DError(f"{path}: no saved head (run the probe of {cfg.out} first)")
+            head, hm = heads_mod.load_head(path)
+            if hm.get("seed") != seed or hm.get("iterations") != cfg.iterations:
+                raise Fit3DError(f"{path}: head of seed {hm.get('seed')} / {hm.get('iterations')} iterations, expected "
+                                 f"seed {seed} / {cfg.iterations} (a stale probe run)")
+            per.append(evaluate(src, head))
+        stats[src] = np.stack(per)
+    if not control:
+        return stats
+    train = materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
+    o = _features(srcs["original"], train, "train", res, cache, models, cfg)
+    train_f = {CONTROL: Feats(torch.cat([o.patch, o.patch], 1), o.cls)}
+    test_f[CONTROL] = Feats(torch.cat([test_f["original"].patch] * 2, 1), test_f["original"].cls)
+    if cfg.task == "depth":
+        return eval_depth(train_f, train.depth, test_f, test.depth, None, known=stats, settings=settings)
+    return eval_seg(train_f, train.labels, test_f, test.labels, meta.num_classes, None, ignore=meta.ignore_index,
+                    known=stats, settings=settings)
+
+
+def summary_markdown(evals: dict, controls: dict | None = None) -> str:
+    """Table of ``summarise`` entries {eval: entry}: mean ± std over seeds per source, the difference to the
+    original with its 95% interval (**gain** / *loss* only where the interval excludes 0), and the width
+    control with concat - control where ``controls`` ({eval: entry["_control"]}) has it."""
+    cl = claims(evals)
+    controls = controls or {}
+    lines = ["| eval | metric | original | finetuned | concat | finetuned - original (95% CI) | "
+             "concat - original (95% CI) | control: original x2 | concat - original x2 (95% CI) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for ev, e in evals.items():
+        for m in e["original"]:
+            cells = [f"{e[s][m]['mean']:.4f} ± {e[s][m]['std']:.4f}" for s in SOURCES]
+            for key in ("finetuned-original", "concat-original"):
+                lo, hi = e["ci"][key][m]
+                d = e[key.split("-")[0]][m]["mean"] - e["original"][m]["mean"]
+                mark = {"gain": " **gain**", "loss": " *loss*", "n.s.": ""}[cl[ev][key][m]]
+                cells.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
+            if ev in controls:
+                c = controls[ev][CONTROL][m]
+                lo, hi = controls[ev]["ci"][f"concat-{CONTROL}"][m]
+                cells += [f"{c['mean']:.4f} ± {c['std']:.4f}", f"{e['concat'][m]['mean'] - c['mean']:+.4f} "
+                          f"[{lo:+.4f}, {hi:+.4f}]"]
+            else:
+                cells += ["-", "-"]
+            lines.append(f"| {ev} | {m} {'↓' if m in LOWER_IS_BETTER else '↑'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
