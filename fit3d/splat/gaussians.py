@@ -64,7 +64,7 @@ def eval_sh(degree: int, sh: Tensor, dirs: Tensor) -> Tensor:
     if degree < 1:
         return SH_C0 * sh[:, 0]
     basis = sh_basis(degree, dirs)  # [N, k]
-    return torch.einsum("nk,nkc->nc", basis, sh[:, :basis.shape[1]])
+    return (basis[:, :, None] * sh[:, :basis.shape[1]]).sum(1)  # elementwise: einsum runs N tiny bmm
 
 
 @dataclass
