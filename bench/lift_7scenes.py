@@ -99,8 +99,8 @@ def main() -> int:
     per = {"wall time (whole lift)": lambda m, w: f"{w:.0f} s",
            "  backbone features": lambda m, w: f"{m['timings']['features']:.0f} s" + (" (cached)" if m is not m0 else ""),
            "  lifting (the rest, eval excluded)": lambda m, w: f"{_lifting(m):.0f} s",
-           "  solve phases: fusion / colour / average / CG / refine / joint": lambda m, w: "-" if m["method"] != "solve"
-           else " / ".join(f"{m['timings'].get(k, 0):.1f}" for k in ("fusion", "colour", "average", "cg", "refine", "joint")) + " s",
+           "  solve phases: fusion / colour / average / CG / decoder / refine / joint": lambda m, w: "-" if m["method"] != "solve"
+           else " / ".join(f"{m['timings'].get(k, 0):.1f}" for k in ("fusion", "colour", "average", "cg", "decoder", "refine", "joint")) + " s",
            "  lifting CPU time (process, all threads)": lambda m, w: f"{m['timings']['lift_cpu']:.0f} s"
            if "lift_cpu" in m["timings"] else "-",
            "  held-out eval": lambda m, w: f"{m['timings']['eval']:.0f} s",

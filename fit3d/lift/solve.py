@@ -346,6 +346,53 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
     return params, info
 
 
+@torch.no_grad()
+def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, ridge: float = 1e-3,
+                progress=None) -> dict:
+    """Every tap of the decoder's Conv2d (f -> D, k x k, no bias) by ridge least squares, in place: the
+    rendered features of ``views`` (geometry and f fixed) against their tokens, where the feature loss takes
+    them (``solve_targets_at``: grid = the decoded render average-pooled to the token grid, exact since pooling
+    and the convolution are both linear; render = the tokens bilinearly upsampled). ``ridge`` is relative to
+    the mean diagonal of the normal matrix. Returns {"views", "fit_cosine" (mean over those views' tokens)}.
+    Hand-written: a (f k^2)-square linear solve, no library call to wrap."""
+    cfg = ctx.cfg
+    W, H = ctx.size
+    k = decoder.conv.kernel_size[0]
+    D, C = decoder.out_dim, decoder.in_dim
+    P = C * k * k
+    fv = FixedViews(params, views, W, H, cfg.raster_backend)
+    feats = params["features"].detach().float()
+    XtX = torch.zeros(P, P, dtype=torch.float64)
+    XtY = torch.zeros(P, D, dtype=torch.float64)
+
+    def design(i, v):
+        img = fv.render(i, feats).permute(2, 0, 1)[None]  # [1, C, H, W]
+        cols = F.unfold(img, k, padding=k // 2).reshape(1, P, H, W)  # the taps' inputs (the conv's zero padding)
+        idx = ctx.cache.index(v.name)
+        if cfg.solve_targets_at == "grid":
+            X = F.adaptive_avg_pool2d(cols, ctx.cache.grid_size)[0]
+            Y = ctx.cache.grid(idx, X.device)
+        else:
+            X, Y = cols[0], ctx.cache.target(idx, W, H, cols.device)[0]
+        return X.reshape(P, -1).T.cpu(), Y.reshape(D, -1).T.cpu()
+
+    for i, v in enumerate(fv.views):
+        X, Y = design(i, v)  # one view's products in float32 (a few thousand rows), the sums in float64
+        XtX += (X.T @ X).double()
+        XtY += (X.T @ Y).double()
+        if progress is not None:
+            progress.update(1)
+    lam = ridge * float(XtX.diagonal().mean().clamp_min(1e-30))
+    Wd = torch.linalg.solve(XtX + lam * torch.eye(P, dtype=torch.float64), XtY)  # [P, D]
+    if not bool(torch.isfinite(Wd).all()):
+        raise NonFiniteError(f"{ctx.name}: solve: the least-squares decoder is not finite")
+    w = decoder.conv.weight
+    w.copy_(Wd.T.reshape(D, C, k, k).to(w.dtype))
+    X, Y = design(0, fv.views[0])
+    fit = float(F.cosine_similarity(X.double() @ Wd, Y.double(), dim=1).mean())
+    return {"views": len(fv.views), "first_view_fit_cosine": fit}
+
+
 def joint_refine(ctx: LiftContext, params: dict, decoder: FeatureDecoder, extent: float, iterations: int
                  ) -> list[dict]:
     """``iterations`` of Stage 1's optimisation (``fit3d.lift.optimize``'s step: colour + feature loss, all
@@ -386,6 +433,10 @@ def solve_scene(ctx: LiftContext) -> LiftResult:
     decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.decoder_kernel).to(ctx.device)
     pca_init_decoder(decoder, ctx.cache, ctx.train_names, seed=cfg.seed)
     params, finfo = solve_features(ctx, params, decoder)
+    td = time.perf_counter()
+    if cfg.solve_decoder == "lsq":
+        views = [ctx.views[i] for i in ctx.train_idx][::max(1, cfg.solve_decoder_stride)]
+        finfo["decoder"] = fit_decoder(ctx, params, decoder, views)
     t2 = time.perf_counter()
     refine = refine_features(ctx, params, decoder, cfg.solve_refine_iterations) if cfg.solve_refine_iterations else []
     t3 = time.perf_counter()
@@ -394,7 +445,7 @@ def solve_scene(ctx: LiftContext) -> LiftResult:
     sh = min(cfg.max_sh_degree, (len(history) and history[-1]["iteration"] - 1) // max(1, info["iterations"] // 30))
     if joint:
         sh = max(sh, min(cfg.max_sh_degree, cfg.solve_joint_iterations - 1))
-    timings = {"geometry": t1 - t0, **info.pop("seconds"), **finfo.pop("seconds"), "solve": t2 - t1,
+    timings = {"geometry": t1 - t0, **info.pop("seconds"), **finfo.pop("seconds"), "decoder": t2 - td, "solve": t2 - t1,
                "refine": t3 - t2, "joint": t4 - t3, "lift": t4 - t0, "lift_cpu": time.process_time() - c0}
     return LiftResult(params, decoder, sh, extent, source, history + refine + joint, timings,
                       {"solve": {**info, **finfo}})

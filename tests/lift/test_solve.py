@@ -292,3 +292,13 @@ def test_joint_refinement_from_the_weighted_average_beats_it(room, tmp_path):
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
     assert b["timings"]["joint"] > 0 and b["history"][-1] == {**b["history"][-1], "phase": "joint", "iteration": 60}
     assert {"fusion", "colour", "average", "cg", "lift_cpu"} <= set(b["timings"])
+
+
+def test_least_squares_decoder_beats_the_pca_basis(room, tmp_path):
+    """solve_decoder=lsq fits every tap of the decoder to the training tokens; on held-out views it must beat
+    the PCA decoder the features were solved in, and its fit is recorded."""
+    a = lift_scene(room, _cfg(solve_decoder="pca"), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(solve_decoder="lsq"), tmp_path / "b", backbone=_ColourBackbone())
+    assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
+    assert b["solve"]["decoder"]["views"] == len(b["scene"]["train_views"]) and b["timings"]["decoder"] > 0
+    assert "decoder" not in a["solve"]
