@@ -66,12 +66,13 @@ class FixedViews:
     Hand-written: the geometry is fixed, which ``rasterize``'s API cannot express; this is its numba / torch
     path with the first half kept."""
 
-    def __init__(self, params: dict, views, width: int, height: int, backend: str = "auto"):
+    def __init__(self, params: dict, views, width: int, height: int, backend: str = "auto", keep: bool = True):
         from fit3d.splat.rasterize import resolve_backend
 
         self.geo = _raster_args(params)
         self.views, self.size = list(views), (int(width), int(height))
         self.backend = resolve_backend(backend, self.geo[0].device)
+        self.keep = keep  # False for a single pass: nothing to reuse, and ~5 MB a view at 50k Gaussians
         self._cache: dict[int, tuple] = {}
 
     def __len__(self) -> int:
@@ -79,14 +80,17 @@ class FixedViews:
 
     @torch.no_grad()
     def _projected(self, i: int):
-        if i not in self._cache:
-            from fit3d.splat.projection import project
-            from fit3d.splat.raster_torch import build_tile_lists
+        if i in self._cache:
+            return self._cache[i]
+        from fit3d.splat.projection import project
+        from fit3d.splat.raster_torch import build_tile_lists
 
-            vm, K = _camera(self.views[i], self.geo[0].device)
-            p = project(*self.geo, vm, K, *self.size)
-            self._cache[i] = (p, build_tile_lists(p.means2d, p.radii, p.depths, *self.size))
-        return self._cache[i]
+        vm, K = _camera(self.views[i], self.geo[0].device)
+        p = project(*self.geo, vm, K, *self.size)
+        out = (p, build_tile_lists(p.means2d, p.radii, p.depths, *self.size))
+        if self.keep:
+            self._cache[i] = out
+        return out
 
     def render(self, i: int, colors: Tensor) -> Tensor:
         """[H, W, C] view ``i``'s composite of ``colors`` [N, C] (differentiable w.r.t. colors only)."""
@@ -110,7 +114,7 @@ def accumulate(params: dict | FixedViews, views, targets, width: int, height: in
     """(numerator [N, C], weight [N]): sum over ``views`` and their pixels p of w_pj * targets(i)[p] and w_pj,
     through the rasterizer's backward. targets: i -> [H, W, C]. ``params`` may be a ``FixedViews`` of
     ``views`` (then its cached projections are used)."""
-    fv = params if isinstance(params, FixedViews) else FixedViews(params, views, width, height, backend)
+    fv = params if isinstance(params, FixedViews) else FixedViews(params, views, width, height, backend, keep=False)
     dev = fv.geo[0].device
     N = len(fv.geo[0])
     num, den = None, torch.zeros(N, dtype=torch.float64)
@@ -323,7 +327,8 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
                desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     t0 = time.perf_counter()
     targets = lambda i: view_targets(ctx.cache, sub[i].name, proj, W, H, at)  # noqa: E731
-    num, den = accumulate(FixedViews(params, sub, W, H, cfg.raster_backend), sub, targets, W, H, progress=bar)
+    num, den = accumulate(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), sub, targets, W, H,
+                          progress=bar)
     f, keep = weighted_average(num, den)
     if not bool(keep.any()):
         raise SceneError(f"{ctx.name}: solve: no Gaussian is seen by any training view")
@@ -360,7 +365,7 @@ def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, 
     k = decoder.conv.kernel_size[0]
     D, C = decoder.out_dim, decoder.in_dim
     P = C * k * k
-    fv = FixedViews(params, views, W, H, cfg.raster_backend)
+    fv = FixedViews(params, views, W, H, cfg.raster_backend, keep=False)
     feats = params["features"].detach().float()
     XtX = torch.zeros(P, P, dtype=torch.float64)
     XtY = torch.zeros(P, D, dtype=torch.float64)
