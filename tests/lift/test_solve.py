@@ -302,3 +302,16 @@ def test_least_squares_decoder_beats_the_pca_basis(room, tmp_path):
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
     assert b["solve"]["decoder"]["views"] == len(b["scene"]["train_views"]) and b["timings"]["decoder"] > 0
     assert "decoder" not in a["solve"]
+
+
+def test_cached_projections_give_the_same_products_on_every_pass():
+    """FixedViews (projections kept across CG passes) against fresh rasterisation of each pass."""
+    from fit3d.lift.solve import FixedViews
+
+    params, views = _gaussians(opacity=0.5), _views()
+    X = torch.randn(len(params["means"]), 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    fv = FixedViews(params, views, W, H, "numba")
+    fresh = normal_matvec(params, views, X, W, H, (3, 4), backend="numba")
+    for _ in range(2):
+        torch.testing.assert_close(normal_matvec(fv, views, X, W, H, (3, 4)), fresh)
+    assert len(fv._cache) == len(views)
