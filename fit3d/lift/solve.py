@@ -152,7 +152,7 @@ def normal_matvec(params: dict | FixedViews, views, X: Tensor, width: int, heigh
     the token ``grid`` (h, w), U: its nearest upsampling, both identity when ``grid`` is None). X [N, C].
     ``params`` may be a ``FixedViews`` of ``views``. Per-view products are summed in float32 (at most a few
     hundred views), the result is float64."""
-    fv = params if isinstance(params, FixedViews) else FixedViews(params, views, width, height, backend)
+    fv = params if isinstance(params, FixedViews) else FixedViews(params, views, width, height, backend, keep=False)
     area = (height * width) / (grid[0] * grid[1]) if grid else 1.0
     x = X.detach().to(device=fv.geo[0].device, dtype=torch.float32)
     out = torch.zeros(X.shape, dtype=torch.float32, device=x.device)
@@ -435,7 +435,8 @@ def solve_scene(ctx: LiftContext) -> LiftResult:
     c0, t0 = time.process_time(), time.perf_counter()
     params, extent, source, history, info = solve_geometry(ctx)
     t1 = time.perf_counter()
-    decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.decoder_kernel).to(ctx.device)
+    decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.solve_decoder_kernel or cfg.decoder_kernel
+                             ).to(ctx.device)
     pca_init_decoder(decoder, ctx.cache, ctx.train_names, seed=cfg.seed)
     params, finfo = solve_features(ctx, params, decoder)
     td = time.perf_counter()
