@@ -7,7 +7,9 @@ gradient of ``<render(c), F>`` w.r.t. per-Gaussian channels ``c``, so the raster
 (render zeros that require grad, backward ``F``; the denominator is the same with ``F = 1``): no new kernel.
 F is taken in the training tokens' top-``feature_dim`` (uncentred) PCA basis, the decoder's centre tap
 (``pca_init_decoder``); the average commutes with that linear map, so this equals averaging the full
-D-wide tokens and projecting afterwards.
+D-wide tokens and projecting afterwards. CG on the least-squares problem of the rendered features then
+starts from that average; finally every tap of the decoder is fitted by least squares to the tokens from
+the rendered solution (``fit_decoder``), which replaces the PCA basis the features were solved in.
 """
 
 from __future__ import annotations
