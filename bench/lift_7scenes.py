@@ -14,6 +14,7 @@ Also writes the held-out PCA picture to docs/lift-pca-redkitchen.png (--pca-out)
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import shutil
 import sys
@@ -86,6 +87,7 @@ def main() -> int:
         t0 = time.perf_counter()
         metas.append(lift_scene(scene, cfg, dst))
         walls.append(time.perf_counter() - t0)
+    print(f"load average during the run (1 / 5 / 15 min at the end): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     m0 = metas[0]
     W, H = m0["resolution"]
@@ -97,9 +99,12 @@ def main() -> int:
     per = {"wall time (whole lift)": lambda m, w: f"{w:.0f} s",
            "  backbone features": lambda m, w: f"{m['timings']['features']:.0f} s" + (" (cached)" if m is not m0 else ""),
            "  lifting (the rest, eval excluded)": lambda m, w: f"{_lifting(m):.0f} s",
+           "  solve phases: fusion / colour / average / CG / decoder / refine / joint": lambda m, w: "-" if m["method"] != "solve"
+           else " / ".join(f"{m['timings'].get(k, 0):.1f}" for k in ("fusion", "colour", "average", "cg", "decoder", "refine", "joint")) + " s",
+           "  lifting CPU time (process, all threads)": lambda m, w: f"{m['timings']['lift_cpu']:.0f} s"
+           if "lift_cpu" in m["timings"] else "-",
            "  held-out eval": lambda m, w: f"{m['timings']['eval']:.0f} s",
-           "iterations": lambda m, w: str(m["iterations"]) if m["method"] == "optimize" else
-           f"{m['config']['solve_geometry_iterations']} colour + {m['config']['solve_cg_iterations']} CG",
+           "iterations": lambda m, w: str(m["iterations"]) if m["method"] == "optimize" else _solve_iterations(m),
            "Gaussians (final)": lambda m, w: f"{m['gaussians']} (init: {m['init']})",
            "held-out RGB PSNR": lambda m, w: f"{m['heldout']['psnr']:.2f} dB",
            "held-out depth abs rel": lambda m, w: f"{m['heldout']['depth_abs_rel']:.4f}",
@@ -119,6 +124,16 @@ def main() -> int:
         shutil.copyfile(pca, args.pca_out)
         print(f"PCA picture (held-out image | tokens | rendered decoded features): {args.pca_out}")
     return 0
+
+
+def _solve_iterations(meta: dict) -> str:
+    """``solve``'s passes: colour iterations, CG iterations run (of the maximum), refine / joint iterations."""
+    c, info = meta["config"], meta.get("solve", {})
+    cg = len(info.get("cg_residual", [None])) - 1
+    out = f"{c['solve_geometry_iterations']} colour + {cg} CG (views every {c['solve_view_stride']})"
+    for k, name in (("solve_refine_iterations", "refine"), ("solve_joint_iterations", "joint")):
+        out += f" + {c[k]} {name}" if c.get(k) else ""
+    return out
 
 
 def _lifting(meta: dict) -> float:

@@ -94,19 +94,44 @@ class LiftConfig:
         "help": "solve: give invalid / depth-edge pixels their nearest valid depth before fusing (a hole in the "
                 "depth is a hole in the rendered features: single-view fit cosine 0.963 -> 0.991 on RedKitchen)"})
     solve_geometry_iterations: int = field(default=300, metadata={
-        "help": "solve: colour-only optimisation iterations after fusing depth (0: none)"})
+        "help": "solve: colour-only optimisation iterations after fusing depth (0: none); RedKitchen after CG and "
+                "the least-squares decoder: held-out cosine 0.955 / 0.959 / 0.962 for 0 / 100 / 300 (PSNR 16.4 / "
+                "17.7 / 19.3 dB) at ~0.16 CPU s each"})
     solve_nodepth_iterations: int = field(default=2000, metadata={
         "help": "solve: colour-only optimisation iterations for scenes without depth (geometry from the points)"})
     solve_targets_at: str = field(default="grid", metadata={
         "choices": ("grid", "render"),
         "help": "solve: tokens as the grid loss sees them (each token over its pixels) or bilinearly upsampled"})
-    solve_cg_iterations: int = field(default=4, metadata={
-        "help": "solve: conjugate-gradient iterations on the least-squares feature problem, from the weighted "
-                "average (0: the weighted average alone)"})
+    solve_cg_iterations: int = field(default=24, metadata={
+        "help": "solve: at most this many conjugate-gradient iterations on the least-squares feature problem, from "
+                "the weighted average (0: the average alone); RedKitchen held-out cosine 0.922 / 0.941 / 0.947 / "
+                "0.951 / 0.953 after 0 / 4 / 8 / 16 / 24 (docs/lift-solve.md), ~3 CPU s each over 44 views"})
+    solve_cg_tol: float = field(default=0.05, metadata={
+        "help": "solve: stop CG once the mean relative residual is below this (RedKitchen: after 16 iterations, "
+                "where the cosine has levelled off: +0.001 for the next 8)"})
     solve_view_stride: int = field(default=4, metadata={
-        "help": "solve: every k-th training view enters the least-squares passes (the average uses all)"})
+        "help": "solve: every k-th training view enters the weighted average and the least-squares passes (dense "
+                "trajectories: the average over every 4th view gives the same held-out cosine as over all, 0.920, "
+                "in a quarter of the time)"})
+    solve_decoder: str = field(default="lsq", metadata={
+        "choices": ("lsq", "pca"),
+        "help": "solve: the decoder after the features are solved: lsq (every tap of its Conv2d by ridge least "
+                "squares from the rendered features to the training tokens: RedKitchen held-out cosine 0.952 -> "
+                "0.962 with a 3x3 one) or pca (the training tokens' PCA basis "
+                "the features are solved in, other taps zero)"})
+    solve_decoder_kernel: int = field(default=5, metadata={
+        "help": "solve: the decoder's Conv2d kernel size (0: decoder_kernel, optimize's 3); the least-squares fit "
+                "affords a wider one: RedKitchen 0.9610 with 3, 0.9640 with 5 (+19 CPU s)"})
+    solve_decoder_stride: int = field(default=1, metadata={
+        "help": "solve: every k-th training view enters the least-squares decoder (one forward render each; "
+                "RedKitchen 0.962 with every view, 0.958 with every 4th: its f k^2 x D weights need many tokens)"})
     solve_refine_iterations: int = field(default=0, metadata={
-        "help": "solve: Adam iterations of the feature loss on f and the decoder after the solve (0: none)"})
+        "help": "solve: Adam iterations of the feature loss on f and the decoder after the solve (0: none; "
+                "+0.0015 for 200 after 24 CG iterations on RedKitchen)"})
+    solve_joint_iterations: int = field(default=0, metadata={
+        "help": "solve: then this many iterations of optimize's colour + feature loss on everything (geometry too, "
+                "with feature gradients into it; no density control), solve as optimize's initialiser (0: none; "
+                "RedKitchen +0.0045 for 400 from a converged solve)"})
     # run
     # run (volatile: these do not change the result, so a rerun may change them and still resume / reuse)
     checkpoint_every: int = field(default=500, metadata={
@@ -128,7 +153,10 @@ class LiftConfig:
         check_choices(self)
         check_counts(self, {"feature_dim": 1, "width": 1, "height": 1, "feature_size": 1, "iterations": 1,
                             "heldout_every": 0, "max_frame": 0, "max_sh_degree": 0, "decoder_kernel": 1,
-                            "init_points": 1, "max_gaussians": 1, "checkpoint_every": 0, "pca_views": 0})
+                            "init_points": 1, "max_gaussians": 1, "checkpoint_every": 0, "pca_views": 0,
+                            "solve_cg_iterations": 0, "solve_view_stride": 1, "solve_refine_iterations": 0,
+                            "solve_joint_iterations": 0, "solve_geometry_iterations": 0,
+                            "solve_decoder_stride": 1, "solve_decoder_kernel": 0})
         inf = float("inf")
         check_reals(self, {"lr_means": (1e-30, inf), "lr_means_final": (1e-30, inf), "lr_sh_dc": (0, inf),
                            "lr_sh_rest": (0, inf), "lr_opacity": (0, inf), "lr_scaling": (0, inf),
@@ -136,11 +164,12 @@ class LiftConfig:
                            "lr_decoder": (0, inf), "lambda_dssim": (0, 1), "feature_weight": (0, inf),
                            "init_voxel": (0, inf), "init_opacity": (1e-6, 1 - 1e-6),
                            "densify_grad_threshold": (0, inf), "percent_dense": (0, inf), "min_opacity": (0, 1),
-                           "max_screen_frac": (1e-6, inf)})
+                           "max_screen_frac": (1e-6, inf), "solve_cg_tol": (0, inf)})
         if self.max_sh_degree > 3:
             raise option_error(self, "max_sh_degree", "must be 0..3 (the Gaussians store SH up to degree 3)")
-        if self.decoder_kernel % 2 == 0:
-            raise option_error(self, "decoder_kernel", "must be odd (the decoder keeps the render size)")
+        for name in ("decoder_kernel", "solve_decoder_kernel"):  # solve_decoder_kernel 0: decoder_kernel
+            if getattr(self, name) % 2 == 0 and (name == "decoder_kernel" or getattr(self, name) > 0):
+                raise option_error(self, name, "must be odd (the decoder keeps the render size)")
         check_device(self.device)
         import torch
 

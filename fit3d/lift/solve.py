@@ -7,7 +7,9 @@ gradient of ``<render(c), F>`` w.r.t. per-Gaussian channels ``c``, so the raster
 (render zeros that require grad, backward ``F``; the denominator is the same with ``F = 1``): no new kernel.
 F is taken in the training tokens' top-``feature_dim`` (uncentred) PCA basis, the decoder's centre tap
 (``pca_init_decoder``); the average commutes with that linear map, so this equals averaging the full
-D-wide tokens and projecting afterwards.
+D-wide tokens and projecting afterwards. CG on the least-squares problem of the rendered features then
+starts from that average; finally every tap of the decoder is fitted by least squares to the tokens from
+the rendered solution (``fit_decoder``), which replaces the PCA basis the features were solved in.
 """
 
 from __future__ import annotations
@@ -59,21 +61,71 @@ def _camera(v, device):
     return viewmat, torch.as_tensor(v.K, dtype=torch.float32, device=device)
 
 
-def accumulate(params: dict, views, targets, width: int, height: int, backend: str = "auto",
+class FixedViews:
+    """Renders of per-Gaussian channels through fixed geometry from a list of views. With the CPU backends
+    (numba / torch) each view's projection and tile lists are computed once and reused by every pass (the
+    average and each CG iteration: a third of a pass's time); other backends call ``rasterize`` each time.
+    Hand-written: the geometry is fixed, which ``rasterize``'s API cannot express; this is its numba / torch
+    path with the first half kept."""
+
+    def __init__(self, params: dict, views, width: int, height: int, backend: str = "auto", keep: bool = True):
+        from fit3d.splat.rasterize import resolve_backend
+
+        self.geo = _raster_args(params)
+        self.views, self.size = list(views), (int(width), int(height))
+        self.backend = resolve_backend(backend, self.geo[0].device)
+        self.keep = keep  # False for a single pass: nothing to reuse, and ~5 MB a view at 50k Gaussians
+        self._cache: dict[int, tuple] = {}
+
+    def __len__(self) -> int:
+        return len(self.views)
+
+    @torch.no_grad()
+    def _projected(self, i: int):
+        if i in self._cache:
+            return self._cache[i]
+        from fit3d.splat.projection import project
+        from fit3d.splat.raster_torch import build_tile_lists
+
+        vm, K = _camera(self.views[i], self.geo[0].device)
+        p = project(*self.geo, vm, K, *self.size)
+        out = (p, build_tile_lists(p.means2d, p.radii, p.depths, *self.size))
+        if self.keep:
+            self._cache[i] = out
+        return out
+
+    def render(self, i: int, colors: Tensor) -> Tensor:
+        """[H, W, C] view ``i``'s composite of ``colors`` [N, C] (differentiable w.r.t. colors only)."""
+        W, H = self.size
+        if self.backend not in ("numba", "torch"):
+            img, _, _ = rasterize(*self.geo, colors, *_camera(self.views[i], self.geo[0].device), W, H,
+                                  backend=self.backend, geometry_channels=0)
+            return img
+        if self.backend == "numba":
+            from fit3d.splat.raster_numba import composite
+        else:
+            from fit3d.splat.raster_torch import composite
+        p, lists = self._projected(i)
+        feats = torch.cat([p.depths[:, None], colors[p.ids]], -1)  # depth: the (unused) geometry channel
+        out, _ = composite(p.means2d, p.conics, p.opacities, feats, lists, W, H, geometry_channels=1)
+        return out[..., 1:]
+
+
+def accumulate(params: dict | FixedViews, views, targets, width: int, height: int, backend: str = "auto",
                progress=None) -> tuple[Tensor, Tensor]:
     """(numerator [N, C], weight [N]): sum over ``views`` and their pixels p of w_pj * targets(i)[p] and w_pj,
-    through the rasterizer's backward. targets: i -> [H, W, C]."""
-    geo = _raster_args(params)
-    N = len(geo[0])
+    through the rasterizer's backward. targets: i -> [H, W, C]. ``params`` may be a ``FixedViews`` of
+    ``views`` (then its cached projections are used)."""
+    fv = params if isinstance(params, FixedViews) else FixedViews(params, views, width, height, backend, keep=False)
+    dev = fv.geo[0].device
+    N = len(fv.geo[0])
     num, den = None, torch.zeros(N, dtype=torch.float64)
-    for i, v in enumerate(views):
-        tgt = targets(i).to(geo[0].device)  # [H, W, C]
+    for i, v in enumerate(fv.views):
+        tgt = targets(i).to(dev)  # [H, W, C]
         C = tgt.shape[-1]
         g = torch.cat([tgt, tgt.new_ones(height, width, 1)], -1)
-        c = torch.zeros(N, C + 1, device=geo[0].device, requires_grad=True)
-        img, _, _ = rasterize(*geo, c, *_camera(v, geo[0].device), width, height, backend=backend,
-                              geometry_channels=0)
-        (gr,) = torch.autograd.grad((img * g).sum(), c)
+        c = torch.zeros(N, C + 1, device=dev, requires_grad=True)
+        (gr,) = torch.autograd.grad((fv.render(i, c) * g).sum(), c)
         gr = gr.detach().cpu().double()
         if not bool(gr[:, C].gt(0).any()):
             raise SceneError(f"solve: view {v.name or i} sees none of the {N} Gaussians (all culled: check its pose "
@@ -96,32 +148,33 @@ def weighted_average(num: Tensor, den: Tensor, min_weight: float = 1e-6) -> tupl
     return f, keep
 
 
-def normal_matvec(params: dict, views, X: Tensor, width: int, height: int, grid: tuple[int, int] | None,
-                  backend: str = "auto", progress=None) -> Tensor:
+def normal_matvec(params: dict | FixedViews, views, X: Tensor, width: int, height: int,
+                  grid: tuple[int, int] | None, backend: str = "auto", progress=None) -> Tensor:
     """A X for A = sum_v W_v^T U P W_v (W_v: view v's compositing weights [pixels, N]; P: average pooling to
-    the token ``grid`` (h, w), U: its nearest upsampling, both identity when ``grid`` is None). X [N, C]."""
-    from fit3d.splat.rasterize import rasterize
-
-    geo = _raster_args(params)
-    out = torch.zeros(X.shape, dtype=torch.float64)
+    the token ``grid`` (h, w), U: its nearest upsampling, both identity when ``grid`` is None). X [N, C].
+    ``params`` may be a ``FixedViews`` of ``views``. Per-view products are summed in float32 (at most a few
+    hundred views), the result is float64."""
+    fv = params if isinstance(params, FixedViews) else FixedViews(params, views, width, height, backend, keep=False)
     area = (height * width) / (grid[0] * grid[1]) if grid else 1.0
-    for v in views:
-        c = X.detach().float().to(geo[0].device).requires_grad_(True)
-        img, _, _ = rasterize(*geo, c, *_camera(v, geo[0].device), width, height, backend=backend,
-                              geometry_channels=0)
+    x = X.detach().to(device=fv.geo[0].device, dtype=torch.float32)
+    out = torch.zeros(X.shape, dtype=torch.float32, device=x.device)
+    for i in range(len(fv)):
+        c = x.clone().requires_grad_(True)
+        img = fv.render(i, c)
         if grid:
             img = F.adaptive_avg_pool2d(img.permute(2, 0, 1)[None], grid)
         (g,) = torch.autograd.grad(0.5 * area * (img * img).sum(), c)
-        out += g.detach().cpu().double()
+        out += g
         if progress is not None:
             progress.update(1)
-    return out
+    return out.cpu().double()
 
 
 def conjugate_gradient(matvec, b: Tensor, x0: Tensor, precond: Tensor, iterations: int,
-                       ridge: Tensor | None = None) -> tuple[Tensor, list[float]]:
+                       ridge: Tensor | None = None, tol: float = 0.0) -> tuple[Tensor, list[float]]:
     """Preconditioned CG for (A + diag(ridge)) X = b, every column of b [N, C] at once (A is shared; each
-    column has its own step sizes). precond [N] > 0: a diagonal approximation of A. Returns (X, relative
+    column has its own step sizes). precond [N] > 0: a diagonal approximation of A. Stops after
+    ``iterations`` or once the mean relative residual |r| / |b| is below ``tol``. Returns (X, relative
     residual norms per iteration). Hand-written: a few lines, and the matvec is a pass over the views."""
     ridge = torch.zeros_like(precond) if ridge is None else ridge
     A = lambda x: matvec(x) + ridge[:, None] * x  # noqa: E731
@@ -133,6 +186,8 @@ def conjugate_gradient(matvec, b: Tensor, x0: Tensor, precond: Tensor, iteration
     bn = b.norm(dim=0).clamp_min(1e-30)
     hist = [float((r.norm(dim=0) / bn).mean())]
     for _ in range(iterations):
+        if hist[-1] < tol:
+            break
         Ap = A(p)
         step = rz / (p * Ap).sum(0).clamp_min(1e-30)
         x = x + step * p
@@ -199,6 +254,7 @@ def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict
     """(params, extent, source, history, info): fused depth surfels (+ ``solve_geometry_iterations`` colour-only
     iterations), or, without depth, the scene's points trained colour-only for ``solve_nodepth_iterations``."""
     cfg = ctx.cfg
+    t0 = time.perf_counter()
     train = [ctx.views[i] for i in ctx.train_idx]
     has_depth = any(v.depth is not None and bool((v.depth > 0).any()) for v in train)
     if has_depth:
@@ -223,8 +279,10 @@ def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict
     pts = params["means"].detach().cpu().numpy()
     extent = max(camera_extent(np.stack([v.c2w for v in train])), 0.1 * float(np.linalg.norm(pts.max(0) - pts.min(0))),
                  1e-3)
+    t1 = time.perf_counter()
     history = optimize_colour(ctx, params, iters, extent, f"colour {ctx.name}") if iters > 0 else []
-    return params, extent, source, history, {**info, "iterations": iters}
+    seconds = {"fusion": t1 - t0, "colour": time.perf_counter() - t1}
+    return params, extent, source, history, {**info, "iterations": iters, "seconds": seconds}
 
 
 # ------------------------------------------------------------------ features
@@ -256,58 +314,146 @@ def refine_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, ite
 
 
 def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> tuple[dict, dict]:
-    """Per-Gaussian features in the decoder's basis: the weighted average, then ``solve_cg_iterations`` of
-    preconditioned CG on the least-squares problem. Drops Gaussians no training pixel weights (never NaN).
-    Returns (params, info)."""
+    """Per-Gaussian features in the decoder's basis: the weighted average, then up to ``solve_cg_iterations``
+    of preconditioned CG on the least-squares problem (until the relative residual is below ``solve_cg_tol``),
+    both over every ``solve_view_stride``-th training view. Drops Gaussians those views do not weight (never
+    NaN). Returns (params, info); info["seconds"] times the average and the CG."""
     cfg = ctx.cfg
     W, H = ctx.size
     proj = decoder_projection(decoder).to(ctx.device)
     train = [ctx.views[i] for i in ctx.train_idx]
-    sub = train[::max(1, cfg.solve_view_stride)]
+    sub = train[::max(1, cfg.solve_view_stride)]  # dense trajectories: neighbouring views add little
     at = cfg.solve_targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
-    total = len(train) + (len(sub) * (cfg.solve_cg_iterations + 1 + (len(sub) < len(train)))
-                          if cfg.solve_cg_iterations else 0)
-    bar = tqdm(total=total, desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
-    targets = lambda vs: (lambda i: view_targets(ctx.cache, vs[i].name, proj, W, H, at))  # noqa: E731
-    num, den = accumulate(params, train, targets(train), W, H, cfg.raster_backend, bar)
+    bar = tqdm(total=len(sub) * (1 + cfg.solve_cg_iterations + (cfg.solve_cg_iterations > 0)),
+               desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
+    t0 = time.perf_counter()
+    targets = lambda i: view_targets(ctx.cache, sub[i].name, proj, W, H, at)  # noqa: E731
+    num, den = accumulate(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), sub, targets, W, H,
+                          progress=bar)
     f, keep = weighted_average(num, den)
     if not bool(keep.any()):
         raise SceneError(f"{ctx.name}: solve: no Gaussian is seen by any training view")
     params = {k: nn.Parameter(v.detach()[keep]) for k, v in params.items()}
-    info = {"dropped_unseen": int((~keep).sum())}
-    f = f[keep]
+    info = {"dropped_unseen": int((~keep).sum()), "views": len(sub)}
+    f, num, den = f[keep], num[keep], den[keep]
+    t1 = time.perf_counter()
     if cfg.solve_cg_iterations > 0:
-        if len(sub) < len(train):  # the least-squares right-hand side over the same views as the matrix
-            num_s, den_s = accumulate(params, sub, targets(sub), W, H, cfg.raster_backend, bar)
-        else:
-            num_s, den_s = num[keep], den[keep]
-        mv = lambda X: normal_matvec(params, sub, X, W, H, grid, cfg.raster_backend, bar)  # noqa: E731
-        precond = den_s.clamp_min(1e-6)
-        f, hist = conjugate_gradient(mv, num_s, f, precond, cfg.solve_cg_iterations, ridge=1e-3 * precond)
+        fv = FixedViews(params, sub, W, H, cfg.raster_backend)  # the kept Gaussians' projections, made once
+        mv = lambda X: normal_matvec(fv, sub, X, W, H, grid, progress=bar)  # noqa: E731
+        precond = den.clamp_min(1e-6)
+        f, hist = conjugate_gradient(mv, num, f, precond, cfg.solve_cg_iterations, ridge=1e-3 * precond,
+                                     tol=cfg.solve_cg_tol)
         info["cg_residual"] = hist
     bar.close()
     if not bool(torch.isfinite(f).all()):
         raise NonFiniteError(f"{ctx.name}: solve: features became non-finite")
     params["features"] = nn.Parameter(f.float().to(ctx.device).contiguous())
+    info["seconds"] = {"average": t1 - t0, "cg": time.perf_counter() - t1}
     return params, info
+
+
+@torch.no_grad()
+def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, ridge: float = 1e-3,
+                progress=None) -> dict:
+    """Every tap of the decoder's Conv2d (f -> D, k x k, no bias) by ridge least squares, in place: the
+    rendered features of ``views`` (geometry and f fixed) against their tokens, where the feature loss takes
+    them (``solve_targets_at``: grid = the decoded render average-pooled to the token grid, exact since pooling
+    and the convolution are both linear; render = the tokens bilinearly upsampled). ``ridge`` is relative to
+    the mean diagonal of the normal matrix. Returns {"views", "fit_cosine" (mean over those views' tokens)}.
+    Hand-written: a (f k^2)-square linear solve, no library call to wrap."""
+    cfg = ctx.cfg
+    W, H = ctx.size
+    k = decoder.conv.kernel_size[0]
+    D, C = decoder.out_dim, decoder.in_dim
+    P = C * k * k
+    fv = FixedViews(params, views, W, H, cfg.raster_backend, keep=False)
+    feats = params["features"].detach().float()
+    XtX = torch.zeros(P, P, dtype=torch.float64)
+    XtY = torch.zeros(P, D, dtype=torch.float64)
+
+    def design(i, v):
+        img = fv.render(i, feats).permute(2, 0, 1)[None]  # [1, C, H, W]
+        cols = F.unfold(img, k, padding=k // 2).reshape(1, P, H, W)  # the taps' inputs (the conv's zero padding)
+        idx = ctx.cache.index(v.name)
+        if cfg.solve_targets_at == "grid":
+            X = F.adaptive_avg_pool2d(cols, ctx.cache.grid_size)[0]
+            Y = ctx.cache.grid(idx, X.device)
+        else:
+            X, Y = cols[0], ctx.cache.target(idx, W, H, cols.device)[0]
+        return X.reshape(P, -1).T.cpu(), Y.reshape(D, -1).T.cpu()
+
+    for i, v in enumerate(fv.views):
+        X, Y = design(i, v)  # one view's products in float32 (a few thousand rows), the sums in float64
+        XtX += (X.T @ X).double()
+        XtY += (X.T @ Y).double()
+        if progress is not None:
+            progress.update(1)
+    lam = ridge * float(XtX.diagonal().mean().clamp_min(1e-30))
+    Wd = torch.linalg.solve(XtX + lam * torch.eye(P, dtype=torch.float64), XtY)  # [P, D]
+    if not bool(torch.isfinite(Wd).all()):
+        raise NonFiniteError(f"{ctx.name}: solve: the least-squares decoder is not finite")
+    w = decoder.conv.weight
+    w.copy_(Wd.T.reshape(D, C, k, k).to(w.dtype))
+    X, Y = design(0, fv.views[0])
+    fit = float(F.cosine_similarity(X.double() @ Wd, Y.double(), dim=1).mean())
+    return {"views": len(fv.views), "first_view_fit_cosine": fit}
+
+
+def joint_refine(ctx: LiftContext, params: dict, decoder: FeatureDecoder, extent: float, iterations: int
+                 ) -> list[dict]:
+    """``iterations`` of Stage 1's optimisation (``fit3d.lift.optimize``'s step: colour + feature loss, all
+    parameters and the decoder, FiT3D's learning rates with the xyz decay over ``iterations``) from the solved
+    field, in place; feature gradients reach geometry and opacity (without them, colour moves the surfels
+    under fixed features: RedKitchen 0.952 -> 0.931 in 400 iterations; with them 0.957), no density control.
+    Solve as the initialiser of optimize."""
+    from fit3d.lift import optimize as opt_mod
+
+    cfg = dataclasses.replace(ctx.cfg, iterations=iterations, feature_grad_to_geometry=True, densify=False)
+    jctx = dataclasses.replace(ctx, cfg=cfg)
+    st = opt_mod._State(params, extent, "solve", opt_mod.make_optimizer(params, cfg, extent), decoder,
+                        torch.optim.Adam(decoder.parameters(), lr=cfg.lr_decoder, eps=1e-15),
+                        DensifyStats(len(params["means"]), ctx.device), torch.Generator().manual_seed(cfg.seed),
+                        np.random.default_rng(cfg.seed))
+    never = DensifySchedule(start=1, stop=0, interval=1, opacity_reset_interval=1)  # densify is off anyway
+    history, run = [], {}
+    for it in tqdm(range(iterations), desc=f"joint {ctx.name}", disable=not cfg.progress, unit="it", leave=False):
+        for k, v in opt_mod._step(jctx, st, it, never, 1).items():  # SH degree: the colour phase's (1/it)
+            run[k] = run.get(k, 0.0) + v
+        if (it + 1) % max(1, iterations // 20) == 0 or it + 1 == iterations:
+            n = (it + 1) - (history[-1]["iteration"] if history else 0)
+            history.append({"iteration": it + 1, **{k: v / n for k, v in run.items()}, "phase": "joint"})
+            run = {}
+    params.update(st.params)
+    return history
 
 
 def solve_scene(ctx: LiftContext) -> LiftResult:
     """Stage 1 by ``method = "solve"``: geometry (``solve_geometry``), then features in closed form
-    (``solve_features``) with the training tokens' PCA as decoder, optionally refined."""
+    (``solve_features``) with the training tokens' PCA as decoder, optionally refined (f and decoder:
+    ``solve_refine_iterations``; everything: ``solve_joint_iterations``)."""
     cfg = ctx.cfg
     torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
+    c0, t0 = time.process_time(), time.perf_counter()
     params, extent, source, history, info = solve_geometry(ctx)
     t1 = time.perf_counter()
-    decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.decoder_kernel).to(ctx.device)
+    decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.solve_decoder_kernel or cfg.decoder_kernel
+                             ).to(ctx.device)
     pca_init_decoder(decoder, ctx.cache, ctx.train_names, seed=cfg.seed)
     params, finfo = solve_features(ctx, params, decoder)
+    td = time.perf_counter()
+    if cfg.solve_decoder == "lsq":
+        views = [ctx.views[i] for i in ctx.train_idx][::max(1, cfg.solve_decoder_stride)]
+        finfo["decoder"] = fit_decoder(ctx, params, decoder, views)
     t2 = time.perf_counter()
     refine = refine_features(ctx, params, decoder, cfg.solve_refine_iterations) if cfg.solve_refine_iterations else []
     t3 = time.perf_counter()
+    joint = joint_refine(ctx, params, decoder, extent, cfg.solve_joint_iterations) if cfg.solve_joint_iterations else []
+    t4 = time.perf_counter()
     sh = min(cfg.max_sh_degree, (len(history) and history[-1]["iteration"] - 1) // max(1, info["iterations"] // 30))
-    timings = {"geometry": t1 - t0, "solve": t2 - t1, "refine": t3 - t2, "lift": t3 - t0}
-    return LiftResult(params, decoder, sh, extent, source, history + refine, timings,
+    if joint:
+        sh = max(sh, min(cfg.max_sh_degree, cfg.solve_joint_iterations - 1))
+    timings = {"geometry": t1 - t0, **info.pop("seconds"), **finfo.pop("seconds"), "decoder": t2 - td, "solve": t2 - t1,
+               "refine": t3 - t2, "joint": t4 - t3, "lift": t4 - t0, "lift_cpu": time.process_time() - c0}
+    return LiftResult(params, decoder, sh, extent, source, history + refine + joint, timings,
                       {"solve": {**info, **finfo}})

@@ -268,3 +268,50 @@ def test_lift_help_lists_the_solve_options():
     add_arguments(p)
     text = p.format_help()  # argparse %-formats every help string: a stray % breaks --help
     assert "{optimize,solve}" in text and "--solve-cg-iterations" in text
+
+
+def test_cg_stops_once_the_residual_is_below_the_tolerance():
+    params, views = _gaussians(opacity=0.5), _views()
+    g = torch.Generator().manual_seed(3)
+    targets = [torch.randn(H, W, 3, generator=g) for _ in views]
+    num, den = accumulate(params, views, lambda i: targets[i], W, H, backend="numba")
+    f0, _ = weighted_average(num, den)
+    mv = lambda X: normal_matvec(params, views, X, W, H, None, backend="numba")  # noqa: E731
+    _, full = conjugate_gradient(mv, num, f0, den, iterations=30)
+    tol = full[len(full) // 3]  # a residual that the full run passes a third of the way in
+    _, early = conjugate_gradient(mv, num, f0, den, iterations=30, tol=tol)
+    assert early[-1] <= tol < early[-2] and len(early) < len(full), (early, full)
+
+
+def test_joint_refinement_from_the_weighted_average_beats_it(room, tmp_path):
+    """solve_joint_iterations runs optimize's loss on everything from the solved field: starting from the
+    plain weighted average (no CG) it must raise the held-out cosine, and it is timed and recorded."""
+    a = lift_scene(room, _cfg(solve_cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(solve_cg_iterations=0, solve_joint_iterations=60), tmp_path / "b",
+                   backbone=_ColourBackbone())
+    assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
+    assert b["timings"]["joint"] > 0 and b["history"][-1] == {**b["history"][-1], "phase": "joint", "iteration": 60}
+    assert {"fusion", "colour", "average", "cg", "lift_cpu"} <= set(b["timings"])
+
+
+def test_least_squares_decoder_beats_the_pca_basis(room, tmp_path):
+    """solve_decoder=lsq fits every tap of the decoder to the training tokens; on held-out views it must beat
+    the PCA decoder the features were solved in, and its fit is recorded."""
+    a = lift_scene(room, _cfg(solve_decoder="pca"), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(solve_decoder="lsq"), tmp_path / "b", backbone=_ColourBackbone())
+    assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
+    assert b["solve"]["decoder"]["views"] == len(b["scene"]["train_views"]) and b["timings"]["decoder"] > 0
+    assert "decoder" not in a["solve"]
+
+
+def test_cached_projections_give_the_same_products_on_every_pass():
+    """FixedViews (projections kept across CG passes) against fresh rasterisation of each pass."""
+    from fit3d.lift.solve import FixedViews
+
+    params, views = _gaussians(opacity=0.5), _views()
+    X = torch.randn(len(params["means"]), 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    fv = FixedViews(params, views, W, H, "numba")
+    fresh = normal_matvec(params, views, X, W, H, (3, 4), backend="numba")
+    for _ in range(2):
+        torch.testing.assert_close(normal_matvec(fv, views, X, W, H, (3, 4)), fresh)
+    assert len(fv._cache) == len(views)
