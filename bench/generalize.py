@@ -52,8 +52,7 @@ from fit3d.io import write_json, write_text
 from fit3d.lift.backprojected import generated_with
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import (CONTROL, DEPTH_METRICS, LOWER_IS_BETTER, SEG_METRICS, Feats,  # noqa: F401
-                                 claims, depth_per_image, eval_depth, eval_seg, summarise)
+from fit3d.probe.summary import CONTROL, Feats, claims, eval_depth, eval_seg, summarise, summary_markdown
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
@@ -291,28 +290,8 @@ def targets(evals: dict, gaps) -> dict:
 
 
 def markdown(result: dict) -> str:
-    cl = result["claims"]
-    ctl = result.get("controls", {})
-    lines = ["| eval | metric | original | finetuned | concat | concat - original (95% CI) | "
-             "finetuned - original (95% CI) | control: original x2 | concat - original x2 (95% CI) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for ev, e in result["evals"].items():
-        for m in e["original"]:
-            arrow = "↓" if m in LOWER_IS_BETTER else "↑"
-            cells = [f"{e[s][m]['mean']:.4f} ± {e[s][m]['std']:.4f}" for s in SOURCES]
-            cis = []
-            for key in ("concat-original", "finetuned-original"):
-                lo, hi = e["ci"][key][m]
-                d = e[key.split("-")[0]][m]["mean"] - e["original"][m]["mean"]
-                mark = {"gain": " **gain**", "loss": " *loss*", "n.s.": ""}[cl[ev][key][m]]
-                cis.append(f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{mark}")
-            if ev in ctl:
-                c = ctl[ev][CONTROL][m]["mean"]
-                lo, hi = ctl[ev]["ci"][f"concat-{CONTROL}"][m]
-                cis += [f"{c:.4f}", f"{e['concat'][m]['mean'] - c:+.4f} [{lo:+.4f}, {hi:+.4f}]"]
-            else:
-                cis += ["-", "-"]
-            lines.append(f"| {ev} | {m} {arrow} | " + " | ".join(cells + cis) + " |")
+    """The table of ``fit3d.probe.summary.summary_markdown``, then seconds per stage and the issue's targets."""
+    lines = [summary_markdown(result["evals"], result.get("controls", {})).rstrip("\n")]
     lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in result["seconds"].items()]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'no'} |"
                                                      for k, v in result["targets"].items()]

@@ -42,10 +42,11 @@ def test_depth_targets_read_each_source_by_name():
 def test_depth_per_image_scale_alignment_removes_a_global_scale():
     import torch
 
-    g = _bench()
+    from fit3d.probe.summary import DEPTH_METRICS, depth_per_image
+
     gt = torch.rand(3, 12, 16) * 3 + 1
-    m = g.depth_per_image(gt * 1.5, gt, 1e-3, 10.0)  # right shape, wrong scale
-    names = list(g.DEPTH_METRICS)
+    m = depth_per_image(gt * 1.5, gt, 1e-3, 10.0)  # right shape, wrong scale
+    names = list(DEPTH_METRICS)
     assert (m[:, names.index("abs_rel")] == pytest.approx(0.5))
     assert np.allclose(m[:, names.index("abs_rel_aligned")], 0, atol=1e-6)
     assert np.allclose(m[:, names.index("delta1_aligned")], 1)
