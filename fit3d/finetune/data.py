@@ -248,9 +248,9 @@ class RenderedViews(Dataset):
         return v
 
     @torch.no_grad()
-    def render_target(self, index: int, K, c2w, with_alpha: bool = False, with_spread: bool = False):
-        """target [D, h, w], mask [h, w] (bool) for a camera of this entry's scene (+ alpha [h, w] float32,
-        + spread [h, w] float32 with ``with_spread``)."""
+    def render_target(self, index: int, K, c2w) -> dict[str, Tensor]:
+        """For a camera of this entry's scene: {"target" [D, h, w], "mask" [h, w] bool, "alpha" [h, w] float32,
+        and "spread" [h, w] float32 when the dataset was made ``with_spread``}."""
         from fit3d.splat.render import render
 
         si, _ = self.entries[index]
@@ -261,19 +261,17 @@ class RenderedViews(Dataset):
         if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
             K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
         g = visible_subset(s.gaussians, K, c2w, Wr, Hr) if self.cull else s.gaussians
-        r = render(with_square_norm(g) if with_spread else g, K, c2w, Wr, Hr, with_rgb=False, **self.render_kwargs)
-        rendered = r.features[..., :-1] if with_spread else r.features
+        r = render(with_square_norm(g) if self.with_spread else g, K, c2w, Wr, Hr, with_rgb=False,
+                   **self.render_kwargs)
+        rendered = r.features[..., :-1] if self.with_spread else r.features
         feats = rendered.permute(2, 0, 1)[None].float()  # [1, f, H, W]
-        target = decode_to_grid(s.decoder, feats, (h, w))[0]  # [D, h, w]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        if with_spread:
-            spread = F.interpolate(feature_spread(r.features.float(), r.alpha.float())[None, None], size=(h, w),
-                                   mode="area")[0, 0]
-            return target.contiguous(), alpha >= self.alpha_threshold, alpha.clamp(0, 1).contiguous(), \
-                spread.contiguous()
-        if with_alpha:
-            return target.contiguous(), alpha >= self.alpha_threshold, alpha.clamp(0, 1).contiguous()
-        return target.contiguous(), alpha >= self.alpha_threshold
+        out = {"target": decode_to_grid(s.decoder, feats, (h, w))[0].contiguous(),  # [D, h, w]
+               "mask": alpha >= self.alpha_threshold, "alpha": alpha.clamp(0, 1).contiguous()}
+        if self.with_spread:
+            out["spread"] = F.interpolate(feature_spread(r.features.float(), r.alpha.float())[None, None],
+                                          size=(h, w), mode="area")[0, 0].contiguous()
+        return out
 
     def render_size(self, scene_index: int) -> tuple[int, int]:
         """(W, H) targets of this scene are rendered at before decoding: its lift resolution (the scale its
@@ -289,9 +287,7 @@ class RenderedViews(Dataset):
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         v = self.read_view(index)
-        out = self.render_target(index, v.K, v.c2w, with_alpha=True, with_spread=self.with_spread)
-        target, mask, alpha = out[:3]
-        extra = {"spread": out[3]} if self.with_spread else {}
+        grids = self.render_target(index, v.K, v.c2w)  # target, mask, alpha (+ spread) at the patch grid
         image = torch.from_numpy(np.ascontiguousarray(v.image)).permute(2, 0, 1).contiguous()  # [3, H, W]
         flip = False
         if self.flip_prob > 0:
@@ -300,10 +296,9 @@ class RenderedViews(Dataset):
         if flip:
             # Flipping at the grid is the same as flipping at full resolution first: the
             # bilinear sampling positions of a patch-multiple resize are mirror-symmetric.
-            image, target, mask, alpha = image.flip(-1), target.flip(-1), mask.flip(-1), alpha.flip(-1)
-            extra = {k: t.flip(-1) for k, t in extra.items()}
-        return {"image": image, "target": target, "mask": mask, "alpha": alpha, **extra,
-                "scene": self.entries[index][0], "index": index, "flip": flip}
+            image = image.flip(-1)
+            grids = {k: t.flip(-1) for k, t in grids.items()}
+        return {"image": image, **grids, "scene": self.entries[index][0], "index": index, "flip": flip}
 
 
 def worker_init(worker_id: int, threads: int = 1) -> None:

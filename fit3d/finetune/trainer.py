@@ -154,7 +154,7 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
                  anchor: tuple | None = None) -> Tensor:
     """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w], "alpha" [B,h,w]} (bf16
     autocast if use_amp), plus ``weight * anchor_l1`` to the frozen original's tokens when ``anchor`` =
-    (original Backbone, weight, anchor_at[, anchor_spread]) is given."""
+    (original Backbone, weight, anchor_at, anchor_spread) is given."""
     images = batch["image"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
@@ -162,10 +162,10 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
         tokens = module(images)
     loss = masked_l1(tokens, target, mask)
     if anchor is not None and anchor[1] > 0:
-        original, weight, at, *scale = anchor
-        alpha, spread = batch.get("alpha"), batch.get("spread")
+        original, weight, at, spread_scale = anchor
+        alpha, spread = (batch.get(k) for k in ("alpha", "spread"))
         w = anchor_token_weights(mask, None if alpha is None else alpha.to(device, non_blocking=True), at,
-                                 None if spread is None else spread.to(device, non_blocking=True), *scale)
+                                 None if spread is None else spread.to(device, non_blocking=True), spread_scale)
         reference = original.features(images)[0]  # [B, D, h, w], no grad
         loss = loss + weight * anchor_l1(tokens, reference, w)
     return loss
