@@ -18,6 +18,7 @@ import dataclasses
 import time
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -109,6 +110,81 @@ class FixedViews:
         feats = torch.cat([p.depths[:, None], colors[p.ids]], -1)  # depth: the (unused) geometry channel
         out, _ = composite(p.means2d, p.conics, p.opacities, feats, lists, W, H, geometry_channels=1)
         return out[..., 1:]
+
+
+    def weights(self, i: int) -> "sp.csr_matrix":
+        """[H*W, N] view ``i``'s compositing weights (float32; numba backend only): ``render(i, c)`` equals
+        ``(weights(i) @ c).reshape(H, W, C)``."""
+        from fit3d.splat.raster_numba import composite_weights
+
+        if self.backend != "numba":
+            raise ValueError(f"compositing weights need the numba backend, not {self.backend!r}")
+        W, H = self.size
+        p, lists = self._projected(i)
+        indptr, gids, w = composite_weights(p.means2d, p.conics, p.opacities, lists, W, H)
+        cols = p.ids[gids].numpy()  # projected rows -> Gaussians
+        return sp.csr_matrix((w.numpy().astype(np.float32, copy=False), cols, indptr.numpy()),
+                             shape=(W * H, len(self.geo[0])))
+
+
+def pool_matrix(height: int, width: int, grid: tuple[int, int] | None) -> "sp.csr_matrix":
+    """[h*w, H*W] ``F.adaptive_avg_pool2d`` to ``grid`` (h, w) as a sparse matrix (identity for None)."""
+    if grid is None:
+        return sp.identity(height * width, dtype=np.float32, format="csr")
+
+    def axis(L: int, l: int) -> np.ndarray:  # [l, L] averaging windows, adaptive_avg_pool's bounds
+        m = np.zeros((l, L), np.float32)
+        for i in range(l):
+            a, b = (i * L) // l, -((-(i + 1) * L) // l)
+            m[i, a:b] = 1.0 / (b - a)
+        return m
+    return sp.csr_matrix(np.kron(axis(height, grid[0]), axis(width, grid[1])))
+
+
+class ViewWeights:
+    """The compositing weights of fixed geometry in a list of views as one sparse matrix M [V*R, N]
+    (R rows per view: its pixels, or its tokens when ``grid`` pools the render to the token grid), so every
+    pass of the solve is a sparse product instead of a rasterisation: the right-hand side ``M^T t`` and
+    ``A X = area * M^T M X``, the normal operator of ``normal_matvec``. Built from ``FixedViews.weights``
+    (numba backend); ``den`` [N] holds each Gaussian's total pixel weight sum_p w_pj. Hand-written: the
+    compositing weights come from our kernel; the products are scipy's."""
+
+    def __init__(self, fv: FixedViews, grid: tuple[int, int] | None, progress=None):
+        W, H = fv.size
+        pool = pool_matrix(H, W, grid)
+        self.area = (H * W) / (grid[0] * grid[1]) if grid else 1.0
+        self.rows = pool.shape[0]
+        blocks, den = [], np.zeros(len(fv.geo[0]), np.float64)
+        for i in range(len(fv)):
+            w = fv.weights(i)
+            seen = np.bincount(w.indices, weights=w.data, minlength=w.shape[1])
+            if not seen.any():
+                raise SceneError(f"solve: view {fv.views[i].name or i} sees none of the {w.shape[1]} Gaussians "
+                                 f"(all culled: check its pose and the scene's depth / points)")
+            den += seen
+            blocks.append(pool @ w)
+            if progress is not None:
+                progress.update(1)
+        self.M = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(fv.geo[0])), dtype=np.float32)
+        self.Mt = self.M.T.tocsr()
+        self.den = torch.from_numpy(den)
+
+    def keep(self, keep: Tensor) -> "ViewWeights":
+        """Only the Gaussians ``keep`` [N] bool (columns), in place."""
+        k = keep.numpy()
+        self.M = self.M[:, k].tocsr()
+        self.Mt = self.M.T.tocsr()
+        self.den = self.den[keep]
+        return self
+
+    def rhs(self, targets: Tensor) -> Tensor:
+        """[N, C] float64 area * M^T t for the views' stacked targets [V*R, C] (``view_targets``' rows)."""
+        return torch.from_numpy(self.area * (self.Mt @ targets.numpy().astype(np.float32, copy=False))).double()
+
+    def matvec(self, X: Tensor) -> Tensor:
+        """[N, C] float64 area * M^T M X (X [N, C])."""
+        x = np.ascontiguousarray(X.detach().numpy(), dtype=np.float32)
+        return torch.from_numpy(self.area * (self.Mt @ (self.M @ x))).double()
 
 
 def accumulate(params: dict | FixedViews, views, targets, width: int, height: int, backend: str = "auto",
@@ -313,11 +389,26 @@ def refine_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, ite
     return history
 
 
+def stacked_targets(cache, names, proj: Tensor, width: int, height: int, at: str) -> Tensor:
+    """[V*R, f] the views' tokens in the decoder's basis, one row per row of ``ViewWeights.M``: the token grid
+    (``grid``) or the render's pixels, tokens bilinearly upsampled (``render``)."""
+    rows = []
+    for name in names:
+        if at == "grid":
+            g = torch.einsum("kd,dhw->hwk", proj, cache.grid(cache.index(name)))
+            rows.append(g.reshape(-1, g.shape[-1]))
+        else:
+            rows.append(view_targets(cache, name, proj, width, height, at).reshape(width * height, -1))
+    return torch.cat(rows).float().cpu()
+
+
 def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> tuple[dict, dict]:
     """Per-Gaussian features in the decoder's basis: the weighted average, then up to ``solve_cg_iterations``
     of preconditioned CG on the least-squares problem (until the relative residual is below ``solve_cg_tol``),
     both over every ``solve_view_stride``-th training view. Drops Gaussians those views do not weight (never
-    NaN). Returns (params, info); info["seconds"] times the average and the CG."""
+    NaN). With the numba backend each view's compositing weights are extracted once (``ViewWeights``) and
+    every pass is a sparse product; other backends rasterise each pass. Returns (params, info);
+    info["seconds"] times the average and the CG."""
     cfg = ctx.cfg
     W, H = ctx.size
     proj = decoder_projection(decoder).to(ctx.device)
@@ -325,22 +416,31 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
     sub = train[::max(1, cfg.solve_view_stride)]  # dense trajectories: neighbouring views add little
     at = cfg.solve_targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
-    bar = tqdm(total=len(sub) * (1 + cfg.solve_cg_iterations + (cfg.solve_cg_iterations > 0)),
+    sparse = FixedViews(params, sub, W, H, cfg.raster_backend, keep=False).backend == "numba"
+    bar = tqdm(total=len(sub) * (1 + (0 if sparse else cfg.solve_cg_iterations + (cfg.solve_cg_iterations > 0))),
                desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     t0 = time.perf_counter()
-    targets = lambda i: view_targets(ctx.cache, sub[i].name, proj, W, H, at)  # noqa: E731
-    num, den = accumulate(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), sub, targets, W, H,
-                          progress=bar)
+    if sparse:
+        vw = ViewWeights(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), grid, progress=bar)
+        num, den = vw.rhs(stacked_targets(ctx.cache, [v.name for v in sub], proj, W, H, at)), vw.den
+    else:
+        targets = lambda i: view_targets(ctx.cache, sub[i].name, proj, W, H, at)  # noqa: E731
+        num, den = accumulate(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), sub, targets, W, H,
+                              progress=bar)
     f, keep = weighted_average(num, den)
     if not bool(keep.any()):
         raise SceneError(f"{ctx.name}: solve: no Gaussian is seen by any training view")
     params = {k: nn.Parameter(v.detach()[keep]) for k, v in params.items()}
-    info = {"dropped_unseen": int((~keep).sum()), "views": len(sub)}
+    info = {"dropped_unseen": int((~keep).sum()), "views": len(sub), "sparse": sparse}
     f, num, den = f[keep], num[keep], den[keep]
     t1 = time.perf_counter()
     if cfg.solve_cg_iterations > 0:
-        fv = FixedViews(params, sub, W, H, cfg.raster_backend)  # the kept Gaussians' projections, made once
-        mv = lambda X: normal_matvec(fv, sub, X, W, H, grid, progress=bar)  # noqa: E731
+        if sparse:
+            mv = vw.keep(keep).matvec
+            info["weights_nnz"] = int(vw.M.nnz)
+        else:
+            fv = FixedViews(params, sub, W, H, cfg.raster_backend)  # the kept Gaussians' projections, made once
+            mv = lambda X: normal_matvec(fv, sub, X, W, H, grid, progress=bar)  # noqa: E731
         precond = den.clamp_min(1e-6)
         f, hist = conjugate_gradient(mv, num, f, precond, cfg.solve_cg_iterations, ridge=1e-3 * precond,
                                      tol=cfg.solve_cg_tol)

@@ -241,3 +241,73 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
     out, Tfin = _Composite.apply(means2d.to(dt), conics.to(dt), opacities.to(dt), colors, lists, width, height,
                                  n_geo)
     return out, 1 - Tfin
+
+
+# ------------------------------------------------------------------ compositing weights
+@nb.njit(parallel=True, cache=True)
+def _weights_kernel(offsets, counts, gids, packed, tiles_x, width, height, consts, centres, starts, out_g, out_w,
+                    write):
+    """Per pixel, front to back with the forward kernel's tests: the entries (Gaussian, alpha x T) that the
+    forward sums. ``write`` False: counts into ``starts[pixel]``; True: fills ``out_g`` / ``out_w`` from
+    ``starts[pixel]`` on."""
+    ONE, AMAX, AMIN, TMIN, ZERO, HALF = consts[1], consts[2], consts[3], consts[4], consts[5], consts[0]
+    for t in nb.prange(offsets.shape[0]):
+        start, cnt = offsets[t], counts[t]
+        x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
+        rows = np.empty(cnt, dtype=np.int64)
+        for py in range(y0, min(y0 + TILE, height)):
+            fy = centres[py]
+            n_row = _row_list(packed, start, cnt, fy, rows)
+            for px in range(x0, min(x0 + TILE, width)):
+                fx = centres[px]
+                pix = py * width + px
+                pos = starts[pix] if write else 0
+                T = ONE
+                for r in range(n_row):
+                    j = start + rows[r]
+                    dx = packed[j, 0] - fx
+                    if abs(dx) > packed[j, 7]:
+                        continue
+                    dy = packed[j, 1] - fy
+                    sig = HALF * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
+                    if sig < ZERO or sig > packed[j, 6]:
+                        continue
+                    raw = packed[j, 5] * math.exp(-sig)
+                    alpha = raw if raw < AMAX else AMAX
+                    if alpha < AMIN:
+                        continue
+                    nT = T * (ONE - alpha)
+                    if nT <= TMIN:
+                        break
+                    if write:
+                        out_g[pos] = gids[j]
+                        out_w[pos] = alpha * T
+                    pos += 1
+                    T = nT
+                if not write:
+                    starts[pix] = pos
+
+
+def composite_weights(means2d: Tensor, conics: Tensor, opacities: Tensor, lists: TileLists, width: int,
+                      height: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The forward's compositing weights as a CSR matrix [H*W, M]: (indptr [H*W + 1] long, gids [nnz] long
+    (rows of means2d), weights [nnz] in means2d's dtype), each pixel's entries front to back, so that
+    ``composite(..., colors)[y, x] = sum over row y*W + x of weight * colors[gid]``. With fixed geometry every
+    render of any channels is then a sparse product (the solve's CG passes). Two passes of the forward's loop
+    (count, fill); no colours are read."""
+    n_pix = width * height
+    counts = np.zeros(n_pix, dtype=np.int64)
+    out_g, out_w = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=_np(means2d).dtype)
+    if not lists.gids.numel():
+        return torch.zeros(n_pix + 1, dtype=torch.long), torch.from_numpy(out_g), torch.from_numpy(out_w)
+    _set_threads()
+    args = (_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opacities),
+            lists.tiles_x, width, height, *_consts(out_w.dtype, width, height))
+    _weights_kernel(*args, counts, out_g, out_w, False)
+    indptr = np.zeros(n_pix + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    out_g = np.empty(int(indptr[-1]), dtype=np.int64)
+    out_w = np.empty(int(indptr[-1]), dtype=out_w.dtype)
+    starts = indptr[:-1].copy()
+    _weights_kernel(*args, starts, out_g, out_w, True)
+    return torch.from_numpy(indptr), torch.from_numpy(out_g), torch.from_numpy(out_w)

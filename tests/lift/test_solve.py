@@ -315,3 +315,27 @@ def test_cached_projections_give_the_same_products_on_every_pass():
     for _ in range(2):
         torch.testing.assert_close(normal_matvec(fv, views, X, W, H, (3, 4)), fresh)
     assert len(fv._cache) == len(views)
+
+
+@pytest.mark.parametrize("grid", [None, (3, 4), (5, 7)])
+def test_sparse_weights_give_the_rasterised_passes(grid):
+    """ViewWeights (each view's compositing weights extracted once, every pass a sparse product) against the
+    rasterised passes: the same weight sums, right-hand side and normal operator, on exact (3, 4) and
+    overlapping (5, 7) adaptive-pooling windows as well as at pixels."""
+    from fit3d.lift.solve import FixedViews, ViewWeights
+
+    params, views = _gaussians(opacity=0.5), _views()
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(len(params["means"]), 4, generator=g, dtype=torch.float64)
+    fv = FixedViews(params, views, W, H, "numba")
+    vw = ViewWeights(fv, grid)
+    torch.testing.assert_close(vw.matvec(X), normal_matvec(fv, views, X, W, H, grid), rtol=1e-4, atol=1e-5)
+    if grid is None or grid == (3, 4):  # there nearest upsampling is area x the pooling's adjoint
+        t = [torch.randn(*(grid or (H, W)), 4, generator=g) for _ in views]
+        up = [F.interpolate(x.permute(2, 0, 1)[None], size=(H, W), mode="nearest")[0].permute(1, 2, 0) for x in t]
+        num, den = accumulate(fv, views, lambda i: up[i], W, H)
+        torch.testing.assert_close(vw.rhs(torch.cat([x.reshape(-1, 4) for x in t])), num, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(vw.den, den, rtol=1e-5, atol=1e-6)
+    kept = vw.den > float(vw.den.median())  # dropping Gaussians = their columns: zero features elsewhere
+    full = vw.matvec(torch.where(kept[:, None], X, torch.zeros_like(X)))
+    torch.testing.assert_close(vw.keep(kept).matvec(X[kept]), full[kept])

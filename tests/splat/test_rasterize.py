@@ -154,3 +154,37 @@ def test_float32_backends_agree():
     out_n, g_n = run(params, V, K, 48, 40, "numba")
     for a, b in zip([*out_n, *g_n], [*out_t, *g_t]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max().clamp_min(1)))
+
+
+@pytest.mark.skipif(not numba_available(), reason="numba not installed")
+@pytest.mark.parametrize("opacity", [0.3, 0.99])
+def test_compositing_weights_equal_the_reference_and_the_forward(opacity):
+    """raster_numba.composite_weights (each pixel's (Gaussian, alpha x T) entries) against the float64
+    reference's one-hot render, and its product with colours against the forward kernel; 0.99 opacity
+    exercises early termination."""
+    from fit3d.splat.projection import project
+    from fit3d.splat.raster_numba import composite, composite_weights
+    from fit3d.splat.raster_torch import build_tile_lists
+    from fit3d.splat.reference import rasterize_reference
+
+    g = torch.Generator().manual_seed(0)
+    n, W, H = 40, 37, 29  # several tiles, ragged edges
+    means = (torch.rand(n, 3, generator=g, dtype=torch.float64) - 0.5) * torch.tensor([1.6, 1.2, 0.4]).double()
+    means[:, 2] += 3.0
+    quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=torch.float64), dim=1)
+    scales = torch.rand(n, 3, generator=g, dtype=torch.float64) * 0.15 + 0.03
+    opac = torch.full((n,), opacity, dtype=torch.float64)
+    vm, K = torch.eye(4, dtype=torch.float64), torch.tensor([[30.0, 0, W / 2], [0, 30.0, H / 2], [0, 0, 1]]).double()
+    dense, _, _ = rasterize_reference(means, quats, scales, opac, torch.eye(n, dtype=torch.float64), vm, K, W, H)
+    p = project(means, quats, scales, opac, vm, K, W, H)
+    lists = build_tile_lists(p.means2d, p.radii, p.depths, W, H)
+    indptr, gids, w = composite_weights(p.means2d, p.conics, p.opacities, lists, W, H)
+    assert w.dtype == torch.float64 and int(indptr[-1]) == len(gids) == len(w)
+    rows = torch.repeat_interleave(torch.arange(W * H), indptr.diff())
+    mat = torch.zeros(W * H, n, dtype=torch.float64).index_put_((rows, p.ids[gids]), w, accumulate=True)
+    assert float(dense.abs().sum()) > 0
+    torch.testing.assert_close(mat, dense.reshape(W * H, n), rtol=1e-7, atol=1e-9)
+    colors = torch.randn(len(p.ids), 5, generator=g, dtype=torch.float64)
+    img, _ = composite(p.means2d, p.conics, p.opacities, colors, lists, W, H)
+    prod = torch.zeros(W * H, 5, dtype=torch.float64).index_add_(0, rows, w[:, None] * colors[gids])
+    torch.testing.assert_close(prod.reshape(H, W, 5), img, rtol=1e-10, atol=1e-12)
