@@ -111,7 +111,6 @@ class FixedViews:
         out, _ = composite(p.means2d, p.conics, p.opacities, feats, lists, W, H, geometry_channels=1)
         return out[..., 1:]
 
-
     def weights(self, i: int) -> "sp.csr_matrix":
         """[H*W, N] view ``i``'s compositing weights (float32; numba backend only): ``render(i, c)`` equals
         ``(weights(i) @ c).reshape(H, W, C)``."""
@@ -125,6 +124,12 @@ class FixedViews:
         cols = p.ids[gids].numpy()  # projected rows -> Gaussians
         return sp.csr_matrix((w.numpy().astype(np.float32, copy=False), cols, indptr.numpy()),
                              shape=(W * H, len(self.geo[0])))
+
+
+def all_culled(view, i: int, n: int) -> SceneError:
+    """The error for a training view that weights none of the ``n`` Gaussians."""
+    return SceneError(f"solve: view {view.name or i} sees none of the {n} Gaussians (all culled: check its pose "
+                      f"and the scene's depth / points)")
 
 
 def pool_matrix(height: int, width: int, grid: tuple[int, int] | None) -> "sp.csr_matrix":
@@ -153,14 +158,12 @@ class ViewWeights:
         W, H = fv.size
         pool = pool_matrix(H, W, grid)
         self.area = (H * W) / (grid[0] * grid[1]) if grid else 1.0
-        self.rows = pool.shape[0]
         blocks, den = [], np.zeros(len(fv.geo[0]), np.float64)
         for i in range(len(fv)):
             w = fv.weights(i)
             seen = np.bincount(w.indices, weights=w.data, minlength=w.shape[1])
             if not seen.any():
-                raise SceneError(f"solve: view {fv.views[i].name or i} sees none of the {w.shape[1]} Gaussians "
-                                 f"(all culled: check its pose and the scene's depth / points)")
+                raise all_culled(fv.views[i], i, w.shape[1])
             den += seen
             blocks.append(pool @ w)
             if progress is not None:
@@ -178,7 +181,7 @@ class ViewWeights:
         return self
 
     def rhs(self, targets: Tensor) -> Tensor:
-        """[N, C] float64 area * M^T t for the views' stacked targets [V*R, C] (``view_targets``' rows)."""
+        """[N, C] float64 area * M^T t for the views' stacked targets [V*R, C] (``stacked_targets``)."""
         return torch.from_numpy(self.area * (self.Mt @ targets.numpy().astype(np.float32, copy=False))).double()
 
     def matvec(self, X: Tensor) -> Tensor:
@@ -204,8 +207,7 @@ def accumulate(params: dict | FixedViews, views, targets, width: int, height: in
         (gr,) = torch.autograd.grad((fv.render(i, c) * g).sum(), c)
         gr = gr.detach().cpu().double()
         if not bool(gr[:, C].gt(0).any()):
-            raise SceneError(f"solve: view {v.name or i} sees none of the {N} Gaussians (all culled: check its pose "
-                             f"and the scene's depth / points)")
+            raise all_culled(v, i, N)
         num = gr[:, :C] if num is None else num + gr[:, :C]
         den += gr[:, C]
         if progress is not None:
@@ -416,17 +418,17 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
     sub = train[::max(1, cfg.solve_view_stride)]  # dense trajectories: neighbouring views add little
     at = cfg.solve_targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
-    sparse = FixedViews(params, sub, W, H, cfg.raster_backend, keep=False).backend == "numba"
+    fv = FixedViews(params, sub, W, H, cfg.raster_backend, keep=False)  # one pass: nothing to keep
+    sparse = fv.backend == "numba"
     bar = tqdm(total=len(sub) * (1 + (0 if sparse else cfg.solve_cg_iterations + (cfg.solve_cg_iterations > 0))),
                desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     t0 = time.perf_counter()
     if sparse:
-        vw = ViewWeights(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), grid, progress=bar)
+        vw = ViewWeights(fv, grid, progress=bar)
         num, den = vw.rhs(stacked_targets(ctx.cache, [v.name for v in sub], proj, W, H, at)), vw.den
     else:
         targets = lambda i: view_targets(ctx.cache, sub[i].name, proj, W, H, at)  # noqa: E731
-        num, den = accumulate(FixedViews(params, sub, W, H, cfg.raster_backend, keep=False), sub, targets, W, H,
-                              progress=bar)
+        num, den = accumulate(fv, sub, targets, W, H, progress=bar)
     f, keep = weighted_average(num, den)
     if not bool(keep.any()):
         raise SceneError(f"{ctx.name}: solve: no Gaussian is seen by any training view")
