@@ -151,14 +151,15 @@ class ViewWeights:
     (R rows per view: its pixels, or its tokens when ``grid`` pools the render to the token grid), so every
     pass of the solve is a sparse product instead of a rasterisation: the right-hand side ``M^T t`` and
     ``A X = area * M^T M X``, the normal operator of ``normal_matvec``. Built from ``FixedViews.weights``
-    (numba backend); ``den`` [N] holds each Gaussian's total pixel weight sum_p w_pj. Hand-written: the
-    compositing weights come from our kernel; the products are scipy's."""
+    (numba backend); ``den`` [N] holds each Gaussian's total pixel weight sum_p w_pj; ``pixels`` (with
+    ``keep_pixels``) the views' own [H*W, N] weights, for later renders as sparse products (``fit_decoder``).
+    Hand-written: the compositing weights come from our kernel; the products are scipy's."""
 
-    def __init__(self, fv: FixedViews, grid: tuple[int, int] | None, progress=None):
+    def __init__(self, fv: FixedViews, grid: tuple[int, int] | None, progress=None, keep_pixels: bool = False):
         W, H = fv.size
         pool = pool_matrix(H, W, grid)
         self.area = (H * W) / (grid[0] * grid[1]) if grid else 1.0
-        blocks, den = [], np.zeros(len(fv.geo[0]), np.float64)
+        blocks, den, self.pixels = [], np.zeros(len(fv.geo[0]), np.float64), [] if keep_pixels else None
         for i in range(len(fv)):
             w = fv.weights(i)
             seen = np.bincount(w.indices, weights=w.data, minlength=w.shape[1])
@@ -166,6 +167,8 @@ class ViewWeights:
                 raise all_culled(fv.views[i], i, w.shape[1])
             den += seen
             blocks.append(pool @ w)
+            if keep_pixels:
+                self.pixels.append(w)
             if progress is not None:
                 progress.update(1)
         self.M = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(fv.geo[0])), dtype=np.float32)
@@ -178,6 +181,8 @@ class ViewWeights:
         self.M = self.M[:, k].tocsr()
         self.Mt = self.M.T.tocsr()
         self.den = self.den[keep]
+        if self.pixels is not None:
+            self.pixels = [w[:, k].tocsr() for w in self.pixels]
         return self
 
     def rhs(self, targets: Tensor) -> Tensor:
@@ -404,13 +409,15 @@ def stacked_targets(cache, names, proj: Tensor, width: int, height: int, at: str
     return torch.cat(rows).float().cpu()
 
 
-def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> tuple[dict, dict]:
+def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep_pixels: bool = False
+                   ) -> tuple[dict, dict, list | None]:
     """Per-Gaussian features in the decoder's basis: the weighted average, then up to ``solve_cg_iterations``
     of preconditioned CG on the least-squares problem (until the relative residual is below ``solve_cg_tol``),
     both over every ``solve_view_stride``-th training view. Drops Gaussians those views do not weight (never
     NaN). With the numba backend each view's compositing weights are extracted once (``ViewWeights``) and
-    every pass is a sparse product; other backends rasterise each pass. Returns (params, info);
-    info["seconds"] times the average and the CG."""
+    every pass is a sparse product; other backends rasterise each pass. Returns (params, info, pixels):
+    info["seconds"] times the average and the CG; pixels are the views' [H*W, N] compositing weights of the
+    kept Gaussians with ``keep_pixels`` and the sparse path (else None)."""
     cfg = ctx.cfg
     W, H = ctx.size
     proj = decoder_projection(decoder).to(ctx.device)
@@ -424,7 +431,7 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
                desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     t0 = time.perf_counter()
     if sparse:
-        vw = ViewWeights(fv, grid, progress=bar)
+        vw = ViewWeights(fv, grid, progress=bar, keep_pixels=keep_pixels)
         num, den = vw.rhs(stacked_targets(ctx.cache, [v.name for v in sub], proj, W, H, at)), vw.den
     else:
         targets = lambda i: view_targets(ctx.cache, sub[i].name, proj, W, H, at)  # noqa: E731
@@ -436,9 +443,11 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
     info = {"dropped_unseen": int((~keep).sum()), "views": len(sub), "sparse": sparse}
     f, num, den = f[keep], num[keep], den[keep]
     t1 = time.perf_counter()
+    if sparse:
+        vw.keep(keep)
     if cfg.solve_cg_iterations > 0:
         if sparse:
-            mv = vw.keep(keep).matvec
+            mv = vw.matvec
             info["weights_nnz"] = int(vw.M.nnz)
         else:
             fv = FixedViews(params, sub, W, H, cfg.raster_backend)  # the kept Gaussians' projections, made once
@@ -452,47 +461,94 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder) -> t
         raise NonFiniteError(f"{ctx.name}: solve: features became non-finite")
     params["features"] = nn.Parameter(f.float().to(ctx.device).contiguous())
     info["seconds"] = {"average": t1 - t0, "cg": time.perf_counter() - t1}
-    return params, info
+    return params, info, vw.pixels if sparse else None
+
+
+def pooled_design(img: Tensor, k: int, grid: tuple[int, int] | None) -> Tensor:
+    """[C*k*k, R] the inputs of a k x k Conv2d's taps (zero padding k//2; rows in ``F.unfold``'s order) for
+    img [1, C, H, W], average-pooled to ``grid`` (h, w) as ``F.adaptive_avg_pool2d`` does (R = h*w; None: no
+    pooling, R = H*W). Pooling to exact blocks of sy x sx pixels is a stride-1 box filter and a strided unfold
+    (the pooled k x k neighbourhood of a block is the k x k neighbourhood of the box-filtered image), without
+    the pixel-level [C*k*k, H*W] unfold the general case builds."""
+    C, H, W = img.shape[1:]
+    if grid is None:
+        return F.unfold(img, k, padding=k // 2)[0]
+    (gh, gw), p = grid, k // 2
+    if H % gh == 0 and W % gw == 0:
+        sy, sx = H // gh, W // gw
+        box = F.avg_pool2d(F.pad(img, (p, p, p, p)), (sy, sx), stride=1)
+        return F.unfold(box, k, stride=(sy, sx))[0]
+    cols = F.unfold(img, k, padding=p).reshape(1, C * k * k, H, W)
+    return F.adaptive_avg_pool2d(cols, grid)[0].reshape(C * k * k, -1)
+
+
+class NormalEquations:
+    """Running X^T X [P, P] and X^T Y [P, D] (float64) of row blocks X [R, P], Y [R, D] (float32), buffered to
+    ``rows`` rows so each product is one large BLAS call; X^T X by ``ssyrk`` (its upper triangle: half the
+    flops of a GEMM). Hand-written: torch has no syrk; scipy's BLAS wrapper is the library call."""
+
+    def __init__(self, P: int, D: int, rows: int = 8192):
+        self.XtX, self.XtY = np.zeros((P, P), np.float64), np.zeros((P, D), np.float64)
+        self.rows, self._X, self._Y = rows, [], []
+
+    def add(self, X: Tensor, Y: Tensor) -> None:
+        self._X.append(X.float().cpu().numpy())
+        self._Y.append(Y.float().cpu().numpy())
+        if sum(len(x) for x in self._X) >= self.rows:
+            self.flush()
+
+    def flush(self) -> None:
+        from scipy.linalg.blas import ssyrk
+
+        if not self._X:
+            return
+        X, Y = np.concatenate(self._X), np.concatenate(self._Y)
+        self._X, self._Y = [], []
+        self.XtX += ssyrk(1.0, X.T, trans=0, lower=0)  # X.T is Fortran-ordered: no copy; upper triangle
+        self.XtY += X.T @ Y
+
+    def solve(self, ridge: float) -> Tensor:
+        """[P, D] float64 (X^T X + lam I)^-1 X^T Y, lam = ``ridge`` x the mean diagonal of X^T X."""
+        self.flush()
+        A = np.triu(self.XtX) + np.triu(self.XtX, 1).T
+        lam = ridge * max(float(A.diagonal().mean()), 1e-30)
+        return torch.linalg.solve(torch.from_numpy(A + lam * np.eye(len(A))), torch.from_numpy(self.XtY))
 
 
 @torch.no_grad()
 def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, ridge: float = 1e-3,
-                progress=None) -> dict:
+                progress=None, weights=None) -> dict:
     """Every tap of the decoder's Conv2d (f -> D, k x k, no bias) by ridge least squares, in place: the
     rendered features of ``views`` (geometry and f fixed) against their tokens, where the feature loss takes
     them (``solve_targets_at``: grid = the decoded render average-pooled to the token grid, exact since pooling
     and the convolution are both linear; render = the tokens bilinearly upsampled). ``ridge`` is relative to
-    the mean diagonal of the normal matrix. Returns {"views", "fit_cosine" (mean over those views' tokens)}.
-    Hand-written: a (f k^2)-square linear solve, no library call to wrap."""
+    the mean diagonal of the normal matrix. ``weights``: the views' [H*W, N] compositing weights
+    (``ViewWeights.pixels``), if already extracted: each render is then a sparse product. Returns {"views",
+    "first_view_fit_cosine"}. Hand-written: a (f k^2)-square linear solve, no library call to wrap."""
     cfg = ctx.cfg
     W, H = ctx.size
     k = decoder.conv.kernel_size[0]
     D, C = decoder.out_dim, decoder.in_dim
-    P = C * k * k
     fv = FixedViews(params, views, W, H, cfg.raster_backend, keep=False)
     feats = params["features"].detach().float()
-    XtX = torch.zeros(P, P, dtype=torch.float64)
-    XtY = torch.zeros(P, D, dtype=torch.float64)
+    f32 = np.ascontiguousarray(feats.cpu().numpy())
+    grid = ctx.cache.grid_size if cfg.solve_targets_at == "grid" else None
 
     def design(i, v):
-        img = fv.render(i, feats).permute(2, 0, 1)[None]  # [1, C, H, W]
-        cols = F.unfold(img, k, padding=k // 2).reshape(1, P, H, W)  # the taps' inputs (the conv's zero padding)
-        idx = ctx.cache.index(v.name)
-        if cfg.solve_targets_at == "grid":
-            X = F.adaptive_avg_pool2d(cols, ctx.cache.grid_size)[0]
-            Y = ctx.cache.grid(idx, X.device)
+        if weights is not None:
+            img = torch.from_numpy(weights[i] @ f32).reshape(H, W, C).permute(2, 0, 1)[None]
         else:
-            X, Y = cols[0], ctx.cache.target(idx, W, H, cols.device)[0]
-        return X.reshape(P, -1).T.cpu(), Y.reshape(D, -1).T.cpu()
+            img = fv.render(i, feats).permute(2, 0, 1)[None]  # [1, C, H, W]
+        idx = ctx.cache.index(v.name)
+        Y = ctx.cache.grid(idx) if grid else ctx.cache.target(idx, W, H)[0]
+        return pooled_design(img.cpu(), k, grid).T, Y.reshape(D, -1).T.cpu()
 
+    ne = NormalEquations(C * k * k, D)
     for i, v in enumerate(fv.views):
-        X, Y = design(i, v)  # one view's products in float32 (a few thousand rows), the sums in float64
-        XtX += (X.T @ X).double()
-        XtY += (X.T @ Y).double()
+        ne.add(*design(i, v))
         if progress is not None:
             progress.update(1)
-    lam = ridge * float(XtX.diagonal().mean().clamp_min(1e-30))
-    Wd = torch.linalg.solve(XtX + lam * torch.eye(P, dtype=torch.float64), XtY)  # [P, D]
+    Wd = ne.solve(ridge)  # [P, D]
     if not bool(torch.isfinite(Wd).all()):
         raise NonFiniteError(f"{ctx.name}: solve: the least-squares decoder is not finite")
     w = decoder.conv.weight
@@ -542,11 +598,13 @@ def solve_scene(ctx: LiftContext) -> LiftResult:
     decoder = FeatureDecoder(cfg.feature_dim, ctx.cache.dim, cfg.solve_decoder_kernel or cfg.decoder_kernel
                              ).to(ctx.device)
     pca_init_decoder(decoder, ctx.cache, ctx.train_names, seed=cfg.seed)
-    params, finfo = solve_features(ctx, params, decoder)
+    lsq = cfg.solve_decoder == "lsq"
+    same = lsq and max(1, cfg.solve_view_stride) == max(1, cfg.solve_decoder_stride)  # the same views: reuse weights
+    params, finfo, pixels = solve_features(ctx, params, decoder, keep_pixels=same)
     td = time.perf_counter()
-    if cfg.solve_decoder == "lsq":
+    if lsq:
         views = [ctx.views[i] for i in ctx.train_idx][::max(1, cfg.solve_decoder_stride)]
-        finfo["decoder"] = fit_decoder(ctx, params, decoder, views)
+        finfo["decoder"] = fit_decoder(ctx, params, decoder, views, weights=pixels)
     t2 = time.perf_counter()
     refine = refine_features(ctx, params, decoder, cfg.solve_refine_iterations) if cfg.solve_refine_iterations else []
     t3 = time.perf_counter()

@@ -339,3 +339,32 @@ def test_sparse_weights_give_the_rasterised_passes(grid):
     kept = vw.den > float(vw.den.median())  # dropping Gaussians = their columns: zero features elsewhere
     full = vw.matvec(torch.where(kept[:, None], X, torch.zeros_like(X)))
     torch.testing.assert_close(vw.keep(kept).matvec(X[kept]), full[kept])
+
+
+@pytest.mark.parametrize("grid", [None, (4, 6), (5, 7)])
+def test_pooled_design_is_the_pooled_unfold(grid):
+    """pooled_design's box filter + strided unfold (exact 3x3 blocks of a 12x18 image) and its general path
+    (overlapping windows) against the pixel-level unfold average-pooled, as the decoder's fit used it."""
+    from fit3d.lift.solve import pooled_design
+
+    img = torch.randn(1, 3, 12, 18, generator=torch.Generator().manual_seed(0))
+    for k in (1, 3, 5):
+        cols = F.unfold(img, k, padding=k // 2).reshape(1, 3 * k * k, 12, 18)
+        want = cols[0].reshape(3 * k * k, -1) if grid is None else F.adaptive_avg_pool2d(cols, grid)[0].reshape(3 * k * k, -1)
+        torch.testing.assert_close(pooled_design(img, k, grid), want)
+
+
+def test_normal_equations_give_the_least_squares_solution():
+    """Buffered ssyrk / GEMM sums over uneven row blocks, then the ridge solve, against the stacked lstsq."""
+    from fit3d.lift.solve import NormalEquations
+
+    g = torch.Generator().manual_seed(1)
+    blocks = [(torch.randn(n, 6, generator=g), torch.randn(n, 4, generator=g)) for n in (5, 17, 3, 30)]
+    ne = NormalEquations(6, 4, rows=20)  # flushes after the second and the fourth block
+    for X, Y in blocks:
+        ne.add(X, Y)
+    X, Y = (torch.cat(t).double() for t in zip(*blocks))
+    torch.testing.assert_close(ne.solve(0.0), torch.linalg.lstsq(X, Y).solution, rtol=1e-5, atol=1e-6)
+    lam = 0.1 * float((X.T @ X).diagonal().mean())
+    torch.testing.assert_close(ne.solve(0.1), torch.linalg.solve(X.T @ X + lam * torch.eye(6, dtype=torch.float64), X.T @ Y),
+                               rtol=1e-5, atol=1e-6)
