@@ -85,8 +85,12 @@ class FixedViews:
     def _projected(self, i: int):
         if i in self._cache:
             return self._cache[i]
-        from fit3d.splat.projection import project
         from fit3d.splat.raster_torch import build_tile_lists
+
+        if self.backend == "numba":
+            from fit3d.splat.projection_numba import project
+        else:
+            from fit3d.splat.projection import project
 
         vm, K = _camera(self.views[i], self.geo[0].device)
         p = project(*self.geo, vm, K, *self.size)

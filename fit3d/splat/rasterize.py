@@ -4,8 +4,8 @@
 rasterize_mode="classic", packed=False)`` for one camera. Backends:
 
 * ``"torch"``: :mod:`fit3d.splat.projection` + :mod:`fit3d.splat.raster_torch` (any device);
-* ``"numba"``: the same projection and tile lists, compositing by :mod:`fit3d.splat.raster_numba`
-  (CPU only; several times faster than ``"torch"`` there);
+* ``"numba"``: the same projection fused per Gaussian (:mod:`fit3d.splat.projection_numba`), the same
+  tile lists, compositing by :mod:`fit3d.splat.raster_numba` (CPU only; several times faster there);
 * ``"gsplat"``: gsplat's CUDA kernels (:mod:`fit3d.splat.raster_gsplat`);
 * ``"reference"``: the slow float64 yardstick (:mod:`fit3d.splat.reference`);
 * ``"auto"``: gsplat on CUDA when it imports, numba on CPU when it imports, torch otherwise.
@@ -95,12 +95,13 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                 near_plane=near_plane, eps2d=eps2d)
 
-    from fit3d.splat.projection import project
     from fit3d.splat.raster_torch import build_tile_lists
 
     if backend == "numba":
+        from fit3d.splat.projection_numba import project
         from fit3d.splat.raster_numba import composite
     else:
+        from fit3d.splat.projection import project
         from fit3d.splat.raster_torch import composite
 
     dt = means.dtype
