@@ -35,11 +35,13 @@ STOP_AFTER_ENV = "FIT3D_LIFT_STOP_AFTER"  # testing aid: SIGKILL the process rig
 
 
 def make_optimizer(params: dict, cfg: LiftConfig, extent: float) -> torch.optim.Adam:
-    """Adam (eps 1e-15) with one named group per 3DGS parameter, FiT3D's learning rates."""
+    """Adam (eps 1e-15) with one named group per 3DGS parameter, FiT3D's learning rates; torch's fused
+    implementation on CPU / CUDA (one kernel for all groups: on 2 CPU cores 2-3x faster than foreach)."""
     lrs = {"means": cfg.lr_means * extent, "quats": cfg.lr_rotation, "log_scales": cfg.lr_scaling,
            "opacity_logits": cfg.lr_opacity, "sh_dc": cfg.lr_sh_dc, "sh_rest": cfg.lr_sh_rest,
            "features": cfg.lr_features}
-    return torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES], lr=0.0, eps=1e-15)
+    return torch.optim.Adam([{"params": [params[k]], "lr": lrs[k], "name": k} for k in PARAM_NAMES], lr=0.0, eps=1e-15,
+                            fused=params["means"].device.type in ("cpu", "cuda") or None)
 
 
 def _log_linear(it: int, iterations: int, start: float, final: float) -> float:

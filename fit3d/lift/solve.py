@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -176,14 +177,14 @@ class ViewWeights:
             if progress is not None:
                 progress.update(1)
         self.M = sp.vstack(blocks, format="csr") if blocks else sp.csr_matrix((0, len(fv.geo[0])), dtype=np.float32)
-        self.Mt = self.M.T.tocsr()
+        self.Mt, self._torch = self.M.T.tocsr(), None
         self.den = torch.from_numpy(den)
 
     def keep(self, keep: Tensor) -> "ViewWeights":
         """Only the Gaussians ``keep`` [N] bool (columns), in place."""
         k = keep.numpy()
         self.M = self.M[:, k].tocsr()
-        self.Mt = self.M.T.tocsr()
+        self.Mt, self._torch = self.M.T.tocsr(), None
         self.den = self.den[keep]
         if self.pixels is not None:
             self.pixels = [w[:, k].tocsr() for w in self.pixels]
@@ -194,9 +195,19 @@ class ViewWeights:
         return torch.from_numpy(self.area * (self.Mt @ targets.numpy().astype(np.float32, copy=False))).double()
 
     def matvec(self, X: Tensor) -> Tensor:
-        """[N, C] float64 area * M^T M X (X [N, C])."""
-        x = np.ascontiguousarray(X.detach().numpy(), dtype=np.float32)
-        return torch.from_numpy(self.area * (self.Mt @ (self.M @ x))).double()
+        """[N, C] float64 area * M^T M X (X [N, C]); torch's CSR product (multi-threaded, scipy's is not)."""
+        if self._torch is None:
+            self._torch = tuple(_torch_csr(m) for m in (self.M, self.Mt))
+        M, Mt = self._torch
+        return (self.area * (Mt @ (M @ X.detach().float().contiguous()))).double()
+
+
+def _torch_csr(m: "sp.csr_matrix") -> Tensor:
+    """A scipy CSR matrix as a torch sparse CSR tensor (shared data, int32 indices kept; scipy built it valid)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+        return torch.sparse_csr_tensor(torch.from_numpy(m.indptr), torch.from_numpy(m.indices),
+                                       torch.from_numpy(m.data), size=m.shape, check_invariants=False)
 
 
 def accumulate(params: dict | FixedViews, views, targets, width: int, height: int, backend: str = "auto",
