@@ -117,10 +117,16 @@ class FeatureGaussians:
     def opacities(self) -> Tensor:
         return torch.sigmoid(self.opacity_logits)
 
-    def colors(self, cam_center: Tensor) -> Tensor:
-        """[N, 3] view-dependent RGB for a camera at ``cam_center`` [3]."""
+    def colors(self, cam_center: Tensor, backend: str = "torch") -> Tensor:
+        """[N, 3] view-dependent RGB for a camera at ``cam_center`` [3]; ``backend="numba"`` (CPU tensors): the
+        fused kernel of :mod:`fit3d.splat.sh_numba`, held to this torch path."""
+        degree = min(self.sh_degree, self.max_sh_degree)
+        if backend == "numba":
+            from fit3d.splat.sh_numba import sh_colors
+
+            return sh_colors(degree, self.sh, self.means, cam_center)
         dirs = torch.nn.functional.normalize(self.means - cam_center, dim=-1)
-        return torch.clamp_min(eval_sh(min(self.sh_degree, self.max_sh_degree), self.sh, dirs) + 0.5, 0.0)
+        return torch.clamp_min(eval_sh(degree, self.sh, dirs) + 0.5, 0.0)
 
     def to(self, *args, **kwargs) -> "FeatureGaussians":
         return FeatureGaussians(*(getattr(self, k).to(*args, **kwargs) for k in

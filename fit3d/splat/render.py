@@ -36,9 +36,10 @@ def render(gaussians: FeatureGaussians, K, c2w, width: int, height: int, *, with
     ``detach_geometry_for_features``: feature gradients reach only ``f``, never geometry or opacity
     (FiT3D's default during lifting); still one pass (``rasterize(..., geometry_channels=3)``).
     """
-    from fit3d.splat.rasterize import rasterize
+    from fit3d.splat.rasterize import rasterize, resolve_backend
 
     dev = gaussians.means.device
+    backend = resolve_backend(backend, dev)
     c2w_t = as_tensor(c2w, dev)
     viewmat = torch.linalg.inv(c2w_t)
     K_t = as_tensor(K, dev)
@@ -46,7 +47,7 @@ def render(gaussians: FeatureGaussians, K, c2w, width: int, height: int, *, with
     args = (g.means, g.quats, g.log_scales.exp(), g.opacities)
     chans = []
     if with_rgb:
-        chans.append(g.colors(c2w_t[:3, 3]))
+        chans.append(g.colors(c2w_t[:3, 3], backend="numba" if backend == "numba" else "torch"))
     F = g.feature_dim
     if with_features or not chans:  # features alone still give depth and alpha
         chans.append(g.features)
