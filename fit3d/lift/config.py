@@ -102,29 +102,29 @@ class LiftConfig:
     solve_targets_at: str = field(default="grid", metadata={
         "choices": ("grid", "render"),
         "help": "solve: tokens as the grid loss sees them (each token over its pixels) or bilinearly upsampled"})
-    solve_cg_iterations: int = field(default=24, metadata={
+    solve_cg_iterations: int = field(default=60, metadata={
         "help": "solve: at most this many conjugate-gradient iterations on the least-squares feature problem, from "
-                "the weighted average (0: the average alone); RedKitchen held-out cosine 0.922 / 0.941 / 0.947 / "
-                "0.951 / 0.953 after 0 / 4 / 8 / 16 / 24 (docs/lift-solve.md), ~3 CPU s each over 44 views"})
-    solve_cg_tol: float = field(default=0.05, metadata={
-        "help": "solve: stop CG once the mean relative residual is below this (RedKitchen: after 16 iterations, "
-                "where the cosine has levelled off: +0.001 for the next 8)"})
-    solve_view_stride: int = field(default=4, metadata={
-        "help": "solve: every k-th training view enters the weighted average and the least-squares passes (dense "
-                "trajectories: the average over every 4th view gives the same held-out cosine as over all, 0.920, "
-                "in a quarter of the time)"})
+                "the weighted average (0: the average alone); each a sparse product, ~0.3 s over 175 views at 55k "
+                "Gaussians (docs/lift-solve.md)"})
+    solve_cg_tol: float = field(default=0.01, metadata={
+        "help": "solve: stop CG once the mean relative residual is below this (RedKitchen, every view: 39 "
+                "iterations; held-out cosine 0.9655 / 0.9678 / 0.9682 at tol 0.05 / 0.02 / 0.01, 3x3 decoder)"})
+    solve_view_stride: int = field(default=1, metadata={
+        "help": "solve: every k-th training view enters the weighted average and the least-squares passes "
+                "(RedKitchen, CG to tol 0.02: 0.9678 with every view, 0.9671 with every 2nd)"})
     solve_decoder: str = field(default="lsq", metadata={
         "choices": ("lsq", "pca"),
         "help": "solve: the decoder after the features are solved: lsq (every tap of its Conv2d by ridge least "
                 "squares from the rendered features to the training tokens: RedKitchen held-out cosine 0.952 -> "
                 "0.962 with a 3x3 one) or pca (the training tokens' PCA basis "
                 "the features are solved in, other taps zero)"})
-    solve_decoder_kernel: int = field(default=5, metadata={
+    solve_decoder_kernel: int = field(default=7, metadata={
         "help": "solve: the decoder's Conv2d kernel size (0: decoder_kernel, optimize's 3); the least-squares fit "
-                "affords a wider one: RedKitchen 0.9610 with 3, 0.9640 with 5 (+19 CPU s)"})
-    solve_decoder_stride: int = field(default=1, metadata={
-        "help": "solve: every k-th training view enters the least-squares decoder (one forward render each; "
-                "RedKitchen 0.962 with every view, 0.958 with every 4th: its f k^2 x D weights need many tokens)"})
+                "affords a wider one: RedKitchen 0.9682 / 0.9693 with 5 / 7 (the normal matrix grows as k^4: "
+                "7x7 over every view 14 s)"})
+    solve_decoder_stride: int = field(default=2, metadata={
+        "help": "solve: every k-th training view enters the least-squares decoder (RedKitchen 7x7: 0.9693 / 0.9696 "
+                "/ 0.9681 with every view / 2nd / 3rd; 3x3: 0.962 with every view, 0.958 with every 4th)"})
     solve_refine_iterations: int = field(default=0, metadata={
         "help": "solve: Adam iterations of the feature loss on f and the decoder after the solve (0: none; "
                 "+0.0015 for 200 after 24 CG iterations on RedKitchen)"})

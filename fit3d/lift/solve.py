@@ -157,10 +157,11 @@ class ViewWeights:
     pass of the solve is a sparse product instead of a rasterisation: the right-hand side ``M^T t`` and
     ``A X = area * M^T M X``, the normal operator of ``normal_matvec``. Built from ``FixedViews.weights``
     (numba backend); ``den`` [N] holds each Gaussian's total pixel weight sum_p w_pj; ``pixels`` (with
-    ``keep_pixels``) the views' own [H*W, N] weights, for later renders as sparse products (``fit_decoder``).
+    ``keep_pixels`` = n > 0) every n-th view's own [H*W, N] weights, for renders as sparse products later
+    (``fit_decoder``).
     Hand-written: the compositing weights come from our kernel; the products are scipy's."""
 
-    def __init__(self, fv: FixedViews, grid: tuple[int, int] | None, progress=None, keep_pixels: bool = False):
+    def __init__(self, fv: FixedViews, grid: tuple[int, int] | None, progress=None, keep_pixels: int = 0):
         W, H = fv.size
         pool = pool_matrix(H, W, grid)
         self.area = (H * W) / (grid[0] * grid[1]) if grid else 1.0
@@ -172,7 +173,7 @@ class ViewWeights:
                 raise all_culled(fv.views[i], i, w.shape[1])
             den += seen
             blocks.append(pool @ w)
-            if keep_pixels:
+            if keep_pixels and i % keep_pixels == 0:
                 self.pixels.append(w)
             if progress is not None:
                 progress.update(1)
@@ -424,15 +425,15 @@ def stacked_targets(cache, names, proj: Tensor, width: int, height: int, at: str
     return torch.cat(rows).float().cpu()
 
 
-def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep_pixels: bool = False
+def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep_pixels: int = 0
                    ) -> tuple[dict, dict, list | None]:
     """Per-Gaussian features in the decoder's basis: the weighted average, then up to ``solve_cg_iterations``
     of preconditioned CG on the least-squares problem (until the relative residual is below ``solve_cg_tol``),
     both over every ``solve_view_stride``-th training view. Drops Gaussians those views do not weight (never
     NaN). With the numba backend each view's compositing weights are extracted once (``ViewWeights``) and
     every pass is a sparse product; other backends rasterise each pass. Returns (params, info, pixels):
-    info["seconds"] times the average and the CG; pixels are the views' [H*W, N] compositing weights of the
-    kept Gaussians with ``keep_pixels`` and the sparse path (else None)."""
+    info["seconds"] times the average and the CG; pixels are every ``keep_pixels``-th of those views' [H*W, N]
+    compositing weights of the kept Gaussians (the sparse path; else None)."""
     cfg = ctx.cfg
     W, H = ctx.size
     proj = decoder_projection(decoder).to(ctx.device)
@@ -614,11 +615,12 @@ def solve_scene(ctx: LiftContext) -> LiftResult:
                              ).to(ctx.device)
     pca_init_decoder(decoder, ctx.cache, ctx.train_names, seed=cfg.seed)
     lsq = cfg.solve_decoder == "lsq"
-    same = lsq and max(1, cfg.solve_view_stride) == max(1, cfg.solve_decoder_stride)  # the same views: reuse weights
-    params, finfo, pixels = solve_features(ctx, params, decoder, keep_pixels=same)
+    vs, ds = max(1, cfg.solve_view_stride), max(1, cfg.solve_decoder_stride)
+    reuse = ds // vs if lsq and ds % vs == 0 else 0  # the decoder's views are every (ds / vs)-th of the solve's
+    params, finfo, pixels = solve_features(ctx, params, decoder, keep_pixels=reuse)
     td = time.perf_counter()
     if lsq:
-        views = [ctx.views[i] for i in ctx.train_idx][::max(1, cfg.solve_decoder_stride)]
+        views = [ctx.views[i] for i in ctx.train_idx][::ds]
         finfo["decoder"] = fit_decoder(ctx, params, decoder, views, weights=pixels)
     t2 = time.perf_counter()
     refine = refine_features(ctx, params, decoder, cfg.solve_refine_iterations) if cfg.solve_refine_iterations else []
