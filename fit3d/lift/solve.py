@@ -469,7 +469,7 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
             fv = FixedViews(params, sub, W, H, cfg.raster_backend)  # the kept Gaussians' projections, made once
             mv = lambda X: normal_matvec(fv, sub, X, W, H, grid, progress=bar)  # noqa: E731
         precond = den.clamp_min(1e-6)
-        f, hist = conjugate_gradient(mv, num, f, precond, cfg.solve_cg_iterations, ridge=1e-3 * precond,
+        f, hist = conjugate_gradient(mv, num, f, precond, cfg.solve_cg_iterations, ridge=cfg.solve_cg_ridge * precond,
                                      tol=cfg.solve_cg_tol)
         info["cg_residual"] = hist
     bar.close()
