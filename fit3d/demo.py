@@ -75,7 +75,7 @@ class DemoConfig:
         "help": "also train the probe heads on concat(original, original): the width control of concat"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples of the test images"})
     lift: LiftConfig = field(default_factory=lambda: LiftConfig(
-        method="solve", solve_geometry_iterations=0, solve_view_stride=1, solve_cg_iterations=24, solve_cg_tol=0.05, solve_cg_ridge=1e-3,
+        method="solve", solve_geometry_iterations=0, solve_view_stride=1, solve_cg_iterations=24, solve_cg_tol=0.05, solve_cg_ridge=1e-3, solve_ridge_select=False,
         solve_decoder_kernel=5, solve_decoder_stride=1), metadata={
         "inherit": SHARED, "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
                                    "unchanged), every training view in the least-squares passes (cosine 0.88 vs 0.84 "

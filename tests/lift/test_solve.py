@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import torch
 import torch.nn.functional as F
@@ -187,7 +188,7 @@ def _room(n_views=10, width=32, height=24) -> Scene:
 def _cfg(**kw) -> LiftConfig:
     base = dict(method="solve", backbone="colour", width=32, feature_size=32, feature_dim=6, progress=False,
                 pca_views=0, device="cpu", solve_min_views=1, solve_max_gaussians=3000, solve_cg_iterations=3,
-                solve_view_stride=1, max_sh_degree=1, solve_geometry_iterations=0)
+                solve_view_stride=1, max_sh_degree=1, solve_geometry_iterations=0, solve_ridge_select=False)
     base.update(kw)
     return LiftConfig(**base)
 
@@ -394,3 +395,34 @@ def test_decoder_from_the_kept_pixel_weights_equals_the_rasterised_one(room, tmp
     for k in wa:
         # float32 renders agree to ~1e-6; the least-squares solve amplifies that to ~2e-4 of the largest tap
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-3, atol=1e-3 * float(wb[k].abs().max()))
+
+
+def test_view_subsets_of_the_weights_are_their_rows():
+    """ViewWeights.views(idx): the listed views' rows of M, their normal operator = the sum of those views'."""
+    from fit3d.lift.solve import FixedViews, ViewWeights
+
+    params, views = _gaussians(opacity=0.5), _views()
+    fv = FixedViews(params, views, W, H, "numba")
+    vw = ViewWeights(fv, (3, 4))
+    X = torch.randn(len(params["means"]), 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    parts = [vw.views([i]) for i in range(len(views))]
+    torch.testing.assert_close(sum(p.matvec(X) for p in parts), vw.matvec(X), rtol=1e-5, atol=1e-6)
+    sub = vw.views([0, 2])
+    assert (sub.M != sp.vstack([vw.M[:12], vw.M[24:36]])).nnz == 0
+    torch.testing.assert_close(sub.den, parts[0].den + parts[2].den)
+
+
+def test_ridge_selection_picks_a_candidate_and_records_it(room, tmp_path):
+    """solve_ridge_select scores every candidate on held-back training views and keeps the best; the lift's
+    held-out cosine is then within 1e-3 of the better of the grid's two ends, fixed (here: above both)."""
+    from fit3d.lift.solve import RIDGE_CANDIDATES
+
+    sel = lift_scene(room, _cfg(solve_cg_iterations=10, solve_ridge_select=True), tmp_path / "sel",
+                     backbone=_ColourBackbone())
+    info = sel["solve"]
+    assert set(info["ridge_scores"]) == {f"{r:g}" for r in RIDGE_CANDIDATES}
+    assert info["ridge"] == max(RIDGE_CANDIDATES, key=lambda r: info["ridge_scores"][f"{r:g}"])
+    ends = [lift_scene(room, _cfg(solve_cg_iterations=10, solve_cg_ridge=r),
+                       tmp_path / f"r{r:g}", backbone=_ColourBackbone())["heldout"]["feature_cosine"]
+            for r in (RIDGE_CANDIDATES[0], RIDGE_CANDIDATES[-1])]
+    assert sel["heldout"]["feature_cosine"] >= max(ends) - 1e-3, (sel["heldout"], ends)
