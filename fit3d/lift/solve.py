@@ -32,7 +32,7 @@ from fit3d.lift.fuse import fuse_points, surfel_params
 from fit3d.lift.init import as_gaussians, camera_extent, init_params
 from fit3d.lift.loss import color_loss, feature_loss
 from fit3d.splat.densify import DensifySchedule, DensifyStats, densify_and_prune
-from fit3d.splat.rasterize import rasterize
+from fit3d.splat.rasterize import projection_and_composite, rasterize
 from fit3d.splat.render import render
 
 
@@ -88,11 +88,7 @@ class FixedViews:
             return self._cache[i]
         from fit3d.splat.raster_torch import build_tile_lists
 
-        if self.backend == "numba":
-            from fit3d.splat.projection_numba import project
-        else:
-            from fit3d.splat.projection import project
-
+        project, _ = projection_and_composite(self.backend)
         vm, K = _camera(self.views[i], self.geo[0].device)
         p = project(*self.geo, vm, K, *self.size)
         out = (p, build_tile_lists(p.means2d, p.radii, p.depths, *self.size))
@@ -107,10 +103,7 @@ class FixedViews:
             img, _, _ = rasterize(*self.geo, colors, *_camera(self.views[i], self.geo[0].device), W, H,
                                   backend=self.backend, geometry_channels=0)
             return img
-        if self.backend == "numba":
-            from fit3d.splat.raster_numba import composite
-        else:
-            from fit3d.splat.raster_torch import composite
+        _, composite = projection_and_composite(self.backend)
         p, lists = self._projected(i)
         feats = torch.cat([p.depths[:, None], colors[p.ids]], -1)  # depth: the (unused) geometry channel
         out, _ = composite(p.means2d, p.conics, p.opacities, feats, lists, W, H, geometry_channels=1)
@@ -192,13 +185,16 @@ class ViewWeights:
             self.pixels = [w[:, k].tocsr() for w in self.pixels]
         return self
 
+    def view_rows(self, idx) -> np.ndarray:
+        """The rows of M (and of ``stacked_targets``) that belong to the views ``idx`` (positions in the list)."""
+        return np.concatenate([np.arange(i * self.rows, (i + 1) * self.rows) for i in idx])
+
     def views(self, idx) -> "ViewWeights":
         """The views ``idx`` (positions in the list) alone, sharing nothing mutable; ``den`` from their pooled
         rows (area x the column sums: exact for exact pooling blocks, and only a preconditioner)."""
-        rows = np.concatenate([np.arange(i * self.rows, (i + 1) * self.rows) for i in idx])
         out = object.__new__(ViewWeights)
         out.rows, out.area, out.pixels, out._torch = self.rows, self.area, None, None
-        out.M = self.M[rows]
+        out.M = self.M[self.view_rows(idx)]
         out.Mt = out.M.T.tocsr()
         out.den = torch.from_numpy(self.area * np.asarray(out.M.sum(0), np.float64).ravel())
         return out
@@ -237,15 +233,14 @@ def select_ridge(vw: ViewWeights, targets: Tensor, candidates, iterations: int, 
     pose an ill-posed problem that wants a strong ridge (the demo's 21-view rooms: 0.1), many views a weak one
     (RedKitchen's 175: 1e-4); one fixed value loses up to 0.05 cosine on one or the other."""
     V = vw.M.shape[0] // vw.rows
-    val = [i for i in range(V) if i % every == every // 2]
-    fit = vw.views([i for i in range(V) if i % every != every // 2])
-    held = vw.views(val)
-    rows = lambda idx: torch.cat([torch.arange(i * vw.rows, (i + 1) * vw.rows) for i in idx])  # noqa: E731
-    t_fit, t_val = targets[rows([i for i in range(V) if i % every != every // 2])], targets[rows(val)]
-    b = fit.rhs(t_fit)
+    held = [i for i in range(V) if i % every == every // 2]
+    fit_idx = [i for i in range(V) if i % every != every // 2]
+    fit, held_rows = vw.views(fit_idx), vw.view_rows(held)
+    b = fit.rhs(targets[torch.from_numpy(vw.view_rows(fit_idx))])
+    t_val = targets[torch.from_numpy(held_rows)]
     f, _ = weighted_average(b, fit.den)
     pre = fit.den.clamp_min(1e-6)
-    Mv = _torch_csr(held.M)
+    Mv = _torch_csr(vw.M[held_rows])  # the held-back views' rows only: no transpose, no weights of their own
     scores, sols = {}, {}
     for r in sorted(candidates, reverse=True):
         f, _ = conjugate_gradient(fit.matvec, b, f, pre, iterations, ridge=r * pre, tol=tol)
@@ -477,8 +472,8 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
     of preconditioned CG on the least-squares problem (until the relative residual is below ``solve_cg_tol``),
     both over every ``solve_view_stride``-th training view. With ``solve_ridge_select`` (sparse path, 8+ views)
     the ridge is chosen on held-back training views first (``select_ridge``) and the CG starts from that
-    candidate's features for ``solve_ridge_select_iterations``; else ``solve_cg_ridge``. Drops Gaussians those views do not weight (never
-    NaN). With the numba backend each view's compositing weights are extracted once (``ViewWeights``) and
+    candidate's features for ``solve_ridge_select_iterations``; else ``solve_cg_ridge``. Drops Gaussians those
+    views do not weight (never NaN). With the numba backend each view's compositing weights are extracted once (``ViewWeights``) and
     every pass is a sparse product; other backends rasterise each pass. Returns (params, info, pixels):
     info["seconds"] times the average and the CG; pixels are every ``keep_pixels``-th of those views' [H*W, N]
     compositing weights of the kept Gaussians (the sparse path; else None)."""
@@ -519,11 +514,11 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
             mv = lambda X: normal_matvec(fv, sub, X, W, H, grid, progress=bar)  # noqa: E731
         precond = den.clamp_min(1e-6)
         ridge, iterations = cfg.solve_cg_ridge, cfg.solve_cg_iterations
-        every = 8 if len(sub) >= 16 else 4
         if sparse and cfg.solve_ridge_select and len(sub) >= 8 and cfg.solve_ridge_select_iterations > 0:
             t2 = time.perf_counter()
             iterations = cfg.solve_ridge_select_iterations  # from the chosen candidate's features: near already
-            ridge, scores, f = select_ridge(vw, T, RIDGE_CANDIDATES, iterations, cfg.solve_cg_tol, every)
+            ridge, scores, f = select_ridge(vw, T, RIDGE_CANDIDATES, iterations, cfg.solve_cg_tol,
+                                            every=8 if len(sub) >= 16 else 4)
             info["ridge_scores"] = {f"{r:g}": v for r, v in scores.items()}
             info["ridge_select_seconds"] = time.perf_counter() - t2
         info["ridge"] = ridge

@@ -60,6 +60,20 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def projection_and_composite(backend: str):
+    """(project, composite) of the ``"numba"`` or ``"torch"`` backend: the one choice for ``rasterize`` and for
+    callers that keep a projection across passes (``fit3d.lift.solve.FixedViews``)."""
+    if backend == "numba":
+        from fit3d.splat.projection_numba import project
+        from fit3d.splat.raster_numba import composite
+    elif backend == "torch":
+        from fit3d.splat.projection import project
+        from fit3d.splat.raster_torch import composite
+    else:
+        raise ValueError(f"projection_and_composite: {backend!r} is not a CPU backend (numba / torch)")
+    return project, composite
+
+
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
               viewmat: Tensor, K: Tensor, width: int, height: int, *, backend: str = "auto",
               near_plane: float = 0.01, eps2d: float = 0.3, geometry_channels: int | None = None):
@@ -97,12 +111,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
 
     from fit3d.splat.raster_torch import build_tile_lists
 
-    if backend == "numba":
-        from fit3d.splat.projection_numba import project
-        from fit3d.splat.raster_numba import composite
-    else:
-        from fit3d.splat.projection import project
-        from fit3d.splat.raster_torch import composite
+    project, composite = projection_and_composite(backend)
 
     dt = means.dtype
     viewmat, K = viewmat.detach().to(device=means.device, dtype=dt), K.detach().to(device=means.device, dtype=dt)
