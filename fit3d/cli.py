@@ -12,6 +12,7 @@ import sys
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("fit3d.prepare.cli", "A folder of photos or a video -> a posed scene (structure from motion)"),
     "lift": ("fit3d.lift.cli", "Stage 1: lift a backbone's 2D features into per-scene feature Gaussians"),
     "finetune": ("fit3d.finetune.cli", "Stage 2: fine-tune the 2D backbone on rendered 3D-aware features"),
     "probe": ("fit3d.probe.cli", "Evaluate features: linear seg/depth probes, cross-view correspondence"),

@@ -13,7 +13,7 @@ ROOT = Path(fit3d.__file__).parent
 # Lower layers never import higher ones; a package may import itself.
 LAYERS = {
     "errors": 0, "paths": 0, "io": 1, "config": 1, "device": 1, "run": 2,
-    "data": 3, "viz": 4,
+    "data": 3, "viz": 4, "prepare": 4,
     "models": 5,
     "splat": 6,
     "lift": 7,
