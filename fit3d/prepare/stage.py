@@ -31,9 +31,9 @@ from pathlib import Path
 
 from fit3d.errors import SceneError
 from fit3d.io import atomic_dir, read_json_dict, write_json
-from fit3d.prepare import photos as photo_io
-from fit3d.prepare import sfm
-from fit3d.prepare import video as video_io
+import fit3d.prepare.photos as photo_io
+import fit3d.prepare.sfm as sfm
+import fit3d.prepare.video as video_io
 from fit3d.prepare.config import PrepareConfig
 from fit3d.prepare.pairs import components, exhaustive_pairs, sequential_pairs
 from fit3d.run import Interrupt, check_resume, commit_staged, recover_staged, result_settings, staged_dir
