@@ -35,3 +35,9 @@ def dinov2_path():
 def sevenscenes_path():
     """Path of the 250 real 7-Scenes RedKitchen frames."""
     return _require(shared_7scenes_dir() / "camera-intrinsics.txt", "shared 7-Scenes frames").parent
+
+
+@pytest.fixture(scope="session")
+def icl_path():
+    """Path of the 211 posed RGB-D frames of the (rendered) ICL-NUIM living room."""
+    return _require(shared_dir() / "data" / "icl-livingroom1" / "camera-intrinsics.txt", "shared ICL living room").parent

@@ -5,6 +5,12 @@ camera centres are aligned to the reference ones by the least-squares similarity
 ``pycolmap.estimate_sim3d``), then each view's rotation error (degrees, the angle of R_ref^T R_aligned) and
 camera-centre error (as a percentage of the scene extent: the largest distance of a reference centre from
 their mean) are measured.
+
+When the reference poses belong to another sensor of the same rig (7-Scenes: the depth camera's poses, the
+colour camera a few degrees away), every rotation error carries that fixed offset; ``camera_offset_deg`` is
+the one camera-side rotation that best explains them (the mean of R_ref^T R_aligned) and
+``median_rotation_deg_after_offset`` what remains once it is removed. ``mean_pose_baseline`` gives the
+errors of the trivial answer (every camera at the mean reference centre with the mean rotation).
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from fit3d.errors import SceneError
 
@@ -49,11 +56,22 @@ def pose_errors(est: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict:
     aligned = s * c_est @ R.T + t  # [V, 3]
     extent = float(np.linalg.norm(c_ref - c_ref.mean(0), axis=1).max())
     centre = 100.0 * np.linalg.norm(aligned - c_ref, axis=1) / max(extent, 1e-12)  # [V]
-    rot = []
-    for n in names:
-        d = ref[n][:3, :3].T @ (R @ est[n][:3, :3])
-        rot.append(np.degrees(np.arccos(np.clip((np.trace(d) - 1) / 2, -1.0, 1.0))))
-    rot = np.asarray(rot)
+    diff = Rotation.from_matrix(np.stack([ref[n][:3, :3].T @ R @ est[n][:3, :3] for n in names]))  # [V]
+    rot = np.degrees(diff.magnitude())  # [V]
+    offset = diff.mean()
+    rest = np.degrees((offset.inv() * diff).magnitude())  # [V]
     return {"views": len(names), "median_rotation_deg": float(np.median(rot)), "max_rotation_deg": float(rot.max()),
             "median_centre_error_pct": float(np.median(centre)), "extent": extent,
+            "camera_offset_deg": float(np.degrees(offset.magnitude())),
+            "median_rotation_deg_after_offset": float(np.median(rest)),
             "rotation_deg": dict(zip(names, rot.tolist())), "centre_error_pct": dict(zip(names, centre.tolist()))}
+
+
+def mean_pose_baseline(ref: dict[str, np.ndarray]) -> dict:
+    """Median rotation error (deg) and centre error (% of the extent) of putting every camera of ``ref`` at
+    the mean centre with the mean rotation: the scale the errors of :func:`pose_errors` are read against."""
+    c = np.stack([m[:3, 3] for m in ref.values()])  # [V, 3]
+    d = np.linalg.norm(c - c.mean(0), axis=1)  # [V]
+    rots = Rotation.from_matrix(np.stack([m[:3, :3] for m in ref.values()]))
+    return {"median_rotation_deg": float(np.median(np.degrees((rots.mean().inv() * rots).magnitude()))),
+            "median_centre_error_pct": float(100.0 * np.median(d) / max(d.max(), 1e-12))}

@@ -99,7 +99,7 @@ def match(db_path: Path, names: list[str], pairs: list[tuple[int, int]], pairs_f
     progress(len(pairs) - len(todo))
     opts = pycolmap.FeatureMatchingOptions()
     opts.num_threads = threads
-    chunk = max(20, len(todo) // 50)
+    chunk = max(50, -(-len(todo) // 10))  # ~10 calls: each costs about a CPU second of set-up
     for k in range(0, len(todo), chunk):
         if should_stop():
             return

@@ -131,6 +131,7 @@ def prepare_scene(input, out, cfg: PrepareConfig | None = None, overwrite: bool 
         check_resume(record.get("settings"), settings, "prepared scene", out)
         record["reused"] = True
         return record
+    plan = _inspect(src, kind, cfg)  # bad input fails here, before anything is written
     dst = out
     if overwrite and out.exists():
         dst = staged_dir(out)
@@ -140,7 +141,7 @@ def prepare_scene(input, out, cfg: PrepareConfig | None = None, overwrite: bool 
                 shutil.rmtree(dst)  # an earlier interrupted overwrite with other settings: our own folder
         elif dst.exists():
             shutil.rmtree(dst)
-    record = _prepare(src, kind, dst, cfg, settings)
+    record = _prepare(src, kind, plan, dst, cfg, settings)
     if dst != out:
         commit_staged(dst, out)
     return record
@@ -157,7 +158,7 @@ def _start_work(dst: Path, settings: dict) -> Path:
     return work
 
 
-def _prepare(src: Path, kind: str, dst: Path, cfg: PrepareConfig, settings: dict) -> dict:
+def _prepare(src: Path, kind: str, plan: dict, dst: Path, cfg: PrepareConfig, settings: dict) -> dict:
     work = _start_work(dst, settings)
     clock = _Clock()
     with Interrupt() as intr, sfm.quiet_colmap():
@@ -168,7 +169,7 @@ def _prepare(src: Path, kind: str, dst: Path, cfg: PrepareConfig, settings: dict
                 intr.stop(f"prepare ({phase})", work)
 
         with clock.phase("images"):
-            images = _images(src, kind, work, cfg, halt)
+            images = _images(src, kind, plan, work, cfg, halt)
         names = [im["name"] for im in images["images"]]
         image_dir = work / "images"
         db = work / "database.db"
@@ -219,7 +220,31 @@ def _matching_mode(kind: str, n: int, cfg: PrepareConfig) -> str:
     return "sequential" if kind == "video" or n > cfg.exhaustive_max else "exhaustive"
 
 
-def _images(src: Path, kind: str, work: Path, cfg: PrepareConfig, halt) -> dict:
+def _inspect(src: Path, kind: str, cfg: PrepareConfig) -> dict:
+    """Check the input without writing anything: the video decodes, enough images, photos readable (headers)
+    and from one camera (unless ``--camera per-image``). Returns what :func:`_images` needs."""
+    if kind == "video":
+        info = video_io.probe(src)
+        if min(info.frames, cfg.max_frames) < cfg.min_images:
+            raise SceneError(f"{src}: too few images: the video has {info.frames} frame(s); structure from motion "
+                             f"needs at least --min-images {cfg.min_images}")
+        return {"video": info, "camera": "single" if cfg.camera in ("auto", "single") else "per-image"}
+    files = photo_io.list_photos(src)
+    if len(files) < cfg.min_images:
+        raise SceneError(f"{src}: too few images: {len(files)} photo(s) ({', '.join(photo_io.IMAGE_SUFFIXES)}); "
+                         f"structure from motion needs at least --min-images {cfg.min_images}")
+    if len(files) > cfg.max_frames:  # evenly thinned in name order
+        keep = sorted({round(i * (len(files) - 1) / (cfg.max_frames - 1)) for i in range(cfg.max_frames)})
+        print(f"prepare: {len(files)} photos, keeping {len(keep)} evenly spaced ones (--max-frames "
+              f"{cfg.max_frames})", file=sys.stderr)
+        files = [files[i] for i in keep]
+    infos = [photo_io.probe(f) for f in files]  # headers only: every file checked before any decoding
+    if cfg.camera != "per-image":
+        photo_io.check_one_camera(infos, src, f"--camera {cfg.camera}")
+    return {"photos": infos, "camera": "single" if cfg.camera != "per-image" else "per-image"}
+
+
+def _images(src: Path, kind: str, plan: dict, work: Path, cfg: PrepareConfig, halt) -> dict:
     """Phase 1: the working images in ``work/images`` and ``work/input.json`` describing them."""
     done = work / _INPUT
     if done.is_file():
@@ -227,10 +252,7 @@ def _images(src: Path, kind: str, work: Path, cfg: PrepareConfig, halt) -> dict:
     image_dir = work / "images"
     image_dir.mkdir(parents=True, exist_ok=True)
     if kind == "video":
-        info = video_io.probe(src)
-        if min(info.frames, cfg.max_frames) < cfg.min_images:
-            raise SceneError(f"{src}: too few images: the video has {info.frames} frame(s); structure from motion "
-                             f"needs at least --min-images {cfg.min_images}")
+        info = plan["video"]
         n = len(video_io.windows(info.frames, cfg.max_frames))
         with _bar(cfg, n, "frames (time x sharpness)") as bar:
             frames = video_io.sample_frames(src, info, cfg.max_frames, cfg.max_size, image_dir, bar.update)
@@ -239,35 +261,19 @@ def _images(src: Path, kind: str, work: Path, cfg: PrepareConfig, halt) -> dict:
                              f"needs at least --min-images {cfg.min_images}")
         images = [{"name": f.name, "source": src.name, "frame": f.index, "time_s": round(f.time, 3),
                    "sharpness": round(f.sharpness, 2)} for f in frames]
-        camera = "single" if cfg.camera in ("auto", "single") else "per-image"
         record = {"kind": kind, "frames_in_video": info.frames, "fps": info.fps, "video_size": list(info.size),
-                  "images": images, "camera": camera}
+                  "images": images, "camera": plan["camera"]}
     else:
-        files = photo_io.list_photos(src)
-        if len(files) < cfg.min_images:
-            raise SceneError(f"{src}: too few images: {len(files)} photo(s) ({', '.join(photo_io.IMAGE_SUFFIXES)}); "
-                             f"structure from motion needs at least --min-images {cfg.min_images}")
-        if len(files) > cfg.max_frames:  # evenly thinned in name order
-            keep = sorted({round(i * (len(files) - 1) / (cfg.max_frames - 1)) for i in range(cfg.max_frames)})
-            print(f"prepare: {len(files)} photos, keeping {len(keep)} evenly spaced ones (--max-frames "
-                  f"{cfg.max_frames})", file=sys.stderr)
-            files = [files[i] for i in keep]
-        infos = [photo_io.probe(f) for f in files]  # headers only: every file checked before any decoding
-        if cfg.camera == "per-image":
-            camera = "per-image"
-        else:
-            photo_io.check_one_camera(infos, src, f"--camera {cfg.camera}")
-            camera = "single"
         images = []
-        with _bar(cfg, len(infos), "images") as bar:
-            for info in infos:
+        with _bar(cfg, len(plan["photos"]), "images") as bar:
+            for info in plan["photos"]:
                 halt("images")
                 size = photo_io.write_copy(info, image_dir / info.path.name, cfg.max_size)
                 images.append({"name": info.path.name, "source": info.path.name, "size": list(size),
                                "camera": info.describe_camera()})
                 bar.update(1)
-        record = {"kind": kind, "images": images, "camera": camera,
-                  "camera_groups": photo_io.camera_groups(infos)}
+        record = {"kind": kind, "images": images, "camera": plan["camera"],
+                  "camera_groups": photo_io.camera_groups(plan["photos"])}
     write_json(done, record)
     return record
 
