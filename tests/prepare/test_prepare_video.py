@@ -1,0 +1,72 @@
+"""``fit3d prepare`` on a video made with OpenCV from a posed RGB-D scene's colour frames: the recovered
+poses agree with the scene's, and the prepared scene lifts with the default Stage 1 method."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from prepare_testkit import scene_frames, scene_poses, write_video
+
+from fit3d.data.readers import frame_number, read_scene
+from fit3d.prepare import PrepareConfig, prepare_scene, summary_line
+from fit3d.prepare.evaluate import mean_pose_baseline, model_poses, pose_errors
+
+
+class PooledColour:
+    """A stand-in backbone: each 4x4 patch's mean colour and its complement (D = 6)."""
+
+    patch_size, embed_dim = 4, 6
+
+    def grid_size(self, H, W):
+        return H // 4, W // 4
+
+    @torch.inference_mode()
+    def features(self, images):  # [B, 3, H, W] -> ([B, 6, h, w], [B, 6])
+        m = F.avg_pool2d(images, 4)
+        f = torch.cat([m, 1 - m], 1)
+        return f, f.mean((2, 3))
+
+
+@pytest.fixture(scope="module")
+def prepared(icl_path, tmp_path_factory):
+    """The ICL living room's 211 colour frames as a 10 fps video, prepared into 30 frames."""
+    tmp = tmp_path_factory.mktemp("video")
+    clip = write_video(tmp / "living-room.avi", scene_frames(icl_path, range(211)))
+    cfg = PrepareConfig(max_frames=30, sift_max_size=320, max_features=1024, threads=2, progress=False)
+    return prepare_scene(clip, tmp / "scene", cfg), tmp / "scene"
+
+
+@pytest.mark.slow
+def test_video_poses_agree_with_the_scene(prepared, icl_path):
+    rec, out = prepared
+    assert rec["input_kind"] == "video" and rec["matching"] == "sequential" and rec["camera"] == "single"
+    assert rec["images"] == 30 and rec["registered"] >= 27  # >= 90%
+    frames = {s["name"]: s["frame"] for s in rec["sources"]}
+    assert all(frame_number(n) == f for n, f in frames.items())  # names carry the video frame index
+    assert sorted(frames.values()) == list(frames.values())  # in time order, one per window
+    assert all(7 * k <= f < 7 * (k + 1) + 1 for k, f in enumerate(frames.values()))
+    est = model_poses(out / "sparse" / "0")
+    err = pose_errors(est, scene_poses(icl_path, est, frame_number))
+    base = mean_pose_baseline(scene_poses(icl_path, est, frame_number))
+    assert err["median_rotation_deg"] <= 2.0 < base["median_rotation_deg"]
+    assert err["median_centre_error_pct"] <= 5.0 < base["median_centre_error_pct"]
+    assert "30/30 images registered" in summary_line(out, rec) or rec["dropped"]
+
+
+@pytest.mark.slow
+def test_prepared_scene_lifts_with_the_default_method(prepared, tmp_path):
+    from fit3d.lift import LiftConfig, lift_scene
+
+    rec, out = prepared
+    scene = read_scene(out, resolution=(64, 48))
+    assert scene.points is not None and len(scene.points) == rec["points"]
+    assert all(v.depth is None for v in scene.views)  # the depth-free route
+    cfg = LiftConfig(backbone="colour", width=32, feature_size=32, iterations=60, feature_dim=4, init_points=400,
+                     densify=False, checkpoint_every=0, progress=False, pca_views=0, device="cpu")
+    assert cfg.method == LiftConfig.method
+    meta = lift_scene(out, cfg, tmp_path / "lifted", backbone=PooledColour())
+    assert meta["init"] == "points" and meta["heldout"]["views"] >= 3  # Gaussians start at the scene's points
+    loss = [h["loss"] for h in meta["history"]]
+    assert np.mean(loss[-10:]) < 0.8 * np.mean(loss[:10]) and np.isfinite(meta["heldout"]["feature_cosine"])
