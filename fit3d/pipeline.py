@@ -172,6 +172,8 @@ def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConf
     for opt, path in (("--probe-data", cfg.probe_data), ("--eval-data", cfg.eval_data)):
         if path is not None and not Path(path).exists():
             raise Fit3DError(f"{opt} {path}: does not exist")
+    if cfg.probe_data is None:
+        check_probe_scene(scenes[0], cfg.tasks)
     names = [Path(s).name for s in scenes]
     if len(set(names)) != len(names):
         raise Fit3DError(f"pipeline: scene folder names must be unique (lifts go to <out>/lifted/<name>): {names}")
@@ -179,6 +181,22 @@ def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConf
     how = f"use another --out, or delete {out / 'lifted'}/<scene> to lift it again"
     return {n: reuse_finished(out / "lifted" / n, lift_settings(lift_cfg, Path(s).resolve()), how)
             for s, n in zip(scenes, names)}
+
+
+def check_probe_scene(scene: str, tasks: list[str]) -> None:
+    """The probes train on the first scene unless ``--probe-data`` is given: stop before any work when its
+    views lack what a task needs (depth for depth / corr, labels for seg), e.g. a ``fit3d prepare`` scene."""
+    from fit3d.data.readers import read_scene
+
+    seen: list[str] = []
+    view = read_scene(scene, resolution=(8, 8), names=lambda n: not seen and not seen.append(n)).views[0]
+    need = {"depth": view.depth is None, "corr": view.depth is None, "seg": view.labels is None}
+    missing = [t for t in tasks if need.get(t)]
+    if missing:
+        what = "labels" if missing == ["seg"] else "depth"
+        raise Fit3DError(f"pipeline: the probes ({', '.join(missing)}) train on the first scene {scene}, which has no "
+                         f"{what} (a scene from photos or video, e.g. fit3d prepare); pass --probe-data a scene or "
+                         f"dataset with {what} (and --eval-data), or run fit3d lift and fit3d finetune alone")
 
 
 def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: dict, seconds: dict) -> dict:

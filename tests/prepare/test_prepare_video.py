@@ -70,3 +70,17 @@ def test_prepared_scene_lifts_with_the_default_method(prepared, tmp_path):
     assert meta["init"] == "points" and meta["heldout"]["views"] >= 3  # Gaussians start at the scene's points
     loss = [h["loss"] for h in meta["history"]]
     assert np.mean(loss[-10:]) < 0.8 * np.mean(loss[:10]) and np.isfinite(meta["heldout"]["feature_cosine"])
+
+
+@pytest.mark.slow
+def test_pipeline_takes_the_scene_and_asks_for_probe_data_with_depth(prepared, icl_path, tmp_path):
+    from fit3d.errors import Fit3DError
+    from fit3d.pipeline import PipelineConfig, run_pipeline, validate_pipeline
+
+    _, out = prepared
+    cfg = PipelineConfig(out=str(tmp_path / "run"), device="cpu")
+    with pytest.raises(Fit3DError, match=r"probes \(depth, corr\) train on the first scene .* no depth.*--probe-data"):
+        run_pipeline([str(out)], cfg, verbose=False)
+    assert not (tmp_path / "run" / "lifted").exists()  # stopped before any work
+    cfg = PipelineConfig(out=str(tmp_path / "run"), device="cpu", probe_data=str(icl_path))
+    assert validate_pipeline([str(out)], cfg, cfg.lift_config(), cfg.finetune_config()) == {"scene": None}
