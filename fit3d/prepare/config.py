@@ -17,9 +17,10 @@ class PrepareConfig:
     max_size: int = field(default=1600, metadata={
         "help": "long side in pixels of the images the scene keeps; larger photos and video frames are "
                 "downscaled first (0: keep the input size)"})
-    sift_max_size: int = field(default=1024, metadata={
-        "help": "long side at which SIFT features are extracted (COLMAP: 3200; 1024 registers all 50 fox photos "
-                "at 0.6 deg median rotation error in a third of the CPU time, bench/prepare_fox.py)"})
+    sift_max_size: int = field(default=640, metadata={
+        "help": "long side at which SIFT features are extracted (COLMAP: 3200); on the 50 fox photos 640 / 800 / "
+                "1024 register all at a median rotation error of 0.60 / 0.61 / 0.58 deg for 79 / 132 / 247 CPU s "
+                "(bench/prepare_fox.py): raise it for large scenes with small detail"})
     max_features: int = field(default=4096, metadata={"help": "SIFT features per image (COLMAP: 8192)"})
     matching: str = field(default="auto", metadata={
         "choices": ("auto", "sequential", "exhaustive"),

@@ -65,6 +65,24 @@ def probe(path: Path) -> VideoInfo:
         cap.release()
 
 
+def write_video(path: Path, frames, fps: float = 10.0) -> Path:
+    """Encode BGR uint8 frames [H, W, 3] as Motion-JPEG in an .avi (the codec every OpenCV build writes):
+    test and benchmark videos made from a posed scene's frames."""
+    frames = iter(frames)
+    first = next(frames)
+    h, w = first.shape[:2]
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
+    if not vw.isOpened():
+        raise SceneError(f"{path}: OpenCV cannot write a Motion-JPEG video here")
+    try:
+        vw.write(first)
+        for f in frames:
+            vw.write(f)
+    finally:
+        vw.release()
+    return path
+
+
 def sharpness(frame: np.ndarray) -> float:
     """Variance of the Laplacian of ``frame`` [H, W, 3] (BGR uint8) at most 640 px wide."""
     grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)

@@ -10,17 +10,6 @@ import numpy as np
 SIZE = (320, 240)  # W, H of the test frames: SIFT at this size keeps a structure-from-motion run to seconds
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 10.0) -> Path:
-    """Encode BGR uint8 frames [H, W, 3] as Motion-JPEG in an .avi (OpenCV's portable codec)."""
-    h, w = frames[0].shape[:2]
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert vw.isOpened(), "OpenCV cannot write MJPG video here"
-    for f in frames:
-        vw.write(f)
-    vw.release()
-    return path
-
-
 def scene_frames(folder: Path, indices, size=SIZE) -> list[np.ndarray]:
     """The colour frames ``frame-NNNNNN.color.jpg`` of a 7-Scenes-style folder, resized to ``size``."""
     out = []

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from prepare_testkit import noise_image, write_video
+from prepare_testkit import noise_image
 from scipy.spatial.transform import Rotation
 
 from fit3d.errors import Fit3DError, SceneError
@@ -15,6 +15,7 @@ from fit3d.prepare import PrepareConfig
 from fit3d.prepare import photos, video
 from fit3d.prepare.evaluate import mean_pose_baseline, pose_errors
 from fit3d.prepare.pairs import components, exhaustive_pairs, sequential_pairs
+from fit3d.prepare.video import write_video
 
 
 def test_pairs_sequential_exhaustive_and_components():

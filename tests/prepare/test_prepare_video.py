@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from prepare_testkit import scene_frames, scene_poses, write_video
+from prepare_testkit import scene_frames, scene_poses
 
 from fit3d.data.readers import frame_number, read_scene
 from fit3d.prepare import PrepareConfig, prepare_scene, summary_line
 from fit3d.prepare.evaluate import mean_pose_baseline, model_poses, pose_errors
+from fit3d.prepare.video import write_video
 
 
 class PooledColour:
