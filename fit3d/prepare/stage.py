@@ -189,8 +189,9 @@ def _prepare(src: Path, kind: str, plan: dict, dst: Path, cfg: PrepareConfig, se
             mapping = _mapping(work, db, image_dir, names, cfg, stop)
         halt("mapping")
         _check_registered(src, names, mapping, cfg)
-        with clock.phase("undistort"):
+        with clock.phase("undistort"), _bar(cfg, 1, "undistort") as bar:
             _undistort(work, dst, mapping, cfg)
+            bar.update(1)
         _check_readable(dst, mapping)
     timings = dict(clock.times, total=clock.total())
     record = {
