@@ -1,7 +1,7 @@
 """Benchmark ``fit3d prepare`` on a real hand-held capture: the 50 ngp-fox photos alone (their
 ``transforms.json`` set aside, used only to score), and print one table.
 
-    .venv/bin/python bench/prepare_fox.py [--out DIR] [--threads 2] [--set FIELD=VALUE ...]
+    .venv/bin/python bench/prepare_fox.py [--out DIR] [--threads 2] [any fit3d prepare option: --sift-max-size 800 ...]
 
 Targets (issue 27): >= 90% of the photos registered; recovered camera poses within a median rotation error of
 2 degrees and a median camera-centre error of 5% of the scene extent (the largest distance of a given
@@ -27,28 +27,19 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fit3d.config import add_arguments, from_args  # noqa: E402
 from fit3d.data.readers import read_scene  # noqa: E402
 from fit3d.paths import shared_dir  # noqa: E402
 from fit3d.prepare import PrepareConfig, prepare_scene  # noqa: E402
 from fit3d.prepare.evaluate import mean_pose_baseline, model_poses, pose_errors  # noqa: E402
 
 
-def override(cfg: PrepareConfig, items: list[str]) -> PrepareConfig:
-    """``cfg`` with FIELD=VALUE items applied (values parsed as the field's type)."""
+def changed(cfg: PrepareConfig, base: PrepareConfig) -> str:
+    """``field=value`` of every setting that differs from the bench's defaults."""
     import dataclasses
-    import typing
 
-    from fit3d.config import _base_type
-
-    hints = typing.get_type_hints(PrepareConfig)
-    changes = {}
-    for item in items:
-        k, _, v = item.partition("=")
-        if k not in hints:
-            raise SystemExit(f"--set {item}: PrepareConfig has no field {k!r}")
-        tp, _ = _base_type(hints[k])
-        changes[k] = (v.lower() in ("1", "true", "yes")) if tp is bool else tp(v)
-    return dataclasses.replace(cfg, **changes)
+    return " ".join(f"{f.name}={getattr(cfg, f.name)}" for f in dataclasses.fields(cfg)
+                    if getattr(cfg, f.name) != getattr(base, f.name))
 
 
 def reference_poses(transforms: Path) -> dict[str, np.ndarray]:
@@ -63,10 +54,9 @@ def main() -> int:
     ap.add_argument("--images", default=str(fox / "images"), help="the photo folder prepared")
     ap.add_argument("--reference", default=str(fox / "transforms.json"), help="the given poses (scoring only)")
     ap.add_argument("--out", default="/tmp/fit3d-bench-prepare/fox", help="work folder (replaced)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="other PrepareConfig fields")
+    add_arguments(ap, PrepareConfig)
     args = ap.parse_args()
-    cfg = override(PrepareConfig(threads=args.threads, progress=False), args.set)
+    cfg = from_args(PrepareConfig, args, base=PrepareConfig(threads=2, progress=False))
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -82,7 +72,7 @@ def main() -> int:
     rows = [
         ("input", f"{args.images} ({n} photos; {rec['matching']} matching, {rec['pairs']} pairs, camera "
                   f"{rec['camera']} {cfg.camera_model})"),
-        ("settings changed", " ".join(args.set) or "none"),
+        ("settings changed", changed(cfg, PrepareConfig(threads=2, progress=False)) or "none"),
         ("images registered", f"{reg}/{n} ({100 * reg / n:.0f}%) | target >= 90%"),
         ("mean reprojection error", f"{rec['mean_reprojection_error']:.3f} px, {rec['points']} points"),
         ("median rotation error", f"{err['median_rotation_deg']:.3f} deg (max {err['max_rotation_deg']:.2f}) | "

@@ -2,7 +2,7 @@
 against the scenes' poses; one table, a column per scene.
 
     .venv/bin/python bench/prepare_video.py [--scenes icl-livingroom1 7scenes-redkitchen] [--size 320 240]
-        [--max-frames 30] [--threads 2] [--set FIELD=VALUE ...]
+        [--max-frames 30] [any fit3d prepare option]
 
 Each scene's colour frames (RedKitchen: frames 0-398, the lift / fine-tune range) become a 10 fps Motion-JPEG
 video at ``--size``; ``fit3d prepare`` samples ``--max-frames`` frames from it by time and sharpness. Errors
@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fit3d.config import add_arguments, from_args  # noqa: E402
 from fit3d.data.readers import frame_number  # noqa: E402
 from fit3d.paths import shared_dir  # noqa: E402
 from fit3d.prepare import PrepareConfig, prepare_scene  # noqa: E402
@@ -34,7 +35,7 @@ from fit3d.prepare.evaluate import mean_pose_baseline, model_poses, pose_errors 
 from fit3d.prepare.video import write_video  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from prepare_fox import override  # noqa: E402
+from prepare_fox import changed  # noqa: E402
 
 FRAMES = {"icl-livingroom1": range(0, 211), "7scenes-redkitchen": range(0, 399, 2), "sun3d-office": range(935, 985)}
 
@@ -43,14 +44,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", nargs="+", default=["icl-livingroom1", "7scenes-redkitchen"], choices=sorted(FRAMES))
     ap.add_argument("--size", nargs=2, type=int, default=[320, 240], metavar=("W", "H"), help="video frame size")
-    ap.add_argument("--max-frames", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/fit3d-bench-prepare/video", help="work folder (replaced)")
-    ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE", help="other PrepareConfig fields")
+    add_arguments(ap, PrepareConfig)
     args = ap.parse_args()
     size = tuple(args.size)
-    cfg = override(PrepareConfig(max_frames=args.max_frames, sift_max_size=max(size), threads=args.threads,
-                                 progress=False), args.set)
+    base = PrepareConfig(max_frames=30, sift_max_size=max(size), threads=2, progress=False)
+    cfg = from_args(PrepareConfig, args, base=base)
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
@@ -81,7 +80,7 @@ def main() -> int:
         "time wall / CPU": lambda r, w, e, b: f"{w:.0f} s / {r['timings']['total']['cpu_s']:.0f} s",
     }
     names = list(cols)
-    print(f"settings: {' '.join(args.set) or 'defaults'}, max_frames {cfg.max_frames}, sift_max_size "
+    print(f"settings: {changed(cfg, base) or 'defaults'}, max_frames {cfg.max_frames}, sift_max_size "
           f"{cfg.sift_max_size}; load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())} on "
           f"{os.cpu_count()} cores")
     w = max(len(k) for k in rows)

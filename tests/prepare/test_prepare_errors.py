@@ -108,3 +108,7 @@ def test_partial_reconstruction_is_reported_and_resumes(icl_path, tmp_path, caps
     again = prepare_scene(photos, out, PrepareConfig(**FAST))
     assert again["dropped"] == rec["dropped"] and again["points"] == rec["points"]
     assert again["timings"]["mapping"]["cpu_s"] < 1.0
+
+    other = prepare_scene(photos, out, PrepareConfig(**{**FAST, "max_features": 512}), overwrite=True)
+    assert other["settings"]["max_features"] == 512 and other["registered"] == 10
+    assert not (tmp_path / ".scene.new").exists() and read_scene(out, resolution=(80, 60)).points is not None
