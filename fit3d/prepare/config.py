@@ -19,7 +19,7 @@ class PrepareConfig:
                 "downscaled first (0: keep the input size)"})
     sift_max_size: int = field(default=640, metadata={
         "help": "long side at which SIFT features are extracted (COLMAP: 3200); on the 50 fox photos 640 / 800 / "
-                "1024 register all at a median rotation error of 0.60 / 0.61 / 0.58 deg for 79 / 132 / 247 CPU s "
+                "1024 register all at a median rotation error of 0.60 / 0.61 / 0.58 deg for 83 / 132 / 247 CPU s "
                 "(bench/prepare_fox.py): raise it for large scenes with small detail"})
     max_features: int = field(default=4096, metadata={"help": "SIFT features per image (COLMAP: 8192)"})
     matching: str = field(default="auto", metadata={
