@@ -73,7 +73,7 @@ class LiftConfig:
         "help": "prune Gaussians whose screen radius exceeds this fraction of the render width (3DGS: 20 px at "
                 "~1000 px, tuned for millions of Gaussians; the CPU budgets here use far fewer, larger ones)"})
     max_gaussians: int = field(default=25000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
-    # method "solve" (fit3d.lift.solve, fit3d.lift.fuse)
+    # method "solve" (fit3d.lift.solve package, fit3d.lift.fuse)
     solve_max_gaussians: int = field(default=60000, metadata={
         "help": "solve: at most this many fused surfels (the voxel grows until the count fits)"})
     solve_voxel: float = field(default=0.0, metadata={
