@@ -7,8 +7,9 @@ Stages (each kept under ``--out``; rerunning reuses finished ones):
 
 1. generate ``--rooms`` synthetic rooms to lift, plus ``--probe-rooms`` + ``--test-rooms`` held-out rooms
    (never lifted or fine-tuned on) for the rooms probes (``fit3d.data.synthetic``);
-2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms (``--lift-method``: ``backprojected``, a
-   depth back-projection without optimisation, or any ``fit3d.lift`` method such as ``optimize``);
+2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms with the Stage 1 method ``--lift-method``
+   (``backprojected``, a depth back-projection without optimisation, ``optimize`` or ``solve``) on the same
+   views (``--lift-max-views``, every 8th held out) whatever the method;
 3. fine-tune one DINOv2-S on all lifted scenes with ``--recipe`` (``fit3d.finetune.recipes``) -> ``OUT/finetuned``;
 4. evaluate original / finetuned / concat on:
 
@@ -50,6 +51,7 @@ import torch
 from fit3d.config import add_arguments, from_args
 from fit3d.io import write_json, write_text
 from fit3d.lift.backprojected import generated_with
+from fit3d.lift.methods import METHODS
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import CONTROL, Feats, claims, eval_depth, eval_seg, summarise, summary_markdown
@@ -57,7 +59,6 @@ from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
          "rooms_depth")
-LIFT_METHODS = ("backprojected", "optimize", "solve")
 
 
 @dataclass
@@ -78,7 +79,8 @@ class GeneralizeConfig:
     room_views: int = field(default=24, metadata={"help": "views per generated room"})
     room_size: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "generated rooms' W H"})
     lift_method: str = field(default="backprojected", metadata={
-        "choices": LIFT_METHODS, "help": "Stage 1: backprojected (no optimisation) or a fit3d.lift method"})
+        "choices": tuple(METHODS), "help": "Stage 1 method (fit3d.lift.methods): backprojected (no optimisation), "
+                                           "optimize or solve"})
     lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
     lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
     lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
@@ -138,7 +140,6 @@ def _lift_views(path, max_frame: int | None, max_views: int, heldout_every: int 
 
 def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone) -> list[Path]:
     from fit3d.lift import LiftConfig, is_lifted, lift_scene
-    from fit3d.lift.backprojected import backprojected_lift
 
     dirs = []
     for i, (name, path, max_frame) in enumerate(scenes):
@@ -158,17 +159,10 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
             _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
             shutil.rmtree(d)
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
-        if cfg.lift_method == "backprojected":
-            from fit3d.data import read_scene
-
-            v0 = read_scene(path, load_depth=False, names=train[:1]).views[0]
-            res = (cfg.lift_width, round(cfg.lift_width * v0.height / v0.width))
-            backprojected_lift(path, backbone, d, train_views=train, heldout_views=held, resolution=res,
-                               model_path=cfg.model_path)
-        else:
-            lc = LiftConfig(backbone="dinov2_small", model_path=cfg.model_path, method=cfg.lift_method,
-                            iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu")
-            lift_scene(str(path), lc, d, backbone=backbone, name=name)
+        lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=cfg.lift_method,
+                        iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
+                        progress=False)
+        lift_scene(str(path), lc, d, backbone=backbone, name=name, split=(train, held))
         write_json(record, want)
     return dirs
 

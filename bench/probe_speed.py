@@ -34,7 +34,7 @@ SEEDS = (0, 1, 2)
 def make_finetuned(work: Path, steps: int, resolution) -> Path:
     """A short Stage 2 run on a back-projected lift of 25 RedKitchen training views (built once)."""
     from fit3d.finetune import FinetuneConfig
-    from fit3d.finetune.backprojected import backprojected_lift
+    from fit3d.lift.backprojected import backprojected_lift
     from fit3d.finetune.trainer import finetune
     from fit3d.models import load_backbone
 

@@ -41,7 +41,7 @@ from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.io import read_json, write_json, write_text
-from fit3d.lift.config import LiftConfig
+from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.models import load_backbone
 from fit3d.paths import shared_model_dir
 from fit3d.finetune.recipes import DEFAULT_RECIPE, from_recipe
@@ -49,7 +49,8 @@ from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, add_re
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import CONTROL, LOWER_IS_BETTER, claims, probe_stats, summarise, summary_markdown
-from fit3d.run import check_counts, check_resume
+from fit3d.config import check_counts
+from fit3d.run import check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
 
@@ -74,9 +75,9 @@ class DemoConfig:
     control: bool = field(default=True, metadata={
         "help": "also train the probe heads on concat(original, original): the width control of concat"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples of the test images"})
-    lift: LiftConfig = field(default_factory=lambda: LiftConfig(
-        method="solve", solve_geometry_iterations=0, solve_view_stride=1, solve_cg_iterations=24, solve_cg_tol=0.05,
-        solve_cg_ridge=1e-3, solve_ridge_select=False, solve_decoder_kernel=5, solve_decoder_stride=1), metadata={
+    lift: LiftConfig = field(default_factory=lambda: LiftConfig(method="solve", solve=SolveConfig(
+        geometry_iterations=0, view_stride=1, cg_iterations=24, cg_tol=0.05, cg_ridge=1e-3, ridge_select=False,
+        decoder_kernel=5, decoder_stride=1)), metadata={
         "inherit": SHARED, "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
                                    "unchanged), every training view in the least-squares passes (cosine 0.88 vs 0.84 "
                                    "with every 4th; optimize with 500 iterations: 0.89 in 20x the time; "

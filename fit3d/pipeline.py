@@ -33,7 +33,7 @@ from fit3d.lift.stage import lift_scene
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.protocol import run_probe
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.run import check_device
+from fit3d.device import check_device
 
 # headline metric per task: (probe.json key, label, lower is better)
 HEADLINE = {
@@ -145,15 +145,6 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     return results
 
 
-def _stage_check(stage: str, check) -> None:
-    """Run a stage config's check; its error names the pipeline's option (``--iterations`` -> ``--lift.iterations``)."""
-    try:
-        check()
-    except Fit3DError as e:
-        msg = str(e)
-        raise Fit3DError(f"--{stage}.{msg[2:]}" if msg.startswith("--") else msg) from None
-
-
 def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConfig, finetune_cfg: FinetuneConfig) -> dict:
     """Check every option, scene and probe setting before any work; returns {scene name: lift.json of a
     finished lift with the same settings, or None}. A finished lift made with other settings is a
@@ -164,9 +155,9 @@ def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConf
         raise Fit3DError(f"--tasks: expected one or more of {', '.join(HEADLINE)}")
     check_choices(cfg)
     check_device(cfg.device)
-    _stage_check("probe", cfg.probe.validate)
-    _stage_check("lift", lift_cfg.validate)
-    _stage_check("finetune", finetune_cfg.validate)
+    cfg.probe.validate("probe.")  # each stage's errors name the pipeline's option: --lift.solve.cg-ridge
+    lift_cfg.validate("lift.")
+    finetune_cfg.validate("finetune.")
     for s in scenes:
         detect_layout(s)  # SceneError naming a missing folder or one no reader knows
     for opt, path in (("--probe-data", cfg.probe_data), ("--eval-data", cfg.eval_data)):

@@ -21,6 +21,7 @@ from fit3d.errors import Fit3DError
 from fit3d.lift.context import LiftContext, LiftResult
 from fit3d.lift.decoder import FeatureDecoder, pca_init_decoder
 from fit3d.lift.init import init_params, initial_points, scene_extent
+from fit3d.lift.lifted import current_settings
 from fit3d.lift.train import Densification, TrainState, decoder_optimizer, make_optimizer, train_step
 from fit3d.run import Interrupt, check_resume, load_checkpoint, save_checkpoint
 from fit3d.splat.densify import DensifySchedule, DensifyStats
@@ -94,8 +95,8 @@ def _load_state(ctx: LiftContext) -> _State:
     if not path.exists():
         return _fresh_state(ctx)
     tensors, state = load_checkpoint(path)  # CPU: generator states must stay there; .to(dev) below
-    check_resume(state.get("settings"), checkpoint_settings(ctx), "interrupted lift's checkpoint", path,
-                 how="rerun with the settings it was started with, or with --overwrite to start over")
+    check_resume(current_settings(state.get("settings")), checkpoint_settings(ctx), "interrupted lift's checkpoint",
+                 path, how="rerun with the settings it was started with, or with --overwrite to start over")
     try:
         return _resume_state(ctx, tensors, state)
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

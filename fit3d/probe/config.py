@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fit3d.config import check_choices
+from fit3d.config import check_choices, check_counts, check_reals, check_size, option_error
+from fit3d.device import check_device
 from fit3d.probe.datasets import DATASETS
 from fit3d.probe.sources import KINDS
-from fit3d.run import check_counts, check_device, check_reals, check_size, option_error
 
 TASKS = ("seg", "depth", "corr")
 CORR_PROTOCOLS = ("fit3d", "probe3d")
@@ -76,18 +76,19 @@ class ProbeConfig:
     def head_seeds(self) -> list[int]:
         return [int(s) for s in self.seeds] if self.seeds else [int(self.seed)]
 
-    def validate(self) -> None:
-        """``Fit3DError`` naming the option for any value out of range (called before any work)."""
-        check_choices(self)
+    def validate(self, prefix: str = "") -> None:
+        """``Fit3DError`` naming the option (``--<prefix>field``: ``--probe.iterations`` in the pipeline) for any
+        value out of range (called before any work)."""
+        check_choices(self, prefix)
         check_counts(self, {"iterations": 1, "batch_size": 1, "num_classes": 0, "val_every": 1, "max_items": 0,
                             "figure": 0, "extract_batch": 1, "num_corr": 1, "pairs_per_bin": 1, "corr_stride": 1,
-                            "warmup": 0})
+                            "warmup": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "min_depth": (0, inf), "max_depth": (0, inf), "depth_tol": (0, inf),
-                           "min_overlap": (0, 1)})
-        check_size(self, "resolution")
+                           "min_overlap": (0, 1)}, prefix)
+        check_size(self, "resolution", prefix)
         if self.max_depth is not None and self.max_depth <= self.min_depth:
-            raise option_error(self, "max_depth", f"must be above --min-depth {self.min_depth}")
+            raise option_error(self, "max_depth", f"must be above --{prefix}min-depth {self.min_depth}", prefix)
         if not self.features:
-            raise option_error(self, "features", f"expected one or more of {', '.join(KINDS)}")
-        check_device(self.device)
+            raise option_error(self, "features", f"expected one or more of {', '.join(KINDS)}", prefix)
+        check_device(self.device, f"--{prefix}device")

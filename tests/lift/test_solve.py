@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from fit3d.data.scene import Scene, View
 from fit3d.errors import Fit3DError
 from fit3d.lift import LiftConfig, lift_scene, load_lifted
+from fit3d.lift.config import SolveConfig
 from fit3d.lift.fuse import fuse_points, normal_quats
 from fit3d.lift.init import raster_geometry
 from fit3d.lift.solve.cg import conjugate_gradient, weighted_average
@@ -193,12 +194,12 @@ def _room(n_views=10, width=32, height=24) -> Scene:
     return Scene(name="room", views=views, source="synthetic")
 
 
-def _cfg(**kw) -> LiftConfig:
-    base = dict(method="solve", backbone="colour", width=32, feature_size=32, feature_dim=6, progress=False,
-                pca_views=0, device="cpu", solve_min_views=1, solve_max_gaussians=3000, solve_cg_iterations=3,
-                solve_view_stride=1, max_sh_degree=1, solve_geometry_iterations=0, solve_ridge_select=False)
-    base.update(kw)
-    return LiftConfig(**base)
+def _cfg(top: dict | None = None, **solve) -> LiftConfig:
+    """A small solve lift; ``solve``: ``SolveConfig`` fields, ``top``: other ``LiftConfig`` fields."""
+    s = dict(min_views=1, max_gaussians=3000, cg_iterations=3, view_stride=1, geometry_iterations=0, ridge_select=False)
+    s.update(solve)
+    return LiftConfig(method="solve", backbone="colour", width=32, feature_size=32, feature_dim=6, progress=False,
+                      pca_views=0, device="cpu", max_sh_degree=1, solve=SolveConfig(**s), **(top or {}))
 
 
 @pytest.fixture(scope="module")
@@ -221,8 +222,8 @@ def test_solve_lifts_a_scene_with_depth(room, tmp_path):
 
 
 def test_cg_beats_the_weighted_average_alone(room, tmp_path):
-    a = lift_scene(room, _cfg(solve_cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
-    b = lift_scene(room, _cfg(solve_cg_iterations=4), tmp_path / "b", backbone=_ColourBackbone())
+    a = lift_scene(room, _cfg(cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(cg_iterations=4), tmp_path / "b", backbone=_ColourBackbone())
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
 
 
@@ -232,7 +233,7 @@ def test_scene_without_depth_takes_the_colour_route(room, tmp_path):
     views = [View(image=v.image, K=v.K, c2w=v.c2w, name=v.name) for v in room.views]  # no depth
     scene = Scene(name="nodepth", views=views, source="synthetic", points=pts.astype(np.float32),
                   points_rgb=np.full((len(pts), 3), 0.5, np.float32))
-    meta = lift_scene(scene, _cfg(solve_nodepth_iterations=40), tmp_path / "nd", backbone=_ColourBackbone())
+    meta = lift_scene(scene, _cfg(nodepth_iterations=40), tmp_path / "nd", backbone=_ColourBackbone())
     assert meta["init"] == "points+colour"
     assert meta["history"] and meta["history"][-1]["iteration"] == 40
     assert meta["heldout"]["feature_cosine"] > meta["heldout"]["baseline_mean_cosine"], meta["heldout"]
@@ -271,12 +272,16 @@ def test_free_space_carving_drops_a_floater():
 def test_lift_help_lists_the_solve_options():
     import argparse
 
+    from fit3d.config import from_args
     from fit3d.lift.cli import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)
     text = p.format_help()  # argparse %-formats every help string: a stray % breaks --help
-    assert "{optimize,solve}" in text and "--solve-cg-iterations" in text
+    assert "{optimize,solve,backprojected}" in text and "--solve.cg-iterations" in text
+    assert "--solve-cg-iterations" not in text  # the old flat spelling: a hidden alias of the nested option
+    for argv in (["--solve.cg-iterations", "7"], ["--solve-cg-iterations", "7"]):
+        assert from_args(LiftConfig, p.parse_args(["s", "--out", "o", *argv])).solve.cg_iterations == 7
 
 
 def test_cg_stops_once_the_residual_is_below_the_tolerance():
@@ -295,8 +300,8 @@ def test_cg_stops_once_the_residual_is_below_the_tolerance():
 def test_joint_refinement_from_the_weighted_average_beats_it(room, tmp_path):
     """solve_joint_iterations runs optimize's loss on everything from the solved field: starting from the
     plain weighted average (no CG) it must raise the held-out cosine, and it is timed and recorded."""
-    a = lift_scene(room, _cfg(solve_cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
-    b = lift_scene(room, _cfg(solve_cg_iterations=0, solve_joint_iterations=60), tmp_path / "b",
+    a = lift_scene(room, _cfg(cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(cg_iterations=0, joint_iterations=60), tmp_path / "b",
                    backbone=_ColourBackbone())
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
     assert b["timings"]["joint"] > 0 and b["history"][-1] == {**b["history"][-1], "phase": "joint", "iteration": 60}
@@ -306,8 +311,8 @@ def test_joint_refinement_from_the_weighted_average_beats_it(room, tmp_path):
 def test_least_squares_decoder_beats_the_pca_basis(room, tmp_path):
     """solve_decoder=lsq fits every tap of the decoder to the training tokens; on held-out views it must beat
     the PCA decoder the features were solved in, and its fit is recorded."""
-    a = lift_scene(room, _cfg(solve_decoder="pca"), tmp_path / "a", backbone=_ColourBackbone())
-    b = lift_scene(room, _cfg(solve_decoder="lsq"), tmp_path / "b", backbone=_ColourBackbone())
+    a = lift_scene(room, _cfg(decoder="pca"), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(decoder="lsq"), tmp_path / "b", backbone=_ColourBackbone())
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
     n_train = len(b["scene"]["train_views"])  # every solve_decoder_stride-th (2nd) of them
     assert b["solve"]["decoder"]["views"] == (n_train + 1) // 2 and b["timings"]["decoder"] > 0
@@ -384,7 +389,7 @@ def test_decoder_from_the_kept_pixel_weights_equals_the_rasterised_one(room, tmp
     import fit3d.lift.solve.driver as solve_mod
     from safetensors.torch import load_file
 
-    cfg = _cfg(solve_decoder_kernel=3, solve_decoder_stride=2, raster_backend="numba")
+    cfg = _cfg(dict(raster_backend="numba"), decoder_kernel=3, decoder_stride=2)
     used = []
     fit = solve_mod.fit_decoder
 
@@ -423,12 +428,12 @@ def test_ridge_selection_picks_a_candidate_and_records_it(room, tmp_path):
     held-out cosine is then within 1e-3 of the better of the grid's two ends, fixed (here: above both)."""
     from fit3d.lift.solve.cg import RIDGE_CANDIDATES
 
-    sel = lift_scene(room, _cfg(solve_cg_iterations=10, solve_ridge_select=True), tmp_path / "sel",
+    sel = lift_scene(room, _cfg(cg_iterations=10, ridge_select=True), tmp_path / "sel",
                      backbone=_ColourBackbone())
     info = sel["solve"]
     assert set(info["ridge_scores"]) == {f"{r:g}" for r in RIDGE_CANDIDATES}
     assert info["ridge"] == max(RIDGE_CANDIDATES, key=lambda r: info["ridge_scores"][f"{r:g}"])
-    ends = [lift_scene(room, _cfg(solve_cg_iterations=10, solve_cg_ridge=r),
+    ends = [lift_scene(room, _cfg(cg_iterations=10, cg_ridge=r),
                        tmp_path / f"r{r:g}", backbone=_ColourBackbone())["heldout"]["feature_cosine"]
             for r in (RIDGE_CANDIDATES[0], RIDGE_CANDIDATES[-1])]
     assert sel["heldout"]["feature_cosine"] >= max(ends) - 1e-3, (sel["heldout"], ends)

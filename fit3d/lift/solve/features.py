@@ -22,11 +22,11 @@ from fit3d.splat.fixed_views import FixedViews
 
 def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep_pixels: int = 0
                    ) -> tuple[dict, dict, list | None]:
-    """Per-Gaussian features in the decoder's basis: the weighted average, then up to ``solve_cg_iterations``
-    of preconditioned CG on the least-squares problem (until the relative residual is below ``solve_cg_tol``),
-    both over every ``solve_view_stride``-th training view. With ``solve_ridge_select`` (sparse path, 8+ views)
+    """Per-Gaussian features in the decoder's basis: the weighted average, then up to ``solve.cg_iterations``
+    of preconditioned CG on the least-squares problem (until the relative residual is below ``solve.cg_tol``),
+    both over every ``solve.view_stride``-th training view. With ``solve.ridge_select`` (sparse path, 8+ views)
     the ridge is chosen on held-back training views first (``select_ridge``) and the CG starts from that
-    candidate's features for ``solve_ridge_select_iterations``; else ``solve_cg_ridge``. Drops Gaussians those
+    candidate's features for ``solve.ridge_select_iterations``; else ``solve.cg_ridge``. Drops Gaussians those
     views do not weight (never NaN). With the numba backend each view's compositing weights are extracted once
     (``ViewWeights``) and every pass is a sparse product; other backends rasterise each pass. Returns (params,
     info, pixels): info["seconds"] times the average and the CG; pixels are every ``keep_pixels``-th of those
@@ -35,12 +35,12 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
     W, H = ctx.size
     proj = decoder_projection(decoder).to(ctx.device)
     train = [ctx.views[i] for i in ctx.train_idx]
-    sub = train[::max(1, cfg.solve_view_stride)]  # dense trajectories: neighbouring views add little
-    at = cfg.solve_targets_at
+    sub = train[::max(1, cfg.solve.view_stride)]  # dense trajectories: neighbouring views add little
+    at = cfg.solve.targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
     fv = FixedViews(*raster_geometry(params), sub, W, H, cfg.raster_backend, keep=False)  # one pass: nothing to keep
     sparse = fv.backend == "numba"
-    bar = tqdm(total=len(sub) * (1 + (0 if sparse else cfg.solve_cg_iterations + (cfg.solve_cg_iterations > 0))),
+    bar = tqdm(total=len(sub) * (1 + (0 if sparse else cfg.solve.cg_iterations + (cfg.solve.cg_iterations > 0))),
                desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
     t0 = time.perf_counter()
     if sparse:
@@ -58,7 +58,7 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
     t1 = time.perf_counter()
     if sparse:
         vw.keep(keep)
-    if cfg.solve_cg_iterations > 0:
+    if cfg.solve.cg_iterations > 0:
         if sparse:
             mv = vw.matvec
             info["weights_nnz"] = int(vw.M.nnz)
@@ -66,16 +66,16 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
             fv = FixedViews(*raster_geometry(params), sub, W, H, cfg.raster_backend)  # kept Gaussians, projected once
             mv = lambda X: normal_matvec(fv, X, grid, progress=bar)  # noqa: E731
         precond = den.clamp_min(1e-6)
-        ridge, iterations = cfg.solve_cg_ridge, cfg.solve_cg_iterations
-        if sparse and cfg.solve_ridge_select and len(sub) >= 8 and cfg.solve_ridge_select_iterations > 0:
+        ridge, iterations = cfg.solve.cg_ridge, cfg.solve.cg_iterations
+        if sparse and cfg.solve.ridge_select and len(sub) >= 8 and cfg.solve.ridge_select_iterations > 0:
             t2 = time.perf_counter()
-            iterations = cfg.solve_ridge_select_iterations  # from the chosen candidate's features: near already
-            ridge, scores, f = select_ridge(vw, T, RIDGE_CANDIDATES, iterations, cfg.solve_cg_tol,
+            iterations = cfg.solve.ridge_select_iterations  # from the chosen candidate's features: near already
+            ridge, scores, f = select_ridge(vw, T, RIDGE_CANDIDATES, iterations, cfg.solve.cg_tol,
                                             every=8 if len(sub) >= 16 else 4)
             info["ridge_scores"] = {f"{r:g}": v for r, v in scores.items()}
             info["ridge_select_seconds"] = time.perf_counter() - t2
         info["ridge"] = ridge
-        f, hist = conjugate_gradient(mv, num, f, precond, iterations, ridge=ridge * precond, tol=cfg.solve_cg_tol)
+        f, hist = conjugate_gradient(mv, num, f, precond, iterations, ridge=ridge * precond, tol=cfg.solve.cg_tol)
         info["cg_residual"] = hist
     bar.close()
     if not bool(torch.isfinite(f).all()):

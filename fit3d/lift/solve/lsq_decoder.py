@@ -71,7 +71,7 @@ def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, 
                 progress=None, weights=None) -> dict:
     """Every tap of the decoder's Conv2d (f -> D, k x k, no bias) by ridge least squares, in place: the
     rendered features of ``views`` (geometry and f fixed) against their tokens, where the feature loss takes
-    them (``solve_targets_at``: grid = the decoded render average-pooled to the token grid, exact since pooling
+    them (``solve.targets_at``: grid = the decoded render average-pooled to the token grid, exact since pooling
     and the convolution are both linear; render = the tokens bilinearly upsampled). ``ridge`` is relative to
     the mean diagonal of the normal matrix. ``weights``: the views' [H*W, N] compositing weights
     (``ViewWeights.pixels``), if already extracted: each render is then a sparse product. Returns {"views",
@@ -83,7 +83,7 @@ def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, 
     fv = FixedViews(*raster_geometry(params), views, W, H, cfg.raster_backend, keep=False)
     feats = params["features"].detach().float()
     f32 = np.ascontiguousarray(feats.cpu().numpy())
-    grid = ctx.cache.grid_size if cfg.solve_targets_at == "grid" else None
+    grid = ctx.cache.grid_size if cfg.solve.targets_at == "grid" else None
 
     def design(i, v):
         if weights is not None:

@@ -1,5 +1,5 @@
-"""Optional gradient refinement after the solve: the features and decoder alone (``solve_refine_iterations``),
-or everything through Stage 1's training step (``solve_joint_iterations``: solve as optimize's initialiser)."""
+"""Optional gradient refinement after the solve: the features and decoder alone (``solve.refine_iterations``),
+or everything through Stage 1's training step (``solve.joint_iterations``: solve as optimize's initialiser)."""
 
 from __future__ import annotations
 
