@@ -63,3 +63,24 @@ def test_recipe_is_the_base_and_dotted_options_override_it():
     assert fit3d == from_recipe("fit3d", max_steps=3) and fit3d.adapter == "none"
     some = next(n for n, v in RECIPES.items() if "lr" in v)
     assert parse(["--recipe", some, "--finetune.lr", "0.5"]).finetune.lr == 0.5  # explicit beats the preset
+
+
+def test_a_nested_method_option_and_its_errors_carry_the_pipelines_prefix(tmp_path):
+    """--lift.solve.cg-ridge (and its old spelling --lift.solve-cg-ridge) set LiftConfig.solve; a bad value is an
+    error naming --lift.solve.cg-ridge, checked before any work."""
+    import pytest
+
+    from fit3d.errors import Fit3DError
+    from fit3d.pipeline import add_arguments as add_pipeline_arguments
+    from fit3d.pipeline import validate_pipeline
+
+    p = argparse.ArgumentParser()
+    add_pipeline_arguments(p)
+    for spelling in ("--lift.solve.cg-ridge", "--lift.solve-cg-ridge"):
+        cfg = from_args(PipelineConfig, p.parse_args([str(tmp_path), spelling, "-1"]))
+        assert cfg.lift_config().solve.cg_ridge == -1
+        with pytest.raises(Fit3DError, match=r"^--lift\.solve\.cg-ridge \(SolveConfig\.cg_ridge\) = -1"):
+            validate_pipeline([str(tmp_path)], cfg, cfg.lift_config(), cfg.finetune_config())
+    bad = from_args(PipelineConfig, p.parse_args([str(tmp_path), "--finetune.lr", "-1"]))
+    with pytest.raises(Fit3DError, match=r"^--finetune\.lr "):
+        validate_pipeline([str(tmp_path)], bad, bad.lift_config(), bad.finetune_config())

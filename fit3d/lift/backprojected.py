@@ -46,7 +46,8 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
     if ctx.backbone is None:
         raise ValueError("backprojected: the context carries no backbone")
     images = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in views])  # [V, 3, H, W]
-    patch = ctx.backbone.features(ctx.backbone.prepare(images)).patch.float().cpu()  # [V, D, h, w]
+    patch, _ = ctx.backbone.features(ctx.backbone.prepare(images))
+    patch = patch.float().cpu()  # [V, D, h, w]
     dense = F.interpolate(patch, size=(H, W), mode="bilinear", align_corners=False)  # [V, D, H, W]
     D = dense.shape[1]
     f = min(cfg.feature_dim, D)
