@@ -49,6 +49,7 @@ import numpy as np
 import torch
 
 from fit3d.config import add_arguments, from_args
+from fit3d.finetune.recipes import RECIPES
 from fit3d.io import write_json, write_text
 from fit3d.lift.backprojected import generated_with
 from fit3d.lift.methods import METHODS
@@ -84,10 +85,11 @@ class GeneralizeConfig:
     lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
     lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
     lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
-    recipe: str = field(default="default", metadata={"help": "fine-tuning preset (fit3d.finetune.recipes)"})
+    recipe: str = field(default="default", metadata={"choices": tuple(RECIPES),
+                                                     "help": "fine-tuning preset (fit3d.finetune.recipes)"})
     finetune_steps: int | None = field(default=None, metadata={"help": "Stage 2 steps (default: the recipe's epochs)"})
     set: list[str] = field(default_factory=list, metadata={
-        "help": "FinetuneConfig overrides FIELD=VALUE (JSON values), e.g. lr=1e-4 freeze_blocks=6"})
+        "help": "FinetuneConfig overrides FIELD=VALUE (fit3d.config.set_fields), e.g. lr=1e-4 freeze_blocks=6"})
     probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "probe W H"})
     probe_iterations: int = field(default=1000, metadata={"help": "head iterations (depth and seg)"})
     seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
@@ -168,20 +170,14 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
 
 
 def finetune_config(cfg: GeneralizeConfig):
-    from fit3d.finetune.recipes import from_recipe
+    """``--recipe``'s preset at the probe resolution on CPU, ``--finetune-steps`` and the ``--set`` fields on top."""
+    from fit3d.config import set_fields
+    from fit3d.finetune.recipes import recipe
 
-    sets = {}
-    for s in cfg.set:
-        k, _, v = s.partition("=")
-        try:
-            sets[k] = json.loads(v)
-        except json.JSONDecodeError:
-            sets[k] = v
-    explicit = dict(resolution=list(cfg.probe_resolution), device="cpu", progress=False)
+    ft = dataclasses.replace(recipe(cfg.recipe), resolution=list(cfg.probe_resolution), device="cpu", progress=False)
     if cfg.finetune_steps:
-        explicit["max_steps"] = cfg.finetune_steps
-    explicit.update(sets)
-    return from_recipe(cfg.recipe, **explicit)
+        ft = dataclasses.replace(ft, max_steps=cfg.finetune_steps)
+    return set_fields(ft, cfg.set)
 
 
 # ----------------------------------------------------------------------------------------- evaluation

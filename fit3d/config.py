@@ -72,8 +72,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str
             nested.append(f)
             continue
         if f.metadata.get("set_by"):
-            group.add_argument(flag(f.name, prefix), action=_SetElsewhere, nargs="?", help=argparse.SUPPRESS,
-                               set_by=f.metadata["set_by"])
+            group.add_argument(flag(f.name, prefix), action=_SetElsewhere, nargs="?", default=argparse.SUPPRESS,
+                               help=argparse.SUPPRESS, set_by=f.metadata["set_by"])
             continue
         value = getattr(base, f.name) if base is not None else _default(f)
         _add_option(group, hints[f.name], f, [flag(f.name, prefix)], prefix + f.name,
@@ -203,7 +203,8 @@ def _replace_path(cfg, path: list[str], raw: str, item: str, what: str):
         if raw.strip().lower() == "none" and "None" in str(f.type):
             value = None
         else:
-            value = [parse(v) for v in raw.replace(",", " ").split()] if is_list else parse(raw)
+            items = raw.strip().strip("[]").replace(",", " ").split()  # "4,5", "4 5" or JSON's "[4, 5]"
+            value = [parse(v) for v in items] if is_list else parse(raw)
     except ValueError as e:
         raise Fit3DError(f"{what} {item}: not a valid {getattr(tp, '__name__', tp)} ({e})") from None
     return dataclasses.replace(cfg, **{name: value})

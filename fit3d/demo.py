@@ -31,8 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fit3d.compare import compare_figure
-from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import from_args
+from fit3d.config import check_counts
 from fit3d.data import read_scene
 from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
 from fit3d.data.synthetic_cli import generate_scenes
@@ -44,12 +43,11 @@ from fit3d.io import read_json, write_json, write_text
 from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.models import load_backbone
 from fit3d.paths import shared_model_dir
-from fit3d.finetune.recipes import DEFAULT_RECIPE, from_recipe
-from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, add_recipe_argument, run_pipeline
+from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
+from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import CONTROL, LOWER_IS_BETTER, claims, probe_stats, summarise, summary_markdown
-from fit3d.config import check_counts
 from fit3d.run import check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
@@ -84,7 +82,7 @@ class DemoConfig:
                                    "docs/demo/lift-choice.md); CG and decoder as when the demo's numbers were "
                                    "measured (before the solve's defaults moved to CG to tol 0.01, a selected ridge "
                                    "and a 7x7 decoder)"})
-    finetune: FinetuneConfig = field(default_factory=lambda: from_recipe(DEFAULT_RECIPE), metadata={
+    finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(iterations=300, resolution=[224, 168],
                                                                    seeds=[0, 1, 2]),
@@ -348,10 +346,9 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_argument(parser)
-    add_config_arguments(parser, DemoConfig)
+    add_recipe_arguments(parser, DemoConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(from_args(DemoConfig, args, base=DemoConfig(finetune=from_recipe(args.recipe))))
+    run_demo(config_from_args(DemoConfig, args))
     return 0

@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import check_choices, from_args, inherit
+from fit3d.config import check_choices, inherit
 from fit3d.data.readers import detect_layout
 from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
-from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
+from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
 from fit3d.finetune.trainer import finetune
 from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
@@ -68,7 +67,7 @@ class PipelineConfig:
     eval_data: str | None = field(default=None, metadata={
         "help": "probe test data (default: the probe data's test frames)"})
     lift: LiftConfig = field(default_factory=LiftConfig, metadata={"inherit": SHARED})
-    finetune: FinetuneConfig = field(default_factory=lambda: from_recipe(DEFAULT_RECIPE), metadata={
+    finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"inherit": PROBE_SET_BY_PIPELINE})
 
@@ -206,20 +205,11 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
-    """``--recipe NAME``: the Stage 2 preset the ``--finetune.FIELD`` options start from."""
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
-                        help=f"Stage 2 preset (fit3d.finetune.recipes; fit3d = FiT3D's recipe exactly); "
-                             f"--finetune.FIELD options override it (default: {DEFAULT_RECIPE})")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenes", nargs="+", help="scene folders (any layout fit3d reads)")
-    add_recipe_argument(parser)
-    add_config_arguments(parser, PipelineConfig)
+    add_recipe_arguments(parser, PipelineConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = from_args(PipelineConfig, args, base=PipelineConfig(finetune=from_recipe(args.recipe)))
-    run_pipeline(args.scenes, cfg)
+    run_pipeline(args.scenes, config_from_args(PipelineConfig, args))
     return 0

@@ -48,20 +48,19 @@ def test_finetune_resolution_given_is_kept():
 
 
 def test_recipe_is_the_base_and_dotted_options_override_it():
-    from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
+    from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, config_from_args, from_recipe
     from fit3d.pipeline import add_arguments as add_pipeline_arguments
 
     p = argparse.ArgumentParser()
     add_pipeline_arguments(p)
 
     def parse(argv):
-        a = p.parse_args(["scene", *argv])
-        return from_args(PipelineConfig, a, base=PipelineConfig(finetune=from_recipe(a.recipe)))
+        return config_from_args(PipelineConfig, p.parse_args(["scene", *argv]))
 
     assert parse([]).finetune == from_recipe(DEFAULT_RECIPE) == PipelineConfig().finetune
     fit3d = parse(["--recipe", "fit3d", "--finetune.max-steps", "3"]).finetune
     assert fit3d == from_recipe("fit3d", max_steps=3) and fit3d.adapter == "none"
-    some = next(n for n, v in RECIPES.items() if "lr" in v)
+    some = next(n for n, v in RECIPES.items() if v.lr != RECIPES["fit3d"].lr)
     assert parse(["--recipe", some, "--finetune.lr", "0.5"]).finetune.lr == 0.5  # explicit beats the preset
 
 

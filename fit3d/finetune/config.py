@@ -83,8 +83,9 @@ class FinetuneConfig:
         "help": "after training, measure original vs fine-tuned features against the rendered targets on "
                 "held-out views"})
     progress: bool = field(default=True, metadata={"volatile": True, "help": "show a tqdm progress bar (rank 0)"})
-    recipe: str | None = field(default=None, metadata={"volatile": True,
-        "help": "the named preset these settings started from (fit3d.finetune.recipes; recorded, not applied here)"})
+    recipe: str | None = field(default=None, metadata={"volatile": True, "set_by": "--recipe",
+        "help": "the named preset these settings started from (fit3d.finetune.recipes), recorded; chosen with "
+                "--recipe, which makes the preset the base of every other option"})
 
     def validate(self, prefix: str = "") -> None:
         """``Fit3DError`` naming the option (``--<prefix>field``: ``--finetune.lr`` in the pipeline) for any value
