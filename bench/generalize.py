@@ -55,7 +55,8 @@ from fit3d.lift.backprojected import generated_with
 from fit3d.lift.methods import METHODS
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import CONTROL, Feats, claims, eval_depth, eval_seg, summarise, summary_markdown
+from fit3d.probe.summary import (CONTROL, Feats, SummaryConfig, claims, eval_depth, eval_seg, summarise,
+                                 summary_markdown)
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
@@ -390,6 +391,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
                "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(ft_dir))}
     cache = FeatureCache(cfg.cache_dir or out / "cache")
     orig_stats = OriginalStats(Path(cfg.cache_dir or out / "cache"), cfg, sources["original"].key())
+    scfg = SummaryConfig(probe_iterations=cfg.probe_iterations, seeds=cfg.seeds, bootstrap=cfg.bootstrap)
     feats = extract(sources, splits, cache, res)
     seconds["features"] = time.perf_counter() - t0
 
@@ -408,20 +410,20 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         _say("depth probes: redkitchen -> sun3d")
         st = orig_stats("sun3d_depth_from_redkitchen", splits["redkitchen_train"].data.names, sun.data.names,
                         eval_depth, feats["redkitchen_train"], splits["redkitchen_train"].depth, feats["sun3d_all"],
-                        sun.depth, cfg)
-        evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, cfg)
+                        sun.depth, scfg)
+        evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, scfg)
     if "sun3d_depth_in_scene" in want:
         _say("depth probes: sun3d 935-984 -> 3160-3209")
         st = orig_stats("sun3d_depth_in_scene", [sun.data.names[i] for i in in_a], [sun.data.names[i] for i in in_b],
                         eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
-                        sub(feats["sun3d_all"], in_b), sun.depth[in_b], cfg)
-        evals["sun3d_depth_in_scene"] = summarise("depth", st, cfg)
+                        sub(feats["sun3d_all"], in_b), sun.depth[in_b], scfg)
+        evals["sun3d_depth_in_scene"] = summarise("depth", st, scfg)
     seconds["probe_sun3d_depth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     if "sun3d_corr" in want:
         st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
-        evals["sun3d_corr"] = summarise("corr", st, cfg, corr_metric_names(cfg.gaps))
+        evals["sun3d_corr"] = summarise("corr", st, scfg, corr_metric_names(cfg.gaps))
     seconds["probe_sun3d_corr"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -430,8 +432,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         _say("seg probes: camvid")
         cv_tr = splits["camvid_train"]
         st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"],
-                        cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, cfg)
-        evals["camvid_seg"] = summarise("seg", st, cfg)
+                        cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, scfg)
+        evals["camvid_seg"] = summarise("seg", st, scfg)
     seconds["probe_camvid"] = time.perf_counter() - t0
 
     if "rooms_probe" in splits and "rooms_test" in splits:
@@ -440,12 +442,12 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         rp, rt = splits["rooms_probe"], splits["rooms_test"]
         if "rooms_seg" in want:
             st = orig_stats("rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["rooms_probe"], rp.labels,
-                            feats["rooms_test"], rt.labels, len(CLASS_NAMES), cfg)
-            evals["rooms_seg"] = summarise("seg", st, cfg)
+                            feats["rooms_test"], rt.labels, len(CLASS_NAMES), scfg)
+            evals["rooms_seg"] = summarise("seg", st, scfg)
         if "rooms_depth" in want:
             st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
-                            feats["rooms_test"], rt.depth, cfg)
-            evals["rooms_depth"] = summarise("depth", st, cfg)
+                            feats["rooms_test"], rt.depth, scfg)
+            evals["rooms_depth"] = summarise("depth", st, scfg)
         seconds["probe_rooms"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 

@@ -47,7 +47,8 @@ from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_
 from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import CONTROL, LOWER_IS_BETTER, claims, probe_stats, summarise, summary_markdown
+from fit3d.probe.summary import (CONTROL, LOWER_IS_BETTER, SummaryConfig, claims, probe_stats, summarise,
+                                 summary_markdown)
 from fit3d.run import check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
@@ -172,7 +173,7 @@ def heldout_summary(pcfg: PipelineConfig, out: Path, cfg: DemoConfig) -> dict:
     for task in ("seg", "depth"):
         pc = pcfg.probe_config(task, pcfg.probe_data, str(out / "finetuned"), out / "probe")  # as run_pipeline
         stats = probe_stats(pc, control=cfg.control)
-        e = summarise(task, stats, cfg)
+        e = summarise(task, stats, SummaryConfig(bootstrap=cfg.bootstrap))
         if "_control" in e:
             controls[f"rooms_{task}"] = e.pop("_control")
         evals[f"rooms_{task}"] = e

@@ -1,5 +1,6 @@
 """``ProbeConfig``: every option and default of ``fit3d probe`` (the protocol that uses it:
-``fit3d.probe.protocol``)."""
+``fit3d.probe.protocol``), and the protocol's head optimiser per task (``HEAD_PROTOCOL``): the heads'
+training settings (``DepthSettings`` / ``SegSettings``) are derived from these, never defaulted elsewhere."""
 
 from __future__ import annotations
 
@@ -12,6 +13,22 @@ from fit3d.probe.sources import KINDS
 
 TASKS = ("seg", "depth", "corr")
 CORR_PROTOCOLS = ("fit3d", "probe3d")
+
+
+@dataclass(frozen=True)
+class HeadProtocol:
+    """The protocol's optimiser of one task's linear head (DINOv2's heads, FiT3D's evaluation): AdamW at ``lr``
+    (``ProbeConfig.lr`` overrides it), ``weight_decay``, linear warmup over ``warmup_share`` of the iterations
+    (``ProbeConfig.warmup`` overrides it)."""
+
+    lr: float
+    weight_decay: float
+    warmup_share: float
+
+
+# The one place of these numbers: DepthSettings / SegSettings take them (``from_config``).
+HEAD_PROTOCOL = {"depth": HeadProtocol(lr=1e-4, weight_decay=0.01, warmup_share=12800 / 38400),
+                 "seg": HeadProtocol(lr=1e-3, weight_decay=1e-4, warmup_share=1500 / 40000)}
 
 
 @dataclass
@@ -32,10 +49,10 @@ class ProbeConfig:
                                   metadata={"help": "probe resolution W H (a patch multiple; 448x336 = 32x24 /14)"})
     iterations: int = field(default=1500, metadata={"help": "head training iterations"})
     batch_size: int = field(default=8, metadata={"help": "images per iteration"})
-    lr: float | None = field(default=None, metadata={"help": "AdamW lr (default: DepthSettings / SegSettings, "
+    lr: float | None = field(default=None, metadata={"help": "AdamW lr (default: the task's, HEAD_PROTOCOL: "
                                                               "seg 1e-3, depth 1e-4)"})
-    warmup: int | None = field(default=None, metadata={"help": "warmup iterations (default the protocol's "
-                                                               "share: seg 1500/40k, depth 12.8k/38.4k)"})
+    warmup: int | None = field(default=None, metadata={"help": "warmup iterations (default the task's share of "
+                                                               "--iterations: seg 1500/40k, depth 12.8k/38.4k)"})
     seed: int = field(default=0, metadata={"help": "seed of everything else (and the heads' when --seeds is not given)"})
     seeds: list[int] | None = field(default=None, metadata={
         "help": "head seeds (init, batch order): one head per source and seed, all trained in one batched pass; "

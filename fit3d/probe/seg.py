@@ -8,13 +8,15 @@ as mmseg's nan-mean does). Optimiser as DINOv2 / FiT3D: AdamW lr 1e-3, wd 1e-4, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fit3d.probe.config import HEAD_PROTOCOL, ProbeConfig
 from fit3d.probe.train import train_head
+
+_PROBE = ProbeConfig()
 
 
 class LinearSegHead(nn.Module):
@@ -34,21 +36,28 @@ class LinearSegHead(nn.Module):
 
 @dataclass
 class SegSettings:
-    """The seg probe protocol's head training (mmseg BNHead as DINOv2 / FiT3D); the one place of its defaults."""
+    """The seg head's training (mmseg BNHead as DINOv2 / FiT3D). Its defaults are ``ProbeConfig``'s and the
+    protocol's (``HEAD_PROTOCOL["seg"]``); a probe run builds it with :meth:`from_config`."""
 
-    WARMUP_SHARE: ClassVar[float] = 1500 / 40000  # the protocol's warmup share of the iterations
-
-    iterations: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: int | None = None  # None: WARMUP_SHARE of the iterations
-    seed: int = 0
+    iterations: int = _PROBE.iterations
+    batch_size: int = _PROBE.batch_size
+    lr: float = HEAD_PROTOCOL["seg"].lr
+    weight_decay: float = HEAD_PROTOCOL["seg"].weight_decay
+    warmup: int | None = None  # None: the protocol's warmup share of the iterations
+    seed: int = _PROBE.seed
     ignore_index: int = 255
 
     def __post_init__(self) -> None:
         if self.warmup is None:
-            self.warmup = round(self.iterations * self.WARMUP_SHARE)
+            self.warmup = round(self.iterations * HEAD_PROTOCOL["seg"].warmup_share)
+
+    @classmethod
+    def from_config(cls, cfg: ProbeConfig, ignore_index: int, seed: int) -> "SegSettings":
+        """The seg head's settings of a probe run: ``cfg``'s iterations, batch and (where given) lr / warmup,
+        the protocol's otherwise."""
+        p = HEAD_PROTOCOL["seg"]
+        return cls(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=p.lr if cfg.lr is None else cfg.lr,
+                   weight_decay=p.weight_decay, warmup=cfg.warmup, seed=seed, ignore_index=ignore_index)
 
 
 def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:
