@@ -5,6 +5,7 @@ training settings (``DepthSettings`` / ``SegSettings``) are derived from these, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from fit3d.config import check_choices, check_counts, check_reals, check_size, option_error
 from fit3d.device import check_device
@@ -109,3 +110,32 @@ class ProbeConfig:
         if not self.features:
             raise option_error(self, "features", f"expected one or more of {', '.join(KINDS)}", prefix)
         check_device(self.device, f"--{prefix}device")
+
+
+@dataclass
+class HeadSettings:
+    """A linear head's training: iterations, batch, AdamW lr / weight decay, warmup iterations, seed. Defaults:
+    ``ProbeConfig``'s values and the task's ``HEAD_PROTOCOL`` (``lr`` / ``weight_decay`` / ``warmup`` None
+    become the protocol's); ``DepthSettings`` / ``SegSettings`` add their task's fields."""
+
+    TASK: ClassVar[str] = ""
+
+    iterations: int = ProbeConfig.iterations
+    batch_size: int = ProbeConfig.batch_size
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup: int | None = None  # None: the protocol's warmup share of the iterations
+    seed: int = ProbeConfig.seed
+
+    def __post_init__(self) -> None:
+        p = HEAD_PROTOCOL[self.TASK]
+        self.lr = p.lr if self.lr is None else self.lr
+        self.weight_decay = p.weight_decay if self.weight_decay is None else self.weight_decay
+        if self.warmup is None:
+            self.warmup = round(self.iterations * p.warmup_share)
+
+    @classmethod
+    def of_run(cls, cfg: ProbeConfig, seed: int, **task):
+        """The settings of a probe run of ``cfg`` with head seed ``seed`` (``task``: the task's own fields)."""
+        return cls(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
+                   **task)

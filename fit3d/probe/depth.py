@@ -11,12 +11,13 @@ Garg crop when set), averaged over images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fit3d.probe.config import HEAD_PROTOCOL, ProbeConfig
+from fit3d.probe.config import HeadSettings, ProbeConfig
 from fit3d.probe.train import train_head
 
 DEPTH_METRICS = ("rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "delta1", "delta2", "delta3")
@@ -126,38 +127,23 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_de
     return {k: sum(m[k] for m in per) / len(per) for k in DEPTH_METRICS}
 
 
-_PROBE = ProbeConfig()
-
-
 @dataclass
-class DepthSettings:
-    """The depth head's training (DINOv2's linear depth head). Its defaults are ``ProbeConfig``'s and the
-    protocol's (``HEAD_PROTOCOL["depth"]``); a probe run builds it with :meth:`from_config`."""
+class DepthSettings(HeadSettings):
+    """The depth head's training (DINOv2's linear depth head): ``HeadSettings`` (defaults from ``ProbeConfig`` and
+    ``HEAD_PROTOCOL["depth"]``) plus the bins, depth range and loss weights; a probe run's: :meth:`from_config`."""
 
-    iterations: int = _PROBE.iterations
-    batch_size: int = _PROBE.batch_size
-    lr: float = HEAD_PROTOCOL["depth"].lr
-    weight_decay: float = HEAD_PROTOCOL["depth"].weight_decay
-    warmup: int | None = None  # None: the protocol's warmup share of the iterations
-    seed: int = _PROBE.seed
+    TASK: ClassVar[str] = "depth"
+
     n_bins: int = 256
-    min_depth: float = _PROBE.min_depth
+    min_depth: float = 1e-3
     max_depth: float = 10.0
     grad_weight: float = 0.5
     use_cls: bool = True
 
-    def __post_init__(self) -> None:
-        if self.warmup is None:
-            self.warmup = round(self.iterations * HEAD_PROTOCOL["depth"].warmup_share)
-
     @classmethod
     def from_config(cls, cfg: ProbeConfig, max_depth: float, seed: int) -> "DepthSettings":
-        """The depth head's settings of a probe run: ``cfg``'s iterations, batch, depth range and (where given)
-        lr / warmup, the protocol's otherwise; ``max_depth`` the data's when ``cfg`` gives none."""
-        p = HEAD_PROTOCOL["depth"]
-        return cls(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=p.lr if cfg.lr is None else cfg.lr,
-                   weight_decay=p.weight_decay, warmup=cfg.warmup, seed=seed, min_depth=cfg.min_depth,
-                   max_depth=max_depth)
+        """A probe run's: ``cfg``'s settings, ``max_depth`` the data's when ``cfg`` gives none."""
+        return cls.of_run(cfg, seed, min_depth=cfg.min_depth, max_depth=max_depth)
 
 
 def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: DepthSettings,

@@ -8,15 +8,14 @@ as mmseg's nan-mean does). Optimiser as DINOv2 / FiT3D: AdamW lr 1e-3, wd 1e-4, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fit3d.probe.config import HEAD_PROTOCOL, ProbeConfig
+from fit3d.probe.config import HeadSettings, ProbeConfig
 from fit3d.probe.train import train_head
-
-_PROBE = ProbeConfig()
 
 
 class LinearSegHead(nn.Module):
@@ -35,29 +34,18 @@ class LinearSegHead(nn.Module):
 
 
 @dataclass
-class SegSettings:
-    """The seg head's training (mmseg BNHead as DINOv2 / FiT3D). Its defaults are ``ProbeConfig``'s and the
-    protocol's (``HEAD_PROTOCOL["seg"]``); a probe run builds it with :meth:`from_config`."""
+class SegSettings(HeadSettings):
+    """The seg head's training (mmseg BNHead as DINOv2 / FiT3D): ``HeadSettings`` (defaults from ``ProbeConfig``
+    and ``HEAD_PROTOCOL["seg"]``) plus the ignored label; a probe run's: :meth:`from_config`."""
 
-    iterations: int = _PROBE.iterations
-    batch_size: int = _PROBE.batch_size
-    lr: float = HEAD_PROTOCOL["seg"].lr
-    weight_decay: float = HEAD_PROTOCOL["seg"].weight_decay
-    warmup: int | None = None  # None: the protocol's warmup share of the iterations
-    seed: int = _PROBE.seed
+    TASK: ClassVar[str] = "seg"
+
     ignore_index: int = 255
-
-    def __post_init__(self) -> None:
-        if self.warmup is None:
-            self.warmup = round(self.iterations * HEAD_PROTOCOL["seg"].warmup_share)
 
     @classmethod
     def from_config(cls, cfg: ProbeConfig, ignore_index: int, seed: int) -> "SegSettings":
-        """The seg head's settings of a probe run: ``cfg``'s iterations, batch and (where given) lr / warmup,
-        the protocol's otherwise."""
-        p = HEAD_PROTOCOL["seg"]
-        return cls(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=p.lr if cfg.lr is None else cfg.lr,
-                   weight_decay=p.weight_decay, warmup=cfg.warmup, seed=seed, ignore_index=ignore_index)
+        """A probe run's: ``cfg``'s settings and the data's ignored label."""
+        return cls.of_run(cfg, seed, ignore_index=ignore_index)
 
 
 def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:
