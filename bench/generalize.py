@@ -51,7 +51,7 @@ import torch
 from fit3d.config import add_arguments, from_args
 from fit3d.finetune.recipes import RECIPES
 from fit3d.io import write_json, write_text
-from fit3d.lift.backprojected import generated_with
+from fit3d.data.synthetic import generated_with
 from fit3d.lift.methods import METHODS
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
@@ -119,8 +119,7 @@ def _say(msg: str) -> None:
 
 
 def generate_rooms(cfg: GeneralizeConfig, out: Path) -> dict[str, list[Path]]:
-    from fit3d.data.synthetic import SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
 
     base = SyntheticSceneConfig(num_views=cfg.room_views, width=cfg.room_size[0], height=cfg.room_size[1], seed=0)
     sets = {"lift": (cfg.rooms, 0), "probe": (cfg.probe_rooms, 10000), "test": (cfg.test_rooms, 20000)}

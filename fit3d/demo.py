@@ -33,8 +33,7 @@ import numpy as np
 from fit3d.compare import compare_figure
 from fit3d.config import check_counts
 from fit3d.data import read_scene
-from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
-from fit3d.data.synthetic_cli import generate_scenes
+from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
 from fit3d.device import resolve_device
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned

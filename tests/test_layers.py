@@ -1,6 +1,6 @@
-"""The package reads as the method: data -> models -> splat -> lift -> finetune -> probe, with viz a
-leaf library below them and cli / pipeline / demo / compare on top. No import runs upward (function-local
-imports included) and module-level imports form no cycle."""
+"""The package reads as the method: data -> models -> splat -> lift -> finetune -> probe, with viz (pictures,
+above data only) below them and cli / pipeline / demo / compare on top. No import runs upward (function-local
+imports included) and no imports form a cycle."""
 
 from __future__ import annotations
 

@@ -20,18 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from fit3d.errors import SceneError
-from fit3d.io import read_json_dict
 from fit3d.lift.context import LiftContext, LiftResult
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.lift.init import scene_extent
 from fit3d.splat.gaussians import rgb_to_sh_dc
-
-
-def generated_with(scene_path) -> dict | None:
-    """The generator record of a ``fit3d generate`` scene (its ``synthetic.json``), so that a room regenerated
-    under the same folder with other settings does not pass for the lifted one; None for other scenes."""
-    p = Path(scene_path) / "synthetic.json"
-    return read_json_dict(p, "generated scene record") if p.exists() else None
 
 
 @torch.no_grad()

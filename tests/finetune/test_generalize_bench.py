@@ -102,8 +102,7 @@ def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone
     """A rerun with other room or lift settings must not reuse the lifted folder of the earlier run."""
     import dataclasses
 
-    from fit3d.data.synthetic import SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
     from fit3d.lift.lifted import load_lifted
 
     g = _bench()
