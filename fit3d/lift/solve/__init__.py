@@ -16,7 +16,7 @@ training), ``basis`` (the targets in the decoder's basis), ``weights`` (every vi
 one sparse matrix) or ``passes`` (the same products by rasterisation, other backends), ``cg`` (the weighted
 average, the ridge chosen on held-back views, conjugate gradient), ``features`` (that sequence for one
 scene), ``lsq_decoder`` (the decoder by least squares), ``refine`` (optional gradient refinement) and
-``driver`` (``solve_scene``, the method's entry in ``fit3d.lift.stage.METHODS``).
+``driver`` (``solve_scene``, the method's entry in ``fit3d.lift.methods.METHODS``).
 """
 
 from fit3d.lift.solve.driver import solve_scene
