@@ -50,8 +50,7 @@ class PrepareConfig:
 
     def validate(self) -> None:
         """``Fit3DError`` naming the option for any value out of range (called before any work)."""
-        from fit3d.config import check_choices
-        from fit3d.run import check_counts, check_reals, option_error
+        from fit3d.config import check_choices, check_counts, check_reals, option_error
 
         check_choices(self)
         check_counts(self, {"max_frames": 1, "max_size": 0, "sift_max_size": 64, "max_features": 64,
