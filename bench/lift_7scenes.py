@@ -92,7 +92,8 @@ def main() -> int:
            "iterations": lambda m, w: str(m["iterations"]) if m["method"] == "optimize" else _solve_iterations(m),
            "Gaussians (final)": lambda m, w: f"{m['gaussians']} (init: {m['init']})",
            "held-out RGB PSNR": lambda m, w: f"{m['heldout']['psnr']:.2f} dB",
-           "held-out depth abs rel": lambda m, w: f"{m['heldout']['depth_abs_rel']:.4f}",
+           "held-out depth abs rel": lambda m, w: "- (no depth)" if m["heldout"]["depth_abs_rel"] is None
+           else f"{m['heldout']['depth_abs_rel']:.4f}",
            "held-out feature cosine": lambda m, w: f"{m['heldout']['feature_cosine']:.4f}",
            "  baseline: scene mean": lambda m, w: f"{m['heldout']['baseline_mean_cosine']:.4f}",
            "  baseline: nearest view": lambda m, w: f"{m['heldout']['baseline_nearest_cosine']:.4f}",
