@@ -85,3 +85,29 @@ def test_pipeline_takes_the_scene_and_asks_for_probe_data_with_depth(prepared, i
     assert not (tmp_path / "run" / "lifted").exists()  # stopped before any work
     cfg = PipelineConfig(out=str(tmp_path / "run"), device="cpu", probe_data=str(icl_path))
     assert validate_pipeline([str(out)], cfg, cfg.lift_config(), cfg.finetune_config()) == {"scene": None}
+
+
+@pytest.mark.slow
+def test_readme_commands_from_a_video_to_a_finetuned_backbone(prepared, tmp_path):
+    """The README's three commands (prepare, lift with the default method, finetune) on a tiny random
+    DINOv2: the prepared scene goes through Stage 1 and Stage 2 to a model fit3d.load reads."""
+    import fit3d
+    from transformers import Dinov2Config, Dinov2Model
+
+    from fit3d.cli import main
+
+    _, scene = prepared
+    torch.manual_seed(0)
+    tiny = tmp_path / "tiny"
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
+                             patch_size=8, image_size=64)).save_pretrained(str(tiny))
+    lifted, ft = tmp_path / "lifted", tmp_path / "ft"
+    assert main(["lift", str(scene), "--out", str(lifted), "--model-path", str(tiny), "--width", "64",
+                 "--feature-size", "64", "--feature-dim", "8", "--iterations", "20", "--init-points", "400",
+                 "--no-densify", "--checkpoint-every", "0", "--pca-views", "0", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert main(["finetune", "--scenes", str(lifted / scene.name), "--out", str(ft), "--model-path", str(tiny),
+                 "--max-steps", "2", "--batch-size", "2", "--workers", "0", "--checkpoint-every", "0",
+                 "--device", "cpu", "--no-evaluate", "--no-progress"]) == 0
+    feats = fit3d.load(ft).features(torch.rand(1, 3, 64, 64))[0]
+    assert feats.shape == (1, 64, 8, 8) and torch.isfinite(feats).all()  # original + fine-tuned tokens
