@@ -26,6 +26,7 @@ from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
 from fit3d.finetune.trainer import finetune
+from fit3d.guard import guard_output, model_inputs
 from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.lifted import lift_settings, reuse_finished
@@ -230,5 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(PipelineConfig, args, base=PipelineConfig(finetune=from_recipe(args.recipe)))
+    guard_output(cfg.out, [*args.scenes, cfg.probe_data, cfg.eval_data, *model_inputs(cfg.model_path)],
+                 command="pipeline")
     run_pipeline(args.scenes, cfg)
     return 0

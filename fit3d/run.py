@@ -292,11 +292,18 @@ def commit_staged(staged: str | os.PathLike, out: str | os.PathLike) -> None:
     """Swap the complete ``staged`` folder in as ``out``; the old ``out`` is removed only afterwards."""
     staged, out = Path(staged), Path(out)
     old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staged, out)
+    try:
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staged, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # the previous result goes back
+        from fit3d.io import write_error
+
+        raise write_error(out, e) from None
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
@@ -350,6 +357,31 @@ def check_size(cfg: Any, name: str) -> None:
     if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
             isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0 for x in v):
         raise option_error(cfg, name, "must be two positive integers W H")
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine (what no single run can exceed)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound
+        return 1 << 62
+
+
+def vit_bytes(width: float, height: float, patch: int = 16, dim: int = 384) -> float:
+    """A lower bound on a ViT forward's memory for one ``width`` x ``height`` image: one attention matrix
+    (tokens^2 float32) plus the token activations of a block (the largest registered patch, 16 px, and the
+    smallest width, 384, so real models need more)."""
+    tokens = max(1.0, width / patch) * max(1.0, height / patch)
+    return tokens * tokens * 4 + tokens * dim * 4 * 8
+
+
+def check_memory(cfg: Any, name: str, need: float, what: str) -> None:
+    """``Fit3DError`` naming option ``name`` when ``need`` bytes (a lower bound of what its value asks for)
+    exceed this machine's memory: refused at once instead of an allocation failure deep in the run."""
+    have = machine_memory()
+    if need > have:
+        raise option_error(cfg, name, f"would need at least {need / 2**30:,.0f} GiB ({what}), more than this "
+                                      f"machine's {have / 2**30:,.0f} GiB of memory")
 
 
 def check_device(name: str | None, option: str = "--device") -> None:

@@ -15,6 +15,7 @@ from tqdm import tqdm
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.errors import Fit3DError
+from fit3d.guard import guard_output
 from fit3d.io import clean_stale_temps, read_json
 from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene, write_scene
 
@@ -57,8 +58,11 @@ def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overw
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(SyntheticSceneConfig, args)
+    cfg.validate()
     if args.num_scenes < 1:
         raise Fit3DError(f"--num-scenes must be at least 1, got {args.num_scenes}")
+    guard_output(args.out, command="generate",
+                 replaces=[scene_dir(args.out, cfg.seed + k) for k in range(args.num_scenes)])
     paths = generate_scenes(args.out, args.num_scenes, cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} scene(s) of {cfg.num_views} views at {cfg.width}x{cfg.height} to {args.out}")
     return 0

@@ -89,7 +89,7 @@ class FinetuneConfig:
     def validate(self) -> None:
         """``Fit3DError`` naming the option for any value out of range (called before any work)."""
         from fit3d.config import check_choices
-        from fit3d.run import check_counts, check_device, check_reals, check_size, option_error
+        from fit3d.run import check_counts, check_device, check_memory, check_reals, check_size, option_error, vit_bytes
 
         check_choices(self)
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "workers": 0,
@@ -102,4 +102,7 @@ class FinetuneConfig:
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
             raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)")
         check_size(self, "resolution")
+        if self.resolution:
+            check_memory(self, "resolution", vit_bytes(*self.resolution) * 2 * self.batch_size,
+                         "the backbone's attention over a batch, with gradients")
         check_device(self.device)

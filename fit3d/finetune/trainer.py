@@ -44,11 +44,11 @@ from fit3d.finetune.adapters import add_lora, merge_lora
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  scene_memory)
+from fit3d.guard import check_not_input, check_replaceable, model_inputs
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 from fit3d.models import load_backbone
-from fit3d.models.loading import resolve_source
-from fit3d.models.registry import get_spec
+from fit3d.models.identity import folder_fingerprint, model_identity
 from fit3d.run import (Interrupt, capture_rng, check_resume, commit_staged, load_checkpoint, recover_staged,
                        restore_rng, result_settings, save_checkpoint, staged_dir)
 
@@ -241,13 +241,14 @@ def _check_lifted(scene_dirs) -> None:
 
 
 def run_settings(scene_dirs, cfg: FinetuneConfig, world_size: int) -> dict:
-    """What determines a fine-tuning result: the non-volatile config, backbone, model source, scenes (and
-    the settings each was lifted with), world size."""
+    """What determines a fine-tuning result: the non-volatile config, backbone, the model's identity
+    (``fit3d.models.identity``: resolved weights, fingerprint, architecture), scenes (and the settings each
+    was lifted with), world size."""
     scenes = []
     for d in scene_dirs:
         meta = read_json_dict(Path(d) / "lift.json", "lifted scene record (lift.json)")
         scenes.append({"path": str(Path(d).resolve()), "lift": meta.get("settings", meta.get("config"))})
-    return {**result_settings(cfg), "model_source": resolve_source(get_spec(cfg.backbone), cfg.model_path)[0],
+    return {**result_settings(cfg), "model": model_identity(cfg.backbone, cfg.model_path),
             "scenes": scenes,
             "world_size": world_size}
 
@@ -309,6 +310,9 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
         raise Fit3DError("finetune: no lifted scenes given (--scenes)")
     _check_lifted(scene_dirs)
     out = Path(out)
+    check_not_input(out, [*scene_dirs, *model_inputs(cfg.model_path)])  # also for Python callers: never over an input
+    if overwrite:
+        check_replaceable([out])
     di = dist_info()
     device = resolve_device(cfg.device, di.local_rank)
     if di.active and not dist.is_initialized():
@@ -562,6 +566,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         bb.model = merge_lora(run.peft_model)
         run.peft_model = None
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
+    finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})
     metrics: dict = {"loss": loss_summary(run.losses)}
     if cfg.evaluate:
@@ -577,6 +582,8 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         "backbone": cfg.backbone,
         "family": getattr(bb, "family", None),
         "original_model_path": _original_model_path(bb, cfg.model_path),
+        "model": run.settings.get("model"),  # the original's identity (fit3d.models.identity)
+        "finetuned_fingerprint": finetuned_fp,
         "model_dir": MODEL_DIR,
         "patch_size": bb.patch_size,
         "embed_dim": bb.embed_dim,

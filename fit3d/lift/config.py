@@ -160,7 +160,7 @@ class LiftConfig:
         """``Fit3DError`` naming the option for any value out of range (called before any work)."""
         from fit3d.config import check_choices
         from fit3d.errors import Fit3DError
-        from fit3d.run import check_counts, check_device, check_reals, option_error
+        from fit3d.run import check_counts, check_device, check_memory, check_reals, option_error, vit_bytes
 
         check_choices(self)
         check_counts(self, {"feature_dim": 1, "width": 1, "height": 1, "feature_size": 1, "iterations": 1,
@@ -184,6 +184,11 @@ class LiftConfig:
             if getattr(self, name) % 2 == 0 and (name == "decoder_kernel" or getattr(self, name) > 0):
                 raise option_error(self, name, "must be odd (the decoder keeps the render size)")
         check_device(self.device)
+        h = self.height or self.width / 4  # the render height for an aspect up to 4:1 (a lower bound)
+        check_memory(self, "width", self.width * h * 4 * (4 + self.feature_dim) * 3,
+                     "one rendered view: colour, opacity and features with their gradients")
+        check_memory(self, "feature_size", vit_bytes(self.feature_size, self.feature_size / 4),
+                     "the backbone's attention over one view")
         import torch
 
         cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())

@@ -82,10 +82,12 @@ def load_lifted(path, map_location: str | torch.device = "cpu") -> LiftedScene:
 
 
 def lift_settings(cfg, scene_path) -> dict:
-    """What determines a lift's result: the non-volatile ``LiftConfig`` fields and the scene's path."""
+    """What determines a lift's result: the non-volatile ``LiftConfig`` fields, the scene's path and the
+    model's identity (``fit3d.models.identity``: resolved weights, fingerprint, architecture)."""
+    from fit3d.models.identity import model_identity
     from fit3d.run import result_settings
 
-    return {**result_settings(cfg), "scene": str(scene_path)}
+    return {**result_settings(cfg), "scene": str(scene_path), "model": model_identity(cfg.backbone, cfg.model_path)}
 
 
 def reuse_finished(path, settings: dict, how: str | None = None) -> dict | None:

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import torch
 
-from fit3d.errors import Fit3DError, ModelNotFoundError
+from fit3d.errors import Fit3DError, ModelNotFoundError, NonFiniteError
 from fit3d.models.backbone import Backbone
 from fit3d.models.families import load_with_family
 from fit3d.models.hub import MODEL_PATH_ENV
+from fit3d.models.identity import check_architecture, read_architecture
 from fit3d.models.registry import BackboneSpec, get_spec
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -50,8 +51,13 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
     """
     spec = get_spec(name)
     source, is_local = resolve_source(spec, model_path)
+    if is_local and (Path(source) / "config.json").is_file():  # before the weights load: a wrong name is an error
+        check_architecture(spec, read_architecture(Path(source) / "config.json"), source)
     try:
-        return load_with_family(spec, source, is_local).to(device)
+        backbone = load_with_family(spec, source, is_local)
+        check_architecture(spec, {"width": backbone.embed_dim, "depth": backbone.num_layers}, source)
+        check_finite_weights(backbone.model, source)
+        return backbone.to(device)
     except Fit3DError:
         raise
     except Exception as e:  # a damaged local folder: safetensors / torch / transformers raise their own types
@@ -59,3 +65,13 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
             raise
         raise ModelNotFoundError(f"{source}: model weights are unreadable or corrupt for backbone '{spec.name}' "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """``NonFiniteError`` naming ``source`` and the first tensor holding NaN / inf (damaged weights would
+    otherwise surface much later, e.g. as a ``LinAlgError`` in a PCA)."""
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"{source}: the model weights hold NaN or inf values (tensor {name}); the "
+                                     f"weights are damaged")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from fit3d.config import check_choices
 from fit3d.probe.datasets import DATASETS
 from fit3d.probe.sources import KINDS
-from fit3d.run import check_counts, check_device, check_reals, check_size, option_error
+from fit3d.run import check_counts, check_device, check_memory, check_reals, check_size, option_error, vit_bytes
 
 TASKS = ("seg", "depth", "corr")
 CORR_PROTOCOLS = ("fit3d", "probe3d")
@@ -86,6 +86,9 @@ class ProbeConfig:
         check_reals(self, {"lr": (0, inf), "min_depth": (0, inf), "max_depth": (0, inf), "depth_tol": (0, inf),
                            "min_overlap": (0, 1)})
         check_size(self, "resolution")
+        if self.resolution:
+            w, h = self.resolution
+            check_memory(self, "resolution", vit_bytes(w, h) + 3 * 4 * w * h, "the backbone's attention over one image")
         if self.max_depth is not None and self.max_depth <= self.min_depth:
             raise option_error(self, "max_depth", f"must be above --min-depth {self.min_depth}")
         if not self.features:
