@@ -50,7 +50,7 @@ from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 from fit3d.models import load_backbone
 from fit3d.models.identity import folder_fingerprint, model_identity
 from fit3d.run import (Interrupt, capture_rng, check_resume, commit_staged, load_checkpoint, recover_staged,
-                       restore_rng, result_settings, save_checkpoint, staged_dir)
+                       restore_rng, result_settings, save_checkpoint, staged_dir, workers_can_spawn)
 
 log = logging.getLogger(__name__)
 
@@ -471,11 +471,18 @@ def _make_loader(run: _Run) -> DataLoader:
     """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
     and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
     cfg = run.cfg
-    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=cfg.workers,
-                      worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
-                      prefetch_factor=cfg.prefetch if cfg.workers else None,
-                      persistent_workers=cfg.workers > 0,
-                      multiprocessing_context=cfg.worker_start if cfg.workers else None,
+    workers = cfg.workers
+    if workers:
+        ok, why = workers_can_spawn(cfg.worker_start)
+        if not ok:  # e.g. the README's snippet saved as a script: render here instead (same batches, slower)
+            log.warning("fine-tuning renders in the main process (workers=0): %s; add the guard to use "
+                        "--workers %d", why, cfg.workers)
+            workers = 0
+    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
+                      worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
+                      prefetch_factor=cfg.prefetch if workers else None,
+                      persistent_workers=workers > 0,
+                      multiprocessing_context=cfg.worker_start if workers else None,
                       pin_memory=run.device.type == "cuda", drop_last=False)
 
 
