@@ -22,6 +22,7 @@ Each refusal is a ``Fit3DError`` naming both paths and the option; nothing is wr
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import json
@@ -234,6 +235,7 @@ def _remove_if_only_ours(folder: Path) -> None:
 
 
 _created: dict[Path, bool] = {}
+_AT_EXIT: list[bool] = []
 
 
 def release_locks() -> None:
@@ -258,6 +260,9 @@ def lock_output(folder: str | os.PathLike, command: str) -> OutputLock:
             raise OutputError(f"{folder}: cannot make the output folder ({e.strerror or e})") from None
         _created[f] = True
     lock = OutputLock(f, command)
+    if not _AT_EXIT:
+        atexit.register(release_locks)  # scripts that never call it (bench/) leave no lock file behind
+        _AT_EXIT.append(True)
     _HELD[f] = lock
     return lock
 
@@ -295,6 +300,24 @@ class _NoLock:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+def clear_output(folder: str | os.PathLike) -> None:
+    """Empty ``folder`` (a fresh start) when fit3d wrote it; its lock and marker stay. ``OutputError`` when it
+    holds anything fit3d did not write: only fit3d's own results are ever removed."""
+    import shutil
+
+    p = Path(folder)
+    if not p.is_dir():
+        return
+    check_replaceable([p])
+    for e in _entries(p):
+        if e.name in _OWN_HIDDEN:
+            continue
+        if e.is_dir() and not e.is_symlink():
+            shutil.rmtree(e)
+        else:
+            e.unlink()
 
 
 def model_inputs(model_path: str | None) -> list[str]:

@@ -16,6 +16,7 @@ from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.errors import Fit3DError
 from fit3d.guard import guard_output
+from fit3d.run import check_resume
 from fit3d.io import clean_stale_temps, read_json
 from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene, write_scene
 
@@ -42,18 +43,28 @@ def _done(path: Path, cfg: SyntheticSceneConfig) -> bool:
 
 def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overwrite: bool = False,
                     progress: bool = True) -> list[Path]:
-    """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders."""
-    paths = []
+    """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders (a scene written with
+    other settings is regenerated: ``fit3d generate`` refuses that without ``--overwrite``, :func:`check_same`)."""
+    configs = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(num_scenes)]
+    paths = [scene_dir(out, c.seed) for c in configs]
     clean_stale_temps(out)  # scenes a kill interrupted mid-write
-    bar = tqdm(range(num_scenes), desc="generate", unit="scene", disable=not progress)
-    for k in bar:
-        scfg = dataclasses.replace(cfg, seed=cfg.seed + k)
-        path = scene_dir(out, scfg.seed)
+    bar = tqdm(list(zip(configs, paths)), desc="generate", unit="scene", disable=not progress)
+    for scfg, path in bar:
         bar.set_postfix_str(path.name)
         if overwrite or not _done(path, scfg):
             write_scene(generate_scene(scfg, name=path.name), path)
-        paths.append(path)
     return paths
+
+
+def check_same(path: Path, cfg: SyntheticSceneConfig) -> None:
+    """A scene generated at ``path`` with other settings is an error naming them (its record readable)."""
+    try:
+        d = read_json(path / "synthetic.json") if (path / "synthetic.json").is_file() else None
+    except Fit3DError:  # a corrupt record: the scene is regenerated
+        return
+    if isinstance(d, dict) and isinstance(d.get("config"), dict):
+        check_resume(d["config"], dataclasses.asdict(cfg), "generated scene", path,
+                     "rerun with --overwrite to replace it, or choose another OUT")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,6 +74,9 @@ def run(args: argparse.Namespace) -> int:
         raise Fit3DError(f"--num-scenes must be at least 1, got {args.num_scenes}")
     guard_output(args.out, command="generate",
                  replaces=[scene_dir(args.out, cfg.seed + k) for k in range(args.num_scenes)])
+    if not args.overwrite:  # a finished scene made with other settings is the user's work: refuse, naming them
+        for k in range(args.num_scenes):
+            check_same(scene_dir(args.out, cfg.seed + k), dataclasses.replace(cfg, seed=cfg.seed + k))
     paths = generate_scenes(args.out, args.num_scenes, cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} scene(s) of {cfg.num_views} views at {cfg.width}x{cfg.height} to {args.out}")
     return 0

@@ -233,3 +233,44 @@ def test_write_inputs_and_outputs_unchanged_after_many_refusals(tmp_path, tiny_d
             rc, _, err = run_cli(capsys, "lift", scene, "--out", out, *LIFT_OPTS, "--model-path", tiny_dino, *extra)
             assert rc == 1 and "Traceback" not in err
     assert digest(tmp_path / "s") == before
+
+
+def test_generate_rerun_with_other_settings_is_refused(tmp_path, capsys):
+    """Was: a scene generated with other settings was silently replaced (without --overwrite)."""
+    argv = ["generate", tmp_path / "g", "--num-scenes", "2", "--num-views", "2", "--width", "16", "--height", "12"]
+    assert run_cli(capsys, *argv)[0] == 0
+    before = digest(tmp_path / "g")
+    rc, _, err = run_cli(capsys, *argv, "--fov-deg", "70")
+    assert_clean_error(rc, err, tmp_path / "g" / "synthetic_0000", "fov_deg: 65.0 -> 70.0", "--overwrite")
+    assert digest(tmp_path / "g") == before
+    rc, _, err = run_cli(capsys, *argv, "--fov-deg", "70", "--overwrite")
+    assert rc == 0, err
+    assert digest(tmp_path / "g") != before
+
+
+def test_probe_cache_dir_inside_the_data_is_refused(scene_dir, tiny_dino, tmp_path, capsys):
+    data = copy_of(scene_dir, tmp_path / "data")
+    before = digest(data)
+    rc, _, err = run_cli(capsys, "probe", "--task", "depth", "--data", data, "--out", tmp_path / "p",
+                         "--model-path", tiny_dino, "--cache-dir", data)
+    assert_clean_error(rc, err, "--cache-dir", data)
+    assert digest(data) == before
+
+
+def test_clear_output_removes_only_fit3d_results(tmp_path):
+    """What the bench scripts use for a fresh start (bench/lift_7scenes.py used to rmtree any --out)."""
+    from fit3d.errors import OutputError
+    from fit3d.guard import MARKER, clear_output
+
+    mine = tmp_path / "mine"
+    (mine / "room").mkdir(parents=True)
+    (mine / MARKER).write_text("{}")
+    (mine / "room" / "lift.json").write_text("{}")
+    clear_output(mine)
+    assert [p.name for p in mine.iterdir()] == [MARKER]
+    users = tmp_path / "users"
+    users.mkdir()
+    (users / "data.csv").write_text("1,2\n")
+    with pytest.raises(OutputError, match="did not write"):
+        clear_output(users)
+    assert (users / "data.csv").read_text() == "1,2\n"
