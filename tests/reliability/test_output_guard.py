@@ -6,6 +6,7 @@ input and earlier output byte-identical."""
 from __future__ import annotations
 
 import errno
+import os
 import subprocess
 import sys
 import time
@@ -106,7 +107,7 @@ def _write_cases(tmp_path):
     return {"a file in the way": (f, "a file is in the way"), "parent is a file": (f / "sub", "is a file")}
 
 
-COMMANDS = ["lift", "finetune", "compare", "generate", "probe"]
+COMMANDS = ["lift", "finetune", "compare", "generate", "probe", "pipeline", "demo"]
 
 
 def _argv(command, out, scene_dir, lifted, finetuned, tiny_dino):
@@ -116,6 +117,8 @@ def _argv(command, out, scene_dir, lifted, finetuned, tiny_dino):
         "compare": ["compare", scene_dir / "frame-000000.color.jpg", "--finetuned", finetuned[0], "--out", out],
         "generate": ["generate", out, "--num-scenes", "1", "--num-views", "2", "--width", "16", "--height", "12"],
         "probe": ["probe", "--task", "depth", "--data", scene_dir, "--out", out, "--model-path", tiny_dino],
+        "pipeline": ["pipeline", scene_dir, "--out", out, "--model-path", tiny_dino, "--device", "cpu"],
+        "demo": ["demo", "--out", out, "--model-path", tiny_dino, "--device", "cpu"],
     }[command]
 
 
@@ -152,6 +155,18 @@ def test_read_only_out_is_refused_before_any_work(command, scene_dir, lifted, fi
     assert list(ro.iterdir()) == []
 
 
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders; the EROFS case covers it")
+def test_read_only_folder_for_real(scene_dir, tiny_dino, tmp_path, capsys, no_model_load):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o555)
+    try:
+        rc, _, err = run_cli(capsys, "lift", scene_dir, "--out", ro / "out", *LIFT_OPTS, "--model-path", tiny_dino)
+    finally:
+        os.chmod(ro, 0o755)
+    assert_clean_error(rc, err, ro / "out", "Permission denied")
+
+
 # ------------------------------------------------------------------ --overwrite only removes what fit3d wrote
 def test_lift_overwrite_never_replaces_a_folder_fit3d_did_not_write(scene_dir, tiny_dino, tmp_path, capsys,
                                                                      no_model_load):
@@ -164,7 +179,7 @@ def test_lift_overwrite_never_replaces_a_folder_fit3d_did_not_write(scene_dir, t
     assert (users / "notes.txt").read_text() == "mine\n"
 
 
-@pytest.mark.parametrize("command", ["finetune", "generate", "probe", "compare"])
+@pytest.mark.parametrize("command", ["finetune", "generate", "probe", "compare", "pipeline", "demo"])
 def test_an_existing_folder_of_other_files_is_never_written(command, scene_dir, lifted, finetuned, tiny_dino, tmp_path,
                                                             capsys, no_model_load):
     out = tmp_path / "documents"
