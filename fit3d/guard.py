@@ -52,7 +52,9 @@ def _within(inner: Path, outer: Path) -> bool:
 
 
 def _is_temporary(name: str) -> bool:
-    return name.endswith(".tmp") or name.startswith(".fit3d-probe.")
+    """fit3d's own transient names: atomic-write temporaries, write probes, ``--overwrite`` staging folders."""
+    return (name.endswith(".tmp") or name.startswith(".fit3d-probe.")
+            or (name.startswith(".") and name.endswith((".new", ".old"))))
 
 
 def written_by_fit3d(folder: str | os.PathLike, depth: int = 3) -> bool:

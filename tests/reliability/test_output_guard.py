@@ -6,6 +6,7 @@ input and earlier output byte-identical."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -289,3 +290,13 @@ def test_clear_output_removes_only_fit3d_results(tmp_path):
     with pytest.raises(OutputError, match="did not write"):
         clear_output(users)
     assert (users / "data.csv").read_text() == "1,2\n"
+
+
+def test_an_interrupted_overwrite_staging_folder_does_not_block_the_rerun(lifted, scene_dir, tmp_path, capsys):
+    out = copy_of(lifted[0], tmp_path / "lifted")
+    (out / ".room.new" / "cache").mkdir(parents=True)  # killed right after the old cache was linked in
+    opts = [*lifted[1]]
+    opts[opts.index("--feature-dim") + 1] = "8"
+    rc, _, err = run_cli(capsys, "lift", scene_dir, "--out", out, *opts, "--overwrite")
+    assert rc == 0, err
+    assert json.loads((out / "room" / "lift.json").read_text())["feature_dim"] == 8
