@@ -203,8 +203,12 @@ def test_a_refused_run_leaves_no_new_folder(scene_dir, tiny_dino, tmp_path, caps
 
 # ------------------------------------------------------------------ one run per output folder
 def _hold_lock(folder):
-    """Another process holding fit3d's lock on ``folder`` (as a run writing there does)."""
-    code = ("import sys, time; from fit3d.guard import lock_output; lock_output(sys.argv[1], 'lift'); "
+    """Another process holding fit3d's lock on ``folder`` as ``fit3d.guard.lock_output`` takes it (flock on
+    ``.fit3d.lock`` holding the pid), without importing fit3d (a quick start)."""
+    code = ("import fcntl, json, os, sys, time; os.makedirs(sys.argv[1]); "
+            "fd = os.open(os.path.join(sys.argv[1], '.fit3d.lock'), os.O_RDWR | os.O_CREAT); "
+            "fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB); "
+            "os.write(fd, json.dumps({'pid': os.getpid(), 'command': 'lift'}).encode()); "
             "print('locked', flush=True); time.sleep(120)")
     p = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "locked"

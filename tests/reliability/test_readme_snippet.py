@@ -46,11 +46,17 @@ def test_readme_snippet_runs_as_a_script(scene_dir, tiny_dino, tmp_path):
 
 
 @pytest.mark.parametrize("guarded, expect", [(True, True), (False, False)])
-def test_workers_spawn_only_where_the_main_script_is_guarded(guarded, expect, tmp_path):
-    code = ("import sys\nfrom fit3d.run import workers_can_spawn\n"
-            + ("if __name__ == '__main__':\n    " if guarded else "")
-            + "print(workers_can_spawn('spawn')[0], workers_can_spawn('fork')[0])\n")
+def test_workers_spawn_only_where_the_main_script_is_guarded(guarded, expect, tmp_path, monkeypatch):
+    import types
+
+    from fit3d.run import workers_can_spawn
+
     script = tmp_path / "s.py"
-    script.write_text(code)
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
-    assert r.stdout.split() == [str(expect), "True"], r.stderr
+    script.write_text("import fit3d\n" + ("if __name__ == '__main__':\n    " if guarded else "") + "fit3d.load('x')\n")
+    main = types.ModuleType("__main__")
+    main.__file__, main.__spec__ = str(script), None  # `python s.py`
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    assert workers_can_spawn("spawn")[0] is expect and workers_can_spawn("forkserver")[0] is expect
+    assert workers_can_spawn("fork") == (True, "")
+    if not expect:
+        assert "s.py has no `if __name__" in workers_can_spawn("spawn")[1]

@@ -1,7 +1,7 @@
 """A full disk or another OS error while writing (issue 22): one line naming the path, no traceback, nothing
 half-written left, the previous result intact. A full disk is simulated portably (no root, no special mount)
-with a file-size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as ENOSPC would) in a subprocess, or
-with an OS error injected into the write."""
+with a file-size limit (RLIMIT_FSIZE: writes past it fail with EFBIG, as ENOSPC would; only the soft limit is
+lowered, so it can be raised back), or with an OS error injected into the write."""
 
 from __future__ import annotations
 
@@ -10,47 +10,47 @@ import json
 import os
 import resource
 import signal
-import subprocess
-import sys
 
 import pytest
 
 from reliability_kit import FINETUNE_OPTS, LIFT_OPTS, assert_clean_error, copy_of, digest, run_cli
 
 
-def _fit3d_limited(argv, limit: int) -> subprocess.CompletedProcess:
-    """``python -m fit3d ARGV`` with every file it writes limited to ``limit`` bytes."""
-    def limit_writes():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing the process
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    return subprocess.run([sys.executable, "-m", "fit3d", *map(str, argv)], preexec_fn=limit_writes,
-                          capture_output=True, text=True, env=env, timeout=300)
+def _fit3d_limited(capsys, argv, limit: int) -> tuple[int, str]:
+    """``fit3d ARGV`` in this process with every file it writes limited to ``limit`` bytes: (status, stderr)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write with EFBIG instead of killing the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        rc, _, err = run_cli(capsys, *argv)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old)
+    return rc, err
 
 
 def _temporaries(folder):
     return [str(p) for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_lift_overwrite_on_a_full_disk_keeps_the_previous_lift(lifted, scene_dir, tmp_path):
+def test_lift_overwrite_on_a_full_disk_keeps_the_previous_lift(lifted, scene_dir, tmp_path, capsys):
     out = copy_of(lifted[0], tmp_path / "lifted")
     before = digest(out / "room")
     opts = [*lifted[1]]
     opts[opts.index("--feature-dim") + 1] = "8"
-    r = _fit3d_limited(["lift", scene_dir, "--out", out, *opts, "--overwrite"], limit=20_000)
-    assert_clean_error(r.returncode, r.stderr, "File too large", "could not write", "previous version is intact")
+    rc, err = _fit3d_limited(capsys, ["lift", scene_dir, "--out", out, *opts, "--overwrite"], limit=20_000)
+    assert_clean_error(rc, err, "File too large", "could not write", "previous version is intact")
     assert digest(out / "room") == before
     assert _temporaries(out.parent) == []
 
 
-def test_finetune_overwrite_on_a_full_disk_keeps_the_previous_model(finetuned, tmp_path):
+def test_finetune_overwrite_on_a_full_disk_keeps_the_previous_model(finetuned, tmp_path, capsys):
     out = copy_of(finetuned[0], tmp_path / "ft")
     before = digest(out)
     opts = [*finetuned[1]]
     opts[opts.index("--lr") + 1] = "0.01"
-    r = _fit3d_limited(["finetune", "--out", out, *opts, "--overwrite"], limit=8_000)
-    assert_clean_error(r.returncode, r.stderr, "File too large", "could not write")
+    rc, err = _fit3d_limited(capsys, ["finetune", "--out", out, *opts, "--overwrite"], limit=8_000)
+    assert_clean_error(rc, err, "File too large", "could not write")
     assert digest(out) == before and json.loads((out / "fit3d.json").read_text())["settings"]["lr"] == 0.001
     assert _temporaries(out.parent) == []
 
