@@ -65,10 +65,19 @@ def main(argv: list[str] | None = None) -> int:
     except Fit3DError as e:
         print(f"fit3d: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a read-only folder, a permission no check foresaw: one line naming the path
+        from fit3d.io import describe_os_error
+
+        print(f"fit3d: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # fit3d.run.Interrupted says where its checkpoint went
         why = str(e) if str(e) else f"{args.command}: interrupted; rerun the same command to resume"
         print(f"\nfit3d: {why}", file=sys.stderr)
         return 130
+    finally:
+        from fit3d.guard import release_locks
+
+        release_locks()
 
 
 if __name__ == "__main__":

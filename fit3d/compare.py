@@ -29,12 +29,15 @@ from tqdm import tqdm
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.device import resolve_device
-from fit3d.errors import ModelNotFoundError, SceneError
+from fit3d.errors import ModelNotFoundError, NonFiniteError, SceneError
 from fit3d.finetune.assembled import load_finetuned, read_manifest
+from fit3d.guard import guard_output, model_inputs
 from fit3d.models import ConcatFeatures, load_backbone
 from fit3d.probe.features import extract_features
 from fit3d.probe.heads import HEADS_DIR, load_head
 from fit3d.probe.sources import KINDS as FEATURE_SOURCES
+from fit3d.config import check_counts, check_memory, vit_bytes
+from fit3d.device import check_device
 from fit3d.viz.images import read_image, save_png, to_uint8
 from fit3d.viz.panels import comparison_figure
 
@@ -56,6 +59,13 @@ class CompareConfig:
     max_side: int = field(default=1344, metadata={"help": "model input: cap on the longer side"})
     panel_height: int = field(default=320, metadata={"help": "display height of each panel in pixels"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N"})
+
+    def validate(self) -> None:
+        """``Fit3DError`` naming the option for a value out of range (before any model loads)."""
+        check_counts(self, {"short_side": 0, "max_side": 1, "panel_height": 1})
+        side = min(self.short_side or 448, self.max_side)  # a square image's model input (the smallest for a side)
+        check_memory(self, "max_side", vit_bytes(side, side) * 2, "both backbones' attention over a square image")
+        check_device(self.device)
 
 
 # A depth probe: (patch [B, D, h, w], cls [B, Dc], (H, W)) -> depth [B, 1, H, W] or [B, H, W] metres.
@@ -115,6 +125,10 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
     H, W = x.shape[-2:]
     po, co = original.features(x)
     pf, cf = finetuned.features(x)
+    for name, f in zip(names, (po, pf)):
+        if not bool(torch.isfinite(f).all()):
+            raise NonFiniteError(f"the {name} backbone's features of this image hold NaN or inf (weights or input "
+                                 f"out of range); no picture can be drawn from them")
     depths = {}
     for source, probe in (depth_probes or {}).items():
         layers = (probe_layers or {}).get(source)
@@ -238,9 +252,12 @@ def _out_names(images: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(CompareConfig, args)
+    cfg.validate()
     if not cfg.finetuned:
         raise SceneError("fit3d compare: --finetuned DIR is required (a `fit3d finetune` output folder)")
     images = find_images(args.images)
+    guard_output(cfg.out, [*args.images, cfg.finetuned, *cfg.depth_probe, *model_inputs(cfg.model_path)],
+                 command="compare")
     original, finetuned = load_models(cfg)
     probes, layers, short_side = None, None, cfg.short_side or 448
     if cfg.depth_probe:

@@ -130,9 +130,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     check_counts(cfg, {"train_scenes": 1, "test_scenes": 1, "num_views": 2, "width": 14, "height": 14, "bootstrap": 1})
+    scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
+    scfg.validate()  # the rooms' size is bounded by this machine's memory
     model_path = resolve_model_path(cfg.backbone, cfg.model_path)
     check_rooms(out, cfg)
-    scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
     print(f"[fit3d demo] generating {cfg.train_scenes} training + {cfg.test_scenes} held-out rooms "
           f"({cfg.num_views} views, {cfg.width}x{cfg.height})", flush=True)
     t0 = time.perf_counter()
@@ -350,5 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(config_from_args(DemoConfig, args))
+    from fit3d.guard import guard_output, model_inputs
+
+    cfg = config_from_args(DemoConfig, args)
+    guard_output(cfg.out, model_inputs(cfg.model_path), command="demo")
+    run_demo(cfg)
     return 0

@@ -103,7 +103,7 @@ def test_compare_cli_on_a_finetuned_folder(ft_dir, photo, tmp_path):
     out = tmp_path / "out"
     assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
                  "--short-side", "56", "--panel-height", "120"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "small.png"]
+    assert sorted(p.name for p in out.iterdir()) == [".fit3d-output.json", "photo.png", "small.png"]  # + the guard's marker
     fig = read_image(out / "photo.png")
     assert fig.shape[0] > 120 and fig.shape[1] > 3 * 80
     assert main(["compare", str(tmp_path / "missing.png"), "--finetuned", str(ft_dir), "--out", str(out)]) == 1
