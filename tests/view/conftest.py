@@ -4,19 +4,10 @@
 from __future__ import annotations
 
 import pytest
-import torch
+
+from view_testkit import make_tiny_dinov2
 
 VIEWS = [str(i) for i in range(8)]
-
-
-def make_tiny_dinov2(path, seed: int = 0):
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(seed)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=8,
-                       image_size=64)
-    Dinov2Model(cfg).save_pretrained(str(path))
-    return path
 
 
 @pytest.fixture(scope="session")
