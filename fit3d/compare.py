@@ -35,7 +35,7 @@ from fit3d.models import ConcatFeatures, load_backbone
 from fit3d.probe.features import extract_features
 from fit3d.probe.heads import HEADS_DIR, load_head
 from fit3d.probe.sources import KINDS as FEATURE_SOURCES
-from fit3d.viz.images import read_image, save_png, to_uint8
+from fit3d.viz.images import read_image, save_png, titled, to_uint8
 from fit3d.viz.panels import comparison_figure
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -98,8 +98,10 @@ def probe_features(model, x: torch.Tensor, layers: Sequence[int] | None = None) 
 def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthProbe] | None = None, *,
                    short_side: int = 448, max_side: int = 1344, panel_height: int | None = 320,
                    names: tuple[str, str] = ("original", "fine-tuned"),
-                   probe_layers: Mapping[str, Sequence[int] | None] | None = None) -> np.ndarray:
-    """Side-by-side panels [H, W, 3] uint8: image | PCA original | PCA fine-tuned | depth of each probe.
+                   probe_layers: Mapping[str, Sequence[int] | None] | None = None,
+                   title: str | None = None) -> np.ndarray:
+    """Side-by-side panels [H, W, 3] uint8: image | PCA original | PCA fine-tuned | depth of each probe,
+    each titled, ``title`` (the file, the models) above them.
 
     image          [H, W, 3] uint8 or float in [0, 1], any size
     original, finetuned  Backbones (``.prepare``, ``.features``, ``.patch_size``) with the same patch size
@@ -128,8 +130,15 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
             raise ValueError(f"compare_figure: depth probe source {source!r} is not one of {FEATURE_SOURCES}")
         depths[f"depth: {dict(original=names[0], finetuned=names[1]).get(source, source)}"] = \
             _depth_of(probe, patch, cls, (H, W))
-    return comparison_figure(x[0].permute(1, 2, 0).cpu().numpy(), {names[0]: po[0], names[1]: pf[0]}, depths,
-                             panel_height=panel_height)
+    fig = comparison_figure(x[0].permute(1, 2, 0).cpu().numpy(), {names[0]: po[0], names[1]: pf[0]}, depths,
+                            panel_height=panel_height)
+    return titled(fig, title, 16) if title else fig
+
+
+def figure_title(image_name: str, backbone: str, finetuned_dir: str) -> str:
+    """What a compare figure shows: the file, the models and the picture."""
+    return (f"{image_name}: {backbone} original vs fine-tuned ({Path(finetuned_dir).name}), PCA of patch "
+            f"features (one basis)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -254,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out)
     for path, name in zip(tqdm(images, desc="compare", unit="image"), _out_names(images)):
         fig = compare_figure(read_image(path), original, finetuned, probes, short_side=short_side,
-                             max_side=cfg.max_side, panel_height=cfg.panel_height, probe_layers=layers)
+                             max_side=cfg.max_side, panel_height=cfg.panel_height, probe_layers=layers,
+                             title=figure_title(path.name, original.name, cfg.finetuned))
         save_png(out / name, fig)
     print(f"wrote {len(images)} figure(s) to {out}")
     return 0
