@@ -104,6 +104,7 @@ def test_browser_shows_the_scene_and_switches_colours(viewer):
     except ModuleNotFoundError:
         need("the playwright Python package is not installed (pip install '.[test]')")
     keep = os.environ.get("FIT3D_VIEW_SCREENSHOTS")
+    last = {}  # the latest screenshot, kept for a look when a check fails
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
         try:
@@ -118,7 +119,7 @@ def test_browser_shows_the_scene_and_switches_colours(viewer):
                 pass
 
             def drawn():
-                png = page.screenshot()
+                png = last["png"] = page.screenshot()
                 a = scene_area(png)
                 # not blank: the splats cover most of the view in many colours
                 n_colours = len(np.unique((a // 8).astype(np.int32).reshape(-1, 3), axis=0))
@@ -131,7 +132,7 @@ def test_browser_shows_the_scene_and_switches_colours(viewer):
             page.get_by_text("Colour: PCA").first.wait_for(timeout=60_000)
 
             def changed():
-                png = page.screenshot()
+                png = last["png"] = page.screenshot()
                 a = scene_area(png)
                 return (png, a) if np.abs(a - rgb).mean() > 8 else None
 
@@ -143,4 +144,7 @@ def test_browser_shows_the_scene_and_switches_colours(viewer):
                 (Path(keep) / "view_rgb.png").write_bytes(rgb_png)
                 (Path(keep) / "view_pca.png").write_bytes(page.screenshot())
         finally:
+            if keep and last:
+                Path(keep).mkdir(parents=True, exist_ok=True)
+                (Path(keep) / "view_last.png").write_bytes(last["png"])
             browser.close()

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
-
-import torch
+from pathlib import Path
 
 
 def make_tiny_dinov2(path, seed: int = 0):
-    """A 2-block, 32-wide DINOv2 with 8-px patches, saved with save_pretrained."""
-    from transformers import Dinov2Config, Dinov2Model
-
-    torch.manual_seed(seed)
-    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=8,
-                       image_size=64)
-    Dinov2Model(cfg).save_pretrained(str(path))
-    return path
+    """A 2-block, 32-wide DINOv2 with 8-px patches, saved with save_pretrained: the one of
+    tests/finetune/conftest.py (loaded by path: conftest modules are not importable by name)."""
+    spec = importlib.util.spec_from_file_location("finetune_conftest_kit",
+                                                  Path(__file__).parents[1] / "finetune" / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.make_tiny_dinov2(path, seed)
 
 
 def fake_finetuned(path, model_dir, backbone="dinov2_small"):
