@@ -55,6 +55,22 @@ def look_at_point(c2w: np.ndarray, points: np.ndarray) -> np.ndarray:
     return t + R[:, 2] * (float(np.median(z)) if len(z) else 1.0)
 
 
+def start_position(c2w: np.ndarray, target: np.ndarray, centers: np.ndarray, opacities: np.ndarray,
+                   covariances: np.ndarray, back: float = 0.5, margin: float = 0.7) -> np.ndarray:
+    """[3] where to open the view: behind camera ``c2w`` (looking at ``target``) by ``back`` of its distance
+    to the target, but at most ``margin`` of the free space behind it (the first Gaussian the backward ray
+    meets), so the view never starts inside a wall."""
+    from fit3d.view.splats import pick_gaussian
+
+    c0 = np.asarray(c2w, np.float64)[:3, 3]
+    d = np.asarray(target, np.float64) - c0
+    dist = back * float(np.linalg.norm(d))
+    hit = pick_gaussian(centers, opacities, covariances, c0, -d, sigmas=3.0)
+    if hit is not None:
+        dist = min(dist, margin * hit[1])
+    return c0 - dist * d / max(float(np.linalg.norm(d)), 1e-12)
+
+
 def frustum_plane_depth(fov: float, aspect: float, scale: float) -> float:
     """Camera-frame depth of the image plane viser draws for a frustum of ``scale``: its client sizes the
     pyramid (tan(fov/2) * aspect, tan(fov/2), 1) to a fixed volume, then multiplies by ``scale``

@@ -15,13 +15,14 @@ from typing import Sequence
 import numpy as np
 
 from fit3d.errors import Fit3DError
-from fit3d.view.cameras import look_at_point, up_direction
+from fit3d.view.cameras import look_at_point, start_position, up_direction
 from fit3d.view.patches import similarity_panel
 from fit3d.view.scenes import ViewScene, click_target
 from fit3d.view.splats import pca_colors, similarity_colors
 
 MODES = ("RGB", "PCA", "Similarity")
 NO_QUERY = np.array([0.6, 0.6, 0.6], np.float32)  # similarity mode before any click
+START_BACK = 0.5  # the view opens this share of the first camera's median depth behind it
 
 
 def import_viser():
@@ -101,7 +102,7 @@ class Viewer:
             h = sc.add_gaussian_splats(f"/scene{i}/splats", centers=sp.centers, covariances=sp.covariances,
                                        rgbs=sp.rgbs, opacities=sp.opacities, visible=i == 0)
             self.splat_handles.append(h)
-            scale = 0.04 * scene_extent(s)
+            scale = 0.025 * scene_extent(s)
             self.frustum_scales.append(scale)
             handles = []
             for j, (fr, thumb) in enumerate(zip(s.frustums, s.thumbnails)):
@@ -113,10 +114,13 @@ class Viewer:
             self.frustum_handles.append(handles)
         self.marker = None
         sc.on_click()(self._on_click)  # one handler: which of splats / camera images the ray hits first
-        if first.c2ws:  # start at the first training camera, looking at what it sees
+        if first.c2ws:  # start behind the first training camera (where its taker stood), looking at what it sees
             cam = self.server.initial_camera
-            cam.position = tuple(first.c2ws[0][:3, 3])
-            cam.look_at = tuple(look_at_point(first.c2ws[0], first.splats.centers))
+            target = look_at_point(first.c2ws[0], first.splats.centers)
+            sp = first.splats
+            cam.position = tuple(start_position(first.c2ws[0], target, sp.centers, sp.opacities, sp.covariances,
+                                                back=START_BACK))
+            cam.look_at = tuple(target)
             cam.fov = float(first.frustums[0].fov)
             if c2ws is not None:
                 cam.up = tuple(float(x) for x in up_direction(c2ws))
