@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def start_viewer(paths, cfg: ViewConfig):
     """Check everything, load the scenes (and models), start the server; returns the running ``Viewer``."""
-    from fit3d.view.scenes import check_finetuned, check_widths, find_lifted, load_view_scene
+    from fit3d.view.scenes import check_finetuned, check_widths, find_lifted, load_view_scene, unique_names
     from fit3d.view.server import Viewer, check_port, import_viser
 
     cfg.validate()
@@ -64,6 +64,7 @@ def start_viewer(paths, cfg: ViewConfig):
 
         manifest = read_manifest(cfg.finetuned)
     scenes = [load_view_scene(d, cfg.max_splats, cfg.seed, cfg.cameras) for d in dirs]
+    unique_names(scenes)
     models = None
     if manifest is not None:
         from fit3d.device import resolve_device

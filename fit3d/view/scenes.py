@@ -88,6 +88,15 @@ def load_view_scene(path, max_splats: int = 0, seed: int = 0, cameras: bool = Tr
     return scene
 
 
+def unique_names(scenes: list[ViewScene]) -> None:
+    """Scenes that share a recorded name (e.g. copies of one lift) are named by their folders too, so the
+    viewer's scene list tells them apart."""
+    names = [s.name for s in scenes]
+    for s in scenes:
+        if names.count(s.name) > 1:
+            s.name = f"{s.name} ({s.path})"
+
+
 def check_finetuned(scenes: list[ViewScene], manifest: dict, finetuned_dir) -> None:
     """``ModelNotFoundError`` when ``finetuned_dir`` (its ``fit3d.json`` ``manifest``) fine-tuned another
     backbone than the one the scenes were lifted with."""

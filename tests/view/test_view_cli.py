@@ -105,3 +105,35 @@ def test_export_writes_a_standard_ply_coloured_by_the_feature_pca(view_lifted, t
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x.ply")]) == 1
     assert "not a finished lifted scene" in capsys.readouterr().err
     torch.testing.assert_close(load_lifted(view_lifted).gaussians.means, lifted.gaussians.means)
+
+
+def test_viewer_of_several_scenes_switches_and_shares_a_basis(view_lifted, tmp_path):
+    """Two scenes: one shown at a time; shared PCA gives one colour per feature across them."""
+    import shutil
+
+    from fit3d.view.cli import ViewConfig, start_viewer
+
+    other = tmp_path / "room2"
+    shutil.copytree(view_lifted, other)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    v = start_viewer([view_lifted, other], ViewConfig(port=port, max_splats=2000))
+    try:
+        assert [s.name for s in v.scenes] == [f"room ({view_lifted})", f"room ({other})"]  # one lift, copied
+        assert len(v.scenes[1].splats) == 2000
+        assert v.splat_handles[0].visible and not v.splat_handles[1].visible
+        v.show_scene(1)
+        assert v.splat_handles[1].visible and not v.splat_handles[0].visible
+        assert not any(fh.visible for fh in v.frustum_handles[0]) and any(fh.visible for fh in v.frustum_handles[1])
+        v.set_mode("PCA")
+        v.set_shared(True)
+        a, b = v.colors(0), v.colors(1)
+        same = np.isin(v.scenes[0].splats.index, v.scenes[1].splats.index)
+        common = np.intersect1d(v.scenes[0].splats.index, v.scenes[1].splats.index)
+        ia = np.searchsorted(v.scenes[0].splats.index, common)
+        ib = np.searchsorted(v.scenes[1].splats.index, common)
+        assert same.any()
+        np.testing.assert_allclose(a[ia], b[ib], atol=1e-6)  # the same Gaussian, the same colour in both
+    finally:
+        v.stop()
