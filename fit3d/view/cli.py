@@ -75,6 +75,9 @@ def start_viewer(paths, cfg: ViewConfig):
         check_widths(scenes, models[1].embed_dim, cfg.finetuned)
     for s in scenes:
         print(f"{s.name}: {s.splats.describe()}, {len(s.frustums)} training cameras ({s.path})")
+    runs = [Path(p) for p in paths if (Path(p) / "finetuned" / "fit3d.json").is_file()]
+    if runs and not cfg.finetuned:
+        print(f"tip: --finetuned {runs[0] / 'finetuned'} adds the original-vs-fine-tuned similarity panel")
     return Viewer(scenes, host=cfg.host, port=cfg.port, models=models, short_side=cfg.short_side,
                   shared_pca=cfg.shared_pca)
 
