@@ -204,7 +204,9 @@ class Viewer:
                 for j, fh in enumerate(self.frustum_handles[k]):
                     fh.visible = k == i and self.cameras_cb.value and (k, j) != self.at_camera
             if self.panel is not None and self.scenes[i].frustums:
+                fr = self.scenes[i].frustums[0]
                 self.image_dd.options = tuple(f.name for f in self.scenes[i].frustums)
+                self.px.max, self.py.max = fr.width - 1, fr.height - 1
         self.refresh()
 
     def click(self, origin, direction):
