@@ -116,7 +116,7 @@ def splat_arrays(gaussians: FeatureGaussians, decoder, max_splats: int = 0, seed
                        w, b, idx, len(gaussians), gain)
 
 
-def fit_feature_pca(scenes: Sequence[SplatArrays], max_fit: int = 50_000, seed: int = 0) -> PCABasis:
+def fit_feature_pca(scenes: Sequence[SplatArrays], max_fit: int = 20_000, seed: int = 0) -> PCABasis:
     """One PCA basis (``fit3d.viz.pca``) of the decoded features of all ``scenes``, fitted on at most
     ``max_fit`` Gaussians drawn evenly from each."""
     rng = np.random.default_rng(seed)
