@@ -18,7 +18,7 @@ from fit3d.errors import Fit3DError
 from fit3d.view.cameras import look_at_point, start_position, up_direction
 from fit3d.view.patches import similarity_panel
 from fit3d.view.scenes import ViewScene, click_target
-from fit3d.view.splats import pca_colors, similarity_colors
+from fit3d.view.splats import basis_colors, fit_feature_pca, similarity_colors
 
 MODES = ("RGB", "PCA", "Similarity")
 NO_QUERY = np.array([0.6, 0.6, 0.6], np.float32)  # similarity mode before any click
@@ -70,7 +70,7 @@ class Viewer:
         self.current = 0
         self.at_camera = (0, 0)  # (scene, camera) the view stands at: its frustum is hidden (it fills the view)
         self.lock = threading.RLock()
-        self._pca: dict[bool, list[np.ndarray]] = {}
+        self._pca: dict = {}  # PCA bases: "shared", or a scene's index
         self._feats: dict[tuple[int, int], tuple] = {}
         self.server = viser.ViserServer(host=host, port=port, verbose=False, label="fit3d view")
         if self.server.get_port() != port:  # a race with another program since check_port
@@ -166,10 +166,11 @@ class Viewer:
     def colors(self, i: int) -> np.ndarray:
         """[N, 3] colours of scene ``i`` in the current mode."""
         sp = self.scenes[i].splats
-        if self.mode == "PCA":
-            if self.shared not in self._pca:
-                self._pca[self.shared] = pca_colors([s.splats for s in self.scenes], shared=self.shared)
-            return self._pca[self.shared][i]
+        if self.mode == "PCA":  # bases fitted when first needed: the shown scene's, or the shared one
+            key = "shared" if self.shared else i
+            if key not in self._pca:
+                self._pca[key] = fit_feature_pca([s.splats for s in self.scenes] if self.shared else [sp])
+            return basis_colors(self._pca[key], sp)
         if self.mode == "Similarity":
             if self.query is None:
                 return np.broadcast_to(NO_QUERY, sp.rgbs.shape)
