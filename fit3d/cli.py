@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("fit3d.pipeline", "lift + finetune + probe in one command"),
     "demo": ("fit3d.demo", "The whole method end to end on embedded synthetic indoor scenes"),
     "compare": ("fit3d.compare", "PCA pictures of original vs fine-tuned features for any images"),
+    "view": ("fit3d.view.cli", "Look at lifted scenes in the browser: splats, feature PCA, similarity, cameras"),
+    "export": ("fit3d.view.export", "Write a lifted scene as a standard 3DGS PLY coloured by its feature PCA"),
     "generate": ("fit3d.data.synthetic.cli", "Generate synthetic indoor scenes (posed RGB, depth, labels)"),
     "backbones": ("fit3d.models.cli", "List the registered 2D backbones"),
 }

@@ -1,5 +1,5 @@
 """The package reads as the method: data -> models -> splat -> lift -> finetune -> probe, with viz (pictures,
-above data only) below them and cli / pipeline / demo / compare on top. No import runs upward (function-local
+above data only) below them and cli / pipeline / demo / compare / view on top. No import runs upward (function-local
 imports included) and no imports form a cycle."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ LAYERS = {
     "lift": 7,
     "finetune": 8,
     "probe": 9,
-    "pipeline": 10, "compare": 10, "demo": 11, "__init__": 12, "cli": 13, "__main__": 14,
+    "pipeline": 10, "compare": 10, "demo": 11, "view": 11, "__init__": 12, "cli": 13, "__main__": 14,
 }
 
 

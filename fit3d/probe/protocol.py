@@ -210,13 +210,14 @@ def _corr(cfg: ProbeConfig, test: Split, test_data: ProbeData, feats_test: dict,
             for e in examples[label]:
                 e["queries"], e["pred"] = e["queries"] * k, e["pred"] * k
         return results, examples
-    from fit3d.probe.corr import evaluate_correspondence
+    from fit3d.probe.corr import evaluate_correspondence, scene_of
 
     frames_n = [frame_number(n) for n in test.data.names]
     for label, ft in feats_test.items():
         r, ex = evaluate_correspondence(ft.patch, test.views, frames_n, ft.patch_size, cfg.gaps,
                                         cfg.rot_edges or [0.0, 10.0, 20.0, 40.0], depth_tol=cfg.depth_tol,
-                                        keep_examples=max(cfg.figure, 1))
+                                        keep_examples=max(cfg.figure, 1),
+                                        groups=[scene_of(n) for n in test.data.names])
         for e in ex:
             e["patch"] = r["patch_px"]
         results[label], examples[label] = r, ex
