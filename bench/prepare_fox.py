@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fit3d.config import add_arguments, from_args  # noqa: E402
+from fit3d.guard import clear_output, guard_output  # noqa: E402
 from fit3d.data.readers import read_scene  # noqa: E402
 from fit3d.paths import shared_dir  # noqa: E402
 from fit3d.prepare import PrepareConfig, prepare_scene  # noqa: E402
@@ -53,13 +53,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--images", default=str(fox / "images"), help="the photo folder prepared")
     ap.add_argument("--reference", default=str(fox / "transforms.json"), help="the given poses (scoring only)")
-    ap.add_argument("--out", default="/tmp/fit3d-bench-prepare/fox", help="work folder (replaced)")
+    ap.add_argument("--out", default="/tmp/fit3d-bench-prepare/fox", help="work folder (its earlier fit3d results are replaced)")
     add_arguments(ap, PrepareConfig)
     args = ap.parse_args()
     cfg = from_args(PrepareConfig, args, base=PrepareConfig(threads=2, progress=False))
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
+    guard_output(out, [args.images, args.reference], command="bench/prepare_fox.py")  # before any work, locked
+    clear_output(out)  # only ever fit3d's own earlier results
     t0 = time.perf_counter()
     rec = prepare_scene(args.images, out / "scene", cfg)
     wall = time.perf_counter() - t0

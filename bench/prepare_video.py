@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fit3d.config import add_arguments, from_args  # noqa: E402
+from fit3d.guard import clear_output, guard_output  # noqa: E402
 from fit3d.data.readers import frame_number  # noqa: E402
 from fit3d.paths import shared_dir  # noqa: E402
 from fit3d.prepare import PrepareConfig, prepare_scene  # noqa: E402
@@ -44,16 +44,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scenes", nargs="+", default=["icl-livingroom1", "7scenes-redkitchen"], choices=sorted(FRAMES))
     ap.add_argument("--size", nargs=2, type=int, default=[320, 240], metavar=("W", "H"), help="video frame size")
-    ap.add_argument("--out", default="/tmp/fit3d-bench-prepare/video", help="work folder (replaced)")
+    ap.add_argument("--out", default="/tmp/fit3d-bench-prepare/video", help="work folder (its earlier fit3d results are replaced)")
     add_arguments(ap, PrepareConfig)
     args = ap.parse_args()
     size = tuple(args.size)
     base = PrepareConfig(max_frames=30, sift_max_size=max(size), threads=2, progress=False)
     cfg = from_args(PrepareConfig, args, base=base)
     out = Path(args.out)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    guard_output(out, [shared_dir() / "data" / n for n in args.scenes], command="bench/prepare_video.py")  # before any work, locked
+    clear_output(out)  # only ever fit3d's own earlier results
+    out.mkdir(parents=True, exist_ok=True)
     cols = {}
     for name in args.scenes:
         folder = shared_dir() / "data" / name

@@ -38,7 +38,7 @@ MARKER = ".fit3d-output.json"
 LOCK_FILE = ".fit3d.lock"
 # Files only fit3d writes (records, checkpoints): a folder holding one is fit3d's output.
 RECORDS = (MARKER, "lift.json", "fit3d.json", "probe.json", "results.json", "rooms.json", "synthetic.json",
-           "checkpoint.safetensors")
+           "checkpoint.safetensors", "prepare.json")
 _OWN_HIDDEN = (LOCK_FILE, MARKER)
 
 

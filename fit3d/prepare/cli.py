@@ -11,6 +11,7 @@ import sys
 
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
+from fit3d.guard import guard_output
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from fit3d.prepare.stage import prepare_scene, summary_line
 
     cfg = from_args(PrepareConfig, args)
+    cfg.validate()
+    guard_output(args.out, [args.input], command="prepare")  # before any work: never into the input, locked
     record = prepare_scene(args.input, args.out, cfg, overwrite=args.overwrite)
     if record.get("reused"):
         print(f"{args.out}: already prepared from {args.input} with the same settings, skipping")

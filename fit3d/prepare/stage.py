@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fit3d.errors import SceneError
+from fit3d.guard import LOCK_FILE, MARKER
 from fit3d.io import atomic_dir, read_json_dict, write_json
 import fit3d.prepare.photos as photo_io
 import fit3d.prepare.sfm as sfm
@@ -70,13 +71,15 @@ def recorded_settings(src: Path, kind: str, cfg: PrepareConfig) -> dict:
 
 
 def check_output(src: Path, out: Path) -> None:
-    """The output may neither be the input nor hold it (a rerun replaces parts of the output)."""
+    """The output may neither be the input nor hold it (a rerun replaces parts of the output); an existing
+    folder must be empty (the output guard's marker and lock aside) or an earlier ``fit3d prepare`` output."""
     s, o = src.resolve(), out.resolve()
     if o == s or o in s.parents:
         raise SceneError(f"--out {out}: the output folder would hold the input {src}; choose another --out")
     if out.exists() and not out.is_dir():
         raise SceneError(f"--out {out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / WORK / _SETTINGS).is_file():
+    held = [e for e in out.iterdir() if e.name not in (MARKER, LOCK_FILE)] if out.is_dir() else []
+    if held and not (out / WORK / _SETTINGS).is_file():
         raise SceneError(f"--out {out}: the folder exists, holds files and is not a fit3d prepare output "
                          f"(no {WORK}/{_SETTINGS}); choose another --out")
 

@@ -109,6 +109,11 @@ def test_partial_reconstruction_is_reported_and_resumes(icl_path, tmp_path, caps
     assert again["dropped"] == rec["dropped"] and again["points"] == rec["points"]
     assert again["timings"]["mapping"]["cpu_s"] < 1.0
 
-    other = prepare_scene(photos, out, PrepareConfig(**{**FAST, "max_features": 512}), overwrite=True)
-    assert other["settings"]["max_features"] == 512 and other["registered"] == 10
+    # the command line (output guard: marker, lock): --overwrite swaps a new scene in, a rerun reuses it
+    cli = ["prepare", str(photos), "--out", str(out), "--sift-max-size", "320", "--threads", "2", "--no-progress"]
+    capsys.readouterr()
+    assert main([*cli, "--max-features", "512", "--overwrite"]) == 0
+    assert "10/12 images registered" in capsys.readouterr().out
     assert not (tmp_path / ".scene.new").exists() and read_scene(out, resolution=(80, 60)).points is not None
+    assert main([*cli, "--max-features", "512"]) == 0
+    assert "already prepared" in capsys.readouterr().out

@@ -108,7 +108,7 @@ def _write_cases(tmp_path):
     return {"a file in the way": (f, "a file is in the way"), "parent is a file": (f / "sub", "is a file")}
 
 
-COMMANDS = ["lift", "finetune", "compare", "generate", "probe", "pipeline", "demo"]
+COMMANDS = ["lift", "finetune", "compare", "generate", "probe", "pipeline", "demo", "prepare"]
 
 
 def _argv(command, out, scene_dir, lifted, finetuned, tiny_dino):
@@ -120,6 +120,7 @@ def _argv(command, out, scene_dir, lifted, finetuned, tiny_dino):
         "probe": ["probe", "--task", "depth", "--data", scene_dir, "--out", out, "--model-path", tiny_dino],
         "pipeline": ["pipeline", scene_dir, "--out", out, "--model-path", tiny_dino, "--device", "cpu"],
         "demo": ["demo", "--out", out, "--model-path", tiny_dino, "--device", "cpu"],
+        "prepare": ["prepare", scene_dir, "--out", out],
     }[command]
 
 
