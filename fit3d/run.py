@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fit3d.device import resolve_device
+from fit3d.config import check_counts, check_reals, check_size, option_error  # noqa: F401 (moved to fit3d.config)
+from fit3d.device import check_device  # noqa: F401 (moved to fit3d.device)
 from fit3d.errors import Fit3DError
 from fit3d.io import atomic_path
 
@@ -188,9 +189,10 @@ def restore_rng(st: dict) -> None:
 # ----------------------------------------------------------------------------------------- resume rule
 def result_settings(cfg: Any) -> dict:
     """``{field: value}`` of every field of dataclass ``cfg`` that determines its result (all but those
-    declared ``metadata={"volatile": True}``: progress bars, checkpoint periods, devices, ...)."""
-    return {f.name: as_recorded(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-            if not f.metadata.get("volatile", False)}
+    declared ``metadata={"volatile": True}``: progress bars, checkpoint periods, devices, ...); a nested
+    config is a dict by the same rule."""
+    return {f.name: result_settings(v) if dataclasses.is_dataclass(v := getattr(cfg, f.name)) else as_recorded(v)
+            for f in dataclasses.fields(cfg) if not f.metadata.get("volatile", False)}
 
 
 def as_recorded(v: Any) -> Any:
@@ -292,11 +294,18 @@ def commit_staged(staged: str | os.PathLike, out: str | os.PathLike) -> None:
     """Swap the complete ``staged`` folder in as ``out``; the old ``out`` is removed only afterwards."""
     staged, out = Path(staged), Path(out)
     old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staged, out)
+    try:
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staged, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # the previous result goes back
+        from fit3d.io import write_error
+
+        raise write_error(out, e) from None
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
@@ -309,50 +318,38 @@ def recover_staged(out: str | os.PathLike) -> None:
         os.replace(old, out)
 
 
-# ----------------------------------------------------------------------------------------- validation
-def option_error(cfg: Any, name: str, expected: str) -> Fit3DError:
-    """The error for field ``name`` of config ``cfg``, naming the field and its CLI option."""
-    flag = "--" + name.replace("_", "-")
-    return Fit3DError(f"{flag} ({type(cfg).__name__}.{name}) = {getattr(cfg, name)!r}: {expected}")
+# ----------------------------------------------------------------------------------------- workers
+def workers_can_spawn(start_method: str) -> tuple[bool, str]:
+    """(can worker processes started with ``start_method`` run here, why not). ``spawn`` / ``forkserver``
+    children re-import the main module as ``__mp_main__``: a script whose top level does the work without an
+    ``if __name__ == "__main__":`` guard (the README's snippet saved as a file) would run again in every child
+    and die there. Safe: ``fork``; an interactive session; ``python -m pkg`` (a package's ``__main__`` is not
+    re-imported); a main module with the guard (the ``fit3d`` command, pytest, torchrun)."""
+    import ast
+    import sys
 
+    if start_method == "fork":
+        return True, ""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return True, ""
+    path = getattr(spec, "origin", None) if spec is not None else getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return True, ""  # interactive, or nothing spawn would re-run
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False, f"{path} could not be read to look for its main guard"
 
-def check_counts(cfg: Any, at_least: dict[str, int]) -> None:
-    """Every field in ``at_least`` is an int (or None where the field allows it) >= its bound."""
-    for name, low in at_least.items():
-        v = getattr(cfg, name)
-        if v is None and _allows_none(cfg, name):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise option_error(cfg, name, f"must be an integer >= {low}")
+    def is_guard(node) -> bool:
+        if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+            return False
+        parts = [node.test.left, *node.test.comparators]
+        return (any(isinstance(p, ast.Name) and p.id == "__name__" for p in parts)
+                and any(isinstance(p, ast.Constant) and p.value == "__main__" for p in parts))
 
-
-def check_reals(cfg: Any, ranges: dict[str, tuple[float, float]]) -> None:
-    """Every field in ``ranges`` is a finite number within ``[low, high]`` (None allowed where the field allows it)."""
-    for name, (low, high) in ranges.items():
-        v = getattr(cfg, name)
-        if v is None and _allows_none(cfg, name):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v) \
-                or not low <= v <= high:
-            raise option_error(cfg, name, f"must be a finite number in [{low:g}, {high:g}]")
-
-
-def _allows_none(cfg: Any, name: str) -> bool:
-    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
-    return f.default is None or "None" in str(f.type)
-
-
-def check_size(cfg: Any, name: str) -> None:
-    """Field ``name`` is None or two positive integers (W H)."""
-    v = getattr(cfg, name)
-    if v is None:
-        return
-    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
-            isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0 for x in v):
-        raise option_error(cfg, name, "must be two positive integers W H")
-
-
-def check_device(name: str | None, option: str = "--device") -> None:
-    """``None`` / "auto" or a device this machine has (``cuda`` without a GPU and ``cuda:7`` on a
-    one-GPU machine are errors naming ``option``): ``fit3d.device.resolve_device``'s rule."""
-    resolve_device(name, local_rank=0, option=option)
+    if any(is_guard(n) for n in tree.body):
+        return True, ""
+    return False, (f"the main script {path} has no `if __name__ == \"__main__\":` guard, and {start_method}ed "
+                   f"workers re-import it (they would run the script again)")

@@ -4,6 +4,7 @@ points in the frusta) and the raw 3DGS parameters built from them."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -24,6 +25,14 @@ def camera_extent(c2ws: np.ndarray) -> float:
     """3DGS's scene radius: 1.1 x the largest camera-centre distance from their mean. c2ws [V, 4, 4]."""
     c = c2ws[:, :3, 3]
     return float(1.1 * np.linalg.norm(c - c.mean(0), axis=1).max())
+
+
+def scene_extent(train_views, points: np.ndarray) -> float:
+    """The scale of the xyz learning rate and the split threshold: ``camera_extent`` of the training views,
+    floored at a tenth of the initial points' [P, 3] bounding-box diagonal (cameras that barely move give a
+    near-zero radius) and at 1e-3."""
+    return max(camera_extent(np.stack([v.c2w for v in train_views])),
+               0.1 * float(np.linalg.norm(points.max(0) - points.min(0))), 1e-3)
 
 
 def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +86,9 @@ def initial_points(views, points, points_rgb, cfg: LiftConfig,
     if len(pts) == 0:  # last resort: uniform in the training frusta between 0.1 and 2 x extent deep
         source = "random"
         n = cfg.init_points
+        warnings.warn(f"the scene has no depth (no depth files, or every depth value 0) and no 3D points: Stage 1 "
+                      f"starts from {n} random points in the training views' frusta (init: random); geometry and "
+                      f"held-out quality suffer, give depth or COLMAP points where you can", stacklevel=2)
         ext = max(camera_extent(np.stack([v.c2w for v in views])), 1.0)
         vi = rng.integers(0, len(views), n)
         pts = np.empty((n, 3), np.float32)
@@ -121,3 +133,10 @@ def as_gaussians(params: dict, sh_degree: int) -> FeatureGaussians:
     """The ``FeatureGaussians`` view of a raw parameter dict (``init_params``' keys)."""
     return FeatureGaussians(params["means"], params["quats"], params["log_scales"], params["opacity_logits"],
                             torch.cat([params["sh_dc"], params["sh_rest"]], 1), params["features"], sh_degree=sh_degree)
+
+
+def raster_geometry(params: dict) -> tuple:
+    """(means [N, 3], quats [N, 4], scales [N, 3], opacities [N]) of a raw parameter dict, detached and
+    activated as ``rasterize`` / ``fit3d.splat.fixed_views.FixedViews`` take them."""
+    return (params["means"].detach(), params["quats"].detach(), params["log_scales"].detach().exp(),
+            torch.sigmoid(params["opacity_logits"].detach()))

@@ -10,13 +10,12 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from tqdm import tqdm
-
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.errors import Fit3DError
-from fit3d.io import clean_stale_temps, read_json
-from fit3d.data.synthetic import SyntheticSceneConfig, generate_scene, write_scene
+from fit3d.guard import guard_output
+from fit3d.data.synthetic.config import SyntheticSceneConfig
+from fit3d.data.synthetic.scenes import check_same, generate_scenes, scene_dir
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,39 +25,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, SyntheticSceneConfig)
 
 
-def scene_dir(out: Path, seed: int) -> Path:
-    return Path(out) / f"synthetic_{seed:04d}"
-
-
-def _done(path: Path, cfg: SyntheticSceneConfig) -> bool:
-    meta = path / "synthetic.json"
-    try:
-        d = read_json(meta) if meta.is_file() else None
-    except Fit3DError:  # a corrupt record: regenerate the scene
-        return False
-    return isinstance(d, dict) and d.get("config") == dataclasses.asdict(cfg)
-
-
-def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overwrite: bool = False,
-                    progress: bool = True) -> list[Path]:
-    """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders."""
-    paths = []
-    clean_stale_temps(out)  # scenes a kill interrupted mid-write
-    bar = tqdm(range(num_scenes), desc="generate", unit="scene", disable=not progress)
-    for k in bar:
-        scfg = dataclasses.replace(cfg, seed=cfg.seed + k)
-        path = scene_dir(out, scfg.seed)
-        bar.set_postfix_str(path.name)
-        if overwrite or not _done(path, scfg):
-            write_scene(generate_scene(scfg, name=path.name), path)
-        paths.append(path)
-    return paths
-
-
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(SyntheticSceneConfig, args)
+    cfg.validate()
     if args.num_scenes < 1:
         raise Fit3DError(f"--num-scenes must be at least 1, got {args.num_scenes}")
+    guard_output(args.out, command="generate",
+                 replaces=[scene_dir(args.out, cfg.seed + k) for k in range(args.num_scenes)])
+    if not args.overwrite:  # a finished scene made with other settings is the user's work: refuse, naming them
+        for k in range(args.num_scenes):
+            check_same(scene_dir(args.out, cfg.seed + k), dataclasses.replace(cfg, seed=cfg.seed + k))
     paths = generate_scenes(args.out, args.num_scenes, cfg, overwrite=args.overwrite)
     print(f"wrote {len(paths)} scene(s) of {cfg.num_views} views at {cfg.width}x{cfg.height} to {args.out}")
     return 0
