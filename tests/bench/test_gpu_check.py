@@ -19,6 +19,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA the
 def load_script():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_check"] = mod  # its dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
