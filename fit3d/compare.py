@@ -38,16 +38,19 @@ from fit3d.device import resolve_device
 from fit3d.errors import ModelNotFoundError, NonFiniteError, SceneError
 from fit3d.finetune.assembled import load_finetuned, read_manifest
 from fit3d.guard import guard_output, model_inputs
+from fit3d.io import write_json
 from fit3d.models import ConcatFeatures, load_backbone
 from fit3d.probe.corr_figure import correspondence_figure
 from fit3d.probe.features import extract_features
 from fit3d.probe.heads import HEADS_DIR, load_head
 from fit3d.probe.sources import KINDS as FEATURE_SOURCES
+from fit3d.run import check_rerun, result_settings
 from fit3d.config import check_counts, check_memory, vit_bytes
 from fit3d.device import check_device
 from fit3d.viz.images import read_image, save_png, titled, to_uint8
 from fit3d.viz.panels import comparison_figure
 
+RECORD = "compare.json"  # the settings the figures in --out were made with (a rerun with others is refused)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -69,7 +72,9 @@ class CompareConfig:
                                                      "one of its view pairs (original vs fine-tuned matches)"})
     pair: list[str] = field(default_factory=list, metadata={"help": "--scene: the two view names of the pair "
                                                                      "(default: the most rotated overlapping pair)"})
-    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N"})
+    device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
+    overwrite: bool = field(default=False, metadata={"volatile": True,
+        "help": "replace earlier figures in --out made with other settings (without it such a rerun is refused)"})
 
     def validate(self) -> None:
         """``Fit3DError`` naming the option for a value out of range (before any model loads)."""
@@ -321,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
     images = find_images(args.images)
     guard_output(cfg.out, [*args.images, cfg.finetuned, *cfg.depth_probe, *([cfg.scene] if cfg.scene else []),
                           *model_inputs(cfg.model_path)], command="compare")
+    settings = result_settings(cfg)
+    check_rerun(Path(cfg.out) / RECORD, settings, "earlier comparison", overwrite=cfg.overwrite)
     pair_views = scene_pair(cfg.scene, cfg.pair) if cfg.scene else None  # read and checked before the models
     original, finetuned = load_models(cfg)
     if pair_views is not None:
@@ -344,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
                              max_side=cfg.max_side, panel_height=cfg.panel_height, probe_layers=layers,
                              title=figure_title(path.name, original.name, cfg.finetuned))
         save_png(out / name, fig)
+    write_json(out / RECORD, {"settings": settings, "images": [str(p) for p in images]})
     if images:
         print(f"wrote {len(images)} figure(s) to {out}")
     return 0

@@ -219,6 +219,23 @@ def check_resume(recorded: dict | None, current: dict, what: str, path, how: str
         raise SettingsMismatch(f"{path}: {what} was made with other settings ({'; '.join(diff[:8])}{more}); {how}")
 
 
+def check_rerun(record: str | os.PathLike, settings: dict, what: str, overwrite: bool = False,
+                key: str = "settings") -> None:
+    """Before a command that replaces its earlier result (``fit3d probe``, ``fit3d compare``) starts: when
+    ``record`` (that result's JSON, holding the settings under ``key``) was written with other ``settings``,
+    :class:`SettingsMismatch` naming them, unless ``overwrite``. A rerun with the same settings, or into a
+    folder without the record, proceeds."""
+    record = Path(record)
+    if overwrite or not record.is_file():
+        return
+    try:
+        recorded = json.loads(record.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # unreadable: it is not known what made it
+    check_resume(recorded, settings, what, record.parent,
+                 "rerun with --overwrite to replace it, or choose another --out")
+
+
 _MISSING = object()
 
 

@@ -103,10 +103,19 @@ def test_compare_cli_on_a_finetuned_folder(ft_dir, photo, tmp_path):
     out = tmp_path / "out"
     assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
                  "--short-side", "56", "--panel-height", "120"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == [".fit3d-output.json", "photo.png", "small.png"]  # + the guard's marker
+    # + the guard's marker and the settings record
+    assert sorted(p.name for p in out.iterdir()) == [".fit3d-output.json", "compare.json", "photo.png", "small.png"]
     fig = read_image(out / "photo.png")
     assert fig.shape[0] > 120 and fig.shape[1] > 3 * 80
     assert main(["compare", str(tmp_path / "missing.png"), "--finetuned", str(ft_dir), "--out", str(out)]) == 1
+    # issue 22: other settings into the same --out are refused before any work, naming them; --overwrite replaces
+    before = (out / "photo.png").read_bytes()
+    assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
+                 "--short-side", "70", "--panel-height", "120"]) == 1
+    assert (out / "photo.png").read_bytes() == before
+    assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
+                 "--short-side", "70", "--panel-height", "120", "--overwrite"]) == 0
+    assert (out / "photo.png").read_bytes() != before
 
 
 def test_depth_probes_read_the_features_the_probe_trained_on(backbones, photo):

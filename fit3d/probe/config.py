@@ -88,6 +88,8 @@ class ProbeConfig:
         "help": "corr probe3d: use every this-many-th valid-depth pixel of the quarter-resolution views (1 = all)"})
     figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
+    overwrite: bool = field(default=False, metadata={"volatile": True,
+        "help": "replace an earlier probe in --out made with other settings (without it such a rerun is refused)"})
     extract_batch: int = field(default=8, metadata={"help": "images per backbone forward"})
 
     @property

@@ -31,6 +31,7 @@ from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
 from fit3d.probe.features import CachedFeatures, FeatureCache, extract_features
 from fit3d.probe.sources import FeatureSource, check_sources, source_identity
 from fit3d.probe.seg import SegSettings
+from fit3d.run import result_settings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
 
@@ -177,7 +178,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
                     n_train=len(train.images) if train else 0, n_test=len(test.images), n_val=val_n,
                     dataset=meta.meta.get("dataset"), num_classes=meta.num_classes,
                     sources=[{"label": s.label, **asdict(s), "identity": source_identity(s)} for s in srcs])
-    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads},
+    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads, "config": result_settings(cfg)},
                                 command, corr_protocol=cfg.protocol)
     if cfg.figure:
         _figure(out / "figure.png", cfg, test, preds, examples, meta)
