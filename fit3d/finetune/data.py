@@ -19,6 +19,7 @@ One item (``RenderedViews[i]``)::
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,6 +300,27 @@ class RenderedViews(Dataset):
             image = image.flip(-1)
             grids = {k: t.flip(-1) for k, t in grids.items()}
         return {"image": image, **grids, "scene": self.entries[index][0], "index": index, "flip": flip}
+
+
+# Cores below which render workers are not started: on 2 cores a worker's rendering competes with the
+# training threads and the step gets slower than rendering inline (bench/finetune.py, docs/speed.md).
+MIN_CORES_FOR_A_WORKER = 4
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask: what a container or taskset allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def render_workers(workers: int | None) -> int:
+    """Render workers to start: ``workers`` when given, else 0 (render inline) below
+    ``MIN_CORES_FOR_A_WORKER`` cores and 1 from there."""
+    if workers is not None:
+        return int(workers)
+    return 0 if available_cores() < MIN_CORES_FOR_A_WORKER else 1
 
 
 def worker_init(worker_id: int, threads: int = 1) -> None:

@@ -41,9 +41,10 @@ from fit3d.config import to_dict
 from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.adapters import add_lora, merge_lora
+from fit3d.finetune.anchor import AnchorReference
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
-                                 scene_memory)
+                                 render_workers, scene_memory)
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 from fit3d.models import load_backbone
@@ -371,6 +372,7 @@ class _Run:
     peft_model: object | None        # the PeftModel wrapping bb.model (adapter=lora), merged before saving
     original: object | None          # the frozen original (anchor reference; held-out baseline)
     mem: object
+    anchor_ref: object | None = None  # AnchorReference: the original's tokens, reusing the frozen prefix
     step: int = 0
     epoch: int = 0
     consumed: int = 0                # samples of the current epoch already seen
@@ -385,8 +387,8 @@ class _Run:
 
     @property
     def anchor(self) -> tuple | None:
-        return ((self.original, self.cfg.anchor_weight, self.cfg.anchor_at, self.cfg.anchor_spread)
-                if self.original is not None else None)
+        return ((self.anchor_ref or self.original, self.cfg.anchor_weight, self.cfg.anchor_at,
+                 self.cfg.anchor_spread) if self.original is not None else None)
 
 
 def _load_original(cfg: FinetuneConfig, device):
@@ -416,8 +418,10 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     params, n_frozen, peft_model = build_trainable(bb, cfg)
     original = _load_original(cfg, device) if cfg.anchor_weight > 0 else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchor_ref = AnchorReference(original, bb, transformer_blocks) if original is not None and peft_model is None \
+        else None
     return _Run(cfg, out, di, device, settings, bb, scenes, views, sampler, total, params, opt, n_frozen,
-                peft_model, original, mem)
+                peft_model, original, mem, anchor_ref)
 
 
 def _resume(run: _Run) -> None:
@@ -466,12 +470,12 @@ def _stop_requested(run: _Run, interrupt: Interrupt) -> bool:
 def _make_loader(run: _Run) -> DataLoader:
     """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
     and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
-    cfg = run.cfg
-    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=cfg.workers,
-                      worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
-                      prefetch_factor=cfg.prefetch if cfg.workers else None,
-                      persistent_workers=cfg.workers > 0,
-                      multiprocessing_context=cfg.worker_start if cfg.workers else None,
+    cfg, workers = run.cfg, render_workers(run.cfg.workers)
+    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
+                      worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
+                      prefetch_factor=cfg.prefetch if workers else None,
+                      persistent_workers=workers > 0,
+                      multiprocessing_context=cfg.worker_start if workers else None,
                       pin_memory=run.device.type == "cuda", drop_last=False)
 
 
@@ -545,6 +549,8 @@ def _train(run: _Run, interrupt: Interrupt) -> None:
         if run.consumed >= run.sampler.num_samples:
             run.epoch, run.consumed = run.epoch + 1, 0
     bar.close()
+    if run.anchor_ref is not None:
+        run.anchor_ref.close()
     del loader  # stops the workers
     del module  # drop DDP (and its hold on the process group) before the group is destroyed
 
