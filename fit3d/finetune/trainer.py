@@ -24,6 +24,7 @@ import gc
 import logging
 import math
 import random
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ MODEL_DIR = "model"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 OLD_CHECKPOINT_FILE = "checkpoint.pt"  # pickled (fit3d < this version): never loaded
 LOSSES_FILE = "losses.json"
+SCENE_CACHE_DIR = "scene_columns"  # the lifted scenes' Gaussians as mapped columns (fit3d.finetune.store), while running
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -402,7 +404,7 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     seed_everything(cfg.seed)
     bb = load_backbone(cfg.backbone, model_path=cfg.model_path, device=str(device))
     bb.train()
-    scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone)
+    scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone, cache_dir=out / SCENE_CACHE_DIR)
     mem = scene_memory(scenes)
     if di.is_main:
         log.info("%s", mem)
@@ -412,7 +414,10 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
                           with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread")
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
-    sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed)
+    sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed,
+                               groups=[si for si, _ in views.entries])
+    for si in sorted({views.entries[i][0] for i in (sampler.shard or range(len(views)))}):
+        scenes[si].ensure_columns()  # this rank's scenes as mapped columns, once (before any render worker starts)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
     params, n_frozen, peft_model = build_trainable(bb, cfg)
@@ -605,6 +610,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     }
     write_json(out / MANIFEST_FILE, manifest)
     run.ckpt_path.unlink(missing_ok=True)
+    shutil.rmtree(out / SCENE_CACHE_DIR, ignore_errors=True)  # the columnar copies: made again if ever needed
     return manifest
 
 
