@@ -13,6 +13,7 @@ override them only when given).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from fit3d.probe import sources as sources_mod  # module attribute: tests swap r
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
-from fit3d.probe.features import CachedFeatures, FeatureCache, extract_features
+from fit3d.probe.features import CachedFeatures, FeatureCache, concat_features, extract_features
 from fit3d.probe.sources import FeatureSource
 from fit3d.probe.seg import SegSettings
 
@@ -106,6 +107,11 @@ def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.T
 
 
 def _features(src, split: Split, set_name: str, res, cache: FeatureCache, models: _Models, cfg) -> CachedFeatures:
+    if src.kind == "concat":  # the original's and the fine-tuned model's features, each computed once per run
+        o, f = (_features(dataclasses.replace(src, kind=k), split, set_name, res, cache, models, cfg)
+                for k in ("original", "finetuned"))
+        return concat_features(o, f, len(src.layers) if src.layers else 1)
+
     def compute():
         model = models.get(src)
         t0 = time.perf_counter()
