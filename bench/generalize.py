@@ -308,8 +308,11 @@ class OriginalStats:
 
     def __init__(self, root: Path, cfg: GeneralizeConfig, source_key: str):
         self.root, self.source_key = root / "original_stats", source_key
+        from fit3d.probe.seg import SegSettings
+
         self.settings = {k: getattr(cfg, k) for k in ("probe_iterations", "seeds", "probe_resolution", "max_items",
                                                       "room_views", "room_size", "gaps")}
+        self.settings["seg_label_stride"] = SegSettings.label_stride  # heads trained otherwise are not reused
 
     def path(self, name: str, train_names, test_names) -> Path:
         import hashlib
