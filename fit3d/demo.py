@@ -75,15 +75,12 @@ class DemoConfig:
         "help": "also train the probe heads on concat(original, original): the width control of concat"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples of the test images"})
     lift: LiftConfig = field(default_factory=lambda: LiftConfig(
-        method="solve", feature_size=224, solve_geometry_iterations=0, solve_view_stride=1, solve_cg_iterations=24,
-        solve_cg_tol=0.05, solve_cg_ridge=1e-3, solve_ridge_select=False, solve_decoder_kernel=5,
-        solve_decoder_stride=1), metadata={
+        method="solve", solve_geometry_iterations=0, solve_view_stride=1, solve_cg_iterations=24, solve_cg_tol=0.05,
+        solve_cg_ridge=1e-3, solve_ridge_select=False, solve_decoder_kernel=5, solve_decoder_stride=1), metadata={
         "inherit": SHARED, "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
                                    "unchanged), every training view in the least-squares passes (cosine 0.88 vs 0.84 "
                                    "with every 4th; optimize with 500 iterations: 0.89 in 20x the time; "
-                                   "docs/demo/lift-choice.md); targets from the rooms' own 224 px images (FiT3D: "
-                                   "the backbone sees the image at its size; 448 upsampled them 2x for 4x the "
-                                   "DINOv2 cost, docs/speed.md); CG and decoder as when the demo's numbers were "
+                                   "docs/demo/lift-choice.md); CG and decoder as when the demo's numbers were "
                                    "measured (before the solve's defaults moved to CG to tol 0.01, a selected ridge "
                                    "and a 7x7 decoder)"})
     finetune: FinetuneConfig = field(default_factory=lambda: from_recipe(DEFAULT_RECIPE), metadata={
