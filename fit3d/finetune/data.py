@@ -36,6 +36,7 @@ from fit3d.finetune.config import TARGET_AT
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
 from fit3d.finetune.store import SceneRef, decoder_bytes, scene_refs
+from fit3d.resize import interp_matrix, resize
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,18 @@ def decode_to_grid(decoder: FeatureDecoder, feats: Tensor, size: tuple[int, int]
             or conv.groups != 1 or conv.padding_mode != "zeros" or 2 * p != k - 1:
         return F.interpolate(decoder(feats), size=size, mode="bilinear", align_corners=False)
     B, f, H, W = feats.shape
-    padded = F.pad(feats, (p, p, p, p))
-    shifted = torch.stack([F.interpolate(padded[:, :, dy:dy + H, dx:dx + W], size=size, mode="bilinear",
-                                         align_corners=False)
-                           for dy in range(k) for dx in range(k)], dim=2)  # [B, f, k*k, h, w]
+    h, w = size
+    # The resize of the window shifted by (dy, dx) is R_dy @ padded @ C_dx^T, with the bilinear matrices R
+    # [h, H] and C [w, W] placed at row / column offset dy / dx of the padded map: all k*k windows come
+    # from two matmuls with the stacked matrices (no padded copy resized k*k times).
+    R, C = interp_matrix(H, h, feats.dtype, feats.device), interp_matrix(W, w, feats.dtype, feats.device)
+    Rs = feats.new_zeros(k, h, H + 2 * p)
+    Cs = feats.new_zeros(k, w, W + 2 * p)
+    for d in range(k):
+        Rs[d, :, d:d + H], Cs[d, :, d:d + W] = R, C
+    padded = F.pad(feats, (p, p, p, p))  # [B, f, H + 2p, W + 2p]
+    shifted = resize(padded, Rs.reshape(k * h, -1), Cs.reshape(k * w, -1).T)  # [B, f, k*h, k*w]
+    shifted = shifted.reshape(B, f, k, h, k, w).permute(0, 1, 2, 4, 3, 5)  # [B, f, dy, dx, h, w]
     weight = conv.weight.reshape(conv.out_channels, f * k * k)  # [D, f*k*k], (f, dy, dx) order
     out = torch.einsum("dc,bchw->bdhw", weight.to(feats.dtype), shifted.reshape(B, f * k * k, *size))
     if conv.bias is not None:

@@ -38,22 +38,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fit3d.errors import NonFiniteError
+from fit3d.resize import interp_matrix, resize  # noqa: F401 - resize is also this module's API
 from fit3d.probe.depth_bins import bin_sums
 from fit3d.probe.depth import DepthSettings, LinearDepthHead, log_gradient_loss, valid_mask
 from fit3d.probe.seg import LinearSegHead, SegSettings, label_phase
 from fit3d.probe.train import batch_order, lr_factor
-
-
-def interp_matrix(n_in: int, n_out: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """[n_out, n_in]: 1-D bilinear (align_corners=False) resize as a matrix, taken from ``F.interpolate``
-    applied to the identity so the weights are exactly PyTorch's (2-D bilinear is separable)."""
-    eye = torch.eye(n_in, dtype=dtype, device=device)[None]  # [1, n_in channels, n_in samples]
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
-
-
-def resize(x: torch.Tensor, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
-    """x [..., h, w] -> [..., H, W] with rows [H, h] and cols_t [w, W] (``interp_matrix`` / its transpose)."""
-    return torch.matmul(rows, torch.matmul(x, cols_t))
 
 
 @dataclass
