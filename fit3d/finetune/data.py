@@ -256,7 +256,7 @@ class RenderedViews(Dataset):
         s = self.scenes[si]
         W, H = self.sizes[si]
         scene = read_scene(_scene_path(s), layout=s.meta["scene"].get("layout", "auto"), resolution=(W, H),
-                           names=[name])
+                           names=[name], load_depth=False)  # Stage 2 needs the image and camera only
         views = [v for v in scene.views if v.name == name] or scene.views
         if len(views) != 1:
             raise SceneError(f"{self.describe(index)}: expected one view, the reader returned {len(scene.views)}")
