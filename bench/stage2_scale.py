@@ -17,8 +17,11 @@ though, holds one copy of a linked file, so reads are cheaper than with distinct
 For each scene count, ``fit3d.finetune.finetune`` runs ``--steps`` steps of the default recipe (DINOv2-S,
 batch 2, 224x168, no held-out evaluation) in a fresh process, then under ``torchrun`` with 2 ranks (gloo);
 each rank reports its peak resident set (``ru_maxrss``: includes the pages of mapped files while
-mapped), its median step time and the scenes its steps drew from. The table's last column is the peak
-RSS of one process relative to the smallest scene count.
+mapped), its median step time and the scenes its steps drew from. The columnar copies the run maps
+(``fit3d.finetune.store``) are made first in a process of their own (the trainer would make the missing
+ones itself; made apart, their peak, about one scene's PLY, is reported in its own column and the
+training processes' peaks are the steps' own). "vs smallest count" is a process's peak RSS relative to
+the same rank at the smallest scene count.
 """
 
 from __future__ import annotations
@@ -143,9 +146,30 @@ def worker(args) -> None:
                                   "steps": len(seen) // max(1, cfg.batch_size)}), flush=True)
 
 
+def convert(args) -> None:
+    """Make the columnar copies the fine-tuning run will map (``fit3d.finetune.store``), in this process."""
+    from fit3d.finetune.store import SceneRef
+    from fit3d.finetune.trainer import SCENE_CACHE_DIR
+
+    dirs = [d for d in sorted(Path(args.scene_dirs).iterdir()) if (d / "lift.json").exists()][:args.count]
+    for d in dirs:
+        SceneRef(d, Path(args.out) / SCENE_CACHE_DIR).ensure_columns()
+    print("RESULT " + json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
 def run_case(args, scene_dirs: Path, count: int, ranks: int, src: Path) -> list[dict]:
     out = Path(args.work) / "runs" / f"{src.name}_{count}_{ranks}"
     shutil.rmtree(out, ignore_errors=True)
+    conv = None
+    if src == REPO:  # the columnar copies first, in their own process: made once per run, their peak apart
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--convert", "--scene-dirs", str(scene_dirs),
+                            "--count", str(count), "--out", str(out)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(src)}, cwd=str(src))
+        lines = [json.loads(x[7:]) for x in r.stdout.splitlines() if x.startswith("RESULT ")]
+        if r.returncode != 0 or not lines:
+            print(r.stderr[-3000:], file=sys.stderr)
+            raise SystemExit("converting the scenes failed")
+        conv = lines[0]["peak_rss_mib"]
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // ranks)),
            "CUDA_VISIBLE_DEVICES": ""}
     me = [str(Path(__file__).resolve()), "--worker", "--scene-dirs", str(scene_dirs), "--count", str(count),
@@ -158,6 +182,8 @@ def run_case(args, scene_dirs: Path, count: int, ranks: int, src: Path) -> list[
         print(r.stdout[-3000:], r.stderr[-5000:], file=sys.stderr)
         raise SystemExit(f"case {count} scenes x {ranks} rank(s) with {src} failed (exit {r.returncode})")
     shutil.rmtree(out, ignore_errors=True)
+    for x in rows:
+        x["convert_peak_rss_mib"] = conv
     return sorted(rows, key=lambda x: x["rank"])
 
 
@@ -171,12 +197,16 @@ def main(argv=None) -> int:
     ap.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--baseline-src", default=None, help="another fit3d checkout to run at the smallest count, 1 process")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--convert", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scene-dirs", help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         worker(args)
+        return 0
+    if args.convert:
+        convert(args)
         return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -205,15 +235,16 @@ def main(argv=None) -> int:
           f"({args.distinct} distinct PLYs, hard links for the rest), recipe default, batch 2, 224x168, "
           f"{args.steps} steps, workers 0, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
     print("| code | scenes | ranks | rank | peak RSS MiB | vs smallest count | median step s (rank 0) | scenes in its "
-          "share | scenes its steps drew |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "share | scenes its steps drew | conversion process peak MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for count, ranks, src, rows in results:
         for x in rows:
             ref = base[ranks][x["rank"]]["peak_rss_mib"] if src == REPO else float("nan")
             touched = x["scenes_touched"]
+            conv = "-" if x["convert_peak_rss_mib"] is None else f"{x['convert_peak_rss_mib']:.0f}"
             print(f"| {'this' if src == REPO else src.name} | {count} | {ranks} | {x['rank']} | {x['peak_rss_mib']:.0f} | "
                   f"{x['peak_rss_mib'] / ref:.2f} | {x['median_step_s'] or float('nan'):.2f} | {x['share']} of {count} | "
-                  f"{len(touched)} |")
+                  f"{len(touched)} | {conv} |")
     return 0
 
 
