@@ -41,7 +41,7 @@ from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE, is_lifted
 from fit3d.splat.gaussians import FeatureGaussians
 
 COLUMNS = ("means", "quats", "log_scales", "opacity_logits", "sh", "features")
-FORMAT = "fit3d-gaussians-columns/1"
+FORMAT = "fit3d-gaussians-columns/2"
 DECODERS_KEPT = 8  # decoders held per process (LRU)
 
 
@@ -106,11 +106,12 @@ def write_columns(g: FeatureGaussians, path: Path) -> None:
 
     order = morton_order(g.means.detach().cpu().numpy())
     cols = {k: np.ascontiguousarray(getattr(g, k).detach().cpu().float().numpy()[order]) for k in COLUMNS}
+    cols["ply_index"] = order.astype(np.int64)  # where each row was in the PLY: reads give the PLY's order back
     with atomic_path(path) as tmp:
         save_file(cols, str(tmp), metadata={"format": FORMAT, "sh_degree": str(g.sh_degree)})
 
 
-_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16}
+_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "I64": np.int64}
 
 
 def read_header(path: Path) -> tuple[dict, int]:
@@ -219,13 +220,16 @@ class SceneRef:
 
     @property
     def gaussians(self) -> FeatureGaussians:
-        """Every Gaussian, in memory (Morton order)."""
+        """Every Gaussian, in memory (the PLY's order)."""
         with MappedColumns(self.ensure_columns()) as m:
             return self._gather(m, None)
 
     def _gather(self, m: MappedColumns, idx: np.ndarray | None) -> FeatureGaussians:
-        take = (lambda a: np.array(a)) if idx is None else (lambda a: a[idx])  # noqa: E731 - copies out of the map
-        cols = {k: torch.from_numpy(np.ascontiguousarray(take(m[k]), dtype=np.float32)) for k in COLUMNS}
+        """The rows ``idx`` (all when None) in the PLY's order: renders composite Gaussians of equal depth in
+        input order, so the same order as the PLY gives the same image as the Gaussians loaded whole."""
+        rows = np.arange(len(self)) if idx is None else idx
+        rows = rows[np.argsort(np.asarray(m["ply_index"][rows]), kind="stable")]
+        cols = {k: torch.from_numpy(np.ascontiguousarray(m[k][rows], dtype=np.float32)) for k in COLUMNS}
         return FeatureGaussians(**cols, sh_degree=self.header["sh_degree"])
 
     def visible(self, K, c2w, width: int, height: int) -> FeatureGaussians:
