@@ -33,7 +33,7 @@ from fit3d.paths import shared_dir, shared_model_dir
 from fit3d.probe.batched import train_seg_batched
 from fit3d.probe.datasets import load_probe_data
 from fit3d.probe.features import FeatureCache
-from fit3d.probe.protocol import _features, _Models, materialise
+from fit3d.probe.protocol import Models, materialise, source_features
 from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg, seg_metrics
 from fit3d.probe.sources import FeatureSource
 
@@ -41,7 +41,7 @@ from fit3d.probe.sources import FeatureSource
 def rooms(out: Path) -> tuple[Path, Path]:
     """The demo's 14 training and 4 held-out rooms (``fit3d demo``'s defaults), generated once under ``out``."""
     from fit3d.data.synthetic import SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import generate_scenes
 
     scfg = SyntheticSceneConfig(num_views=24, width=224, height=168, seed=0)
     generate_scenes(out / "rooms" / "train", 14, scfg, progress=False)
@@ -77,14 +77,14 @@ def main(argv=None) -> int:
     out = Path(args.out)
     res = (224, 168)
     src = FeatureSource("original", "dinov2_small", str(shared_model_dir()))
-    cache, models = FeatureCache(out / "cache"), _Models("cpu")
+    cache, models = FeatureCache(out / "cache"), Models("cpu")
     cfg = argparse.Namespace(extract_batch=8)
     rows = []
     for ev in args.evals:
         train, test, its = splits(ev, out, res)
         its = args.iterations or its
-        ftr = _features(src, train, "train", res, cache, models, cfg)
-        fte = _features(src, test, "test", res, cache, models, cfg)
+        ftr = source_features(src, train, "train", res, cache, models, cfg)
+        fte = source_features(src, test, "test", res, cache, models, cfg)
         C, ignore = train.data.num_classes, train.data.ignore_index
         miou = {}
         for k in args.strides:

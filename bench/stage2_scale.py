@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------------------- scenes
 def make_room(work: Path) -> Path:
     from fit3d.data.synthetic import SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import generate_scenes
 
     return generate_scenes(work / "room", 1, SyntheticSceneConfig(num_views=24, width=224, height=168, seed=7),
                            progress=False)[0]

@@ -35,7 +35,7 @@ from fit3d.errors import SceneError
 from fit3d.finetune.config import TARGET_AT
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
-from fit3d.finetune.store import SceneRef, decoder_bytes, scene_refs
+from fit3d.finetune.store import SceneRef, decoder_bytes, scene_refs, visible_mask
 from fit3d.resize import interp_matrix, resize
 
 log = logging.getLogger(__name__)
@@ -165,27 +165,6 @@ def feature_spread(rendered: Tensor, alpha: Tensor, eps: float = 1e-8) -> Tensor
 
 
 # ----------------------------------------------------------------------------------------- culling
-def visible_mask(means: Tensor, max_log_scale: Tensor, K, c2w, width: int, height: int, near: float = 0.01,
-                 sigmas: float = 3.0) -> Tensor:
-    """[N] bool: the Gaussians (means [N, 3], largest log-scale [N]) whose ``sigmas``-sigma footprint can
-    touch a ``width`` x ``height`` view (conservative: what is dropped lies behind the near plane or fully
-    outside the frame). Hand-written: a few vectorised lines, no library needed."""
-    c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float64)
-    K = torch.as_tensor(np.asarray(K), dtype=torch.float64)
-    R, t = c2w[:3, :3], c2w[:3, 3]
-    cam = ((means.double() - t) @ R)  # [N, 3] world -> camera (R^T (x - t))
-    z = cam[:, 2]
-    zc = z.clamp_min(near)
-    u = K[0, 0] * cam[:, 0] / zc + K[0, 2]
-    v = K[1, 1] * cam[:, 1] / zc + K[1, 2]
-    # 2D std bound: |J| <= f/z * sqrt(1 + (x/z)^2 + (y/z)^2) times the largest 3D std, plus the
-    # rasterizer's 0.3 px^2 dilation; then the rasterizer's 3-sigma radius and a pixel of slack.
-    tan2 = (cam[:, 0] / zc).square() + (cam[:, 1] / zc).square()
-    s2d = max_log_scale.double().exp() * max(K[0, 0], K[1, 1]) / zc * (1 + tan2).sqrt()
-    r = sigmas * (s2d.square() + 0.3).sqrt() * 1.1 + 2.0
-    return (z > near) & (u + r > 0) & (u - r < width) & (v + r > 0) & (v - r < height)
-
-
 def visible_subset(g: FeatureGaussians, K, c2w, width: int, height: int, near: float = 0.01,
                    sigmas: float = 3.0) -> FeatureGaussians:
     """The Gaussians of ``g`` whose footprint can touch a ``width`` x ``height`` view (:func:`visible_mask`).

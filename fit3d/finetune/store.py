@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from fit3d.errors import SceneError
 from fit3d.io import atomic_path, read_json_dict
@@ -43,6 +44,28 @@ from fit3d.splat.gaussians import FeatureGaussians
 COLUMNS = ("means", "quats", "log_scales", "opacity_logits", "sh", "features")
 FORMAT = "fit3d-gaussians-columns/2"
 DECODERS_KEPT = 8  # decoders held per process (LRU)
+
+
+# ----------------------------------------------------------------------------------------- culling
+def visible_mask(means: Tensor, max_log_scale: Tensor, K, c2w, width: int, height: int, near: float = 0.01,
+                 sigmas: float = 3.0) -> Tensor:
+    """[N] bool: the Gaussians (means [N, 3], largest log-scale [N]) whose ``sigmas``-sigma footprint can
+    touch a ``width`` x ``height`` view (conservative: what is dropped lies behind the near plane or fully
+    outside the frame). Hand-written: a few vectorised lines, no library needed."""
+    c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float64)
+    K = torch.as_tensor(np.asarray(K), dtype=torch.float64)
+    R, t = c2w[:3, :3], c2w[:3, 3]
+    cam = ((means.double() - t) @ R)  # [N, 3] world -> camera (R^T (x - t))
+    z = cam[:, 2]
+    zc = z.clamp_min(near)
+    u = K[0, 0] * cam[:, 0] / zc + K[0, 2]
+    v = K[1, 1] * cam[:, 1] / zc + K[1, 2]
+    # 2D std bound: |J| <= f/z * sqrt(1 + (x/z)^2 + (y/z)^2) times the largest 3D std, plus the
+    # rasterizer's 0.3 px^2 dilation; then the rasterizer's 3-sigma radius and a pixel of slack.
+    tan2 = (cam[:, 0] / zc).square() + (cam[:, 1] / zc).square()
+    s2d = max_log_scale.double().exp() * max(K[0, 0], K[1, 1]) / zc * (1 + tan2).sqrt()
+    r = sigmas * (s2d.square() + 0.3).sqrt() * 1.1 + 2.0
+    return (z > near) & (u + r > 0) & (u - r < width) & (v + r > 0) & (v - r < height)
 
 
 # ----------------------------------------------------------------------------------------- PLY header
@@ -235,8 +258,6 @@ class SceneRef:
     def visible(self, K, c2w, width: int, height: int) -> FeatureGaussians:
         """The Gaussians a ``width`` x ``height`` view (K, c2w) can see (``visible_subset``'s conservative test),
         read from the mapped columns; every other row stays on disk."""
-        from fit3d.finetune.data import visible_mask
-
         with MappedColumns(self.ensure_columns()) as m:
             means = torch.from_numpy(np.array(m["means"]))
             scale = torch.from_numpy(np.array(m["log_scales"]).max(1))

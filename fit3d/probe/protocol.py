@@ -6,9 +6,10 @@ every option and default of ``fit3d probe``), and ``run_probe``, which trains th
     from fit3d.probe.protocol import run_probe
     run_probe(ProbeConfig(task="depth", data="../shared/data/7scenes-redkitchen", seeds=[0, 1, 2]))
 
-Head training defaults (lr, weight decay, warmup share, schedules) live in ``DepthSettings`` /
-``SegSettings``; ``depth_settings`` / ``seg_settings`` fill them from a config (its ``lr`` / ``warmup``
-override them only when given).
+Head training settings come from the config alone: ``DepthSettings.from_config`` /
+``SegSettings.from_config`` (the protocol's lr / weight decay / warmup share per task: ``HEAD_PROTOCOL`` in
+``fit3d.probe.config``; ``lr`` / ``warmup`` override them only when given). ``source_features`` and
+``Models`` give the cached features of a split for other reports (``fit3d.probe.summary``, benches).
 """
 
 from __future__ import annotations
@@ -33,20 +34,6 @@ from fit3d.probe.sources import FeatureSource
 from fit3d.probe.seg import SegSettings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
-
-
-def depth_settings(cfg: ProbeConfig, max_depth: float, seed: int) -> DepthSettings:
-    """The depth head's training settings for ``cfg`` (DepthSettings' defaults unless cfg overrides)."""
-    over = {k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None}
-    return DepthSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=seed, min_depth=cfg.min_depth,
-                         max_depth=max_depth, **over)
-
-
-def seg_settings(cfg: ProbeConfig, ignore_index: int, seed: int) -> SegSettings:
-    """The seg head's training settings for ``cfg`` (SegSettings' defaults unless cfg overrides)."""
-    over = {k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None}
-    return SegSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=seed, ignore_index=ignore_index,
-                       **over)
 
 
 def sources(cfg: ProbeConfig) -> list[FeatureSource]:
@@ -82,7 +69,7 @@ def materialise(data: ProbeData, need: str) -> Split:
     return Split(data, [v.image for v in views], views, depth, labels)
 
 
-class _Models:
+class Models:
     """Load each source's model at most once, only when a cache misses."""
 
     def __init__(self, device: str):
@@ -106,9 +93,13 @@ def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.T
     return torch.tensor(fit), torch.tensor(val)
 
 
-def _features(src, split: Split, set_name: str, res, cache: FeatureCache, models: _Models, cfg) -> CachedFeatures:
-    if src.kind == "concat":  # the original's and the fine-tuned model's features, each computed once per run
-        o, f = (_features(dataclasses.replace(src, kind=k), split, set_name, res, cache, models, cfg)
+def source_features(src, split: Split, set_name: str, res, cache: FeatureCache, models: Models,
+                    cfg: ProbeConfig) -> CachedFeatures:
+    """Source ``src``'s features of ``split`` at ``res`` (W, H) through ``cache``: computed (models loaded) only
+    when the cache misses. A concat source's features are composed from the original's and the fine-tuned
+    model's cached ones (each computed once per run)."""
+    if src.kind == "concat":
+        o, f = (source_features(dataclasses.replace(src, kind=k), split, set_name, res, cache, models, cfg)
                 for k in ("original", "finetuned"))
         return concat_features(o, f, len(src.layers) if src.layers else 1)
 
@@ -168,15 +159,15 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     test = materialise(test_data, cfg.task)
     train = None if cfg.task == "corr" else materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
     meta = test.data
-    models = _Models(device)
+    models = Models(device)
 
     timing: dict[str, dict] = {}
     feats_test, feats_train = {}, {}
     for src in srcs:
-        feats_test[src.label] = ft = _features(src, test, "test", res, cache, models, cfg)
+        feats_test[src.label] = ft = source_features(src, test, "test", res, cache, models, cfg)
         timing[src.label] = {"extract_test_s": ft.seconds, "test_from_cache": ft.from_cache}
         if train is not None:
-            feats_train[src.label] = fr = _features(src, train, "train", res, cache, models, cfg)
+            feats_train[src.label] = fr = source_features(src, train, "train", res, cache, models, cfg)
             timing[src.label].update(extract_train_s=fr.seconds, train_from_cache=fr.from_cache)
 
     if cfg.task == "corr":
@@ -250,7 +241,7 @@ def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing
     C = [feats_train[k].cls.to(device) for k in labels]
     val_n = 0
     if cfg.task == "depth":
-        settings = [depth_settings(cfg, meta.max_depth, s) for s in seeds]
+        settings = [DepthSettings.from_config(cfg, meta.max_depth, s) for s in seeds]
         D, val = train.depth.to(device), None
         if cfg.val_frames:
             fit_idx, val_idx = validation_split(train.data.names, parse_range(cfg.val_frames, (0, 0)))
@@ -259,7 +250,7 @@ def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing
             P, C, D = [p[fit_idx] for p in P], [c[fit_idx] for c in C], D[fit_idx]
         trained = train_depth_batched(P, C, D, settings, val=val, val_every=cfg.val_every)
     else:
-        settings = [seg_settings(cfg, meta.ignore_index, s) for s in seeds]
+        settings = [SegSettings.from_config(cfg, meta.ignore_index, s) for s in seeds]
         trained = train_seg_batched(P, train.labels.to(device), meta.num_classes, settings)
     keys = DEPTH_METRICS if cfg.task == "depth" else ("miou", "macc", "aacc")
     results, preds, saved = {}, {}, {}
