@@ -60,7 +60,7 @@ def main() -> int:
     out = Path(args.out)
     if out.exists() and not args.resume:
         shutil.rmtree(out)
-    metas, walls = [], []
+    metas, walls, cpus = [], [], []
     for k, method in enumerate(args.method):
         cfg = LiftConfig(method=method, model_path=str(shared_model_dir()), width=args.width,
                          iterations=args.iterations, feature_size=args.feature_size, max_frame=max_frame,
@@ -69,9 +69,10 @@ def main() -> int:
         dst = out / method
         if k and not (dst / "cache").exists():  # the same targets for every method: computed once
             shutil.copytree(out / args.method[0] / "cache", dst / "cache")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metas.append(lift_scene(scene, cfg, dst))
         walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     print(f"load average during the run (1 / 5 / 15 min at the end): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     m0 = metas[0]
@@ -81,7 +82,9 @@ def main() -> int:
                       f"{m0['heldout']['views']} held out"),
             ("render resolution", f"{W}x{H} (targets {m0['target_grid'][1]}x{m0['target_grid'][0]} tokens)"),
             ("threads", str(args.threads)), ("settings changed", " ".join(args.set) or "none")]
+    cpu_of = dict(zip(map(id, metas), cpus))
     per = {"wall time (whole lift)": lambda m, w: f"{w:.0f} s",
+           "CPU time (whole lift, process, all threads)": lambda m, w: f"{cpu_of[id(m)]:.0f} s",
            "  backbone features": lambda m, w: f"{m['timings']['features']:.0f} s" + (" (cached)" if m is not m0 else ""),
            "  lifting (the rest, eval excluded)": lambda m, w: f"{_lifting(m):.0f} s",
            "  solve phases: fusion / colour / average / CG / decoder / refine / joint": lambda m, w: "-" if m["method"] != "solve"
