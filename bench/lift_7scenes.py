@@ -120,7 +120,7 @@ def _solve_iterations(meta: dict) -> str:
         return "-"
     c, info = meta["config"]["solve"], meta.get("solve", {})
     cg = len(info.get("cg_residual", [None])) - 1
-    out = f"{c['geometry_iterations']} colour + {cg} CG (views every {c['view_stride']})"
+    out = f"{info.get('iterations', c['geometry_iterations'])} colour + {cg} CG (views every {c['view_stride']})"
     for k, name in (("refine_iterations", "refine"), ("joint_iterations", "joint")):
         out += f" + {c[k]} {name}" if c.get(k) else ""
     return out

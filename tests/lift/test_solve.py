@@ -470,3 +470,15 @@ def test_ridge_selection_stops_after_its_peak():
     assert len(early[1]) == 2 and early[1] == dict(list(full[1].items())[:len(early[1])])
     assert early[0] == full[0]
     torch.testing.assert_close(early[2], full[2], rtol=0, atol=0)
+
+
+def test_colour_iterations_capped_per_training_view(room, tmp_path):
+    """solve.geometry_iterations_per_view caps the colour-only iterations at that many per training view
+    (0: no cap); the lift records the iterations it ran."""
+    n_train = len(room.views) - len(room.views[::8])
+    capped = lift_scene(room, _cfg(geometry_iterations=10 * n_train, geometry_iterations_per_view=0.5),
+                        tmp_path / "c", backbone=_ColourBackbone())
+    assert capped["solve"]["iterations"] == math.ceil(0.5 * n_train)
+    free = lift_scene(room, _cfg(geometry_iterations=3, geometry_iterations_per_view=0), tmp_path / "f",
+                      backbone=_ColourBackbone())
+    assert free["solve"]["iterations"] == 3
