@@ -38,11 +38,11 @@ class SolveConfig:
         "help": "colour-only optimisation iterations after fusing depth (0: none); RedKitchen after CG and "
                 "the least-squares decoder: held-out cosine 0.955 / 0.959 / 0.962 for 0 / 100 / 300 (PSNR 16.4 / "
                 "17.7 / 19.3 dB) at ~0.16 CPU s each"})
-    geometry_iterations_per_view: float = field(default=4.0, metadata={
+    geometry_iterations_per_view: float = field(default=8.0, metadata={
         "help": "at most this many colour-only iterations per training view (0: no cap): each iteration renders one "
-                "view, so a few-view scene would otherwise revisit every view dozens of times for the fixed count "
-                "(the demo's 21-view rooms: 84 instead of 300, same held-out cosine, docs/speed.md; 75+ views keep "
-                "geometry_iterations)"})
+                "view, so a few-view scene would otherwise revisit every view ~14 times for the fixed count (the "
+                "demo's 21-view rooms: 168 instead of 300, held-out cosine -0.0009 / -0.0003, 84: -0.003 / -0.005; "
+                "docs/speed.md); 38+ training views keep geometry_iterations"})
     nodepth_iterations: int = field(default=2000, metadata={
         "help": "colour-only optimisation iterations for scenes without depth (geometry from the points)"})
     targets_at: str = field(default="grid", metadata={
