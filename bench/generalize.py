@@ -344,6 +344,10 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         torch.set_num_threads(cfg.threads)
     clock = Clock()
     out = Path(cfg.out)
+    from fit3d.guard import guard_output
+    from fit3d.paths import shared_dir
+
+    guard_output(out, [shared_dir(), cfg.model_path], command="bench/generalize.py")  # before any work, locked
     res = tuple(int(x) for x in cfg.probe_resolution)
 
     work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
