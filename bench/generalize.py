@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fit3d.clock import Clock, machine, stage_table
 from fit3d.config import add_arguments, from_args
 from fit3d.finetune.recipes import RECIPES
 from fit3d.io import write_json, write_text
@@ -282,7 +283,10 @@ def targets(evals: dict, gaps) -> dict:
 def markdown(result: dict) -> str:
     """The table of ``fit3d.probe.summary.summary_markdown``, then seconds per stage and the issue's targets."""
     lines = [summary_markdown(result["evals"], result.get("controls", {})).rstrip("\n")]
-    lines += ["", "| stage | seconds |", "|---|---|"] + [f"| {k} | {v:.0f} |" for k, v in result["seconds"].items()]
+    m = result.get("machine", {})
+    lines += ["", f"Wall and CPU seconds (user + system over all threads and worker processes) on {m.get('cpus')} "
+                  f"cores, load average {m.get('load')} at the end:", "",
+              *stage_table(result["seconds"], result.get("cpu_seconds", {}))]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'no'} |"
                                                      for k, v in result["targets"].items()]
     return "\n".join(lines)
@@ -294,8 +298,11 @@ class OriginalStats:
 
     def __init__(self, root: Path, cfg: GeneralizeConfig, source_key: str):
         self.root, self.source_key = root / "original_stats", source_key
+        from fit3d.probe.seg import SegSettings
+
         self.settings = {k: getattr(cfg, k) for k in ("probe_iterations", "seeds", "probe_resolution", "max_items",
                                                       "room_views", "room_size", "gaps")}
+        self.settings["seg_label_stride"] = SegSettings.label_stride  # heads trained otherwise are not reused
 
     def path(self, name: str, train_names, test_names) -> Path:
         import hashlib
@@ -335,39 +342,35 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()})
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    t_all = time.perf_counter()
+    clock = Clock()
     out = Path(cfg.out)
     from fit3d.guard import guard_output
     from fit3d.paths import shared_dir
 
     guard_output(out, [shared_dir(), cfg.model_path], command="bench/generalize.py")  # before any work, locked
-    seconds: dict[str, float] = {}
     res = tuple(int(x) for x in cfg.probe_resolution)
 
-    t0 = time.perf_counter()
     work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
-    rooms = generate_rooms(cfg, work)
-    seconds["generate"] = time.perf_counter() - t0
+    with clock.stage("generate"):
+        rooms = generate_rooms(cfg, work)
 
-    t0 = time.perf_counter()
-    backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
-    scenes = [("redkitchen", Path(cfg.redkitchen), 398)]
-    if cfg.icl:
-        scenes.append(("icl-livingroom1", Path(cfg.icl), None))
-    scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
-    lifted = lift_all(cfg, scenes, work, backbone)
-    del backbone
-    seconds["lift"] = time.perf_counter() - t0
+    with clock.stage("lift"):
+        backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
+        scenes = [("redkitchen", Path(cfg.redkitchen), 398)]
+        if cfg.icl:
+            scenes.append(("icl-livingroom1", Path(cfg.icl), None))
+        scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
+        lifted = lift_all(cfg, scenes, work, backbone)
+        del backbone
 
-    t0 = time.perf_counter()
     ft_dir = out / "finetuned"
     fcfg = finetune_config(cfg)
     _say(f"fine-tune on {len(lifted)} lifted scenes, recipe {cfg.recipe} -> {ft_dir}")
-    manifest = finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
-    seconds["finetune"] = time.perf_counter() - t0
+    with clock.stage("finetune"):
+        manifest = finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
 
     # ---- evaluation sets
-    t0 = time.perf_counter()
+    clock.start("features")
     wide = (0, 10 ** 9)
     mi = cfg.max_items
     want = set(cfg.evals)
@@ -396,7 +399,6 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     orig_stats = OriginalStats(Path(cfg.cache_dir or out / "cache"), cfg, sources["original"].key())
     scfg = SummaryConfig(probe_iterations=cfg.probe_iterations, seeds=cfg.seeds, bootstrap=cfg.bootstrap)
     feats = extract(sources, splits, cache, res)
-    seconds["features"] = time.perf_counter() - t0
 
     evals: dict = {}
     sun = splits.get("sun3d_all")
@@ -408,7 +410,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         in_b = [in_b[i] for i in np.linspace(0, len(in_b) - 1, min(mi, len(in_b))).round().astype(int)]
     sub = lambda f, idx: {k: v.subset(idx) for k, v in f.items()}  # noqa: E731
 
-    t0 = time.perf_counter()
+    clock.start("probe_sun3d_depth")
     if "sun3d_depth_from_redkitchen" in want:
         _say("depth probes: redkitchen -> sun3d")
         st = orig_stats("sun3d_depth_from_redkitchen", splits["redkitchen_train"].data.names, sun.data.names,
@@ -421,26 +423,24 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
                         eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
                         sub(feats["sun3d_all"], in_b), sun.depth[in_b], scfg)
         evals["sun3d_depth_in_scene"] = summarise("depth", st, scfg)
-    seconds["probe_sun3d_depth"] = time.perf_counter() - t0
+    clock.stop()
 
-    t0 = time.perf_counter()
-    if "sun3d_corr" in want:
-        st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
-        evals["sun3d_corr"] = summarise("corr", st, scfg, corr_metric_names(cfg.gaps))
-    seconds["probe_sun3d_corr"] = time.perf_counter() - t0
+    with clock.stage("probe_sun3d_corr"):
+        if "sun3d_corr" in want:
+            st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
+            evals["sun3d_corr"] = summarise("corr", st, scfg, corr_metric_names(cfg.gaps))
 
-    t0 = time.perf_counter()
     cv_te = splits.get("camvid_val")
-    if "camvid_seg" in want:
-        _say("seg probes: camvid")
-        cv_tr = splits["camvid_train"]
-        st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"],
-                        cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, scfg)
-        evals["camvid_seg"] = summarise("seg", st, scfg)
-    seconds["probe_camvid"] = time.perf_counter() - t0
+    with clock.stage("probe_camvid"):
+        if "camvid_seg" in want:
+            _say("seg probes: camvid")
+            cv_tr = splits["camvid_train"]
+            st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"],
+                            cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, scfg)
+            evals["camvid_seg"] = summarise("seg", st, scfg)
 
     if "rooms_probe" in splits and "rooms_test" in splits:
-        t0 = time.perf_counter()
+        clock.start("probe_rooms")
         _say("seg + depth probes: held-out rooms")
         rp, rt = splits["rooms_probe"], splits["rooms_test"]
         if "rooms_seg" in want:
@@ -451,11 +451,11 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
             st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
                             feats["rooms_test"], rt.depth, scfg)
             evals["rooms_depth"] = summarise("depth", st, scfg)
-        seconds["probe_rooms"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_all
+        clock.stop()
+    wall, cpu = clock.rounded(total=True)
 
     controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
-    result = {"evals": evals, "controls": controls, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    result = {"evals": evals, "controls": controls, "seconds": wall, "cpu_seconds": cpu, "machine": machine(),
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)
     result["targets"] = targets(evals, cfg.gaps)

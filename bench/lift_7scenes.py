@@ -62,7 +62,7 @@ def main() -> int:
     guard_output(out, [scene, shared_model_dir()], command="bench/lift_7scenes.py")  # before any work, locked
     if not args.resume:
         clear_output(out)  # only ever fit3d's own earlier results
-    metas, walls = [], []
+    metas, walls, cpus = [], [], []
     for k, method in enumerate(args.method):
         cfg = LiftConfig(method=method, model_path=str(shared_model_dir()), width=args.width,
                          iterations=args.iterations, feature_size=args.feature_size, max_frame=max_frame,
@@ -71,9 +71,10 @@ def main() -> int:
         dst = out / method
         if k and not (dst / "cache").exists():  # the same targets for every method: computed once
             shutil.copytree(out / args.method[0] / "cache", dst / "cache")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         metas.append(lift_scene(scene, cfg, dst))
         walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
     print(f"load average during the run (1 / 5 / 15 min at the end): {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
     m0 = metas[0]
@@ -83,7 +84,9 @@ def main() -> int:
                       f"{m0['heldout']['views']} held out"),
             ("render resolution", f"{W}x{H} (targets {m0['target_grid'][1]}x{m0['target_grid'][0]} tokens)"),
             ("threads", str(args.threads)), ("settings changed", " ".join(args.set) or "none")]
+    cpu_of = dict(zip(map(id, metas), cpus))
     per = {"wall time (whole lift)": lambda m, w: f"{w:.0f} s",
+           "CPU time (whole lift, process, all threads)": lambda m, w: f"{cpu_of[id(m)]:.0f} s",
            "  backbone features": lambda m, w: f"{m['timings']['features']:.0f} s" + (" (cached)" if m is not m0 else ""),
            "  lifting (the rest, eval excluded)": lambda m, w: f"{_lifting(m):.0f} s",
            "  solve phases: fusion / colour / average / CG / decoder / refine / joint": lambda m, w: "-" if m["method"] != "solve"
@@ -120,7 +123,7 @@ def _solve_iterations(meta: dict) -> str:
         return "-"
     c, info = meta["config"]["solve"], meta.get("solve", {})
     cg = len(info.get("cg_residual", [None])) - 1
-    out = f"{c['geometry_iterations']} colour + {cg} CG (views every {c['view_stride']})"
+    out = f"{info.get('iterations', c['geometry_iterations'])} colour + {cg} CG (views every {c['view_stride']})"
     for k, name in (("refine_iterations", "refine"), ("joint_iterations", "joint")):
         out += f" + {c[k]} {name}" if c.get(k) else ""
     return out

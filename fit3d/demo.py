@@ -24,12 +24,12 @@ import dataclasses
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from fit3d.clock import Clock, stage_table
 from fit3d.compare import compare_figure
 from fit3d.config import check_counts
 from fit3d.data import read_scene
@@ -128,7 +128,7 @@ def check_rooms(out: Path, cfg: DemoConfig) -> None:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    t_start = time.perf_counter()
+    clock = Clock()
     out = Path(cfg.out)
     check_counts(cfg, {"train_scenes": 1, "test_scenes": 1, "num_views": 2, "width": 14, "height": 14, "bootstrap": 1})
     scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
@@ -137,24 +137,23 @@ def run_demo(cfg: DemoConfig) -> dict:
     check_rooms(out, cfg)
     print(f"[fit3d demo] generating {cfg.train_scenes} training + {cfg.test_scenes} held-out rooms "
           f"({cfg.num_views} views, {cfg.width}x{cfg.height})", flush=True)
-    t0 = time.perf_counter()
-    train = generate_scenes(out / "scenes" / "train", cfg.train_scenes, scfg)
-    test = generate_scenes(out / "scenes" / "test", cfg.test_scenes,
-                           dataclasses.replace(scfg, seed=cfg.seed + 1000))
-    t_gen = time.perf_counter() - t0
+    with clock.stage("generate"):
+        train = generate_scenes(out / "scenes" / "train", cfg.train_scenes, scfg)
+        test = generate_scenes(out / "scenes" / "test", cfg.test_scenes,
+                               dataclasses.replace(scfg, seed=cfg.seed + 1000))
     pcfg = PipelineConfig(out=str(out), backbone=cfg.backbone, model_path=model_path, device=cfg.device,
                           seed=cfg.seed, tasks=["seg", "depth", "corr"], probe_data=str(out / "scenes" / "train"),
                           eval_data=str(out / "scenes" / "test"), lift=cfg.lift, finetune=cfg.finetune,
                           probe=dataclasses.replace(cfg.probe, dataset="scannet", num_classes=len(CLASS_NAMES)))
     results = run_pipeline([str(p) for p in train], pcfg)
-    t0 = time.perf_counter()
+    for k, v in results["seconds"].items():  # the pipeline's stages, in order after generate
+        clock.add(k, v, results.get("cpu_seconds", {}).get(k, 0.0))
     print("[fit3d demo] per-image statistics, width control, bootstrap intervals", flush=True)
-    results["heldout"] = heldout_summary(pcfg, out, cfg)
-    results["seconds"] = {"generate": round(t_gen, 1), **results["seconds"],
-                          "intervals": round(time.perf_counter() - t0, 1),
-                          "total": round(time.perf_counter() - t_start, 1)}
+    with clock.stage("intervals"):
+        results["heldout"] = heldout_summary(pcfg, out, cfg)
+    results["seconds"], results["cpu_seconds"] = clock.rounded(total=True)
     results["machine"] = {"cpus": os.cpu_count(), "device": str(resolve_device(cfg.device)),
-                          "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": round(time.process_time(), 1)}
+                          "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": results["cpu_seconds"]["total"]}
     write_json(out / "results.json", results)
     report = write_report(out, cfg, results, train, test, model_path)
     print(f"[fit3d demo] report: {report}")
@@ -403,13 +402,13 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"resamples images, not rooms, so it speaks for these {len(test)} rooms rather than for rooms in general.",
              "", summary_markdown(held["evals"], held["controls"]), "### What the numbers show", "",
              *findings(held), "", *corr_section(out, test, original.patch_size, cfg), "## Time per stage", "",
-             f"Wall seconds on {results['machine']['cpus']} CPU cores, device `{results['machine']['device']}`, "
-             f"load average {results['machine']['load_at_end']:.1f} when the run ended (other jobs on the same "
-             f"cores slow every stage: compare stages within one run)"
-             + (f"; its process used {m['cpu_seconds']:.0f} CPU seconds over all threads (on {m['cpus']} otherwise "
-                f"idle cores: at least {m['cpu_seconds'] / m['cpus']:.0f} s of wall time)." if m.get("cpu_seconds")
-                else "."), "",
-             "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in results["seconds"].items()], ""]
+             f"Wall seconds on {m['cpus']} CPU cores, device `{m['device']}`, load average {m['load_at_end']:.1f} "
+             f"when the run ended (other jobs on the same cores slow every stage: compare stages within one run), "
+             f"and CPU seconds (user + system, over all threads and worker processes: what other jobs do not "
+             f"change)" + (f"; {m['cpu_seconds']:.0f} CPU seconds in all (on {m['cpus']} otherwise idle cores: at "
+                           f"least {m['cpu_seconds'] / m['cpus']:.0f} s of wall time)." if m.get("cpu_seconds")
+                           else "."), "",
+             *stage_table(results["seconds"], results.get("cpu_seconds", {})), ""]
     lift = results.get("lift", {})
     if lift:
         lines += ["## Stage 1 on held-out views", "", "| room | Gaussians | PSNR | depth abs rel | feature cosine | "

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fit3d.clock import Clock, stage_table
 from fit3d.config import check_choices, inherit
 from fit3d.data.readers import detect_layout
 from fit3d.errors import Fit3DError
@@ -98,46 +98,43 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     lift_cfg, finetune_cfg = cfg.lift_config(), cfg.finetune_config()
     finished = validate_pipeline(scenes, cfg, lift_cfg, finetune_cfg)
     clean_stale_temps(out)  # results.json / results.md temporaries a kill left
-    seconds: dict[str, float] = {}
+    clock = Clock()
 
     def say(msg):
         if verbose:
             print(f"[fit3d pipeline] {msg}", flush=True)
 
     # Stage 1 ---------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
     lifted_dirs, lift_reports = [], {}
-    for i, s in enumerate(scenes):
-        name = Path(s).name
-        d = out / "lifted" / name
-        if finished[name] is not None:
-            say(f"lift {i + 1}/{len(scenes)} {name}: done already with these settings, skipped")
-            lift_reports[name] = finished[name]
-        else:
-            say(f"lift {i + 1}/{len(scenes)} {name} -> {d}")
-            lift_reports[name] = lift_scene(s, lift_cfg, d, name=name)
-        lifted_dirs.append(str(d))
-    seconds["lift"] = time.perf_counter() - t0
+    with clock.stage("lift"):
+        for i, s in enumerate(scenes):
+            name = Path(s).name
+            d = out / "lifted" / name
+            if finished[name] is not None:
+                say(f"lift {i + 1}/{len(scenes)} {name}: done already with these settings, skipped")
+                lift_reports[name] = finished[name]
+            else:
+                say(f"lift {i + 1}/{len(scenes)} {name} -> {d}")
+                lift_reports[name] = lift_scene(s, lift_cfg, d, name=name)
+            lifted_dirs.append(str(d))
 
     # Stage 2 ---------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
     ft_dir = out / "finetuned"
     say(f"fine-tune {cfg.backbone} on {len(lifted_dirs)} lifted scene(s) -> {ft_dir}")
-    manifest = finetune(lifted_dirs, None, ft_dir, finetune_cfg,
-                        how=f"use another --out, or delete {ft_dir} to fine-tune again")
-    seconds["finetune"] = time.perf_counter() - t0
+    with clock.stage("finetune"):
+        manifest = finetune(lifted_dirs, None, ft_dir, finetune_cfg,
+                            how=f"use another --out, or delete {ft_dir} to fine-tune again")
 
     # probes ----------------------------------------------------------------------------------------
     probe_data = cfg.probe_data or scenes[0]
     probes = {}
     for task in cfg.tasks:
-        t0 = time.perf_counter()
         say(f"probe {task}: original / fine-tuned / concat")
-        probes[task] = run_probe(cfg.probe_config(task, probe_data, str(ft_dir), out / "probe"),
-                                 command=None, verbose=verbose)
-        seconds[f"probe_{task}"] = time.perf_counter() - t0
+        with clock.stage(f"probe_{task}"):
+            probes[task] = run_probe(cfg.probe_config(task, probe_data, str(ft_dir), out / "probe"),
+                                     command=None, verbose=verbose)
 
-    results = summarize(cfg, lift_reports, manifest, probes, seconds)
+    results = summarize(cfg, lift_reports, manifest, probes, clock)
     write_json(out / "results.json", results)
     write_text(out / "results.md", results_markdown(results))
     if verbose:
@@ -190,9 +187,10 @@ def check_probe_scene(scene: str, tasks: list[str]) -> None:
                          f"dataset with {what} (and --eval-data), or run fit3d lift and fit3d finetune alone")
 
 
-def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: dict, seconds: dict) -> dict:
-    """Flat numbers: ``depth_rmse`` -> {original, finetuned, concat}, ... plus stage seconds."""
-    res: dict = {"config": dataclasses.asdict(cfg), "seconds": {k: round(v, 1) for k, v in seconds.items()}}
+def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: dict, clock: Clock) -> dict:
+    """Flat numbers: ``depth_rmse`` -> {original, finetuned, concat}, ... plus wall and CPU seconds per stage."""
+    wall, cpu = clock.rounded()
+    res: dict = {"config": dataclasses.asdict(cfg), "seconds": wall, "cpu_seconds": cpu}
     for task, p in probes.items():
         for key, _, _ in HEADLINE[task]:
             res[f"{task}_{key}".replace("@", "")] = {s: p["metrics"][s][key] for s in SOURCES
@@ -219,8 +217,7 @@ def results_markdown(results: dict) -> str:
             rel = f"{(o - c) / o * 100 if lower else (c - o) / o * 100:+.1f}%" if o and c is not None else "-"
             rows.append(f"| {label} {'↓' if lower else '↑'} | " + " | ".join(cells) + f" | {rel} |")
     lines = ["| metric | original | finetuned | concat | concat gain (+ = better) |", "|---|---|---|---|---|", *rows,
-             "", "| stage | seconds |", "|---|---|"]
-    lines += [f"| {k} | {v:.0f} |" for k, v in results["seconds"].items()]
+             "", *stage_table(results["seconds"], results.get("cpu_seconds", {}))]
     return "\n".join(lines) + "\n"
 
 

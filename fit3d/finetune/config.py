@@ -66,8 +66,9 @@ class FinetuneConfig:
         "help": "tokens whose rendered opacity (bilinearly downsampled to the patch grid) is below this "
                 "are masked out of the loss"})
     flip_prob: float = field(default=0.5, metadata={"help": "probability of a horizontal flip of image+target+mask"})
-    workers: int = field(default=1, metadata={"volatile": True,
-        "help": "DataLoader workers rendering the next batches while the backbone trains (0 = render inline)"})
+    workers: int | None = field(default=None, metadata={"volatile": True,
+        "help": "DataLoader workers rendering the next batches while the backbone trains (0 = render inline; "
+                "default: from the cores available, fit3d.finetune.data.render_workers)"})
     worker_threads: int = field(default=1, metadata={"volatile": True, "help": "torch threads inside each render worker"})
     worker_start: str = field(default="spawn", metadata={"volatile": True, "choices": ("spawn", "forkserver", "fork"),
         "help": "how render workers start: spawn (safe: the renderer's OpenMP/numba threads do not survive "

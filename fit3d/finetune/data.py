@@ -1,8 +1,9 @@
 """Stage 2 data: (scene, view) pairs of all lifted scenes, rendered into 3D-aware targets on the fly.
 
-Every scene's Gaussians and decoder are loaded once into CPU memory (never onto an accelerator
-wholesale: FiT3D's own code puts all scenes on GPU 0). DataLoader workers are forked from the
-process holding them, so they share those pages copy-on-write instead of loading them again.
+Scenes are ``fit3d.finetune.store.SceneRef``s: each render memory-maps the scene's Gaussians and reads
+only what the view can see, so memory does not grow with the number of scenes (FiT3D's own code loads
+every scene onto GPU 0). A spawned render worker receives the scenes' records, not their Gaussians.
+Under ``torchrun`` the sampler gives each rank its own scenes (:class:`ResumableSampler`).
 
 One item (``RenderedViews[i]``)::
 
@@ -19,6 +20,8 @@ One item (``RenderedViews[i]``)::
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +35,8 @@ from fit3d.errors import SceneError
 from fit3d.finetune.config import TARGET_AT
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
-from fit3d.lift.lifted import LiftedScene, load_lifted
+from fit3d.finetune.store import SceneRef, decoder_bytes, scene_refs, visible_mask
+from fit3d.resize import interp_matrix, resize
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +48,8 @@ class SceneMemory:
 
     num_scenes: int
     num_gaussians: int
-    gaussian_bytes: int  # all scenes' Gaussian tensors
-    decoder_bytes: int
+    gaussian_bytes: int  # all scenes' Gaussians as float32 columns (on disk; never all in memory)
+    decoder_bytes: int  # about: the first scene's decoder times the number of scenes
 
     @property
     def bytes_per_gaussian(self) -> float:
@@ -59,37 +63,37 @@ class SceneMemory:
     def __str__(self) -> str:
         return (f"{self.num_scenes} scene(s), {self.num_gaussians:,} Gaussians x "
                 f"{self.bytes_per_gaussian:.0f} B = {self.gaussian_bytes / 2**20:.1f} MiB "
-                f"(+ decoders {self.decoder_bytes / 2**20:.1f} MiB) in CPU memory")
+                f"(+ decoders {self.decoder_bytes / 2**20:.1f} MiB) on disk, memory-mapped per render")
 
 
-def load_scenes(dirs, embed_dim: int | None = None, backbone: str | None = None) -> list[LiftedScene]:
-    """Load each lifted scene once onto the CPU; check its decoder matches the backbone width."""
-    scenes = []
-    for d in dirs:
-        s = load_lifted(d, map_location="cpu")
-        g = s.gaussians
-        # Gaussians are only read from here on: drop autograd and keep them contiguous float32.
-        s.gaussians = type(g)(*(getattr(g, k).detach().float().contiguous() for k in
-                                ("means", "quats", "log_scales", "opacity_logits", "sh", "features")),
-                              sh_degree=g.sh_degree)
-        s.decoder.requires_grad_(False).eval()
-        if embed_dim is not None and s.decoder.out_dim != embed_dim:
-            raise SceneError(f"{s.path}: decoder outputs {s.decoder.out_dim} channels but the backbone has "
+def load_scenes(dirs, embed_dim: int | None = None, backbone: str | None = None,
+                cache_dir=None) -> list[SceneRef]:
+    """A :class:`~fit3d.finetune.store.SceneRef` per lifted folder (no Gaussians loaded); checks each decoder
+    matches the backbone width and the Gaussians' features. ``cache_dir``: where the columnar copies of the
+    PLYs go (default: a ``fit3d-scene-columns`` folder in the system's temporary directory)."""
+    if cache_dir is None:
+        import tempfile
+
+        cache_dir = Path(tempfile.gettempdir()) / "fit3d-scene-columns"
+    scenes = scene_refs(dirs, cache_dir)
+    for s in scenes:
+        dec = s.decoder
+        if embed_dim is not None and dec.out_dim != embed_dim:
+            raise SceneError(f"{s.path}: decoder outputs {dec.out_dim} channels but the backbone has "
                              f"{embed_dim} (lifted with {s.meta.get('backbone')!r}, fine-tuning {backbone!r})")
-        if s.gaussians.feature_dim != s.decoder.in_dim:
-            raise SceneError(f"{s.path}: Gaussians carry {s.gaussians.feature_dim} features but the decoder "
-                             f"expects {s.decoder.in_dim}")
-        scenes.append(s)
+        if s.feature_dim != dec.in_dim:
+            raise SceneError(f"{s.path}: Gaussians carry {s.feature_dim} features but the decoder "
+                             f"expects {dec.in_dim}")
     if not scenes:
         raise SceneError("no lifted scenes given")
     return scenes
 
 
-def scene_memory(scenes: list[LiftedScene]) -> SceneMemory:
-    return SceneMemory(
-        num_scenes=len(scenes), num_gaussians=sum(len(s.gaussians) for s in scenes),
-        gaussian_bytes=sum(s.gaussians.nbytes() for s in scenes),
-        decoder_bytes=sum(p.numel() * p.element_size() for s in scenes for p in s.decoder.parameters()))
+def scene_memory(scenes: list[SceneRef]) -> SceneMemory:
+    """What the scenes would hold in memory if loaded whole (they are memory-mapped per render instead)."""
+    return SceneMemory(num_scenes=len(scenes), num_gaussians=sum(len(s) for s in scenes),
+                       gaussian_bytes=sum(s.nbytes() for s in scenes),
+                       decoder_bytes=sum(decoder_bytes(s) for s in scenes[:1]) * len(scenes))
 
 
 def training_resolution(lift_resolution: tuple[int, int], patch_size: int,
@@ -119,10 +123,18 @@ def decode_to_grid(decoder: FeatureDecoder, feats: Tensor, size: tuple[int, int]
             or conv.groups != 1 or conv.padding_mode != "zeros" or 2 * p != k - 1:
         return F.interpolate(decoder(feats), size=size, mode="bilinear", align_corners=False)
     B, f, H, W = feats.shape
-    padded = F.pad(feats, (p, p, p, p))
-    shifted = torch.stack([F.interpolate(padded[:, :, dy:dy + H, dx:dx + W], size=size, mode="bilinear",
-                                         align_corners=False)
-                           for dy in range(k) for dx in range(k)], dim=2)  # [B, f, k*k, h, w]
+    h, w = size
+    # The resize of the window shifted by (dy, dx) is R_dy @ padded @ C_dx^T, with the bilinear matrices R
+    # [h, H] and C [w, W] placed at row / column offset dy / dx of the padded map: all k*k windows come
+    # from two matmuls with the stacked matrices (no padded copy resized k*k times).
+    R, C = interp_matrix(H, h, feats.dtype, feats.device), interp_matrix(W, w, feats.dtype, feats.device)
+    Rs = feats.new_zeros(k, h, H + 2 * p)
+    Cs = feats.new_zeros(k, w, W + 2 * p)
+    for d in range(k):
+        Rs[d, :, d:d + H], Cs[d, :, d:d + W] = R, C
+    padded = F.pad(feats, (p, p, p, p))  # [B, f, H + 2p, W + 2p]
+    shifted = resize(padded, Rs.reshape(k * h, -1), Cs.reshape(k * w, -1).T)  # [B, f, k*h, k*w]
+    shifted = shifted.reshape(B, f, k, h, k, w).permute(0, 1, 2, 4, 3, 5)  # [B, f, dy, dx, h, w]
     weight = conv.weight.reshape(conv.out_channels, f * k * k)  # [D, f*k*k], (f, dy, dx) order
     out = torch.einsum("dc,bchw->bdhw", weight.to(feats.dtype), shifted.reshape(B, f * k * k, *size))
     if conv.bias is not None:
@@ -155,26 +167,11 @@ def feature_spread(rendered: Tensor, alpha: Tensor, eps: float = 1e-8) -> Tensor
 # ----------------------------------------------------------------------------------------- culling
 def visible_subset(g: FeatureGaussians, K, c2w, width: int, height: int, near: float = 0.01,
                    sigmas: float = 3.0) -> FeatureGaussians:
-    """The Gaussians whose ``sigmas``-sigma footprint can touch a ``width`` x ``height`` view (conservative).
+    """The Gaussians of ``g`` whose footprint can touch a ``width`` x ``height`` view (:func:`visible_mask`).
 
-    Rendering the subset gives the same image: everything dropped lies behind the near plane or
-    fully outside the frame. Saves the rasterizer projecting and sorting the rest of the scene (a view
-    of a room sees a fraction of it). Hand-written: a few vectorised lines, no library needed.
-    """
-    c2w = torch.as_tensor(np.asarray(c2w), dtype=torch.float64)
-    K = torch.as_tensor(np.asarray(K), dtype=torch.float64)
-    R, t = c2w[:3, :3], c2w[:3, 3]
-    cam = ((g.means.double() - t) @ R)  # [N, 3] world -> camera (R^T (x - t))
-    z = cam[:, 2]
-    zc = z.clamp_min(near)
-    u = K[0, 0] * cam[:, 0] / zc + K[0, 2]
-    v = K[1, 1] * cam[:, 1] / zc + K[1, 2]
-    # 2D std bound: |J| <= f/z * sqrt(1 + (x/z)^2 + (y/z)^2) times the largest 3D std, plus the
-    # rasterizer's 0.3 px^2 dilation; then the rasterizer's 3-sigma radius and a pixel of slack.
-    tan2 = (cam[:, 0] / zc).square() + (cam[:, 1] / zc).square()
-    s2d = g.log_scales.detach().max(dim=1).values.double().exp() * max(K[0, 0], K[1, 1]) / zc * (1 + tan2).sqrt()
-    r = sigmas * (s2d.square() + 0.3).sqrt() * 1.1 + 2.0
-    keep = (z > near) & (u + r > 0) & (u - r < width) & (v + r > 0) & (v - r < height)
+    Rendering the subset gives the same image. Saves the rasterizer projecting and sorting the rest of the
+    scene (a view of a room sees a fraction of it)."""
+    keep = visible_mask(g.means, g.log_scales.detach().max(dim=1).values, K, c2w, width, height, near, sigmas)
     if bool(keep.all()):
         return g
     idx = keep.nonzero().squeeze(1)
@@ -189,7 +186,7 @@ def _item_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
 
 
-def _scene_path(scene: LiftedScene) -> Path:
+def _scene_path(scene: SceneRef) -> Path:
     p = Path(scene.meta["scene"]["path"])
     if not p.is_absolute() and not p.exists() and (scene.path / p).exists():
         p = scene.path / p  # a path relative to the lifted folder
@@ -203,7 +200,7 @@ class RenderedViews(Dataset):
     Keys are an entry index or ``(index, epoch)`` (from :class:`ResumableSampler`; the epoch seeds the flip).
     """
 
-    def __init__(self, scenes: list[LiftedScene], patch_size: int, *, which: str = "train",
+    def __init__(self, scenes: list[SceneRef], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
                  render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift",
                  with_spread: bool = False):
@@ -238,7 +235,7 @@ class RenderedViews(Dataset):
         s = self.scenes[si]
         W, H = self.sizes[si]
         scene = read_scene(_scene_path(s), layout=s.meta["scene"].get("layout", "auto"), resolution=(W, H),
-                           names=[name])
+                           names=[name], load_depth=False)  # Stage 2 needs the image and camera only
         views = [v for v in scene.views if v.name == name] or scene.views
         if len(views) != 1:
             raise SceneError(f"{self.describe(index)}: expected one view, the reader returned {len(scene.views)}")
@@ -260,7 +257,7 @@ class RenderedViews(Dataset):
         Wr, Hr = self.render_size(si)
         if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
             K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
-        g = visible_subset(s.gaussians, K, c2w, Wr, Hr) if self.cull else s.gaussians
+        g = s.visible(K, c2w, Wr, Hr) if self.cull else s.gaussians  # read from disk: what the view can see
         r = render(with_square_norm(g) if self.with_spread else g, K, c2w, Wr, Hr, with_rgb=False,
                    **self.render_kwargs)
         rendered = r.features[..., :-1] if self.with_spread else r.features
@@ -301,6 +298,27 @@ class RenderedViews(Dataset):
         return {"image": image, **grids, "scene": self.entries[index][0], "index": index, "flip": flip}
 
 
+# Cores below which render workers are not started: on 2 cores a worker's rendering competes with the
+# training threads and the step gets slower than rendering inline (bench/finetune.py, docs/speed.md).
+MIN_CORES_FOR_A_WORKER = 4
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask: what a container or taskset allows)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def render_workers(workers: int | None) -> int:
+    """Render workers to start: ``workers`` when given, else 0 (render inline) below
+    ``MIN_CORES_FOR_A_WORKER`` cores and 1 from there."""
+    if workers is not None:
+        return int(workers)
+    return 0 if available_cores() < MIN_CORES_FOR_A_WORKER else 1
+
+
 def worker_init(worker_id: int, threads: int = 1) -> None:
     """Render workers share 2 cores with the training process: give each few torch threads."""
     torch.set_num_threads(max(1, threads))
@@ -319,23 +337,55 @@ def make_worker_init(threads: int = 1):
 
 
 # ----------------------------------------------------------------------------------------- sampler
+def shard_by_group(groups: list[int], num_replicas: int, tolerance: float = 0.1) -> list[list[int]] | None:
+    """Entries (indices into ``groups``, the scene of each entry) per rank, whole scenes to a rank and the
+    ranks' entry counts balanced (largest first to the least loaded rank); None when a rank would get no
+    scene or the counts differ by more than ``tolerance`` of their mean."""
+    by: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        by.setdefault(g, []).append(i)
+    if len(by) < num_replicas:
+        return None
+    shards: list[list[int]] = [[] for _ in range(num_replicas)]
+    for g in sorted(by, key=lambda k: (-len(by[k]), k)):
+        min(shards, key=len).extend(by[g])
+    sizes = [len(x) for x in shards]
+    if max(sizes) - min(sizes) > tolerance * len(groups) / num_replicas:
+        return None
+    return [sorted(x) for x in shards]
+
+
 class ResumableSampler(DistributedSampler):
     """``DistributedSampler`` (shards the views across ranks, reshuffled per epoch from ``seed``)
     that can start part-way through an epoch and yields ``(index, epoch)`` keys.
 
+    ``groups``: the scene of each entry. With more than one rank and scenes that split evenly
+    (:func:`shard_by_group`), each rank draws only from its own scenes, so it touches about
+    1 / num_replicas of them; its share is shuffled per epoch and cycled or cut to ``num_samples`` (every rank
+    steps equally often). Otherwise views are sharded as ``DistributedSampler`` does.
     ``start``: samples of this rank's shard already consumed in the current epoch (resume).
     """
 
-    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 42):
+    def __init__(self, dataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 42,
+                 groups: list[int] | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=False)
         self.start = 0
+        shards = shard_by_group(groups, num_replicas) if groups is not None and num_replicas > 1 else None
+        self.shard = None if shards is None else shards[rank]
 
     def set_start(self, start: int) -> None:
         self.start = int(start)
 
     def __iter__(self):
-        indices = list(super().__iter__())
+        if self.shard is None:
+            indices = list(super().__iter__())
+        else:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.shard), generator=g).tolist() if self.shuffle else range(len(self.shard))
+            own = [self.shard[i] for i in order]
+            indices = (own * math.ceil(self.num_samples / len(own)))[:self.num_samples]
         for i in indices[self.start:]:
             yield (i, self.epoch)
 

@@ -24,6 +24,7 @@ import gc
 import logging
 import math
 import random
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -41,9 +42,10 @@ from fit3d.config import to_dict
 from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.adapters import add_lora, merge_lora
+from fit3d.finetune.anchor import AnchorReference
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
-                                 scene_memory)
+                                 render_workers, scene_memory)
 from fit3d.guard import check_not_input, check_replaceable, model_inputs
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
@@ -59,6 +61,7 @@ MODEL_DIR = "model"
 CHECKPOINT_FILE = "checkpoint.safetensors"
 OLD_CHECKPOINT_FILE = "checkpoint.pt"  # pickled (fit3d < this version): never loaded
 LOSSES_FILE = "losses.json"
+SCENE_CACHE_DIR = "scene_columns"  # the lifted scenes' Gaussians as mapped columns (fit3d.finetune.store), while running
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -375,6 +378,7 @@ class _Run:
     peft_model: object | None        # the PeftModel wrapping bb.model (adapter=lora), merged before saving
     original: object | None          # the frozen original (anchor reference; held-out baseline)
     mem: object
+    anchor_ref: object | None = None  # AnchorReference: the original's tokens, reusing the frozen prefix
     step: int = 0
     epoch: int = 0
     consumed: int = 0                # samples of the current epoch already seen
@@ -389,8 +393,8 @@ class _Run:
 
     @property
     def anchor(self) -> tuple | None:
-        return ((self.original, self.cfg.anchor_weight, self.cfg.anchor_at, self.cfg.anchor_spread)
-                if self.original is not None else None)
+        return ((self.anchor_ref or self.original, self.cfg.anchor_weight, self.cfg.anchor_at,
+                 self.cfg.anchor_spread) if self.original is not None else None)
 
 
 def _load_original(cfg: FinetuneConfig, device):
@@ -404,7 +408,7 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     seed_everything(cfg.seed)
     bb = load_backbone(cfg.backbone, model_path=cfg.model_path, device=str(device))
     bb.train()
-    scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone)
+    scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone, cache_dir=out / SCENE_CACHE_DIR)
     mem = scene_memory(scenes)
     if di.is_main:
         log.info("%s", mem)
@@ -414,14 +418,19 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
                           with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread")
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
-    sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed)
+    sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed,
+                               groups=[si for si, _ in views.entries])
+    for si in sorted({views.entries[i][0] for i in (sampler.shard or range(len(views)))}):
+        scenes[si].ensure_columns()  # this rank's scenes as mapped columns, once (before any render worker starts)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
     params, n_frozen, peft_model = build_trainable(bb, cfg)
     original = _load_original(cfg, device) if cfg.anchor_weight > 0 else None
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    anchor_ref = AnchorReference(original, bb, transformer_blocks) if original is not None and peft_model is None \
+        else None
     return _Run(cfg, out, di, device, settings, bb, scenes, views, sampler, total, params, opt, n_frozen,
-                peft_model, original, mem)
+                peft_model, original, mem, anchor_ref)
 
 
 def _resume(run: _Run) -> None:
@@ -470,13 +479,12 @@ def _stop_requested(run: _Run, interrupt: Interrupt) -> bool:
 def _make_loader(run: _Run) -> DataLoader:
     """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
     and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
-    cfg = run.cfg
-    workers = cfg.workers
+    cfg, workers = run.cfg, render_workers(run.cfg.workers)
     if workers:
         ok, why = workers_can_spawn(cfg.worker_start)
         if not ok:  # e.g. the README's snippet saved as a script: render here instead (same batches, slower)
             log.warning("fine-tuning renders in the main process (workers=0): %s; add the guard to use "
-                        "--workers %d", why, cfg.workers)
+                        "--workers %d", why, workers)
             workers = 0
     return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
                       worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
@@ -556,6 +564,8 @@ def _train(run: _Run, interrupt: Interrupt) -> None:
         if run.consumed >= run.sampler.num_samples:
             run.epoch, run.consumed = run.epoch + 1, 0
     bar.close()
+    if run.anchor_ref is not None:
+        run.anchor_ref.close()
     del loader  # stops the workers
     del module  # drop DDP (and its hold on the process group) before the group is destroyed
 
@@ -613,6 +623,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     }
     write_json(out / MANIFEST_FILE, manifest)
     run.ckpt_path.unlink(missing_ok=True)
+    shutil.rmtree(out / SCENE_CACHE_DIR, ignore_errors=True)  # the columnar copies: made again if ever needed
     return manifest
 
 

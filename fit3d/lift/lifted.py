@@ -28,6 +28,7 @@ import torch
 from fit3d.data import read_scene
 from fit3d.errors import SceneError
 from fit3d.io import read_json_dict, write_json
+from fit3d.lift.config import SolveConfig
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.lift.init import as_gaussians
 from fit3d.lift.methods import METHODS
@@ -106,12 +107,20 @@ def lift_settings(cfg, scene_path, split: tuple[list[str], list[str]] | None = N
 def current_settings(recorded):
     """Recorded lift settings in today's keys: before the methods had nested settings, every record held all
     of method solve's as flat ``solve_*`` fields; they become ``{"solve": {...}}`` for a solve lift and are
-    dropped for the others (they never changed those), so an unchanged rerun still resumes / reuses."""
-    if not isinstance(recorded, dict) or not any(k.startswith("solve_") for k in recorded):
+    dropped for the others (they never changed those), so an unchanged rerun still resumes / reuses. A solve
+    record from before ``geometry_iterations_per_view`` ran its colour iterations uncapped (0), which is
+    today's default when it ran none (the cap changes nothing then)."""
+    if not isinstance(recorded, dict):
         return recorded
-    out = {k: v for k, v in recorded.items() if not k.startswith("solve_")}
-    if recorded.get("method") == "solve":
-        out["solve"] = {k[len("solve_"):]: v for k, v in recorded.items() if k.startswith("solve_")}
+    out = recorded
+    if any(k.startswith("solve_") for k in recorded):
+        out = {k: v for k, v in recorded.items() if not k.startswith("solve_")}
+        if recorded.get("method") == "solve":
+            out["solve"] = {k[len("solve_"):]: v for k, v in recorded.items() if k.startswith("solve_")}
+    solve = out.get("solve")
+    if out.get("method") == "solve" and isinstance(solve, dict) and "geometry_iterations_per_view" not in solve:
+        cap = SolveConfig.geometry_iterations_per_view if solve.get("geometry_iterations") == 0 else 0.0
+        out = {**out, "solve": {**solve, "geometry_iterations_per_view": cap}}
     return out
 
 

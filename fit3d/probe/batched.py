@@ -14,6 +14,8 @@ The separate trainers (``depth.train_depth``, ``seg.train_seg``) train one head 
   and the same (source, seed) trained alone follow the same path up to float rounding
   (``tests/probe/test_batched.py``);
 - the ground truth of a seed's batch (depth, valid mask, labels) is gathered once for all sources;
+- a seg head's cross entropy is taken on every ``label_stride``-th label pixel (``fit3d.probe.seg``): the
+  resize matrices keep only those rows and columns, so only those logits are ever computed;
 - the x4 and final bilinear resizes are matmuls with the interpolation matrices (built by
   ``F.interpolate`` itself, so the weights are PyTorch's), whose backward is a matmul too (CPU
   ``upsample_bilinear2d_backward`` was a tenth of a separate step), and the depth head's bin
@@ -36,22 +38,11 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fit3d.errors import NonFiniteError
+from fit3d.resize import interp_matrix, resize  # noqa: F401 - resize is also this module's API
 from fit3d.probe.depth_bins import bin_sums
 from fit3d.probe.depth import DepthSettings, LinearDepthHead, log_gradient_loss, valid_mask
-from fit3d.probe.seg import LinearSegHead, SegSettings
+from fit3d.probe.seg import LinearSegHead, SegSettings, label_phase
 from fit3d.probe.train import batch_order, lr_factor
-
-
-def interp_matrix(n_in: int, n_out: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
-    """[n_out, n_in]: 1-D bilinear (align_corners=False) resize as a matrix, taken from ``F.interpolate``
-    applied to the identity so the weights are exactly PyTorch's (2-D bilinear is separable)."""
-    eye = torch.eye(n_in, dtype=dtype, device=device)[None]  # [1, n_in channels, n_in samples]
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
-
-
-def resize(x: torch.Tensor, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
-    """x [..., h, w] -> [..., H, W] with rows [H, h] and cols_t [w, W] (``interp_matrix`` / its transpose)."""
-    return torch.matmul(rows, torch.matmul(x, cols_t))
 
 
 @dataclass
@@ -311,8 +302,9 @@ class _StackedSeg:
     def params(self) -> list[torch.Tensor]:
         return [*self.gamma, *self.beta, *self.W, *self.b]
 
-    def forward(self, patches: list[torch.Tensor], out_size) -> torch.Tensor:
-        """patches[c] [n_c, B, C_c, h, w] -> logits [G, B, classes, H, W]; updates the BN running stats."""
+    def forward(self, patches: list[torch.Tensor], out_size, stride: int = 1, phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """patches[c] [n_c, B, C_c, h, w] -> logits [G, B, classes, H, W] (with ``stride``: at label pixels
+        ``phase + stride * k`` of each axis only); updates the BN running stats."""
         logits = []
         for c, x in enumerate(patches):
             mean = x.mean((1, 3, 4))  # [n, C]
@@ -331,7 +323,10 @@ class _StackedSeg:
         if key not in self._mats:
             (h, w), (H, W) = L.shape[-2:], out_size
             self._mats[key] = (interp_matrix(h, H, L.dtype, L.device), interp_matrix(w, W, L.dtype, L.device).T.contiguous())
-        return resize(L, *self._mats[key])
+        rows, cols_t = self._mats[key]
+        if stride > 1:
+            rows, cols_t = rows[phase[0]::stride].contiguous(), cols_t[:, phase[1]::stride].contiguous()
+        return resize(L, rows, cols_t)
 
     def to_heads(self, heads: list[LinearSegHead]) -> list[LinearSegHead]:
         for c, members in enumerate(self.classes.members):
@@ -366,16 +361,18 @@ def train_seg_batched(patches: list[torch.Tensor], labels: torch.Tensor, num_cla
     classes = _Classes.of([(patches[g % F_].shape[1], 0) for g in range(S * F_)])
     stack = _StackedSeg(heads, classes)
     out_size = tuple(labels.shape[-2:])
+    k, it = s0.label_stride, iter(range(s0.iterations))
 
     def step_losses(idx: list[torch.Tensor]) -> torch.Tensor:
-        lab = torch.stack([labels[i].long() for i in idx])  # [S, B, H, W]
+        r, c = label_phase(k, next(it))
+        lab = torch.stack([labels[i, r::k, c::k].long() for i in idx])  # [S, B, H / k, W / k]
         xs = [_gather(patches, m, lambda g: g % F_, lambda g: idx[g // F_]) for m in classes.members]
-        logits = stack.forward(xs, out_size)  # [G, B, C, H, W]
+        logits = stack.forward(xs, out_size, k, (r, c))  # [G, B, C, H / k, W / k]
         lab_g = lab[:, None].expand(S, F_, *lab.shape[1:]).reshape(-1, *lab.shape[2:])  # [G * B, H, W]
         ce = F.cross_entropy(logits.flatten(0, 1), lab_g, ignore_index=s0.ignore_index, reduction="none")
         keep = (lab_g != s0.ignore_index).to(ce.dtype)
         ce, keep = ce.reshape(S * F_, -1), keep.reshape(S * F_, -1)
-        return ce.sum(1) / keep.sum(1)  # the mean over kept pixels, as reduction="mean" (nan if none)
+        return ce.sum(1) / keep.sum(1).clamp(min=1)  # the mean over kept pixels, as train_seg (0 if none)
 
     loop = _Loop(stack.params(), len(heads), iterations=s0.iterations, lr=s0.lr, weight_decay=s0.weight_decay,
                  schedule="poly", warmup=s0.warmup)

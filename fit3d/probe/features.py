@@ -58,6 +58,18 @@ class CachedFeatures:
     meta: dict = field(default_factory=dict)
 
 
+def concat_features(o: CachedFeatures, f: CachedFeatures, n_layers: int = 1) -> CachedFeatures:
+    """The ``concat`` source's features from the original's and the fine-tuned model's: what
+    ``ConcatFeatures`` gives (per layer the original's patch channels, then the fine-tuned's; [CLS] of the
+    original), without running either model again. ``n_layers``: layers concatenated in each (linear4)."""
+    if o.names != f.names:
+        raise ValueError("concat_features: the two sources hold different images")
+    po, pf = o.patch.chunk(n_layers, 1), f.patch.chunk(n_layers, 1)
+    patch = torch.cat([t for pair in zip(po, pf) for t in pair], 1)
+    return CachedFeatures(patch, o.cls, list(o.names), o.patch_size, o.seconds + f.seconds,
+                          o.from_cache and f.from_cache, {"from": [o.meta.get("path"), f.meta.get("path")]})
+
+
 class FeatureCache:
     """Features on disk under ``root/<sha1>.pt`` keyed by source + image set + resolution.
 

@@ -14,6 +14,7 @@ Head training settings come from the config alone: ``DepthSettings.from_config``
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +29,7 @@ from fit3d.probe import sources as sources_mod  # module attribute: tests swap r
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
-from fit3d.probe.features import CachedFeatures, FeatureCache, extract_features
+from fit3d.probe.features import CachedFeatures, FeatureCache, concat_features, extract_features
 from fit3d.probe.sources import FeatureSource, check_sources, source_identity
 from fit3d.probe.seg import SegSettings
 from fit3d.run import result_settings
@@ -96,7 +97,13 @@ def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.T
 def source_features(src, split: Split, set_name: str, res, cache: FeatureCache, models: Models,
                     cfg: ProbeConfig) -> CachedFeatures:
     """Source ``src``'s features of ``split`` at ``res`` (W, H) through ``cache``: computed (models loaded) only
-    when the cache misses."""
+    when the cache misses. A concat source's features are composed from the original's and the fine-tuned
+    model's cached ones (each computed once per run)."""
+    if src.kind == "concat":
+        o, f = (source_features(dataclasses.replace(src, kind=k), split, set_name, res, cache, models, cfg)
+                for k in ("original", "finetuned"))
+        return concat_features(o, f, len(src.layers) if src.layers else 1)
+
     def compute():
         model = models.get(src)
         t0 = time.perf_counter()

@@ -3,6 +3,13 @@
 Logits are bilinearly upsampled to the label resolution; cross-entropy ignores ``ignore_index``;
 mIoU / mAcc come from a confusion matrix (classes absent from both prediction and labels are skipped,
 as mmseg's nan-mean does). Optimiser as DINOv2 / FiT3D: AdamW lr 1e-3, wd 1e-4, poly with linear warmup.
+
+Training takes the cross entropy on every ``label_stride``-th label pixel in each direction (the
+upsampled logits at those pixels exactly; the offset cycles through the stride x stride pixel phases
+from one iteration to the next, so every pixel takes its turn). The logits are bilinear between token
+centres, ``patch`` pixels apart: a stride of a few pixels samples them, and the labels, several times per
+patch, at a ``stride^2``-th of the cost of the full-resolution loss (``bench/seg_stride.py``: the same
+mIoU within the seed spread). Prediction and metrics stay at full resolution.
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ class SegSettings(HeadSettings):
     TASK: ClassVar[str] = "seg"
 
     ignore_index: int = 255
+    label_stride: int = 4  # cross entropy on every k-th label pixel per direction (1: all; module docstring)
 
     @classmethod
     def from_config(cls, cfg: ProbeConfig, ignore_index: int, seed: int) -> "SegSettings":
@@ -48,15 +56,25 @@ class SegSettings(HeadSettings):
         return cls.of_run(cfg, seed, ignore_index=ignore_index)
 
 
+def label_phase(stride: int, it: int) -> tuple[int, int]:
+    """(row, column) offset of iteration ``it``'s label pixels: the stride x stride phases in turn."""
+    k = it % (stride * stride)
+    return k // stride, k % stride
+
+
 def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:
     """Fit a head on cached features. patch [N, D, h, w], labels [N, H, W] int (ignore_index allowed)."""
     torch.manual_seed(s.seed)
     head = LinearSegHead(patch.shape[1], num_classes).to(patch.device, patch.dtype)
     out_size = tuple(labels.shape[-2:])
+    k, it = s.label_stride, iter(range(s.iterations))
 
     def step(idx):
-        logits = head(patch[idx], out_size)
-        return F.cross_entropy(logits, labels[idx].long(), ignore_index=s.ignore_index)
+        r, c = label_phase(k, next(it))
+        logits = head(patch[idx], out_size)[..., r::k, c::k]
+        lab = labels[idx, r::k, c::k].long()
+        ce = F.cross_entropy(logits, lab, ignore_index=s.ignore_index, reduction="sum")
+        return ce / (lab != s.ignore_index).sum().clamp(min=1)  # the mean over kept pixels (0 if none)
 
     log = train_head(head, len(patch), step, iterations=s.iterations, batch_size=s.batch_size, lr=s.lr,
                      weight_decay=s.weight_decay, schedule="poly", warmup=s.warmup, seed=s.seed, desc="seg probe")

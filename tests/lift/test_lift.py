@@ -246,3 +246,17 @@ def test_lifted_folders_of_older_versions_load_in_todays_keys(scene, tmp_path):
     with pytest.raises(Fit3DError, match=r"solve\.cg_ridge: 0\.0001 -> 0\.1"):
         reuse_finished(out, lift_settings(set_fields(tiny_solve(), ["solve_cg_ridge=0.1"]), "synthetic"))
 
+
+
+def test_records_before_the_colour_cap_read_as_today(tmp_path):
+    """A solve record without ``geometry_iterations_per_view`` ran uncapped colour iterations: read as 0 (a
+    rerun with today's cap is a mismatch naming it), or as today's default when it ran none (reused)."""
+    from fit3d.lift.config import SolveConfig
+    from fit3d.lift.lifted import current_settings
+
+    old = {"method": "solve", "solve": {"geometry_iterations": 300, "cg_ridge": 1e-4}}
+    assert current_settings(old)["solve"]["geometry_iterations_per_view"] == 0.0
+    none = {"method": "solve", "solve_geometry_iterations": 0}
+    assert current_settings(none)["solve"] == {"geometry_iterations": 0, "geometry_iterations_per_view":
+                                               SolveConfig.geometry_iterations_per_view}
+    assert current_settings({"method": "optimize", "lr": 1}) == {"method": "optimize", "lr": 1}

@@ -423,17 +423,62 @@ def test_view_subsets_of_the_weights_are_their_rows():
     torch.testing.assert_close(sub.den, parts[0].den + parts[2].den)
 
 
-def test_ridge_selection_picks_a_candidate_and_records_it(room, tmp_path):
-    """solve_ridge_select scores every candidate on held-back training views and keeps the best; the lift's
-    held-out cosine is then within 1e-3 of the better of the grid's two ends, fixed (here: above both)."""
-    from fit3d.lift.solve.cg import RIDGE_CANDIDATES
+def test_ridge_selection_picks_a_candidate_and_records_it(room, tmp_path, monkeypatch):
+    """solve_ridge_select scores the candidates on held-back training views and keeps the best; the lift's
+    held-out cosine is then within 1e-3 of the better of the grid's two ends, fixed (here: above both).
+    Stopping after the first falling score (the default) runs a prefix of the grid and gives the same choice and
+    the same lift as scoring every candidate."""
+    import functools
+
+    from fit3d.lift.solve import features
+    from fit3d.lift.solve.cg import RIDGE_CANDIDATES, select_ridge
 
     sel = lift_scene(room, _cfg(cg_iterations=10, ridge_select=True), tmp_path / "sel",
                      backbone=_ColourBackbone())
     info = sel["solve"]
-    assert set(info["ridge_scores"]) == {f"{r:g}" for r in RIDGE_CANDIDATES}
-    assert info["ridge"] == max(RIDGE_CANDIDATES, key=lambda r: info["ridge_scores"][f"{r:g}"])
+    monkeypatch.setattr(features, "select_ridge", functools.partial(select_ridge, stop_early=False))
+    full = lift_scene(room, _cfg(cg_iterations=10, ridge_select=True), tmp_path / "full",
+                      backbone=_ColourBackbone())
+    monkeypatch.undo()
+    scores = full["solve"]["ridge_scores"]
+    assert list(scores) == [f"{r:g}" for r in RIDGE_CANDIDATES]
+    run = list(info["ridge_scores"])
+    assert run == list(scores)[:len(run)] and info["ridge_scores"] == {k: scores[k] for k in run}
+    assert info["ridge"] == full["solve"]["ridge"] == max(RIDGE_CANDIDATES, key=lambda r: scores[f"{r:g}"])
+    assert sel["heldout"] == full["heldout"]
     ends = [lift_scene(room, _cfg(cg_iterations=10, cg_ridge=r),
                        tmp_path / f"r{r:g}", backbone=_ColourBackbone())["heldout"]["feature_cosine"]
             for r in (RIDGE_CANDIDATES[0], RIDGE_CANDIDATES[-1])]
     assert sel["heldout"]["feature_cosine"] >= max(ends) - 1e-3, (sel["heldout"], ends)
+
+
+def test_ridge_selection_stops_after_its_peak():
+    """select_ridge stops at the first candidate scoring below its predecessor: with noisy targets on few
+    views (the strongest ridge predicts held-back views best) it runs two of the four candidates, and its
+    choice and features equal those of scoring every candidate."""
+    from fit3d.lift.solve.cg import RIDGE_CANDIDATES, select_ridge
+    from fit3d.lift.solve.weights import ViewWeights
+
+    params, views = _gaussians(n=80, opacity=0.5), _views(8)
+    vw = ViewWeights(_fixed(params, views, keep=True), (3, 4))
+    T = 1.0 + torch.randn(vw.M.shape[0], 4, generator=torch.Generator().manual_seed(0))
+    full = select_ridge(vw, T, RIDGE_CANDIDATES, 10, 0.0, every=4, stop_early=False)
+    early = select_ridge(vw, T, RIDGE_CANDIDATES, 10, 0.0, every=4)
+    s = list(full[1].values())
+    peak = s.index(max(s))
+    assert all(a <= b for a, b in zip(s[:peak], s[1:peak + 1])) and all(a >= b for a, b in zip(s[peak:], s[peak + 1:]))
+    assert len(early[1]) == 2 and early[1] == dict(list(full[1].items())[:len(early[1])])
+    assert early[0] == full[0]
+    torch.testing.assert_close(early[2], full[2], rtol=0, atol=0)
+
+
+def test_colour_iterations_capped_per_training_view(room, tmp_path):
+    """solve.geometry_iterations_per_view caps the colour-only iterations at that many per training view
+    (0: no cap); the lift records the iterations it ran."""
+    n_train = len(room.views) - len(room.views[::8])
+    capped = lift_scene(room, _cfg(geometry_iterations=10 * n_train, geometry_iterations_per_view=0.5),
+                        tmp_path / "c", backbone=_ColourBackbone())
+    assert capped["solve"]["iterations"] == math.ceil(0.5 * n_train)
+    free = lift_scene(room, _cfg(geometry_iterations=3, geometry_iterations_per_view=0), tmp_path / "f",
+                      backbone=_ColourBackbone())
+    assert free["solve"]["iterations"] == 3

@@ -50,10 +50,11 @@ def test_batched_depth_equals_separate(monkeypatch, dtype, fused, tol):
     assert not torch.allclose(out[0][0].conv.weight, out[3][0].conv.weight)
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_batched_seg_equals_separate(dtype, tol):
+@pytest.mark.parametrize("dtype,tol,stride", [(torch.float64, 1e-12, 1), (torch.float64, 1e-12, 3),
+                                              (torch.float32, 1e-5, 4)])
+def test_batched_seg_equals_separate(dtype, tol, stride):
     P, _, _, L = sources(dtype, seed=1)
-    ss = [SegSettings(iterations=20, batch_size=5, lr=1e-2, seed=s) for s in SEEDS]
+    ss = [SegSettings(iterations=20, batch_size=5, lr=1e-2, seed=s, label_stride=stride) for s in SEEDS]
     out = train_seg_batched(P, L, 4, ss)
     for si, s in enumerate(ss):
         for f in range(3):
@@ -65,6 +66,20 @@ def test_batched_seg_equals_separate(dtype, tol):
             same = predict_seg(hb, P[f], (20, 26)) == predict_seg(head, P[f], (20, 26))
             # float64: identical; float32: weights agree to 1e-5, so only near-tie pixels may flip
             assert bool(same.all()) if dtype == torch.float64 else float(same.float().mean()) > 0.99
+
+
+def test_strided_seg_loss_is_the_full_loss_at_those_pixels():
+    """The strided cross entropy = the full-resolution one restricted to the pixels of the iteration's phase."""
+    P, _, _, L = sources(torch.float64, seed=2)
+    head = SegSettings(label_stride=3)
+    heads = [batched.LinearSegHead(P[0].shape[1], 4).double()]
+    stack = batched._StackedSeg(heads, batched._Classes.of([(P[0].shape[1], 0)]))
+    x = [P[0][None, :5]]
+    full = stack.forward(x, (20, 26))
+    for phase in ((0, 0), (2, 1)):
+        part = stack.forward(x, (20, 26), head.label_stride, phase)
+        torch.testing.assert_close(part, full[..., phase[0]::3, phase[1]::3], atol=1e-12, rtol=0)
+    assert {batched.label_phase(3, it) for it in range(9)} == {(r, c) for r in range(3) for c in range(3)}
 
 
 def test_interp_matrices_are_pytorchs_bilinear():

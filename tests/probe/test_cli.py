@@ -49,10 +49,10 @@ def test_depth_two_sources_side_by_side_and_cache(scene, tmp_path, fake_backbone
         assert np.isfinite(d["metrics"]["original"][k])
     assert d["settings"]["n_train"] == 20 and d["settings"]["n_test"] == 10 and d["settings"]["seed"] == 0
     assert (tmp_path / "out" / "figure.png").stat().st_size > 0 and (tmp_path / "out" / "probe.md").exists()
-    assert sorted(fake_backbone) == ["concat", "original"]
+    assert sorted(fake_backbone) == ["finetuned", "original"]  # concat is made of their cached features
     # the trained heads are saved and reproduce the reported metric on the test split
     _, m = load_depth_head(tmp_path / "out" / "heads" / "concat.pt")
-    assert m["patch_dim"] == m["cls_dim"] == 16 and m["source"]["kind"] == "concat"  # the stand-in: 16 wide
+    assert (m["patch_dim"], m["cls_dim"], m["source"]["kind"]) == (32, 16, "concat")  # the stand-ins: 16 wide each
     assert m["resolution"] == [32, 24] and m["source"]["finetuned_dir"] == str(ft)
     head, m = load_depth_head(tmp_path / "out" / "heads" / "original.pt")
     test = load_probe_data(scene, "test", (32, 24))

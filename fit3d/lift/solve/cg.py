@@ -52,8 +52,8 @@ def conjugate_gradient(matvec, b: Tensor, x0: Tensor, precond: Tensor, iteration
     return x, hist
 
 
-def select_ridge(vw: ViewWeights, targets: Tensor, candidates, iterations: int, tol: float, every: int = 8
-                 ) -> tuple[float, dict, Tensor]:
+def select_ridge(vw: ViewWeights, targets: Tensor, candidates, iterations: int, tol: float, every: int = 8,
+                 stop_early: bool = True) -> tuple[float, dict, Tensor]:
     """The CG ridge (relative to each Gaussian's weight) that predicts held-back training views best: CG on all
     but every ``every``-th view (offset every // 2) for each candidate, largest first, each warm-started from
     the last; scored by the mean token cosine of the held-back views' pooled renders (in the decoder's
@@ -61,7 +61,10 @@ def select_ridge(vw: ViewWeights, targets: Tensor, candidates, iterations: int, 
     Hand-written: a validation split over our own CG, no library's model selection fits.
     Returns (ridge, {ridge: cosine}, that ridge's features [N, C]: a warm start for the solve). Few views
     pose an ill-posed problem that wants a strong ridge (the demo's 21-view rooms: 0.1), many views a weak one
-    (RedKitchen's 175: 1e-4); one fixed value loses up to 0.05 cosine on one or the other."""
+    (RedKitchen's 175: 1e-4); one fixed value loses up to 0.05 cosine on one or the other.
+    With ``stop_early`` the candidates after the first whose score falls below its predecessor's are not run:
+    the scores rise to one peak and fall (every scene measured, docs/speed.md), so the choice and its features
+    are the same, and few-view scenes, which pick a strong ridge, skip the weak ridges' CG."""
     V = vw.M.shape[0] // vw.rows
     held = [i for i in range(V) if i % every == every // 2]
     fit_idx = [i for i in range(V) if i % every != every // 2]
@@ -77,5 +80,7 @@ def select_ridge(vw: ViewWeights, targets: Tensor, candidates, iterations: int, 
         pred = Mv @ f.float()
         seen = pred.norm(dim=1) > 0
         scores[r], sols[r] = float(F.cosine_similarity(pred[seen], t_val[seen].float(), dim=1).mean()), f
+        if stop_early and len(scores) > 1 and scores[r] < list(scores.values())[-2]:
+            break  # past the peak
     best = max(scores, key=scores.get)
     return best, scores, sols[best]

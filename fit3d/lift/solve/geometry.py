@@ -4,6 +4,7 @@ colour-only training through Stage 1's step."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 
 import numpy as np
@@ -43,7 +44,8 @@ def optimize_colour(ctx: LiftContext, params: dict, iterations: int, extent: flo
 
 def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict]:
     """(params, extent, source, history, info): fused depth surfels (+ ``solve.geometry_iterations`` colour-only
-    iterations), or, without depth, the scene's points trained colour-only for ``solve.nodepth_iterations``."""
+    iterations, at most ``solve.geometry_iterations_per_view`` per training view), or, without depth, the scene's
+    points trained colour-only for ``solve.nodepth_iterations``."""
     cfg = ctx.cfg
     t0 = time.perf_counter()
     train = [ctx.views[i] for i in ctx.train_idx]
@@ -58,7 +60,10 @@ def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict
         params = surfel_params(means, normals, cols, cfg.solve.scale * np.maximum(vox, foot),
                                opacity=cfg.solve.opacity, flat=cfg.solve.flat, feature_dim=cfg.feature_dim,
                                max_sh_degree=cfg.max_sh_degree, device=ctx.device)
-        source, iters, info = "depth-fused", cfg.solve.geometry_iterations, {"voxel": vox, "fused": len(means)}
+        iters = cfg.solve.geometry_iterations
+        if cfg.solve.geometry_iterations_per_view > 0:  # a cost proportional to the views, not fixed
+            iters = min(iters, math.ceil(cfg.solve.geometry_iterations_per_view * len(train)))
+        source, info = "depth-fused", {"voxel": vox, "fused": len(means)}
     elif ctx.points is not None and len(ctx.points) > 0:
         pts = np.asarray(ctx.points, np.float32)
         cols = (np.asarray(ctx.points_rgb, np.float32) if ctx.points_rgb is not None else np.full_like(pts, 0.5))

@@ -1,0 +1,112 @@
+"""The anchor's reference tokens (the frozen original's) for the fine-tuning step, at the least cost.
+
+The anchor term pulls the fine-tuned tokens toward the frozen original's on the same images, so each step
+needs one more forward of the original. When the recipe freezes the patch embedding and the first ``k``
+blocks (``freeze_blocks``), the fine-tuned model's hidden state after block ``k`` *is* the original's:
+same weights, same input. :class:`AnchorReference` captures that state during the fine-tuned model's own
+forward (a hook on block ``k``) and runs only the original's remaining blocks and final norm on it (no
+grad): for the ``default`` recipe (last 6 of 12 blocks trained) half the original's forward.
+
+The first call checks the shortcut against the original's full forward on that batch and falls back to
+the full forward for the rest of the run if they differ (e.g. a family whose blocks take more than the
+hidden state, or dropout in the frozen blocks); ``shortcut`` says which path is in use.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger(__name__)
+
+
+def frozen_prefix(model: nn.Module, blocks: nn.ModuleList) -> int:
+    """Number of leading blocks whose parameters are all frozen (0 if the patch embedding is trained)."""
+    for name, m in model.named_modules():
+        if name.split(".")[-1] == "embeddings" and any(p.requires_grad for p in m.parameters()):
+            return 0
+    k = 0
+    for b in blocks:
+        if any(p.requires_grad for p in b.parameters()):
+            break
+        k += 1
+    return k
+
+
+class AnchorReference:
+    """``reference(images)`` -> the original's patch tokens [B, D, h, w] (no grad), reusing the fine-tuned
+    model's frozen prefix when it has one; call it right after the fine-tuned forward on ``images``."""
+
+    def __init__(self, original, trained, blocks_of, check_atol: float = 1e-4):
+        """original / trained: ``Backbone``s; ``blocks_of(model) -> nn.ModuleList`` of transformer blocks."""
+        self.original, self.trained, self.check_atol = original, trained, check_atol
+        self.shortcut = False
+        self._hidden: Tensor | None = None
+        self._checked = False
+        self._handle = None
+        try:
+            tb, ob = blocks_of(trained.model), blocks_of(original.model)
+        except Exception:  # noqa: BLE001 - no block list: the plain path
+            return
+        self.k = frozen_prefix(trained.model, tb)
+        self.norm = getattr(original.model, getattr(original._family, "norm_attr", ""), None)
+        if 0 < self.k < len(tb) and len(ob) == len(tb) and self.norm is not None:
+            self.tail = ob[self.k:]
+            self._handle = tb[self.k - 1].register_forward_hook(self._capture)
+            self.shortcut = True
+
+    def _capture(self, module, args, out) -> None:
+        self._hidden = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    @torch.no_grad()
+    def _tail(self, images: Tensor) -> Tensor:
+        h = self._hidden
+        for block in self.tail:
+            h = block(h)
+            h = h[0] if isinstance(h, (tuple, list)) else h
+        s = self.norm(h)
+        o = self.original
+        B, _, H, W = images.shape
+        gh, gw = o.grid_size(H, W)
+        return s[:, o.num_prefix_tokens:].transpose(1, 2).reshape(B, s.shape[-1], gh, gw).float()
+
+    def __call__(self, images: Tensor) -> Tensor:
+        if not self.shortcut or self._hidden is None or self._hidden.shape[0] != images.shape[0]:
+            return self.original.features(images)[0]
+        was = self.original.training
+        self.original.eval()
+        try:
+            with self.original._autocast():
+                ref = self._tail(images)
+        except Exception as e:  # noqa: BLE001 - a family whose blocks need more than the hidden state
+            log.info("anchor reference: the frozen-prefix shortcut failed (%s); full forward of the original", e)
+            self._disable()
+            return self.original.features(images)[0]
+        finally:
+            self.original.train(was)
+            self._hidden = None
+        if not self._checked:
+            self._checked = True
+            full = self.original.features(images)[0]
+            if full.shape != ref.shape or not torch.allclose(full, ref, atol=self.check_atol, rtol=0):
+                log.info("anchor reference: the frozen-prefix shortcut differs from the original's forward (max "
+                         "%.2e); full forward from now on", float((full - ref).abs().max()) if full.shape == ref.shape
+                         else float("nan"))
+                self._disable()
+                return full
+        return ref
+
+    def features(self, images: Tensor) -> tuple[Tensor, None]:
+        """(reference patch tokens, None): what ``forward_loss`` reads of an anchor model's ``features``."""
+        return self(images), None
+
+    def _disable(self) -> None:
+        self.shortcut = False
+        self.close()
