@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import resource
 import shutil
 import sys
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
+from fit3d.clock import Clock
 from fit3d.errors import SceneError
 from fit3d.guard import LOCK_FILE, MARKER
 from fit3d.io import atomic_dir, read_json_dict, write_json
@@ -82,30 +80,6 @@ def check_output(src: Path, out: Path) -> None:
     if held and not (out / WORK / _SETTINGS).is_file():
         raise SceneError(f"--out {out}: the folder exists, holds files and is not a fit3d prepare output "
                          f"(no {WORK}/{_SETTINGS}); choose another --out")
-
-
-class _Clock:
-    """Wall and CPU seconds (all threads: pycolmap runs in this process) per phase."""
-
-    def __init__(self):
-        self.times: dict[str, dict[str, float]] = {}
-
-    @staticmethod
-    def _cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_SELF)
-        c = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return r.ru_utime + r.ru_stime + c.ru_utime + c.ru_stime
-
-    @contextmanager
-    def phase(self, name: str):
-        t, c = time.perf_counter(), self._cpu()
-        try:
-            yield
-        finally:
-            self.times[name] = {"wall_s": round(time.perf_counter() - t, 2), "cpu_s": round(self._cpu() - c, 2)}
-
-    def total(self) -> dict[str, float]:
-        return {k: round(sum(v[k] for v in self.times.values()), 2) for k in ("wall_s", "cpu_s")}
 
 
 def _bar(cfg: PrepareConfig, total: int, desc: str):
@@ -163,7 +137,7 @@ def _start_work(dst: Path, settings: dict) -> Path:
 
 def _prepare(src: Path, kind: str, plan: dict, dst: Path, cfg: PrepareConfig, settings: dict) -> dict:
     work = _start_work(dst, settings)
-    clock = _Clock()
+    clock = Clock()
     with Interrupt() as intr, sfm.quiet_colmap():
         stop = lambda: intr.requested is not None  # noqa: E731
 
@@ -171,12 +145,12 @@ def _prepare(src: Path, kind: str, plan: dict, dst: Path, cfg: PrepareConfig, se
             if stop():
                 intr.stop(f"prepare ({phase})", work)
 
-        with clock.phase("images"):
+        with clock.stage("images"):
             images = _images(src, kind, plan, work, cfg, halt)
         names = [im["name"] for im in images["images"]]
         image_dir = work / "images"
         db = work / "database.db"
-        with clock.phase("features"), _bar(cfg, len(names), "features") as bar:
+        with clock.stage("features"), _bar(cfg, len(names), "features") as bar:
             sfm.extract(db, image_dir, names, single_camera=images["camera"] == "single",
                         camera_model=cfg.camera_model, sift_max_size=cfg.sift_max_size,
                         max_features=cfg.max_features, threads=cfg.threads, progress=bar.update, should_stop=stop)
@@ -184,19 +158,20 @@ def _prepare(src: Path, kind: str, plan: dict, dst: Path, cfg: PrepareConfig, se
         matching = _matching_mode(kind, len(names), cfg)
         pairs = exhaustive_pairs(len(names)) if matching == "exhaustive" else \
             sequential_pairs(len(names), cfg.sequential_overlap)
-        with clock.phase("matching"), _bar(cfg, len(pairs), f"matching ({matching})") as bar:
+        with clock.stage("matching"), _bar(cfg, len(pairs), f"matching ({matching})") as bar:
             sfm.match(db, names, pairs, work / "pairs.txt", threads=cfg.threads, progress=bar.update, should_stop=stop)
         halt("matching")
         _check_overlap(src, names, sfm.verified_pairs(db, names), cfg)
-        with clock.phase("mapping"):
+        with clock.stage("mapping"):
             mapping = _mapping(work, db, image_dir, names, cfg, stop)
         halt("mapping")
         _check_registered(src, names, mapping, cfg)
-        with clock.phase("undistort"), _bar(cfg, 1, "undistort") as bar:
+        with clock.stage("undistort"), _bar(cfg, 1, "undistort") as bar:
             _undistort(work, dst, mapping, cfg)
             bar.update(1)
         _check_readable(dst, mapping)
-    timings = dict(clock.times, total=clock.total())
+    timings = {k: {"wall_s": round(clock.wall[k], 2), "cpu_s": round(clock.cpu[k], 2)} for k in clock.wall}
+    timings["total"] = {k: round(sum(v[k] for v in timings.values()), 2) for k in ("wall_s", "cpu_s")}
     record = {
         "format": "fit3d-prepare/1",
         "settings": settings,
