@@ -147,6 +147,10 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     from fit3d.probe import report
 
     _check(cfg)
+    if cfg.task == "cls":  # image-folder classification: its own data and heads (fit3d.probe.cls)
+        from fit3d.probe.cls import run_cls_probe
+
+        return run_cls_probe(cfg, command, verbose)
     device = str(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
