@@ -85,6 +85,10 @@ class GeneralizeConfig:
         "choices": LIFT_METHODS, "help": "Stage 1: backprojected (no optimisation) or a fit3d.lift method"})
     lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
     lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
+    lift_feature_size: int = field(default=0, metadata={
+        "help": "backbone input long side for the lifted features (0: backprojected at the lift resolution itself, "
+                "a 7 x 5 token grid at width 96; fit3d.lift methods at their feature_size, 448; 224: the Stage 2 / "
+                "probe input, as FiT3D lifts and fine-tunes at one resolution)"})
     lift_feature_dim: int = field(default=64, metadata={
         "help": "per-Gaussian feature size f (FiT3D: 64; 0 = the backbone's width D: no bottleneck)"})
     lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
@@ -148,14 +152,17 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
 
     dirs = []
     # other lift kinds go to their own folders, so runs sharing --scenes-dir do not lift over each other
-    kind = "" if (cfg.lift_method, cfg.lift_feature_dim) == ("backprojected", 64) else (
-        f"-{cfg.lift_method}" + (f"-f{cfg.lift_feature_dim or 'D'}" if cfg.lift_feature_dim != 64 else ""))
+    fs = cfg.lift_feature_size
+    kind = "" if (cfg.lift_method, cfg.lift_feature_dim, fs) == ("backprojected", 64, 0) else (
+        f"-{cfg.lift_method}" + (f"-f{cfg.lift_feature_dim or 'D'}" if cfg.lift_feature_dim != 64 else "")
+        + (f"-fs{fs}" if fs else ""))
     for i, (name, path, max_frame) in enumerate(scenes):
         d = out / f"lifted{kind}" / name
         dirs.append(d)
         train, held = _lift_views(path, max_frame, cfg.lift_max_views)
         want = as_recorded({"method": cfg.lift_method, "width": cfg.lift_width, "iterations": cfg.lift_iterations,
                             **({"feature_dim": cfg.lift_feature_dim} if cfg.lift_feature_dim != 64 else {}),
+                            **({"feature_size": fs} if fs else {}),
                             "max_frame": max_frame, "train_views": train, "heldout_views": held,
                             "scene": str(Path(path).resolve()), "source": generated_with(path)})
         record = d / "generalize.json"  # what this bench lifted the folder with (the lift's own settings vary by method)
@@ -174,11 +181,13 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
             v0 = read_scene(path, load_depth=False, names=train[:1]).views[0]
             res = (cfg.lift_width, round(cfg.lift_width * v0.height / v0.width))
             backprojected_lift(path, backbone, d, train_views=train, heldout_views=held, resolution=res,
-                               model_path=cfg.model_path, feature_dim=cfg.lift_feature_dim or backbone.embed_dim)
+                               model_path=cfg.model_path, feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
+                               feature_size=fs or None)
         else:
             lc = LiftConfig(backbone="dinov2_small", model_path=cfg.model_path, method=cfg.lift_method,
                             iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
-                            feature_dim=cfg.lift_feature_dim or backbone.embed_dim)
+                            feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
+                            **({"feature_size": cfg.lift_feature_size} if cfg.lift_feature_size else {}))
             lift_scene(str(path), lc, d, backbone=backbone, name=name)
         write_json(record, want)
     return dirs

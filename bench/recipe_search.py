@@ -54,7 +54,7 @@ class SearchConfig(G.GeneralizeConfig):
     room_views: int = field(default=16, metadata={"help": "views per generated room"})
     lift_max_views: int = field(default=48, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
     finetune_steps: int | None = field(default=100, metadata={"help": "Stage 2 steps"})
-    probe_iterations: int = field(default=300, metadata={"help": "head iterations (depth, seg, cls linear)"})
+    probe_iterations: int = field(default=200, metadata={"help": "head iterations (depth, seg, cls linear)"})
     seeds: int = field(default=2, metadata={"help": "probe seeds per head"})
     max_items: int = field(default=48, metadata={"help": "cap images per probe split of rooms / CamVid / RedKitchen"})
     bootstrap: int = field(default=1000, metadata={"help": "bootstrap resamples"})
@@ -241,8 +241,8 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
 def lever_name(r: dict) -> str:
     s = r["settings"]
     extra = " ".join(s.get("set", []))
-    lift = "" if (s.get("lift_method"), s.get("lift_feature_dim", 64)) == ("backprojected", 64) else \
-        f" lift {s.get('lift_method')} f={s.get('lift_feature_dim') or 'D'}"
+    lift = f" lift {s.get('lift_method')}" + (f" f={s.get('lift_feature_dim') or 'D'}" if s.get("lift_feature_dim", 64)
+                                             != 64 else "") + (f" {s['lift_feature_size']} px" if s.get("lift_feature_size") else "")
     return f"{s['recipe']}{(' ' + extra) if extra else ''}{lift}, {s.get('finetune_steps_run')} steps"
 
 

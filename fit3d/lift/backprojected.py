@@ -35,10 +35,12 @@ def generated_with(scene_path) -> dict | None:
 def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str], heldout_views: list[str],
                        resolution: tuple[int, int], layout: str = "auto", feature_dim: int = 64,
                        stride: int = 4, footprint: float = 1.5, opacity: float = 0.95,
-                       model_path: str | None = None, seed: int = 0) -> Path:
+                       model_path: str | None = None, seed: int = 0, feature_size: int | None = None) -> Path:
     """Write ``out_dir`` (gaussians.ply, decoder.safetensors, lift.json) for ``scene_path``.
 
-    resolution (W, H): the "lift" resolution (views are read at it). Returns ``out_dir``.
+    resolution (W, H): the "lift" resolution (views are read at it). feature_size: the backbone's input long
+    side (the views read again at that size; None: the lift resolution itself, e.g. a 7 x 5 token grid at
+    96 x 72, so the targets are the features of a small image). Returns ``out_dir``.
     """
     out_dir = Path(out_dir)
     W, H = resolution
@@ -46,7 +48,12 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
     views = scene.views
     if any(v.depth is None for v in views):
         raise SceneError(f"{scene_path}: back-projection needs depth for every training view")
-    images = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in views])  # [V, 3, H, W]
+    feature_views = views
+    if feature_size:
+        s = feature_size / max(W, H)
+        feature_views = read_scene(scene_path, layout=layout, resolution=(round(W * s), round(H * s)),
+                                   names=list(train_views), load_depth=False).views
+    images = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in feature_views])  # [V, 3, H', W']
     patch = backbone.features(backbone.prepare(images)).patch.float().cpu()  # [V, D, h, w]
     dense = F.interpolate(patch, size=(H, W), mode="bilinear", align_corners=False)  # [V, D, H, W]
     D = dense.shape[1]
@@ -87,6 +94,7 @@ def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str],
                 "scene": str(Path(scene_path).resolve()), "layout": layout, "train_views": list(train_views),
                 "heldout_views": list(heldout_views), "resolution": [int(W), int(H)], "feature_dim": f,
                 "stride": stride, "footprint": footprint, "opacity": opacity, "seed": seed,
+                **({"feature_size": int(feature_size)} if feature_size else {}),
                 "source": generated_with(scene_path)}
     out_dir.mkdir(parents=True, exist_ok=True)
     gaussians.save_ply(out_dir / GAUSSIANS_FILE)
