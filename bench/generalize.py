@@ -8,7 +8,8 @@ Stages (each kept under ``--out``; rerunning reuses finished ones):
 1. generate ``--rooms`` synthetic rooms to lift, plus ``--probe-rooms`` + ``--test-rooms`` held-out rooms
    (never lifted or fine-tuned on) for the rooms probes (``fit3d.data.synthetic``);
 2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms (``--lift-method``: ``backprojected``, a
-   depth back-projection without optimisation, or any ``fit3d.lift`` method such as ``optimize``);
+   depth back-projection without optimisation, or any ``fit3d.lift`` method such as ``solve``), from the
+   backbone's features of each view at ``--lift-feature-size`` (224: the Stage 2 input);
 3. fine-tune one DINOv2-S on all lifted scenes with ``--recipe`` (``fit3d.finetune.recipes``) -> ``OUT/finetuned``;
 4. evaluate original / finetuned / concat on:
 
@@ -85,10 +86,10 @@ class GeneralizeConfig:
         "choices": LIFT_METHODS, "help": "Stage 1: backprojected (no optimisation) or a fit3d.lift method"})
     lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
     lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
-    lift_feature_size: int = field(default=0, metadata={
+    lift_feature_size: int = field(default=224, metadata={
         "help": "backbone input long side for the lifted features (0: backprojected at the lift resolution itself, "
-                "a 7 x 5 token grid at width 96; fit3d.lift methods at their feature_size, 448; 224: the Stage 2 / "
-                "probe input, as FiT3D lifts and fine-tunes at one resolution)"})
+                "a 7 x 5 token grid at width 96, issue 14's runs; fit3d.lift methods at their feature_size, 448; "
+                "224: the Stage 2 / probe input, as FiT3D lifts and fine-tunes at one resolution)"})
     lift_feature_dim: int = field(default=64, metadata={
         "help": "per-Gaussian feature size f (FiT3D: 64; 0 = the backbone's width D: no bottleneck)"})
     lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})

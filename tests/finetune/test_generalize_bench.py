@@ -64,7 +64,7 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     g = _bench()
     out = tmp_path / "gen"
     argv = ["--out", str(out), "--json", str(tmp_path / "r.json"), "--model-path", str(tiny_model_dir),
-            "--quick", "--rooms", "2", "--room-views", "6", "--room-size", "64", "48", "--lift-width", "32",
+            "--quick", "--rooms", "2", "--room-views", "6", "--room-size", "64", "48", "--lift-width", "32", "--lift-feature-size", "64",
             "--lift-max-views", "8", "--finetune-steps", "2", "--probe-resolution", "64", "48",
             "--probe-iterations", "4", "--max-items", "8", "--bootstrap", "50", "--seeds", "2",
             "--recipe", "fit3d", "--set", "workers=0"]  # the tiny model has 2 blocks: no block-freezing preset

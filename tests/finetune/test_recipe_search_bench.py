@@ -38,7 +38,7 @@ def test_search_end_to_end_with_a_tiny_model_and_the_lever_table(tmp_path, tiny_
             pytest.skip(f"shared data/{d} missing")
     s = _search()
     common = ["--model-path", str(tiny_model_dir), "--rooms", "1", "--room-views", "6", "--room-size", "64", "48",
-              "--lift-width", "32", "--lift-max-views", "8", "--finetune-steps", "2", "--probe-resolution", "64", "48",
+              "--lift-width", "32", "--lift-feature-size", "64", "--lift-max-views", "8", "--finetune-steps", "2", "--probe-resolution", "64", "48",
               "--probe-iterations", "4", "--max-items", "6", "--bootstrap", "50", "--seeds", "2", "--val-rooms", "1",
               "--flowers-train", "10", "--flowers-test", "5", "--recipe", "fit3d", "--scenes-dir", str(tmp_path / "w")]
     assert s.main(["--out", str(tmp_path / "a")] + common + ["--set", "workers=0"]) == 0
@@ -55,4 +55,4 @@ def test_search_end_to_end_with_a_tiny_model_and_the_lever_table(tmp_path, tiny_
     capsys.readouterr()
     assert s.main(["--compare", str(tmp_path / "a" / "search.json"), str(tmp_path / "b" / "search.json")]) == 0
     table = capsys.readouterr().out
-    assert "| fit3d workers=0, 2 steps |" in table and "target_mode=residual" in table and "| original |" in table
+    assert "| fit3d workers=0 lift backprojected 64 px, 2 steps |" in table and "target_mode=residual" in table and "| original |" in table
