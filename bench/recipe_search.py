@@ -238,12 +238,20 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     return result
 
 
+LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode")
+
+
 def lever_name(r: dict) -> str:
-    s = r["settings"]
-    extra = " ".join(s.get("set", []))
-    lift = f" lift {s.get('lift_method')}" + (f" f={s.get('lift_feature_dim') or 'D'}" if s.get("lift_feature_dim", 64)
-                                             != 64 else "") + (f" {s['lift_feature_size']} px" if s.get("lift_feature_size") else "")
-    return f"{s['recipe']}{(' ' + extra) if extra else ''}{lift}, {s.get('finetune_steps_run')} steps"
+    """The run's Stage 2 settings that differ from FiT3D's (``FinetuneConfig()``), its lift and its steps (recipe
+    names are not used: a preset's content can change between runs)."""
+    from fit3d.finetune import FinetuneConfig
+
+    s, ft, base = r["settings"], r["settings"]["finetune"], FinetuneConfig()
+    diff = [f"{k}={ft[k]}" for k in LEVER_FIELDS if k in ft and ft[k] != getattr(base, k)
+            and not (k in ("anchor_at", "anchor_teacher") and not ft.get("anchor_weight"))]
+    lift = f"lift {s.get('lift_method')}" + (f" f={s.get('lift_feature_dim') or 'D'}" if s.get("lift_feature_dim", 64)
+                                            != 64 else "") + (f" {s['lift_feature_size']} px" if s.get("lift_feature_size") else "")
+    return f"{' '.join(diff) or 'fit3d'}, {lift}, {s.get('finetune_steps_run')} steps"
 
 
 def compare_table(paths: list[str]) -> str:

@@ -55,4 +55,4 @@ def test_search_end_to_end_with_a_tiny_model_and_the_lever_table(tmp_path, tiny_
     capsys.readouterr()
     assert s.main(["--compare", str(tmp_path / "a" / "search.json"), str(tmp_path / "b" / "search.json")]) == 0
     table = capsys.readouterr().out
-    assert "| fit3d workers=0 lift backprojected 64 px, 2 steps |" in table and "target_mode=residual" in table and "| original |" in table
+    assert "| fit3d, lift backprojected 64 px, 2 steps |" in table and "target_mode=residual" in table and "| original |" in table
