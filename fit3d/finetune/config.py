@@ -9,6 +9,7 @@ ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
 ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
 TARGET_MODES = ("rendered", "residual", "projection")  # fit3d.finetune.residual
+TARGET_POOLS = ("auto", "bilinear", "area")  # how the decoded render is brought to the token grid
 ANCHOR_TEACHERS = ("original", "ema")  # what the anchor pulls toward: the frozen original / an EMA of the model
 
 
@@ -80,6 +81,11 @@ class FinetuneConfig:
         "help": "resolution the 3D-aware targets are rendered at, before decoding and resizing to the patch grid: "
                 "lift (each scene's lift resolution: the scale its decoder was trained at, and cheap) or train "
                 "(the training resolution, as FiT3D)"})
+    target_pool: str = field(default="auto", metadata={
+        "choices": TARGET_POOLS,
+        "help": "how the decoded render reaches the token grid: bilinear (FiT3D: sample at the token centres), area "
+                "(the mean over each token's pixels: what a solve lift fitted, its field is free within a token), "
+                "auto (area for scenes lifted with --method solve and solve_targets_at grid, else bilinear)"})
     alpha_threshold: float = field(default=0.5, metadata={
         "help": "tokens whose rendered opacity (bilinearly downsampled to the patch grid) is below this "
                 "are masked out of the loss"})

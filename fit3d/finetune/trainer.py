@@ -444,7 +444,7 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
         log.info("%s", mem)
     views = RenderedViews(scenes, bb.patch_size, which="train", resolution=cfg.resolution,
                           alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
-                          flip_prob=cfg.flip_prob, seed=cfg.seed,
+                          flip_prob=cfg.flip_prob, seed=cfg.seed, target_pool=cfg.target_pool,
                           with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread")
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
@@ -621,7 +621,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         original = run.original if run.original is not None else _load_original(cfg, run.device)
         held = RenderedViews(run.scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
                              alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
-                             flip_prob=0.0, seed=cfg.seed)
+                             flip_prob=0.0, seed=cfg.seed, target_pool=cfg.target_pool)
         metrics["heldout"] = evaluate_against_targets(held, {"original": original, "finetuned": bb}, run.device,
                                                       cfg.batch_size, progress=cfg.progress)
     manifest = {

@@ -112,3 +112,31 @@ def test_ema_teacher_trains_resumes_exactly_and_is_checked(tmp_path, lifted_dir,
         FinetuneConfig(anchor_teacher="ema", adapter="lora").validate()
     with pytest.raises(Fit3DError, match="ema-momentum"):
         FinetuneConfig(ema_momentum=1.5).validate()
+
+
+@pytest.mark.parametrize("size", [(6, 8), (5, 7), (12, 16)])
+def test_area_pooled_decode_equals_decode_then_average_pool(size):
+    import torch.nn.functional as F
+
+    from fit3d.finetune.data import decode_to_grid
+
+    torch.manual_seed(0)
+    dec = FeatureDecoder(8, 32, kernel_size=5)
+    f = torch.randn(2, 8, 48, 64)
+    assert_close(decode_to_grid(dec, f, size, "area"), F.adaptive_avg_pool2d(dec(f), size), atol=1e-5, rtol=1e-4)
+
+
+def test_auto_target_pool_is_area_for_a_solve_lift_only(lifted_dir):
+    from fit3d.finetune.data import RenderedViews, scene_target_pool
+
+    scene = load_scenes([lifted_dir], embed_dim=32)[0]
+    assert scene_target_pool(scene) == "bilinear"  # back-projected: FiT3D's bilinear sampling
+    assert scene_target_pool(scene, "area") == "area"
+    scene.meta = {**scene.meta, "method": "solve", "settings": {"solve_targets_at": "grid"}}
+    assert scene_target_pool(scene) == "area"
+    scene.meta["settings"]["solve_targets_at"] = "render"
+    assert scene_target_pool(scene) == "bilinear"
+    kw = dict(which="train", resolution=[64, 48], flip_prob=0.0)
+    a = RenderedViews([scene], 8, target_pool="area", **kw)[0]["target"]
+    b = RenderedViews([scene], 8, target_pool="bilinear", **kw)[0]["target"]
+    assert a.shape == b.shape and not torch.allclose(a, b)
