@@ -7,9 +7,10 @@ Stages (each kept under ``--out``; rerunning reuses finished ones):
 
 1. generate ``--rooms`` synthetic rooms to lift, plus ``--probe-rooms`` + ``--test-rooms`` held-out rooms
    (never lifted or fine-tuned on) for the rooms probes (``fit3d.data.synthetic``);
-2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms (``--lift-method``: ``backprojected``, a
-   depth back-projection without optimisation, or any ``fit3d.lift`` method such as ``solve``), from the
-   backbone's features of each view at ``--lift-feature-size`` (224: the Stage 2 input);
+2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms with the Stage 1 method ``--lift-method``
+   (``backprojected``, a depth back-projection without optimisation, ``optimize`` or ``solve``) on the same
+   views (``--lift-max-views``, every 8th held out) whatever the method, from the backbone's features of each
+   view at ``--lift-feature-size`` (224: the Stage 2 input);
 3. fine-tune one DINOv2-S on all lifted scenes with ``--recipe`` (``fit3d.finetune.recipes``) -> ``OUT/finetuned``;
 4. evaluate original / finetuned / concat on:
 
@@ -51,16 +52,18 @@ import numpy as np
 import torch
 
 from fit3d.config import add_arguments, from_args
+from fit3d.finetune.recipes import RECIPES
 from fit3d.io import write_json, write_text
-from fit3d.lift.backprojected import generated_with
+from fit3d.data.synthetic import generated_with
+from fit3d.lift.methods import METHODS
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import CONTROL, Feats, claims, eval_depth, eval_seg, summarise, summary_markdown
+from fit3d.probe.summary import (CONTROL, Feats, SummaryConfig, claims, eval_depth, eval_seg, summarise,
+                                 summary_markdown)
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
          "rooms_depth", "flowers_cls")
-LIFT_METHODS = ("backprojected", "optimize", "solve")
 
 
 @dataclass
@@ -83,7 +86,8 @@ class GeneralizeConfig:
     room_views: int = field(default=24, metadata={"help": "views per generated room"})
     room_size: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "generated rooms' W H"})
     lift_method: str = field(default="backprojected", metadata={
-        "choices": LIFT_METHODS, "help": "Stage 1: backprojected (no optimisation) or a fit3d.lift method"})
+        "choices": tuple(METHODS), "help": "Stage 1 method (fit3d.lift.methods): backprojected (no optimisation), "
+                                           "optimize or solve"})
     lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
     lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
     lift_feature_size: int = field(default=224, metadata={
@@ -93,10 +97,11 @@ class GeneralizeConfig:
     lift_feature_dim: int = field(default=64, metadata={
         "help": "per-Gaussian feature size f (FiT3D: 64; 0 = the backbone's width D: no bottleneck)"})
     lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
-    recipe: str = field(default="default", metadata={"help": "fine-tuning preset (fit3d.finetune.recipes)"})
+    recipe: str = field(default="default", metadata={"choices": tuple(RECIPES),
+                                                     "help": "fine-tuning preset (fit3d.finetune.recipes)"})
     finetune_steps: int | None = field(default=None, metadata={"help": "Stage 2 steps (default: the recipe's epochs)"})
     set: list[str] = field(default_factory=list, metadata={
-        "help": "FinetuneConfig overrides FIELD=VALUE (JSON values), e.g. lr=1e-4 freeze_blocks=6"})
+        "help": "FinetuneConfig overrides FIELD=VALUE (fit3d.config.set_fields), e.g. lr=1e-4 freeze_blocks=6"})
     probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "probe W H"})
     probe_iterations: int = field(default=1000, metadata={"help": "head iterations (depth and seg)"})
     seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
@@ -125,8 +130,7 @@ def _say(msg: str) -> None:
 
 
 def generate_rooms(cfg: GeneralizeConfig, out: Path) -> dict[str, list[Path]]:
-    from fit3d.data.synthetic import SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
 
     base = SyntheticSceneConfig(num_views=cfg.room_views, width=cfg.room_size[0], height=cfg.room_size[1], seed=0)
     sets = {"lift": (cfg.rooms, 0), "probe": (cfg.probe_rooms, 10000), "test": (cfg.test_rooms, 20000)}
@@ -149,7 +153,7 @@ def _lift_views(path, max_frame: int | None, max_views: int, heldout_every: int 
 
 def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone) -> list[Path]:
     from fit3d.lift import LiftConfig, is_lifted, lift_scene
-    from fit3d.lift.backprojected import backprojected_lift
+    from fit3d.lift.config import BackprojectedConfig
 
     dirs = []
     # other lift kinds go to their own folders, so runs sharing --scenes-dir do not lift over each other
@@ -176,39 +180,25 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
             _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
             shutil.rmtree(d)
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
-        if cfg.lift_method == "backprojected":
-            from fit3d.data import read_scene
-
-            v0 = read_scene(path, load_depth=False, names=train[:1]).views[0]
-            res = (cfg.lift_width, round(cfg.lift_width * v0.height / v0.width))
-            backprojected_lift(path, backbone, d, train_views=train, heldout_views=held, resolution=res,
-                               model_path=cfg.model_path, feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
-                               feature_size=fs or None)
-        else:
-            lc = LiftConfig(backbone="dinov2_small", model_path=cfg.model_path, method=cfg.lift_method,
-                            iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
-                            feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
-                            **({"feature_size": cfg.lift_feature_size} if cfg.lift_feature_size else {}))
-            lift_scene(str(path), lc, d, backbone=backbone, name=name)
+        lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=cfg.lift_method,
+                        iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
+                        progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
+                        **({"feature_size": fs} if fs else {}),
+                        backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"))
+        lift_scene(str(path), lc, d, backbone=backbone, name=name, split=(train, held))
         write_json(record, want)
     return dirs
 
 
 def finetune_config(cfg: GeneralizeConfig):
-    from fit3d.finetune.recipes import from_recipe
+    """``--recipe``'s preset at the probe resolution on CPU, ``--finetune-steps`` and the ``--set`` fields on top."""
+    from fit3d.config import set_fields
+    from fit3d.finetune.recipes import recipe
 
-    sets = {}
-    for s in cfg.set:
-        k, _, v = s.partition("=")
-        try:
-            sets[k] = json.loads(v)
-        except json.JSONDecodeError:
-            sets[k] = v
-    explicit = dict(resolution=list(cfg.probe_resolution), device="cpu", progress=False)
+    ft = dataclasses.replace(recipe(cfg.recipe), resolution=list(cfg.probe_resolution), device="cpu", progress=False)
     if cfg.finetune_steps:
-        explicit["max_steps"] = cfg.finetune_steps
-    explicit.update(sets)
-    return from_recipe(cfg.recipe, **explicit)
+        ft = dataclasses.replace(ft, max_steps=cfg.finetune_steps)
+    return set_fields(ft, cfg.set)
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -451,6 +441,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
                "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(ft_dir))}
     cache = FeatureCache(cfg.cache_dir or out / "cache")
     orig_stats = OriginalStats(Path(cfg.cache_dir or out / "cache"), cfg, sources["original"].key())
+    scfg = SummaryConfig(probe_iterations=cfg.probe_iterations, seeds=cfg.seeds, bootstrap=cfg.bootstrap)
     feats = extract(sources, splits, cache, res)
     seconds["features"] = time.perf_counter() - t0
 
@@ -469,20 +460,20 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         _say("depth probes: redkitchen -> sun3d")
         st = orig_stats("sun3d_depth_from_redkitchen", splits["redkitchen_train"].data.names, sun.data.names,
                         eval_depth, feats["redkitchen_train"], splits["redkitchen_train"].depth, feats["sun3d_all"],
-                        sun.depth, cfg)
-        evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, cfg)
+                        sun.depth, scfg)
+        evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, scfg)
     if "sun3d_depth_in_scene" in want:
         _say("depth probes: sun3d 935-984 -> 3160-3209")
         st = orig_stats("sun3d_depth_in_scene", [sun.data.names[i] for i in in_a], [sun.data.names[i] for i in in_b],
                         eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
-                        sub(feats["sun3d_all"], in_b), sun.depth[in_b], cfg)
-        evals["sun3d_depth_in_scene"] = summarise("depth", st, cfg)
+                        sub(feats["sun3d_all"], in_b), sun.depth[in_b], scfg)
+        evals["sun3d_depth_in_scene"] = summarise("depth", st, scfg)
     seconds["probe_sun3d_depth"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     if "sun3d_corr" in want:
         st, _ = eval_corr(feats["sun3d_all"], sun.views, sun_frames, cfg.gaps)
-        evals["sun3d_corr"] = summarise("corr", st, cfg, corr_metric_names(cfg.gaps))
+        evals["sun3d_corr"] = summarise("corr", st, scfg, corr_metric_names(cfg.gaps))
     seconds["probe_sun3d_corr"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -491,8 +482,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         _say("seg probes: camvid")
         cv_tr = splits["camvid_train"]
         st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"],
-                        cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, cfg)
-        evals["camvid_seg"] = summarise("seg", st, cfg)
+                        cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, scfg)
+        evals["camvid_seg"] = summarise("seg", st, scfg)
     seconds["probe_camvid"] = time.perf_counter() - t0
 
     if "flowers_cls" in want:
@@ -507,12 +498,12 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         rp, rt = splits["rooms_probe"], splits["rooms_test"]
         if "rooms_seg" in want:
             st = orig_stats("rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["rooms_probe"], rp.labels,
-                            feats["rooms_test"], rt.labels, len(CLASS_NAMES), cfg)
-            evals["rooms_seg"] = summarise("seg", st, cfg)
+                            feats["rooms_test"], rt.labels, len(CLASS_NAMES), scfg)
+            evals["rooms_seg"] = summarise("seg", st, scfg)
         if "rooms_depth" in want:
             st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
-                            feats["rooms_test"], rt.depth, cfg)
-            evals["rooms_depth"] = summarise("depth", st, cfg)
+                            feats["rooms_test"], rt.depth, scfg)
+            evals["rooms_depth"] = summarise("depth", st, scfg)
         seconds["probe_rooms"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 

@@ -27,30 +27,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
+from fit3d.config import set_fields  # noqa: E402
 from fit3d.lift import LiftConfig, lift_scene  # noqa: E402
-
-
-def override(cfg: LiftConfig, items: list[str]) -> LiftConfig:
-    """``cfg`` with FIELD=VALUE items applied (values parsed as the field's type)."""
-    import dataclasses
-    import typing
-
-    from fit3d.config import _base_type
-
-    hints = typing.get_type_hints(LiftConfig)
-    changes = {}
-    for item in items:
-        k, _, v = item.partition("=")
-        if k not in hints:
-            raise SystemExit(f"--set {item}: LiftConfig has no field {k!r}")
-        tp, _ = _base_type(hints[k])
-        changes[k] = (v.lower() in ("1", "true", "yes")) if tp is bool else tp(v)
-    return dataclasses.replace(cfg, **changes)
+from fit3d.lift.methods import METHODS  # noqa: E402
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--method", nargs="+", default=[LiftConfig.method], choices=("optimize", "solve"),
+    ap.add_argument("--method", nargs="+", default=[LiftConfig.method], choices=tuple(METHODS),
                     help="one or more Stage 1 methods, lifted one after the other on the same scene and cache")
     ap.add_argument("--scene", default=None, help="another scene folder (default: the shared 7-Scenes RedKitchen)")
     ap.add_argument("--max-frame", type=int, default=None,
@@ -62,7 +46,8 @@ def main() -> int:
     ap.add_argument("--out", default="/tmp/fit3d-bench-lift/redkitchen")
     ap.add_argument("--resume", action="store_true", help="keep an existing output folder (resume / reuse cache)")
     ap.add_argument("--set", nargs="+", default=[], metavar="FIELD=VALUE",
-                    help="other LiftConfig fields, e.g. --set feature_loss_at=render lr_features=0.01")
+                    help="other LiftConfig fields, e.g. --set feature_loss_at=render solve.cg_tol=0.02 (nested "
+                         "fields dotted; the old flat spelling solve_cg_tol=0.02 still works)")
     ap.add_argument("--pca-out", default=None,
                     help="copy the first method's held-out PCA picture here ('': don't; default: "
                          "docs/lift-pca-redkitchen.png for optimize on RedKitchen, else nowhere)")
@@ -80,7 +65,7 @@ def main() -> int:
         cfg = LiftConfig(method=method, model_path=str(shared_model_dir()), width=args.width,
                          iterations=args.iterations, feature_size=args.feature_size, max_frame=max_frame,
                          progress=False)
-        cfg = override(cfg, args.set)
+        cfg = set_fields(cfg, args.set)
         dst = out / method
         if k and not (dst / "cache").exists():  # the same targets for every method: computed once
             shutil.copytree(out / args.method[0] / "cache", dst / "cache")
@@ -128,10 +113,12 @@ def main() -> int:
 
 def _solve_iterations(meta: dict) -> str:
     """``solve``'s passes: colour iterations, CG iterations run (of the maximum), refine / joint iterations."""
-    c, info = meta["config"], meta.get("solve", {})
+    if meta["method"] != "solve":
+        return "-"
+    c, info = meta["config"]["solve"], meta.get("solve", {})
     cg = len(info.get("cg_residual", [None])) - 1
-    out = f"{c['solve_geometry_iterations']} colour + {cg} CG (views every {c['solve_view_stride']})"
-    for k, name in (("solve_refine_iterations", "refine"), ("solve_joint_iterations", "joint")):
+    out = f"{c['geometry_iterations']} colour + {cg} CG (views every {c['view_stride']})"
+    for k, name in (("refine_iterations", "refine"), ("joint_iterations", "joint")):
         out += f" + {c[k]} {name}" if c.get(k) else ""
     return out
 

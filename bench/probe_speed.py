@@ -24,9 +24,9 @@ import torch
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.probe.batched import train_depth_batched
 from fit3d.probe.datasets import load_probe_data
-from fit3d.probe.depth import depth_metrics, predict_depth, train_depth
+from fit3d.probe.depth import DepthSettings, depth_metrics, predict_depth, train_depth
 from fit3d.probe.features import FeatureCache
-from fit3d.probe.protocol import ProbeConfig, _features, _Models, depth_settings, materialise, sources
+from fit3d.probe.protocol import Models, ProbeConfig, materialise, source_features, sources
 
 SEEDS = (0, 1, 2)
 
@@ -34,7 +34,7 @@ SEEDS = (0, 1, 2)
 def make_finetuned(work: Path, steps: int, resolution) -> Path:
     """A short Stage 2 run on a back-projected lift of 25 RedKitchen training views (built once)."""
     from fit3d.finetune import FinetuneConfig
-    from fit3d.finetune.backprojected import backprojected_lift
+    from fit3d.lift.backprojected import backprojected_lift
     from fit3d.finetune.trainer import finetune
     from fit3d.models import load_backbone
 
@@ -70,10 +70,10 @@ def main() -> int:
     kw = dict(train_frames=(0, 398), test_frames=(400, 498))
     train = materialise(load_probe_data(cfg.data, "train", res, **kw), "depth")
     test = materialise(load_probe_data(cfg.data, "test", res, **kw), "depth")
-    srcs, cache, models = sources(cfg), FeatureCache(cfg.cache_dir), _Models("cpu")
-    tr = [_features(s, train, "train", res, cache, models, cfg) for s in srcs]
-    te = [_features(s, test, "test", res, cache, models, cfg) for s in srcs]
-    settings = [depth_settings(cfg, test.data.max_depth, seed) for seed in SEEDS]
+    srcs, cache, models = sources(cfg), FeatureCache(cfg.cache_dir), Models("cpu")
+    tr = [source_features(s, train, "train", res, cache, models, cfg) for s in srcs]
+    te = [source_features(s, test, "test", res, cache, models, cfg) for s in srcs]
+    settings = [DepthSettings.from_config(cfg, test.data.max_depth, seed) for seed in SEEDS]
     size = tuple(test.depth.shape[-2:])
 
     def rmse(head, f):

@@ -78,8 +78,7 @@ def _even(idx: list[int], n: int) -> list[int]:
 
 def val_data(cfg: SearchConfig, work: Path, res) -> dict:
     """{split name: (ProbeData, need)} of the validation sets that ``cfg.evals`` needs."""
-    from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
     from fit3d.probe.datasets import load_probe_data
 
     want, mi, data = set(cfg.evals), cfg.max_items, {}

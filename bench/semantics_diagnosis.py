@@ -145,8 +145,7 @@ def main(argv=None) -> int:
                     help="which measurements (gap: 1., semantics: 2.); each part's table is kept in OUT")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
-    from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
     from fit3d.models import load_backbone
     from fit3d.probe.datasets import load_probe_data
     from fit3d.probe.features import FeatureCache

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("fit3d.pipeline", "lift + finetune + probe in one command"),
     "demo": ("fit3d.demo", "The whole method end to end on embedded synthetic indoor scenes"),
     "compare": ("fit3d.compare", "PCA pictures of original vs fine-tuned features for any images"),
-    "generate": ("fit3d.data.synthetic_cli", "Generate synthetic indoor scenes (posed RGB, depth, labels)"),
+    "generate": ("fit3d.data.synthetic.cli", "Generate synthetic indoor scenes (posed RGB, depth, labels)"),
     "backbones": ("fit3d.models.cli", "List the registered 2D backbones"),
 }
 

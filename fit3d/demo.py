@@ -31,25 +31,24 @@ from pathlib import Path
 import numpy as np
 
 from fit3d.compare import compare_figure
-from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import from_args
+from fit3d.config import check_counts
 from fit3d.data import read_scene
-from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig
-from fit3d.data.synthetic_cli import generate_scenes
+from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
 from fit3d.device import resolve_device
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.io import read_json, write_json, write_text
-from fit3d.lift.config import LiftConfig
+from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.models import load_backbone
 from fit3d.paths import shared_model_dir
-from fit3d.finetune.recipes import DEFAULT_RECIPE, from_recipe
-from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, add_recipe_argument, run_pipeline
+from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
+from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import CONTROL, LOWER_IS_BETTER, claims, probe_stats, summarise, summary_markdown
-from fit3d.run import check_counts, check_resume
+from fit3d.probe.summary import (CONTROL, LOWER_IS_BETTER, SummaryConfig, claims, probe_stats, summarise,
+                                 summary_markdown)
+from fit3d.run import check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
 
@@ -74,16 +73,16 @@ class DemoConfig:
     control: bool = field(default=True, metadata={
         "help": "also train the probe heads on concat(original, original): the width control of concat"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples of the test images"})
-    lift: LiftConfig = field(default_factory=lambda: LiftConfig(
-        method="solve", solve_geometry_iterations=0, solve_view_stride=1, solve_cg_iterations=24, solve_cg_tol=0.05,
-        solve_cg_ridge=1e-3, solve_ridge_select=False, solve_decoder_kernel=5, solve_decoder_stride=1), metadata={
+    lift: LiftConfig = field(default_factory=lambda: LiftConfig(method="solve", solve=SolveConfig(
+        geometry_iterations=0, view_stride=1, cg_iterations=24, cg_tol=0.05, cg_ridge=1e-3, ridge_select=False,
+        decoder_kernel=5, decoder_stride=1)), metadata={
         "inherit": SHARED, "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
                                    "unchanged), every training view in the least-squares passes (cosine 0.88 vs 0.84 "
                                    "with every 4th; optimize with 500 iterations: 0.89 in 20x the time; "
                                    "docs/demo/lift-choice.md); CG and decoder as when the demo's numbers were "
                                    "measured (before the solve's defaults moved to CG to tol 0.01, a selected ridge "
                                    "and a 7x7 decoder)"})
-    finetune: FinetuneConfig = field(default_factory=lambda: from_recipe(DEFAULT_RECIPE), metadata={
+    finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(iterations=300, resolution=[224, 168],
                                                                    seeds=[0, 1, 2]),
@@ -173,7 +172,7 @@ def heldout_summary(pcfg: PipelineConfig, out: Path, cfg: DemoConfig) -> dict:
     for task in ("seg", "depth"):
         pc = pcfg.probe_config(task, pcfg.probe_data, str(out / "finetuned"), out / "probe")  # as run_pipeline
         stats = probe_stats(pc, control=cfg.control)
-        e = summarise(task, stats, cfg)
+        e = summarise(task, stats, SummaryConfig(bootstrap=cfg.bootstrap))
         if "_control" in e:
             controls[f"rooms_{task}"] = e.pop("_control")
         evals[f"rooms_{task}"] = e
@@ -347,10 +346,9 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_recipe_argument(parser)
-    add_config_arguments(parser, DemoConfig)
+    add_recipe_arguments(parser, DemoConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(from_args(DemoConfig, args, base=DemoConfig(finetune=from_recipe(args.recipe))))
+    run_demo(config_from_args(DemoConfig, args))
     return 0

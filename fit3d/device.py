@@ -60,3 +60,9 @@ def resolve_device(name: str | None = "auto", local_rank: int | None = None, opt
     elif dev.type not in ("cpu", "mps"):
         raise Fit3DError(f"{option} {name!r}: device type {dev.type} is not available (expected auto, cpu or cuda[:N])")
     return dev
+
+
+def check_device(name: str | None, option: str = "--device") -> None:
+    """``None`` / "auto" or a device this machine has (``cuda`` without a GPU and ``cuda:7`` on a
+    one-GPU machine are errors naming ``option``): ``resolve_device``'s rule."""
+    resolve_device(name, local_rank=0, option=option)

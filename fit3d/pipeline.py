@@ -19,12 +19,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fit3d.config import add_arguments as add_config_arguments
-from fit3d.config import check_choices, from_args, inherit
+from fit3d.config import check_choices, inherit
 from fit3d.data.readers import detect_layout
 from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
-from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
+from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
 from fit3d.finetune.trainer import finetune
 from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
@@ -33,7 +32,7 @@ from fit3d.lift.stage import lift_scene
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.protocol import run_probe
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.run import check_device
+from fit3d.device import check_device
 
 # headline metric per task: (probe.json key, label, lower is better)
 HEADLINE = {
@@ -68,7 +67,7 @@ class PipelineConfig:
     eval_data: str | None = field(default=None, metadata={
         "help": "probe test data (default: the probe data's test frames)"})
     lift: LiftConfig = field(default_factory=LiftConfig, metadata={"inherit": SHARED})
-    finetune: FinetuneConfig = field(default_factory=lambda: from_recipe(DEFAULT_RECIPE), metadata={
+    finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"inherit": PROBE_SET_BY_PIPELINE})
 
@@ -145,15 +144,6 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
     return results
 
 
-def _stage_check(stage: str, check) -> None:
-    """Run a stage config's check; its error names the pipeline's option (``--iterations`` -> ``--lift.iterations``)."""
-    try:
-        check()
-    except Fit3DError as e:
-        msg = str(e)
-        raise Fit3DError(f"--{stage}.{msg[2:]}" if msg.startswith("--") else msg) from None
-
-
 def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConfig, finetune_cfg: FinetuneConfig) -> dict:
     """Check every option, scene and probe setting before any work; returns {scene name: lift.json of a
     finished lift with the same settings, or None}. A finished lift made with other settings is a
@@ -164,9 +154,9 @@ def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConf
         raise Fit3DError(f"--tasks: expected one or more of {', '.join(HEADLINE)}")
     check_choices(cfg)
     check_device(cfg.device)
-    _stage_check("probe", cfg.probe.validate)
-    _stage_check("lift", lift_cfg.validate)
-    _stage_check("finetune", finetune_cfg.validate)
+    cfg.probe.validate("probe.")  # each stage's errors name the pipeline's option: --lift.solve.cg-ridge
+    lift_cfg.validate("lift.")
+    finetune_cfg.validate("finetune.")
     for s in scenes:
         detect_layout(s)  # SceneError naming a missing folder or one no reader knows
     for opt, path in (("--probe-data", cfg.probe_data), ("--eval-data", cfg.eval_data)):
@@ -215,20 +205,11 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def add_recipe_argument(parser: argparse.ArgumentParser) -> None:
-    """``--recipe NAME``: the Stage 2 preset the ``--finetune.FIELD`` options start from."""
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
-                        help=f"Stage 2 preset (fit3d.finetune.recipes; fit3d = FiT3D's recipe exactly); "
-                             f"--finetune.FIELD options override it (default: {DEFAULT_RECIPE})")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("scenes", nargs="+", help="scene folders (any layout fit3d reads)")
-    add_recipe_argument(parser)
-    add_config_arguments(parser, PipelineConfig)
+    add_recipe_arguments(parser, PipelineConfig)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = from_args(PipelineConfig, args, base=PipelineConfig(finetune=from_recipe(args.recipe)))
-    run_pipeline(args.scenes, cfg)
+    run_pipeline(args.scenes, config_from_args(PipelineConfig, args))
     return 0

@@ -29,7 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fit3d.device import resolve_device
+from fit3d.config import check_counts, check_reals, check_size, option_error  # noqa: F401 (moved to fit3d.config)
+from fit3d.device import check_device  # noqa: F401 (moved to fit3d.device)
 from fit3d.errors import Fit3DError
 from fit3d.io import atomic_path
 
@@ -188,9 +189,10 @@ def restore_rng(st: dict) -> None:
 # ----------------------------------------------------------------------------------------- resume rule
 def result_settings(cfg: Any) -> dict:
     """``{field: value}`` of every field of dataclass ``cfg`` that determines its result (all but those
-    declared ``metadata={"volatile": True}``: progress bars, checkpoint periods, devices, ...)."""
-    return {f.name: as_recorded(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)
-            if not f.metadata.get("volatile", False)}
+    declared ``metadata={"volatile": True}``: progress bars, checkpoint periods, devices, ...); a nested
+    config is a dict by the same rule."""
+    return {f.name: result_settings(v) if dataclasses.is_dataclass(v := getattr(cfg, f.name)) else as_recorded(v)
+            for f in dataclasses.fields(cfg) if not f.metadata.get("volatile", False)}
 
 
 def as_recorded(v: Any) -> Any:
@@ -307,52 +309,3 @@ def recover_staged(out: str | os.PathLike) -> None:
     old = out.with_name(f".{out.name}.old")
     if old.exists() and not out.exists():
         os.replace(old, out)
-
-
-# ----------------------------------------------------------------------------------------- validation
-def option_error(cfg: Any, name: str, expected: str) -> Fit3DError:
-    """The error for field ``name`` of config ``cfg``, naming the field and its CLI option."""
-    flag = "--" + name.replace("_", "-")
-    return Fit3DError(f"{flag} ({type(cfg).__name__}.{name}) = {getattr(cfg, name)!r}: {expected}")
-
-
-def check_counts(cfg: Any, at_least: dict[str, int]) -> None:
-    """Every field in ``at_least`` is an int (or None where the field allows it) >= its bound."""
-    for name, low in at_least.items():
-        v = getattr(cfg, name)
-        if v is None and _allows_none(cfg, name):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < low:
-            raise option_error(cfg, name, f"must be an integer >= {low}")
-
-
-def check_reals(cfg: Any, ranges: dict[str, tuple[float, float]]) -> None:
-    """Every field in ``ranges`` is a finite number within ``[low, high]`` (None allowed where the field allows it)."""
-    for name, (low, high) in ranges.items():
-        v = getattr(cfg, name)
-        if v is None and _allows_none(cfg, name):
-            continue
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v) \
-                or not low <= v <= high:
-            raise option_error(cfg, name, f"must be a finite number in [{low:g}, {high:g}]")
-
-
-def _allows_none(cfg: Any, name: str) -> bool:
-    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
-    return f.default is None or "None" in str(f.type)
-
-
-def check_size(cfg: Any, name: str) -> None:
-    """Field ``name`` is None or two positive integers (W H)."""
-    v = getattr(cfg, name)
-    if v is None:
-        return
-    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
-            isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0 for x in v):
-        raise option_error(cfg, name, "must be two positive integers W H")
-
-
-def check_device(name: str | None, option: str = "--device") -> None:
-    """``None`` / "auto" or a device this machine has (``cuda`` without a GPU and ``cuda:7`` on a
-    one-GPU machine are errors naming ``option``): ``fit3d.device.resolve_device``'s rule."""
-    resolve_device(name, local_rank=0, option=option)

@@ -48,18 +48,38 @@ def test_finetune_resolution_given_is_kept():
 
 
 def test_recipe_is_the_base_and_dotted_options_override_it():
-    from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
+    from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, config_from_args, from_recipe
     from fit3d.pipeline import add_arguments as add_pipeline_arguments
 
     p = argparse.ArgumentParser()
     add_pipeline_arguments(p)
 
     def parse(argv):
-        a = p.parse_args(["scene", *argv])
-        return from_args(PipelineConfig, a, base=PipelineConfig(finetune=from_recipe(a.recipe)))
+        return config_from_args(PipelineConfig, p.parse_args(["scene", *argv]))
 
     assert parse([]).finetune == from_recipe(DEFAULT_RECIPE) == PipelineConfig().finetune
     fit3d = parse(["--recipe", "fit3d", "--finetune.max-steps", "3"]).finetune
     assert fit3d == from_recipe("fit3d", max_steps=3) and fit3d.adapter == "none"
-    some = next(n for n, v in RECIPES.items() if "lr" in v)
+    some = next(n for n, v in RECIPES.items() if v.lr != RECIPES["fit3d"].lr)
     assert parse(["--recipe", some, "--finetune.lr", "0.5"]).finetune.lr == 0.5  # explicit beats the preset
+
+
+def test_a_nested_method_option_and_its_errors_carry_the_pipelines_prefix(tmp_path):
+    """--lift.solve.cg-ridge (and its old spelling --lift.solve-cg-ridge) set LiftConfig.solve; a bad value is an
+    error naming --lift.solve.cg-ridge, checked before any work."""
+    import pytest
+
+    from fit3d.errors import Fit3DError
+    from fit3d.pipeline import add_arguments as add_pipeline_arguments
+    from fit3d.pipeline import validate_pipeline
+
+    p = argparse.ArgumentParser()
+    add_pipeline_arguments(p)
+    for spelling in ("--lift.solve.cg-ridge", "--lift.solve-cg-ridge"):
+        cfg = from_args(PipelineConfig, p.parse_args([str(tmp_path), spelling, "-1"]))
+        assert cfg.lift_config().solve.cg_ridge == -1
+        with pytest.raises(Fit3DError, match=r"^--lift\.solve\.cg-ridge \(SolveConfig\.cg_ridge\) = -1"):
+            validate_pipeline([str(tmp_path)], cfg, cfg.lift_config(), cfg.finetune_config())
+    bad = from_args(PipelineConfig, p.parse_args([str(tmp_path), "--finetune.lr", "-1"]))
+    with pytest.raises(Fit3DError, match=r"^--finetune\.lr "):
+        validate_pipeline([str(tmp_path)], bad, bad.lift_config(), bad.finetune_config())

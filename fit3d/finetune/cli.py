@@ -9,13 +9,11 @@ builds the new run beside OUT and swaps it in once complete).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
-from fit3d.config import add_arguments as add_config_arguments
 from fit3d.device import dist_info
 from fit3d.finetune.config import FinetuneConfig
-from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
+from fit3d.finetune.recipes import add_recipe_arguments, config_from_args
 from fit3d.finetune.trainer import finetune
 
 
@@ -26,25 +24,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace a finished run made with other settings (the old one is kept until the new "
                              "one is complete)")
-    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
-                        help="named preset of the options below (fit3d = FiT3D's recipe exactly; options given "
-                             f"explicitly override it; see fit3d.finetune.recipes) (default: {DEFAULT_RECIPE})")
-    add_config_arguments(parser, FinetuneConfig, skip=("recipe",))
+    add_recipe_arguments(parser, FinetuneConfig)
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = recipe_config(args)
+    cfg = config_from_args(FinetuneConfig, args)
     m = finetune(args.scenes, None, args.out, cfg, overwrite=args.overwrite)
     if dist_info().is_main:
         _print_summary(m, args.out)
     return 0
-
-
-def recipe_config(args: argparse.Namespace) -> FinetuneConfig:
-    """``--recipe``'s preset with the options given on the command line on top."""
-    names = {f.name for f in dataclasses.fields(FinetuneConfig)} - {"recipe"}
-    return from_recipe(getattr(args, "recipe", None), **{k: v for k, v in vars(args).items() if k in names})
 
 
 def _print_summary(m: dict, out) -> None:

@@ -107,27 +107,30 @@ class FinetuneConfig:
         "help": "after training, measure original vs fine-tuned features against the rendered targets on "
                 "held-out views"})
     progress: bool = field(default=True, metadata={"volatile": True, "help": "show a tqdm progress bar (rank 0)"})
-    recipe: str | None = field(default=None, metadata={"volatile": True,
-        "help": "the named preset these settings started from (fit3d.finetune.recipes; recorded, not applied here)"})
+    recipe: str | None = field(default=None, metadata={"volatile": True, "set_by": "--recipe",
+        "help": "the named preset these settings started from (fit3d.finetune.recipes), recorded; chosen with "
+                "--recipe, which makes the preset the base of every other option"})
 
-    def validate(self) -> None:
-        """``Fit3DError`` naming the option for any value out of range (called before any work)."""
-        from fit3d.config import check_choices
-        from fit3d.run import check_counts, check_device, check_reals, check_size, option_error
+    def validate(self, prefix: str = "") -> None:
+        """``Fit3DError`` naming the option (``--<prefix>field``: ``--finetune.lr`` in the pipeline) for any value
+        out of range (called before any work)."""
+        from fit3d.config import check_choices, check_counts, check_reals, check_size, option_error
+        from fit3d.device import check_device
 
-        check_choices(self)
+        check_choices(self, prefix)
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "workers": 0,
                             "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0,
-                            "lora_rank": 1, "subspace_rank": 0})
+                            "lora_rank": 1, "subspace_rank": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
                            "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1),
-                           "ema_momentum": (0, 1)})
+                           "ema_momentum": (0, 1)}, prefix)
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
-            raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)")
+            raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)",
+                               prefix)
         if self.anchor_teacher == "ema" and self.adapter != "none":
             raise option_error(self, "anchor_teacher", "ema needs adapter=none (the teacher averages the backbone's "
-                                                       "own weights)")
-        check_size(self, "resolution")
-        check_device(self.device)
+                                                       "own weights)", prefix)
+        check_size(self, "resolution", prefix)
+        check_device(self.device, f"--{prefix}device")

@@ -1,31 +1,45 @@
-"""Named Stage 2 presets (``fit3d finetune --recipe NAME``); options given explicitly override a preset.
+"""Named Stage 2 presets (``--recipe NAME``), each a ``FinetuneConfig``; options given explicitly override it.
 
 - ``fit3d``: FiT3D's recipe exactly: whole backbone, AdamW 1e-5, wd 1e-4, batch 2, clip 0.1, 1 epoch,
-  no adapter, no anchor (= ``FinetuneConfig()``'s defaults).
+  no adapter, no anchor (= ``FinetuneConfig()``'s values).
 - ``default``: the best recipe measured in ``docs/generalize.md`` (chosen on validation data):
   ``freeze`` + ``spread`` + ``residual``.
 - ``lora``, ``freeze``, ``anchor``, ``spread``, ``residual``, ``ema``: the single levers of those searches, for
   reproducing them.
 
-``FinetuneConfig()`` itself keeps FiT3D's values (the library default is the faithful method); the
-``fit3d finetune`` command and ``bench/generalize.py`` start from ``default``.
+``FinetuneConfig()`` itself keeps FiT3D's values (the library default is the faithful method); the commands
+(``fit3d finetune`` / ``pipeline`` / ``demo``) start from ``default``. A recipe is applied in one place: it is
+the base instance their options are parsed onto (:func:`add_recipe_arguments` / :func:`config_from_args`), so
+``--help`` shows the values a command runs with; ``--finetune.recipe`` is no option (``--recipe`` is).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+from typing import TypeVar
 
+from fit3d.config import add_arguments, from_args
 from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
 
-RECIPES: dict[str, dict] = {
-    "fit3d": {},
-    "lora": {"adapter": "lora", "lora_rank": 8, "lora_alpha": 16.0, "lora_targets": "attention", "lr": 1e-4},
-    "freeze": {"freeze_blocks": -6},  # train the last 6 blocks (blocks 7-12 of a ViT-S/B)
-    "anchor": {"anchor_weight": 0.5, "anchor_at": "everywhere"},
-    "spread": {"anchor_weight": 0.5, "anchor_at": "spread"},  # anchor where the views disagree
-    "residual": {"target_mode": "residual"},  # the lift's target inside its subspace, the original's tokens outside
-    "ema": {"anchor_weight": 0.5, "anchor_at": "spread", "anchor_teacher": "ema"},  # spread anchor to an EMA teacher
+T = TypeVar("T")
+
+
+def _preset(name: str, base: FinetuneConfig | None = None, **fields) -> FinetuneConfig:
+    return dataclasses.replace(base or FinetuneConfig(), recipe=name, **fields)
+
+
+RECIPES: dict[str, FinetuneConfig] = {
+    "fit3d": _preset("fit3d"),
+    "lora": _preset("lora", adapter="lora", lora_rank=8, lora_alpha=16.0, lora_targets="attention", lr=1e-4),
+    "freeze": _preset("freeze", freeze_blocks=-6),  # train the last 6 blocks (blocks 7-12 of a ViT-S/B)
+    "anchor": _preset("anchor", anchor_weight=0.5, anchor_at="everywhere"),
+    "spread": _preset("spread", anchor_weight=0.5, anchor_at="spread"),  # anchor where the views disagree
+    # the lift's target inside its subspace, the original's tokens outside
+    "residual": _preset("residual", target_mode="residual"),
+    # the spread anchor to an EMA teacher of the model instead of the frozen original
+    "ema": _preset("ema", anchor_weight=0.5, anchor_at="spread", anchor_teacher="ema"),
 }
 # The best recipe measured (docs/generalize.md, numbers there): FiT3D's optimiser on the last 6 blocks
 # only (7-12 of DINOv2-S; issue 14's search: same fit to the 3D targets as the whole backbone, the depth
@@ -34,24 +48,56 @@ RECIPES: dict[str, dict] = {
 # the residual target (issue 21's validation search, bench/recipe_search.py: the only lever with which
 # the fine-tuned model gained on every validation eval; at 300 steps rooms seg +6.1 points where the
 # rendered target lost 1.0 at 100, correspondence +0.034 instead of +0.010).
-RECIPES["default"] = {**RECIPES["freeze"], **RECIPES["spread"], **RECIPES["residual"]}
+RECIPES["default"] = _preset("default", RECIPES["freeze"], anchor_weight=0.5, anchor_at="spread",
+                             target_mode="residual")
 DEFAULT_RECIPE = "default"
 
 
-def recipe_overrides(name: str) -> dict:
-    """The field values preset ``name`` sets (a copy)."""
+def recipe(name: str | None) -> FinetuneConfig:
+    """Preset ``name`` (None: ``FinetuneConfig()``, FiT3D's values, no recipe recorded)."""
+    if name is None:
+        return FinetuneConfig()
     if name not in RECIPES:
         raise Fit3DError(f"unknown fine-tuning recipe {name!r}; choose from {', '.join(RECIPES)}")
-    return dict(RECIPES[name])
+    return dataclasses.replace(RECIPES[name])
+
+
+def recipe_changes(name: str) -> dict:
+    """{field: value} where preset ``name`` differs from ``FinetuneConfig()`` (the recorded name aside)."""
+    base, r = FinetuneConfig(), recipe(name)
+    return {f.name: getattr(r, f.name) for f in dataclasses.fields(r)
+            if f.name != "recipe" and getattr(r, f.name) != getattr(base, f.name)}
 
 
 def from_recipe(name: str | None, **explicit) -> FinetuneConfig:
-    """``FinetuneConfig`` of preset ``name`` (None: FiT3D's defaults), with ``explicit`` fields on top."""
+    """Preset ``name`` with ``explicit`` fields on top (Python's ``--recipe NAME --field value``)."""
     fields = {f.name for f in dataclasses.fields(FinetuneConfig)}
     bad = sorted(set(explicit) - fields)
     if bad:
         raise Fit3DError(f"unknown FinetuneConfig field(s) {', '.join(bad)}")
-    values = recipe_overrides(name) if name else {}
-    values.update(explicit)
-    values["recipe"] = name
-    return FinetuneConfig(**values)
+    return dataclasses.replace(recipe(name), **explicit)
+
+
+def command_base(cls: type[T], name: str | None) -> T:
+    """The instance a command's options start from under ``--recipe name``: ``cls``'s defaults with its Stage 2
+    settings (``cls`` itself when it is ``FinetuneConfig``, else its ``finetune`` field) replaced by the preset."""
+    if cls is FinetuneConfig:
+        return recipe(name)
+    return dataclasses.replace(cls(), finetune=recipe(name))
+
+
+def add_recipe_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """``--recipe NAME`` and the options of config ``cls`` (``FinetuneConfig``, or one with a ``finetune``
+    field), their help showing the default recipe's values: what the command runs with."""
+    lines = "; ".join(f"{n}: {' '.join(f'{k}={v}' for k, v in recipe_changes(n).items()) or 'FinetuneConfig()'}"
+                      for n in RECIPES)
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=list(RECIPES),
+                        help=f"Stage 2 preset the options below start from (fit3d.finetune.recipes; fit3d = FiT3D's "
+                             f"recipe exactly), options given explicitly override it: {lines} "
+                             f"(default: {DEFAULT_RECIPE})")
+    add_arguments(parser, cls, skip=("recipe",), base=command_base(cls, DEFAULT_RECIPE))
+
+
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
+    """``cls`` from parsed options, on the base of ``--recipe``'s preset (:func:`command_base`)."""
+    return from_args(cls, args, base=command_base(cls, getattr(args, "recipe", DEFAULT_RECIPE)))

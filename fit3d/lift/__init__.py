@@ -1,10 +1,12 @@
 """Stage 1: lift a frozen 2D backbone's patch features into per-scene feature Gaussians.
 
 ``lift_scene(scene, LiftConfig(...), out_dir)`` writes a lifted folder; ``load_lifted(out_dir)`` reads it.
-Modules: ``config`` (LiftConfig), ``targets`` (the backbone's tokens per view, cached), ``init`` (initial
-Gaussians), ``decoder`` (f -> D), ``loss``, ``optimize`` (FiT3D's method), ``evaluate`` (held-out metrics),
-``stage`` (the per-scene driver), ``lifted`` (the on-disk format), ``backprojected`` (a lift without
-optimisation, for tests and benchmarks), ``cli`` (``fit3d lift``).
+Modules: ``config`` (LiftConfig and each method's nested settings), ``methods`` (the registry of Stage 1
+methods), ``targets`` (the backbone's tokens per view, cached), ``init`` (initial Gaussians), ``decoder``
+(f -> D), ``loss``, ``train`` (the training step the methods share), the methods ``optimize`` (FiT3D's),
+``solve`` (closed-form features; a package) and ``backprojected`` (no optimisation), ``evaluate`` (held-out
+metrics), ``stage`` (the per-scene driver), ``lifted`` (the on-disk format, its one writer), ``cli``
+(``fit3d lift``).
 """
 
 from fit3d.lift.config import LiftConfig

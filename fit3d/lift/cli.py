@@ -55,7 +55,7 @@ def _prepare_staged(dst: Path, settings: dict) -> Path:
 
     from fit3d.errors import Fit3DError
     from fit3d.io import read_json_dict
-    from fit3d.lift.lifted import META_FILE
+    from fit3d.lift.lifted import META_FILE, current_settings
     from fit3d.lift.optimize import CHECKPOINT_FILE
     from fit3d.run import as_recorded, checkpoint_state, staged_dir
 
@@ -63,7 +63,7 @@ def _prepare_staged(dst: Path, settings: dict) -> Path:
     ck = work / CHECKPOINT_FILE
     if work.exists() and ck.exists():
         try:
-            rec = checkpoint_state(ck).get("settings") or {}
+            rec = current_settings(checkpoint_state(ck).get("settings")) or {}
         except Fit3DError:  # an unreadable staged checkpoint: start the overwrite afresh
             rec = {}
         if {k: v for k, v in rec.items() if k != "train_views"} != as_recorded(settings):

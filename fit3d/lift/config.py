@@ -1,17 +1,134 @@
-"""Stage 1 settings (``LiftConfig``): one dataclass, every field a ``fit3d lift`` option."""
+"""Stage 1 settings: ``LiftConfig`` (every field a ``fit3d lift`` option), with each method's own settings
+nested under the method's name (``SolveConfig`` as ``LiftConfig.solve``: ``--solve.cg-ridge``; the old flat
+spellings ``--solve-cg-ridge`` / ``solve_cg_ridge=`` remain as hidden aliases)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from fit3d.config import check_choices, check_counts, check_reals, option_error
+from fit3d.lift.methods import METHODS
+
+
+@dataclass
+class SolveConfig:
+    """Settings of method ``solve`` (``LiftConfig.solve``; options ``--solve.FIELD``, in the pipeline
+    ``--lift.solve.FIELD``). Colour iterations use the shared training fields (learning rates, density control)."""
+
+    max_gaussians: int = field(default=60000, metadata={
+        "help": "at most this many fused surfels (the voxel grows until the count fits)"})
+    voxel: float = field(default=0.0, metadata={
+        "help": "fusion voxel size in metres (0: voxel_factor x the median pixel footprint)"})
+    voxel_factor: float = field(default=1.0, metadata={"help": "automatic voxel / pixel footprint"})
+    min_views: int = field(default=1, metadata={
+        "help": "keep voxels seen by at least this many training views (3 on a 12-view synthetic orbit left "
+                "holes: held-out cosine 0.42 vs 0.77 with 1)"})
+    carve_tol: float = field(default=0.0, metadata={
+        "help": "free-space carving, drop fused voxels that over a tenth of the views seeing them see through by "
+                "more than this fraction of the depth (0: off; 0.05 on RedKitchen: depth abs rel 0.055 -> 0.037, "
+                "feature cosine unchanged)"})
+    scale: float = field(default=0.6, metadata={
+        "help": "surfel in-plane scale / max(voxel, pixel footprint)"})
+    flat: float = field(default=0.1, metadata={"help": "surfel normal-axis scale / in-plane scale"})
+    opacity: float = field(default=0.95, metadata={"help": "surfel opacity"})
+    fill_holes: bool = field(default=True, metadata={
+        "help": "give invalid / depth-edge pixels their nearest valid depth before fusing (a hole in the "
+                "depth is a hole in the rendered features: single-view fit cosine 0.963 -> 0.991 on RedKitchen)"})
+    geometry_iterations: int = field(default=300, metadata={
+        "help": "colour-only optimisation iterations after fusing depth (0: none); RedKitchen after CG and "
+                "the least-squares decoder: held-out cosine 0.955 / 0.959 / 0.962 for 0 / 100 / 300 (PSNR 16.4 / "
+                "17.7 / 19.3 dB) at ~0.16 CPU s each"})
+    nodepth_iterations: int = field(default=2000, metadata={
+        "help": "colour-only optimisation iterations for scenes without depth (geometry from the points)"})
+    targets_at: str = field(default="grid", metadata={
+        "choices": ("grid", "render"),
+        "help": "tokens as the grid loss sees them (each token over its pixels) or bilinearly upsampled"})
+    cg_iterations: int = field(default=60, metadata={
+        "help": "at most this many conjugate-gradient iterations on the least-squares feature problem, from "
+                "the weighted average (0: the average alone); each a sparse product, ~0.3 s over 175 views at 55k "
+                "Gaussians (docs/lift-solve.md)"})
+    cg_tol: float = field(default=0.01, metadata={
+        "help": "stop CG once the mean relative residual is below this (RedKitchen, every view: 39 "
+                "iterations; held-out cosine 0.9655 / 0.9678 / 0.9682 at tol 0.05 / 0.02 / 0.01, 3x3 decoder)"})
+    cg_ridge: float = field(default=1e-4, metadata={
+        "help": "the least-squares problem's ridge, relative to each Gaussian's total pixel weight (the "
+                "Jacobi preconditioner), when ridge_select is off or cannot run (fewer than 8 views, "
+                "non-numba backends); held-out cosine with 1e-1 / 1e-2 / 1e-3 / 1e-4: RedKitchen 0.951 / 0.963 / "
+                "0.970 / 0.971, the demo's 21-view rooms the other way round (0.896 / 0.889 / 0.870 / 0.839)"})
+    ridge_select: bool = field(default=True, metadata={
+        "help": "choose the ridge among 1e-1 / 1e-2 / 1e-3 / 1e-4 by how well CG on the other training "
+                "views predicts every 8th (every 4th below 16 views); then CG over all of them from the chosen "
+                "one's features (RedKitchen picks 1e-4, the demo rooms 1e-2 / 1e-1; +13 s on RedKitchen)"})
+    ridge_select_iterations: int = field(default=20, metadata={
+        "help": "with ridge_select, CG iterations per candidate ridge and of the final solve over "
+                "every view (warm-started from the chosen candidate's features)"})
+    view_stride: int = field(default=1, metadata={
+        "help": "every k-th training view enters the weighted average and the least-squares passes "
+                "(RedKitchen, CG to tol 0.02: 0.9678 with every view, 0.9671 with every 2nd)"})
+    decoder: str = field(default="lsq", metadata={
+        "choices": ("lsq", "pca"),
+        "help": "the decoder after the features are solved: lsq (every tap of its Conv2d by ridge least "
+                "squares from the rendered features to the training tokens: RedKitchen held-out cosine 0.952 -> "
+                "0.962 with a 3x3 one) or pca (the training tokens' PCA basis "
+                "the features are solved in, other taps zero)"})
+    decoder_kernel: int = field(default=7, metadata={
+        "help": "the decoder's Conv2d kernel size (0: decoder_kernel, optimize's 3); the least-squares fit "
+                "affords a wider one: RedKitchen 0.9682 / 0.9693 with 5 / 7 (the normal matrix grows as k^4: "
+                "7x7 over every view 14 s)"})
+    decoder_stride: int = field(default=2, metadata={
+        "help": "every k-th training view enters the least-squares decoder (RedKitchen 7x7: 0.9693 / 0.9696 "
+                "/ 0.9681 with every view / 2nd / 3rd; 3x3: 0.962 with every view, 0.958 with every 4th)"})
+    refine_iterations: int = field(default=0, metadata={
+        "help": "Adam iterations of the feature loss on f and the decoder after the solve (0: none; "
+                "+0.0015 for 200 after 24 CG iterations on RedKitchen)"})
+    joint_iterations: int = field(default=0, metadata={
+        "help": "then this many iterations of optimize's colour + feature loss on everything (geometry too, "
+                "with feature gradients into it; no density control), solve as optimize's initialiser (0: none; "
+                "RedKitchen +0.0045 for 400 from a converged solve)"})
+
+    def validate(self, prefix: str = "solve.") -> None:
+        """``Fit3DError`` naming the option (``--<prefix>field``) for any value out of range."""
+        check_choices(self, prefix)
+        check_counts(self, {"max_gaussians": 1, "min_views": 0, "cg_iterations": 0, "view_stride": 1,
+                            "refine_iterations": 0, "joint_iterations": 0, "geometry_iterations": 0,
+                            "nodepth_iterations": 0, "decoder_stride": 1, "decoder_kernel": 0,
+                            "ridge_select_iterations": 0}, prefix)
+        inf = float("inf")
+        check_reals(self, {"voxel": (0, inf), "voxel_factor": (1e-6, inf), "carve_tol": (0, inf),
+                           "scale": (1e-6, inf), "flat": (1e-6, inf), "opacity": (1e-6, 1 - 1e-6),
+                           "cg_tol": (0, inf), "cg_ridge": (0, inf)}, prefix)
+        if self.decoder_kernel > 0 and self.decoder_kernel % 2 == 0:  # 0: LiftConfig.decoder_kernel
+            raise option_error(self, "decoder_kernel", "must be odd (the decoder keeps the render size)", prefix)
+
+
+@dataclass
+class BackprojectedConfig:
+    """Settings of method ``backprojected`` (``LiftConfig.backprojected``; ``--backprojected.FIELD``)."""
+
+    stride: int = field(default=4, metadata={
+        "help": "one Gaussian per this many pixels in x and y of every training view with valid depth"})
+    footprint: float = field(default=1.5, metadata={
+        "help": "Gaussian radius (1 sigma) / half the stride's pixel footprint at its depth"})
+    opacity: float = field(default=0.95, metadata={"help": "opacity of every Gaussian"})
+    feature_input: str = field(default="render", metadata={
+        "choices": ("render", "cache"),
+        "help": "the features lifted: render (the backbone on each view at the render size: a 7 x 5 token grid at "
+                "width 96) or cache (the scene's tokens at --feature-size, e.g. 224: the Stage 2 input)"})
+
+    def validate(self, prefix: str = "backprojected.") -> None:
+        """``Fit3DError`` naming the option (``--<prefix>field``) for any value out of range."""
+        check_choices(self, prefix)
+        check_counts(self, {"stride": 1}, prefix)
+        check_reals(self, {"footprint": (1e-6, float("inf")), "opacity": (1e-6, 1 - 1e-6)}, prefix)
+
 
 @dataclass
 class LiftConfig:
     """Stage 1 settings. Learning rates: FiT3D's values are the reference (see the help of each)."""
 
     method: str = field(default="optimize", metadata={
-        "choices": ("optimize", "solve"),
-        "help": "how Gaussians and features are fitted: optimize (FiT3D: gradient descent on colour + feature loss) "
-                "or solve (geometry fused from depth, features in closed form; docs/lift-solve.md)"})
+        "choices": tuple(METHODS),
+        "help": "Stage 1 method (fit3d.lift.methods): " + "; ".join(f"{n}: {m.help}" for n, m in METHODS.items())})
     backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
     model_path: str | None = field(default=None, metadata={
         "help": "local weights folder (default: env FIT3D_MODEL_PATH / the registry's default)"})
@@ -73,77 +190,11 @@ class LiftConfig:
         "help": "prune Gaussians whose screen radius exceeds this fraction of the render width (3DGS: 20 px at "
                 "~1000 px, tuned for millions of Gaussians; the CPU budgets here use far fewer, larger ones)"})
     max_gaussians: int = field(default=25000, metadata={"help": "cap on the number of Gaussians (CPU budget)"})
-    # method "solve" (fit3d.lift.solve, fit3d.lift.fuse)
-    solve_max_gaussians: int = field(default=60000, metadata={
-        "help": "solve: at most this many fused surfels (the voxel grows until the count fits)"})
-    solve_voxel: float = field(default=0.0, metadata={
-        "help": "solve: fusion voxel size in metres (0: solve_voxel_factor x the median pixel footprint)"})
-    solve_voxel_factor: float = field(default=1.0, metadata={"help": "solve: automatic voxel / pixel footprint"})
-    solve_min_views: int = field(default=1, metadata={
-        "help": "solve: keep voxels seen by at least this many training views (3 on a 12-view synthetic orbit left "
-                "holes: held-out cosine 0.42 vs 0.77 with 1)"})
-    solve_carve_tol: float = field(default=0.0, metadata={
-        "help": "solve: free-space carving, drop fused voxels that over a tenth of the views seeing them see through by "
-                "more than this fraction of the depth (0: off; 0.05 on RedKitchen: depth abs rel 0.055 -> 0.037, "
-                "feature cosine unchanged)"})
-    solve_scale: float = field(default=0.6, metadata={
-        "help": "solve: surfel in-plane scale / max(voxel, pixel footprint)"})
-    solve_flat: float = field(default=0.1, metadata={"help": "solve: surfel normal-axis scale / in-plane scale"})
-    solve_opacity: float = field(default=0.95, metadata={"help": "solve: surfel opacity"})
-    solve_fill_holes: bool = field(default=True, metadata={
-        "help": "solve: give invalid / depth-edge pixels their nearest valid depth before fusing (a hole in the "
-                "depth is a hole in the rendered features: single-view fit cosine 0.963 -> 0.991 on RedKitchen)"})
-    solve_geometry_iterations: int = field(default=300, metadata={
-        "help": "solve: colour-only optimisation iterations after fusing depth (0: none); RedKitchen after CG and "
-                "the least-squares decoder: held-out cosine 0.955 / 0.959 / 0.962 for 0 / 100 / 300 (PSNR 16.4 / "
-                "17.7 / 19.3 dB) at ~0.16 CPU s each"})
-    solve_nodepth_iterations: int = field(default=2000, metadata={
-        "help": "solve: colour-only optimisation iterations for scenes without depth (geometry from the points)"})
-    solve_targets_at: str = field(default="grid", metadata={
-        "choices": ("grid", "render"),
-        "help": "solve: tokens as the grid loss sees them (each token over its pixels) or bilinearly upsampled"})
-    solve_cg_iterations: int = field(default=60, metadata={
-        "help": "solve: at most this many conjugate-gradient iterations on the least-squares feature problem, from "
-                "the weighted average (0: the average alone); each a sparse product, ~0.3 s over 175 views at 55k "
-                "Gaussians (docs/lift-solve.md)"})
-    solve_cg_tol: float = field(default=0.01, metadata={
-        "help": "solve: stop CG once the mean relative residual is below this (RedKitchen, every view: 39 "
-                "iterations; held-out cosine 0.9655 / 0.9678 / 0.9682 at tol 0.05 / 0.02 / 0.01, 3x3 decoder)"})
-    solve_cg_ridge: float = field(default=1e-4, metadata={
-        "help": "solve: the least-squares problem's ridge, relative to each Gaussian's total pixel weight (the "
-                "Jacobi preconditioner), when solve_ridge_select is off or cannot run (fewer than 8 views, "
-                "non-numba backends); held-out cosine with 1e-1 / 1e-2 / 1e-3 / 1e-4: RedKitchen 0.951 / 0.963 / "
-                "0.970 / 0.971, the demo's 21-view rooms the other way round (0.896 / 0.889 / 0.870 / 0.839)"})
-    solve_ridge_select: bool = field(default=True, metadata={
-        "help": "solve: choose the ridge among 1e-1 / 1e-2 / 1e-3 / 1e-4 by how well CG on the other training "
-                "views predicts every 8th (every 4th below 16 views); then CG over all of them from the chosen "
-                "one's features (RedKitchen picks 1e-4, the demo rooms 1e-2 / 1e-1; +13 s on RedKitchen)"})
-    solve_ridge_select_iterations: int = field(default=20, metadata={
-        "help": "solve: with solve_ridge_select, CG iterations per candidate ridge and of the final solve over "
-                "every view (warm-started from the chosen candidate's features)"})
-    solve_view_stride: int = field(default=1, metadata={
-        "help": "solve: every k-th training view enters the weighted average and the least-squares passes "
-                "(RedKitchen, CG to tol 0.02: 0.9678 with every view, 0.9671 with every 2nd)"})
-    solve_decoder: str = field(default="lsq", metadata={
-        "choices": ("lsq", "pca"),
-        "help": "solve: the decoder after the features are solved: lsq (every tap of its Conv2d by ridge least "
-                "squares from the rendered features to the training tokens: RedKitchen held-out cosine 0.952 -> "
-                "0.962 with a 3x3 one) or pca (the training tokens' PCA basis "
-                "the features are solved in, other taps zero)"})
-    solve_decoder_kernel: int = field(default=7, metadata={
-        "help": "solve: the decoder's Conv2d kernel size (0: decoder_kernel, optimize's 3); the least-squares fit "
-                "affords a wider one: RedKitchen 0.9682 / 0.9693 with 5 / 7 (the normal matrix grows as k^4: "
-                "7x7 over every view 14 s)"})
-    solve_decoder_stride: int = field(default=2, metadata={
-        "help": "solve: every k-th training view enters the least-squares decoder (RedKitchen 7x7: 0.9693 / 0.9696 "
-                "/ 0.9681 with every view / 2nd / 3rd; 3x3: 0.962 with every view, 0.958 with every 4th)"})
-    solve_refine_iterations: int = field(default=0, metadata={
-        "help": "solve: Adam iterations of the feature loss on f and the decoder after the solve (0: none; "
-                "+0.0015 for 200 after 24 CG iterations on RedKitchen)"})
-    solve_joint_iterations: int = field(default=0, metadata={
-        "help": "solve: then this many iterations of optimize's colour + feature loss on everything (geometry too, "
-                "with feature gradients into it; no density control), solve as optimize's initialiser (0: none; "
-                "RedKitchen +0.0045 for 400 from a converged solve)"})
+    # each method's own settings (fit3d.lift.methods: only the chosen method's enter the recorded settings)
+    solve: SolveConfig = field(default_factory=lambda: SolveConfig(), metadata={
+        "flat_alias": True, "help": "method solve (fit3d.lift.solve, docs/lift-solve.md)"})
+    backprojected: BackprojectedConfig = field(default_factory=lambda: BackprojectedConfig(), metadata={
+        "flat_alias": True, "help": "method backprojected (fit3d.lift.backprojected)"})
     # run
     # run (volatile: these do not change the result, so a rerun may change them and still resume / reuse)
     checkpoint_every: int = field(default=500, metadata={
@@ -156,20 +207,16 @@ class LiftConfig:
     pca_views: int = field(default=2, metadata={"volatile": True, "help": "held-out views in heldout_pca.png (0: none)"})
     progress: bool = field(default=True, metadata={"volatile": True, "help": "show progress bars"})
 
-    def validate(self) -> None:
-        """``Fit3DError`` naming the option for any value out of range (called before any work)."""
-        from fit3d.config import check_choices
+    def validate(self, prefix: str = "") -> None:
+        """``Fit3DError`` naming the option (``--<prefix>field``, e.g. ``--lift.solve.cg-ridge`` in the pipeline)
+        for any value out of range (called before any work)."""
+        from fit3d.device import check_device
         from fit3d.errors import Fit3DError
-        from fit3d.run import check_counts, check_device, check_reals, option_error
 
-        check_choices(self)
+        check_choices(self, prefix)
         check_counts(self, {"feature_dim": 1, "width": 1, "height": 1, "feature_size": 1, "iterations": 1,
                             "heldout_every": 0, "max_frame": 0, "max_sh_degree": 0, "decoder_kernel": 1,
-                            "init_points": 1, "max_gaussians": 1, "checkpoint_every": 0, "pca_views": 0,
-                            "solve_cg_iterations": 0, "solve_view_stride": 1, "solve_refine_iterations": 0,
-                            "solve_joint_iterations": 0, "solve_geometry_iterations": 0,
-                            "solve_decoder_stride": 1, "solve_decoder_kernel": 0,
-                            "solve_ridge_select_iterations": 0})
+                            "init_points": 1, "max_gaussians": 1, "checkpoint_every": 0, "pca_views": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr_means": (1e-30, inf), "lr_means_final": (1e-30, inf), "lr_sh_dc": (0, inf),
                            "lr_sh_rest": (0, inf), "lr_opacity": (0, inf), "lr_scaling": (0, inf),
@@ -177,18 +224,20 @@ class LiftConfig:
                            "lr_decoder": (0, inf), "lambda_dssim": (0, 1), "feature_weight": (0, inf),
                            "init_voxel": (0, inf), "init_opacity": (1e-6, 1 - 1e-6),
                            "densify_grad_threshold": (0, inf), "percent_dense": (0, inf), "min_opacity": (0, 1),
-                           "max_screen_frac": (1e-6, inf), "solve_cg_tol": (0, inf), "solve_cg_ridge": (0, inf)})
+                           "max_screen_frac": (1e-6, inf)}, prefix)
         if self.max_sh_degree > 3:
-            raise option_error(self, "max_sh_degree", "must be 0..3 (the Gaussians store SH up to degree 3)")
-        for name in ("decoder_kernel", "solve_decoder_kernel"):  # solve_decoder_kernel 0: decoder_kernel
-            if getattr(self, name) % 2 == 0 and (name == "decoder_kernel" or getattr(self, name) > 0):
-                raise option_error(self, name, "must be odd (the decoder keeps the render size)")
-        check_device(self.device)
+            raise option_error(self, "max_sh_degree", "must be 0..3 (the Gaussians store SH up to degree 3)", prefix)
+        if self.decoder_kernel % 2 == 0:
+            raise option_error(self, "decoder_kernel", "must be odd (the decoder keeps the render size)", prefix)
+        for name, m in METHODS.items():  # every method's settings are checked: a bad value is never silent
+            if m.config:
+                getattr(self, m.config).validate(f"{prefix}{m.config}.")
+        check_device(self.device, f"--{prefix}device")
         import torch
 
         cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
         if (self.raster_backend == "gsplat" and not cuda) or (self.raster_backend == "numba" and cuda):
-            raise Fit3DError(f"--raster-backend {self.raster_backend} does not run on device "
+            raise Fit3DError(f"--{prefix}raster-backend {self.raster_backend} does not run on device "
                              f"{self.device!r} (numba: CPU only, gsplat: CUDA only)")
 
     def render_size(self, width: int, height: int) -> tuple[int, int]:

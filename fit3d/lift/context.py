@@ -1,7 +1,8 @@
 """What a Stage 1 method receives (``LiftContext``) and returns (``LiftResult``).
 
 ``fit3d.lift.stage.lift_scene`` reads the scene, computes the targets and calls the method registered
-for ``cfg.method`` with a context; it then evaluates the held-out views and writes the lifted folder.
+for ``cfg.method`` (``fit3d.lift.methods.METHODS``) with a context; it then evaluates the held-out views
+and writes the lifted folder.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ class LiftContext:
     backbone's token grids of every view (train and held-out) by name; ``points`` [P, 3] / ``points_rgb``
     [P, 3] are the scene's sparse points (COLMAP) or None; ``out`` is the scene's output folder (methods
     keep their checkpoint there); ``settings`` are what determine the result (``fit3d.lift.lifted.lift_settings``:
-    recorded in lift.json and checked against a checkpoint before resuming)."""
+    recorded in lift.json and checked against a checkpoint before resuming); ``backbone`` is the loaded backbone,
+    for methods that run it themselves (``backprojected``)."""
 
     cfg: LiftConfig
     device: torch.device
@@ -38,6 +40,7 @@ class LiftContext:
     points: np.ndarray | None = None
     points_rgb: np.ndarray | None = None
     settings: dict = field(default_factory=dict)
+    backbone: object = None  # the frozen backbone (``fit3d.models``) whose tokens are the targets
 
     @property
     def size(self) -> tuple[int, int]:

@@ -26,6 +26,14 @@ def camera_extent(c2ws: np.ndarray) -> float:
     return float(1.1 * np.linalg.norm(c - c.mean(0), axis=1).max())
 
 
+def scene_extent(train_views, points: np.ndarray) -> float:
+    """The scale of the xyz learning rate and the split threshold: ``camera_extent`` of the training views,
+    floored at a tenth of the initial points' [P, 3] bounding-box diagonal (cameras that barely move give a
+    near-zero radius) and at 1e-3."""
+    return max(camera_extent(np.stack([v.c2w for v in train_views])),
+               0.1 * float(np.linalg.norm(points.max(0) - points.min(0))), 1e-3)
+
+
 def voxel_downsample(points: np.ndarray, colors: np.ndarray, voxel: float) -> tuple[np.ndarray, np.ndarray]:
     """Average points [P, 3] and colours [P, 3] per voxel of size ``voxel``."""
     q = np.floor((points - points.min(0)) / voxel).astype(np.int64)  # [P, 3] >= 0
@@ -121,3 +129,10 @@ def as_gaussians(params: dict, sh_degree: int) -> FeatureGaussians:
     """The ``FeatureGaussians`` view of a raw parameter dict (``init_params``' keys)."""
     return FeatureGaussians(params["means"], params["quats"], params["log_scales"], params["opacity_logits"],
                             torch.cat([params["sh_dc"], params["sh_rest"]], 1), params["features"], sh_degree=sh_degree)
+
+
+def raster_geometry(params: dict) -> tuple:
+    """(means [N, 3], quats [N, 4], scales [N, 3], opacities [N]) of a raw parameter dict, detached and
+    activated as ``rasterize`` / ``fit3d.splat.fixed_views.FixedViews`` take them."""
+    return (params["means"].detach(), params["quats"].detach(), params["log_scales"].detach().exp(),
+            torch.sigmoid(params["opacity_logits"].detach()))

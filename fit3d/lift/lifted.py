@@ -4,26 +4,33 @@ Folder layout::
 
     <out>/<scene>/gaussians.ply        3DGS-compatible PLY + feat_0..feat_{F-1}
     <out>/<scene>/decoder.safetensors  FeatureDecoder (f -> D)
-    <out>/<scene>/lift.json            backbone, model_path, feature_dim, resolution [W, H], scene
-                                       {path, layout, train_views, heldout_views}, iterations,
-                                       timings, heldout metrics, settings (what determines the result:
-                                       the non-volatile LiftConfig fields and the scene path)
+    <out>/<scene>/lift.json            name, method, backbone, model_path, feature_dim, resolution [W, H],
+                                       scene {path, layout, train_views, heldout_views}, iterations,
+                                       timings, heldout metrics, gaussians (count), init, extent,
+                                       history, the method's own record (e.g. "solve"), config, settings
+                                       (what determines the result: the non-volatile LiftConfig fields, the
+                                       chosen method's own settings only, and the scene path)
 
-A finished folder is reused only when its recorded ``settings`` equal the new run's
-(:func:`reuse_finished`); otherwise the rerun stops naming the differing fields.
+Every method's folder is written by :func:`write_lifted` alone. A finished folder is reused only when its
+recorded ``settings`` equal the new run's (:func:`reuse_finished`); otherwise the rerun stops naming the
+differing fields. Folders of older versions load with their keys brought to these (:func:`current_meta`):
+the back-projected lifts' ``num_gaussians`` / ``builder``, the flat ``solve_*`` settings.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from fit3d.data import read_scene
 from fit3d.errors import SceneError
-from fit3d.io import read_json_dict
+from fit3d.io import read_json_dict, write_json
 from fit3d.lift.decoder import FeatureDecoder
+from fit3d.lift.init import as_gaussians
+from fit3d.lift.methods import METHODS
 from fit3d.splat.gaussians import FeatureGaussians
 
 GAUSSIANS_FILE = "gaussians.ply"
@@ -67,7 +74,7 @@ def load_lifted(path, map_location: str | torch.device = "cpu") -> LiftedScene:
     if not is_lifted(p):
         missing = [f for f in (GAUSSIANS_FILE, DECODER_FILE, META_FILE) if not (p / f).exists()]
         raise SceneError(f"{p}: not a finished lifted scene (missing {', '.join(missing)}); run `fit3d lift` first")
-    meta = read_json_dict(p / META_FILE, "lifted scene record", keys=("resolution", "scene"))
+    meta = current_meta(read_json_dict(p / META_FILE, "lifted scene record", keys=("resolution", "scene")))
     try:
         g = FeatureGaussians.load_ply(p / GAUSSIANS_FILE).to(map_location)
     except Exception as e:  # plyfile raises several types for a truncated / foreign file
@@ -81,11 +88,65 @@ def load_lifted(path, map_location: str | torch.device = "cpu") -> LiftedScene:
     return LiftedScene(name=meta.get("name", p.name), path=p, gaussians=g, decoder=dec, meta=meta)
 
 
-def lift_settings(cfg, scene_path) -> dict:
-    """What determines a lift's result: the non-volatile ``LiftConfig`` fields and the scene's path."""
+def lift_settings(cfg, scene_path, split: tuple[list[str], list[str]] | None = None) -> dict:
+    """What determines a lift's result: the non-volatile ``LiftConfig`` fields with only the chosen method's
+    nested settings (``fit3d.lift.methods``), the scene's path and, when the views were named, the split."""
     from fit3d.run import result_settings
 
-    return {**result_settings(cfg), "scene": str(scene_path)}
+    other = {m.config for name, m in METHODS.items() if m.config and name != cfg.method}
+    out = {k: v for k, v in result_settings(cfg).items() if k not in other}
+    if split is not None:
+        out["views"] = {"train": sorted(split[0]), "heldout": sorted(split[1])}
+    return {**out, "scene": str(scene_path)}
+
+
+def current_settings(recorded):
+    """Recorded lift settings in today's keys: before the methods had nested settings, every record held all
+    of method solve's as flat ``solve_*`` fields; they become ``{"solve": {...}}`` for a solve lift and are
+    dropped for the others (they never changed those), so an unchanged rerun still resumes / reuses."""
+    if not isinstance(recorded, dict) or not any(k.startswith("solve_") for k in recorded):
+        return recorded
+    out = {k: v for k, v in recorded.items() if not k.startswith("solve_")}
+    if recorded.get("method") == "solve":
+        out["solve"] = {k[len("solve_"):]: v for k, v in recorded.items() if k.startswith("solve_")}
+    return out
+
+
+def current_meta(meta: dict) -> dict:
+    """A lift.json dict in today's keys (:func:`current_settings`; the back-projected lifts of older versions
+    wrote ``num_gaussians`` and ``builder`` for ``gaussians`` and ``method``)."""
+    meta = dict(meta)
+    if "num_gaussians" in meta and "gaussians" not in meta:
+        meta["gaussians"] = meta.pop("num_gaussians")
+    if "method" not in meta and "backprojected" in str(meta.get("builder", "")):
+        meta["method"] = "backprojected"
+        meta.pop("builder")
+    if "settings" in meta:
+        meta["settings"] = current_settings(meta["settings"])
+    return meta
+
+
+def write_lifted(ctx, result, timings: dict, t_start: float, src_path, layout: str, heldout: dict) -> dict:
+    """The lifted folder of any method: gaussians.ply, decoder.safetensors, then lift.json (last: its presence
+    marks the lift finished). ``ctx``: the ``LiftContext``, ``result``: the method's ``LiftResult``."""
+    cfg = ctx.cfg
+    g = as_gaussians({k: v.detach().cpu() for k, v in result.params.items()}, result.sh_degree)
+    g.save_ply(ctx.out / GAUSSIANS_FILE)
+    result.decoder.cpu().save(ctx.out / DECODER_FILE)
+    timings["total"] = time.perf_counter() - t_start
+    names = [v.name for v in ctx.views]
+    meta = {
+        "name": ctx.name, "method": cfg.method, "backbone": cfg.backbone, "model_path": cfg.model_path,
+        "feature_dim": result.decoder.in_dim, "resolution": list(ctx.size),
+        "scene": {"path": src_path, "layout": layout, "train_views": ctx.train_names,
+                  "heldout_views": [names[i] for i in ctx.held_idx]},
+        "iterations": cfg.iterations, "timings": timings, "heldout": heldout,
+        "gaussians": len(g), "init": result.init_source, "extent": result.extent,
+        "target_grid": list(ctx.cache.grid_size), "target_dim": ctx.cache.dim,
+        "history": result.history, **result.extra, "config": asdict(cfg), "settings": ctx.settings,
+    }
+    write_json(ctx.out / META_FILE, meta)
+    return meta
 
 
 def reuse_finished(path, settings: dict, how: str | None = None) -> dict | None:
@@ -96,6 +157,6 @@ def reuse_finished(path, settings: dict, how: str | None = None) -> dict | None:
     p = Path(path)
     if not is_lifted(p):
         return None
-    meta = read_json_dict(p / META_FILE, "lifted scene record")
+    meta = current_meta(read_json_dict(p / META_FILE, "lifted scene record"))
     check_resume(meta.get("settings"), settings, "finished lift", p, how)
     return meta

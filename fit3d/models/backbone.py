@@ -13,14 +13,13 @@ Return type of :meth:`Backbone.tokens` / :meth:`Backbone.features`:
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING, NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 if TYPE_CHECKING:
-    from fit3d.models.families import Family
     from fit3d.models.registry import BackboneSpec
 
 
@@ -54,6 +53,17 @@ def to_float_images(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
+class FamilyOps(Protocol):
+    """What a backbone asks of its family (``fit3d.models.families.Family`` implements it; named here so this
+    module needs nothing from that one, which builds backbones)."""
+
+    def encode(self, backbone: "Backbone", pixels: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        """Normalised pixels [B, 3, H, W] -> the requested blocks' full token sequences, each [B, N, D], normed."""
+
+    def after_train(self, backbone: "Backbone", mode: bool) -> None:
+        """Restore the parts that must stay in eval mode after ``backbone.train(mode)``."""
+
+
 class Backbone(nn.Module):
     """A registered 2D ViT behind one interface.
 
@@ -63,7 +73,7 @@ class Backbone(nn.Module):
     ``mean``/``std`` [1, 3, 1, 1].
     """
 
-    def __init__(self, spec: "BackboneSpec", family: "Family", model: nn.Module, *, patch_size: int,
+    def __init__(self, spec: "BackboneSpec", family: FamilyOps, model: nn.Module, *, patch_size: int,
                  embed_dim: int, num_layers: int, num_registers: int):
         super().__init__()
         self.spec = spec

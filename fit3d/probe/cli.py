@@ -22,6 +22,7 @@ import sys
 
 from fit3d.config import add_arguments as add_config_arguments, from_args
 from fit3d.probe.config import ProbeConfig
+from fit3d.probe.cls import run_cls_probe
 from fit3d.probe.protocol import run_probe
 
 
@@ -33,5 +34,5 @@ def run(args: argparse.Namespace) -> int:
     cfg = from_args(ProbeConfig, args)
     argv = sys.argv[1:]
     command = "fit3d " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["probe"] else None
-    run_probe(cfg, command=command)
+    (run_cls_probe if cfg.task == "cls" else run_probe)(cfg, command=command)
     return 0

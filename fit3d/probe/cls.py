@@ -312,10 +312,11 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
     from fit3d.device import resolve_device
     from fit3d.probe import heads as heads_mod
     from fit3d.probe import report
+    from fit3d.probe.report import seed_summary
     from fit3d.probe import sources as sources_mod
-    from fit3d.probe.protocol import seed_summary, sources
     from fit3d.probe.summary import CONTROL, SOURCES, summarise, summary_markdown
 
+    cfg.validate()
     if cfg.layers:
         raise Fit3DError("--layers: the classification probe reads the final [CLS] token only")
     device = str(resolve_device(cfg.device))
@@ -323,7 +324,7 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
     train = read_image_folder(cfg.data, "train", max_items=cfg.max_items)
     test = read_image_folder(cfg.eval_data or cfg.data, "test", class_names=train.class_names,
                              max_items=cfg.max_items)
-    srcs = {s.label: s for s in sources(cfg)}
+    srcs = {s.label: s for s in sources_mod.config_sources(cfg)}
     base = dict(srcs)
     if "concat" in srcs:  # computed from the two sources' features (both [CLS] tokens)
         for kind in ("original", "finetuned"):

@@ -1,17 +1,35 @@
 """``ProbeConfig``: every option and default of ``fit3d probe`` (the protocol that uses it:
-``fit3d.probe.protocol``)."""
+``fit3d.probe.protocol``), and the protocol's head optimiser per task (``HEAD_PROTOCOL``): the heads'
+training settings (``DepthSettings`` / ``SegSettings``) are derived from these, never defaulted elsewhere."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from fit3d.config import check_choices
+from fit3d.config import check_choices, check_counts, check_reals, check_size, option_error
+from fit3d.device import check_device
 from fit3d.probe.datasets import DATASETS
 from fit3d.probe.sources import KINDS
-from fit3d.run import check_counts, check_device, check_reals, check_size, option_error
 
 TASKS = ("seg", "depth", "corr", "cls")
 CORR_PROTOCOLS = ("fit3d", "probe3d")
+
+
+@dataclass(frozen=True)
+class HeadProtocol:
+    """The protocol's optimiser of one task's linear head (DINOv2's heads, FiT3D's evaluation): AdamW at ``lr``
+    (``ProbeConfig.lr`` overrides it), ``weight_decay``, linear warmup over ``warmup_share`` of the iterations
+    (``ProbeConfig.warmup`` overrides it)."""
+
+    lr: float
+    weight_decay: float
+    warmup_share: float
+
+
+# The one place of these numbers: DepthSettings / SegSettings take them (``from_config``).
+HEAD_PROTOCOL = {"depth": HeadProtocol(lr=1e-4, weight_decay=0.01, warmup_share=12800 / 38400),
+                 "seg": HeadProtocol(lr=1e-3, weight_decay=1e-4, warmup_share=1500 / 40000)}
 
 
 @dataclass
@@ -32,10 +50,10 @@ class ProbeConfig:
                                   metadata={"help": "probe resolution W H (a patch multiple; 448x336 = 32x24 /14)"})
     iterations: int = field(default=1500, metadata={"help": "head training iterations"})
     batch_size: int = field(default=8, metadata={"help": "images per iteration"})
-    lr: float | None = field(default=None, metadata={"help": "AdamW lr (default: DepthSettings / SegSettings, "
+    lr: float | None = field(default=None, metadata={"help": "AdamW lr (default: the task's, HEAD_PROTOCOL: "
                                                               "seg 1e-3, depth 1e-4)"})
-    warmup: int | None = field(default=None, metadata={"help": "warmup iterations (default the protocol's "
-                                                               "share: seg 1500/40k, depth 12.8k/38.4k)"})
+    warmup: int | None = field(default=None, metadata={"help": "warmup iterations (default the task's share of "
+                                                               "--iterations: seg 1500/40k, depth 12.8k/38.4k)"})
     seed: int = field(default=0, metadata={"help": "seed of everything else (and the heads' when --seeds is not given)"})
     seeds: list[int] | None = field(default=None, metadata={
         "help": "head seeds (init, batch order): one head per source and seed, all trained in one batched pass; "
@@ -81,18 +99,48 @@ class ProbeConfig:
     def head_seeds(self) -> list[int]:
         return [int(s) for s in self.seeds] if self.seeds else [int(self.seed)]
 
-    def validate(self) -> None:
-        """``Fit3DError`` naming the option for any value out of range (called before any work)."""
-        check_choices(self)
+    def validate(self, prefix: str = "") -> None:
+        """``Fit3DError`` naming the option (``--<prefix>field``: ``--probe.iterations`` in the pipeline) for any
+        value out of range (called before any work)."""
+        check_choices(self, prefix)
         check_counts(self, {"iterations": 1, "batch_size": 1, "num_classes": 0, "val_every": 1, "max_items": 0,
                             "figure": 0, "extract_batch": 1, "num_corr": 1, "pairs_per_bin": 1, "corr_stride": 1,
-                            "warmup": 0, "cls_size": 14, "knn_k": 1})
+                            "warmup": 0, "cls_size": 14, "knn_k": 1}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "min_depth": (0, inf), "max_depth": (0, inf), "depth_tol": (0, inf),
-                           "min_overlap": (0, 1), "knn_temperature": (1e-6, inf)})
-        check_size(self, "resolution")
+                           "min_overlap": (0, 1), "knn_temperature": (1e-6, inf)}, prefix)
+        check_size(self, "resolution", prefix)
         if self.max_depth is not None and self.max_depth <= self.min_depth:
-            raise option_error(self, "max_depth", f"must be above --min-depth {self.min_depth}")
+            raise option_error(self, "max_depth", f"must be above --{prefix}min-depth {self.min_depth}", prefix)
         if not self.features:
-            raise option_error(self, "features", f"expected one or more of {', '.join(KINDS)}")
-        check_device(self.device)
+            raise option_error(self, "features", f"expected one or more of {', '.join(KINDS)}", prefix)
+        check_device(self.device, f"--{prefix}device")
+
+
+@dataclass
+class HeadSettings:
+    """A linear head's training: iterations, batch, AdamW lr / weight decay, warmup iterations, seed. Defaults:
+    ``ProbeConfig``'s values and the task's ``HEAD_PROTOCOL`` (``lr`` / ``weight_decay`` / ``warmup`` None
+    become the protocol's); ``DepthSettings`` / ``SegSettings`` add their task's fields."""
+
+    TASK: ClassVar[str] = ""
+
+    iterations: int = ProbeConfig.iterations
+    batch_size: int = ProbeConfig.batch_size
+    lr: float | None = None
+    weight_decay: float | None = None
+    warmup: int | None = None  # None: the protocol's warmup share of the iterations
+    seed: int = ProbeConfig.seed
+
+    def __post_init__(self) -> None:
+        p = HEAD_PROTOCOL[self.TASK]
+        self.lr = p.lr if self.lr is None else self.lr
+        self.weight_decay = p.weight_decay if self.weight_decay is None else self.weight_decay
+        if self.warmup is None:
+            self.warmup = round(self.iterations * p.warmup_share)
+
+    @classmethod
+    def of_run(cls, cfg: ProbeConfig, seed: int, **task):
+        """The settings of a probe run of ``cfg`` with head seed ``seed`` (``task``: the task's own fields)."""
+        return cls(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
+                   **task)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fit3d.probe.config import HeadSettings, ProbeConfig
 from fit3d.probe.train import train_head
 
 DEPTH_METRICS = ("rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "delta1", "delta2", "delta3")
@@ -127,26 +128,22 @@ def depth_metrics(pred: torch.Tensor, gt: torch.Tensor, min_depth: float, max_de
 
 
 @dataclass
-class DepthSettings:
-    """The depth probe protocol's head training (DINOv2's linear depth head); the one place of its defaults."""
+class DepthSettings(HeadSettings):
+    """The depth head's training (DINOv2's linear depth head): ``HeadSettings`` (defaults from ``ProbeConfig`` and
+    ``HEAD_PROTOCOL["depth"]``) plus the bins, depth range and loss weights; a probe run's: :meth:`from_config`."""
 
-    WARMUP_SHARE: ClassVar[float] = 12800 / 38400  # the protocol's warmup share of the iterations
+    TASK: ClassVar[str] = "depth"
 
-    iterations: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup: int | None = None  # None: WARMUP_SHARE of the iterations
-    seed: int = 0
     n_bins: int = 256
     min_depth: float = 1e-3
     max_depth: float = 10.0
     grad_weight: float = 0.5
     use_cls: bool = True
 
-    def __post_init__(self) -> None:
-        if self.warmup is None:
-            self.warmup = round(self.iterations * self.WARMUP_SHARE)
+    @classmethod
+    def from_config(cls, cfg: ProbeConfig, max_depth: float, seed: int) -> "DepthSettings":
+        """A probe run's: ``cfg``'s settings, ``max_depth`` the data's when ``cfg`` gives none."""
+        return cls.of_run(cfg, seed, min_depth=cfg.min_depth, max_depth=max_depth)
 
 
 def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: DepthSettings,

@@ -6,9 +6,10 @@ every option and default of ``fit3d probe``), and ``run_probe``, which trains th
     from fit3d.probe.protocol import run_probe
     run_probe(ProbeConfig(task="depth", data="../shared/data/7scenes-redkitchen", seeds=[0, 1, 2]))
 
-Head training defaults (lr, weight decay, warmup share, schedules) live in ``DepthSettings`` /
-``SegSettings``; ``depth_settings`` / ``seg_settings`` fill them from a config (its ``lr`` / ``warmup``
-override them only when given).
+Head training settings come from the config alone: ``DepthSettings.from_config`` /
+``SegSettings.from_config`` (the protocol's lr / weight decay / warmup share per task: ``HEAD_PROTOCOL`` in
+``fit3d.probe.config``; ``lr`` / ``warmup`` override them only when given). ``source_features`` and
+``Models`` give the cached features of a split for other reports (``fit3d.probe.summary``, benches).
 """
 
 from __future__ import annotations
@@ -28,30 +29,12 @@ from fit3d.probe.config import ProbeConfig
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
 from fit3d.probe.features import CachedFeatures, FeatureCache, extract_features
+from fit3d.probe.report import seed_summary
 from fit3d.probe.sources import FeatureSource
+from fit3d.probe.sources import config_sources as sources
 from fit3d.probe.seg import SegSettings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
-
-
-def depth_settings(cfg: ProbeConfig, max_depth: float, seed: int) -> DepthSettings:
-    """The depth head's training settings for ``cfg`` (DepthSettings' defaults unless cfg overrides)."""
-    over = {k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None}
-    return DepthSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=seed, min_depth=cfg.min_depth,
-                         max_depth=max_depth, **over)
-
-
-def seg_settings(cfg: ProbeConfig, ignore_index: int, seed: int) -> SegSettings:
-    """The seg head's training settings for ``cfg`` (SegSettings' defaults unless cfg overrides)."""
-    over = {k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None}
-    return SegSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=seed, ignore_index=ignore_index,
-                       **over)
-
-
-def sources(cfg: ProbeConfig) -> list[FeatureSource]:
-    return [FeatureSource(kind=k, backbone=cfg.backbone, model_path=cfg.model_path,
-                          finetuned_dir=cfg.finetuned, layers=tuple(cfg.layers) if cfg.layers else None)
-            for k in cfg.features]
 
 
 @dataclass
@@ -81,7 +64,7 @@ def materialise(data: ProbeData, need: str) -> Split:
     return Split(data, [v.image for v in views], views, depth, labels)
 
 
-class _Models:
+class Models:
     """Load each source's model at most once, only when a cache misses."""
 
     def __init__(self, device: str):
@@ -105,7 +88,10 @@ def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.T
     return torch.tensor(fit), torch.tensor(val)
 
 
-def _features(src, split: Split, set_name: str, res, cache: FeatureCache, models: _Models, cfg) -> CachedFeatures:
+def source_features(src, split: Split, set_name: str, res, cache: FeatureCache, models: Models,
+                    cfg: ProbeConfig) -> CachedFeatures:
+    """Source ``src``'s features of ``split`` at ``res`` (W, H) through ``cache``: computed (models loaded) only
+    when the cache misses."""
     def compute():
         model = models.get(src)
         t0 = time.perf_counter()
@@ -116,19 +102,6 @@ def _features(src, split: Split, set_name: str, res, cache: FeatureCache, models
 
     set_id = f"{split.data.meta.get('dataset')}:{split.data.meta.get('path')}:{set_name}"
     return cache.get(src, set_id, split.data.names, tuple(res), compute)
-
-
-def seed_summary(per_seed: dict[int, dict], keys) -> dict:
-    """Mean over seeds of each metric in ``keys`` (the reported number), ``std`` (sample std, 0 for one
-    seed) and ``per_seed`` {seed: metrics}."""
-    out, std = {}, {}
-    for k in keys:
-        vals = [m[k] for m in per_seed.values() if k in m]
-        if vals:
-            out[k] = float(np.mean(vals))
-            std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    out.update(std=std, seeds=list(per_seed), per_seed={str(s): m for s, m in per_seed.items()})
-    return out
 
 
 def _check(cfg: ProbeConfig) -> None:
@@ -147,10 +120,8 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     from fit3d.probe import report
 
     _check(cfg)
-    if cfg.task == "cls":  # image-folder classification: its own data and heads (fit3d.probe.cls)
-        from fit3d.probe.cls import run_cls_probe
-
-        return run_cls_probe(cfg, command, verbose)
+    if cfg.task == "cls":  # image-folder classification: its own data and heads
+        raise Fit3DError("task cls runs through fit3d.probe.cls.run_cls_probe (fit3d probe --task cls)")
     device = str(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -166,15 +137,15 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     test = materialise(test_data, cfg.task)
     train = None if cfg.task == "corr" else materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
     meta = test.data
-    models = _Models(device)
+    models = Models(device)
 
     timing: dict[str, dict] = {}
     feats_test, feats_train = {}, {}
     for src in srcs:
-        feats_test[src.label] = ft = _features(src, test, "test", res, cache, models, cfg)
+        feats_test[src.label] = ft = source_features(src, test, "test", res, cache, models, cfg)
         timing[src.label] = {"extract_test_s": ft.seconds, "test_from_cache": ft.from_cache}
         if train is not None:
-            feats_train[src.label] = fr = _features(src, train, "train", res, cache, models, cfg)
+            feats_train[src.label] = fr = source_features(src, train, "train", res, cache, models, cfg)
             timing[src.label].update(extract_train_s=fr.seconds, train_from_cache=fr.from_cache)
 
     if cfg.task == "corr":
@@ -248,7 +219,7 @@ def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing
     C = [feats_train[k].cls.to(device) for k in labels]
     val_n = 0
     if cfg.task == "depth":
-        settings = [depth_settings(cfg, meta.max_depth, s) for s in seeds]
+        settings = [DepthSettings.from_config(cfg, meta.max_depth, s) for s in seeds]
         D, val = train.depth.to(device), None
         if cfg.val_frames:
             fit_idx, val_idx = validation_split(train.data.names, parse_range(cfg.val_frames, (0, 0)))
@@ -257,7 +228,7 @@ def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing
             P, C, D = [p[fit_idx] for p in P], [c[fit_idx] for c in C], D[fit_idx]
         trained = train_depth_batched(P, C, D, settings, val=val, val_every=cfg.val_every)
     else:
-        settings = [seg_settings(cfg, meta.ignore_index, s) for s in seeds]
+        settings = [SegSettings.from_config(cfg, meta.ignore_index, s) for s in seeds]
         trained = train_seg_batched(P, train.labels.to(device), meta.num_classes, settings)
     keys = DEPTH_METRICS if cfg.task == "depth" else ("miou", "macc", "aacc")
     results, preds, saved = {}, {}, {}

@@ -27,6 +27,19 @@ COLUMNS = {
 LOWER_IS_BETTER = {"rmse", "abs_rel", "sq_rel", "log10", "rmse_log"}
 
 
+def seed_summary(per_seed: dict[int, dict], keys) -> dict:
+    """Mean over seeds of each metric in ``keys`` (the reported number), ``std`` (sample std, 0 for one
+    seed) and ``per_seed`` {seed: metrics}."""
+    out, std = {}, {}
+    for k in keys:
+        vals = [m[k] for m in per_seed.values() if k in m]
+        if vals:
+            out[k] = float(np.mean(vals))
+            std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    out.update(std=std, seeds=list(per_seed), per_seed={str(s): m for s, m in per_seed.items()})
+    return out
+
+
 def _fmt(x) -> str:
     if isinstance(x, float):
         return "nan" if math.isnan(x) else f"{x:.4f}"

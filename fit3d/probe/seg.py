@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fit3d.probe.config import HeadSettings, ProbeConfig
 from fit3d.probe.train import train_head
 
 
@@ -33,22 +34,18 @@ class LinearSegHead(nn.Module):
 
 
 @dataclass
-class SegSettings:
-    """The seg probe protocol's head training (mmseg BNHead as DINOv2 / FiT3D); the one place of its defaults."""
+class SegSettings(HeadSettings):
+    """The seg head's training (mmseg BNHead as DINOv2 / FiT3D): ``HeadSettings`` (defaults from ``ProbeConfig``
+    and ``HEAD_PROTOCOL["seg"]``) plus the ignored label; a probe run's: :meth:`from_config`."""
 
-    WARMUP_SHARE: ClassVar[float] = 1500 / 40000  # the protocol's warmup share of the iterations
+    TASK: ClassVar[str] = "seg"
 
-    iterations: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup: int | None = None  # None: WARMUP_SHARE of the iterations
-    seed: int = 0
     ignore_index: int = 255
 
-    def __post_init__(self) -> None:
-        if self.warmup is None:
-            self.warmup = round(self.iterations * self.WARMUP_SHARE)
+    @classmethod
+    def from_config(cls, cfg: ProbeConfig, ignore_index: int, seed: int) -> "SegSettings":
+        """A probe run's: ``cfg``'s settings and the data's ignored label."""
+        return cls.of_run(cfg, seed, ignore_index=ignore_index)
 
 
 def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:

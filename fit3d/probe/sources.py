@@ -57,6 +57,13 @@ class FeatureSource:
         return json.dumps(d, sort_keys=True, default=list)
 
 
+def config_sources(cfg) -> list[FeatureSource]:
+    """The feature sources a ``ProbeConfig`` names (``cfg.features``: original / finetuned / concat)."""
+    return [FeatureSource(kind=k, backbone=cfg.backbone, model_path=cfg.model_path,
+                          finetuned_dir=cfg.finetuned, layers=tuple(cfg.layers) if cfg.layers else None)
+            for k in cfg.features]
+
+
 def _tree_mtime(p: Path) -> float:
     """Latest mtime among weight files under ``p`` (so re-trained weights invalidate the cache)."""
     if not p.exists():

@@ -12,8 +12,8 @@ Per-image statistics (the ``stats`` dicts, {source: array}):
 - seg: [seeds, N, C, C] per-image confusion matrices;
 - corr: [1, P, 2k] per-pair (hits, n) columns.
 
-The ``cfg`` the functions read is any object with ``probe_iterations`` and ``seeds`` (head training) and
-``bootstrap`` (resamples), as ``bench/generalize.py``'s config.
+The functions read a ``SummaryConfig`` (head iterations and seeds where no settings are given, bootstrap
+resamples); heads' settings derive from ``ProbeConfig`` (``DepthSettings.from_config``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fit3d.probe.config import ProbeConfig
 from fit3d.probe.sources import KINDS as SOURCES
 
 # Control: the original's tokens twice. A head on concat reads twice the channels, and at a few hundred
@@ -33,6 +34,17 @@ CONTROL = "original_x2"
 DEPTH_METRICS = ("rmse", "abs_rel", "delta1", "rmse_aligned", "abs_rel_aligned", "delta1_aligned")
 SEG_METRICS = ("miou", "macc")
 LOWER_IS_BETTER = {"rmse", "abs_rel", "rmse_aligned", "abs_rel_aligned"}
+
+
+@dataclass(frozen=True)
+class SummaryConfig:
+    """What the summaries read: heads trained (when no settings are given) for ``probe_iterations`` with seeds
+    0 .. ``seeds`` - 1, the rest of their settings the probe protocol's (``ProbeConfig``); ``bootstrap``
+    resamples of the paired intervals."""
+
+    probe_iterations: int = 1000
+    seeds: int = 3
+    bootstrap: int = 2000
 
 
 @dataclass
@@ -75,12 +87,12 @@ def _per_seed(heads: list, todo: list[str], n_seeds: int, evaluate) -> dict:
             for k, src in enumerate(todo)}
 
 
-def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_depth: float = 10.0,
-               known: dict | None = None, settings: list | None = None) -> dict:
+def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg: SummaryConfig | None,
+               max_depth: float = 10.0, known: dict | None = None, settings: list | None = None) -> dict:
     """{source: [seeds, N, M] per-image depth metrics}; sources in ``known`` are taken from it, not retrained.
     The heads of every source x seed train in one batched pass (``fit3d.probe.batched``; equal to
     training them one by one). ``settings``: one ``DepthSettings`` per seed (default: ``cfg.seeds`` seeds
-    0.. of ``cfg.probe_iterations`` iterations, the rest DepthSettings' defaults; ``cfg`` is then unused)."""
+    0.. of ``cfg.probe_iterations`` iterations, the rest the protocol's; ``cfg`` is then unused)."""
     from fit3d.probe.batched import train_depth_batched
     from fit3d.probe.depth import DepthSettings, predict_depth
 
@@ -88,8 +100,8 @@ def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_de
     if not todo:
         return out
     if settings is None:
-        settings = [DepthSettings(iterations=cfg.probe_iterations, seed=seed, max_depth=max_depth)
-                    for seed in range(cfg.seeds)]
+        protocol = ProbeConfig(iterations=cfg.probe_iterations)
+        settings = [DepthSettings.from_config(protocol, max_depth, seed) for seed in range(cfg.seeds)]
     heads = train_depth_batched([train_f[s].patch for s in todo], [train_f[s].cls for s in todo], train_depth,
                                 settings)
     s = settings[0]  # the seeds' settings differ only in the seed
@@ -99,7 +111,7 @@ def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg, max_de
     return out
 
 
-def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg,
+def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg: SummaryConfig | None,
              ignore: int = 255, known: dict | None = None, settings: list | None = None) -> dict:
     """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it.
     Heads of every source x seed train in one batched pass. ``settings``: one ``SegSettings`` per seed
@@ -111,8 +123,8 @@ def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes
     if not todo:
         return out
     if settings is None:
-        settings = [SegSettings(iterations=cfg.probe_iterations, seed=seed, ignore_index=ignore)
-                    for seed in range(cfg.seeds)]
+        protocol = ProbeConfig(iterations=cfg.probe_iterations)
+        settings = [SegSettings.from_config(protocol, ignore, seed) for seed in range(cfg.seeds)]
     heads = train_seg_batched([train_f[s].patch for s in todo], train_labels, num_classes, settings)
     def confusions(src, head):
         pred = predict_seg(head, test_f[src].patch, tuple(test_labels.shape[-2:]))
@@ -125,7 +137,7 @@ def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes
 
 
 
-def summarise(kind: str, stats: dict, cfg, names: list[str] | None = None) -> dict:
+def summarise(kind: str, stats: dict, cfg: SummaryConfig, names: list[str] | None = None) -> dict:
     """One eval's entry of the JSON: {source: {metric: {mean, std}}, "ci": {...}} from per-image stats."""
     from fit3d.probe.stats import macc_from_confusion, miou_from_confusion, paired_bootstrap, ratio_metric
 
@@ -182,7 +194,7 @@ def claims(evals: dict) -> dict:
     return out
 
 
-def probe_stats(cfg, control: bool = True) -> dict:
+def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
     """Per-image statistics {source: array} of a finished ``run_probe(cfg)`` of task seg or depth with the
     sources original / finetuned / concat: each seed's saved head (``<out>/heads``) applied to the cached
     test features (the numbers of its probe.json, per image). With ``control``, the heads of ``CONTROL``
@@ -191,11 +203,10 @@ def probe_stats(cfg, control: bool = True) -> dict:
     from fit3d.errors import Fit3DError
     from fit3d.probe import heads as heads_mod
     from fit3d.probe.datasets import load_probe_data, parse_range
-    from fit3d.probe.depth import predict_depth
+    from fit3d.probe.depth import DepthSettings, predict_depth
     from fit3d.probe.features import FeatureCache
-    from fit3d.probe.protocol import (TEST_FRAMES, TRAIN_FRAMES, _features, _Models, depth_settings, materialise,
-                                      seg_settings, sources)
-    from fit3d.probe.seg import confusion_matrix, predict_seg
+    from fit3d.probe.protocol import TEST_FRAMES, TRAIN_FRAMES, Models, materialise, source_features, sources
+    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
 
     if cfg.task not in ("depth", "seg"):
         raise Fit3DError(f"per-image probe statistics: task {cfg.task} has no heads (depth or seg)")
@@ -213,17 +224,17 @@ def probe_stats(cfg, control: bool = True) -> dict:
     if cfg.task == "depth" and meta.crop:
         raise Fit3DError(f"{meta.meta.get('path')}: per-image depth statistics take no evaluation crop ({meta.crop})")
     cache = FeatureCache(None if (cfg.cache_dir or "").lower() == "none" else (cfg.cache_dir or Path(cfg.out) / "cache"))
-    models = _Models("cpu")
-    feats = {k: _features(s, test, "test", res, cache, models, cfg) for k, s in srcs.items()}
+    models = Models("cpu")
+    feats = {k: source_features(s, test, "test", res, cache, models, cfg) for k, s in srcs.items()}
     test_f = {k: Feats(f.patch, f.cls) for k, f in feats.items()}
     seeds = cfg.head_seeds
     if cfg.task == "depth":
-        settings = [depth_settings(cfg, meta.max_depth, s) for s in seeds]
+        settings = [DepthSettings.from_config(cfg, meta.max_depth, s) for s in seeds]
         size = tuple(test.depth.shape[-2:])
         evaluate = lambda src, head: depth_per_image(  # noqa: E731
             predict_depth(head, test_f[src].patch, test_f[src].cls, size), test.depth, cfg.min_depth, meta.max_depth)
     else:
-        settings = [seg_settings(cfg, meta.ignore_index, s) for s in seeds]
+        settings = [SegSettings.from_config(cfg, meta.ignore_index, s) for s in seeds]
         size = tuple(test.labels.shape[-2:])
 
         def evaluate(src, head):
@@ -247,7 +258,7 @@ def probe_stats(cfg, control: bool = True) -> dict:
     if not control:
         return stats
     train = materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
-    o = _features(srcs["original"], train, "train", res, cache, models, cfg)
+    o = source_features(srcs["original"], train, "train", res, cache, models, cfg)
     train_f = {CONTROL: Feats(torch.cat([o.patch, o.patch], 1), o.cls)}
     test_f[CONTROL] = Feats(torch.cat([test_f["original"].patch] * 2, 1), test_f["original"].cls)
     if cfg.task == "depth":

@@ -62,7 +62,7 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 def projection_and_composite(backend: str):
     """(project, composite) of the ``"numba"`` or ``"torch"`` backend: the one choice for ``rasterize`` and for
-    callers that keep a projection across passes (``fit3d.lift.solve.FixedViews``)."""
+    callers that keep a projection across passes (``fit3d.splat.fixed_views.FixedViews``)."""
     if backend == "numba":
         from fit3d.splat.projection_numba import project
         from fit3d.splat.raster_numba import composite
@@ -72,6 +72,20 @@ def projection_and_composite(backend: str):
     else:
         raise ValueError(f"projection_and_composite: {backend!r} is not a CPU backend (numba / torch)")
     return project, composite
+
+
+def project_to_tiles(backend: str, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmat: Tensor,
+                     K: Tensor, width: int, height: int, *, near_plane: float = 0.01, eps2d: float = 0.3):
+    """(``Projected``, ``TileLists``): the first half of the ``"numba"`` / ``"torch"`` backends' rasterisation
+    (projection, then the depth-sorted per-tile lists), for ``rasterize`` and for renderers that keep it across
+    passes (:class:`fit3d.splat.fixed_views.FixedViews`). viewmat [4, 4] and K [3, 3] are cast to means' dtype."""
+    from fit3d.splat.raster_torch import build_tile_lists
+
+    project, _ = projection_and_composite(backend)
+    dt = means.dtype
+    viewmat, K = viewmat.detach().to(device=means.device, dtype=dt), K.detach().to(device=means.device, dtype=dt)
+    p = project(means, quats, scales, opacities, viewmat, K, width, height, near_plane=near_plane, eps2d=eps2d)
+    return p, build_tile_lists(p.means2d, p.radii, p.depths, width, height)
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -109,14 +123,10 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                 near_plane=near_plane, eps2d=eps2d)
 
-    from fit3d.splat.raster_torch import build_tile_lists
-
-    project, composite = projection_and_composite(backend)
-
+    _, composite = projection_and_composite(backend)
     dt = means.dtype
-    viewmat, K = viewmat.detach().to(device=means.device, dtype=dt), K.detach().to(device=means.device, dtype=dt)
-    p = project(means, quats, scales, opacities, viewmat, K, width, height, near_plane=near_plane, eps2d=eps2d)
-    lists = build_tile_lists(p.means2d, p.radii, p.depths, width, height)
+    p, lists = project_to_tiles(backend, means, quats, scales, opacities, viewmat, K, width, height,
+                                near_plane=near_plane, eps2d=eps2d)
     cols = colors[p.ids].to(dt)
     # [M, C + 1]: geometry channels, depth (also a geometry channel), the rest; k = C: colour + depth
     feats = torch.cat([cols[:, :k], p.depths[:, None], cols[:, k:]], -1)

@@ -1,6 +1,6 @@
 """View-dependent colour on the CPU with numba: ``FeatureGaussians.colors`` as one loop per Gaussian.
 
-``clamp_min(eval_sh(degree, sh, normalize(means - cam_center)) + 0.5, 0)`` (:func:`fit3d.splat.gaussians.eval_sh`,
+``clamp_min(eval_sh(degree, sh, normalize(means - cam_center)) + 0.5, 0)`` (:func:`fit3d.splat.sh.eval_sh`,
 the reference; tests hold values and gradients to it), with a hand-written backward to the coefficients and
 the means (through the view direction), as gsplat's ``spherical_harmonics`` kernel does on CUDA. Hand-written
 because the torch version is ~40 elementwise ops on [N] and [N, 16, 3] tensors each way, each a pass over
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fit3d.splat.gaussians import _SH_C1, _SH_C2, _SH_C3, SH_C0
+from fit3d.splat.sh import SH_C0, SH_C1, SH_C2, SH_C3
 
-_C = np.array([SH_C0, _SH_C1, *_SH_C2, *_SH_C3], dtype=np.float64)  # 0, 1, 2..6, 7..13
+_C = np.array([SH_C0, SH_C1, *SH_C2, *SH_C3], dtype=np.float64)  # 0, 1, 2..6, 7..13
 _EPS = 1e-12  # F.normalize's
 
 

@@ -108,8 +108,7 @@ def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone
     """A rerun with other room or lift settings must not reuse the lifted folder of the earlier run."""
     import dataclasses
 
-    from fit3d.data.synthetic import SyntheticSceneConfig
-    from fit3d.data.synthetic_cli import generate_scenes
+    from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
     from fit3d.lift.lifted import load_lifted
 
     g = _bench()
@@ -126,6 +125,6 @@ def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone
     g.lift_all(cfg, [("room", path, None)], tmp_path, tiny_backbone)
     again = load_lifted(d).meta
     assert len(again["scene"]["train_views"]) == 7  # 9 views, every 8th held out
-    assert again["settings"]["source"]["config"]["num_views"] == 9
+    assert json.loads((d / "generalize.json").read_text())["source"]["config"]["num_views"] == 9
     g.lift_all(dataclasses.replace(cfg, lift_width=48), [("room", path, None)], tmp_path, tiny_backbone)
     assert load_lifted(d).meta["resolution"][0] == 48

@@ -123,7 +123,7 @@ def test_recipes_presets_and_overrides():
     assert dataclasses.replace(fit3d_cfg, recipe=None) == FinetuneConfig()
     assert fit3d_cfg.recipe == "fit3d"
     d = from_recipe("default", lr=3e-5)
-    assert d.lr == 3e-5 and all(getattr(d, k) == v for k, v in RECIPES["default"].items() if k != "lr")
+    assert d == dataclasses.replace(RECIPES["default"], lr=3e-5) and d.freeze_blocks == -6
     with pytest.raises(Fit3DError, match="unknown fine-tuning recipe"):
         from_recipe("nope")
     with pytest.raises(Fit3DError, match="unknown FinetuneConfig field"):
@@ -161,3 +161,47 @@ def test_every_preset_passes_validation():
 
     for name in RECIPES:
         from_recipe(name).validate()
+
+
+def test_finetune_help_shows_the_values_the_command_runs_with(capsys):
+    """The command runs the default recipe: its parser's base, so --help shows -6 / 0.5, and no option given
+    parses to exactly that preset; --recipe NAME makes another preset the base."""
+    import argparse
+
+    from fit3d.finetune.cli import add_arguments
+    from fit3d.finetune.recipes import DEFAULT_RECIPE, config_from_args, recipe
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    text = " ".join(p.format_help().split())
+    assert "the last -k blocks) (default: -6)" in text and "--anchor-at says (default: 0.5)" in text
+    base = ["--scenes", "s", "--out", "o"]
+    assert config_from_args(FinetuneConfig, p.parse_args(base)) == recipe(DEFAULT_RECIPE)
+    lora = config_from_args(FinetuneConfig, p.parse_args([*base, "--recipe", "lora", "--lr", "0.5"]))
+    assert lora == dataclasses.replace(RECIPES["lora"], lr=0.5) and lora.adapter == "lora"
+
+
+def test_pipeline_applies_recipe_lora_and_rejects_finetune_recipe(capsys):
+    """fit3d pipeline / demo: --recipe lora applies LoRA; --finetune.recipe is no option and says to use --recipe."""
+    import argparse
+
+    from fit3d.demo import DemoConfig
+    from fit3d.demo import add_arguments as add_demo_arguments
+    from fit3d.finetune.recipes import config_from_args
+    from fit3d.pipeline import PipelineConfig
+    from fit3d.pipeline import add_arguments as add_pipeline_arguments
+
+    p = argparse.ArgumentParser()
+    add_pipeline_arguments(p)
+    cfg = config_from_args(PipelineConfig, p.parse_args(["scene", "--recipe", "lora", "--finetune.max-steps", "3"]))
+    ft = cfg.finetune_config()
+    assert (ft.adapter, ft.lora_targets, ft.lr, ft.max_steps, ft.recipe) == ("lora", "attention", 1e-4, 3, "lora")
+    with pytest.raises(SystemExit):
+        p.parse_args(["scene", "--finetune.recipe", "lora"])
+    assert "--finetune.recipe: not an option here; use --recipe" in capsys.readouterr().err
+    d = argparse.ArgumentParser()
+    add_demo_arguments(d)
+    assert config_from_args(DemoConfig, d.parse_args(["--recipe", "lora"])).finetune.adapter == "lora"
+    with pytest.raises(SystemExit):
+        d.parse_args(["--finetune.recipe", "lora"])
+

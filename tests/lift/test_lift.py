@@ -38,6 +38,9 @@ class ColourBackbone:
     def grid_size(self, H, W):
         return H // 4, W // 4
 
+    def prepare(self, images):  # the test scenes' sizes are multiples of the patch already
+        return images
+
     @torch.inference_mode()
     def features(self, images):  # [B, 3, H, W] -> ([B, 16, h, w], [B, 16])
         m = F.avg_pool2d(images, 4) - 0.5  # [B, 3, h, w]
@@ -174,3 +177,72 @@ def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
     torch.testing.assert_close(a.gaussians.means, b.gaussians.means, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.gaussians.features, b.gaussians.features, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(a.decoder.conv.weight, b.decoder.conv.weight, rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ the methods as peers
+def tiny_solve(**solve) -> LiftConfig:
+    """A seconds-long solve lift of the synthetic scene (no colour phase, a few CG iterations)."""
+    from fit3d.lift.config import SolveConfig
+
+    s = dict(geometry_iterations=0, cg_iterations=3, ridge_select=False, decoder_kernel=3, max_gaussians=3000)
+    return tiny_config(method="solve", solve=SolveConfig(**{**s, **solve}))
+
+
+def test_every_method_is_registered_once_with_its_settings_nested():
+    import dataclasses
+
+    from fit3d.lift.methods import METHODS
+
+    method = next(f for f in dataclasses.fields(LiftConfig) if f.name == "method")
+    assert method.metadata["choices"] == tuple(METHODS) == ("optimize", "solve", "backprojected")
+    cfg = LiftConfig()
+    for name, m in METHODS.items():
+        if m.config:  # the method's own settings: a nested config named after it
+            assert dataclasses.is_dataclass(getattr(cfg, m.config)) and m.config == name
+
+
+def test_backprojected_is_a_peer_written_by_the_one_writer(scene, tmp_path):
+    """backprojected through lift_scene: the same folder and lift.json keys as every method, held-out metrics
+    above the scene-mean baseline, and only its own nested settings recorded."""
+    from fit3d.lift.config import BackprojectedConfig
+    from fit3d.lift.lifted import META_FILE
+
+    cfg = tiny_config(method="backprojected", backprojected=BackprojectedConfig(stride=2))
+    meta = lift_scene(scene, cfg, tmp_path / "bp", backbone=ColourBackbone())
+    solved = lift_scene(scene, tiny_solve(), tmp_path / "solve", backbone=ColourBackbone())
+    on_disk = json.loads((tmp_path / "bp" / META_FILE).read_text())
+    assert on_disk["method"] == "backprojected" and on_disk["gaussians"] == len(load_lifted(tmp_path / "bp").gaussians)
+    assert set(on_disk) - {"backprojected"} == set(solved) - {"solve"}  # one key set, plus each method's record
+    assert "num_gaussians" not in on_disk and "builder" not in on_disk
+    assert on_disk["settings"]["backprojected"]["stride"] == 2 and "solve" not in on_disk["settings"]
+    assert "backprojected" not in solved["settings"] and solved["settings"]["solve"]["cg_ridge"] == 1e-4
+    h = meta["heldout"]
+    assert h["feature_cosine"] > h["baseline_mean_cosine"], h
+    assert 0 < meta["backprojected"]["explained_variance"] <= 1
+
+
+def test_lifted_folders_of_older_versions_load_in_todays_keys(scene, tmp_path):
+    """A back-projected folder written with num_gaussians / builder and a record with flat solve_* settings
+    read as today's keys; an unchanged solve rerun reuses such a folder, a changed one names the nested field."""
+    from fit3d.errors import Fit3DError
+    from fit3d.lift.lifted import META_FILE, current_settings, lift_settings, reuse_finished
+
+    out = tmp_path / "old"
+    meta = lift_scene(scene, tiny_solve(), out, backbone=ColourBackbone())
+    old = {k: v for k, v in meta.items() if k not in ("gaussians", "method")}
+    old.update(num_gaussians=meta["gaussians"], builder="fit3d.lift.backprojected (depth back-projection)")
+    (out / META_FILE).write_text(json.dumps(old))
+    assert (load_lifted(out).meta["gaussians"], load_lifted(out).meta["method"]) == (meta["gaussians"], "backprojected")
+
+    s = meta["settings"]
+    flat = {**{k: v for k, v in s.items() if k != "solve"}, **{f"solve_{k}": v for k, v in s["solve"].items()}}
+    assert current_settings(flat) == s
+    assert current_settings({**flat, "method": "optimize"}) == {k: v for k, v in s.items() if k != "solve"} | {
+        "method": "optimize"}
+    (out / META_FILE).write_text(json.dumps({**meta, "settings": flat}))
+    assert reuse_finished(out, lift_settings(tiny_solve(), "synthetic")) is not None
+    from fit3d.config import set_fields
+
+    with pytest.raises(Fit3DError, match=r"solve\.cg_ridge: 0\.0001 -> 0\.1"):
+        reuse_finished(out, lift_settings(set_fields(tiny_solve(), ["solve_cg_ridge=0.1"]), "synthetic"))
+

@@ -12,7 +12,7 @@ from fit3d.splat.densify import (PARAM_NAMES, DensifySchedule, DensifyStats, den
 from fit3d.lift.targets import TargetCache, backbone_input_size
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.init import init_params, initial_points, split_views, voxel_downsample
-from fit3d.lift.optimize import make_optimizer
+from fit3d.lift.train import make_optimizer
 from fit3d.splat.ssim import ssim
 
 
@@ -192,7 +192,7 @@ def test_pca_decoder_init_spans_the_tokens_with_unit_scale_coefficients():
 
 
 def test_feature_lr_decays_log_linearly_when_asked():
-    from fit3d.lift.optimize import features_lr
+    from fit3d.lift.train import features_lr
 
     const = LiftConfig(iterations=100, lr_features=0.02)
     assert features_lr(0, const) == features_lr(100, const) == 0.02

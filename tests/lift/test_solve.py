@@ -14,8 +14,12 @@ import torch.nn.functional as F
 from fit3d.data.scene import Scene, View
 from fit3d.errors import Fit3DError
 from fit3d.lift import LiftConfig, lift_scene, load_lifted
+from fit3d.lift.config import SolveConfig
 from fit3d.lift.fuse import fuse_points, normal_quats
-from fit3d.lift.solve import accumulate, conjugate_gradient, normal_matvec, weighted_average
+from fit3d.lift.init import raster_geometry
+from fit3d.lift.solve.cg import conjugate_gradient, weighted_average
+from fit3d.lift.solve.passes import accumulate, normal_matvec
+from fit3d.splat.fixed_views import FixedViews
 from fit3d.splat.reference import rasterize_reference
 
 W, H = 16, 12
@@ -48,6 +52,11 @@ def _gaussians(n=12, seed=0, opacity=0.7):
             "opacity_logits": torch.full((n,), math.log(opacity / (1 - opacity)))}
 
 
+def _fixed(params, views, keep=False) -> FixedViews:
+    """The numba backend's fixed-geometry renders of ``views``."""
+    return FixedViews(*raster_geometry(params), views, W, H, "numba", keep=keep)
+
+
 def _dense_weights(params, v) -> torch.Tensor:
     """[H*W, N] compositing weights w_pj from the float64 reference rasterizer (one-hot colours)."""
     n = len(params["means"])
@@ -62,7 +71,7 @@ def test_weights_through_the_backward_equal_a_float64_accumulation():
     params, views = _gaussians(), _views()
     g = torch.Generator().manual_seed(1)
     targets = [torch.randn(H, W, 5, generator=g) for _ in views]
-    num, den = accumulate(params, views, lambda i: targets[i], W, H, backend="numba")
+    num, den = accumulate(_fixed(params, views), lambda i: targets[i])
     ref_num = sum(_dense_weights(params, v).T @ t.reshape(-1, 5).double() for v, t in zip(views, targets))
     ref_den = sum(_dense_weights(params, v).sum(0) for v in views)
     assert float(ref_den.min()) > 0  # every Gaussian is seen: the comparison covers all of them
@@ -95,9 +104,9 @@ def test_cg_reaches_the_least_squares_optimum_of_the_render_loss():
     f_true = torch.randn(len(params["means"]), 4, generator=g, dtype=torch.float64)
     Ws = [_dense_weights(params, v) for v in views]
     targets = [(w @ f_true).reshape(H, W, 4).float() for w in Ws]
-    num, den = accumulate(params, views, lambda i: targets[i], W, H, backend="numba")
+    num, den = accumulate(_fixed(params, views), lambda i: targets[i])
     f0, _ = weighted_average(num, den)
-    mv = lambda X: normal_matvec(params, views, X, W, H, None, backend="numba")  # noqa: E731
+    mv = lambda X: normal_matvec(_fixed(params, views), X, None)  # noqa: E731
     f_cg, hist = conjugate_gradient(mv, num, f0, den, iterations=40)
     assert hist[-1] < 1e-3 * hist[0], hist
 
@@ -185,12 +194,12 @@ def _room(n_views=10, width=32, height=24) -> Scene:
     return Scene(name="room", views=views, source="synthetic")
 
 
-def _cfg(**kw) -> LiftConfig:
-    base = dict(method="solve", backbone="colour", width=32, feature_size=32, feature_dim=6, progress=False,
-                pca_views=0, device="cpu", solve_min_views=1, solve_max_gaussians=3000, solve_cg_iterations=3,
-                solve_view_stride=1, max_sh_degree=1, solve_geometry_iterations=0, solve_ridge_select=False)
-    base.update(kw)
-    return LiftConfig(**base)
+def _cfg(top: dict | None = None, **solve) -> LiftConfig:
+    """A small solve lift; ``solve``: ``SolveConfig`` fields, ``top``: other ``LiftConfig`` fields."""
+    s = dict(min_views=1, max_gaussians=3000, cg_iterations=3, view_stride=1, geometry_iterations=0, ridge_select=False)
+    s.update(solve)
+    return LiftConfig(method="solve", backbone="colour", width=32, feature_size=32, feature_dim=6, progress=False,
+                      pca_views=0, device="cpu", max_sh_degree=1, solve=SolveConfig(**s), **(top or {}))
 
 
 @pytest.fixture(scope="module")
@@ -213,8 +222,8 @@ def test_solve_lifts_a_scene_with_depth(room, tmp_path):
 
 
 def test_cg_beats_the_weighted_average_alone(room, tmp_path):
-    a = lift_scene(room, _cfg(solve_cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
-    b = lift_scene(room, _cfg(solve_cg_iterations=4), tmp_path / "b", backbone=_ColourBackbone())
+    a = lift_scene(room, _cfg(cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(cg_iterations=4), tmp_path / "b", backbone=_ColourBackbone())
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
 
 
@@ -224,7 +233,7 @@ def test_scene_without_depth_takes_the_colour_route(room, tmp_path):
     views = [View(image=v.image, K=v.K, c2w=v.c2w, name=v.name) for v in room.views]  # no depth
     scene = Scene(name="nodepth", views=views, source="synthetic", points=pts.astype(np.float32),
                   points_rgb=np.full((len(pts), 3), 0.5, np.float32))
-    meta = lift_scene(scene, _cfg(solve_nodepth_iterations=40), tmp_path / "nd", backbone=_ColourBackbone())
+    meta = lift_scene(scene, _cfg(nodepth_iterations=40), tmp_path / "nd", backbone=_ColourBackbone())
     assert meta["init"] == "points+colour"
     assert meta["history"] and meta["history"][-1]["iteration"] == 40
     assert meta["heldout"]["feature_cosine"] > meta["heldout"]["baseline_mean_cosine"], meta["heldout"]
@@ -263,21 +272,25 @@ def test_free_space_carving_drops_a_floater():
 def test_lift_help_lists_the_solve_options():
     import argparse
 
+    from fit3d.config import from_args
     from fit3d.lift.cli import add_arguments
 
     p = argparse.ArgumentParser()
     add_arguments(p)
     text = p.format_help()  # argparse %-formats every help string: a stray % breaks --help
-    assert "{optimize,solve}" in text and "--solve-cg-iterations" in text
+    assert "{optimize,solve,backprojected}" in text and "--solve.cg-iterations" in text
+    assert "--solve-cg-iterations" not in text  # the old flat spelling: a hidden alias of the nested option
+    for argv in (["--solve.cg-iterations", "7"], ["--solve-cg-iterations", "7"]):
+        assert from_args(LiftConfig, p.parse_args(["s", "--out", "o", *argv])).solve.cg_iterations == 7
 
 
 def test_cg_stops_once_the_residual_is_below_the_tolerance():
     params, views = _gaussians(opacity=0.5), _views()
     g = torch.Generator().manual_seed(3)
     targets = [torch.randn(H, W, 3, generator=g) for _ in views]
-    num, den = accumulate(params, views, lambda i: targets[i], W, H, backend="numba")
+    num, den = accumulate(_fixed(params, views), lambda i: targets[i])
     f0, _ = weighted_average(num, den)
-    mv = lambda X: normal_matvec(params, views, X, W, H, None, backend="numba")  # noqa: E731
+    mv = lambda X: normal_matvec(_fixed(params, views), X, None)  # noqa: E731
     _, full = conjugate_gradient(mv, num, f0, den, iterations=30)
     tol = full[len(full) // 3]  # a residual that the full run passes a third of the way in
     _, early = conjugate_gradient(mv, num, f0, den, iterations=30, tol=tol)
@@ -287,8 +300,8 @@ def test_cg_stops_once_the_residual_is_below_the_tolerance():
 def test_joint_refinement_from_the_weighted_average_beats_it(room, tmp_path):
     """solve_joint_iterations runs optimize's loss on everything from the solved field: starting from the
     plain weighted average (no CG) it must raise the held-out cosine, and it is timed and recorded."""
-    a = lift_scene(room, _cfg(solve_cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
-    b = lift_scene(room, _cfg(solve_cg_iterations=0, solve_joint_iterations=60), tmp_path / "b",
+    a = lift_scene(room, _cfg(cg_iterations=0), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(cg_iterations=0, joint_iterations=60), tmp_path / "b",
                    backbone=_ColourBackbone())
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
     assert b["timings"]["joint"] > 0 and b["history"][-1] == {**b["history"][-1], "phase": "joint", "iteration": 60}
@@ -298,8 +311,8 @@ def test_joint_refinement_from_the_weighted_average_beats_it(room, tmp_path):
 def test_least_squares_decoder_beats_the_pca_basis(room, tmp_path):
     """solve_decoder=lsq fits every tap of the decoder to the training tokens; on held-out views it must beat
     the PCA decoder the features were solved in, and its fit is recorded."""
-    a = lift_scene(room, _cfg(solve_decoder="pca"), tmp_path / "a", backbone=_ColourBackbone())
-    b = lift_scene(room, _cfg(solve_decoder="lsq"), tmp_path / "b", backbone=_ColourBackbone())
+    a = lift_scene(room, _cfg(decoder="pca"), tmp_path / "a", backbone=_ColourBackbone())
+    b = lift_scene(room, _cfg(decoder="lsq"), tmp_path / "b", backbone=_ColourBackbone())
     assert b["heldout"]["feature_cosine"] > a["heldout"]["feature_cosine"], (a["heldout"], b["heldout"])
     n_train = len(b["scene"]["train_views"])  # every solve_decoder_stride-th (2nd) of them
     assert b["solve"]["decoder"]["views"] == (n_train + 1) // 2 and b["timings"]["decoder"] > 0
@@ -308,14 +321,12 @@ def test_least_squares_decoder_beats_the_pca_basis(room, tmp_path):
 
 def test_cached_projections_give_the_same_products_on_every_pass():
     """FixedViews (projections kept across CG passes) against fresh rasterisation of each pass."""
-    from fit3d.lift.solve import FixedViews
-
     params, views = _gaussians(opacity=0.5), _views()
     X = torch.randn(len(params["means"]), 4, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    fv = FixedViews(params, views, W, H, "numba")
-    fresh = normal_matvec(params, views, X, W, H, (3, 4), backend="numba")
+    fv = _fixed(params, views, keep=True)
+    fresh = normal_matvec(_fixed(params, views), X, (3, 4))
     for _ in range(2):
-        torch.testing.assert_close(normal_matvec(fv, views, X, W, H, (3, 4)), fresh)
+        torch.testing.assert_close(normal_matvec(fv, X, (3, 4)), fresh)
     assert len(fv._cache) == len(views)
 
 
@@ -324,18 +335,18 @@ def test_sparse_weights_give_the_rasterised_passes(grid):
     """ViewWeights (each view's compositing weights extracted once, every pass a sparse product) against the
     rasterised passes: the same weight sums, right-hand side and normal operator, on exact (3, 4) and
     overlapping (5, 7) adaptive-pooling windows as well as at pixels."""
-    from fit3d.lift.solve import FixedViews, ViewWeights
+    from fit3d.lift.solve.weights import ViewWeights
 
     params, views = _gaussians(opacity=0.5), _views()
     g = torch.Generator().manual_seed(5)
     X = torch.randn(len(params["means"]), 4, generator=g, dtype=torch.float64)
-    fv = FixedViews(params, views, W, H, "numba")
+    fv = _fixed(params, views, keep=True)
     vw = ViewWeights(fv, grid)
-    torch.testing.assert_close(vw.matvec(X), normal_matvec(fv, views, X, W, H, grid), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(vw.matvec(X), normal_matvec(fv, X, grid), rtol=1e-4, atol=1e-5)
     if grid is None or grid == (3, 4):  # there nearest upsampling is area x the pooling's adjoint
         t = [torch.randn(*(grid or (H, W)), 4, generator=g) for _ in views]
         up = [F.interpolate(x.permute(2, 0, 1)[None], size=(H, W), mode="nearest")[0].permute(1, 2, 0) for x in t]
-        num, den = accumulate(fv, views, lambda i: up[i], W, H)
+        num, den = accumulate(fv, lambda i: up[i])
         torch.testing.assert_close(vw.rhs(torch.cat([x.reshape(-1, 4) for x in t])), num, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(vw.den, den, rtol=1e-5, atol=1e-6)
     kept = vw.den > float(vw.den.median())  # dropping Gaussians = their columns: zero features elsewhere
@@ -347,7 +358,7 @@ def test_sparse_weights_give_the_rasterised_passes(grid):
 def test_pooled_design_is_the_pooled_unfold(grid):
     """pooled_design's box filter + strided unfold (exact 3x3 blocks of a 12x18 image) and its general path
     (overlapping windows) against the pixel-level unfold average-pooled, as the decoder's fit used it."""
-    from fit3d.lift.solve import pooled_design
+    from fit3d.lift.solve.lsq_decoder import pooled_design
 
     img = torch.randn(1, 3, 12, 18, generator=torch.Generator().manual_seed(0))
     for k in (1, 3, 5):
@@ -358,7 +369,7 @@ def test_pooled_design_is_the_pooled_unfold(grid):
 
 def test_normal_equations_give_the_least_squares_solution():
     """Buffered ssyrk / GEMM sums over uneven row blocks, then the ridge solve, against the stacked lstsq."""
-    from fit3d.lift.solve import NormalEquations
+    from fit3d.lift.solve.lsq_decoder import NormalEquations
 
     g = torch.Generator().manual_seed(1)
     blocks = [(torch.randn(n, 6, generator=g), torch.randn(n, 4, generator=g)) for n in (5, 17, 3, 30)]
@@ -375,10 +386,10 @@ def test_normal_equations_give_the_least_squares_solution():
 def test_decoder_from_the_kept_pixel_weights_equals_the_rasterised_one(room, tmp_path, monkeypatch):
     """With the decoder's views every 2nd of the solve's, fit_decoder renders through the CG's kept compositing
     weights (sparse products); the decoder must be the one fitted from rasterised renders."""
-    import fit3d.lift.solve as solve_mod
+    import fit3d.lift.solve.driver as solve_mod
     from safetensors.torch import load_file
 
-    cfg = _cfg(solve_decoder_kernel=3, solve_decoder_stride=2, raster_backend="numba")
+    cfg = _cfg(dict(raster_backend="numba"), decoder_kernel=3, decoder_stride=2)
     used = []
     fit = solve_mod.fit_decoder
 
@@ -399,10 +410,10 @@ def test_decoder_from_the_kept_pixel_weights_equals_the_rasterised_one(room, tmp
 
 def test_view_subsets_of_the_weights_are_their_rows():
     """ViewWeights.views(idx): the listed views' rows of M, their normal operator = the sum of those views'."""
-    from fit3d.lift.solve import FixedViews, ViewWeights
+    from fit3d.lift.solve.weights import ViewWeights
 
     params, views = _gaussians(opacity=0.5), _views()
-    fv = FixedViews(params, views, W, H, "numba")
+    fv = _fixed(params, views, keep=True)
     vw = ViewWeights(fv, (3, 4))
     X = torch.randn(len(params["means"]), 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     parts = [vw.views([i]) for i in range(len(views))]
@@ -415,14 +426,14 @@ def test_view_subsets_of_the_weights_are_their_rows():
 def test_ridge_selection_picks_a_candidate_and_records_it(room, tmp_path):
     """solve_ridge_select scores every candidate on held-back training views and keeps the best; the lift's
     held-out cosine is then within 1e-3 of the better of the grid's two ends, fixed (here: above both)."""
-    from fit3d.lift.solve import RIDGE_CANDIDATES
+    from fit3d.lift.solve.cg import RIDGE_CANDIDATES
 
-    sel = lift_scene(room, _cfg(solve_cg_iterations=10, solve_ridge_select=True), tmp_path / "sel",
+    sel = lift_scene(room, _cfg(cg_iterations=10, ridge_select=True), tmp_path / "sel",
                      backbone=_ColourBackbone())
     info = sel["solve"]
     assert set(info["ridge_scores"]) == {f"{r:g}" for r in RIDGE_CANDIDATES}
     assert info["ridge"] == max(RIDGE_CANDIDATES, key=lambda r: info["ridge_scores"][f"{r:g}"])
-    ends = [lift_scene(room, _cfg(solve_cg_iterations=10, solve_cg_ridge=r),
+    ends = [lift_scene(room, _cfg(cg_iterations=10, cg_ridge=r),
                        tmp_path / f"r{r:g}", backbone=_ColourBackbone())["heldout"]["feature_cosine"]
             for r in (RIDGE_CANDIDATES[0], RIDGE_CANDIDATES[-1])]
     assert sel["heldout"]["feature_cosine"] >= max(ends) - 1e-3, (sel["heldout"], ends)

@@ -146,11 +146,17 @@ def test_protocol_and_cli_round_trip():
     assert protocol.ProbeConfig().head_seeds == [0]
     with pytest.raises(SystemExit):
         p.parse_args(["--protocol", "nope"])
-    # the settings' defaults come from DepthSettings / SegSettings unless the config overrides them
-    d = protocol.depth_settings(protocol.ProbeConfig(iterations=3000), 10.0, 0)
-    assert (d.lr, d.warmup) == (1e-4, 1000)
-    s = protocol.seg_settings(protocol.ProbeConfig(iterations=4000, lr=5e-3, warmup=7), 255, 1)
+    # the heads' settings derive from the config: the protocol's per-task values unless it overrides them
+    from fit3d.probe.depth import DepthSettings
+    from fit3d.probe.seg import SegSettings
+
+    d = DepthSettings.from_config(protocol.ProbeConfig(iterations=3000), 10.0, 0)
+    assert (d.lr, d.weight_decay, d.warmup, d.iterations) == (1e-4, 0.01, 1000, 3000)
+    s = SegSettings.from_config(protocol.ProbeConfig(iterations=4000, lr=5e-3, warmup=7), 255, 1)
     assert (s.lr, s.warmup, s.seed) == (5e-3, 7, 1)
+    assert SegSettings.from_config(protocol.ProbeConfig(iterations=4000), 255, 0).warmup == 150  # 1500 / 40k
+    assert (DepthSettings().iterations, SegSettings().batch_size) == (protocol.ProbeConfig().iterations,
+                                                                       protocol.ProbeConfig().batch_size)
 
 
 def test_corr_probe3d_protocol_end_to_end(scene, tmp_path, fake_backbone):

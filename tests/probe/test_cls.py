@@ -9,10 +9,9 @@ import torch
 from fit3d.cli import main
 from fit3d.errors import SceneError
 from fit3d.probe import sources
-from fit3d.probe.cls import (ClsSettings, knn_classify, load_image, majority_top1, predict_linear,
+from fit3d.probe.cls import (ClsSettings, run_cls_probe, knn_classify, load_image, majority_top1, predict_linear,
                              read_image_folder, train_linear)
 from fit3d.probe.config import ProbeConfig
-from fit3d.probe.protocol import run_probe
 from probe_testkit import PoolBackbone, write_png
 
 COLOURS = {"blue": (40, 60, 200), "orange": (220, 140, 40), "red": (210, 30, 30)}
@@ -119,4 +118,4 @@ def test_cls_probe_bad_input_is_a_plain_error(tmp_path, capsys):
     assert main(["probe", "--task", "cls", "--data", str(tmp_path), "--out", str(tmp_path / "o")]) != 0
     assert "no train/ folder" in capsys.readouterr().err
     with pytest.raises(Exception, match="knn_k|knn-k"):
-        run_probe(ProbeConfig(task="cls", data=str(tmp_path), knn_k=0))
+        run_cls_probe(ProbeConfig(task="cls", data=str(tmp_path), knn_k=0))

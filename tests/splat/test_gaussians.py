@@ -70,19 +70,19 @@ def test_bad_shapes_are_rejected():
 
 def test_eval_sh_contraction_equals_the_term_by_term_formula():
     """eval_sh contracts a basis with the coefficients; the 3DGS formula sums sh[:, k] terms."""
-    from fit3d.splat.gaussians import _SH_C1, _SH_C2, _SH_C3, SH_C0
+    from fit3d.splat.sh import SH_C0, SH_C1, SH_C2, SH_C3
 
     g = torch.Generator().manual_seed(0)
     sh = torch.randn(50, 16, 3, generator=g, dtype=torch.float64)
     d = torch.nn.functional.normalize(torch.randn(50, 3, generator=g, dtype=torch.float64), dim=1)
     x, y, z = d[:, 0:1], d[:, 1:2], d[:, 2:3]
     xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-    terms = [SH_C0 * sh[:, 0], -_SH_C1 * y * sh[:, 1] + _SH_C1 * z * sh[:, 2] - _SH_C1 * x * sh[:, 3],
-             _SH_C2[0] * xy * sh[:, 4] + _SH_C2[1] * yz * sh[:, 5] + _SH_C2[2] * (2.0 * zz - xx - yy) * sh[:, 6]
-             + _SH_C2[3] * xz * sh[:, 7] + _SH_C2[4] * (xx - yy) * sh[:, 8],
-             _SH_C3[0] * y * (3 * xx - yy) * sh[:, 9] + _SH_C3[1] * xy * z * sh[:, 10]
-             + _SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11] + _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
-             + _SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13] + _SH_C3[5] * z * (xx - yy) * sh[:, 14]
-             + _SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15]]
+    terms = [SH_C0 * sh[:, 0], -SH_C1 * y * sh[:, 1] + SH_C1 * z * sh[:, 2] - SH_C1 * x * sh[:, 3],
+             SH_C2[0] * xy * sh[:, 4] + SH_C2[1] * yz * sh[:, 5] + SH_C2[2] * (2.0 * zz - xx - yy) * sh[:, 6]
+             + SH_C2[3] * xz * sh[:, 7] + SH_C2[4] * (xx - yy) * sh[:, 8],
+             SH_C3[0] * y * (3 * xx - yy) * sh[:, 9] + SH_C3[1] * xy * z * sh[:, 10]
+             + SH_C3[2] * y * (4 * zz - xx - yy) * sh[:, 11] + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[:, 12]
+             + SH_C3[4] * x * (4 * zz - xx - yy) * sh[:, 13] + SH_C3[5] * z * (xx - yy) * sh[:, 14]
+             + SH_C3[6] * x * (xx - 3 * yy) * sh[:, 15]]
     for degree in range(4):
         torch.testing.assert_close(eval_sh(degree, sh, d), sum(terms[:degree + 1]))
