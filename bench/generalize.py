@@ -349,7 +349,7 @@ class OriginalStats:
         return st
 
 
-def eval_flowers(cfg: GeneralizeConfig, sources: dict, cache, orig_stats) -> tuple[dict, int]:
+def eval_flowers(cfg: GeneralizeConfig, scfg: SummaryConfig, sources: dict, cache, orig_stats) -> tuple[dict, int]:
     """flowers_cls: k-NN and linear top-1 on the [CLS] token (``fit3d.probe.cls``) at 224 x 224, every train
     image -> every val image (``--max-items`` caps both); returns (summary entry, number of test images)."""
     from fit3d.probe.cls import CLS_METRICS, ClsFeatures, ClsSettings, cls_stats, read_image_folder, source_features
@@ -367,7 +367,7 @@ def eval_flowers(cfg: GeneralizeConfig, sources: dict, cache, orig_stats) -> tup
     x = {split: {k: v.cls for k, v in d.items()} for split, d in f.items()}
     st = orig_stats("flowers_cls", tr.names, te.names, cls_stats, x["train"], torch.from_numpy(tr.labels),
                     x["test"], torch.from_numpy(te.labels), len(tr.class_names), settings)
-    return summarise("corr", st, cfg, list(CLS_METRICS)), len(te)
+    return summarise("corr", st, scfg, list(CLS_METRICS)), len(te)
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -489,7 +489,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     if "flowers_cls" in want:
         t0 = time.perf_counter()
         _say("classification probes: flowers")
-        evals["flowers_cls"], n_test["flowers_cls"] = eval_flowers(cfg, sources, cache, orig_stats)
+        evals["flowers_cls"], n_test["flowers_cls"] = eval_flowers(cfg, scfg, sources, cache, orig_stats)
         seconds["probe_flowers"] = time.perf_counter() - t0
 
     if "rooms_probe" in splits and "rooms_test" in splits:
