@@ -126,7 +126,7 @@ class BackprojectedConfig:
 class LiftConfig:
     """Stage 1 settings. Learning rates: FiT3D's values are the reference (see the help of each)."""
 
-    method: str = field(default="optimize", metadata={
+    method: str = field(default="solve", metadata={
         "choices": tuple(METHODS),
         "help": "Stage 1 method (fit3d.lift.methods): " + "; ".join(f"{n}: {m.help}" for n, m in METHODS.items())})
     backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})
