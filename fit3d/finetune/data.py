@@ -193,8 +193,11 @@ def scene_target_pool(scene: LiftedScene, pool: str = "auto") -> str:
     "bilinear" (FiT3D)."""
     if pool != "auto":
         return pool
-    settings = scene.meta.get("settings") or scene.meta.get("config") or {}
-    solved = scene.meta.get("method") == "solve" and settings.get("solve_targets_at", "grid") == "grid"
+    meta = scene.meta
+    settings = meta.get("settings") or meta.get("config") or {}
+    at = (settings.get("solve") or {}).get("targets_at", settings.get("solve_targets_at", "grid"))  # today / older
+    solved = (meta.get("method") == "solve" and at == "grid"
+              and not (meta.get("solve") or {}).get("fell_back_to"))  # no depth, no points: optimize lifted it
     return "area" if solved else "bilinear"
 
 

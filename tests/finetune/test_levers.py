@@ -136,6 +136,11 @@ def test_auto_target_pool_is_area_for_a_solve_lift_only(lifted_dir):
     assert scene_target_pool(scene) == "area"
     scene.meta["settings"]["solve_targets_at"] = "render"
     assert scene_target_pool(scene) == "bilinear"
+    scene.meta["settings"] = {"solve": {"targets_at": "grid"}}  # today's nested record
+    assert scene_target_pool(scene) == "area"
+    scene.meta["solve"] = {"fell_back_to": "optimize"}  # no depth, no points: optimize lifted it
+    assert scene_target_pool(scene) == "bilinear"
+    del scene.meta["solve"]
     kw = dict(which="train", resolution=[64, 48], flip_prob=0.0)
     a = RenderedViews([scene], 8, target_pool="area", **kw)[0]["target"]
     b = RenderedViews([scene], 8, target_pool="bilinear", **kw)[0]["target"]
