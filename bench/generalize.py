@@ -352,22 +352,44 @@ class OriginalStats:
 def eval_flowers(cfg: GeneralizeConfig, scfg: SummaryConfig, sources: dict, cache, orig_stats) -> tuple[dict, int]:
     """flowers_cls: k-NN and linear top-1 on the [CLS] token (``fit3d.probe.cls``) at 224 x 224, every train
     image -> every val image (``--max-items`` caps both); returns (summary entry, number of test images)."""
-    from fit3d.probe.cls import CLS_METRICS, ClsFeatures, ClsSettings, cls_stats, read_image_folder, source_features
-    from fit3d.probe.sources import resolve_source
+    from fit3d.probe.cls import read_image_folder
 
     tr = read_image_folder(cfg.flowers, "train", max_items=cfg.max_items)
     te = read_image_folder(cfg.flowers, "test", class_names=tr.class_names, max_items=cfg.max_items)
+    return cls_eval("flowers_cls", tr, te, sources, cache, orig_stats, scfg), len(te)
+
+
+def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_prefix: str = "") -> dict:
+    """An image-folder classification eval (``fit3d.probe.cls``: k-NN and linear top-1 on the [CLS] token at
+    224 x 224) of image folders ``tr`` -> ``te`` with the width control; ``scfg``: ``probe_iterations``,
+    ``seeds``, ``bootstrap`` (a ``SummaryConfig``). Returns the summary entry."""
+    from fit3d.probe.cls import CLS_METRICS, ClsFeatures, ClsSettings, cls_stats, source_features
+    from fit3d.probe.sources import resolve_source
+
     models: dict = {}
     load = lambda src: models.setdefault(src, resolve_source(src))  # noqa: E731
-    f = {split: source_features(sources, d, 224, cache, load, set_name=split)
+    f = {split: source_features(sources, d, 224, cache, load, set_name=set_prefix + split)
          for split, d in (("train", tr), ("test", te))}
     for d in f.values():
         d[CONTROL] = ClsFeatures(d["original"].cls.repeat(1, 2), d["original"].pooled.repeat(1, 2))
-    settings = [ClsSettings(iterations=cfg.probe_iterations, seed=seed) for seed in range(cfg.seeds)]
+    settings = [ClsSettings(iterations=scfg.probe_iterations, seed=seed) for seed in range(scfg.seeds)]
     x = {split: {k: v.cls for k, v in d.items()} for split, d in f.items()}
-    st = orig_stats("flowers_cls", tr.names, te.names, cls_stats, x["train"], torch.from_numpy(tr.labels),
+    st = orig_stats(name, tr.names, te.names, cls_stats, x["train"], torch.from_numpy(tr.labels),
                     x["test"], torch.from_numpy(te.labels), len(tr.class_names), settings)
-    return summarise("corr", st, scfg, list(CLS_METRICS)), len(te)
+    return summarise("corr", st, scfg, list(CLS_METRICS))
+
+
+def materialise_splits(data: dict) -> dict:
+    """{name: Split} of {name: (ProbeData, need)}; need "both": the depth split with its seg labels attached."""
+    from fit3d.probe.protocol import materialise
+
+    splits = {}
+    for k, (d, need) in data.items():
+        s = materialise(d, "depth" if need in ("depth", "both") else "seg")
+        if need == "both":
+            s.labels = torch.from_numpy(np.stack([v.labels for v in s.views])).long()
+        splits[k] = s
+    return splits
 
 
 # ----------------------------------------------------------------------------------------- main
@@ -376,7 +398,6 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     from fit3d.data.synthetic import CLASS_NAMES
     from fit3d.finetune import finetune
     from fit3d.models import load_backbone
-    from fit3d.probe.protocol import materialise
     from fit3d.probe.datasets import load_probe_data
     from fit3d.probe.features import FeatureCache
     from fit3d.probe.sources import FeatureSource
@@ -430,12 +451,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         if rooms.get(k) and want & {"rooms_seg", "rooms_depth"}:
             data[f"rooms_{k}"] = (load_probe_data(work / "rooms" / k, "train", res, dataset="scannet",
                                                   num_classes=len(CLASS_NAMES), max_items=mi), "both")
-    splits = {}
-    for k, (d, need) in data.items():
-        s = materialise(d, "depth" if need in ("depth", "both") else "seg")
-        if need == "both":
-            s.labels = torch.from_numpy(np.stack([v.labels for v in s.views])).long()
-        splits[k] = s
+    splits = materialise_splits(data)
     n_test: dict[str, int] = {}
     sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
                "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(ft_dir))}

@@ -40,7 +40,7 @@ import generalize as G  # noqa: E402
 
 from fit3d.config import add_arguments, check_choices, from_args  # noqa: E402
 from fit3d.io import write_json, write_text  # noqa: E402
-from fit3d.probe.summary import CONTROL, claims, eval_depth, eval_seg, summarise, summary_markdown  # noqa: E402
+from fit3d.probe.summary import claims, eval_depth, eval_seg, summarise, summary_markdown  # noqa: E402
 
 VAL_EVALS = ("val_rooms_seg", "val_rooms_depth", "val_rooms_corr", "val_camvid_seg", "val_flowers_cls",
              "val_redkitchen_depth")
@@ -122,10 +122,8 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     from fit3d.data.readers import frame_number
     from fit3d.finetune import finetune
     from fit3d.models import load_backbone
-    from fit3d.probe.cls import CLS_METRICS, ClsFeatures, ClsSettings, cls_stats, source_features
     from fit3d.probe.features import FeatureCache
-    from fit3d.probe.protocol import materialise
-    from fit3d.probe.sources import FeatureSource, resolve_source
+    from fit3d.probe.sources import FeatureSource
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -155,12 +153,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
 
     t0 = time.perf_counter()
     data = val_data(cfg, work, res)
-    splits = {}
-    for k, (d, need) in data.items():
-        s = materialise(d, "depth" if need in ("depth", "both") else "seg")
-        if need == "both":
-            s.labels = torch.from_numpy(np.stack([v.labels for v in s.views])).long()
-        splits[k] = s
+    splits = G.materialise_splits(data)
     sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
                "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(ft_dir))}
     cache_root = Path(cfg.cache_dir or out / "cache")
@@ -209,16 +202,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     t0 = time.perf_counter()
     if "val_flowers_cls" in want:
         tr, te = flowers_split(cfg)
-        models: dict = {}
-        load = lambda src: models.setdefault(src, resolve_source(src))  # noqa: E731
-        f = {k: source_features(sources, d, 224, cache, load, set_name=f"val-{k}") for k, d in (("train", tr), ("test", te))}
-        for d in f.values():
-            d[CONTROL] = ClsFeatures(d["original"].cls.repeat(1, 2), d["original"].pooled.repeat(1, 2))
-        settings = [ClsSettings(iterations=cfg.probe_iterations, seed=s) for s in range(cfg.seeds)]
-        x = {k: {s: v.cls for s, v in d.items()} for k, d in f.items()}
-        st = orig_stats("val_flowers_cls", tr.names, te.names, cls_stats, x["train"], torch.from_numpy(tr.labels),
-                        x["test"], torch.from_numpy(te.labels), len(tr.class_names), settings)
-        evals["val_flowers_cls"] = summarise("corr", st, cfg, list(CLS_METRICS))
+        evals["val_flowers_cls"] = G.cls_eval("val_flowers_cls", tr, te, sources, cache, orig_stats, cfg, "val-")
     seconds["probe_flowers"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 
