@@ -7,7 +7,6 @@ from torch.testing import assert_close
 
 from fit3d.errors import Fit3DError
 from fit3d.finetune import FinetuneConfig, finetune
-from fit3d.finetune import trainer as trainer_mod
 from fit3d.finetune.data import load_scenes
 from fit3d.finetune.residual import decoder_subspace, subspace_target
 from fit3d.finetune.trainer import ema_update
@@ -84,23 +83,11 @@ def test_residual_target_keeps_what_the_rendered_one_teaches_to_drop(tmp_path, l
     assert erased["residual"] < 0.5 * erased["rendered"]  # measured 0.11
 
 
-def test_ema_teacher_trains_resumes_exactly_and_is_checked(tmp_path, lifted_dir, tiny_model_dir, monkeypatch):
+def test_ema_teacher_trains_resumes_exactly_and_is_checked(tmp_path, lifted_dir, tiny_model_dir, killed_at_step_4):
     cfg = quick(anchor_weight=1.0, anchor_at="everywhere", anchor_teacher="ema", ema_momentum=0.5,
                 target_mode="residual", max_steps=5, checkpoint_every=2)
     ref = finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
-    calls = {"n": 0}
-    real = trainer_mod.masked_l1
-
-    def dies_at_step_4(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer_mod, "masked_l1", dies_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
-    monkeypatch.setattr(trainer_mod, "masked_l1", real)
+    killed_at_step_4(tmp_path / "run", cfg)
     resumed = finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
     assert resumed["steps"] == ref["steps"] == 5
     import json
