@@ -1,6 +1,7 @@
 # Two commands set everything up on a fresh clone:
 #   make demo   -> creates .venv, installs fit3d, runs the main job on the embedded default
-#   make test   -> creates .venv, installs fit3d with test extras, runs the test suite
+#   make test   -> creates .venv, installs fit3d with test + view extras, runs the test suite
+#                  (the viewer's browser test wants Debian's chromium: .ci/install-chromium)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -16,7 +17,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PIP) --upgrade pip
 	# torch first, through the constraints file: pip may never choose another build.
 	$(PIP) torch==2.13.0
-	$(PIP) -e '.[test]'
+	$(PIP) -e '.[test,view]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from fit3d.guard import guard_output
 from fit3d.io import write_json, write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.finetune.config import FinetuneConfig
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
                          probe=ProbeConfig(iterations=a.probe_iterations, resolution=list(a.probe_resolution),
                                            train_frames="0-398", test_frames=test_frames,
                                            val_frames=a.val_frames or None, seeds=a.probe_seeds))
+    guard_output(a.out, [a.data, a.eval_data, a.model_path], command="bench/e2e_7scenes.py")
     t0 = time.perf_counter()
     res = run_pipeline([a.data], cfg)
     plain = None

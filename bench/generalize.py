@@ -408,6 +408,10 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         torch.set_num_threads(cfg.threads)
     t_all = time.perf_counter()
     out = Path(cfg.out)
+    from fit3d.guard import guard_output
+    from fit3d.paths import shared_dir
+
+    guard_output(out, [shared_dir(), cfg.model_path], command="bench/generalize.py")  # before any work, locked
     seconds: dict[str, float] = {}
     res = tuple(int(x) for x in cfg.probe_resolution)
 

@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
 from fit3d.config import set_fields  # noqa: E402
+from fit3d.guard import clear_output, guard_output  # noqa: E402
 from fit3d.lift import LiftConfig, lift_scene  # noqa: E402
 from fit3d.lift.methods import METHODS  # noqa: E402
 
@@ -58,8 +59,9 @@ def main() -> int:
         args.pca_out = str(ROOT / "docs" / "lift-pca-redkitchen.png") if args.method[0] == "optimize" and not args.scene else ""
     max_frame = args.max_frame if args.max_frame is not None else (None if args.scene else 398)
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        shutil.rmtree(out)
+    guard_output(out, [scene, shared_model_dir()], command="bench/lift_7scenes.py")  # before any work, locked
+    if not args.resume:
+        clear_output(out)  # only ever fit3d's own earlier results
     metas, walls = [], []
     for k, method in enumerate(args.method):
         cfg = LiftConfig(method=method, model_path=str(shared_model_dir()), width=args.width,

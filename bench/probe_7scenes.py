@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from fit3d.guard import guard_output
 from fit3d.io import write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.probe.config import ProbeConfig
@@ -39,6 +40,7 @@ def main() -> int:
     common = dict(data=str(shared_7scenes_dir()), backbone="dinov2_small", model_path=str(shared_model_dir()),
                   finetuned=a.finetuned, features=a.features, resolution=a.resolution, seed=0, seeds=a.seeds,
                   cache_dir=str(Path(a.out) / "cache"), batch_size=a.batch_size, iterations=a.iterations)
+    guard_output(a.out, [shared_7scenes_dir(), shared_model_dir(), a.finetuned], command="bench/probe_7scenes.py")
     command = "PYTHONPATH=. .venv/bin/python bench/probe_7scenes.py " + " ".join(sys.argv[1:])
     runs = {}
     for task in ("depth", "corr"):

@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pipeline": ("fit3d.pipeline", "lift + finetune + probe in one command"),
     "demo": ("fit3d.demo", "The whole method end to end on embedded synthetic indoor scenes"),
     "compare": ("fit3d.compare", "PCA pictures of original vs fine-tuned features for any images"),
+    "view": ("fit3d.view.cli", "Look at lifted scenes in the browser: splats, feature PCA, similarity, cameras"),
+    "export": ("fit3d.view.export", "Write a lifted scene as a standard 3DGS PLY coloured by its feature PCA"),
     "generate": ("fit3d.data.synthetic.cli", "Generate synthetic indoor scenes (posed RGB, depth, labels)"),
     "backbones": ("fit3d.models.cli", "List the registered 2D backbones"),
 }
@@ -65,10 +67,19 @@ def main(argv: list[str] | None = None) -> int:
     except Fit3DError as e:
         print(f"fit3d: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk, a read-only folder, a permission no check foresaw: one line naming the path
+        from fit3d.io import describe_os_error
+
+        print(f"fit3d: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt as e:  # fit3d.run.Interrupted says where its checkpoint went
         why = str(e) if str(e) else f"{args.command}: interrupted; rerun the same command to resume"
         print(f"\nfit3d: {why}", file=sys.stderr)
         return 130
+    finally:
+        from fit3d.guard import release_locks
+
+        release_locks()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,12 @@ images (non-recursively).
 output folders, whose ``heads/<source>.pt`` are read, or single head files), one panel per feature source
 (original / finetuned / concat) on one colour scale. Without ``--short-side`` the model input then has the
 probes' training short side (their ``--resolution``), so the features are at the scale the heads saw.
+
+``--scene DIR`` (a posed scene with depth, any layout ``fit3d.data.read_scene`` reads) adds
+``OUT/correspondence_<scene>.png``: a view pair of the scene (``--pair A B``, default the pair with the
+largest rotation that still overlaps) with the nearest-patch matches of the original and of the fine-tuned
+backbone, green where within one patch of the ground-truth reprojection (depth + poses), red where wrong
+(:mod:`fit3d.probe.corr_figure`). IMG may then be omitted.
 """
 
 from __future__ import annotations
@@ -29,15 +35,22 @@ from tqdm import tqdm
 from fit3d.config import add_arguments as add_config_arguments
 from fit3d.config import from_args
 from fit3d.device import resolve_device
-from fit3d.errors import ModelNotFoundError, SceneError
+from fit3d.errors import ModelNotFoundError, NonFiniteError, SceneError
 from fit3d.finetune.assembled import load_finetuned, read_manifest
+from fit3d.guard import guard_output, model_inputs
+from fit3d.io import write_json
 from fit3d.models import ConcatFeatures, load_backbone
+from fit3d.probe.corr_figure import correspondence_figure
 from fit3d.probe.features import extract_features
 from fit3d.probe.heads import HEADS_DIR, load_head
 from fit3d.probe.sources import KINDS as FEATURE_SOURCES
-from fit3d.viz.images import read_image, save_png, to_uint8
+from fit3d.run import check_rerun, result_settings
+from fit3d.config import check_counts, check_memory, vit_bytes
+from fit3d.device import check_device
+from fit3d.viz.images import read_image, save_png, titled, to_uint8
 from fit3d.viz.panels import comparison_figure
 
+RECORD = "compare.json"  # the settings the figures in --out were made with (a rerun with others is refused)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -55,7 +68,20 @@ class CompareConfig:
                                                          "(0: the depth probes' training short side, else 448)"})
     max_side: int = field(default=1344, metadata={"help": "model input: cap on the longer side"})
     panel_height: int = field(default=320, metadata={"help": "display height of each panel in pixels"})
-    device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N"})
+    scene: str = field(default="", metadata={"help": "a posed scene with depth: adds a correspondence figure of "
+                                                     "one of its view pairs (original vs fine-tuned matches)"})
+    pair: list[str] = field(default_factory=list, metadata={"help": "--scene: the two view names of the pair "
+                                                                     "(default: the most rotated overlapping pair)"})
+    device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
+    overwrite: bool = field(default=False, metadata={"volatile": True,
+        "help": "replace earlier figures in --out made with other settings (without it such a rerun is refused)"})
+
+    def validate(self) -> None:
+        """``Fit3DError`` naming the option for a value out of range (before any model loads)."""
+        check_counts(self, {"short_side": 0, "max_side": 1, "panel_height": 1})
+        side = min(self.short_side or 448, self.max_side)  # a square image's model input (the smallest for a side)
+        check_memory(self, "max_side", vit_bytes(side, side) * 2, "both backbones' attention over a square image")
+        check_device(self.device)
 
 
 # A depth probe: (patch [B, D, h, w], cls [B, Dc], (H, W)) -> depth [B, 1, H, W] or [B, H, W] metres.
@@ -98,8 +124,10 @@ def probe_features(model, x: torch.Tensor, layers: Sequence[int] | None = None) 
 def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthProbe] | None = None, *,
                    short_side: int = 448, max_side: int = 1344, panel_height: int | None = 320,
                    names: tuple[str, str] = ("original", "fine-tuned"),
-                   probe_layers: Mapping[str, Sequence[int] | None] | None = None) -> np.ndarray:
-    """Side-by-side panels [H, W, 3] uint8: image | PCA original | PCA fine-tuned | depth of each probe.
+                   probe_layers: Mapping[str, Sequence[int] | None] | None = None,
+                   title: str | None = None) -> np.ndarray:
+    """Side-by-side panels [H, W, 3] uint8: image | PCA original | PCA fine-tuned | depth of each probe,
+    each titled, ``title`` (the file, the models) above them.
 
     image          [H, W, 3] uint8 or float in [0, 1], any size
     original, finetuned  Backbones (``.prepare``, ``.features``, ``.patch_size``) with the same patch size
@@ -115,6 +143,10 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
     H, W = x.shape[-2:]
     po, co = original.features(x)
     pf, cf = finetuned.features(x)
+    for name, f in zip(names, (po, pf)):
+        if not bool(torch.isfinite(f).all()):
+            raise NonFiniteError(f"the {name} backbone's features of this image hold NaN or inf (weights or input "
+                                 f"out of range); no picture can be drawn from them")
     depths = {}
     for source, probe in (depth_probes or {}).items():
         layers = (probe_layers or {}).get(source)
@@ -128,12 +160,19 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
             raise ValueError(f"compare_figure: depth probe source {source!r} is not one of {FEATURE_SOURCES}")
         depths[f"depth: {dict(original=names[0], finetuned=names[1]).get(source, source)}"] = \
             _depth_of(probe, patch, cls, (H, W))
-    return comparison_figure(x[0].permute(1, 2, 0).cpu().numpy(), {names[0]: po[0], names[1]: pf[0]}, depths,
-                             panel_height=panel_height)
+    fig = comparison_figure(x[0].permute(1, 2, 0).cpu().numpy(), {names[0]: po[0], names[1]: pf[0]}, depths,
+                            panel_height=panel_height)
+    return titled(fig, title, 16) if title else fig
+
+
+def figure_title(image_name: str, backbone: str, finetuned_dir: str) -> str:
+    """What a compare figure shows: the file, the models and the picture."""
+    return (f"{image_name}: {backbone} original vs fine-tuned ({Path(finetuned_dir).name}), PCA of patch "
+            f"features (one basis)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", type=Path, help="image files (any size) or folders of images")
+    parser.add_argument("images", nargs="*", type=Path, help="image files (any size) or folders of images")
     add_config_arguments(parser, CompareConfig)
 
 
@@ -225,6 +264,45 @@ def load_depth_probes(paths, original, finetuned, finetuned_dir: str = "", devic
     return probes, layers, metas
 
 
+def scene_pair(scene_dir, names: list[str]):
+    """([view a, view b], scene name) of a posed scene with depth: the named pair, or
+    :func:`fit3d.probe.corr_figure.pick_pair`'s. ``SceneError`` for a scene without depth or unknown names."""
+    from fit3d.data import read_scene
+    from fit3d.probe.corr_figure import pick_pair
+
+    scene = read_scene(scene_dir)
+    if any(v.depth is None for v in scene.views):
+        raise SceneError(f"--scene {scene_dir}: the correspondence figure needs depth for every view")
+    by_name = {v.name: v for v in scene.views}
+    if names:
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise SceneError(f"--pair: {', '.join(missing)} not among the views of {scene_dir} "
+                             f"(e.g. {', '.join(list(by_name)[:3])})")
+        return [by_name[n] for n in names], scene.name
+    step = max(1, len(scene.views) // 40)  # pick_pair looks at every pair: at most 40 views
+    sub = [v.resized(max(1, v.width // 4), max(1, v.height // 4)) for v in scene.views[::step]]
+    i, j = pick_pair(sub)
+    return [scene.views[::step][i], scene.views[::step][j]], scene.name
+
+
+def pair_figure(views, original, finetuned, cfg: CompareConfig, scene_name: str):
+    """The correspondence figure of ``views`` (a pair) at the model input size, and {model: right share}."""
+    H, W = model_input_size(views[0].height, views[0].width, original.patch_size, cfg.short_side or 448,
+                            cfg.max_side)
+    a, b = (v.resized(W, H) for v in views)
+    x = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in (a, b)])
+    feats = {}
+    with torch.inference_mode():
+        for name, model in (("original", original), ("fine-tuned", finetuned)):
+            p = model.features(model.prepare(x, size=(H, W))).patch.float().cpu()
+            feats[name] = (p[0], p[1])
+    return correspondence_figure(a, b, feats, W / feats["original"][0].shape[-1], panel_height=cfg.panel_height,
+                                 title=f"{scene_name}, views {a.name} -> {b.name}: {original.name} original vs "
+                                       f"fine-tuned ({Path(cfg.finetuned).name}) nearest-patch matches, green within "
+                                       f"1 patch of the truth (depth + poses)")
+
+
 def _out_names(images: list[Path]) -> list[str]:
     """``<stem>.png`` per image, made unique when stems repeat."""
     seen: dict[str, int] = {}
@@ -238,10 +316,26 @@ def _out_names(images: list[Path]) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     cfg = from_args(CompareConfig, args)
+    cfg.validate()
     if not cfg.finetuned:
         raise SceneError("fit3d compare: --finetuned DIR is required (a `fit3d finetune` output folder)")
+    if not args.images and not cfg.scene:
+        raise SceneError("fit3d compare: give images (IMG ...) or --scene DIR (or both)")
+    if cfg.pair and len(cfg.pair) != 2:
+        raise SceneError(f"--pair {' '.join(cfg.pair)}: give two view names")
     images = find_images(args.images)
+    guard_output(cfg.out, [*args.images, cfg.finetuned, *cfg.depth_probe, *([cfg.scene] if cfg.scene else []),
+                          *model_inputs(cfg.model_path)], command="compare")
+    settings = result_settings(cfg)
+    check_rerun(Path(cfg.out) / RECORD, settings, "earlier comparison", overwrite=cfg.overwrite)
+    pair_views = scene_pair(cfg.scene, cfg.pair) if cfg.scene else None  # read and checked before the models
     original, finetuned = load_models(cfg)
+    if pair_views is not None:
+        views, name = pair_views
+        fig, right = pair_figure(views, original, finetuned, cfg, name)
+        save_png(Path(cfg.out) / f"correspondence_{name}.png", fig)
+        print(f"correspondence {name} {views[0].name} -> {views[1].name}: right matches " +
+              ", ".join(f"{k} {v:.1%}" for k, v in right.items()) + f" -> {Path(cfg.out) / f'correspondence_{name}.png'}")
     probes, layers, short_side = None, None, cfg.short_side or 448
     if cfg.depth_probe:
         probes, layers, metas = load_depth_probes(cfg.depth_probe, original, finetuned, cfg.finetuned,
@@ -254,7 +348,10 @@ def run(args: argparse.Namespace) -> int:
     out = Path(cfg.out)
     for path, name in zip(tqdm(images, desc="compare", unit="image"), _out_names(images)):
         fig = compare_figure(read_image(path), original, finetuned, probes, short_side=short_side,
-                             max_side=cfg.max_side, panel_height=cfg.panel_height, probe_layers=layers)
+                             max_side=cfg.max_side, panel_height=cfg.panel_height, probe_layers=layers,
+                             title=figure_title(path.name, original.name, cfg.finetuned))
         save_png(out / name, fig)
-    print(f"wrote {len(images)} figure(s) to {out}")
+    write_json(out / RECORD, {"settings": settings, "images": [str(p) for p in images]})
+    if images:
+        print(f"wrote {len(images)} figure(s) to {out}")
     return 0

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from typing import Any, TypeVar
 
@@ -265,3 +266,28 @@ def check_size(cfg: Any, name: str, prefix: str = "") -> None:
     if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
             isinstance(x, (int, np.integer)) and not isinstance(x, bool) and x > 0 for x in v):
         raise option_error(cfg, name, "must be two positive integers W H", prefix)
+
+
+def machine_memory() -> int:
+    """Bytes of physical memory of this machine (what no single run can exceed)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: no bound
+        return 1 << 62
+
+
+def vit_bytes(width: float, height: float, patch: int = 16, dim: int = 384) -> float:
+    """A lower bound on a ViT forward's memory for one ``width`` x ``height`` image: one attention matrix
+    (tokens^2 float32) plus the token activations of a block (the largest registered patch, 16 px, and the
+    smallest width, 384, so real models need more)."""
+    tokens = max(1.0, width / patch) * max(1.0, height / patch)
+    return tokens * tokens * 4 + tokens * dim * 4 * 8
+
+
+def check_memory(cfg: Any, name: str, need: float, what: str, prefix: str = "") -> None:
+    """``Fit3DError`` naming option ``name`` when ``need`` bytes (a lower bound of what its value asks for)
+    exceed this machine's memory: refused at once instead of an allocation failure deep in the run."""
+    have = machine_memory()
+    if need > have:
+        raise option_error(cfg, name, f"would need at least {need / 2**30:,.0f} GiB ({what}), more than this "
+                                      f"machine's {have / 2**30:,.0f} GiB of memory", prefix)

@@ -41,10 +41,11 @@ from fit3d.finetune.config import FinetuneConfig
 from fit3d.io import read_json, write_json, write_text
 from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.models import load_backbone
-from fit3d.paths import shared_model_dir
+from fit3d.paths import shared_dir, shared_model_dir
 from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
 from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
 from fit3d.probe.config import ProbeConfig
+from fit3d.probe.corr_figure import correspondence_figure, pick_pair
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import (CONTROL, LOWER_IS_BETTER, SummaryConfig, claims, probe_stats, summarise,
                                  summary_markdown)
@@ -130,9 +131,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     check_counts(cfg, {"train_scenes": 1, "test_scenes": 1, "num_views": 2, "width": 14, "height": 14, "bootstrap": 1})
+    scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
+    scfg.validate()  # the rooms' size is bounded by this machine's memory
     model_path = resolve_model_path(cfg.backbone, cfg.model_path)
     check_rooms(out, cfg)
-    scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
     print(f"[fit3d demo] generating {cfg.train_scenes} training + {cfg.test_scenes} held-out rooms "
           f"({cfg.num_views} views, {cfg.width}x{cfg.height})", flush=True)
     t0 = time.perf_counter()
@@ -141,7 +143,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                            dataclasses.replace(scfg, seed=cfg.seed + 1000))
     t_gen = time.perf_counter() - t0
     pcfg = PipelineConfig(out=str(out), backbone=cfg.backbone, model_path=model_path, device=cfg.device,
-                          seed=cfg.seed, tasks=["seg", "depth"], probe_data=str(out / "scenes" / "train"),
+                          seed=cfg.seed, tasks=["seg", "depth", "corr"], probe_data=str(out / "scenes" / "train"),
                           eval_data=str(out / "scenes" / "test"), lift=cfg.lift, finetune=cfg.finetune,
                           probe=dataclasses.replace(cfg.probe, dataset="scannet", num_classes=len(CLASS_NAMES)))
     results = run_pipeline([str(p) for p in train], pcfg)
@@ -252,6 +254,88 @@ def findings(held: dict) -> list[str]:
     return lines
 
 
+def portable_path(p) -> str:
+    """A path as a committed report may show it: relative to the working folder or to ``FIT3D_SHARED`` when
+    under them, else only its last component (never the absolute path of the machine it ran on)."""
+    path = Path(p)
+    if not path.is_absolute():
+        return str(p)
+    for base, shown in ((Path.cwd(), ""), (shared_dir(), "$FIT3D_SHARED/")):
+        try:
+            return shown + str(path.resolve().relative_to(base.resolve()))
+        except ValueError:
+            pass
+    return f".../{path.name}"
+
+
+def portable_settings(shown: dict) -> dict:
+    """``settings_shown`` with every path field made portable (:func:`portable_path`)."""
+    return {k: portable_path(v) if k in ("model_path", "out", "report_dir") and isinstance(v, str) else v
+            for k, v in shown.items()}
+
+
+def correspondence_picture(room, room_name: str, original, finetuned, cfg: DemoConfig, within: float = 1.0):
+    """A held-out view pair (:func:`fit3d.probe.corr_figure.pick_pair`) with the matches of the original and
+    of the fine-tuned backbone, right / wrong against the room's depth and poses."""
+    import torch
+
+    views = [v.resized(*cfg.probe.resolution) for v in room.views]
+    i, j = pick_pair(views)
+    a, b = views[i], views[j]
+    x = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in (a, b)])
+    feats = {}
+    with torch.inference_mode():
+        for name, model in (("original", original), ("fine-tuned", finetuned)):
+            patch = model.features(model.prepare(x)).patch.float().cpu()
+            feats[name] = (patch[0], patch[1])
+    patch_px = a.width / feats["original"][0].shape[-1]
+    fig, _ = correspondence_figure(a, b, feats, patch_px, within=within, panel_height=240,
+                                   title=f"{room_name}, views {a.name} -> {b.name}: {cfg.backbone} original vs "
+                                         f"fine-tuned nearest-patch matches (green within {within:g} patch of the truth)")
+    return fig
+
+
+def same_patch_baseline(rooms, resolution, patch: int, gaps) -> dict:
+    """The trivial correspondence baseline: every point stays at its patch position (one-hot patch features
+    under the same protocol), pooled over ``rooms``."""
+    import torch
+
+    from fit3d.data.readers.common import frame_number
+    from fit3d.probe.corr import RECALL_AT, evaluate_correspondence
+
+    W, H = resolution
+    h, w = H // patch, W // patch
+    hits, n, pairs = {k: 0.0 for k in RECALL_AT}, 0, 0
+    for room in rooms:
+        views = read_scene(room, layout="scannet", resolution=(W, H)).views
+        onehot = torch.eye(h * w).reshape(h * w, h, w)[None].expand(len(views), -1, -1, -1)
+        r = evaluate_correspondence(onehot, views, [frame_number(v.name) for v in views], patch, gaps)
+        for k in RECALL_AT:
+            hits[k] += r[f"recall@{k}"] * r["matches"] if r["matches"] else 0.0
+        n, pairs = n + r["matches"], pairs + r["pairs"]
+    return {**{f"recall@{k}": hits[k] / n if n else float("nan") for k in RECALL_AT}, "pairs": pairs, "matches": n}
+
+
+def corr_section(out: Path, test, patch: int, cfg: DemoConfig) -> list[str]:
+    """Report lines: the held-out rooms' correspondence recall per feature source (``fit3d probe --task corr``
+    on the test rooms, written by the pipeline), next to a same-position baseline; [] when not run."""
+    f = out / "probe" / "corr" / "probe.json"
+    if not f.exists():
+        return []
+    metrics = dict(read_json(f, "correspondence probe").get("metrics", {}))
+    metrics["baseline: same patch position"] = same_patch_baseline(test, cfg.probe.resolution, patch, cfg.probe.gaps)
+    n_rooms = len(test)
+    keys = [k for k in ("recall@1", "recall@2", "recall@4") if any(k in (m or {}) for m in metrics.values())]
+    rows = [f"| {src} | " + " | ".join(f"{m[k]:.4f}" if isinstance(m.get(k), (int, float)) else "-" for k in keys)
+            + f" | {m.get('pairs', '-')} | {m.get('matches', '-')} |" for src, m in metrics.items() if isinstance(m, dict)]
+    return ["## Correspondence on the held-out rooms", "",
+            f"`fit3d probe --task corr` (fit3d protocol) on the views of the {n_rooms} held-out rooms: grid queries of "
+            f"frame-gap pairs within a room, ground truth from depth and poses (occlusion-checked), each query "
+            f"matched to its nearest patch by cosine; recall@k = share within k patch widths. No head is trained.", "",
+            "| features | " + " | ".join(f"{k} ↑" for k in keys) + " | pairs | matches |",
+            "|---|" + "---|" * (len(keys) + 2), *rows, ""]
+
+
 def settings_shown(cfg: DemoConfig) -> dict:
     """The demo's own fields, and of each stage config only the fields that differ from its class defaults."""
     shown = {}
@@ -281,9 +365,14 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
     original, finetuned = load_finetuned(out / "finetuned")
     held_room = read_scene(test[0], layout="scannet")
     idx = np.linspace(0, len(held_room) - 1, 3).round().astype(int)
-    rows = [compare_figure(held_room.views[i].image, original, finetuned, panel_height=240) for i in idx]
+    rows = [compare_figure(held_room.views[i].image, original, finetuned, panel_height=240,
+                           title=f"{Path(test[0]).name} view {held_room.views[i].name}: {cfg.backbone} original vs "
+                                 f"fine-tuned, PCA of patch features (one basis)") for i in idx]
     save_png(rep / "compare.png", vstack(rows, pad=6))
     pics.append(("Held-out room: image, PCA of original vs fine-tuned DINOv2 features (one basis)", "compare.png"))
+    save_png(rep / "correspondence.png", correspondence_picture(held_room, Path(test[0]).name, original, finetuned, cfg))
+    pics.append(("Held-out room: correspondence of a view pair, original vs fine-tuned (green: right against the "
+                 "depth and poses, red: wrong)", "correspondence.png"))
     for task in ("seg", "depth"):
         src = out / "probe" / task / "figure.png"
         if src.exists():
@@ -293,11 +382,11 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
     held, m = results["heldout"], results["machine"]
     p = cfg.probe
     lines = ["# fit3d demo report", "",
-             f"Backbone `{cfg.backbone}` ({model_path or 'hub'}); {len(train)} training rooms (lifted, fine-tuned "
+             f"Backbone `{cfg.backbone}` ({portable_path(model_path) if model_path else 'hub'}); {len(train)} training rooms (lifted, fine-tuned "
              f"on, probe training) and {len(test)} held-out rooms (probe test only: never lifted or fine-tuned on), "
              f"{cfg.num_views} views each at {cfg.width}x{cfg.height}; Stage 1 `{cfg.lift.method}`, Stage 2 recipe "
              f"`{cfg.finetune.recipe}`. Command: `fit3d demo` with", "", "```json",
-             json.dumps(settings_shown(cfg), indent=2), "```", "",
+             json.dumps(portable_settings(settings_shown(cfg)), indent=2), "```", "",
              "(stage configs: the fields that differ from their class defaults; every field in `results.json`)", "",
              "## Cross-scene results on the held-out rooms", "",
              f"Linear heads (`fit3d probe`'s protocol, {p.iterations} iterations, last checkpoint, {p.resolution[0]}x"
@@ -313,7 +402,7 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"median(gt) / median(pred) per image. The test views of one room are correlated; the interval "
              f"resamples images, not rooms, so it speaks for these {len(test)} rooms rather than for rooms in general.",
              "", summary_markdown(held["evals"], held["controls"]), "### What the numbers show", "",
-             *findings(held), "", "## Time per stage", "",
+             *findings(held), "", *corr_section(out, test, original.patch_size, cfg), "## Time per stage", "",
              f"Wall seconds on {results['machine']['cpus']} CPU cores, device `{results['machine']['device']}`, "
              f"load average {results['machine']['load_at_end']:.1f} when the run ended (other jobs on the same "
              f"cores slow every stage: compare stages within one run)"
@@ -350,5 +439,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_demo(config_from_args(DemoConfig, args))
+    from fit3d.guard import guard_output, model_inputs
+
+    cfg = config_from_args(DemoConfig, args)
+    guard_output(cfg.out, model_inputs(cfg.model_path), command="demo")
+    run_demo(cfg)
     return 0

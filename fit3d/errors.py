@@ -15,3 +15,8 @@ class ModelNotFoundError(Fit3DError):
 
 class NonFiniteError(Fit3DError):
     """A loss or tensor became NaN/inf."""
+
+
+class OutputError(Fit3DError):
+    """An output fit3d refuses or fails to write: an input, not writable, another program's files, locked by
+    another run, or an OS error (disk full, read-only) while writing."""

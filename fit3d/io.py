@@ -4,6 +4,10 @@ Temporaries are siblings named ``.<name>.<pid>.<random>.tmp``: :func:`clean_stal
 whose process is gone (a kill during a write leaves nothing behind on the next run). Outputs get the
 user's normal permissions (``0o666 & ~umask`` for files, ``0o777 & ~umask`` for folders), not the
 private 0600 / 0700 of ``mkstemp`` / ``mkdtemp``.
+
+An OS error while writing (a full disk, a read-only folder, a file-size limit) becomes one
+``OutputError`` line naming the output path; the temporary is removed and the previous file or folder at
+that path is left as it was.
 """
 
 from __future__ import annotations
@@ -18,17 +22,47 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def describe_os_error(e: OSError) -> str:
+    """One line for an ``OSError``: the path(s) it names and the system's reason."""
+    names = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+    return f"{names}: {e.strerror or e}" if names else (e.strerror or str(e) or type(e).__name__)
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """``e`` as an ``OSError``: itself, or one rebuilt from a library error that wraps one (safetensors'
+    Rust writer raises ``SafetensorError("... (os error 28)")``); None for any other error."""
+    if isinstance(e, OSError):
+        return e
+    m = _OS_ERROR.search(str(e)) if isinstance(e, Exception) else None
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
+
+
+def write_error(path: Path, e: OSError):
+    """The ``OutputError`` for an OS error while writing ``path`` (nothing was replaced)."""
+    from fit3d.errors import OutputError
+
+    return OutputError(f"{path}: could not write ({e.strerror or e}); nothing was written there and any previous "
+                       f"version is intact")
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is fsynced and renamed over ``path``.
+    An ``OSError`` on the way is an ``OutputError`` naming ``path`` (:func:`write_error`).
 
     >>> with atomic_path("out.ply") as tmp:
     ...     write_something(tmp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+    except OSError as e:
+        raise write_error(path, e) from None
     tmp = Path(tmp)
     try:
         yield tmp
@@ -36,6 +70,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except Exception as e:
+        if as_os_error(e) is None:
+            raise
+        raise write_error(path, as_os_error(e)) from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -44,20 +82,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 @contextmanager
 def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty temporary folder next to ``path``; on success it replaces ``path`` (an existing
-    folder is moved aside first and removed after the swap)."""
+    folder is moved aside first and removed after the swap). OS errors as in :func:`atomic_path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
-    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
+    except OSError as e:
+        raise write_error(path, e) from None
+    old = None
     try:
         yield tmp
-        old = None
         if path.exists():
             old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except Exception as e:
+        if old is not None and old.exists() and not path.exists():
+            os.replace(old, path)  # the swap failed half-way: the previous folder goes back
+        if as_os_error(e) is None:
+            raise
+        raise write_error(path, as_os_error(e)) from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -25,6 +25,7 @@ from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
 from fit3d.finetune.trainer import finetune
+from fit3d.guard import guard_output, model_inputs
 from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.lifted import lift_settings, reuse_finished
@@ -211,5 +212,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_pipeline(args.scenes, config_from_args(PipelineConfig, args))
+    cfg = config_from_args(PipelineConfig, args)
+    guard_output(cfg.out, [*args.scenes, cfg.probe_data, cfg.eval_data, *model_inputs(cfg.model_path)],
+                 command="pipeline")
+    run_pipeline(args.scenes, cfg)
     return 0

@@ -219,6 +219,23 @@ def check_resume(recorded: dict | None, current: dict, what: str, path, how: str
         raise SettingsMismatch(f"{path}: {what} was made with other settings ({'; '.join(diff[:8])}{more}); {how}")
 
 
+def check_rerun(record: str | os.PathLike, settings: dict, what: str, overwrite: bool = False,
+                key: str = "settings") -> None:
+    """Before a command that replaces its earlier result (``fit3d probe``, ``fit3d compare``) starts: when
+    ``record`` (that result's JSON, holding the settings under ``key``) was written with other ``settings``,
+    :class:`SettingsMismatch` naming them, unless ``overwrite``. A rerun with the same settings, or into a
+    folder without the record, proceeds."""
+    record = Path(record)
+    if overwrite or not record.is_file():
+        return
+    try:
+        recorded = json.loads(record.read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        recorded = None  # unreadable: it is not known what made it
+    check_resume(recorded, settings, what, record.parent,
+                 "rerun with --overwrite to replace it, or choose another --out")
+
+
 _MISSING = object()
 
 
@@ -294,11 +311,18 @@ def commit_staged(staged: str | os.PathLike, out: str | os.PathLike) -> None:
     """Swap the complete ``staged`` folder in as ``out``; the old ``out`` is removed only afterwards."""
     staged, out = Path(staged), Path(out)
     old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(staged, out)
+    try:
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            os.replace(out, old)
+        os.replace(staged, out)
+    except OSError as e:
+        if old.exists() and not out.exists():
+            os.replace(old, out)  # the previous result goes back
+        from fit3d.io import write_error
+
+        raise write_error(out, e) from None
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
 
@@ -309,3 +333,40 @@ def recover_staged(out: str | os.PathLike) -> None:
     old = out.with_name(f".{out.name}.old")
     if old.exists() and not out.exists():
         os.replace(old, out)
+
+
+# ----------------------------------------------------------------------------------------- workers
+def workers_can_spawn(start_method: str) -> tuple[bool, str]:
+    """(can worker processes started with ``start_method`` run here, why not). ``spawn`` / ``forkserver``
+    children re-import the main module as ``__mp_main__``: a script whose top level does the work without an
+    ``if __name__ == "__main__":`` guard (the README's snippet saved as a file) would run again in every child
+    and die there. Safe: ``fork``; an interactive session; ``python -m pkg`` (a package's ``__main__`` is not
+    re-imported); a main module with the guard (the ``fit3d`` command, pytest, torchrun)."""
+    import ast
+    import sys
+
+    if start_method == "fork":
+        return True, ""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and (spec.name == "__main__" or spec.name.endswith(".__main__")):
+        return True, ""
+    path = getattr(spec, "origin", None) if spec is not None else getattr(main, "__file__", None)
+    if not path or not str(path).endswith(".py") or not os.path.isfile(path):
+        return True, ""  # interactive, or nothing spawn would re-run
+    try:
+        tree = ast.parse(Path(path).read_text())
+    except (OSError, SyntaxError, ValueError):
+        return False, f"{path} could not be read to look for its main guard"
+
+    def is_guard(node) -> bool:
+        if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
+            return False
+        parts = [node.test.left, *node.test.comparators]
+        return (any(isinstance(p, ast.Name) and p.id == "__name__" for p in parts)
+                and any(isinstance(p, ast.Constant) and p.value == "__main__" for p in parts))
+
+    if any(is_guard(n) for n in tree.body):
+        return True, ""
+    return False, (f"the main script {path} has no `if __name__ == \"__main__\":` guard, and {start_method}ed "
+                   f"workers re-import it (they would run the script again)")

@@ -103,10 +103,19 @@ def test_compare_cli_on_a_finetuned_folder(ft_dir, photo, tmp_path):
     out = tmp_path / "out"
     assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
                  "--short-side", "56", "--panel-height", "120"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["photo.png", "small.png"]
+    # + the guard's marker and the settings record
+    assert sorted(p.name for p in out.iterdir()) == [".fit3d-output.json", "compare.json", "photo.png", "small.png"]
     fig = read_image(out / "photo.png")
     assert fig.shape[0] > 120 and fig.shape[1] > 3 * 80
     assert main(["compare", str(tmp_path / "missing.png"), "--finetuned", str(ft_dir), "--out", str(out)]) == 1
+    # issue 22: other settings into the same --out are refused before any work, naming them; --overwrite replaces
+    before = (out / "photo.png").read_bytes()
+    assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
+                 "--short-side", "70", "--panel-height", "120"]) == 1
+    assert (out / "photo.png").read_bytes() == before
+    assert main(["compare", str(tmp_path / "imgs"), "--finetuned", str(ft_dir), "--out", str(out),
+                 "--short-side", "70", "--panel-height", "120", "--overwrite"]) == 0
+    assert (out / "photo.png").read_bytes() != before
 
 
 def test_depth_probes_read_the_features_the_probe_trained_on(backbones, photo):
@@ -182,3 +191,23 @@ def test_compare_cli_with_depth_probes(ft_dir, probe_dir, photo, tmp_path, capsy
     assert main([*base, "--out", str(tmp_path / "bad"), "--depth-probe", str(tmp_path / "wide.pt")]) == 1
     assert "wide.pt" in capsys.readouterr().err
     assert main([*base, "--out", str(tmp_path / "bad"), "--depth-probe", str(tmp_path / "nothing")]) == 1
+
+
+def test_compare_cli_correspondence_figure_of_a_scene(ft_dir, tmp_path, capsys):
+    """--scene: a view pair's matches, original vs fine-tuned, right / wrong against depth and poses."""
+    from fit3d.data.synthetic import write_scene
+
+    scene = write_scene(generate_scene(SyntheticSceneConfig(seed=5, num_views=6, width=112, height=84,
+                                                            num_objects=3), name="room"), tmp_path / "room")
+    out = tmp_path / "out"
+    assert main(["compare", "--scene", str(scene), "--finetuned", str(ft_dir), "--out", str(out),
+                 "--short-side", "84", "--panel-height", "84"]) == 0
+    fig = read_image(out / "correspondence_room.png")
+    assert fig.shape[1] >= 2 * 112 and fig.shape[0] > 2 * 84  # two rows: original, fine-tuned
+    said = capsys.readouterr().out
+    assert "right matches original" in said and "fine-tuned" in said
+    assert main(["compare", "--scene", str(scene), "--pair", "0", "nine", "--finetuned", str(ft_dir),
+                 "--out", str(out)]) == 1
+    assert "nine" in capsys.readouterr().err
+    assert main(["compare", "--finetuned", str(ft_dir), "--out", str(out)]) == 1
+    assert "--scene" in capsys.readouterr().err

@@ -48,7 +48,10 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     assert " ± " in report and "95%" in report and "original_x2" in report and "### What the numbers show" in report
     assert "**In short:**" in report
     assert "| lift |" in report and "| intervals |" in report
-    for pic in ("scene.png", "compare.png", "probe_depth.png", "probe_seg.png"):
+    # held-out correspondence next to seg and depth, with its trivial baseline; no machine path in the report
+    assert "## Correspondence on the held-out rooms" in report and "baseline: same patch position" in report
+    assert str(dinov2_path) not in report and str(tmp_path) not in report
+    for pic in ("scene.png", "compare.png", "correspondence.png", "probe_depth.png", "probe_seg.png"):
         assert (tmp_path / "docs" / pic).stat().st_size > 1000, pic
         assert f"]({pic})" in report
     # the fine-tuned model loads with transformers

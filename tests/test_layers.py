@@ -1,5 +1,5 @@
 """The package reads as the method: data -> models -> splat -> lift -> finetune -> probe, with viz (pictures,
-above data only) below them and cli / pipeline / demo / compare on top. No import runs upward (function-local
+above data only) below them and cli / pipeline / demo / compare / view on top. No import runs upward (function-local
 imports included) and no imports form a cycle."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import fit3d
 ROOT = Path(fit3d.__file__).parent
 # Lower layers never import higher ones; a package may import itself.
 LAYERS = {
-    "errors": 0, "paths": 0, "io": 1, "config": 1, "device": 1, "run": 2,
+    "errors": 0, "paths": 0, "io": 1, "config": 1, "device": 1, "run": 2, "guard": 2,
     "data": 3, "viz": 4,
     "models": 5,
     "splat": 6,
     "lift": 7,
     "finetune": 8,
     "probe": 9,
-    "pipeline": 10, "compare": 10, "demo": 11, "__init__": 12, "cli": 13, "__main__": 14,
+    "pipeline": 10, "compare": 10, "demo": 11, "view": 11, "__init__": 12, "cli": 13, "__main__": 14,
 }
 
 

@@ -49,7 +49,15 @@ def check_intrinsics(K: np.ndarray, source: str = "intrinsics", size: tuple[int,
         if not (0 <= K[0, 2] <= w and 0 <= K[1, 2] <= h):
             raise SceneError(f"{source}: principal point ({K[0, 2]:g}, {K[1, 2]:g}) lies outside the {w}x{h} "
                              f"image (intrinsics for another image size?)")
+        fov = np.degrees(2 * np.arctan2([w / 2, h / 2], [K[0, 0], K[1, 1]]))
+        if fov.max() > MAX_FOV_DEG:
+            raise SceneError(f"{source}: focal lengths fx {K[0, 0]:g}, fy {K[1, 1]:g} give a {fov[0]:.1f} x "
+                             f"{fov[1]:.1f} degree field of view on the {w}x{h} image; a pinhole camera sees less "
+                             f"than {MAX_FOV_DEG:g} degrees (intrinsics for another image size, or a broken export?)")
     return K
+
+
+MAX_FOV_DEG = 179.0  # beyond this a pinhole K is degenerate (fx -> 0): no real camera, rays nearly in the image plane
 
 
 @dataclass

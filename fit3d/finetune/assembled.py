@@ -12,7 +12,8 @@ from pathlib import Path
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR
 from fit3d.io import read_json_dict
-from fit3d.models import ConcatFeatures, load_backbone
+from fit3d.models import ConcatFeatures, get_spec, load_backbone
+from fit3d.models.identity import check_architecture, folder_fingerprint, read_architecture
 
 log = logging.getLogger(__name__)
 
@@ -30,16 +31,45 @@ def read_manifest(path) -> dict:
     return m
 
 
+def check_manifest(p: Path, m: dict) -> None:
+    """The record ``fit3d.json`` agrees with the weights in ``model/``: the backbone it names has their width
+    and depth (when they are a registered size), its ``embed_dim`` / ``patch_size`` are theirs, and their
+    fingerprint is the one recorded. A mismatch is a ``ModelNotFoundError`` naming both files."""
+    model_dir = p / m.get("model_dir", MODEL_DIR)
+    arch = read_architecture(model_dir / "config.json")
+    record = p / MANIFEST_FILE
+    try:
+        check_architecture(get_spec(m["backbone"]), arch, str(model_dir), what=f"{record} names backbone")
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"{e} (the record does not match its model)") from None
+    for key, have in (("embed_dim", arch["width"]), ("patch_size", arch["patch_size"])):
+        if m.get(key) is not None and have is not None and int(m[key]) != int(have):
+            raise ModelNotFoundError(f"{record} records {key} {m[key]}, but {model_dir}/config.json says {have}: "
+                                     f"the record does not match its model")
+    recorded = m.get("finetuned_fingerprint")
+    if recorded and folder_fingerprint(model_dir) != recorded:
+        raise ModelNotFoundError(f"{model_dir}: the weights are not the ones {record} records (fingerprint "
+                                 f"{folder_fingerprint(model_dir)} != {recorded}); fine-tune again or restore them")
+
+
 def load_finetuned(path, device: str = "cpu"):
-    """(original Backbone, fine-tuned Backbone), both frozen in eval mode, from a fine-tuned folder."""
+    """(original Backbone, fine-tuned Backbone), both frozen in eval mode, from a fine-tuned folder (its
+    record checked against its weights first: :func:`check_manifest`)."""
     p = Path(path)
     m = read_manifest(p)
+    check_manifest(p, m)
     orig_path = m.get("original_model_path")
     if orig_path and (orig_path.startswith(("/", ".", "~")) and not Path(orig_path).expanduser().exists()):
         log.warning("%s: original model %s no longer exists; using the registry's %r", p, orig_path, m["backbone"])
         orig_path = None
     original = load_backbone(m["backbone"], model_path=orig_path, device=device)
     finetuned = load_backbone(m["backbone"], model_path=str(p / m.get("model_dir", MODEL_DIR)), device=device)
+    if (original.embed_dim, original.num_layers, original.patch_size) != \
+            (finetuned.embed_dim, finetuned.num_layers, finetuned.patch_size):
+        raise ModelNotFoundError(
+            f"{p}: the original weights ({orig_path or m['backbone']}: {original.embed_dim} wide, {original.num_layers} "
+            f"blocks, patch {original.patch_size}) are not the model that was fine-tuned ({finetuned.embed_dim}, "
+            f"{finetuned.num_layers}, {finetuned.patch_size}); pass the original weights with --model-path")
     for b in (original, finetuned):
         b.eval()
         b.requires_grad_(False)

@@ -15,6 +15,7 @@ from fit3d.device import dist_info
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.recipes import add_recipe_arguments, config_from_args
 from fit3d.finetune.trainer import finetune
+from fit3d.guard import guard_output, model_inputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = config_from_args(FinetuneConfig, args)
+    cfg.validate()
+    guard_output(args.out, [*args.scenes, *model_inputs(cfg.model_path)], command="finetune")
     m = finetune(args.scenes, None, args.out, cfg, overwrite=args.overwrite)
     if dist_info().is_main:
         _print_summary(m, args.out)

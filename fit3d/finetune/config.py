@@ -114,7 +114,7 @@ class FinetuneConfig:
     def validate(self, prefix: str = "") -> None:
         """``Fit3DError`` naming the option (``--<prefix>field``: ``--finetune.lr`` in the pipeline) for any value
         out of range (called before any work)."""
-        from fit3d.config import check_choices, check_counts, check_reals, check_size, option_error
+        from fit3d.config import check_choices, check_counts, check_memory, check_reals, check_size, option_error, vit_bytes
         from fit3d.device import check_device
 
         check_choices(self, prefix)
@@ -133,4 +133,7 @@ class FinetuneConfig:
             raise option_error(self, "anchor_teacher", "ema needs adapter=none (the teacher averages the backbone's "
                                                        "own weights)", prefix)
         check_size(self, "resolution", prefix)
+        if self.resolution:
+            check_memory(self, "resolution", vit_bytes(*self.resolution) * 2 * self.batch_size,
+                         "the backbone's attention over a batch, with gradients", prefix)
         check_device(self.device, f"--{prefix}device")

@@ -45,13 +45,13 @@ from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  scene_memory)
 from fit3d.finetune.residual import decoder_subspace, subspace_target
+from fit3d.guard import check_not_input, check_replaceable, model_inputs
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
 from fit3d.models import load_backbone
-from fit3d.models.loading import resolve_source
-from fit3d.models.registry import get_spec
+from fit3d.models.identity import folder_fingerprint, model_identity
 from fit3d.run import (Interrupt, capture_rng, check_resume, commit_staged, load_checkpoint, recover_staged,
-                       restore_rng, result_settings, save_checkpoint, staged_dir)
+                       restore_rng, result_settings, save_checkpoint, staged_dir, workers_can_spawn)
 
 log = logging.getLogger(__name__)
 
@@ -276,13 +276,14 @@ def _check_lifted(scene_dirs) -> None:
 
 
 def run_settings(scene_dirs, cfg: FinetuneConfig, world_size: int) -> dict:
-    """What determines a fine-tuning result: the non-volatile config, backbone, model source, scenes (and
-    the settings each was lifted with), world size."""
+    """What determines a fine-tuning result: the non-volatile config, backbone, the model's identity
+    (``fit3d.models.identity``: resolved weights, fingerprint, architecture), scenes (and the settings each
+    was lifted with), world size."""
     scenes = []
     for d in scene_dirs:
         meta = read_json_dict(Path(d) / "lift.json", "lifted scene record (lift.json)")
         scenes.append({"path": str(Path(d).resolve()), "lift": meta.get("settings", meta.get("config"))})
-    return {**result_settings(cfg), "model_source": resolve_source(get_spec(cfg.backbone), cfg.model_path)[0],
+    return {**result_settings(cfg), "model": model_identity(cfg.backbone, cfg.model_path),
             "scenes": scenes,
             "world_size": world_size}
 
@@ -344,6 +345,9 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
         raise Fit3DError("finetune: no lifted scenes given (--scenes)")
     _check_lifted(scene_dirs)
     out = Path(out)
+    check_not_input(out, [*scene_dirs, *model_inputs(cfg.model_path)])  # also for Python callers: never over an input
+    if overwrite:
+        check_replaceable([out])
     di = dist_info()
     device = resolve_device(cfg.device, di.local_rank)
     if di.active and not dist.is_initialized():
@@ -517,11 +521,18 @@ def _make_loader(run: _Run) -> DataLoader:
     """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
     and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
     cfg = run.cfg
-    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=cfg.workers,
-                      worker_init_fn=make_worker_init(cfg.worker_threads) if cfg.workers else None,
-                      prefetch_factor=cfg.prefetch if cfg.workers else None,
-                      persistent_workers=cfg.workers > 0,
-                      multiprocessing_context=cfg.worker_start if cfg.workers else None,
+    workers = cfg.workers
+    if workers:
+        ok, why = workers_can_spawn(cfg.worker_start)
+        if not ok:  # e.g. the README's snippet saved as a script: render here instead (same batches, slower)
+            log.warning("fine-tuning renders in the main process (workers=0): %s; add the guard to use "
+                        "--workers %d", why, cfg.workers)
+            workers = 0
+    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
+                      worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
+                      prefetch_factor=cfg.prefetch if workers else None,
+                      persistent_workers=workers > 0,
+                      multiprocessing_context=cfg.worker_start if workers else None,
                       pin_memory=run.device.type == "cuda", drop_last=False)
 
 
@@ -614,6 +625,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         bb.model = merge_lora(run.peft_model)
         run.peft_model = None
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
+    finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})
     metrics: dict = {"loss": loss_summary(run.losses)}
     if cfg.evaluate:
@@ -629,6 +641,8 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         "backbone": cfg.backbone,
         "family": getattr(bb, "family", None),
         "original_model_path": _original_model_path(bb, cfg.model_path),
+        "model": run.settings.get("model"),  # the original's identity (fit3d.models.identity)
+        "finetuned_fingerprint": finetuned_fp,
         "model_dir": MODEL_DIR,
         "patch_size": bb.patch_size,
         "embed_dim": bb.embed_dim,

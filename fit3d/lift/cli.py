@@ -77,7 +77,7 @@ def _prepare_staged(dst: Path, settings: dict) -> Path:
         old = read_json_dict(dst / META_FILE, "lifted scene record").get("settings") or {}
     except Fit3DError:
         old = {}
-    same_weights = all(old.get(k, object()) == settings[k] for k in ("scene", "backbone", "model_path", "feature_size"))
+    same_weights = all(old.get(k, object()) == settings[k] for k in ("scene", "backbone", "model", "feature_size"))
     if same_weights and old_cache.is_dir() and not (work / "cache").exists():
         (work / "cache").mkdir(parents=True)
         for f in old_cache.iterdir():
@@ -92,6 +92,7 @@ def _prepare_staged(dst: Path, settings: dict) -> Path:
 def run(args: argparse.Namespace) -> int:
     from fit3d.data.readers import detect_layout
     from fit3d.device import dist_info
+    from fit3d.guard import guard_output, model_inputs
     from fit3d.lift.config import LiftConfig
     from fit3d.lift.lifted import lift_settings, reuse_finished
     from fit3d.lift.stage import lift_scene, load_lift_backbone, read_lift_scene
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise SceneError(f"scene folder names must be unique (outputs go to OUT/<name>): {names}")
     out = Path(args.out)
+    guard_output(out, [*scenes, *model_inputs(cfg.model_path)], command="lift", replaces=[out / n for n in names])
     mine = shard(list(zip(scenes, names)), di.rank, di.world_size)
     finished = {}
     for path, name in mine:  # every finished scene is checked before any work

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fit3d.config import check_choices, check_counts, check_reals, option_error
+from fit3d.config import check_choices, check_counts, check_memory, check_reals, option_error, vit_bytes
 from fit3d.lift.methods import METHODS
 
 
@@ -233,6 +233,11 @@ class LiftConfig:
             if m.config:
                 getattr(self, m.config).validate(f"{prefix}{m.config}.")
         check_device(self.device, f"--{prefix}device")
+        h = self.height or self.width / 4  # the render height for an aspect up to 4:1 (a lower bound)
+        check_memory(self, "width", self.width * h * 4 * (4 + self.feature_dim) * 3,
+                     "one rendered view: colour, opacity and features with their gradients", prefix)
+        check_memory(self, "feature_size", vit_bytes(self.feature_size, self.feature_size / 4),
+                     "the backbone's attention over one view", prefix)
         import torch
 
         cuda = self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())

@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor
 
-from fit3d.io import atomic_path
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.lift.init import as_gaussians
 from fit3d.lift.targets import TargetCache
 from fit3d.splat.render import render
-from fit3d.viz.pca import pca_rgb
+from fit3d.viz.images import save_png
+from fit3d.viz.panels import heldout_pca_figure
 
 
 def pose_distance(a: np.ndarray, b: np.ndarray, extent: float) -> float:
@@ -69,18 +67,9 @@ def evaluate_heldout(params: dict, decoder: FeatureDecoder, views, train_idx: li
             "views": len(held_idx)}, pca
 
 
-def save_pca_figure(path, triples) -> None:
-    """Rows: held-out image | backbone features | rendered decoded features (shared PCA basis)."""
+def save_pca_figure(path, triples, title: str = "Stage 1, held-out views: backbone vs lifted features (one PCA "
+                                                 "basis)") -> None:
+    """Rows: held-out image | backbone features | rendered decoded features (shared PCA basis), titled."""
     if not triples:
         return
-    maps = pca_rgb([m for _, t, r in triples for m in (t, r)])
-    rows = []
-    h = 160
-    for k, (img, _, _) in enumerate(triples):
-        w = round(h * img.shape[1] / img.shape[0])
-        tiles = [(np.clip(img, 0, 1) * 255).astype(np.uint8)] + maps[2 * k:2 * k + 2]
-        tiles = [cv2.resize(t, (w, h), interpolation=cv2.INTER_NEAREST if t.shape[0] < h else cv2.INTER_AREA)
-                 for t in tiles]
-        rows.append(np.concatenate([np.pad(t, ((2, 2), (2, 2), (0, 0)), constant_values=255) for t in tiles], 1))
-    with atomic_path(path) as tmp:
-        Image.fromarray(np.concatenate(rows, 0)).save(tmp, format="PNG")
+    save_png(path, heldout_pca_figure([(np.clip(img, 0, 1), t, r) for img, t, r in triples], title))

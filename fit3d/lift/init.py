@@ -4,6 +4,7 @@ points in the frusta) and the raw 3DGS parameters built from them."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -85,6 +86,9 @@ def initial_points(views, points, points_rgb, cfg: LiftConfig,
     if len(pts) == 0:  # last resort: uniform in the training frusta between 0.1 and 2 x extent deep
         source = "random"
         n = cfg.init_points
+        warnings.warn(f"the scene has no depth (no depth files, or every depth value 0) and no 3D points: Stage 1 "
+                      f"starts from {n} random points in the training views' frusta (init: random); geometry and "
+                      f"held-out quality suffer, give depth or COLMAP points where you can", stacklevel=2)
         ext = max(camera_extent(np.stack([v.c2w for v in views])), 1.0)
         vi = rng.integers(0, len(views), n)
         pts = np.empty((n, 3), np.float32)

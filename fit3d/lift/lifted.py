@@ -90,14 +90,17 @@ def load_lifted(path, map_location: str | torch.device = "cpu") -> LiftedScene:
 
 def lift_settings(cfg, scene_path, split: tuple[list[str], list[str]] | None = None) -> dict:
     """What determines a lift's result: the non-volatile ``LiftConfig`` fields with only the chosen method's
-    nested settings (``fit3d.lift.methods``), the scene's path and, when the views were named, the split."""
+    nested settings (``fit3d.lift.methods``), the scene's path, the model's identity
+    (``fit3d.models.identity``: resolved weights, fingerprint, architecture) and, when the views were named,
+    the split."""
+    from fit3d.models.identity import model_identity
     from fit3d.run import result_settings
 
     other = {m.config for name, m in METHODS.items() if m.config and name != cfg.method}
     out = {k: v for k, v in result_settings(cfg).items() if k not in other}
     if split is not None:
         out["views"] = {"train": sorted(split[0]), "heldout": sorted(split[1])}
-    return {**out, "scene": str(scene_path)}
+    return {**out, "scene": str(scene_path), "model": model_identity(cfg.backbone, cfg.model_path)}
 
 
 def current_settings(recorded):

@@ -18,6 +18,7 @@ from fit3d.data.readers import frame_number
 from fit3d.data.scene import Scene
 from fit3d.device import resolve_device
 from fit3d.errors import SceneError
+from fit3d.guard import check_not_input, mark, model_inputs
 from fit3d.io import clean_stale_temps
 from fit3d.lift.config import LiftConfig
 from fit3d.lift.context import LiftContext
@@ -63,7 +64,10 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     cfg.validate()
     t_start = time.perf_counter()
     out = Path(out_dir)
+    if isinstance(scene_or_path, (str, os.PathLike)):
+        check_not_input(out, [scene_or_path, *model_inputs(cfg.model_path)])  # also for Python callers
     out.mkdir(parents=True, exist_ok=True)
+    mark(out, "lift")
     for d in (out, out / "cache"):
         clean_stale_temps(d)  # left by a kill during an atomic write
     device = resolve_device(cfg.device)
@@ -87,13 +91,15 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     # Targets, computed on the source-resolution images and cached.
     t0 = time.perf_counter()
     backbone = backbone or load_lift_backbone(cfg, device)
+    settings = lift_settings(cfg, src_path, split)
     cache = TargetCache.build(out / "cache" / f"{cfg.backbone}-{cfg.feature_size}.npy", scene.views, backbone,
-                              long_side=cfg.feature_size, backbone_name=cfg.backbone, progress=cfg.progress)
+                              long_side=cfg.feature_size, backbone_name=cfg.backbone, progress=cfg.progress,
+                              model=settings["model"])
     timings["features"] = time.perf_counter() - t0
 
     W, H = cfg.render_size(scene.views[0].width, scene.views[0].height)
     ctx = LiftContext(cfg, device, name, [v.resized(W, H) for v in scene.views], train_idx, held_idx, cache, out,
-                      scene.points, scene.points_rgb, settings=lift_settings(cfg, src_path, split), backbone=backbone)
+                      scene.points, scene.points_rgb, settings=settings, backbone=backbone)
     del scene  # the source-resolution images are no longer needed (when read here)
     result = METHODS[cfg.method].run(ctx)
     timings.update(result.timings)

@@ -70,12 +70,13 @@ class TargetCache:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, path: str | Path, views, backbone, *, long_side: int = 448, backbone_name: str = "",
-              batch_size: int = 4, progress: bool = True) -> "TargetCache":
-        """Compute (or reuse, when names / backbone / size match) the cache for ``views`` (list of ``View``)."""
+              batch_size: int = 4, progress: bool = True, model: dict | None = None) -> "TargetCache":
+        """Compute (or reuse, when names / backbone / size / ``model`` identity match) the cache for ``views``
+        (list of ``View``). ``model``: ``fit3d.models.identity.model_identity`` of the weights."""
         path = Path(path)
         names = [v.name for v in views]
         W, H = backbone_input_size(views[0].width, views[0].height, long_side, backbone.patch_size)
-        want = {"names": names, "backbone": backbone_name, "input_size": [W, H]}
+        want = {"names": names, "backbone": backbone_name, "input_size": [W, H], **({"model": model} if model else {})}
         if path.exists() and path.with_suffix(".json").exists():
             try:
                 meta = read_json(path.with_suffix(".json"))

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import torch
 
-from fit3d.errors import Fit3DError, ModelNotFoundError
+from fit3d.errors import Fit3DError, ModelNotFoundError, NonFiniteError
 from fit3d.models.backbone import Backbone
 from fit3d.models.families import load_with_family
-from fit3d.models.hub import MODEL_PATH_ENV
-from fit3d.models.registry import BackboneSpec, get_spec
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def resolve_source(spec: BackboneSpec, model_path: str | os.PathLike | None) -> tuple[str, bool]:
-    """(source, is_local): ``model_path``, else ``$FIT3D_MODEL_PATH``, else the spec's hub id.
-
-    An existing folder is local. A given path that does not exist is an error naming it, unless it reads
-    like a hub id (``owner/name``), which is then downloaded.
-    """
-    given = model_path if model_path not in (None, "") else os.environ.get(MODEL_PATH_ENV) or None
-    if given is None:
-        return spec.hub_id, False
-    where = "--model-path" if model_path not in (None, "") else MODEL_PATH_ENV
-    path = Path(given).expanduser()
-    if path.is_dir():
-        if not (path / "config.json").exists():
-            raise ModelNotFoundError(f"{path}: not a model folder in the hub layout (no config.json) "
-                                     f"for backbone '{spec.name}' (from {where})")
-        return str(path.resolve()), True
-    if path.exists():
-        raise ModelNotFoundError(f"{path}: is a file; {where} must be a folder in the hub layout")
-    if _HUB_ID.match(str(given)) and not str(given).startswith((".", "~")):
-        return str(given), False
-    raise ModelNotFoundError(f"{path}: model folder not found (from {where}) for backbone '{spec.name}'")
-
+from fit3d.models.identity import check_architecture, read_architecture, resolve_source
+from fit3d.models.registry import get_spec
 
 def load_backbone(name: str, model_path: str | os.PathLike | None = None,
                   device: str | torch.device = "cpu") -> Backbone:
@@ -50,8 +23,13 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
     """
     spec = get_spec(name)
     source, is_local = resolve_source(spec, model_path)
+    if is_local and (Path(source) / "config.json").is_file():  # before the weights load: a wrong name is an error
+        check_architecture(spec, read_architecture(Path(source) / "config.json"), source)
     try:
-        return load_with_family(spec, source, is_local).to(device)
+        backbone = load_with_family(spec, source, is_local)
+        check_architecture(spec, {"width": backbone.embed_dim, "depth": backbone.num_layers}, source)
+        check_finite_weights(backbone.model, source)
+        return backbone.to(device)
     except Fit3DError:
         raise
     except Exception as e:  # a damaged local folder: safetensors / torch / transformers raise their own types
@@ -59,3 +37,13 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
             raise
         raise ModelNotFoundError(f"{source}: model weights are unreadable or corrupt for backbone '{spec.name}' "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def check_finite_weights(model: torch.nn.Module, source: str) -> None:
+    """``NonFiniteError`` naming ``source`` and the first tensor holding NaN / inf (damaged weights would
+    otherwise surface much later, e.g. as a ``LinAlgError`` in a PCA)."""
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise NonFiniteError(f"{source}: the model weights hold NaN or inf values (tensor {name}); the "
+                                     f"weights are damaged")

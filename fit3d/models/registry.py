@@ -30,6 +30,7 @@ class BackboneSpec:
     mean: tuple[float, float, float] = field(default=IMAGENET_MEAN, metadata={"help": "RGB normalisation mean"})
     std: tuple[float, float, float] = field(default=IMAGENET_STD, metadata={"help": "RGB normalisation std"})
     num_registers: int = field(default=0, metadata={"help": "register tokens (dropped from the patch grid)"})
+    num_layers: int = field(default=0, metadata={"help": "transformer blocks of the hub checkpoint (0: not stated)"})
     description: str = field(default="", metadata={"help": "one line for `fit3d backbones`"})
 
 
@@ -81,27 +82,30 @@ def get_spec(name: str) -> BackboneSpec:
 
 # ---- built-in entries ------------------------------------------------------------------------------
 
-for _size, _dim in (("small", 384), ("base", 768), ("large", 1024), ("giant", 1536)):
+_DINOV2 = (("small", 384, 12), ("base", 768, 12), ("large", 1024, 24), ("giant", 1536, 40))
+for _size, _dim, _depth in _DINOV2:
     register_backbone(name=f"dinov2_{_size}", family="dinov2", hub_id=f"facebook/dinov2-{_size}",
-                      patch_size=14, embed_dim=_dim, description=f"DINOv2 ViT-{_size[0].upper()}/14")
-for _size, _dim in (("small", 384), ("base", 768), ("large", 1024), ("giant", 1536)):
+                      patch_size=14, embed_dim=_dim, num_layers=_depth, description=f"DINOv2 ViT-{_size[0].upper()}/14")
+for _size, _dim, _depth in _DINOV2:
     register_backbone(name=f"dinov2_{_size}_reg", family="dinov2_reg",
                       hub_id=f"facebook/dinov2-with-registers-{_size}", patch_size=14, embed_dim=_dim,
-                      num_registers=4, description=f"DINOv2 ViT-{_size[0].upper()}/14 with 4 registers")
+                      num_layers=_depth, num_registers=4,
+                      description=f"DINOv2 ViT-{_size[0].upper()}/14 with 4 registers")
 # DINOv3 ViTs (LVD-1689M web-image checkpoints; all patch 16 with 4 registers). The hub repos are gated:
 # accept the licence on the hub and log in, or download once and pass the local folder.
-for _name, _tag, _dim, _desc in (("dinov3_small", "vits16", 384, "ViT-S/16"),
-                                 ("dinov3_small_plus", "vits16plus", 384, "ViT-S+/16"),
-                                 ("dinov3_base", "vitb16", 768, "ViT-B/16"),
-                                 ("dinov3_large", "vitl16", 1024, "ViT-L/16"),
-                                 ("dinov3_huge_plus", "vith16plus", 1280, "ViT-H+/16"),
-                                 ("dinov3_7b", "vit7b16", 4096, "ViT-7B/16")):
+for _name, _tag, _dim, _depth, _desc in (("dinov3_small", "vits16", 384, 12, "ViT-S/16"),
+                                         ("dinov3_small_plus", "vits16plus", 384, 12, "ViT-S+/16"),
+                                         ("dinov3_base", "vitb16", 768, 12, "ViT-B/16"),
+                                         ("dinov3_large", "vitl16", 1024, 24, "ViT-L/16"),
+                                         ("dinov3_huge_plus", "vith16plus", 1280, 32, "ViT-H+/16"),
+                                         ("dinov3_7b", "vit7b16", 4096, 40, "ViT-7B/16")):
     register_backbone(name=_name, family="dinov3", hub_id=f"facebook/dinov3-{_tag}-pretrain-lvd1689m",
-                      patch_size=16, embed_dim=_dim, num_registers=4, description=f"DINOv3 {_desc} (LVD-1689M)")
+                      patch_size=16, embed_dim=_dim, num_layers=_depth, num_registers=4,
+                      description=f"DINOv3 {_desc} (LVD-1689M)")
 register_backbone(name="clip_b16", family="clip", hub_id="openai/clip-vit-base-patch16", patch_size=16,
-                  embed_dim=768, mean=CLIP_MEAN, std=CLIP_STD, description="CLIP ViT-B/16 vision tower")
+                  embed_dim=768, num_layers=12, mean=CLIP_MEAN, std=CLIP_STD, description="CLIP ViT-B/16 vision tower")
 register_backbone(name="mae_b16", family="mae", hub_id="facebook/vit-mae-base", patch_size=16, embed_dim=768,
-                  description="MAE ViT-B/16 encoder, unmasked")
+                  num_layers=12, description="MAE ViT-B/16 encoder, unmasked")
 register_backbone(name="deit3_b16", family="timm", hub_id="timm/deit3_base_patch16_224.fb_in1k", patch_size=16,
-                  embed_dim=768, description="DeiT-III ViT-B/16 (ImageNet-1k), needs timm")
-del _size, _dim, _name, _tag, _desc
+                  embed_dim=768, num_layers=12, description="DeiT-III ViT-B/16 (ImageNet-1k), needs timm")
+del _size, _dim, _depth, _name, _tag, _desc

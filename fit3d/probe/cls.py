@@ -313,6 +313,7 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
     from fit3d.probe import heads as heads_mod
     from fit3d.probe import report
     from fit3d.probe.report import seed_summary
+    from fit3d.run import result_settings
     from fit3d.probe import sources as sources_mod
     from fit3d.probe.summary import CONTROL, SOURCES, summarise, summary_markdown
 
@@ -386,7 +387,8 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
              sources=[{"label": k, **asdict(v)} for k, v in srcs.items()])
     timing = {"extract_s": extract_s, "heads_s": head_s}
     md = report.write_report(out, "cls", {k: v for k, v in results.items() if k != "intervals"}, s,
-                             {"timing": timing, "heads": saved, **({"intervals": results["intervals"]}
+                             {"timing": timing, "heads": saved, "config": result_settings(cfg),
+                              **({"intervals": results["intervals"]}
                                                                    if "intervals" in results else {})},
                              command, extra_md=table)
     if verbose:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from fit3d.config import check_choices, check_counts, check_reals, check_size, option_error
+from fit3d.config import check_choices, check_counts, check_memory, check_reals, check_size, option_error, vit_bytes
 from fit3d.device import check_device
 from fit3d.probe.datasets import DATASETS
 from fit3d.probe.sources import KINDS
@@ -93,6 +93,8 @@ class ProbeConfig:
         "help": "cls: k-NN vote weight exp(cosine / this) (DINO: 0.07)"})
     figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
+    overwrite: bool = field(default=False, metadata={"volatile": True,
+        "help": "replace an earlier probe in --out made with other settings (without it such a rerun is refused)"})
     extract_batch: int = field(default=8, metadata={"help": "images per backbone forward"})
 
     @property
@@ -110,6 +112,9 @@ class ProbeConfig:
         check_reals(self, {"lr": (0, inf), "min_depth": (0, inf), "max_depth": (0, inf), "depth_tol": (0, inf),
                            "min_overlap": (0, 1), "knn_temperature": (1e-6, inf)}, prefix)
         check_size(self, "resolution", prefix)
+        if self.resolution:
+            w, h = self.resolution
+            check_memory(self, "resolution", vit_bytes(w, h) + 3 * 4 * w * h, "the backbone's attention over one image", prefix)
         if self.max_depth is not None and self.max_depth <= self.min_depth:
             raise option_error(self, "max_depth", f"must be above --{prefix}min-depth {self.min_depth}", prefix)
         if not self.features:

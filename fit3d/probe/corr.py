@@ -76,10 +76,19 @@ def rotation_deg(a: View, b: View) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1, 1))))
 
 
-def make_pairs(frames: list[int], gaps: list[int]) -> list[tuple[int, int, int]]:
-    """(i, j, gap) for every view i and the view j whose frame number is frame_i + gap."""
-    where = {f: i for i, f in enumerate(frames)}
-    return [(i, where[f + g], g) for g in gaps for i, f in enumerate(frames) if f + g in where]
+def make_pairs(frames: list[int], gaps: list[int], groups: list[str] | None = None) -> list[tuple[int, int, int]]:
+    """(i, j, gap) for every view i and the view j of the same group (scene) whose frame number is
+    frame_i + gap; without ``groups`` all views are one scene."""
+    groups = groups or [""] * len(frames)
+    where = {(s, f): i for i, (s, f) in enumerate(zip(groups, frames))}
+    return [(i, where[(s, f + g)], g) for g in gaps for i, (s, f) in enumerate(zip(groups, frames))
+            if (s, f + g) in where]
+
+
+def scene_of(name: str) -> str:
+    """The scene part of a view name ("synthetic_0003/7" -> "synthetic_0003"; "frame-000010" -> ""):
+    frame numbers restart in every scene, so pairs never join two scenes."""
+    return str(name).rpartition("/")[0]
 
 
 @dataclass
@@ -110,11 +119,12 @@ def rotation_bin(deg: float, edges: list[float]) -> str:
 def evaluate_correspondence(feats: torch.Tensor, views: list[View], frames: list[int], patch_size: int,
                             gaps: list[int] = (2, 10, 20, 40), rot_edges: list[float] = (0, 10, 20, 40),
                             query_stride: float | None = None, depth_tol: float = 0.05,
-                            keep_examples: int = 0) -> dict:
+                            keep_examples: int = 0, groups: list[str] | None = None) -> dict:
     """Recall@{1,2,4} patch widths, overall (pooled over matches) and per frame gap / rotation bin.
 
     feats [N, D, h, w] patch features of ``views`` (all at the feature images' resolution H x W);
-    ``frames`` frame numbers; ``patch_size`` in pixels of that resolution (one patch width).
+    ``frames`` frame numbers; ``patch_size`` in pixels of that resolution (one patch width); ``groups`` the
+    scene of each view (default :func:`scene_of` its name): pairs stay within a scene.
     """
     H, W = views[0].height, views[0].width
     h, w = feats.shape[-2:]
@@ -122,7 +132,7 @@ def evaluate_correspondence(feats: torch.Tensor, views: list[View], frames: list
     queries = query_grid(H, W, query_stride or patch_size / 2)
     total, by_gap, by_rot = _Acc(), {}, {}
     examples = []
-    for i, j, gap in make_pairs(list(frames), list(gaps)):
+    for i, j, gap in make_pairs(list(frames), list(gaps), groups or [scene_of(v.name) for v in views]):
         a, b = views[i], views[j]
         if a.depth is None or b.depth is None:
             continue

@@ -30,9 +30,10 @@ from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
 from fit3d.probe.features import CachedFeatures, FeatureCache, extract_features
 from fit3d.probe.report import seed_summary
-from fit3d.probe.sources import FeatureSource
+from fit3d.probe.sources import FeatureSource, check_sources, source_identity
 from fit3d.probe.sources import config_sources as sources
 from fit3d.probe.seg import SegSettings
+from fit3d.run import result_settings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
 
@@ -113,6 +114,7 @@ def _check(cfg: ProbeConfig) -> None:
         raise Fit3DError(f"--seeds {' '.join(map(str, cfg.head_seeds))}: each seed once")
     if cfg.val_frames and cfg.task != "depth":
         raise Fit3DError(f"--val-frames picks depth heads' checkpoints; task {cfg.task} does not use it")
+    check_sources(sources(cfg), cfg.layers)  # weights fit their names and records, layers exist: before any load
 
 
 def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True) -> dict:
@@ -160,8 +162,8 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     settings.update(device=device, resolved_max_depth=meta.max_depth, crop=meta.crop, head_seeds=cfg.head_seeds,
                     n_train=len(train.images) if train else 0, n_test=len(test.images), n_val=val_n,
                     dataset=meta.meta.get("dataset"), num_classes=meta.num_classes,
-                    sources=[{"label": s.label, **asdict(s)} for s in srcs])
-    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads},
+                    sources=[{"label": s.label, **asdict(s), "identity": source_identity(s)} for s in srcs])
+    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads, "config": result_settings(cfg)},
                                 command, corr_protocol=cfg.protocol)
     if cfg.figure:
         _figure(out / "figure.png", cfg, test, preds, examples, meta)
@@ -194,13 +196,14 @@ def _corr(cfg: ProbeConfig, test: Split, test_data: ProbeData, feats_test: dict,
             for e in examples[label]:
                 e["queries"], e["pred"] = e["queries"] * k, e["pred"] * k
         return results, examples
-    from fit3d.probe.corr import evaluate_correspondence
+    from fit3d.probe.corr import evaluate_correspondence, scene_of
 
     frames_n = [frame_number(n) for n in test.data.names]
     for label, ft in feats_test.items():
         r, ex = evaluate_correspondence(ft.patch, test.views, frames_n, ft.patch_size, cfg.gaps,
                                         cfg.rot_edges or [0.0, 10.0, 20.0, 40.0], depth_tol=cfg.depth_tol,
-                                        keep_examples=max(cfg.figure, 1))
+                                        keep_examples=max(cfg.figure, 1),
+                                        groups=[scene_of(n) for n in test.data.names])
         for e in ex:
             e["patch"] = r["patch_px"]
         results[label], examples[label] = r, ex

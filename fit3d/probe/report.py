@@ -187,8 +187,8 @@ def seg_figure(images, names, labels: torch.Tensor, preds: dict[str, torch.Tenso
 
 
 def match_tile(img_a: np.ndarray, img_b: np.ndarray, ex: dict, patch: float, max_lines: int = 60,
-               height: int | None = None) -> np.ndarray:
-    """Pair side by side with sampled matches: green = within 2 patches of the truth, red = wrong.
+               height: int | None = None, within: float = 2.0) -> np.ndarray:
+    """Pair side by side with sampled matches: green = within ``within`` patches of the truth, red = wrong.
     ``height`` resizes the images first so lines stay thin. (fit3d.viz has no match drawing: lines are
     drawn with cv2 on viz's uint8 images.)"""
     a, b = to_uint8(img_a), to_uint8(img_b)
@@ -200,7 +200,7 @@ def match_tile(img_a: np.ndarray, img_b: np.ndarray, ex: dict, patch: float, max
     idx = np.linspace(0, len(ex["err"]) - 1, min(max_lines, len(ex["err"]))).round().astype(int)
     for k in idx:
         q, p = np.asarray(ex["queries"][k], float) * s, np.asarray(ex["pred"][k], float) * s
-        col = (0, 220, 0) if ex["err"][k] <= 2 * patch else (230, 30, 30)
+        col = (0, 220, 0) if ex["err"][k] <= within * patch else (230, 30, 30)
         cv2.line(canvas, (int(q[0]), int(q[1])), (int(p[0]) + W, int(p[1])), col, 1, cv2.LINE_AA)
     return canvas
 

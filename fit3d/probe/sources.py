@@ -19,8 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fit3d.errors import Fit3DError, ModelNotFoundError
-from fit3d.finetune.assembled import load_finetuned
+from fit3d.finetune.assembled import check_manifest, load_finetuned, read_manifest
+from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR
 from fit3d.models import ConcatFeatures, load_backbone
+from fit3d.models.identity import folder_fingerprint, model_identity
 
 KINDS = ("original", "finetuned", "concat")  # the feature sources, in table order
 
@@ -47,13 +49,14 @@ class FeatureSource:
         return self.kind + (f"[{','.join(map(str, self.layers))}]" if self.layers else "")
 
     def key(self) -> str:
-        """Stable identity for the cache (paths resolved, weights' mtime included)."""
+        """Stable identity for the cache (paths resolved, weights' mtime and :func:`source_identity` included)."""
         d = asdict(self)
         for k in ("model_path", "finetuned_dir"):
             if d[k]:
                 p = Path(d[k]).expanduser().resolve()
                 d[k] = str(p)
                 d[k + "_mtime"] = _tree_mtime(p)
+        d["identity"] = source_identity(self)
         return json.dumps(d, sort_keys=True, default=list)
 
 
@@ -62,6 +65,35 @@ def config_sources(cfg) -> list[FeatureSource]:
     return [FeatureSource(kind=k, backbone=cfg.backbone, model_path=cfg.model_path,
                           finetuned_dir=cfg.finetuned, layers=tuple(cfg.layers) if cfg.layers else None)
             for k in cfg.features]
+
+
+def source_identity(source: FeatureSource) -> dict:
+    """Which weights a source reads (recorded in probe.json, part of the cache key): ``{"original":
+    fit3d.models.identity.model_identity}``, plus ``"finetuned"``: the fingerprint of a fine-tuned folder's model."""
+    if not source.finetuned_dir:
+        return {"original": model_identity(source.backbone, source.model_path)}
+    ft = Path(source.finetuned_dir)
+    try:
+        m = read_manifest(ft)
+    except Fit3DError:
+        return {}  # resolve_source names the missing or damaged folder / record when it loads
+    check_manifest(ft, m)
+    return {"original": m.get("model"), "finetuned": folder_fingerprint(ft / m.get("model_dir", MODEL_DIR))}
+
+
+def check_sources(srcs: list[FeatureSource], layers: list[int] | None, option: str = "--layers") -> None:
+    """Before any model loads: each source's weights fit its backbone name / record (:func:`source_identity`),
+    and ``layers`` index blocks the backbone has (``Fit3DError`` naming ``option``)."""
+    depths = set()
+    for s in srcs:
+        arch = (source_identity(s).get("original") or {}).get("architecture") or {}
+        if arch.get("depth"):
+            depths.add(int(arch["depth"]))
+    for d in sorted(depths):
+        bad = [i for i in layers or () if not -d <= int(i) < d]
+        if bad:
+            raise Fit3DError(f"{option} {' '.join(map(str, layers))}: the backbone has {d} blocks, so layers must "
+                             f"lie in [{-d}, {d - 1}] (negative counts from the end); got {', '.join(map(str, bad))}")
 
 
 def _tree_mtime(p: Path) -> float:

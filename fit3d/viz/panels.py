@@ -8,7 +8,7 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from fit3d.viz.images import add_colorbar, colorize_depth, depth_range, hstack, to_uint8, upsample
+from fit3d.viz.images import add_colorbar, colorize_depth, depth_range, hstack, titled, to_uint8, upsample, vstack
 from fit3d.viz.pca import pca_rgb
 
 
@@ -38,3 +38,19 @@ def comparison_figure(image, feature_maps: Mapping[str, torch.Tensor], depth_map
     if depths:  # a colour bar for the shared depth scale, level with the panels
         fig = add_colorbar(fig, lo, hi, height)
     return fig
+
+
+def heldout_pca_figure(triples, title: str | None = None, panel_height: int = 160) -> np.ndarray:
+    """Rows of (image [H, W, 3], backbone features [D, h, w], rendered + decoded features [D, h, w]): image |
+    PCA of the backbone's features | PCA of the lifted scene's rendered features, one basis for all maps,
+    each column titled, ``title`` above all. Returns uint8 [H', W', 3]."""
+    maps = pca_rgb([m for _, t, r in triples for m in (t, r)])
+    rows = []
+    for k, (img, _, _) in enumerate(triples):
+        im = to_uint8(img)
+        H, W = im.shape[:2]
+        rows.append(hstack([im, upsample(maps[2 * k], H, W), upsample(maps[2 * k + 1], H, W)],
+                           [f"held-out view {k + 1}", "backbone features (target)", "rendered + decoded (lift)"],
+                           height=panel_height))
+    fig = vstack(rows)
+    return titled(fig, title, 16) if title else fig

@@ -38,7 +38,8 @@ def fit_pca(feats: Sequence[torch.Tensor], n_components: int = 3,
             percentiles: tuple[float, float] = (1.0, 99.0)) -> PCABasis:
     """Fit one PCA basis on the tokens of every map in ``feats`` (each [D, h, w]).
 
-    Components come from an SVD of the centred tokens; each component's sign is fixed so that its
+    Components come from an SVD of the centred tokens (for many tokens, the eigenvectors of their D x D
+    scatter matrix: the same directions); each component's sign is fixed so that its
     largest-magnitude loading is positive (deterministic colours). ``lo`` / ``hi`` are per-channel
     percentiles of the scores over all maps (robust to outlier tokens).
     """
@@ -51,8 +52,12 @@ def fit_pca(feats: Sequence[torch.Tensor], n_components: int = 3,
     mean = x.mean(0)
     xc = x - mean
     k = min(n_components, *xc.shape)
-    _, _, vh = torch.linalg.svd(xc, full_matrices=False)
-    comps = vh[:k]
+    if xc.shape[0] > 4 * xc.shape[1]:  # many tokens: eigenvectors of the D x D scatter (an SVD of [N, D] is
+        _, evecs = torch.linalg.eigh(xc.T @ xc)  # ~20x slower: 20 s for 40k x 384 on 2 cores)
+        comps = evecs[:, -k:].flip(1).T
+    else:
+        _, _, vh = torch.linalg.svd(xc, full_matrices=False)
+        comps = vh[:k]
     sign = torch.sign(comps.gather(1, comps.abs().argmax(1, keepdim=True)))
     comps = comps * torch.where(sign == 0, torch.ones_like(sign), sign)
     if k < n_components:  # fewer tokens / dims than components: pad with zero scores

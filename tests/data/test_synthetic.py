@@ -135,7 +135,7 @@ def test_generate_cli_writes_readable_scenes_and_resumes(tmp_path, capsys):
             "--width", "48", "--height", "36", "--no-shadows"]
     assert main(args) == 0
     dirs = sorted(p.name for p in tmp_path.iterdir())
-    assert dirs == ["synthetic_0003", "synthetic_0004"]
+    assert dirs == [".fit3d-output.json", "synthetic_0003", "synthetic_0004"]  # + the output guard's marker
     s = read_scene(tmp_path / "synthetic_0004")
     assert len(s.views) == 2 and s.views[0].image.shape == (36, 48, 3)
     cfg = json.loads((tmp_path / "synthetic_0004" / "synthetic.json").read_text())["config"]

@@ -101,10 +101,10 @@ def test_depth_validation_frames_choose_the_head_checkpoint(scene, tmp_path, fak
     d = json.loads((tmp_path / "o" / "probe.json").read_text())
     assert d["settings"]["n_val"] == 5 and d["settings"]["n_train"] == 20  # frames 30..38 of 0..38
     assert d["metrics"]["original"]["best_iteration"] in (5, 10, 15, 20)
-    assert main(argv[:-4] + ["--val-frames", "100-200"]) != 0  # no validation view: a plain error
+    assert main(argv[:-4] + ["--val-frames", "100-200", "--overwrite"]) != 0  # no validation view: a plain error
     assert "0 validation views" in capsys.readouterr().err
     seg = [a if a != "depth" else "seg" for a in argv]
-    assert main(seg) != 0  # only depth heads use it: said, not silently ignored
+    assert main([*seg, "--overwrite"]) != 0  # only depth heads use it: said, not silently ignored
     assert "does not use it" in capsys.readouterr().err
 
 
@@ -167,3 +167,20 @@ def test_corr_probe3d_protocol_end_to_end(scene, tmp_path, fake_backbone):
     assert d["recall@5px"] <= d["recall@10px"] <= d["recall@20px"] and d["pairs"] > 0
     assert list(d["by_rotation"]) == ["0-15deg", "15-30deg", "30-60deg", "60-180deg"]
     assert (tmp_path / "c" / "figure.png").exists()
+
+
+def test_rerun_with_other_settings_is_refused_unless_overwrite(scene, tmp_path, fake_backbone, capsys):
+    """Issue 22: a second probe into the same --out with other settings does not silently replace the first."""
+    out = tmp_path / "out"
+    argv = ["probe", "--task", "depth", "--data", str(scene), "--features", "original", "--out", str(out),
+            "--resolution", "32", "24", "--iterations", "5", "--batch-size", "4", "--figure", "0"]
+    assert main(argv) == 0
+    first = (out / "probe.json").read_bytes()
+    assert main([*argv[:-2], "--figure", "0"]) == 0  # the same settings: it runs again
+    rc = main([*argv, "--iterations", "7"])
+    err = capsys.readouterr().err
+    assert rc != 0 and "iterations: 5 -> 7" in err and "--overwrite" in err and "Traceback" not in err
+    assert json.loads((out / "probe.json").read_text())["settings"]["iterations"] == 5
+    assert main([*argv, "--iterations", "7", "--overwrite"]) == 0
+    assert json.loads((out / "probe.json").read_text())["settings"]["iterations"] == 7
+    assert (out / "probe.json").read_bytes() != first

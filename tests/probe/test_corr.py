@@ -97,3 +97,13 @@ def test_gt_matches_on_real_7scenes_agree_in_colour(sevenscenes_path):
     shuffled = np.random.default_rng(0).permutation(len(cb))
     err, err_random = np.abs(ca - cb).mean(), np.abs(ca - cb[shuffled]).mean()
     assert err < 0.1 and err < 0.5 * err_random
+
+
+def test_pairs_stay_within_a_scene():
+    """Frame numbers restart in every scene of a multi-scene test set: a gap never joins two scenes."""
+    from fit3d.probe.corr import scene_of
+
+    names = ["room_a/0", "room_a/2", "room_b/0", "room_b/2"]
+    frames = [0, 2, 0, 2]
+    assert make_pairs(frames, [2], [scene_of(n) for n in names]) == [(0, 1, 2), (2, 3, 2)]
+    assert scene_of("frame-000010") == "" and scene_of("seq-01/frame-000010") == "seq-01"

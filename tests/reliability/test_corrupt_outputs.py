@@ -98,8 +98,13 @@ def test_planted_pickle_checkpoint_is_never_run(stage, lifted, scene_dir, tiny_d
         folder = tmp_path / "ft"
         argv = ["finetune", "--scenes", lifted[0] / "room", "--out", folder, "--model-path", tiny_dino,
                 *FINETUNE_OPTS]
+    from fit3d.guard import MARKER
+
     folder.mkdir(parents=True)
     (folder / "checkpoint.pt").write_bytes(pickle.dumps(_Planted(proof)))
+    rc, _, err = run_cli(capsys, *argv)  # a folder fit3d never marked: the output guard refuses it
+    assert_clean_error(rc, err, folder, "did not write")
+    (folder / MARKER).write_text("{}")  # planted into a folder fit3d made
     rc, _, err = run_cli(capsys, *argv)
     assert_clean_error(rc, err, folder / "checkpoint.pt", "never loaded")
     assert not proof.exists()

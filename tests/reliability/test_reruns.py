@@ -148,7 +148,7 @@ def test_finetune_rerun_with_other_scenes_or_weights(finetuned, lifted, tiny_din
     weights = copy_of(tiny_dino, tmp_path / "other_weights")
     rc, _, err = run_cli(capsys, "finetune", "--out", out, "--scenes", lifted[0] / "room", "--model-path", weights,
                          *FINETUNE_OPTS)
-    assert_clean_error(rc, err, "model_source:")
+    assert_clean_error(rc, err, "model.source:")
     assert digest(out) == before
 
 

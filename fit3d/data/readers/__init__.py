@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 from fit3d.data.readers import colmap, nerfstudio, scannet, sevenscenes
@@ -31,9 +33,14 @@ def detect_layout(path) -> str:
     path = Path(path)
     if not path.exists():
         raise SceneError(f"{path}: scene path does not exist")
-    for name, reader in READERS.items():
-        if reader.detect(path):
-            return name
+    try:
+        if path.is_dir():
+            os.listdir(path)  # glob hides an unreadable folder (no match); say why instead
+        for name, reader in READERS.items():
+            if reader.detect(path):
+                return name
+    except OSError as e:
+        raise SceneError(f"{path}: cannot read the scene folder ({e.strerror or e})") from None
     looked = "; ".join(r.HINT for r in READERS.values())
     raise SceneError(f"{path}: unknown layout (looked for {looked})")
 
@@ -56,4 +63,18 @@ def read_scene(path, layout: str = "auto", resolution=None, names: Names = None,
         raise SceneError(f"{path}: unknown layout {layout!r} (choose from {', '.join(LAYOUTS)})")
     elif not path.exists():
         raise SceneError(f"{path}: scene path does not exist")
-    return READERS[layout].read(path, resolution=resolution, names=names, load_depth=load_depth)
+    try:
+        scene = READERS[layout].read(path, resolution=resolution, names=names, load_depth=load_depth)
+    except OSError as e:  # an unreadable sub-folder or file the reader lists: one line naming it
+        raise SceneError(f"{e.filename or path}: cannot read ({e.strerror or e})") from None
+    warn_empty_depth(scene)
+    return scene
+
+
+def warn_empty_depth(scene: Scene) -> None:
+    """Warn when a scene has depth files but no valid depth at all (every value 0 or invalid): it is used as a
+    scene without depth, which the user should know (lifting then starts without depth)."""
+    with_depth = [v for v in scene.views if v.depth is not None]
+    if with_depth and not any(bool((v.depth > 0).any()) for v in with_depth):
+        warnings.warn(f"{scene.source}: every depth map of the scene is empty (all {len(with_depth)} hold only 0 = "
+                      f"invalid); the scene is used as one without depth", stacklevel=3)

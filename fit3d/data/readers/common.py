@@ -125,6 +125,7 @@ def read_depth(path: Path, scale: float = 1e-3) -> np.ndarray:
     default); float ``.npy`` files are taken as metres. Non-finite, negative and 65535 (Kinect
     "no reading") values become 0 = invalid."""
     a = read_single_channel(path, "depth")
+    check_depth_dtype(a, path)
     if np.issubdtype(a.dtype, np.integer):
         invalid = a == np.iinfo(a.dtype).max if a.dtype == np.uint16 else np.zeros(a.shape, bool)
         d = a.astype(np.float32) * np.float32(scale)
@@ -133,6 +134,51 @@ def read_depth(path: Path, scale: float = 1e-3) -> np.ndarray:
         d = a.astype(np.float32)
         d[~np.isfinite(d) | (d < 0)] = 0
     return d
+
+
+def check_depth_dtype(a: np.ndarray, path: Path) -> None:
+    """``SceneError`` for depth that cannot be metric: an 8-bit (or boolean) image holds at most 255 units
+    (25 cm in millimetres): a visualisation or a mask saved as depth, never a depth map."""
+    if a.dtype in (np.uint8, np.int8, np.bool_):
+        raise SceneError(f"{path}: depth image is 8-bit ({a.dtype}); depth must be a 16-bit PNG (integer units, "
+                         f"millimetres by default) or a float .npy in metres. An 8-bit image is a visualisation or "
+                         f"a mask, not depth")
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(W, H) of an image file from its header (Pillow reads no pixels); None when it cannot tell (the full
+    read then names the problem)."""
+    try:
+        from PIL import Image
+
+        with Image.open(path) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # Pillow raises several types for a damaged or foreign file
+        return None
+
+
+def reference_size(files: Iterable[Path]) -> tuple[int, int] | None:
+    """The image size most of ``files`` have (ties: the first such file's): the size a layout's one K is for."""
+    from collections import Counter
+
+    sizes = [s for s in (header_size(f) for f in files) if s is not None]
+    return Counter(sizes).most_common(1)[0][0] if sizes else None
+
+
+def intrinsics_for(K: np.ndarray, ref: tuple[int, int] | None, size: tuple[int, int], source: Path,
+                   tol: float = 0.01) -> np.ndarray:
+    """``K`` (for images of ``ref`` (W, H)) for an image of ``size``: rescaled when the aspect ratios agree
+    within ``tol`` (the same field of view at another resolution), a ``SceneError`` naming ``source`` when not."""
+    if ref is None or tuple(size) == tuple(ref):
+        return K
+    (w, h), (rw, rh) = size, ref
+    if abs((w / h) / (rw / rh) - 1) > tol:
+        raise SceneError(f"{source}: image size {w}x{h} has another aspect ratio than the scene's other frames "
+                         f"({rw}x{rh}), which the intrinsics describe; crop or resize it to {rw}x{rh}")
+    K = K.copy()
+    K[0] *= w / rw
+    K[1] *= h / rh
+    return K
 
 
 def read_labels(path: Path) -> np.ndarray:

@@ -18,6 +18,8 @@ is on the *depth* grid: colour is area-resampled down to the depth size and ``in
 rescaled to it (x and y separately). This keeps depth exact (no upsampled nearest-neighbour depth),
 keeps memory at the depth size, and is the usual ScanNet practice; the grid is the same whether or not
 ``load_depth`` is set. The sizes must have the same aspect ratio within 1% (ScanNet's differ by 0.4%).
+``intrinsic_color`` is for the colour size most frames have: a frame of another size with the same aspect
+ratio gets it rescaled, one of another aspect ratio is an error naming it.
 Labels are resampled (nearest) to the grid. Without ``depth/`` the grid is the colour size.
 
 A pose file holding -inf (ScanNet's "tracking lost") skips its frame with one warning for all such
@@ -36,8 +38,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, load_text_matrix,
-                                       make_view, read_depth, read_labels, read_rgb)
+from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, intrinsics_for,
+                                       load_text_matrix, make_view, read_depth, read_labels, read_rgb, reference_size)
 from fit3d.data.scene import Scene, check_intrinsics, check_pose
 from fit3d.errors import SceneError
 
@@ -117,18 +119,19 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
         first = path / "depth" / f"{next(iter(poses))}.png"
         d = read_depth(first)
         grid = (d.shape[1], d.shape[0])
+    ref = reference_size(colors[n] for n in poses)  # the colour size intrinsic_color describes
     views = []
     for name, c2w in poses.items():
         image = read_rgb(colors[name])
         h, w = image.shape[:2]
-        K = K_color
+        K = intrinsics_for(K_color, ref, (w, h), colors[name])
         if grid is not None and grid != (w, h):
             gw, gh = grid
             if abs((w / h) / (gw / gh) - 1) > 0.01:
                 raise SceneError(f"{colors[name]}: colour size {w}x{h} and depth size {gw}x{gh} have "
                                  f"different aspect ratios")
             image = cv2.resize(image, grid, interpolation=cv2.INTER_AREA if gw < w else cv2.INTER_LINEAR)
-            K = K_color.copy()
+            K = K.copy()
             K[0] *= gw / w
             K[1] *= gh / h
             w, h = grid

@@ -10,7 +10,9 @@ On-disk layout, one folder, all files side by side::
 
 View names are ``frame-XXXXXX``, ordered by frame number. Depth is optional as a whole (no
 ``.depth.png`` anywhere: views without depth); once any frame has one, every frame must. Depth must
-have the colour image's size (a different size with the same aspect ratio is resized, nearest).
+have the colour image's size (a different size with the same aspect ratio is resized, nearest). The one
+K is for the size most colour frames have; a frame of another size with the same aspect ratio gets K
+rescaled, one of another aspect ratio is an error naming it. 8-bit depth PNGs are refused.
 The scene has no 3D points: lifting back-projects depth itself.
 """
 
@@ -18,8 +20,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, make_view, read_depth,
-                                       read_labels, read_matrix, read_rgb, require_file)
+from fit3d.data.readers.common import (NameFilter, Names, check_resolution, fit_to, frame_number, intrinsics_for,
+                                       make_view, read_depth, read_labels, read_matrix, read_rgb, reference_size,
+                                       require_file)
 from fit3d.data.scene import Scene, check_intrinsics, check_pose
 from fit3d.errors import SceneError
 
@@ -52,6 +55,7 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
     K = check_intrinsics(read_matrix(require_file(path / "camera-intrinsics.txt", "intrinsics file"),
                                      (3, 3), "intrinsics"), str(path / "camera-intrinsics.txt"))
     has_depth = load_depth and any(path.glob("frame-*.depth.png"))
+    ref = reference_size(colors[n] for n in chosen)
     views = []
     for name in chosen:
         pose_file = path / f"{name}.pose.txt"
@@ -65,5 +69,6 @@ def read(path, resolution=None, names: Names = None, load_depth: bool = True) ->
         label_file = path / f"{name}.label.png"
         if label_file.exists():
             extra["labels"] = fit_to(read_labels(label_file), w, h, "labels", label_file)
-        views.append(make_view(image, K, c2w, name, resolution, colors[name], **extra))
+        K_view = intrinsics_for(K, ref, (w, h), colors[name])
+        views.append(make_view(image, K_view, c2w, name, resolution, colors[name], **extra))
     return Scene(name=path.resolve().name, views=views, source=str(path), meta={"layout": NAME})

@@ -108,18 +108,30 @@ def _done(path: Path, cfg: SyntheticSceneConfig) -> bool:
 
 def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overwrite: bool = False,
                     progress: bool = True) -> list[Path]:
-    """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders."""
-    paths = []
+    """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders (a scene written with
+    other settings is regenerated: ``fit3d generate`` refuses that without ``--overwrite``, :func:`check_same`)."""
+    configs = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(num_scenes)]
+    paths = [scene_dir(out, c.seed) for c in configs]
     clean_stale_temps(out)  # scenes a kill interrupted mid-write
-    bar = tqdm(range(num_scenes), desc="generate", unit="scene", disable=not progress)
-    for k in bar:
-        scfg = dataclasses.replace(cfg, seed=cfg.seed + k)
-        path = scene_dir(out, scfg.seed)
+    bar = tqdm(list(zip(configs, paths)), desc="generate", unit="scene", disable=not progress)
+    for scfg, path in bar:
         bar.set_postfix_str(path.name)
         if overwrite or not _done(path, scfg):
             write_scene(generate_scene(scfg, name=path.name), path)
-        paths.append(path)
     return paths
+
+
+def check_same(path: Path, cfg: SyntheticSceneConfig) -> None:
+    """A scene generated at ``path`` with other settings is an error naming them (its record readable)."""
+    from fit3d.run import check_resume
+
+    try:
+        d = read_json(path / "synthetic.json") if (path / "synthetic.json").is_file() else None
+    except Fit3DError:  # a corrupt record: the scene is regenerated
+        return
+    if isinstance(d, dict) and isinstance(d.get("config"), dict):
+        check_resume(d["config"], dataclasses.asdict(cfg), "generated scene", path,
+                     "rerun with --overwrite to replace it, or choose another OUT")
 
 
 def generated_with(scene_path) -> dict | None:
