@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     # seed=None: each stage keeps its own default seed (lift 0, fine-tune 42, probe 0), as in the documented runs.
     cfg = PipelineConfig(out=a.out, backbone="dinov2_small", model_path=a.model_path, device="cpu", seed=None,
                          tasks=["depth", "corr"], probe_data=a.data, eval_data=a.eval_data,
-                         lift=LiftConfig(max_frame=398, iterations=a.lift_iterations,
+                         lift=LiftConfig(method="optimize", max_frame=398, iterations=a.lift_iterations,
                                          **({"width": a.lift_width} if a.lift_width else {})),
                          finetune=FinetuneConfig(epochs=a.finetune_epochs, lr=a.finetune_lr,
                                                  resolution=a.finetune_resolution),

@@ -9,7 +9,8 @@ Stages (each kept under ``--out``; rerunning reuses finished ones):
    (never lifted or fine-tuned on) for the rooms probes (``fit3d.data.synthetic``);
 2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms with the Stage 1 method ``--lift-method``
    (``backprojected``, a depth back-projection without optimisation, ``optimize`` or ``solve``) on the same
-   views (``--lift-max-views``, every 8th held out) whatever the method;
+   views (``--lift-max-views``, every 8th held out) whatever the method, from the backbone's features of each
+   view at ``--lift-feature-size`` (224: the Stage 2 input);
 3. fine-tune one DINOv2-S on all lifted scenes with ``--recipe`` (``fit3d.finetune.recipes``) -> ``OUT/finetuned``;
 4. evaluate original / finetuned / concat on:
 
@@ -17,7 +18,9 @@ Stages (each kept under ``--out``; rerunning reuses finished ones):
    - ``sun3d_depth_in_scene``: head trained on sun3d frames 935-984, tested on 3160-3209;
    - ``sun3d_corr``: correspondence recall@1 / @2 patches on sun3d pairs at ``--gaps`` (no head);
    - ``camvid_seg``: seg head trained on CamVid train, tested on val (out of domain);
-   - ``rooms_seg`` / ``rooms_depth``: heads trained on the probe rooms, tested on the test rooms.
+   - ``rooms_seg`` / ``rooms_depth``: heads trained on the probe rooms, tested on the test rooms;
+   - ``flowers_cls``: image classification on the [CLS] token (``fit3d.probe.cls``), flowers train -> val:
+     DINO's k-NN (k 20, T 0.07) and a linear head, top-1 (concat = both [CLS] tokens).
 
    Depth is reported metric (``rmse``, ``abs_rel``, ``delta1``) and scale-aligned (``*_aligned``: each
    prediction multiplied by median(gt) / median(pred) per image, as probe3d does): across scenes the
@@ -61,7 +64,7 @@ from fit3d.probe.summary import (CONTROL, Feats, SummaryConfig, claims, eval_dep
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
-         "rooms_depth")
+         "rooms_depth", "flowers_cls")
 
 
 @dataclass
@@ -76,6 +79,8 @@ class GeneralizeConfig:
     sun3d: str = field(default=str(shared_dir() / "data" / "sun3d-office"), metadata={
         "help": "sun3d-office folder (evaluation only: never lifted or fine-tuned on)"})
     camvid: str = field(default=str(shared_dir() / "data" / "camvid"), metadata={"help": "CamVid (SegNet layout)"})
+    flowers: str = field(default=str(shared_dir() / "data" / "flowers"), metadata={
+        "help": "image-folder classification set (train/<class>/, val/<class>/) of flowers_cls"})
     rooms: int = field(default=30, metadata={"help": "generated rooms lifted and fine-tuned on"})
     probe_rooms: int = field(default=4, metadata={"help": "held-out generated rooms the rooms heads train on"})
     test_rooms: int = field(default=4, metadata={"help": "held-out generated rooms the rooms heads are tested on"})
@@ -86,6 +91,12 @@ class GeneralizeConfig:
                                            "optimize or solve"})
     lift_iterations: int = field(default=500, metadata={"help": "iterations of an optimising lift method"})
     lift_width: int = field(default=96, metadata={"help": "lift render width (height keeps the aspect)"})
+    lift_feature_size: int = field(default=224, metadata={
+        "help": "backbone input long side for the lifted features (0: backprojected at the lift resolution itself, "
+                "a 7 x 5 token grid at width 96, issue 14's runs; fit3d.lift methods at their feature_size, 448; "
+                "224: the Stage 2 / probe input, as FiT3D lifts and fine-tunes at one resolution)"})
+    lift_feature_dim: int = field(default=64, metadata={
+        "help": "per-Gaussian feature size f (FiT3D: 64; 0 = the backbone's width D: no bottleneck)"})
     lift_max_views: int = field(default=0, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
     recipe: str = field(default="default", metadata={"choices": tuple(RECIPES),
                                                      "help": "fine-tuning preset (fit3d.finetune.recipes)"})
@@ -143,13 +154,21 @@ def _lift_views(path, max_frame: int | None, max_views: int, heldout_every: int 
 
 def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone) -> list[Path]:
     from fit3d.lift import LiftConfig, is_lifted, lift_scene
+    from fit3d.lift.config import BackprojectedConfig
 
     dirs = []
+    # other lift kinds go to their own folders, so runs sharing --scenes-dir do not lift over each other
+    fs = cfg.lift_feature_size
+    kind = "" if (cfg.lift_method, cfg.lift_feature_dim, fs) == ("backprojected", 64, 0) else (
+        f"-{cfg.lift_method}" + (f"-f{cfg.lift_feature_dim or 'D'}" if cfg.lift_feature_dim != 64 else "")
+        + (f"-fs{fs}" if fs else ""))
     for i, (name, path, max_frame) in enumerate(scenes):
-        d = out / "lifted" / name
+        d = out / f"lifted{kind}" / name
         dirs.append(d)
         train, held = _lift_views(path, max_frame, cfg.lift_max_views)
         want = as_recorded({"method": cfg.lift_method, "width": cfg.lift_width, "iterations": cfg.lift_iterations,
+                            **({"feature_dim": cfg.lift_feature_dim} if cfg.lift_feature_dim != 64 else {}),
+                            **({"feature_size": fs} if fs else {}),
                             "max_frame": max_frame, "train_views": train, "heldout_views": held,
                             "scene": str(Path(path).resolve()), "source": generated_with(path)})
         record = d / "generalize.json"  # what this bench lifted the folder with (the lift's own settings vary by method)
@@ -164,7 +183,9 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
         lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=cfg.lift_method,
                         iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
-                        progress=False)
+                        progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
+                        **({"feature_size": fs} if fs else {}),
+                        backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"))
         lift_scene(str(path), lc, d, backbone=backbone, name=name, split=(train, held))
         write_json(record, want)
     return dirs
@@ -252,31 +273,39 @@ def corr_metric_names(gaps) -> list[str]:
     return ["recall1", "recall2"] + [f"recall1_gap{g}" for g in gaps]
 
 
-def targets(evals: dict, gaps) -> dict:
-    """The issue's 'done when' checks, each True / False (None where the eval was not run)."""
+HEADLINE = ("rmse", "rmse_aligned", "miou", "recall1", "knn_top1", "linear_top1")  # the metrics "not worse" reads
+
+
+def targets(evals: dict, gaps, controls: dict | None = None) -> dict:
+    """Issue 21's 'done when' checks, each True / False (only for the evals that ran): the fine-tuned model
+    alone shows no loss (95% interval excluding 0) on any eval's headline metrics (depth rmse metric and
+    scale-aligned, seg miou, correspondence recall@1, classification top-1); it is above the original in
+    sun3d recall@1 at every gap and at most 0.90x its sun3d in-scene depth RMSE; concat is at most 0.95x the
+    original's sun3d depth RMSE on both protocols (interval excluding 0) and below the width control's."""
     t = {}
-    for ev in ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene"):
-        if ev in evals:
-            e = evals[ev]
-            o, f, c = (e[s]["rmse"]["mean"] for s in ("original", "finetuned", "concat"))
-            t[f"{ev}: concat rmse <= 0.95 x original, interval excludes 0"] = bool(
-                c <= 0.95 * o and e["ci"]["concat-original"]["rmse"][1] < 0)
-            t[f"{ev}: finetuned rmse not worse than original"] = bool(f <= o)
+    cl = claims(evals)
+    for ev, e in evals.items():
+        lost = [m for m in HEADLINE if cl[ev]["finetuned-original"].get(m) == "loss"]
+        t[f"{ev}: finetuned not worse than original ({', '.join(m for m in HEADLINE if m in e['original'])})"] = \
+            not lost
     if "sun3d_corr" in evals:
         e = evals["sun3d_corr"]
         t["sun3d_corr: finetuned recall@1 above original at every gap"] = all(
             e["finetuned"][f"recall1_gap{g}"]["mean"] > e["original"][f"recall1_gap{g}"]["mean"] for g in gaps)
-    if "camvid_seg" in evals:
-        e = evals["camvid_seg"]
-        t["camvid_seg: concat miou >= original"] = e["concat"]["miou"]["mean"] >= e["original"]["miou"]["mean"]
-        t["camvid_seg: finetuned miou within 1 point of original"] = (
-            e["finetuned"]["miou"]["mean"] >= e["original"]["miou"]["mean"] - 0.01)
-    if "rooms_seg" in evals:
-        e = evals["rooms_seg"]
-        t["rooms_seg: concat miou >= original"] = e["concat"]["miou"]["mean"] >= e["original"]["miou"]["mean"]
-    if "rooms_depth" in evals:
-        e = evals["rooms_depth"]
-        t["rooms_depth: concat rmse <= original"] = e["concat"]["rmse"]["mean"] <= e["original"]["rmse"]["mean"]
+    if "sun3d_depth_in_scene" in evals:
+        e = evals["sun3d_depth_in_scene"]
+        t["sun3d_depth_in_scene: finetuned rmse <= 0.90 x original"] = bool(
+            e["finetuned"]["rmse"]["mean"] <= 0.90 * e["original"]["rmse"]["mean"])
+    for ev in ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene"):
+        if ev in evals:
+            e = evals[ev]
+            o, c = (e[s]["rmse"]["mean"] for s in ("original", "concat"))
+            t[f"{ev}: concat rmse <= 0.95 x original, interval excludes 0"] = bool(
+                c <= 0.95 * o and e["ci"]["concat-original"]["rmse"][1] < 0)
+            ctl = (controls or {}).get(ev)
+            if ctl:
+                t[f"{ev}: concat rmse below the width control, interval excludes 0"] = bool(
+                    ctl["ci"][f"concat-{CONTROL}"]["rmse"][1] < 0)
     return t
 
 
@@ -327,13 +356,55 @@ class OriginalStats:
         return st
 
 
+def eval_flowers(cfg: GeneralizeConfig, scfg: SummaryConfig, sources: dict, cache, orig_stats) -> tuple[dict, int]:
+    """flowers_cls: k-NN and linear top-1 on the [CLS] token (``fit3d.probe.cls``) at 224 x 224, every train
+    image -> every val image (``--max-items`` caps both); returns (summary entry, number of test images)."""
+    from fit3d.probe.cls import read_image_folder
+
+    tr = read_image_folder(cfg.flowers, "train", max_items=cfg.max_items)
+    te = read_image_folder(cfg.flowers, "test", class_names=tr.class_names, max_items=cfg.max_items)
+    return cls_eval("flowers_cls", tr, te, sources, cache, orig_stats, scfg), len(te)
+
+
+def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_prefix: str = "") -> dict:
+    """An image-folder classification eval (``fit3d.probe.cls``: k-NN and linear top-1 on the [CLS] token at
+    224 x 224) of image folders ``tr`` -> ``te`` with the width control; ``scfg``: ``probe_iterations``,
+    ``seeds``, ``bootstrap`` (a ``SummaryConfig``). Returns the summary entry."""
+    from fit3d.probe.cls import CLS_METRICS, ClsFeatures, ClsSettings, cls_stats, source_features
+    from fit3d.probe.sources import resolve_source
+
+    models: dict = {}
+    load = lambda src: models.setdefault(src, resolve_source(src))  # noqa: E731
+    f = {split: source_features(sources, d, 224, cache, load, set_name=set_prefix + split)
+         for split, d in (("train", tr), ("test", te))}
+    for d in f.values():
+        d[CONTROL] = ClsFeatures(d["original"].cls.repeat(1, 2), d["original"].pooled.repeat(1, 2))
+    settings = [ClsSettings(iterations=scfg.probe_iterations, seed=seed) for seed in range(scfg.seeds)]
+    x = {split: {k: v.cls for k, v in d.items()} for split, d in f.items()}
+    st = orig_stats(name, tr.names, te.names, cls_stats, x["train"], torch.from_numpy(tr.labels),
+                    x["test"], torch.from_numpy(te.labels), len(tr.class_names), settings)
+    return summarise("corr", st, scfg, list(CLS_METRICS))
+
+
+def materialise_splits(data: dict) -> dict:
+    """{name: Split} of {name: (ProbeData, need)}; need "both": the depth split with its seg labels attached."""
+    from fit3d.probe.protocol import materialise
+
+    splits = {}
+    for k, (d, need) in data.items():
+        s = materialise(d, "depth" if need in ("depth", "both") else "seg")
+        if need == "both":
+            s.labels = torch.from_numpy(np.stack([v.labels for v in s.views])).long()
+        splits[k] = s
+    return splits
+
+
 # ----------------------------------------------------------------------------------------- main
 def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     from fit3d.data.readers import frame_number
     from fit3d.data.synthetic import CLASS_NAMES
     from fit3d.finetune import finetune
     from fit3d.models import load_backbone
-    from fit3d.probe.protocol import materialise
     from fit3d.probe.datasets import load_probe_data
     from fit3d.probe.features import FeatureCache
     from fit3d.probe.sources import FeatureSource
@@ -387,12 +458,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
         if rooms.get(k) and want & {"rooms_seg", "rooms_depth"}:
             data[f"rooms_{k}"] = (load_probe_data(work / "rooms" / k, "train", res, dataset="scannet",
                                                   num_classes=len(CLASS_NAMES), max_items=mi), "both")
-    splits = {}
-    for k, (d, need) in data.items():
-        s = materialise(d, "depth" if need in ("depth", "both") else "seg")
-        if need == "both":
-            s.labels = torch.from_numpy(np.stack([v.labels for v in s.views])).long()
-        splits[k] = s
+    splits = materialise_splits(data)
+    n_test: dict[str, int] = {}
     sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
                "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(ft_dir))}
     cache = FeatureCache(cfg.cache_dir or out / "cache")
@@ -439,6 +506,11 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
                             cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, scfg)
             evals["camvid_seg"] = summarise("seg", st, scfg)
 
+    with clock.stage("probe_flowers"):
+        if "flowers_cls" in want:
+            _say("classification probes: flowers")
+            evals["flowers_cls"], n_test["flowers_cls"] = eval_flowers(cfg, scfg, sources, cache, orig_stats)
+
     if "rooms_probe" in splits and "rooms_test" in splits:
         clock.start("probe_rooms")
         _say("seg + depth probes: held-out rooms")
@@ -458,14 +530,15 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     result = {"evals": evals, "controls": controls, "seconds": wall, "cpu_seconds": cpu, "machine": machine(),
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)
-    result["targets"] = targets(evals, cfg.gaps)
+    result["targets"] = targets(evals, cfg.gaps, controls)
     result["settings"] = {**dataclasses.asdict(cfg), "command": command, "finetune": dataclasses.asdict(fcfg),
                           "finetune_steps_run": manifest.get("steps"),
                           "num_train_views": manifest.get("num_train_views"),
                           "lifted_scenes": [d.name for d in lifted],
                           "n_test": {"sun3d_depth_from_redkitchen": len(sun.images) if sun else 0,
                                      "sun3d_depth_in_scene": len(in_b), "camvid_seg": len(cv_te.images) if cv_te else 0,
-                                     "rooms": len(splits["rooms_test"].images) if "rooms_test" in splits else 0},
+                                     "rooms": len(splits["rooms_test"].images) if "rooms_test" in splits else 0,
+                                     **n_test},
                           "finetune_heldout": manifest.get("metrics", {}).get("heldout")}
     table = markdown(result)
     write_json(out / "generalize.json", result)

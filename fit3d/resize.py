@@ -18,6 +18,12 @@ def interp_matrix(n_in: int, n_out: int, dtype=torch.float32, device="cpu") -> t
     return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[0].T.contiguous()
 
 
+def area_matrix(n_in: int, n_out: int, dtype=torch.float32, device="cpu") -> torch.Tensor:
+    """[n_out, n_in]: 1-D adaptive average pooling as a matrix (2-D adaptive pooling is separable)."""
+    eye = torch.eye(n_in, dtype=dtype, device=device)[None]
+    return F.adaptive_avg_pool1d(eye, n_out)[0].T.contiguous()
+
+
 def resize(x: torch.Tensor, rows: torch.Tensor, cols_t: torch.Tensor) -> torch.Tensor:
     """x [..., h, w] -> [..., H, W] with rows [H, h] and cols_t [w, W] (``interp_matrix`` / its transpose)."""
     return torch.matmul(rows, torch.matmul(x, cols_t))

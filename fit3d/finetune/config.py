@@ -8,6 +8,9 @@ TARGET_AT = ("lift", "train")  # where Stage 2 targets are rendered: the scene's
 ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze_blocks) / LoRA adapters (peft)
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
 ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
+TARGET_MODES = ("rendered", "residual", "projection")  # fit3d.finetune.residual
+TARGET_POOLS = ("auto", "bilinear", "area")  # how the decoded render is brought to the token grid
+ANCHOR_TEACHERS = ("original", "ema")  # what the anchor pulls toward: the frozen original / an EMA of the model
 
 
 @dataclass
@@ -54,6 +57,22 @@ class FinetuneConfig:
                 "the Gaussians' f over their mean square, 0 = every contributor agrees) at which a token's anchor "
                 "weight reaches 1; the weight is max(1 - opacity, min(1, spread / this)). 0.25: about the 90th "
                 "percentile of back-projected 7-Scenes / generated-room targets (median ~0.1)"})
+    anchor_teacher: str = field(default="original", metadata={
+        "choices": ANCHOR_TEACHERS,
+        "help": "what the anchor term pulls toward: original (the frozen pretrained model) or ema (an exponential "
+                "moving average of the model being trained, a self-distillation teacher as Splat-and-Distill's; "
+                "limits how fast the features drift, not how far)"})
+    ema_momentum: float = field(default=0.999, metadata={
+        "help": "anchor_teacher=ema: teacher = m * teacher + (1 - m) * model after every step"})
+    target_mode: str = field(default="rendered", metadata={
+        "choices": TARGET_MODES,
+        "help": "rendered: the rendered, decoded 3D-aware target (FiT3D); residual: its part inside the scene's "
+                "lifted subspace (the decoder's main directions) plus the frozen original's tokens outside it, so "
+                "the model is not taught to drop what the f-dim lift cannot carry; projection: the original's "
+                "tokens projected onto that subspace (a control without 3D signal) (fit3d.finetune.residual)"})
+    subspace_rank: int = field(default=0, metadata={
+        "help": "target_mode residual / projection: dimensions of each scene's lifted subspace (0 = the decoder's "
+                "input width f)"})
     resolution: list[int] | None = field(default=None, metadata={
         "help": "W H of the rendered view and backbone input, rounded down to a patch multiple "
                 "(default: each scene's lift resolution, rounded down)"})
@@ -62,6 +81,11 @@ class FinetuneConfig:
         "help": "resolution the 3D-aware targets are rendered at, before decoding and resizing to the patch grid: "
                 "lift (each scene's lift resolution: the scale its decoder was trained at, and cheap) or train "
                 "(the training resolution, as FiT3D)"})
+    target_pool: str = field(default="auto", metadata={
+        "choices": TARGET_POOLS,
+        "help": "how the decoded render reaches the token grid: bilinear (FiT3D: sample at the token centres), area "
+                "(the mean over each token's pixels: what a solve lift fitted, its field is free within a token), "
+                "auto (area for scenes lifted with --method solve and solve_targets_at grid, else bilinear)"})
     alpha_threshold: float = field(default=0.5, metadata={
         "help": "tokens whose rendered opacity (bilinearly downsampled to the patch grid) is below this "
                 "are masked out of the loss"})
@@ -97,14 +121,18 @@ class FinetuneConfig:
         check_choices(self, prefix)
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "workers": 0,
                             "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0,
-                            "lora_rank": 1}, prefix)
+                            "lora_rank": 1, "subspace_rank": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
-                           "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1)}, prefix)
+                           "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1),
+                           "ema_momentum": (0, 1)}, prefix)
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
             raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)",
                                prefix)
+        if self.anchor_teacher == "ema" and self.adapter != "none":
+            raise option_error(self, "anchor_teacher", "ema needs adapter=none (the teacher averages the backbone's "
+                                                       "own weights)", prefix)
         check_size(self, "resolution", prefix)
         if self.resolution:
             check_memory(self, "resolution", vit_bytes(*self.resolution) * 2 * self.batch_size,

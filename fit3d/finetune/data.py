@@ -36,7 +36,7 @@ from fit3d.finetune.config import TARGET_AT
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
 from fit3d.finetune.store import SceneRef, decoder_bytes, scene_refs, visible_mask
-from fit3d.resize import interp_matrix, resize
+from fit3d.resize import area_matrix, interp_matrix, resize
 
 log = logging.getLogger(__name__)
 
@@ -107,27 +107,32 @@ def training_resolution(lift_resolution: tuple[int, int], patch_size: int,
 
 
 # ----------------------------------------------------------------------------------------- decoding
-def decode_to_grid(decoder: FeatureDecoder, feats: Tensor, size: tuple[int, int]) -> Tensor:
-    """``interpolate(decoder(feats), size, bilinear)`` without decoding every pixel.
+def decode_to_grid(decoder: FeatureDecoder, feats: Tensor, size: tuple[int, int], pool: str = "bilinear") -> Tensor:
+    """``interpolate(decoder(feats), size, bilinear)`` (``pool="area"``: ``adaptive_avg_pool2d(decoder(feats),
+    size)``) without decoding every pixel.
 
     feats [B, f, H, W] -> [B, D, h, w]. Exact (up to float rounding): the decoder is one zero-padded
     k x k convolution and bilinear resizing is linear and acts per channel, so resizing the k*k
     shifted copies of the f-dim input and applying the kernel taps on the grid gives the same result
     as FiT3D's decode-at-full-resolution-then-resize, at ~(H*W)/(h*w*k*k/f*D) of the cost
-    (hand-written because no library fuses a convolution with a following resize).
+    (hand-written because no library fuses a convolution with a following resize). Area pooling is linear
+    and per channel too.
     """
     conv = decoder.conv
     k = conv.kernel_size[0]
     p = conv.padding[0]
+    pool_full = (lambda x: F.adaptive_avg_pool2d(x, size)) if pool == "area" else \
+        (lambda x: F.interpolate(x, size=size, mode="bilinear", align_corners=False))
     if conv.kernel_size != (k, k) or conv.padding != (p, p) or conv.stride != (1, 1) or conv.dilation != (1, 1) \
             or conv.groups != 1 or conv.padding_mode != "zeros" or 2 * p != k - 1:
-        return F.interpolate(decoder(feats), size=size, mode="bilinear", align_corners=False)
+        return pool_full(decoder(feats))
     B, f, H, W = feats.shape
     h, w = size
-    # The resize of the window shifted by (dy, dx) is R_dy @ padded @ C_dx^T, with the bilinear matrices R
-    # [h, H] and C [w, W] placed at row / column offset dy / dx of the padded map: all k*k windows come
-    # from two matmuls with the stacked matrices (no padded copy resized k*k times).
-    R, C = interp_matrix(H, h, feats.dtype, feats.device), interp_matrix(W, w, feats.dtype, feats.device)
+    # The resize of the window shifted by (dy, dx) is R_dy @ padded @ C_dx^T, with the bilinear (or area)
+    # matrices R [h, H] and C [w, W] placed at row / column offset dy / dx of the padded map: all k*k windows
+    # come from two matmuls with the stacked matrices (no padded copy resized k*k times).
+    matrix = area_matrix if pool == "area" else interp_matrix
+    R, C = matrix(H, h, feats.dtype, feats.device), matrix(W, w, feats.dtype, feats.device)
     Rs = feats.new_zeros(k, h, H + 2 * p)
     Cs = feats.new_zeros(k, w, W + 2 * p)
     for d in range(k):
@@ -181,6 +186,20 @@ def visible_subset(g: FeatureGaussians, K, c2w, width: int, height: int, near: f
 
 
 # ----------------------------------------------------------------------------------------- dataset
+def scene_target_pool(scene: LiftedScene, pool: str = "auto") -> str:
+    """``pool``, or for "auto": "area" when the scene was lifted by ``solve`` fitting token-grid means
+    (``solve_targets_at`` grid: its rendered field is only constrained on average over each token), else
+    "bilinear" (FiT3D)."""
+    if pool != "auto":
+        return pool
+    meta = scene.meta
+    settings = meta.get("settings") or meta.get("config") or {}
+    at = (settings.get("solve") or {}).get("targets_at", settings.get("solve_targets_at", "grid"))  # today / older
+    solved = (meta.get("method") == "solve" and at == "grid"
+              and not (meta.get("solve") or {}).get("fell_back_to"))  # no depth, no points: optimize lifted it
+    return "area" if solved else "bilinear"
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     """A per-(epoch, item) seed: flips do not depend on worker assignment or on resuming."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
@@ -203,7 +222,7 @@ class RenderedViews(Dataset):
     def __init__(self, scenes: list[SceneRef], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
                  render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift",
-                 with_spread: bool = False):
+                 with_spread: bool = False, target_pool: str = "auto"):
         if target_at not in TARGET_AT:
             raise ValueError(f"target_at must be one of {TARGET_AT}, got {target_at!r}")
         self.scenes = scenes
@@ -215,6 +234,7 @@ class RenderedViews(Dataset):
         self.render_kwargs = dict(render_kwargs or {})
         self.cull = cull
         self.with_spread = with_spread
+        self.pools = [scene_target_pool(s, target_pool) for s in scenes]
         self.sizes = [training_resolution(s.resolution, patch_size, resolution) for s in scenes]
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
         self.entries: list[tuple[int, str]] = [(i, str(v)) for i, s in enumerate(scenes)
@@ -263,7 +283,7 @@ class RenderedViews(Dataset):
         rendered = r.features[..., :-1] if self.with_spread else r.features
         feats = rendered.permute(2, 0, 1)[None].float()  # [1, f, H, W]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        out = {"target": decode_to_grid(s.decoder, feats, (h, w))[0].contiguous(),  # [D, h, w]
+        out = {"target": decode_to_grid(s.decoder, feats, (h, w), self.pools[si])[0].contiguous(),  # [D, h, w]
                "mask": alpha >= self.alpha_threshold, "alpha": alpha.clamp(0, 1).contiguous()}
         if self.with_spread:
             out["spread"] = F.interpolate(feature_spread(r.features.float(), r.alpha.float())[None, None],

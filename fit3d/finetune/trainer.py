@@ -46,6 +46,7 @@ from fit3d.finetune.anchor import AnchorReference
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  render_workers, scene_memory)
+from fit3d.finetune.residual import decoder_subspace, subspace_target
 from fit3d.guard import check_not_input, check_replaceable, model_inputs
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
@@ -153,25 +154,59 @@ def anchor_l1(tokens: Tensor, reference: Tensor, weight: Tensor) -> Tensor:
     return (diff * weight).sum() / weight.numel()
 
 
+@dataclass
+class LossTerms:
+    """What a Stage 2 loss adds to FiT3D's masked L1 to the rendered target (all optional).
+
+    original       the frozen original Backbone (its tokens: residual / projection targets, the anchor's reference)
+    subspaces      per scene U [D, r] (``fit3d.finetune.residual``), indexed by the batch's "scene"
+    target_mode    rendered / residual / projection
+    anchor_weight, anchor_at, anchor_spread   the anchor term (``anchor_token_weights``)
+    teacher        the anchor's reference when not the original (the EMA teacher Backbone)
+    """
+
+    original: object | None = None
+    subspaces: list | None = None
+    target_mode: str = "rendered"
+    anchor_weight: float = 0.0
+    anchor_at: str = "opacity"
+    anchor_spread: float = 0.25
+    teacher: object | None = None
+
+
 def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool,
-                 anchor: tuple | None = None) -> Tensor:
-    """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w], "alpha" [B,h,w]} (bf16
-    autocast if use_amp), plus ``weight * anchor_l1`` to the frozen original's tokens when ``anchor`` =
-    (original Backbone, weight, anchor_at, anchor_spread) is given."""
+                 terms: LossTerms | None = None) -> Tensor:
+    """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w], "alpha" [B,h,w], "scene" [B]}
+    (bf16 autocast if use_amp) to the target of ``terms.target_mode``, plus ``anchor_weight * anchor_l1`` to the
+    frozen original's (or the EMA teacher's) tokens when ``terms`` has an anchor."""
     images = batch["image"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
         tokens = module(images)
+    t = terms or LossTerms()
+    anchored = t.anchor_weight > 0
+    reference = None
+    if t.target_mode != "rendered" or (anchored and t.teacher is None):
+        reference = t.original.features(images)[0]  # [B, D, h, w], no grad
+    if t.target_mode != "rendered":
+        U = torch.stack([t.subspaces[int(i)] for i in batch["scene"]]).to(device)
+        target = subspace_target(target.float(), reference.float(), U, t.target_mode)
     loss = masked_l1(tokens, target, mask)
-    if anchor is not None and anchor[1] > 0:
-        original, weight, at, spread_scale = anchor
+    if anchored:
         alpha, spread = (batch.get(k) for k in ("alpha", "spread"))
-        w = anchor_token_weights(mask, None if alpha is None else alpha.to(device, non_blocking=True), at,
-                                 None if spread is None else spread.to(device, non_blocking=True), spread_scale)
-        reference = original.features(images)[0]  # [B, D, h, w], no grad
-        loss = loss + weight * anchor_l1(tokens, reference, w)
+        w = anchor_token_weights(mask, None if alpha is None else alpha.to(device, non_blocking=True), t.anchor_at,
+                                 None if spread is None else spread.to(device, non_blocking=True), t.anchor_spread)
+        ref = reference if t.teacher is None else t.teacher.features(images)[0]
+        loss = loss + t.anchor_weight * anchor_l1(tokens, ref, w)
     return loss
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, model: nn.Module, momentum: float) -> None:
+    """teacher = momentum * teacher + (1 - momentum) * model, parameter by parameter (same architecture)."""
+    for pt, pm in zip(teacher.parameters(), model.parameters()):
+        pt.lerp_(pm.detach().to(pt.dtype), 1.0 - momentum)
 
 
 def build_trainable(bb, cfg: FinetuneConfig) -> tuple[list, int, object]:
@@ -379,6 +414,8 @@ class _Run:
     original: object | None          # the frozen original (anchor reference; held-out baseline)
     mem: object
     anchor_ref: object | None = None  # AnchorReference: the original's tokens, reusing the frozen prefix
+    teacher: object | None = None    # the EMA teacher (anchor_teacher=ema)
+    subspaces: list | None = None    # per scene U [D, r] (target_mode residual / projection)
     step: int = 0
     epoch: int = 0
     consumed: int = 0                # samples of the current epoch already seen
@@ -392,9 +429,10 @@ class _Run:
         return self.out / CHECKPOINT_FILE
 
     @property
-    def anchor(self) -> tuple | None:
-        return ((self.anchor_ref or self.original, self.cfg.anchor_weight, self.cfg.anchor_at,
-                 self.cfg.anchor_spread) if self.original is not None else None)
+    def terms(self) -> LossTerms:
+        c = self.cfg
+        return LossTerms(self.anchor_ref or self.original, self.subspaces, c.target_mode, c.anchor_weight,
+                         c.anchor_at, c.anchor_spread, self.teacher)
 
 
 def _load_original(cfg: FinetuneConfig, device):
@@ -414,7 +452,7 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
         log.info("%s", mem)
     views = RenderedViews(scenes, bb.patch_size, which="train", resolution=cfg.resolution,
                           alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
-                          flip_prob=cfg.flip_prob, seed=cfg.seed,
+                          flip_prob=cfg.flip_prob, seed=cfg.seed, target_pool=cfg.target_pool,
                           with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread")
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
@@ -425,12 +463,19 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
     params, n_frozen, peft_model = build_trainable(bb, cfg)
-    original = _load_original(cfg, device) if cfg.anchor_weight > 0 else None
+    needs_original = (cfg.anchor_weight > 0 and cfg.anchor_teacher == "original") or cfg.target_mode != "rendered"
+    original = _load_original(cfg, device) if needs_original else None
+    teacher = None
+    if cfg.anchor_weight > 0 and cfg.anchor_teacher == "ema":  # starts as the model itself (= the original)
+        teacher = _load_original(cfg, device)
+    subspaces = None
+    if cfg.target_mode != "rendered":
+        subspaces = [decoder_subspace(s.decoder, cfg.subspace_rank or None) for s in scenes]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchor_ref = AnchorReference(original, bb, transformer_blocks) if original is not None and peft_model is None \
         else None
     return _Run(cfg, out, di, device, settings, bb, scenes, views, sampler, total, params, opt, n_frozen,
-                peft_model, original, mem, anchor_ref)
+                peft_model, original, mem, anchor_ref, teacher=teacher, subspaces=subspaces)
 
 
 def _resume(run: _Run) -> None:
@@ -450,6 +495,8 @@ def _resume(run: _Run) -> None:
     try:
         run.bb.model.load_state_dict(ck_t["model"])
         run.opt.load_state_dict(ck_t["optimizer"])
+        if run.teacher is not None:
+            run.teacher.model.load_state_dict(ck_t["teacher"])
         run.step, run.epoch, run.consumed, run.losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
         restore_rng(ck["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -461,7 +508,10 @@ def _resume(run: _Run) -> None:
 
 def _checkpoint(run: _Run) -> None:
     if run.di.is_main:
-        save_checkpoint(run.ckpt_path, {"model": run.bb.model.state_dict(), "optimizer": run.opt.state_dict()},
+        tensors = {"model": run.bb.model.state_dict(), "optimizer": run.opt.state_dict()}
+        if run.teacher is not None:
+            tensors["teacher"] = run.teacher.model.state_dict()
+        save_checkpoint(run.ckpt_path, tensors,
                         {"step": run.step, "epoch": run.epoch, "consumed": run.consumed, "losses": run.losses,
                          "rng": capture_rng(), "settings": run.settings})
     if run.di.active:
@@ -496,7 +546,7 @@ def _make_loader(run: _Run) -> DataLoader:
 
 def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool) -> float:
     """Forward, backward, optimiser step on one batch; returns the loss averaged over ranks."""
-    loss = forward_loss(module, batch, run.device, use_amp, run.anchor)
+    loss = forward_loss(module, batch, run.device, use_amp, run.terms)
     # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.
     stat = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
     if run.di.active:
@@ -510,6 +560,8 @@ def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool) -> flo
     if not torch.isfinite(gnorm):
         where = ", ".join(run.views.describe(int(i)) for i in batch["index"])
         raise NonFiniteError(f"non-finite gradient norm at step {run.step + 1} on {where}")
+    if run.teacher is not None:
+        ema_update(run.teacher.model, run.bb.model, run.cfg.ema_momentum)
     return float(stat[0]) / run.di.world_size
 
 
@@ -591,7 +643,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         original = run.original if run.original is not None else _load_original(cfg, run.device)
         held = RenderedViews(run.scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
                              alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
-                             flip_prob=0.0, seed=cfg.seed)
+                             flip_prob=0.0, seed=cfg.seed, target_pool=cfg.target_pool)
         metrics["heldout"] = evaluate_against_targets(held, {"original": original, "finetuned": bb}, run.device,
                                                       cfg.batch_size, progress=cfg.progress)
     manifest = {

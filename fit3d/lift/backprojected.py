@@ -35,11 +35,14 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
     views = [ctx.views[i] for i in ctx.train_idx]
     if any(v.depth is None for v in views):
         raise SceneError(f"{ctx.name}: backprojected needs depth for every training view")
-    if ctx.backbone is None:
-        raise ValueError("backprojected: the context carries no backbone")
-    images = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in views])  # [V, 3, H, W]
-    patch, _ = ctx.backbone.features(ctx.backbone.prepare(images))
-    patch = patch.float().cpu()  # [V, D, h, w]
+    if bp.feature_input == "cache":  # the scene's tokens at LiftConfig.feature_size (e.g. 224: the Stage 2 input)
+        patch = torch.stack([ctx.cache.grid(ctx.cache.index(v.name)) for v in views])  # [V, D, h, w]
+    else:  # the backbone on each view at the render size (a 7 x 5 token grid at width 96)
+        if ctx.backbone is None:
+            raise ValueError("backprojected: the context carries no backbone")
+        images = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in views])  # [V, 3, H, W]
+        patch, _ = ctx.backbone.features(ctx.backbone.prepare(images))
+        patch = patch.float().cpu()  # [V, D, h, w]
     dense = F.interpolate(patch, size=(H, W), mode="bilinear", align_corners=False)  # [V, D, H, W]
     D = dense.shape[1]
     f = min(cfg.feature_dim, D)
@@ -83,14 +86,18 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
 
 def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str], heldout_views: list[str],
                        resolution: tuple[int, int], feature_dim: int = 64, stride: int = 4, footprint: float = 1.5,
-                       opacity: float = 0.95, model_path: str | None = None, seed: int = 0) -> Path:
+                       opacity: float = 0.95, model_path: str | None = None, seed: int = 0,
+                       feature_size: int | None = None) -> Path:
     """``lift_scene`` with ``method = "backprojected"`` on the named views at ``resolution`` (W, H), with an
-    already loaded ``backbone``: the lifted folder ``out_dir`` (returned)."""
+    already loaded ``backbone``: the lifted folder ``out_dir`` (returned). ``feature_size``: the backbone's input
+    long side for the lifted features (None: the views at ``resolution`` themselves)."""
     from fit3d.lift.config import BackprojectedConfig, LiftConfig
     from fit3d.lift.stage import lift_scene
 
     cfg = LiftConfig(method="backprojected", backbone=backbone.name, model_path=model_path, feature_dim=feature_dim,
                      width=int(resolution[0]), height=int(resolution[1]), seed=seed, progress=False,
-                     backprojected=BackprojectedConfig(stride=stride, footprint=footprint, opacity=opacity))
+                     **({"feature_size": int(feature_size)} if feature_size else {}),
+                     backprojected=BackprojectedConfig(stride=stride, footprint=footprint, opacity=opacity,
+                                                       feature_input="cache" if feature_size else "render"))
     lift_scene(scene_path, cfg, out_dir, backbone=backbone, split=(list(train_views), list(heldout_views)))
     return Path(out_dir)

@@ -41,6 +41,8 @@ def format_metrics(name: str, meta: dict) -> str:
     f = lambda x, p=3: "n/a" if x is None else f"{x:.{p}f}"  # noqa: E731
     t = meta.get("timings", {})
     how = f"{meta['iterations']} it" if meta.get("method", "optimize") == "optimize" else meta["method"]
+    if (meta.get("solve") or {}).get("fell_back_to"):  # no depth, no points: optimize lifted it
+        how = f"{meta['iterations']} it of {meta['solve']['fell_back_to']} (no depth, no points)"
     return (f"{name}: {meta['gaussians']} Gaussians, {how} in {t.get('total', 0):.0f} s | held-out "
             f"({h.get('views', 0)} views) PSNR {f(h.get('psnr'), 2)} dB, depth abs rel {f(h.get('depth_abs_rel'))}, "
             f"feature cosine {f(h.get('feature_cosine'))} vs scene-mean {f(h.get('baseline_mean_cosine'))} / "

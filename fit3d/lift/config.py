@@ -116,9 +116,14 @@ class BackprojectedConfig:
     footprint: float = field(default=1.5, metadata={
         "help": "Gaussian radius (1 sigma) / half the stride's pixel footprint at its depth"})
     opacity: float = field(default=0.95, metadata={"help": "opacity of every Gaussian"})
+    feature_input: str = field(default="render", metadata={
+        "choices": ("render", "cache"),
+        "help": "the features lifted: render (the backbone on each view at the render size: a 7 x 5 token grid at "
+                "width 96) or cache (the scene's tokens at --feature-size, e.g. 224: the Stage 2 input)"})
 
     def validate(self, prefix: str = "backprojected.") -> None:
         """``Fit3DError`` naming the option (``--<prefix>field``) for any value out of range."""
+        check_choices(self, prefix)
         check_counts(self, {"stride": 1}, prefix)
         check_reals(self, {"footprint": (1e-6, float("inf")), "opacity": (1e-6, 1 - 1e-6)}, prefix)
 
@@ -127,7 +132,7 @@ class BackprojectedConfig:
 class LiftConfig:
     """Stage 1 settings. Learning rates: FiT3D's values are the reference (see the help of each)."""
 
-    method: str = field(default="optimize", metadata={
+    method: str = field(default="solve", metadata={
         "choices": tuple(METHODS),
         "help": "Stage 1 method (fit3d.lift.methods): " + "; ".join(f"{n}: {m.help}" for n, m in METHODS.items())})
     backbone: str = field(default="dinov2_small", metadata={"help": "registered backbone name"})

@@ -24,6 +24,7 @@ from pathlib import Path
 from fit3d.config import add_arguments as add_config_arguments, from_args
 from fit3d.guard import check_not_input, guard_output, model_inputs
 from fit3d.probe.config import ProbeConfig
+from fit3d.probe.cls import run_cls_probe
 from fit3d.probe.protocol import run_probe
 from fit3d.run import check_rerun, result_settings
 
@@ -43,5 +44,5 @@ def run(args: argparse.Namespace) -> int:
         check_not_input(cfg.cache_dir, inputs, option="--cache-dir")
     argv = sys.argv[1:]
     command = "fit3d " + " ".join(shlex.quote(a) for a in argv) if argv[:1] == ["probe"] else None
-    run_probe(cfg, command=command)
+    (run_cls_probe if cfg.task == "cls" else run_probe)(cfg, command=command)
     return 0

@@ -12,7 +12,7 @@ from fit3d.device import check_device
 from fit3d.probe.datasets import DATASETS
 from fit3d.probe.sources import KINDS
 
-TASKS = ("seg", "depth", "corr")
+TASKS = ("seg", "depth", "corr", "cls")
 CORR_PROTOCOLS = ("fit3d", "probe3d")
 
 
@@ -86,6 +86,11 @@ class ProbeConfig:
         "help": "corr probe3d: least share of a pair's valid points that reproject into the other view"})
     corr_stride: int = field(default=1, metadata={
         "help": "corr probe3d: use every this-many-th valid-depth pixel of the quarter-resolution views (1 = all)"})
+    cls_size: int = field(default=224, metadata={
+        "help": "cls: images resized (shorter side to this / 0.875) and centre-cropped to this square size"})
+    knn_k: int = field(default=20, metadata={"help": "cls: neighbours voting in the k-NN classifier (DINO: 20)"})
+    knn_temperature: float = field(default=0.07, metadata={
+        "help": "cls: k-NN vote weight exp(cosine / this) (DINO: 0.07)"})
     figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
     overwrite: bool = field(default=False, metadata={"volatile": True,
@@ -102,10 +107,10 @@ class ProbeConfig:
         check_choices(self, prefix)
         check_counts(self, {"iterations": 1, "batch_size": 1, "num_classes": 0, "val_every": 1, "max_items": 0,
                             "figure": 0, "extract_batch": 1, "num_corr": 1, "pairs_per_bin": 1, "corr_stride": 1,
-                            "warmup": 0}, prefix)
+                            "warmup": 0, "cls_size": 14, "knn_k": 1}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "min_depth": (0, inf), "max_depth": (0, inf), "depth_tol": (0, inf),
-                           "min_overlap": (0, 1)}, prefix)
+                           "min_overlap": (0, 1), "knn_temperature": (1e-6, inf)}, prefix)
         check_size(self, "resolution", prefix)
         if self.resolution:
             w, h = self.resolution

@@ -30,17 +30,13 @@ from fit3d.probe.config import ProbeConfig
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
 from fit3d.probe.features import CachedFeatures, FeatureCache, concat_features, extract_features
+from fit3d.probe.report import seed_summary
 from fit3d.probe.sources import FeatureSource, check_sources, source_identity
+from fit3d.probe.sources import config_sources as sources
 from fit3d.probe.seg import SegSettings
 from fit3d.run import result_settings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
-
-
-def sources(cfg: ProbeConfig) -> list[FeatureSource]:
-    return [FeatureSource(kind=k, backbone=cfg.backbone, model_path=cfg.model_path,
-                          finetuned_dir=cfg.finetuned, layers=tuple(cfg.layers) if cfg.layers else None)
-            for k in cfg.features]
 
 
 @dataclass
@@ -116,19 +112,6 @@ def source_features(src, split: Split, set_name: str, res, cache: FeatureCache, 
     return cache.get(src, set_id, split.data.names, tuple(res), compute)
 
 
-def seed_summary(per_seed: dict[int, dict], keys) -> dict:
-    """Mean over seeds of each metric in ``keys`` (the reported number), ``std`` (sample std, 0 for one
-    seed) and ``per_seed`` {seed: metrics}."""
-    out, std = {}, {}
-    for k in keys:
-        vals = [m[k] for m in per_seed.values() if k in m]
-        if vals:
-            out[k] = float(np.mean(vals))
-            std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    out.update(std=std, seeds=list(per_seed), per_seed={str(s): m for s, m in per_seed.items()})
-    return out
-
-
 def _check(cfg: ProbeConfig) -> None:
     """The options a run needs beyond ``ProbeConfig.validate`` (data given, seeds distinct)."""
     cfg.validate()
@@ -146,6 +129,8 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     from fit3d.probe import report
 
     _check(cfg)
+    if cfg.task == "cls":  # image-folder classification: its own data and heads
+        raise Fit3DError("task cls runs through fit3d.probe.cls.run_cls_probe (fit3d probe --task cls)")
     device = str(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)

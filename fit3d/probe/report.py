@@ -22,8 +22,22 @@ COLUMNS = {
     "seg": ["miou", "macc", "aacc"],
     "corr": ["recall@1", "recall@2", "recall@4"],
     "corr-probe3d": ["recall@5px", "recall@10px", "recall@20px"],
+    "cls": ["knn_top1", "linear_top1"],
 }
 LOWER_IS_BETTER = {"rmse", "abs_rel", "sq_rel", "log10", "rmse_log"}
+
+
+def seed_summary(per_seed: dict[int, dict], keys) -> dict:
+    """Mean over seeds of each metric in ``keys`` (the reported number), ``std`` (sample std, 0 for one
+    seed) and ``per_seed`` {seed: metrics}."""
+    out, std = {}, {}
+    for k in keys:
+        vals = [m[k] for m in per_seed.values() if k in m]
+        if vals:
+            out[k] = float(np.mean(vals))
+            std[k] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    out.update(std=std, seeds=list(per_seed), per_seed={str(s): m for s, m in per_seed.items()})
+    return out
 
 
 def _fmt(x) -> str:
@@ -90,8 +104,9 @@ def _probe3d_table(results: dict[str, dict]) -> str:
 
 
 def write_report(out_dir: str | Path, task: str, results: dict[str, dict], settings: dict, extra: dict | None = None,
-                 command: str | None = None, corr_protocol: str = "fit3d") -> str:
-    """Write ``probe.json`` and ``probe.md``; return the markdown table."""
+                 command: str | None = None, corr_protocol: str = "fit3d", extra_md: str | None = None) -> str:
+    """Write ``probe.json`` and ``probe.md`` (``extra_md``, e.g. an intervals table, after the table); return
+    the markdown table."""
     out = Path(out_dir)
     table = markdown_table(task, results, corr_protocol)
     write_json(out / "probe.json", {"task": task, "metrics": results, "settings": settings, **(extra or {}),
@@ -99,7 +114,7 @@ def write_report(out_dir: str | Path, task: str, results: dict[str, dict], setti
     md = [f"# fit3d probe: {task}", ""]
     if command:
         md += ["```", command, "```", ""]
-    md += [table, "", "Settings:", "", "```json"]
+    md += [table, ""] + ([extra_md, ""] if extra_md else []) + ["Settings:", "", "```json"]
     import json
 
     md += [json.dumps(settings, indent=2, default=str), "```", ""]

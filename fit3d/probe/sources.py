@@ -60,6 +60,13 @@ class FeatureSource:
         return json.dumps(d, sort_keys=True, default=list)
 
 
+def config_sources(cfg) -> list[FeatureSource]:
+    """The feature sources a ``ProbeConfig`` names (``cfg.features``: original / finetuned / concat)."""
+    return [FeatureSource(kind=k, backbone=cfg.backbone, model_path=cfg.model_path,
+                          finetuned_dir=cfg.finetuned, layers=tuple(cfg.layers) if cfg.layers else None)
+            for k in cfg.features]
+
+
 def source_identity(source: FeatureSource) -> dict:
     """Which weights a source reads (recorded in probe.json, part of the cache key): ``{"original":
     fit3d.models.identity.model_identity}``, plus ``"finetuned"``: the fingerprint of a fine-tuned folder's model."""

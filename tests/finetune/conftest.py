@@ -41,3 +41,28 @@ def lifted_dir(tmp_path_factory, sevenscenes_path, tiny_backbone, tiny_model_dir
     return backprojected_lift(sevenscenes_path, tiny_backbone, tmp_path_factory.mktemp("lifted") / "redkitchen",
                               train_views=TRAIN, heldout_views=HELDOUT, resolution=RESOLUTION, feature_dim=8,
                               stride=4, footprint=1.0, model_path=str(tiny_model_dir))
+
+
+@pytest.fixture
+def killed_at_step_4(monkeypatch, lifted_dir, tiny_model_dir):
+    """``kill(out, cfg)``: a fine-tune of ``lifted_dir`` into ``out`` killed (KeyboardInterrupt) in its 4th loss
+    evaluation, between the checkpoints of steps 2 and 4; the real loss is back when it returns."""
+    from fit3d.finetune import finetune
+    from fit3d.finetune import trainer as trainer_mod
+
+    def kill(out, cfg) -> None:
+        calls = {"n": 0}
+        real = trainer_mod.masked_l1
+
+        def dies_at_step_4(*a, **k):
+            calls["n"] += 1
+            if calls["n"] == 4:
+                raise KeyboardInterrupt
+            return real(*a, **k)
+
+        monkeypatch.setattr(trainer_mod, "masked_l1", dies_at_step_4)
+        with pytest.raises(KeyboardInterrupt):
+            finetune([lifted_dir], "dinov2_small", out, cfg, model_path=str(tiny_model_dir))
+        monkeypatch.setattr(trainer_mod, "masked_l1", real)
+
+    return kill

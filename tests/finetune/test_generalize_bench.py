@@ -29,14 +29,18 @@ def test_claims_follow_the_interval_and_the_metric_direction():
     assert c["finetuned-original"] == {"rmse": "loss", "miou": "gain"}
 
 
-def test_depth_targets_read_each_source_by_name():
+def test_targets_read_each_source_by_name():
     g = _bench()
-    m = lambda x: {"rmse": {"mean": x, "std": 0.0}}  # noqa: E731
+    m = lambda x: {"rmse": {"mean": x, "std": 0.0}, "rmse_aligned": {"mean": x, "std": 0.0}}  # noqa: E731
     ev = {"original": m(1.0), "finetuned": m(0.9), "concat": m(1.2),
-          "ci": {"concat-original": {"rmse": [0.1, 0.3]}, "finetuned-original": {"rmse": [-0.2, -0.05]}}}
-    t = g.targets({"sun3d_depth_in_scene": ev}, [3])
-    assert t["sun3d_depth_in_scene: finetuned rmse not worse than original"] is True   # 0.9 <= 1.0
+          "ci": {"concat-original": {"rmse": [0.1, 0.3], "rmse_aligned": [-0.1, 0.1]},
+                 "finetuned-original": {"rmse": [-0.2, -0.05], "rmse_aligned": [0.01, 0.02]}}}
+    ctl = {"sun3d_depth_in_scene": {"ci": {"concat-original_x2": {"rmse": [-0.3, -0.1]}}}}
+    t = g.targets({"sun3d_depth_in_scene": ev}, [3], ctl)
+    assert t["sun3d_depth_in_scene: finetuned rmse <= 0.90 x original"] is True   # 0.9 <= 0.9
+    assert t["sun3d_depth_in_scene: finetuned not worse than original (rmse, rmse_aligned)"] is False  # aligned loss
     assert t["sun3d_depth_in_scene: concat rmse <= 0.95 x original, interval excludes 0"] is False  # 1.2
+    assert t["sun3d_depth_in_scene: concat rmse below the width control, interval excludes 0"] is True
 
 
 def test_depth_per_image_scale_alignment_removes_a_global_scale():
@@ -54,13 +58,13 @@ def test_depth_per_image_scale_alignment_removes_a_global_scale():
 
 @pytest.mark.slow
 def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, sevenscenes_path, capsys):
-    for d in ("sun3d-office", "camvid", "icl-livingroom1"):
+    for d in ("sun3d-office", "camvid", "icl-livingroom1", "flowers"):
         if not (shared_dir() / "data" / d).is_dir():
             pytest.skip(f"shared data/{d} missing")
     g = _bench()
     out = tmp_path / "gen"
     argv = ["--out", str(out), "--json", str(tmp_path / "r.json"), "--model-path", str(tiny_model_dir),
-            "--quick", "--rooms", "2", "--room-views", "6", "--room-size", "64", "48", "--lift-width", "32",
+            "--quick", "--rooms", "2", "--room-views", "6", "--room-size", "64", "48", "--lift-width", "32", "--lift-feature-size", "64",
             "--lift-max-views", "8", "--finetune-steps", "2", "--probe-resolution", "64", "48",
             "--probe-iterations", "4", "--max-items", "8", "--bootstrap", "50", "--seeds", "2",
             "--recipe", "fit3d", "--set", "workers=0"]  # the tiny model has 2 blocks: no block-freezing preset
@@ -87,7 +91,9 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     assert (out / "generalize.md").read_text().count("| sun3d_corr |") == 5
     # the original's per-image results are kept for the next run with the same probe settings (one file per eval)
     before = sorted(p.name for p in (out / "cache" / "original_stats").iterdir())
-    assert len(before) == 5
+    assert len(before) == 6
+    assert {"knn_top1", "linear_top1"} == set(r["evals"]["flowers_cls"]["original"])
+    assert r["settings"]["n_test"]["flowers_cls"] == r["settings"]["max_items"]  # --max-items caps it (quick: 24)
 
     # a subset of the evaluations on the same outputs: the fine-tuned model is reused, only those evals run
     assert g.main(argv[:2] + ["--json", str(tmp_path / "sub.json")] + argv[4:] + ["--evals", "sun3d_corr"]) == 0

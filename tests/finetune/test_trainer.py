@@ -7,7 +7,6 @@ from torch.testing import assert_close
 
 from fit3d.errors import NonFiniteError
 from fit3d.finetune import FinetuneConfig, finetune
-from fit3d.finetune import trainer as trainer_mod
 from fit3d.io import write_json
 
 BACKBONE = "dinov2_small"  # the registry entry; the weights are the tiny random model's (model_path)
@@ -74,27 +73,14 @@ def test_rerun_of_a_finished_run_does_nothing(trained, lifted_dir, tiny_model_di
     assert again["timing"] == m["timing"]
 
 
-def test_kill_and_resume_reaches_the_same_step_and_weights(tmp_path, lifted_dir, tiny_model_dir, monkeypatch):
+def test_kill_and_resume_reaches_the_same_step_and_weights(tmp_path, lifted_dir, tiny_model_dir, killed_at_step_4):
     cfg = quick(max_steps=5, checkpoint_every=2)
     ref = finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
-
-    calls = {"n": 0}
-    real = trainer_mod.masked_l1
-
-    def dies_at_step_4(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt  # a kill between the checkpoints of steps 2 and 4
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer_mod, "masked_l1", dies_at_step_4)
-    with pytest.raises(KeyboardInterrupt):
-        finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
+    killed_at_step_4(tmp_path / "run", cfg)  # a kill between the checkpoints of steps 2 and 4
     from fit3d.run import load_checkpoint
 
     _, ck = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert ck["step"] == 2 and not (tmp_path / "run" / "fit3d.json").exists()
-    monkeypatch.setattr(trainer_mod, "masked_l1", real)
 
     resumed = finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
     assert resumed["steps"] == ref["steps"] == 5

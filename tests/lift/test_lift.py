@@ -103,7 +103,8 @@ def synthetic_scene(n_views: int = 16, width: int = 32, height: int = 24) -> Sce
 
 
 def tiny_config(**kw) -> LiftConfig:
-    base = dict(backbone="colour", width=32, feature_size=32, iterations=100, feature_dim=8, init_points=300, max_gaussians=700,
+    base = dict(method="optimize", backbone="colour", width=32, feature_size=32, iterations=100, feature_dim=8,
+                init_points=300, max_gaussians=700,
                 checkpoint_every=0, progress=False, pca_views=1, device="cpu")
     base.update(kw)
     return LiftConfig(**base)

@@ -11,7 +11,7 @@ from fit3d.cli import main
 from fit3d.lift.cli import shard
 from fit3d.lift.lifted import is_lifted, load_lifted
 
-TINY = ["--width", "32", "--feature-size", "112", "--iterations", "30", "--init-points", "1500",
+TINY = ["--method", "optimize", "--width", "32", "--feature-size", "112", "--iterations", "30", "--init-points", "1500",
         "--max-gaussians", "3000", "--feature-dim", "16", "--max-frame", "14", "--no-progress", "--device", "cpu"]
 
 

@@ -12,7 +12,7 @@ import numpy as np
 W, H = 40, 30
 K = np.array([[36.0, 0, 20.0], [0, 34.0, 15.0], [0, 0, 1]])
 # a lift that takes about a second: 4x3 tokens of the tiny backbone, a 16x12 render
-LIFT_OPTS = ["--iterations", "6", "--width", "16", "--feature-size", "32", "--feature-dim", "4",
+LIFT_OPTS = ["--method", "optimize", "--iterations", "6", "--width", "16", "--feature-size", "32", "--feature-dim", "4",
              "--init-points", "200", "--max-gaussians", "400", "--pca-views", "0", "--no-progress",
              "--device", "cpu", "--checkpoint-every", "0"]
 # FiT3D's recipe: the default preset freezes more blocks than the tiny backbone has

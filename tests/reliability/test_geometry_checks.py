@@ -6,6 +6,7 @@ option, no traceback, before any model loads."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 
@@ -55,14 +56,19 @@ def test_all_zero_depth_says_which_initialisation(scene_dir, tiny_dino, tmp_path
     assert json.loads((tmp_path / "o" / "room" / "lift.json").read_text())["init"] == "random"
 
 
-def test_all_zero_depth_with_solve_is_an_error_naming_the_scene(scene_dir, tiny_dino, tmp_path, capsys):
+def test_all_zero_depth_with_solve_falls_back_to_optimize_naming_the_scene(scene_dir, tiny_dino, tmp_path, capsys):
+    """solve (the default method) with no usable depth and no points lifts by optimize, saying so (issue 21)."""
     d = copy_of(scene_dir, tmp_path / "room")
     for f in d.glob("*.depth.png"):
         assert cv2.imwrite(str(f), np.zeros((H, W), np.uint16))
-    with pytest.warns(UserWarning, match="every depth map"):
+    with pytest.warns(UserWarning) as warned:
         rc, _, err = run_cli(capsys, "lift", d, "--out", tmp_path / "o", *LIFT_OPTS, "--model-path", tiny_dino,
                              "--method", "solve")
-    assert_clean_error(rc, err, "room", "solve needs depth")
+    assert rc == 0, err
+    said = " ".join(str(w.message) for w in warned)
+    assert "every depth map" in said and "room: no depth and no scene points: lifting by optimize" in said
+    (record,) = (tmp_path / "o").rglob("lift.json")
+    assert json.loads(record.read_text())["solve"]["fell_back_to"] == "optimize"
 
 
 # ------------------------------------------------------------------ frame size against the intrinsics

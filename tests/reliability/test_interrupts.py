@@ -82,7 +82,8 @@ def test_real_process_sigterm_exits_130_with_the_resume_message(scene_dir, tiny_
     """A real ``python -m fit3d`` process (one case: a fresh process pays its imports and JIT, ~15 s)."""
     sig = signal.SIGTERM
     out = tmp_path / "lifted"
-    argv = [sys.executable, "-m", "fit3d", "lift", str(scene_dir), "--out", str(out), "--iterations", "100000",
+    argv = [sys.executable, "-m", "fit3d", "lift", str(scene_dir), "--out", str(out), "--method", "optimize",
+            "--iterations", "100000",
             "--width", "16", "--feature-size", "32", "--feature-dim", "4", "--init-points", "200",
             "--max-gaussians", "400", "--no-progress", "--device", "cpu", "--checkpoint-every", "2",
             "--model-path", str(tiny_dino)]

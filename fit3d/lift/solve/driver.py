@@ -4,13 +4,15 @@ its record (timings per phase, the solve's choices) for lift.json."""
 from __future__ import annotations
 
 import time
+import warnings
 
 import torch
 
 from fit3d.lift.context import LiftContext, LiftResult
 from fit3d.lift.decoder import FeatureDecoder, pca_init_decoder
 from fit3d.lift.solve.features import solve_features
-from fit3d.lift.solve.geometry import solve_geometry
+from fit3d.lift.methods import METHODS
+from fit3d.lift.solve.geometry import has_depth, solve_geometry
 from fit3d.lift.solve.lsq_decoder import fit_decoder
 from fit3d.lift.solve.refine import joint_refine, refine_features
 
@@ -18,8 +20,16 @@ from fit3d.lift.solve.refine import joint_refine, refine_features
 def solve_scene(ctx: LiftContext) -> LiftResult:
     """Stage 1 by ``method = "solve"``: geometry (``solve_geometry``), then features in closed form
     (``solve_features``) with the training tokens' PCA as decoder, optionally refined (f and decoder:
-    ``solve.refine_iterations``; everything: ``solve.joint_iterations``)."""
+    ``solve.refine_iterations``; everything: ``solve.joint_iterations``). A scene with neither depth nor points
+    (COLMAP) is lifted by ``optimize`` (random start, colour and features trained together; recorded under
+    ``solve.fell_back_to``): colour-only training from random points leaves no geometry to solve features on."""
     cfg = ctx.cfg
+    if not has_depth([ctx.views[i] for i in ctx.train_idx]) and (ctx.points is None or len(ctx.points) == 0):
+        warnings.warn(f"{ctx.name}: no depth and no scene points: lifting by optimize instead of solve (a COLMAP "
+                      f"model's points, e.g. from `fit3d prepare`, let solve run)", stacklevel=2)
+        result = METHODS["optimize"].run(ctx)
+        result.extra = {**result.extra, "solve": {"fell_back_to": "optimize", "reason": "no depth, no scene points"}}
+        return result
     torch.manual_seed(cfg.seed)
     c0, t0 = time.process_time(), time.perf_counter()
     params, extent, source, history, info = solve_geometry(ctx)

@@ -42,6 +42,11 @@ def optimize_colour(ctx: LiftContext, params: dict, iterations: int, extent: flo
     return history
 
 
+def has_depth(views) -> bool:
+    """Whether any of ``views`` has a valid depth pixel."""
+    return any(v.depth is not None and bool((v.depth > 0).any()) for v in views)
+
+
 def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict]:
     """(params, extent, source, history, info): fused depth surfels (+ ``solve.geometry_iterations`` colour-only
     iterations, at most ``solve.geometry_iterations_per_view`` per training view), or, without depth, the scene's
@@ -49,8 +54,7 @@ def solve_geometry(ctx: LiftContext) -> tuple[dict, float, str, list[dict], dict
     cfg = ctx.cfg
     t0 = time.perf_counter()
     train = [ctx.views[i] for i in ctx.train_idx]
-    has_depth = any(v.depth is not None and bool((v.depth > 0).any()) for v in train)
-    if has_depth:
+    if has_depth(train):
         means, normals, cols, foot, vox = fuse_points(train, cfg.solve.voxel, cfg.solve.max_gaussians,
                                                       cfg.solve.voxel_factor, cfg.solve.min_views,
                                                       fill_holes=cfg.solve.fill_holes, carve_tol=cfg.solve.carve_tol)

@@ -1,0 +1,134 @@
+"""Stage 2 levers against the loss of semantics: residual / projection targets relative to each scene's lifted
+subspace, and the EMA teacher of the anchor."""
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from fit3d.errors import Fit3DError
+from fit3d.finetune import FinetuneConfig, finetune
+from fit3d.finetune.data import load_scenes
+from fit3d.finetune.residual import decoder_subspace, subspace_target
+from fit3d.finetune.trainer import ema_update
+from fit3d.lift.decoder import FeatureDecoder
+
+BACKBONE = "dinov2_small"
+
+
+def quick(**kw) -> FinetuneConfig:
+    base = dict(lr=1e-3, workers=0, progress=False, evaluate=False, checkpoint_every=0, max_steps=4)
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_subspace_of_a_backprojected_decoder_is_its_centre_tap(lifted_dir):
+    dec = load_scenes([lifted_dir], embed_dim=32)[0].decoder
+    Q = dec.conv.weight[:, :, 1, 1]  # [D, f], orthonormal columns (the scene's main directions)
+    U = decoder_subspace(dec)
+    assert U.shape == (32, 8)
+    assert_close(U @ U.T, Q @ Q.T, atol=1e-5, rtol=0)  # the same subspace
+    assert decoder_subspace(dec, 3).shape == (32, 3)
+    # a 3x3 decoder whose taps span more than f directions: the top-f of all its taps
+    d = FeatureDecoder(4, 16)
+    assert_close(decoder_subspace(d).T @ decoder_subspace(d), torch.eye(4), atol=1e-5, rtol=0)
+
+
+def test_residual_and_projection_targets():
+    D, r = 6, 2
+    U = torch.linalg.qr(torch.randn(D, r)).Q  # [D, r]
+    P = U @ U.T
+    target = torch.einsum("de,behw->bdhw", P, torch.randn(1, D, 3, 4))  # a rendered target: inside U
+    ref = torch.randn(1, D, 3, 4)
+    res = subspace_target(target, ref, U[None], "residual")
+    out = lambda x: x - torch.einsum("de,behw->bdhw", P, x)  # noqa: E731
+    assert_close(torch.einsum("de,behw->bdhw", P, res), target, atol=1e-5, rtol=0)  # inside: the 3D target
+    assert_close(out(res), out(ref), atol=1e-5, rtol=0)  # outside: the original's tokens, kept
+    assert_close(subspace_target(target, ref, U[None], "projection"), torch.einsum("de,behw->bdhw", P, ref),
+                 atol=1e-5, rtol=0)
+    assert subspace_target(target, ref, U[None], "rendered") is target
+    with pytest.raises(ValueError, match="target mode"):
+        subspace_target(target, ref, U[None], "nope")
+
+
+def test_ema_update_moves_the_teacher_a_momentum_step():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = [p.detach().clone() for p in a.parameters()]
+    ema_update(a, b, 0.9)
+    for p0, pa, pb in zip(before, a.parameters(), b.parameters()):
+        assert_close(pa, 0.9 * p0 + 0.1 * pb)
+
+
+def test_residual_target_keeps_what_the_rendered_one_teaches_to_drop(tmp_path, lifted_dir, tiny_model_dir):
+    """With f = 8 of D = 32 the rendered target lacks the tokens' component outside the scene's subspace, and
+    fine-tuning erases much of it; the residual target keeps it (share of that component erased:
+    -<change, x_out> / |x_out|^2 on held-out views)."""
+    from fit3d.finetune import load_finetuned
+    from fit3d.finetune.data import RenderedViews
+
+    scenes = load_scenes([lifted_dir], embed_dim=32)
+    U = decoder_subspace(scenes[0].decoder)
+    views = RenderedViews(scenes, 8, which="heldout", flip_prob=0.0)
+    imgs = torch.stack([views[i]["image"] for i in range(len(views))])
+    outside = lambda z: z - torch.einsum("dr,er,nehw->ndhw", U, U, z)  # noqa: E731
+    erased = {}
+    for mode in ("rendered", "residual"):
+        out = tmp_path / mode
+        m = finetune([lifted_dir], BACKBONE, out, quick(target_mode=mode, max_steps=8), model_path=str(tiny_model_dir))
+        assert m["config"]["target_mode"] == mode
+        orig, ft = load_finetuned(out)
+        x = orig.features(imgs)[0]
+        x_out, change_out = outside(x), outside(ft.features(imgs)[0] - x)
+        erased[mode] = float(-(change_out * x_out).sum() / x_out.square().sum())
+    assert erased["rendered"] > 0.3  # measured 0.50
+    assert erased["residual"] < 0.5 * erased["rendered"]  # measured 0.11
+
+
+def test_ema_teacher_trains_resumes_exactly_and_is_checked(tmp_path, lifted_dir, tiny_model_dir, killed_at_step_4):
+    cfg = quick(anchor_weight=1.0, anchor_at="everywhere", anchor_teacher="ema", ema_momentum=0.5,
+                target_mode="residual", max_steps=5, checkpoint_every=2)
+    ref = finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
+    killed_at_step_4(tmp_path / "run", cfg)
+    resumed = finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
+    assert resumed["steps"] == ref["steps"] == 5
+    import json
+
+    # the teacher came back from the checkpoint: the same anchor, the same losses after the resume
+    assert (json.loads((tmp_path / "run" / "losses.json").read_text())["loss"]
+            == json.loads((tmp_path / "ref" / "losses.json").read_text())["loss"])
+    with pytest.raises(Fit3DError, match="anchor-teacher.*adapter=none"):
+        FinetuneConfig(anchor_teacher="ema", adapter="lora").validate()
+    with pytest.raises(Fit3DError, match="ema-momentum"):
+        FinetuneConfig(ema_momentum=1.5).validate()
+
+
+@pytest.mark.parametrize("size", [(6, 8), (5, 7), (12, 16)])
+def test_area_pooled_decode_equals_decode_then_average_pool(size):
+    import torch.nn.functional as F
+
+    from fit3d.finetune.data import decode_to_grid
+
+    torch.manual_seed(0)
+    dec = FeatureDecoder(8, 32, kernel_size=5)
+    f = torch.randn(2, 8, 48, 64)
+    assert_close(decode_to_grid(dec, f, size, "area"), F.adaptive_avg_pool2d(dec(f), size), atol=1e-5, rtol=1e-4)
+
+
+def test_auto_target_pool_is_area_for_a_solve_lift_only(lifted_dir):
+    from fit3d.finetune.data import RenderedViews, scene_target_pool
+
+    scene = load_scenes([lifted_dir], embed_dim=32)[0]
+    assert scene_target_pool(scene) == "bilinear"  # back-projected: FiT3D's bilinear sampling
+    assert scene_target_pool(scene, "area") == "area"
+    scene.meta = {**scene.meta, "method": "solve", "settings": {"solve_targets_at": "grid"}}
+    assert scene_target_pool(scene) == "area"
+    scene.meta["settings"]["solve_targets_at"] = "render"
+    assert scene_target_pool(scene) == "bilinear"
+    scene.meta["settings"] = {"solve": {"targets_at": "grid"}}  # today's nested record
+    assert scene_target_pool(scene) == "area"
+    scene.meta["solve"] = {"fell_back_to": "optimize"}  # no depth, no points: optimize lifted it
+    assert scene_target_pool(scene) == "bilinear"
+    del scene.meta["solve"]
+    kw = dict(which="train", resolution=[64, 48], flip_prob=0.0)
+    a = RenderedViews([scene], 8, target_pool="area", **kw)[0]["target"]
+    b = RenderedViews([scene], 8, target_pool="bilinear", **kw)[0]["target"]
+    assert a.shape == b.shape and not torch.allclose(a, b)
