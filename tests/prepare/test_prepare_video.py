@@ -69,8 +69,10 @@ def test_prepared_scene_lifts_with_the_default_method(prepared, tmp_path):
     assert cfg.method == LiftConfig.method
     meta = lift_scene(out, cfg, tmp_path / "lifted", backbone=PooledColour())
     assert meta["init"].startswith("points") and meta["heldout"]["views"] >= 3  # Gaussians start at the scene's points (and colours)
-    loss = [h["loss"] for h in meta["history"]]
-    assert np.mean(loss[-10:]) < 0.8 * np.mean(loss[:10]) and np.isfinite(meta["heldout"]["feature_cosine"])
+    rgb = [h["rgb"] for h in meta["history"]]  # every method's colour loss falls from the points' start
+    assert rgb[-1] < 0.8 * rgb[0]
+    held = meta["heldout"]
+    assert held["feature_cosine"] > held["baseline_mean_cosine"]
 
 
 @pytest.mark.slow
