@@ -1,23 +1,16 @@
 """bench/generalize.py end to end on tiny settings (a tiny random DINOv2, few images), and its table logic."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 
-from fit3d.paths import REPO_ROOT, shared_dir
+from bench_kit import load_bench
+from fit3d.paths import shared_dir
 
 
 def _bench():
-    import sys
-
-    if "generalize_bench" not in sys.modules:  # dataclasses need the module registered while it executes
-        spec = importlib.util.spec_from_file_location("generalize_bench", REPO_ROOT / "bench" / "generalize.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["generalize_bench"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["generalize_bench"]
+    return load_bench("generalize")
 
 
 def test_claims_follow_the_interval_and_the_metric_direction():

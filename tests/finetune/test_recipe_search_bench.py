@@ -1,23 +1,17 @@
 """bench/recipe_search.py: the validation protocol (no test split touched) end to end on a tiny model, and its
 lever table."""
 
-import importlib.util
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from fit3d.paths import REPO_ROOT, shared_dir
+from bench_kit import load_bench
+from fit3d.paths import shared_dir
 
 
 def _search():
-    if "recipe_search_bench" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("recipe_search_bench", REPO_ROOT / "bench" / "recipe_search.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["recipe_search_bench"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["recipe_search_bench"]
+    return load_bench("recipe_search")
 
 
 def test_flowers_split_holds_out_every_fourth_photo_of_each_class():
