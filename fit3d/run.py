@@ -29,10 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from fit3d.config import check_counts, check_reals, check_size, option_error  # noqa: F401 (moved to fit3d.config)
-from fit3d.device import check_device  # noqa: F401 (moved to fit3d.device)
 from fit3d.errors import Fit3DError
-from fit3d.io import atomic_path
+from fit3d.io import atomic_path, read_json
 
 FORMAT = "fit3d-checkpoint/1"
 _STATE_KEY = "fit3d_state"
@@ -229,9 +227,10 @@ def check_rerun(record: str | os.PathLike, settings: dict, what: str, overwrite:
     if overwrite or not record.is_file():
         return
     try:
-        recorded = json.loads(record.read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        recorded = None  # unreadable: it is not known what made it
+        d = read_json(record, "earlier result's record")
+    except Fit3DError:
+        d = None  # unreadable: it is not known what made it
+    recorded = d.get(key) if isinstance(d, dict) else None
     check_resume(recorded, settings, what, record.parent,
                  "rerun with --overwrite to replace it, or choose another --out")
 
