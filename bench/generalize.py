@@ -185,7 +185,8 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
                         iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
                         progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
                         **({"feature_size": fs} if fs else {}),
-                        backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"))
+                        backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"),
+                        cache_dir=str(cfg.cache_dir or Path(cfg.out) / "cache"))  # the probes' token cache too
         lift_scene(str(path), lc, d, backbone=backbone, name=name, split=(train, held))
         write_json(record, want)
     return dirs
@@ -203,20 +204,8 @@ def finetune_config(cfg: GeneralizeConfig):
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def _generated_tag(path) -> str:
-    """":<hash>" of the generator records of the ``fit3d generate`` rooms under ``path`` ("" for other data), so
-    cached features of rooms regenerated under the same folder with other settings are not reused."""
-    import hashlib
-
-    records = sorted(Path(path).glob("*/synthetic.json")) if path and Path(path).is_dir() else []
-    if not records:
-        return ""
-    return ":" + hashlib.sha1(b"".join(r.read_bytes() for r in records)).hexdigest()[:16]
-
-
 def extract(sources: dict, splits: dict, cache, res) -> dict:
     """{set name: {"original"|"finetuned"|"concat": Feats}}; concat = the two patch sets, CLS of the original."""
-    from fit3d.probe.features import CachedFeatures, extract_features
     from fit3d.probe.sources import resolve_source
 
     models = {}
@@ -224,16 +213,12 @@ def extract(sources: dict, splits: dict, cache, res) -> dict:
     for set_name, split in splits.items():
         out[set_name] = {}
         for label, src in sources.items():
-            def compute(src=src, split=split, label=label):
+            def load(src=src, label=label):
                 if label not in models:
                     models[label] = resolve_source(src)
-                t0 = time.perf_counter()
-                p, c = extract_features(models[label], split.images, 8, desc=f"{label} {set_name}")
-                return CachedFeatures(p, c, list(split.data.names), 14, time.perf_counter() - t0)
+                return models[label]
 
-            path = split.data.meta.get("path")
-            set_id = f"generalize:{split.data.meta.get('dataset')}:{path}:{set_name}{_generated_tag(path)}"
-            f = cache.get(src, set_id, split.data.names, tuple(res), compute)
+            f = cache.features(src, split.images, split.data.names, load, desc=f"{label} {set_name}")
             out[set_name][label] = Feats(f.patch, f.cls)
         o, f = out[set_name]["original"], out[set_name]["finetuned"]
         out[set_name]["concat"] = Feats(torch.cat([o.patch, f.patch], 1), o.cls)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fit3d.lift.targets import TargetCache  # noqa: E402
+from fit3d.lift.targets import TargetCache, lifted_targets  # noqa: E402
 from fit3d.lift.lifted import load_lifted  # noqa: E402
 from fit3d.splat.render import render  # noqa: E402
 
@@ -44,11 +44,8 @@ def main() -> int:
     ap.add_argument("--lift", required=True, help="a lifted scene folder with its cache/ (bench/lift_7scenes.py --out)")
     ap.add_argument("--train-every", type=int, default=7, help="evaluate every k-th training view")
     args = ap.parse_args()
-    caches = sorted(Path(args.lift, "cache").glob("*.npy"))
-    if not caches:
-        raise SystemExit(f"{args.lift}/cache: no feature cache")
     lifted = load_lifted(args.lift)
-    cache = TargetCache(caches[0])
+    cache = lifted_targets(args.lift)  # the lift's targets, read back from its token cache
     train = lifted.read_views("train").views[::args.train_every]
     held = lifted.read_views("heldout").views
     print(f"| {args.lift} | views | feature cosine |\n|---|---|---|")

@@ -2,9 +2,9 @@
 
     .venv/bin/python bench/lift_fusion_bound.py --lift runs/bench_lift_5000
 
-For every held-out view of a 7-Scenes lift (its cached backbone tokens, ``<lift>/cache/*.npy``), each
-token centre with sensor depth is back-projected and looked up in the k nearest training views
-(bilinear sampling of their token grids, visibility by a 5% depth check against their sensor depth);
+For every held-out view of a 7-Scenes lift (its backbone tokens, read back from its token cache by
+``fit3d.lift.targets.lifted_targets``), each token centre with sensor depth is back-projected and looked
+up in the k nearest training views (bilinear sampling of their token grids, visibility by a 5% depth check against their sensor depth);
 the fused estimate is the mean over the views that see the point. Prints the mean cosine to the
 held-out tokens for several k next to the nearest-view baseline on the same tokens. This needs sensor
 depth for every view, which a lift does not, so it bounds what consistent features could reach rather
@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from fit3d.data import read_scene  # noqa: E402
 from fit3d.data.readers import frame_number  # noqa: E402
 from fit3d.paths import shared_7scenes_dir  # noqa: E402
-from fit3d.lift.targets import TargetCache  # noqa: E402
+from fit3d.lift.targets import lifted_targets  # noqa: E402
 from fit3d.lift.evaluate import pose_distance
 from fit3d.lift.init import split_views  # noqa: E402
 
@@ -40,10 +40,7 @@ def main() -> int:
     ap.add_argument("--max-frame", type=int, default=398)
     ap.add_argument("--depth-tol", type=float, default=0.05)
     args = ap.parse_args()
-    caches = sorted(Path(args.lift, "cache").glob("*.npy"))
-    if not caches:
-        raise SystemExit(f"{args.lift}/cache: no feature cache (run bench/lift_7scenes.py --out {args.lift} first)")
-    cache = TargetCache(caches[0])
+    cache = lifted_targets(args.lift)  # the lift's targets, read back from its token cache
     h, w = cache.grid_size
     D = cache.dim
     scale = 4  # views read at 4 px per token: token j spans pixels [4j, 4j + 4), its centre is x = 4j + 2

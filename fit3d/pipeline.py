@@ -76,7 +76,10 @@ class PipelineConfig:
         return SHARED if self.seed is not None else tuple(n for n in SHARED if n != "seed")
 
     def lift_config(self) -> LiftConfig:
-        return inherit(self, self.lift, self._shared())
+        """Stage 1 config; its token cache defaults to the probes' (``<out>/cache``), so an image both need at one
+        input size runs through the backbone once."""
+        lc = inherit(self, self.lift, self._shared())
+        return lc if lc.cache_dir else dataclasses.replace(lc, cache_dir=str(Path(self.out) / "cache"))
 
     def finetune_config(self) -> FinetuneConfig:
         """Stage 2 config; its resolution defaults to the probe's, so the backbone is trained at the

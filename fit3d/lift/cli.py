@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         raise SceneError(f"scene folder names must be unique (outputs go to OUT/<name>): {names}")
     out = Path(args.out)
     guard_output(out, [*scenes, *model_inputs(cfg.model_path)], command="lift", replaces=[out / n for n in names])
+    if cfg.cache_dir and cfg.cache_dir.lower() != "none":
+        from fit3d.guard import check_not_input
+
+        check_not_input(cfg.cache_dir, [*scenes, *model_inputs(cfg.model_path)], option="--cache-dir")
     mine = shard(list(zip(scenes, names)), di.rank, di.world_size)
     finished = {}
     for path, name in mine:  # every finished scene is checked before any work

@@ -212,6 +212,9 @@ class LiftConfig:
         "help": "fit3d.splat.rasterize backend (numba: CPU only; gsplat: CUDA only)"})
     pca_views: int = field(default=2, metadata={"volatile": True, "help": "held-out views in heldout_pca.png (0: none)"})
     progress: bool = field(default=True, metadata={"volatile": True, "help": "show progress bars"})
+    cache_dir: str | None = field(default=None, metadata={
+        "volatile": True, "help": "backbone token cache (fit3d.models.tokens; default <out>/<scene>/cache, 'none' off); "
+                                  "fit3d probe --cache-dir the same folder reuses the tokens of the same images"})
 
     def validate(self, prefix: str = "") -> None:
         """``Fit3DError`` naming the option (``--<prefix>field``, e.g. ``--lift.solve.cg-ridge`` in the pipeline)

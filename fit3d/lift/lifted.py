@@ -155,6 +155,7 @@ def write_lifted(ctx, result, timings: dict, t_start: float, src_path, layout: s
         "iterations": cfg.iterations, "timings": timings, "heldout": heldout,
         "gaussians": len(g), "init": result.init_source, "extent": result.extent,
         "target_grid": list(ctx.cache.grid_size), "target_dim": ctx.cache.dim,
+        "targets_computed": getattr(ctx.cache, "computed", None),  # views the backbone ran on (others: token cache)
         "history": result.history, **result.extra, "config": asdict(cfg), "settings": ctx.settings,
     }
     write_json(ctx.out / META_FILE, meta)

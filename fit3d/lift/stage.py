@@ -68,8 +68,10 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
         check_not_input(out, [scene_or_path, *model_inputs(cfg.model_path)])  # also for Python callers
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "lift")
-    for d in (out, out / "cache"):
-        clean_stale_temps(d)  # left by a kill during an atomic write
+    cache_root = token_root(cfg, out)
+    for d in (out, cache_root):
+        if d is not None:
+            clean_stale_temps(d)  # left by a kill during an atomic write
     device = resolve_device(cfg.device)
     wanted = None if split is None else set(split[0]) | set(split[1])
     scene = scene if scene is not None else read_lift_scene(scene_or_path, cfg, wanted)
@@ -92,9 +94,8 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     t0 = time.perf_counter()
     backbone = backbone or load_lift_backbone(cfg, device)
     settings = lift_settings(cfg, src_path, split)
-    cache = TargetCache.build(out / "cache" / f"{cfg.backbone}-{cfg.feature_size}.npy", scene.views, backbone,
-                              long_side=cfg.feature_size, backbone_name=cfg.backbone, progress=cfg.progress,
-                              model=settings["model"])
+    cache = TargetCache.build(cache_root, scene.views, backbone, long_side=cfg.feature_size, backbone_name=cfg.backbone,
+                              progress=cfg.progress, model=settings["model"])
     timings["features"] = time.perf_counter() - t0
 
     W, H = cfg.render_size(scene.views[0].width, scene.views[0].height)
@@ -115,6 +116,13 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     meta = write_lifted(ctx, result, timings, t_start, src_path, layout, heldout)
     remove_checkpoint(ctx)
     return meta
+
+
+def token_root(cfg: LiftConfig, out: Path) -> Path | None:
+    """The token cache folder of a lift into ``out``: ``cfg.cache_dir`` ('none': no cache), else ``out/cache``."""
+    if cfg.cache_dir and cfg.cache_dir.lower() == "none":
+        return None
+    return Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
 
 
 def named_split(scene: Scene, train: list[str], held: list[str], where) -> tuple[list[int], list[int]]:

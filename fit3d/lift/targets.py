@@ -1,9 +1,11 @@
-"""Stage 1 targets: the frozen backbone's patch tokens for every view, computed once and cached.
+"""Stage 1 targets: the frozen backbone's patch tokens for every view, through the one token cache.
 
-On disk: ``<cache>/<backbone>-<W>x<H>.npy`` (float16 [V, D, h, w], memory-mapped when read) and a
-``.json`` beside it with the view names, backbone and input size (a mismatch recomputes). At use a
-view's grid is bilinearly upsampled to the render resolution (FiT3D: "bilinearly upsampled to full
-render resolution").
+The tokens of a view are computed once and kept in ``fit3d.models.tokens.TokenCache`` (one safetensors entry
+per image, keyed by the model's identity, the layers and the exact backbone input), the cache the probes read
+too: a probe of the same image at the same input size (``fit3d pipeline``: lift and probes at 448 px) finds
+them there. In memory a lift holds them as float16 [V, D, h, w] (the precision its targets always had). At use
+a view's grid is bilinearly upsampled to the render resolution (FiT3D: "bilinearly upsampled to full render
+resolution").
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fit3d.errors import Fit3DError
-from fit3d.io import atomic_path, read_json, read_json_dict, write_json
+from fit3d.models.tokens import TokenCache, extract_features, image_id, token_key
 
 
 def backbone_input_size(width: int, height: int, long_side: int, patch: int) -> tuple[int, int]:
@@ -26,21 +27,22 @@ def backbone_input_size(width: int, height: int, long_side: int, patch: int) -> 
     return max(patch, round(width * s / patch) * patch), max(patch, round(height * s / patch) * patch)
 
 
-class TargetCache:
-    """Per-view target grids. ``grids`` [V, D, h, w] float16 (numpy memmap)."""
+def backbone_images(views, long_side: int, patch: int) -> list[np.ndarray]:
+    """Each view's image at the backbone's input size (:func:`backbone_input_size` of the first view)."""
+    W, H = backbone_input_size(views[0].width, views[0].height, long_side, patch)
+    return [np.clip(cv2.resize(v.image, (W, H), interpolation=cv2.INTER_AREA if W < v.width else cv2.INTER_LINEAR),
+                    0, 1).astype(np.float32, copy=False) for v in views]
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.meta = read_json_dict(self.path.with_suffix(".json"), "target cache record", keys=("names",))
-        try:
-            self.grids = np.load(self.path, mmap_mode="r")
-        except (OSError, ValueError, EOFError) as e:  # numpy: missing / truncated / not an .npy
-            raise Fit3DError(f"{self.path}: target cache is unreadable or corrupt ({e}); delete it to "
-                             f"recompute") from None
-        self.names: list[str] = list(self.meta["names"])
-        if self.grids.ndim != 4 or len(self.grids) != len(self.names):
-            raise Fit3DError(f"{self.path}: target cache holds shape {self.grids.shape}, expected "
-                             f"[{len(self.names)}, D, h, w] for the views its record lists; delete it to recompute")
+
+class TargetCache:
+    """Per-view target grids: ``grids`` [V, D, h, w] float16 (numpy), ``names`` the views in that order."""
+
+    def __init__(self, names: list[str], grids: np.ndarray, computed: int = 0):
+        self.names = list(names)
+        self.grids = grids
+        self.computed = computed  # views whose tokens the backbone computed in this build (0: all from the cache)
+        if grids.ndim != 4 or len(grids) != len(self.names):
+            raise ValueError(f"target grids of shape {grids.shape} for {len(self.names)} views")
         self._index = {n: i for i, n in enumerate(self.names)}
 
     def __len__(self) -> int:
@@ -69,38 +71,37 @@ class TargetCache:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, path: str | Path, views, backbone, *, long_side: int = 448, backbone_name: str = "",
+    def build(cls, root: str | Path | None, views, backbone, *, long_side: int = 448, backbone_name: str = "",
               batch_size: int = 4, progress: bool = True, model: dict | None = None) -> "TargetCache":
-        """Compute (or reuse, when names / backbone / size / ``model`` identity match) the cache for ``views``
-        (list of ``View``). ``model``: ``fit3d.models.identity.model_identity`` of the weights."""
-        path = Path(path)
-        names = [v.name for v in views]
-        W, H = backbone_input_size(views[0].width, views[0].height, long_side, backbone.patch_size)
-        want = {"names": names, "backbone": backbone_name, "input_size": [W, H], **({"model": model} if model else {})}
-        if path.exists() and path.with_suffix(".json").exists():
-            try:
-                meta = read_json(path.with_suffix(".json"))
-                if all(meta.get(k) == v for k, v in want.items()):
-                    return cls(path)
-            except Fit3DError:  # unreadable or corrupt cache: recompute
-                pass
+        """The targets of ``views`` (list of ``View``): each view's tokens read from the token cache at ``root``
+        (``fit3d.models.tokens``; None: no cache) or computed there. ``model``:
+        ``fit3d.models.identity.model_identity`` of the weights (the cache key; else ``backbone_name``)."""
+        images = backbone_images(views, long_side, backbone.patch_size)
+        what = token_key(model if model else {"backbone": backbone_name}, None, getattr(backbone, "device", "cpu"))
+        got = TokenCache(root).get(what, [image_id(im) for im in images], lambda idx: extract_features(
+            backbone, [images[i] for i in idx], batch_size, desc="backbone features", device=getattr(backbone, "device", "cpu"),
+            progress=progress and len(idx) > batch_size))
+        W, H = images[0].shape[1], images[0].shape[0]
         h, w = H // backbone.patch_size, W // backbone.patch_size
-        from tqdm import tqdm
+        if tuple(got.patch.shape[-2:]) != (h, w):
+            raise RuntimeError(f"backbone returned a {tuple(got.patch.shape[-2:])} grid, expected {(h, w)}")
+        return cls([v.name for v in views], got.patch.numpy().astype(np.float16), got.computed)
 
-        with atomic_path(path) as tmp:
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16,
-                                            shape=(len(views), backbone.embed_dim, h, w))
-            bar = tqdm(range(0, len(views), batch_size), desc="backbone features", disable=not progress,
-                       unit="batch", leave=False)
-            for s in bar:
-                batch = [cv2.resize(v.image, (W, H), interpolation=cv2.INTER_AREA if W < v.width else cv2.INTER_LINEAR)
-                         for v in views[s:s + batch_size]]
-                x = torch.from_numpy(np.clip(np.stack(batch), 0, 1)).permute(0, 3, 1, 2).contiguous()
-                patch, _ = backbone.features(x)  # [B, D, h, w]
-                if tuple(patch.shape[-2:]) != (h, w):
-                    raise RuntimeError(f"backbone returned a {tuple(patch.shape[-2:])} grid, expected {(h, w)}")
-                out[s:s + len(batch)] = patch.float().cpu().numpy().astype(np.float16)
-            out.flush()
-            del out
-        write_json(path.with_suffix(".json"), {**want, "grid": [h, w], "dim": backbone.embed_dim})
-        return cls(path)
+
+def lifted_targets(lift_dir: str | Path) -> TargetCache:
+    """The targets of a finished lift folder (its ``lift.json``: scene, views, backbone, ``feature_size`` and
+    token cache), read back from the token cache; views missing there are computed again (the backbone loads)."""
+    from fit3d.data import read_scene
+    from fit3d.io import read_json_dict
+    from fit3d.lift.config import LiftConfig
+    from fit3d.models import load_backbone
+
+    meta = read_json_dict(Path(lift_dir) / "lift.json", "lifted scene record", keys=("scene", "config"))
+    cfg, sc = meta["config"], meta["scene"]
+    names = set(sc["train_views"]) | set(sc["heldout_views"])
+    scene = read_scene(sc["path"], layout=sc.get("layout") or "auto", names=lambda n: n in names)
+    root = cfg.get("cache_dir")
+    root = None if (root or "").lower() == "none" else Path(root) if root else Path(lift_dir) / "cache"
+    backbone = load_backbone(cfg.get("backbone", LiftConfig.backbone), model_path=cfg.get("model_path"), device="cpu")
+    return TargetCache.build(root, scene.views, backbone, long_side=int(cfg.get("feature_size", LiftConfig.feature_size)),
+                             backbone_name=backbone.name, progress=False, model=(meta.get("settings") or {}).get("model"))

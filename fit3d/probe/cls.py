@@ -40,7 +40,8 @@ from torch import nn
 from tqdm import tqdm
 
 from fit3d.errors import Fit3DError, SceneError
-from fit3d.probe.features import CachedFeatures, FeatureCache
+from fit3d.models.tokens import file_id
+from fit3d.probe.features import CachedFeatures, FeatureCache, source_key
 from fit3d.probe.sources import FeatureSource
 from fit3d.probe.train import train_head
 
@@ -168,19 +169,21 @@ def extract_cls(model, data: ImageFolder, size: int, batch_size: int = 32, devic
 
 def source_features(sources: dict[str, FeatureSource], data: ImageFolder, size: int, cache: FeatureCache,
                     load_model, batch_size: int = 32, device="cpu", set_name: str = "") -> dict[str, ClsFeatures]:
-    """{label: ClsFeatures} of ``original`` / ``finetuned`` sources (cached per source, image set and size),
-    plus ``concat`` (both joined) when both are there. ``load_model(FeatureSource)`` gives a model with
-    ``.features``; it is called only on a cache miss."""
+    """{label: ClsFeatures} of ``original`` / ``finetuned`` sources (cached per source and image file in the
+    token cache, as mean-pooled patch tokens [D, 1, 1] + [CLS]), plus ``concat`` (both joined) when both are
+    there. ``load_model(FeatureSource)`` gives a model with ``.features``; it is called only on a cache miss."""
     out = {}
-    set_id = f"imagefolder:{data.root.resolve()}:{data.split}:{set_name}"
+    ids = [file_id(p, f"cls {size} crop {CROP_RATIO}") for p in data.paths]
     for label, src in sources.items():
         if src.kind == "concat":
             continue
 
-        def compute(src=src, label=label):
-            return extract_cls(load_model(src), data, size, batch_size, device, desc=f"{label} {data.split}")
+        def compute(idx, src=src, label=label):
+            model = load_model(src)
+            f = extract_cls(model, data.subset(idx), size, batch_size, device, desc=f"{label} {data.split}")
+            return f.patch, f.cls, {"patch_size": f.patch_size}
 
-        f = cache.get(src, set_id, data.names, (size, size), compute)
+        f = cache.get(source_key(src, device, variant="mean"), ids, compute)
         out[label] = ClsFeatures(f.cls, f.patch.flatten(1))
     if "original" in out and "finetuned" in out:
         o, f = out["original"], out["finetuned"]

@@ -1,48 +1,25 @@
-"""Frozen features of a feature source (``fit3d.probe.sources``) for probes, and their on-disk cache.
+"""Frozen features of a feature source (``fit3d.probe.sources``) for probes, through the one token cache.
 
 Every resolved source has ``.features(images [B,3,H,W] in [0,1], layers=None) -> (patch [B,D,h,w],
-cls [B,D])``. Probes train only a head on frozen features, so with augmentation off the features of an
-image set are computed once (``extract_features``) and cached to disk (``FeatureCache``) keyed by the
-source, the image set and the resolution; the head then trains on the cache.
+cls [B,D])``. Probes train only a head on frozen features, so with augmentation off each image's features are
+computed once (``extract_features``) and kept in ``fit3d.models.tokens.TokenCache`` (``FeatureCache``: one
+entry per image, keyed by the source's model identity, the layers and the image's pixels at the probe
+resolution); the head then trains on them. The original model's entries are the ones Stage 1 writes for its
+targets (the same key), so a probe of images a lift already ran at the same input size reads them.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from fit3d.io import torch_save
-from fit3d.probe.sources import FeatureSource
+from fit3d.models.tokens import TokenCache, extract_features, image_id, token_key
+from fit3d.probe.sources import FeatureSource, source_identity
 
-def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
-                     layers: Sequence[int] | None = None, desc: str = "features",
-                     device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model.features`` over ``images`` (each [H, W, 3] float 0-1, all the same size).
-
-    Returns (patch [N, D, h, w] float32 cpu, cls [N, Dc] float32 cpu).
-    """
-    patches, clss = [], []
-    kw = {"layers": list(layers)} if layers else {}
-    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False, disable=len(images) <= batch_size):
-        batch = torch.from_numpy(np.stack(images[i:i + batch_size])).permute(0, 3, 1, 2).contiguous()
-        if hasattr(model, "prepare"):  # sides to patch multiples (a no-op at the default resolutions)
-            batch = model.prepare(batch)
-        with torch.inference_mode():
-            out = model.features(batch.to(device), **kw)
-        if isinstance(out, list):  # one (patch, cls) per requested layer: DINOv2 "linear4" concatenation
-            out = (torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1))
-        p, c = out
-        patches.append(p.float().cpu())
-        clss.append(c.float().cpu())
-    return torch.cat(patches), torch.cat(clss)
+__all__ = ["CachedFeatures", "FeatureCache", "concat_features", "extract_features", "source_key"]
 
 
 @dataclass
@@ -70,38 +47,28 @@ def concat_features(o: CachedFeatures, f: CachedFeatures, n_layers: int = 1) -> 
                           o.from_cache and f.from_cache, {"from": [o.meta.get("path"), f.meta.get("path")]})
 
 
-class FeatureCache:
-    """Features on disk under ``root/<sha1>.pt`` keyed by source + image set + resolution.
+def source_key(source: FeatureSource, device: str | torch.device = "cpu", variant: str | None = None) -> dict:
+    """``fit3d.models.tokens.token_key`` of a source: the original model by its weights' identity (the key of
+    Stage 1's targets too), any other by the source's whole key (fine-tuned folder, paths, mtimes)."""
+    model = source_identity(source).get("original") if source.kind == "original" else None
+    return token_key(model or {"source": source.key()}, source.layers, device, variant)
 
-    ``root=None`` disables caching (features are computed every time).
-    """
 
-    def __init__(self, root: str | Path | None):
-        self.root = Path(root) if root else None
+class FeatureCache(TokenCache):
+    """The probes' view of the token cache under ``root`` (None: features are computed every time)."""
 
-    @staticmethod
-    def key(source: FeatureSource, image_set: str, names: Sequence[str], resolution: tuple[int, int]) -> str:
-        blob = json.dumps({"source": source.key(), "set": image_set, "names": list(names),
-                           "resolution": list(resolution), "version": 1}, sort_keys=True)
-        return hashlib.sha1(blob.encode()).hexdigest()
+    def features(self, source: FeatureSource, images: Sequence[np.ndarray], names: Sequence[str],
+                 load_model: Callable[[], object], *, batch_size: int = 8, device: str | torch.device = "cpu",
+                 desc: str = "features") -> CachedFeatures:
+        """``source``'s features of ``images`` (each [H, W, 3] float 0-1, one size): read per image from the cache,
+        the rest computed with ``load_model()`` (called only then) and stored."""
 
-    def get(self, source: FeatureSource, image_set: str, names: Sequence[str], resolution: tuple[int, int],
-            compute: Callable[[], CachedFeatures]) -> CachedFeatures:
-        """Load the cached features, or ``compute()`` and store them."""
-        if self.root is None:
-            return compute()
-        path = self.root / f"{self.key(source, image_set, names, resolution)}.pt"
-        if path.exists():
-            try:
-                d = torch.load(path, map_location="cpu", weights_only=True)
-                if list(d["names"]) == list(names):
-                    return CachedFeatures(d["patch"].float(), d["cls"].float(), list(d["names"]),
-                                          int(d["patch_size"]), 0.0, True, {"path": str(path)})
-            except Exception as e:  # truncated / corrupt / foreign file (torch raises many types): recompute
-                warnings.warn(f"{path}: unreadable feature cache ({type(e).__name__}); recomputing", stacklevel=2)
-        out = compute()
-        torch_save({"patch": out.patch, "cls": out.cls, "names": list(out.names),
-                    "patch_size": out.patch_size, "source": source.key(), "set": image_set,
-                    "resolution": list(resolution)}, path)
-        out.meta["path"] = str(path)
-        return out
+        def compute(idx):
+            model = load_model()
+            p, c = extract_features(model, [images[i] for i in idx], batch_size, source.layers, desc=desc, device=device)
+            return p, c, {"patch_size": int(getattr(model, "patch_size", 14))}
+
+        got = self.get(source_key(source, device), [image_id(im) for im in images], compute)
+        return CachedFeatures(got.patch, got.cls, list(names), int((got.info or {}).get("patch_size", 14)),
+                              got.seconds, got.from_cache, {"path": None if self.root is None else str(self.root),
+                                                            "computed": got.computed})

@@ -15,7 +15,6 @@ Head training settings come from the config alone: ``DepthSettings.from_config``
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from fit3d.probe import sources as sources_mod  # module attribute: tests swap r
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
-from fit3d.probe.features import CachedFeatures, FeatureCache, concat_features, extract_features
+from fit3d.probe.features import CachedFeatures, FeatureCache, concat_features
 from fit3d.probe.report import seed_summary
 from fit3d.probe.sources import FeatureSource, check_sources, source_identity
 from fit3d.probe.sources import config_sources as sources
@@ -92,24 +91,15 @@ def validation_split(names: list[str], frames: tuple[int, int]) -> tuple[torch.T
 
 def source_features(src, split: Split, set_name: str, res, cache: FeatureCache, models: Models,
                     cfg: ProbeConfig) -> CachedFeatures:
-    """Source ``src``'s features of ``split`` at ``res`` (W, H) through ``cache``: computed (models loaded) only
-    when the cache misses. A concat source's features are composed from the original's and the fine-tuned
-    model's cached ones (each computed once per run)."""
+    """Source ``src``'s features of ``split`` (its images at ``res`` (W, H)) through ``cache``: computed (models
+    loaded) only for images the cache lacks. A concat source's features are composed from the original's and the
+    fine-tuned model's cached ones (each computed once per run)."""
     if src.kind == "concat":
         o, f = (source_features(dataclasses.replace(src, kind=k), split, set_name, res, cache, models, cfg)
                 for k in ("original", "finetuned"))
         return concat_features(o, f, len(src.layers) if src.layers else 1)
-
-    def compute():
-        model = models.get(src)
-        t0 = time.perf_counter()
-        p, c = extract_features(model, split.images, cfg.extract_batch, src.layers, desc=f"{src.label} {set_name}",
-                                device=models.device)
-        return CachedFeatures(p, c, list(split.data.names), int(getattr(model, "patch_size", 14)),
-                              time.perf_counter() - t0)
-
-    set_id = f"{split.data.meta.get('dataset')}:{split.data.meta.get('path')}:{set_name}"
-    return cache.get(src, set_id, split.data.names, tuple(res), compute)
+    return cache.features(src, split.images, split.data.names, lambda: models.get(src), batch_size=cfg.extract_batch,
+                          device=models.device, desc=f"{src.label} {set_name}")
 
 
 def _check(cfg: ProbeConfig) -> None:

@@ -118,15 +118,19 @@ def _views(n=3, w=16, h=12):
 
 def test_feature_cache_is_computed_once_and_upsampled(tmp_path):
     bb, views = _Backbone(), _views()
-    c = TargetCache.build(tmp_path / "c.npy", views, bb, long_side=16, progress=False)
-    assert c.grids.shape == (3, 2, 3, 4) and isinstance(c.grids, np.memmap)
+    c = TargetCache.build(tmp_path / "tokens", views, bb, long_side=16, progress=False)
+    assert c.grids.shape == (3, 2, 3, 4) and c.grids.dtype == np.float16 and c.computed == 3
     calls = bb.calls
-    c2 = TargetCache.build(tmp_path / "c.npy", views, bb, long_side=16, progress=False)
-    assert bb.calls == calls and c2.names == ["v0", "v1", "v2"]
+    c2 = TargetCache.build(tmp_path / "tokens", views, bb, long_side=16, progress=False)
+    assert bb.calls == calls and c2.names == ["v0", "v1", "v2"] and c2.computed == 0
+    np.testing.assert_array_equal(c.grids, c2.grids)
     t = c2.target(1, 16, 12)
     assert t.shape == (1, 2, 12, 16)
     torch.testing.assert_close(t.mean(), c2.grid(1).mean(), atol=1e-2, rtol=0)
-    TargetCache.build(tmp_path / "c.npy", views[:2], bb, long_side=16, progress=False)  # other views: recompute
+    sub = TargetCache.build(tmp_path / "tokens", views[1:], bb, long_side=16, progress=False)  # cached per image
+    assert bb.calls == calls and sub.names == ["v1", "v2"]
+    np.testing.assert_array_equal(sub.grids, c.grids[1:])
+    TargetCache.build(tmp_path / "tokens", views, bb, long_side=8, progress=False)  # another input size: computed
     assert bb.calls > calls
     assert backbone_input_size(640, 480, 448, 14) == (448, 336)
 
