@@ -38,11 +38,11 @@ def test_truncated_feature_cache_is_recomputed(scene_dir, tiny_dino, tmp_path, c
     rc, _, err = run_cli(capsys, *args)
     assert rc == 0, err
     first = (tmp_path / "p" / "probe.json").read_text()
-    caches = sorted((tmp_path / "p" / "cache").glob("*.pt"))
+    caches = sorted((tmp_path / "p" / "cache").glob("*.safetensors"))
     assert caches
     for c in caches:
         c.write_bytes(c.read_bytes()[:100])
-    with pytest.warns(UserWarning, match="unreadable feature cache"):
+    with pytest.warns(UserWarning, match="unreadable token cache entry"):
         rc, _, err = run_cli(capsys, *args)
     assert rc == 0, err
     assert all(c.stat().st_size > 100 for c in caches)  # rewritten whole
