@@ -8,6 +8,7 @@ Output folder::
     <out>/lifted/<scene>/    Stage 1 (gaussians.ply, decoder.safetensors, lift.json, heldout_pca.png)
     <out>/finetuned/         Stage 2 (model/ via save_pretrained, fit3d.json)
     <out>/probe/<task>/      probe.json, probe.md, figure.png
+    <out>/cache/             the token cache of Stage 1 and the probes (fit3d.models.tokens)
     <out>/results.json|.md   the summary table and the time of each stage
 """
 
@@ -92,7 +93,7 @@ class PipelineConfig:
         return dataclasses.replace(
             inherit(self, self.probe, self._shared()), task=task, data=data, eval_data=self.eval_data,
             finetuned=finetuned, features=list(SOURCES) if finetuned else ["original"], out=str(out / task),
-            cache_dir=str(out / "cache"), val_frames=self.probe.val_frames if task == "depth" else None)
+            cache_dir=str(Path(self.out) / "cache"), val_frames=self.probe.val_frames if task == "depth" else None)
 
 
 def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True) -> dict:

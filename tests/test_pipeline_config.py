@@ -83,3 +83,10 @@ def test_a_nested_method_option_and_its_errors_carry_the_pipelines_prefix(tmp_pa
     bad = from_args(PipelineConfig, p.parse_args([str(tmp_path), "--finetune.lr", "-1"]))
     with pytest.raises(Fit3DError, match=r"^--finetune\.lr "):
         validate_pipeline([str(tmp_path)], bad, bad.lift_config(), bad.finetune_config())
+
+
+def test_lift_and_probes_share_one_token_cache():
+    lift, _, probe = stages(PipelineConfig(out="runs/p"))
+    assert lift.cache_dir == probe.cache_dir == str(Path("runs/p") / "cache")
+    lift = PipelineConfig(out="runs/p", lift=LiftConfig(cache_dir="/elsewhere")).lift_config()
+    assert lift.cache_dir == "/elsewhere"  # a folder given is kept
