@@ -93,3 +93,20 @@ def test_a_foreign_file_under_an_entry_name_is_recomputed(tmp_path):
     with pytest.warns(UserWarning, match="unreadable token cache entry"):
         again = _get(cache, model, ims, what)
     assert again.computed == 1
+
+
+@pytest.mark.parametrize("long_side", [224, 448])
+def test_a_lift_and_a_probe_give_the_backbone_the_same_pixels(sevenscenes_path, long_side):
+    """Sharing needs equal inputs: Stage 1 resizes a 640x480 frame to its backbone input as the probes' readers do
+    (the pipeline's 448 px lift and 448x336 probes; bench/generalize.py's 224 px RedKitchen lift and probes)."""
+    from fit3d.data import read_scene
+    from fit3d.lift.targets import backbone_images
+    from fit3d.probe.datasets import load_probe_data
+
+    names = {"frame-000000", "frame-000002"}
+    views = read_scene(sevenscenes_path, names=lambda n: n in names).views
+    lift = backbone_images(views, long_side, 14)
+    size = (lift[0].shape[1], lift[0].shape[0])
+    probe = load_probe_data(sevenscenes_path, "train", size, train_frames=(0, 2))
+    got = [probe.view(probe.names.index(v.name)).image for v in views]
+    assert [image_id(a) for a in lift] == [image_id(b) for b in got]
