@@ -7,7 +7,8 @@ shared DINOv2-S weights on CPU with one or more methods, and print one table (a 
 Targets: issue 4 (optimize): the whole lift, backbone features included, <= 15 min on 2 CPU cores, with the
 rendered features beating both baselines (scene-mean feature, nearest training view) on the held-out views;
 issue 12 (solve): lifting (features excluded) <= 60 s, cosine above the nearest view (docs/lift-solve.md).
-Methods after the first reuse its backbone cache (their features time is the cache read).
+Methods after the first read its targets from the run's token cache, ``<out>/cache`` (their features time is
+the cache read).
 Also writes the held-out PCA picture to docs/lift-pca-redkitchen.png (--pca-out).
 """
 
@@ -63,14 +64,12 @@ def main() -> int:
     if not args.resume:
         clear_output(out)  # only ever fit3d's own earlier results
     metas, walls, cpus = [], [], []
-    for k, method in enumerate(args.method):
+    for method in args.method:
         cfg = LiftConfig(method=method, model_path=str(shared_model_dir()), width=args.width,
                          iterations=args.iterations, feature_size=args.feature_size, max_frame=max_frame,
-                         progress=False)
+                         progress=False, cache_dir=str(out / "cache"))  # one token cache: every method's targets
         cfg = set_fields(cfg, args.set)
         dst = out / method
-        if k and not (dst / "cache").exists():  # the same targets for every method: computed once
-            shutil.copytree(out / args.method[0] / "cache", dst / "cache")
         t0, c0 = time.perf_counter(), time.process_time()
         metas.append(lift_scene(scene, cfg, dst))
         walls.append(time.perf_counter() - t0)
