@@ -80,9 +80,9 @@ def test_a_damaged_or_foreign_entry_is_recomputed(scene_dir, tiny_dino, tmp_path
         rc, _, err = run_cli(capsys, *args, "--out", tmp_path / "b")
     assert rc == 0, err
     assert sum(forwards) == 2
-    again = _tensors(cache)  # rewritten whole, the same numbers
+    again = _tensors(cache)  # rewritten whole, the same numbers (up to float rounding: 2 images a batch, not 4 + 2)
     assert again.keys() == first.keys()
     for k in first:
-        torch.testing.assert_close(again[k], first[k], rtol=0, atol=0)
+        torch.testing.assert_close(again[k], first[k])
     a, b = (json.loads((tmp_path / d / "room" / "lift.json").read_text())["heldout"] for d in ("a", "b"))
-    assert a == b
+    assert a.keys() == b.keys() and all(b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-5) for k in a)
