@@ -27,9 +27,10 @@ def backbone_input_size(width: int, height: int, long_side: int, patch: int) -> 
     return max(patch, round(width * s / patch) * patch), max(patch, round(height * s / patch) * patch)
 
 
-def backbone_images(views, long_side: int, patch: int) -> list[np.ndarray]:
-    """Each view's image at the backbone's input size (:func:`backbone_input_size` of the first view)."""
-    W, H = backbone_input_size(views[0].width, views[0].height, long_side, patch)
+def backbone_images(views, long_side: int, patch: int, size: tuple[int, int] | None = None) -> list[np.ndarray]:
+    """Each view's image at the backbone's input ``size`` (W, H; default :func:`backbone_input_size` of the
+    first view), float32 in [0, 1]."""
+    W, H = size or backbone_input_size(views[0].width, views[0].height, long_side, patch)
     return [np.clip(cv2.resize(v.image, (W, H), interpolation=cv2.INTER_AREA if W < v.width else cv2.INTER_LINEAR),
                     0, 1).astype(np.float32, copy=False) for v in views]
 
@@ -72,20 +73,30 @@ class TargetCache:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, root: str | Path | None, views, backbone, *, long_side: int = 448, backbone_name: str = "",
-              batch_size: int = 4, progress: bool = True, model: dict | None = None) -> "TargetCache":
+              batch_size: int = 4, progress: bool = True, model: dict | None = None, chunk: int = 32) -> "TargetCache":
         """The targets of ``views`` (list of ``View``): each view's tokens read from the token cache at ``root``
         (``fit3d.models.tokens``; None: no cache) or computed there. ``model``:
-        ``fit3d.models.identity.model_identity`` of the weights (the cache key; else ``backbone_name``)."""
-        images = backbone_images(views, long_side, backbone.patch_size)
-        what = token_key(model if model else {"backbone": backbone_name}, None, getattr(backbone, "device", "cpu"))
-        got = TokenCache(root).get(what, [image_id(im) for im in images], lambda idx: extract_features(
-            backbone, [images[i] for i in idx], batch_size, desc="backbone features", device=getattr(backbone, "device", "cpu"),
-            progress=progress and len(idx) > batch_size))
-        W, H = images[0].shape[1], images[0].shape[0]
-        h, w = H // backbone.patch_size, W // backbone.patch_size
-        if tuple(got.patch.shape[-2:]) != (h, w):
-            raise RuntimeError(f"backbone returned a {tuple(got.patch.shape[-2:])} grid, expected {(h, w)}")
-        return cls([v.name for v in views], got.patch.numpy().astype(np.float16), got.computed)
+        ``fit3d.models.identity.model_identity`` of the weights (the cache key; else ``backbone_name``). ``chunk``
+        views are resized and run at a time (memory bounded whatever the number of views)."""
+        p = backbone.patch_size
+        W, H = backbone_input_size(views[0].width, views[0].height, long_side, p)
+        device = getattr(backbone, "device", "cpu")
+        what, cache = token_key(model if model else {"backbone": backbone_name}, None, device), TokenCache(root)
+        grids, computed = None, 0
+        from tqdm import tqdm
+
+        for s in tqdm(range(0, len(views), chunk), desc="backbone features", disable=not progress, leave=False,
+                      unit=f"{chunk} views"):  # a chunk of images in memory at a time
+            images = backbone_images(views[s:s + chunk], long_side, p, (W, H))
+            got = cache.get(what, [image_id(im) for im in images], lambda idx: extract_features(
+                backbone, [images[i] for i in idx], batch_size, device=device, progress=False))
+            if tuple(got.patch.shape[-2:]) != (H // p, W // p):
+                raise RuntimeError(f"backbone returned a {tuple(got.patch.shape[-2:])} grid, expected {(H // p, W // p)}")
+            if grids is None:
+                grids = np.empty((len(views), *got.patch.shape[1:]), np.float16)
+            grids[s:s + len(images)] = got.patch.numpy()  # float16, as the targets always were
+            computed += got.computed
+        return cls([v.name for v in views], grids, computed)
 
 
 def lifted_targets(lift_dir: str | Path) -> TargetCache:

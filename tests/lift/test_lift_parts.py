@@ -130,6 +130,10 @@ def test_feature_cache_is_computed_once_and_upsampled(tmp_path):
     sub = TargetCache.build(tmp_path / "tokens", views[1:], bb, long_side=16, progress=False)  # cached per image
     assert bb.calls == calls and sub.names == ["v1", "v2"]
     np.testing.assert_array_equal(sub.grids, c.grids[1:])
+    chunked = TargetCache.build(None, views, bb, long_side=16, progress=False, chunk=2)  # 2 views at a time, no cache
+    np.testing.assert_array_equal(chunked.grids, c.grids)
+    assert chunked.computed == 3
+    calls = bb.calls
     TargetCache.build(tmp_path / "tokens", views, bb, long_side=8, progress=False)  # another input size: computed
     assert bb.calls > calls
     assert backbone_input_size(640, 480, 448, 14) == (448, 336)
