@@ -2,12 +2,14 @@
 vs after (issue 23).
 
     .venv/bin/python bench/token_cache.py --out /tmp/token-cache --code before=/tmp/cache-base after=.
+    .venv/bin/python bench/token_cache.py --out /tmp/token-cache --report     # the tables again
 
 Each ``--code NAME=DIR`` is a fit3d source tree (``DIR/fit3d``; e.g. the commit before the change unpacked by
 ``git archive c994a43 | tar -x -C /tmp/cache-base``); every scenario runs once per tree, each in a fresh
 process with ``PYTHONPATH=DIR``, one after the other. Per run: the images that went through the backbone's
 forward (``Backbone.tokens`` wrapped, counted per stage of the run's clock), the process's CPU seconds (user +
-system, children included) and wall seconds. Scenarios (all on CPU, DINOv2-S from ``shared/models``):
+system, children included) and wall seconds; then how many of each run's result numbers equal the first
+tree's. Scenarios (all on CPU, DINOv2-S from ``shared/models``):
 
 - ``pipeline-7scenes``: ``fit3d pipeline``'s defaults (lift at 448 px, probes at 448x336) on 25 RedKitchen frames
   (every 20th: 20 training, 5 test frames, linked from ``shared/``), probes depth + corr, 4 Stage 2 steps,
@@ -149,6 +151,30 @@ def overhead(n: int = 48) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------ parent
+def _numbers(d, path="") -> dict:
+    if isinstance(d, dict):
+        return {k: v for key, val in d.items() for k, v in _numbers(val, f"{path}/{key}").items()}
+    return {path: d} if isinstance(d, (int, float)) and not isinstance(d, bool) else {}
+
+
+def same_results(out: Path, results: dict) -> None:
+    """Per scenario: the run's results.json numbers (probe metrics, intervals, Stage 1 / 2 records; times left
+    out) of each tree against the first tree's."""
+    print("\nThe runs' results (results.json numbers but times) against the first tree's\n")
+    print("| scenario | code | numbers | equal | differing (largest abs. difference) |\n|---|---|---|---|---|")
+    scenarios = dict.fromkeys(s for s, _ in results)
+    for sc in scenarios:
+        names = [n for s, n in results if s == sc]
+        ref = _numbers(json.loads((out / f"{sc}-{names[0]}" / "results.json").read_text()))
+        for n in names[1:]:
+            got = _numbers(json.loads((out / f"{sc}-{n}" / "results.json").read_text()))
+            keys = [k for k in ref if k in got and "seconds" not in k and "/machine/" not in k and "/config/" not in k]
+            diff = {k: abs(got[k] - ref[k]) for k in keys if got[k] != ref[k]}
+            worst = max(diff, key=diff.get) if diff else None
+            print(f"| {sc} | {n} | {len(keys)} | {len(keys) - len(diff)} | "
+                  + (f"{len(diff)} ({worst}: {diff[worst]:.1e})" if diff else "0") + " |")
+
+
 def table(results: dict) -> None:
     print(f"\nBackbone forwards (images through DINOv2-S) and process CPU seconds per run; {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.1f} at the end\n")
@@ -170,6 +196,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="/tmp/token-cache")
     ap.add_argument("--code", nargs="+", default=[f"after={REPO}"], help="NAME=DIR fit3d source trees")
     ap.add_argument("--scenarios", nargs="*", default=list(SCENARIOS), choices=SCENARIOS, help="none: the cache's own cost only")
+    ap.add_argument("--report", action="store_true", help="print the tables of the runs already in --out")
     ap.add_argument("--drive", nargs=2, metavar=("SCENARIO", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.drive:
@@ -179,6 +206,11 @@ def main(argv=None) -> int:
     from fit3d.paths import shared_dir
 
     out = Path(a.out)
+    if a.report:
+        results = {tuple(k.split("/", 1)): r for k, r in json.loads((out / "results.json").read_text()).items()}
+        table(results)
+        same_results(out, results)
+        return 0
     guard_output(out, [], command="bench/token_cache.py")
     codes = dict(c.split("=", 1) for c in a.code)
     results = {}
@@ -199,6 +231,7 @@ def main(argv=None) -> int:
     if results:
         (out / "results.json").write_text(json.dumps({f"{s}/{n}": r for (s, n), r in results.items()}, indent=1))
         table(results)
+        same_results(out, results)
     try:
         rows = overhead()
     except ImportError:  # a tree without fit3d.models.tokens first on the path
