@@ -33,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: no OpenMP spinning on shared cores
 REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("pipeline-7scenes", "demo", "demo-224")
 
