@@ -91,7 +91,8 @@ class TargetCache:
             got = cache.get(what, [image_id(im) for im in images], lambda idx: extract_features(
                 backbone, [images[i] for i in idx], batch_size, device=device, progress=False))
             if tuple(got.patch.shape[-2:]) != (H // p, W // p):
-                raise RuntimeError(f"backbone returned a {tuple(got.patch.shape[-2:])} grid, expected {(H // p, W // p)}")
+                raise RuntimeError(f"backbone returned a {tuple(got.patch.shape[-2:])} grid, expected "
+                                   f"{(H // p, W // p)}")
             if grids is None:
                 grids = np.empty((len(views), *got.patch.shape[1:]), np.float16)
             grids[s:s + len(images)] = got.patch.numpy()  # float16, as the targets always were
@@ -114,5 +115,6 @@ def lifted_targets(lift_dir: str | Path) -> TargetCache:
     root = cfg.get("cache_dir")
     root = None if (root or "").lower() == "none" else Path(root) if root else Path(lift_dir) / "cache"
     backbone = load_backbone(cfg.get("backbone", LiftConfig.backbone), model_path=cfg.get("model_path"), device="cpu")
-    return TargetCache.build(root, scene.views, backbone, long_side=int(cfg.get("feature_size", LiftConfig.feature_size)),
-                             backbone_name=backbone.name, progress=False, model=(meta.get("settings") or {}).get("model"))
+    return TargetCache.build(root, scene.views, backbone,
+                             long_side=int(cfg.get("feature_size", LiftConfig.feature_size)), backbone_name=backbone.name,
+                             progress=False, model=(meta.get("settings") or {}).get("model"))

@@ -12,7 +12,8 @@ with a warning; caches of older formats (``.npy`` / ``.pt``) are simply not foun
 
     cache = TokenCache(root)                       # root None: nothing on disk, computed every time
     what = token_key(model_identity(...), layers=None, device="cpu")
-    got = cache.get(what, [image_id(im) for im in images], lambda idx: extract_features(model, [images[i] for i in idx]))
+    got = cache.get(what, [image_id(im) for im in images],
+                    lambda idx: extract_features(model, [images[i] for i in idx]))
     got.patch  # [N, D, h, w] float32; got.computed: how many images ran through the backbone
 """
 
@@ -40,7 +41,8 @@ FORMAT = "fit3d-tokens"
 
 def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
                      layers: Sequence[int] | None = None, desc: str = "features",
-                     device: str | torch.device = "cpu", progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     device: str | torch.device = "cpu",
+                     progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``model.features`` over ``images`` (each [H, W, 3] float 0-1, all the same size).
 
     Returns (patch [N, D, h, w] float32 cpu, cls [N, Dc] float32 cpu); with ``layers``, per-layer tokens
@@ -116,12 +118,9 @@ class TokenCache:
     def __init__(self, root: str | os.PathLike | None):
         self.root = Path(root) if root else None
 
-    def path(self, what: dict, image: str) -> Path | None:
-        return None if self.root is None else self.root / f"{entry_key(what, image)}{SUFFIX}"
-
     def read(self, path: Path, key: str) -> tuple[torch.Tensor, torch.Tensor, dict] | None:
-        """(patch [D, h, w], cls [Dc], info) of the entry at ``path``, None when there is none; an unreadable, truncated
-        or foreign file is a warning (and None: the caller recomputes it)."""
+        """(patch [D, h, w], cls [Dc], info) of the entry at ``path``, None when there is none; an unreadable,
+        truncated or foreign file is a warning (and None: the caller recomputes it)."""
         if not path.is_file():
             return None
         try:
