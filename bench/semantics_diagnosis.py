@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     res = (224, 168)
     t_all = time.perf_counter()
     gcfg = G.GeneralizeConfig(out=str(out), model_path=a.model_path, rooms=a.rooms, probe_rooms=0, test_rooms=0,
-                              room_views=a.room_views, lift_max_views=a.lift_max_views)
+                              room_views=a.room_views, lift_max_views=a.lift_max_views,
+                              cache_dir=a.cache_dir)  # its lifts' tokens in the probes' cache
     rooms = G.generate_rooms(gcfg, work)
     backbone = load_backbone("dinov2_small", model_path=a.model_path)
     scenes = [("redkitchen", Path(gcfg.redkitchen), 398), ("icl-livingroom1", Path(gcfg.icl), None)]
