@@ -179,5 +179,7 @@ class TokenCache:
         shapes = {tuple(f[0].shape) for f in found}
         if len(shapes) > 1:
             raise RuntimeError(f"token cache: images of one set gave token grids of several shapes {sorted(shapes)}")
-        return TokenSet(torch.stack([f[0] for f in found]) if n else torch.empty(0),
-                        torch.stack([f[1] for f in found]) if n else torch.empty(0), len(missing), seconds, info)
+        # patch tokens laid out as the backbone gives them ([N, h, w, D] in memory: channels last), so heads see the
+        # same strides whether the tokens were computed or read
+        patch = torch.stack([f[0] for f in found]).contiguous(memory_format=torch.channels_last) if n else torch.empty(0)
+        return TokenSet(patch, torch.stack([f[1] for f in found]) if n else torch.empty(0), len(missing), seconds, info)

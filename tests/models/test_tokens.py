@@ -110,3 +110,19 @@ def test_a_lift_and_a_probe_give_the_backbone_the_same_pixels(sevenscenes_path, 
     probe = load_probe_data(sevenscenes_path, "train", size, train_frames=(0, 2))
     got = [probe.view(probe.names.index(v.name)).image for v in views]
     assert [image_id(a) for a in lift] == [image_id(b) for b in got]
+
+
+def test_tokens_keep_the_backbones_memory_layout(tmp_path):
+    """DINOv2's patch grids are [N, D, h, w] views of [N, h, w, D] (channels last); read entries are laid out the
+    same, so a head sees the same strides (and sums in the same order) whether the tokens were computed or read."""
+    cache, ims = TokenCache(tmp_path), _images(3)
+
+    def compute(idx):
+        p = torch.randn(len(idx), 2, 3, 5).permute(0, 3, 1, 2)  # [M, D=5, 2, 3], channels last as DINOv2's
+        return p, torch.randn(len(idx), 5)
+
+    what = token_key("pool")
+    a = cache.get(what, [image_id(im) for im in ims], compute)
+    b = cache.get(what, [image_id(im) for im in ims], compute)
+    assert b.from_cache and a.patch.stride() == b.patch.stride()
+    assert b.patch.is_contiguous(memory_format=torch.channels_last)
