@@ -44,47 +44,83 @@ def _row_list(packed, start, cnt, fy, rows):
     return n
 
 
+@nb.njit(cache=True, inline="always")
+def _span(centre, extent, lo, hi):
+    """Pixels [a, b) of [lo, hi) whose centre (p + 0.5) may lie within ``extent`` of ``centre``: a superset (one pixel
+    of slack each side) that the exact test inside the loops trims; empty for a non-finite extent or centre."""
+    a, b = centre - extent - 1.0, centre + extent + 1.0
+    if not (a < hi and b > lo):  # also False for NaN
+        return lo, lo
+    return max(lo, int(math.floor(a))), min(hi, int(math.ceil(b)))
+
+
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
 def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last, consts,
                     centres):
+    """Gaussian-major: per tile, each Gaussian of the depth-sorted list visits only the pixels of its box (the
+    extents in ``packed``) and updates their running transmittance and sums. Every pixel sees the same
+    Gaussians in the same order with the same tests as a per-pixel front-to-back loop (the backward's), so
+    ``out`` / ``Tfin`` / ``last`` (the list position where the pixel saturated, else the list length) are
+    that loop's; a pixel loop would test every Gaussian of its row, most of which miss it."""
     C = colors.shape[1]
     HALF, ONE, AMAX, AMIN, TMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
     for t in nb.prange(offsets.shape[0]):
         start, cnt = offsets[t], counts[t]
         x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
-        rows = np.empty(cnt, dtype=np.int64)
-        for py in range(y0, min(y0 + TILE, height)):
-            fy = centres[py]
-            n_row = _row_list(packed, start, cnt, fy, rows)
-            for px in range(x0, min(x0 + TILE, width)):
-                fx = centres[px]
-                T = ONE
-                k_end = cnt
-                for r in range(n_row):
-                    k = rows[r]
-                    j = start + k
-                    dx = packed[j, 0] - fx
-                    if abs(dx) > packed[j, 7]:
+        x1, y1 = min(x0 + TILE, width), min(y0 + TILE, height)
+        # unsaturated pixels of each row lie in [lo, hi) (saturated ones move the ends inward): the boxes of the
+        # Gaussians behind a saturated surface cost nothing
+        lo, hi = np.full(TILE, x0, np.int64), np.full(TILE, x1, np.int64)
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                last[py, px] = cnt
+        alive = (x1 - x0) * (y1 - y0)
+        for k in range(cnt):
+            if alive == 0:
+                break
+            j = start + k
+            mx, my, ex, ey = packed[j, 0], packed[j, 1], packed[j, 7], packed[j, 8]
+            ya, yb = _span(my, ey, y0, y1)
+            xa, xb = _span(mx, ex, x0, x1)
+            if ya >= yb or xa >= xb:
+                continue
+            ca, cb, cc, op, thr = packed[j, 2], packed[j, 3], packed[j, 4], packed[j, 5], packed[j, 6]
+            g = gids[j]
+            for py in range(ya, yb):
+                r = py - y0
+                xs, xe = max(xa, lo[r]), min(xb, hi[r])
+                if xs >= xe:
+                    continue
+                dy = my - centres[py]
+                if abs(dy) > ey:
+                    continue
+                for px in range(xs, xe):
+                    if last[py, px] != cnt:  # saturated at an earlier Gaussian
                         continue
-                    dy = packed[j, 1] - fy
-                    sig = HALF * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
-                    if sig < ZERO or sig > packed[j, 6]:
+                    dx = mx - centres[px]
+                    if abs(dx) > ex:
                         continue
-                    g = gids[j]
-                    raw = packed[j, 5] * math.exp(-sig)
+                    sig = HALF * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    if sig < ZERO or sig > thr:
+                        continue
+                    raw = op * math.exp(-sig)
                     alpha = raw if raw < AMAX else AMAX
                     if alpha < AMIN:
                         continue
+                    T = Tfin[py, px]
                     nT = T * (ONE - alpha)
                     if nT <= TMIN:
-                        k_end = k
-                        break
+                        last[py, px] = k
+                        alive -= 1
+                        while lo[r] < hi[r] and last[py, lo[r]] != cnt:
+                            lo[r] += 1
+                        while hi[r] > lo[r] and last[py, hi[r] - 1] != cnt:
+                            hi[r] -= 1
+                        continue
                     w = alpha * T
                     for c in range(C):
                         out[py, px, c] += w * colors[g, c]
-                    T = nT
-                Tfin[py, px] = T
-                last[py, px] = k_end
+                    Tfin[py, px] = nT
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
