@@ -61,7 +61,8 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
     extents in ``packed``) and updates their running transmittance and sums. Every pixel sees the same
     Gaussians in the same order with the same tests as a per-pixel front-to-back loop (the backward's), so
     ``out`` / ``Tfin`` / ``last`` (the list position where the pixel saturated, else the list length) are
-    that loop's; a pixel loop would test every Gaussian of its row, most of which miss it."""
+    that loop's; a pixel loop would test every Gaussian of its row, most of which miss it. ``packed``: per
+    Gaussian (:func:`_pack_gaussians`), rows ``gids``."""
     C = colors.shape[1]
     HALF, ONE, AMAX, AMIN, TMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
     for t in nb.prange(offsets.shape[0]):
@@ -78,14 +79,13 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
         for k in range(cnt):
             if alive == 0:
                 break
-            j = start + k
-            mx, my, ex, ey = packed[j, 0], packed[j, 1], packed[j, 7], packed[j, 8]
+            g = gids[start + k]
+            mx, my, ex, ey = packed[g, 0], packed[g, 1], packed[g, 7], packed[g, 8]
             ya, yb = _span(my, ey, y0, y1)
             xa, xb = _span(mx, ex, x0, x1)
             if ya >= yb or xa >= xb:
                 continue
-            ca, cb, cc, op, thr = packed[j, 2], packed[j, 3], packed[j, 4], packed[j, 5], packed[j, 6]
-            g = gids[j]
+            ca, cb, cc, op, thr = packed[g, 2], packed[g, 3], packed[g, 4], packed[g, 5], packed[g, 6]
             for py in range(ya, yb):
                 r = py - y0
                 xs, xe = max(xa, lo[r]), min(xb, hi[r])
@@ -227,8 +227,8 @@ def build_tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, width: int,
     return TileLists(torch.from_numpy(gids), torch.from_numpy(offsets), torch.from_numpy(counts), tiles_x, tiles_y)
 
 
-def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
-    """Per-intersection [I, 9]: mean x, y, conic a, b, c, opacity, sigma threshold, x and y extent.
+def _pack_gaussians(means2d, conics, opac) -> np.ndarray:
+    """Per Gaussian [M, 9]: mean x, y, conic a, b, c, opacity, sigma threshold, x and y extent.
 
     alpha < 1/255 <=> sigma > log(255 opacity) =: thr, and sigma <= thr only within
     |dx| <= sqrt(2 thr cov_xx), |dy| <= sqrt(2 thr cov_yy). These cheap tests skip most exp calls
@@ -241,7 +241,12 @@ def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
     ex = torch.sqrt(2 * thr.clamp_min(0) * cn[:, 2] / det) * 1.001 + 1e-3
     ey = torch.sqrt(2 * thr.clamp_min(0) * cn[:, 0] / det) * 1.001 + 1e-3
     per_g = torch.cat([means2d.detach().double(), cn, o[:, None], thr[:, None], ex[:, None], ey[:, None]], 1)
-    return per_g.to(means2d.dtype)[lists.gids].contiguous().numpy()
+    return per_g.to(means2d.dtype).contiguous().numpy()
+
+
+def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
+    """Per intersection [I, 9]: :func:`_pack_gaussians`' rows in the tile lists' order (the backward's layout)."""
+    return np.ascontiguousarray(_pack_gaussians(means2d, conics, opac)[_np(lists.gids)])
 
 
 def _consts(dtype, width, height):
@@ -266,7 +271,7 @@ def _forward(lists: TileLists, means2d, conics, opac, colors, width, height):
     last = np.zeros((height, width), dtype=np.int64)
     if lists.gids.numel():
         _set_threads()
-        _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opac),
+        _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack_gaussians(means2d, conics, opac),
                         _np(colors), lists.tiles_x, width, height, out, Tfin, last, *_consts(out.dtype, width, height))
     return torch.from_numpy(out), torch.from_numpy(Tfin), torch.from_numpy(last)
 
