@@ -94,13 +94,12 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
                 dy = my - centres[py]
                 if abs(dy) > ey:
                     continue
+                qy, by = HALF * cc * dy * dy, cb * dy  # sigma's terms of this row
                 for px in range(xs, xe):
                     if last[py, px] != cnt:  # saturated at an earlier Gaussian
                         continue
-                    dx = mx - centres[px]
-                    if abs(dx) > ex:
-                        continue
-                    sig = HALF * (ca * dx * dx + cc * dy * dy) + cb * dx * dy
+                    dx = mx - centres[px]  # |dx| <= ex +- a pixel: beyond ex the sigma test rejects it (margins)
+                    sig = HALF * ca * dx * dx + qy + by * dx
                     if sig < ZERO or sig > thr:
                         continue
                     raw = op * math.exp(-sig)
