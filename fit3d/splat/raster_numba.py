@@ -55,15 +55,16 @@ def _span(centre, extent, lo, hi):
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last, consts,
-                    centres):
+def _forward_kernel(offsets, counts, gids, packed, colors, rows, extra, tiles_x, width, height, out, Tfin, last,
+                    consts, centres):
     """Gaussian-major: per tile, each Gaussian of the depth-sorted list visits only the pixels of its box (the
     extents in ``packed``) and updates their running transmittance and sums. Every pixel sees the same
     Gaussians in the same order with the same tests as a per-pixel front-to-back loop (the backward's), so
     ``out`` / ``Tfin`` / ``last`` (the list position where the pixel saturated, else the list length) are
     that loop's; a pixel loop would test every Gaussian of its row, most of which miss it. ``packed``: per
-    Gaussian (:func:`_pack_gaussians`), rows ``gids``."""
-    C = colors.shape[1]
+    Gaussian (:func:`_pack_gaussians`), rows ``gids``. Gaussian g's channels: ``colors[rows[g]]`` then ``extra[g]``
+    (out [H, W, C + E])."""
+    C, E = colors.shape[1], extra.shape[1]
     HALF, ONE, AMAX, AMIN, TMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
     for t in nb.prange(offsets.shape[0]):
         start, cnt = offsets[t], counts[t]
@@ -117,8 +118,11 @@ def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heigh
                             hi[r] -= 1
                         continue
                     w = alpha * T
+                    cg = rows[g]
                     for c in range(C):
-                        out[py, px, c] += w * colors[g, c]
+                        out[py, px, c] += w * colors[cg, c]
+                    for e in range(E):
+                        out[py, px, C + e] += w * extra[g, e]
                     Tfin[py, px] = nT
 
 
@@ -263,15 +267,20 @@ def _set_threads():
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
 
 
-def _forward(lists: TileLists, means2d, conics, opac, colors, width, height):
-    C = colors.shape[1]
-    out = np.zeros((height, width, C), dtype=_np(colors).dtype)
+def _forward(lists: TileLists, means2d, conics, opac, colors, width, height, rows=None, extra=None):
+    """out [H, W, C + E], T_final, last: :func:`_forward_kernel` with Gaussian g's channels ``colors[rows[g]]``
+    (rows None: g) then ``extra[g]`` ([M, E] or None)."""
+    M, C = means2d.shape[0], colors.shape[1]
+    cols = _np(colors)
+    ext = np.zeros((M, 0), dtype=cols.dtype) if extra is None else _np(extra.to(colors.dtype))
+    out = np.zeros((height, width, C + ext.shape[1]), dtype=cols.dtype)
     Tfin = np.ones((height, width), dtype=out.dtype)
     last = np.zeros((height, width), dtype=np.int64)
     if lists.gids.numel():
         _set_threads()
+        r = np.arange(M, dtype=np.int64) if rows is None else _np(rows)
         _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack_gaussians(means2d, conics, opac),
-                        _np(colors), lists.tiles_x, width, height, out, Tfin, last, *_consts(out.dtype, width, height))
+                        cols, r, ext, lists.tiles_x, width, height, out, Tfin, last, *_consts(out.dtype, width, height))
     return torch.from_numpy(out), torch.from_numpy(Tfin), torch.from_numpy(last)
 
 
@@ -323,6 +332,17 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
     n_geo = colors.shape[1] if geometry_channels is None else int(geometry_channels)
     out, Tfin = _Composite.apply(means2d.to(dt), conics.to(dt), opacities.to(dt), colors, lists, width, height,
                                  n_geo)
+    return out, 1 - Tfin
+
+
+def composite_rows(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, rows: Tensor, extra: Tensor,
+                   lists: TileLists, width: int, height: int):
+    """Forward only (no autograd): :func:`composite` of the channels ``[colors[rows], extra]`` without gathering them.
+    means2d [M, 2], conics [M, 3], opacities [M], colors [N, C], rows [M] long (rows of colors), extra [M, E]
+    -> image [H, W, C + E], alpha [H, W]. Renders that need no gradient (Stage 2 targets) skip the copy."""
+    dt = colors.dtype
+    out, Tfin, _ = _forward(lists, means2d.detach().to(dt), conics.detach().to(dt), opacities.detach().to(dt),
+                            colors.detach(), width, height, rows=rows, extra=extra.detach())
     return out, 1 - Tfin
 
 

@@ -131,6 +131,14 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     dt = means.dtype
     p, lists = project_to_tiles(backend, means, quats, scales, opacities, viewmat, K, width, height,
                                 near_plane=near_plane, eps2d=eps2d)
+    if backend == "numba" and not (torch.is_grad_enabled() and any(
+            t.requires_grad for t in (means, quats, scales, opacities, colors))):
+        from fit3d.splat.raster_numba import composite_rows
+
+        # no gradient wanted (Stage 2 targets): the kernel reads each Gaussian's channels in place, depth last
+        out, alpha = composite_rows(p.means2d, p.conics, p.opacities, colors.to(dt), p.ids, p.depths[:, None],
+                                    lists, width, height)
+        return out[..., :C], out[..., C] / alpha.clamp_min(1e-10), alpha
     cols = colors[p.ids].to(dt)
     # [M, C + 1]: geometry channels, depth (also a geometry channel), the rest; k = C: colour + depth
     feats = torch.cat([cols[:, :k], p.depths[:, None], cols[:, k:]], -1)
