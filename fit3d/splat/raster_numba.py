@@ -1,12 +1,16 @@
-"""CPU compositing with numba: one thread per tile, one sequential loop per pixel.
+"""CPU compositing with numba: one thread per tile.
 
 The same contract and tile lists as :mod:`fit3d.splat.raster_torch` (which it replaces on CPU
-when numba imports). Hand-written because a per-pixel loop evaluates a Gaussian only until the
-pixel saturates and touches channel data only for Gaussians that contribute, whereas the
-vectorised torch path computes every (pixel, list entry) pair of a block in several passes over
-memory; on 2 cores this loop is 4-8x faster (``bench/rasterize.py --backend torch`` vs ``numba``).
-Per tile row, the list is first cut to the Gaussians whose ellipse reaches that row. Kernels are
-compiled per dtype and compute in it (float32 like gsplat; float64 for the reference tests).
+when numba imports; the lists themselves come from a counting sort here, :func:`build_tile_lists`).
+Hand-written because a loop evaluates a Gaussian only where it can reach a pixel that has not
+saturated and touches channel data only for Gaussians that contribute, whereas the vectorised torch
+path computes every (pixel, list entry) pair of a block in several passes over memory; on 2 cores
+this is 4-8x faster (``bench/rasterize.py --backend torch`` vs ``numba``). The forward is
+Gaussian-major (each Gaussian of a tile's depth-sorted list visits its box's unsaturated pixels: every
+pixel still sees the same Gaussians in the same order); the backward and the compositing weights loop
+per pixel over the Gaussians whose ellipse reaches that tile row. Kernels are compiled per dtype and
+compute in it (float32 like gsplat; float64 for the reference tests). :func:`composite_rows` is the
+forward alone, for renders that need no gradient (it reads each Gaussian's channels in place).
 
 Backward: per pixel, front to back again (recomputing alpha and transmittance); the colour behind
 a Gaussian is ``final . g - prefix``, as in the torch path. The image gradient reaches the geometry
