@@ -162,7 +162,7 @@ def compare_figure(image, original, finetuned, depth_probes: Mapping[str, DepthP
             _depth_of(probe, patch, cls, (H, W))
     fig = comparison_figure(x[0].permute(1, 2, 0).cpu().numpy(), {names[0]: po[0], names[1]: pf[0]}, depths,
                             panel_height=panel_height)
-    return titled(fig, title, 16) if title else fig
+    return titled(fig, title, 16, max_lines=3) if title else fig
 
 
 def figure_title(image_name: str, backbone: str, finetuned_dir: str) -> str:

@@ -69,4 +69,4 @@ def correspondence_figure(a: View, b: View, features: Mapping[str, tuple[torch.T
         rows.append(hstack([tile], [f"{name}: {right[name]:.0%} of {n} matches right (within {within:g} patch), "
                                     f"view {a.name} -> {b.name}, {rot:.0f} deg apart"]))
     fig = vstack(rows)
-    return (titled(fig, title, 15) if title else fig), right
+    return (titled(fig, title, 15, max_lines=3) if title else fig), right

@@ -119,19 +119,36 @@ def font(size: int = 15):
         return ImageFont.load_default()
 
 
-def titled(image: np.ndarray, title: str, size: int = 15, bar: int | None = None) -> np.ndarray:
-    """``image`` with ``title`` centred in a white bar above it."""
+def _wrap(draw, text: str, f, width: int, max_lines: int) -> list[str]:
+    """``text`` broken at spaces into at most ``max_lines`` lines no wider than ``width`` (the last one
+    shortened with an ellipsis when the rest does not fit)."""
+    lines, words = [], text.split(" ")
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and draw.textlength(line + " " + words[0], font=f) <= width:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words:
+        lines[-1] += " " + " ".join(words)
+    last = lines[-1] if lines else ""
+    while last and draw.textlength(last, font=f) > width:
+        last = last[:-2] + "…" if len(last) > 2 else ""
+    return lines[:-1] + [last]
+
+
+def titled(image: np.ndarray, title: str, size: int = 15, bar: int | None = None, max_lines: int = 1) -> np.ndarray:
+    """``image`` with ``title`` centred in a white bar above it: a title wider than the image is broken
+    into up to ``max_lines`` lines, then shortened with an ellipsis."""
     f = font(size)
-    bar = bar or int(size * 1.7)
     h, w = image.shape[:2]
-    canvas = Image.new("RGB", (w, h + bar), BACKGROUND)
-    canvas.paste(Image.fromarray(to_uint8(image)), (0, bar))
+    lines = _wrap(ImageDraw.Draw(Image.new("RGB", (1, 1))), title, f, w - 4, max(1, max_lines))
+    line_h = bar or int(size * 1.7)
+    canvas = Image.new("RGB", (w, h + line_h * len(lines)), BACKGROUND)
+    canvas.paste(Image.fromarray(to_uint8(image)), (0, line_h * len(lines)))
     draw = ImageDraw.Draw(canvas)
-    text = title
-    while text and draw.textlength(text, font=f) > w - 4:  # shorten titles wider than the image
-        text = text[:-2] + "…" if len(text) > 2 else ""
-    tw = draw.textlength(text, font=f)
-    draw.text(((w - tw) / 2, (bar - size) / 2 - 1), text, fill=TEXT, font=f)
+    for i, text in enumerate(lines):
+        tw = draw.textlength(text, font=f)
+        draw.text(((w - tw) / 2, i * line_h + (line_h - size) / 2 - 1), text, fill=TEXT, font=f)
     return np.asarray(canvas)
 
 

@@ -53,4 +53,4 @@ def heldout_pca_figure(triples, title: str | None = None, panel_height: int = 16
                            [f"held-out view {k + 1}", "backbone features (target)", "rendered + decoded (lift)"],
                            height=panel_height))
     fig = vstack(rows)
-    return titled(fig, title, 16) if title else fig
+    return titled(fig, title, 16, max_lines=3) if title else fig

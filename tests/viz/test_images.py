@@ -57,3 +57,13 @@ def test_save_png_roundtrip_atomic(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "sub" / "x.png"), img)
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "sub" / "x.png"))[..., ::-1], img)
     np.testing.assert_array_equal(to_uint8(img.astype(np.float32) / 255), img)
+
+
+def test_titled_wraps_long_titles_instead_of_cutting_them():
+    a = np.zeros((40, 120, 3), np.uint8)
+    one = titled(a, "a long figure title that needs more than one line here", max_lines=1)
+    three = titled(a, "a long figure title that needs more than one line here", max_lines=3)
+    assert three.shape[1] == 120 and three.shape[0] > one.shape[0]  # extra lines, same width
+    assert (three[-40:] == 0).all()  # the image itself below the bar
+    # a title that fits takes one line either way
+    assert titled(a, "short", max_lines=3).shape == titled(a, "short").shape
