@@ -42,7 +42,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from fit3d.finetune.data import RenderedViews, load_scenes, make_worker_init, scene_memory  # noqa: E402
-from fit3d.finetune.trainer import PatchTokens, backward_step, forward_loss  # noqa: E402
+from fit3d.finetune.residual import decoder_subspace  # noqa: E402
+from fit3d.finetune.trainer import LossTerms, PatchTokens, backward_step, forward_loss  # noqa: E402
 from fit3d.models import load_backbone  # noqa: E402
 from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
 
@@ -158,16 +159,19 @@ def main() -> int:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     dev = torch.device("cpu")
     anchors = {"none": None}
-    if cfg.anchor_weight > 0:
+    subspaces = [decoder_subspace(s.decoder, cfg.subspace_rank or None) for s in scenes] \
+        if cfg.target_mode != "rendered" else None
+    if cfg.anchor_weight > 0 or subspaces is not None:  # the original's tokens: the anchor's / residual's reference
         original = load_backbone("dinov2_small", model_path=args.model_path).eval().requires_grad_(False)
         for a in args.anchor:
             ref = original if a == "full" else AnchorReference(original, bb, transformer_blocks)
-            anchors[a] = (ref, cfg.anchor_weight, cfg.anchor_at, cfg.anchor_spread)
-        if "prefix" in anchors and not anchors["prefix"][0].shortcut:
+            anchors[a] = LossTerms(ref, subspaces, cfg.target_mode, cfg.anchor_weight, cfg.anchor_at,
+                                   cfg.anchor_spread)
+        if "prefix" in anchors and not anchors["prefix"].original.shortcut:
             print(f"recipe {args.recipe}: no frozen prefix to reuse; 'anchor prefix' is the full forward")
     default_anchor = "prefix" if "prefix" in anchors else ("full" if "full" in anchors else "none")
     settings = [("plain", None, "none")] + [(k, k, a) for k in loaders for a in anchors if a != "none"
-                                             or cfg.anchor_weight == 0]
+                                             or len(anchors) == 1]
     times: dict[tuple, list[float]] = {s: [] for s in settings}
     cpus: dict[tuple, list[float]] = {s: [] for s in settings}
     waits: dict[tuple, list[float]] = {s: [] for s in settings}
@@ -195,7 +199,7 @@ def main() -> int:
     plain, plain_cpu = statistics.median(times[settings[0]]), statistics.mean(cpus[settings[0]])
     load = os.getloadavg()
     print(f"\nFiT3D Stage 2 step cost, recipe {args.recipe} ({n_frozen} frozen tensors, "
-          f"{sum(p.numel() for p in params) / 1e6:.1f}M trained parameters, anchor {cfg.anchor_weight} at "
+          f"{sum(p.numel() for p in params) / 1e6:.1f}M trained parameters, target {cfg.target_mode}, anchor {cfg.anchor_weight} at "
           f"{cfg.anchor_at}): DINOv2-S, batch {args.batch}, {W}x{H} -> {H // 14}x{W // 14} tokens, "
           f"{mem.num_gaussians:,} Gaussians ({mem.bytes_per_gaussian:.0f} B each) lifted at "
           f"{scenes[0].resolution[0]}x{scenes[0].resolution[1]}, main process {threads} torch threads, workers "

@@ -252,7 +252,9 @@ class SceneRef:
         input order, so the same order as the PLY gives the same image as the Gaussians loaded whole."""
         rows = np.arange(len(self)) if idx is None else idx
         rows = rows[np.argsort(np.asarray(m["ply_index"][rows]), kind="stable")]
-        cols = {k: torch.from_numpy(np.ascontiguousarray(m[k][rows], dtype=np.float32)) for k in COLUMNS}
+        # np.take on the plain array view: a memmap's own fancy indexing is ~2.5x slower (its subclass machinery)
+        cols = {k: torch.from_numpy(np.take(np.asarray(m[k]), rows, axis=0).astype(np.float32, copy=False))
+                for k in COLUMNS}
         return FeatureGaussians(**cols, sh_degree=self.header["sh_degree"])
 
     def visible(self, K, c2w, width: int, height: int) -> FeatureGaussians:

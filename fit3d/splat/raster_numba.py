@@ -1,12 +1,16 @@
-"""CPU compositing with numba: one thread per tile, one sequential loop per pixel.
+"""CPU compositing with numba: one thread per tile.
 
 The same contract and tile lists as :mod:`fit3d.splat.raster_torch` (which it replaces on CPU
-when numba imports). Hand-written because a per-pixel loop evaluates a Gaussian only until the
-pixel saturates and touches channel data only for Gaussians that contribute, whereas the
-vectorised torch path computes every (pixel, list entry) pair of a block in several passes over
-memory; on 2 cores this loop is 4-8x faster (``bench/rasterize.py --backend torch`` vs ``numba``).
-Per tile row, the list is first cut to the Gaussians whose ellipse reaches that row. Kernels are
-compiled per dtype and compute in it (float32 like gsplat; float64 for the reference tests).
+when numba imports; the lists themselves come from a counting sort here, :func:`build_tile_lists`).
+Hand-written because a loop evaluates a Gaussian only where it can reach a pixel that has not
+saturated and touches channel data only for Gaussians that contribute, whereas the vectorised torch
+path computes every (pixel, list entry) pair of a block in several passes over memory; on 2 cores
+this is 4-8x faster (``bench/rasterize.py --backend torch`` vs ``numba``). The forward is
+Gaussian-major (each Gaussian of a tile's depth-sorted list visits its box's unsaturated pixels: every
+pixel still sees the same Gaussians in the same order); the backward and the compositing weights loop
+per pixel over the Gaussians whose ellipse reaches that tile row. Kernels are compiled per dtype and
+compute in it (float32 like gsplat; float64 for the reference tests). :func:`composite_rows` is the
+forward alone, for renders that need no gradient (it reads each Gaussian's channels in place).
 
 Backward: per pixel, front to back again (recomputing alpha and transmittance); the colour behind
 a Gaussian is ``final . g - prefix``, as in the torch path. The image gradient reaches the geometry
@@ -44,47 +48,86 @@ def _row_list(packed, start, cnt, fy, rows):
     return n
 
 
+@nb.njit(cache=True, inline="always")
+def _span(centre, extent, lo, hi):
+    """Pixels [a, b) of [lo, hi) whose centre (p + 0.5) may lie within ``extent`` of ``centre``: a superset (one pixel
+    of slack each side) that the exact test inside the loops trims; empty for a non-finite extent or centre."""
+    a, b = centre - extent - 1.0, centre + extent + 1.0
+    if not (a < hi and b > lo):  # also False for NaN
+        return lo, lo
+    return max(lo, int(math.floor(a))), min(hi, int(math.ceil(b)))
+
+
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
-def _forward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, height, out, Tfin, last, consts,
-                    centres):
-    C = colors.shape[1]
+def _forward_kernel(offsets, counts, gids, packed, colors, rows, extra, tiles_x, width, height, out, Tfin, last,
+                    consts, centres):
+    """Gaussian-major: per tile, each Gaussian of the depth-sorted list visits only the pixels of its box (the
+    extents in ``packed``) and updates their running transmittance and sums. Every pixel sees the same
+    Gaussians in the same order with the same tests as a per-pixel front-to-back loop (the backward's), so
+    ``out`` / ``Tfin`` / ``last`` (the list position where the pixel saturated, else the list length) are
+    that loop's; a pixel loop would test every Gaussian of its row, most of which miss it. ``packed``: per
+    Gaussian (:func:`_pack_gaussians`), rows ``gids``. Gaussian g's channels: ``colors[rows[g]]`` then ``extra[g]``
+    (out [H, W, C + E])."""
+    C, E = colors.shape[1], extra.shape[1]
     HALF, ONE, AMAX, AMIN, TMIN, ZERO = consts[0], consts[1], consts[2], consts[3], consts[4], consts[5]
     for t in nb.prange(offsets.shape[0]):
         start, cnt = offsets[t], counts[t]
         x0, y0 = (t % tiles_x) * TILE, (t // tiles_x) * TILE
-        rows = np.empty(cnt, dtype=np.int64)
-        for py in range(y0, min(y0 + TILE, height)):
-            fy = centres[py]
-            n_row = _row_list(packed, start, cnt, fy, rows)
-            for px in range(x0, min(x0 + TILE, width)):
-                fx = centres[px]
-                T = ONE
-                k_end = cnt
-                for r in range(n_row):
-                    k = rows[r]
-                    j = start + k
-                    dx = packed[j, 0] - fx
-                    if abs(dx) > packed[j, 7]:
+        x1, y1 = min(x0 + TILE, width), min(y0 + TILE, height)
+        # unsaturated pixels of each row lie in [lo, hi) (saturated ones move the ends inward): the boxes of the
+        # Gaussians behind a saturated surface cost nothing
+        lo, hi = np.full(TILE, x0, np.int64), np.full(TILE, x1, np.int64)
+        for py in range(y0, y1):
+            for px in range(x0, x1):
+                last[py, px] = cnt
+        alive = (x1 - x0) * (y1 - y0)
+        for k in range(cnt):
+            if alive == 0:
+                break
+            g = gids[start + k]
+            mx, my, ex, ey = packed[g, 0], packed[g, 1], packed[g, 7], packed[g, 8]
+            ya, yb = _span(my, ey, y0, y1)
+            xa, xb = _span(mx, ex, x0, x1)
+            if ya >= yb or xa >= xb:
+                continue
+            ca, cb, cc, op, thr = packed[g, 2], packed[g, 3], packed[g, 4], packed[g, 5], packed[g, 6]
+            for py in range(ya, yb):
+                r = py - y0
+                xs, xe = max(xa, lo[r]), min(xb, hi[r])
+                if xs >= xe:
+                    continue
+                dy = my - centres[py]
+                if abs(dy) > ey:
+                    continue
+                qy, by = HALF * cc * dy * dy, cb * dy  # sigma's terms of this row
+                for px in range(xs, xe):
+                    if last[py, px] != cnt:  # saturated at an earlier Gaussian
                         continue
-                    dy = packed[j, 1] - fy
-                    sig = HALF * (packed[j, 2] * dx * dx + packed[j, 4] * dy * dy) + packed[j, 3] * dx * dy
-                    if sig < ZERO or sig > packed[j, 6]:
+                    dx = mx - centres[px]  # |dx| <= ex +- a pixel: beyond ex the sigma test rejects it (margins)
+                    sig = HALF * ca * dx * dx + qy + by * dx
+                    if sig < ZERO or sig > thr:
                         continue
-                    g = gids[j]
-                    raw = packed[j, 5] * math.exp(-sig)
+                    raw = op * math.exp(-sig)
                     alpha = raw if raw < AMAX else AMAX
                     if alpha < AMIN:
                         continue
+                    T = Tfin[py, px]
                     nT = T * (ONE - alpha)
                     if nT <= TMIN:
-                        k_end = k
-                        break
+                        last[py, px] = k
+                        alive -= 1
+                        while lo[r] < hi[r] and last[py, lo[r]] != cnt:
+                            lo[r] += 1
+                        while hi[r] > lo[r] and last[py, hi[r] - 1] != cnt:
+                            hi[r] -= 1
+                        continue
                     w = alpha * T
+                    cg = rows[g]
                     for c in range(C):
-                        out[py, px, c] += w * colors[g, c]
-                    T = nT
-                Tfin[py, px] = T
-                last[py, px] = k_end
+                        out[py, px, c] += w * colors[cg, c]
+                    for e in range(E):
+                        out[py, px, C + e] += w * extra[g, e]
+                    Tfin[py, px] = nT
 
 
 @nb.njit(parallel=True, cache=True, fastmath=_FASTMATH)
@@ -148,8 +191,51 @@ def _backward_kernel(offsets, counts, gids, packed, colors, tiles_x, width, heig
                     T *= ONE - alpha
 
 
-def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
-    """Per-intersection [I, 9]: mean x, y, conic a, b, c, opacity, sigma threshold, x and y extent.
+@nb.njit(cache=True)
+def _bin_kernel(m, r, order, tiles_x, tiles_y, offsets, counts, gids):
+    """Counting sort of the (tile, Gaussian) intersections: ``counts`` / ``offsets`` per tile, then ``gids`` filled
+    in depth order (``order``: a stable argsort of the depths). ``gids`` None: counts only."""
+    n = m.shape[0]
+    pos = offsets.copy()
+    for o in range(n):
+        i = order[o]
+        mx, my, rx, ry = np.float64(m[i, 0]), np.float64(m[i, 1]), np.float64(r[i, 0]), np.float64(r[i, 1])
+        # raster_torch.build_tile_lists' bounds, in float64 as there
+        x0 = int(min(max(math.floor((mx - rx) / TILE), 0.0), tiles_x))
+        x1 = int(min(max(math.ceil((mx + rx) / TILE), 0.0), tiles_x))
+        y0 = int(min(max(math.floor((my - ry) / TILE), 0.0), tiles_y))
+        y1 = int(min(max(math.ceil((my + ry) / TILE), 0.0), tiles_y))
+        for ty in range(y0, y1):
+            for tx in range(x0, x1):
+                t = ty * tiles_x + tx
+                if gids.shape[0]:
+                    gids[pos[t]] = i
+                    pos[t] += 1
+                else:
+                    counts[t] += 1
+
+
+def build_tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, width: int, height: int) -> TileLists:
+    """:func:`fit3d.splat.raster_torch.build_tile_lists` on CPU tensors (the same lists, equal element for
+    element): two counting passes instead of a sort of all intersections."""
+    tiles_x, tiles_y = math.ceil(width / TILE), math.ceil(height / TILE)
+    counts = np.zeros(tiles_x * tiles_y, dtype=np.int64)
+    offsets = np.zeros_like(counts)
+    m, r = _np(means2d), np.ascontiguousarray(_np(radii), dtype=np.int64)
+    if m.shape[0] == 0 or counts.shape[0] == 0:
+        return TileLists(torch.zeros(0, dtype=torch.long), torch.from_numpy(offsets), torch.from_numpy(counts),
+                         tiles_x, tiles_y)
+    order = torch.sort(depths.detach(), stable=True).indices.numpy()
+    _bin_kernel(m, r, order, tiles_x, tiles_y, offsets, counts, np.zeros(0, dtype=np.int64))
+    np.cumsum(counts[:-1], out=offsets[1:])
+    gids = np.empty(int(counts.sum()), dtype=np.int64)
+    if gids.shape[0]:
+        _bin_kernel(m, r, order, tiles_x, tiles_y, offsets, counts, gids)
+    return TileLists(torch.from_numpy(gids), torch.from_numpy(offsets), torch.from_numpy(counts), tiles_x, tiles_y)
+
+
+def _pack_gaussians(means2d, conics, opac) -> np.ndarray:
+    """Per Gaussian [M, 9]: mean x, y, conic a, b, c, opacity, sigma threshold, x and y extent.
 
     alpha < 1/255 <=> sigma > log(255 opacity) =: thr, and sigma <= thr only within
     |dx| <= sqrt(2 thr cov_xx), |dy| <= sqrt(2 thr cov_yy). These cheap tests skip most exp calls
@@ -162,7 +248,12 @@ def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
     ex = torch.sqrt(2 * thr.clamp_min(0) * cn[:, 2] / det) * 1.001 + 1e-3
     ey = torch.sqrt(2 * thr.clamp_min(0) * cn[:, 0] / det) * 1.001 + 1e-3
     per_g = torch.cat([means2d.detach().double(), cn, o[:, None], thr[:, None], ex[:, None], ey[:, None]], 1)
-    return per_g.to(means2d.dtype)[lists.gids].contiguous().numpy()
+    return per_g.to(means2d.dtype).contiguous().numpy()
+
+
+def _pack(lists: TileLists, means2d, conics, opac) -> np.ndarray:
+    """Per intersection [I, 9]: :func:`_pack_gaussians`' rows in the tile lists' order (the backward's layout)."""
+    return np.ascontiguousarray(_pack_gaussians(means2d, conics, opac)[_np(lists.gids)])
 
 
 def _consts(dtype, width, height):
@@ -180,15 +271,20 @@ def _set_threads():
     nb.set_num_threads(max(1, min(torch.get_num_threads(), nb.config.NUMBA_NUM_THREADS)))
 
 
-def _forward(lists: TileLists, means2d, conics, opac, colors, width, height):
-    C = colors.shape[1]
-    out = np.zeros((height, width, C), dtype=_np(colors).dtype)
+def _forward(lists: TileLists, means2d, conics, opac, colors, width, height, rows=None, extra=None):
+    """out [H, W, C + E], T_final, last: :func:`_forward_kernel` with Gaussian g's channels ``colors[rows[g]]``
+    (rows None: g) then ``extra[g]`` ([M, E] or None)."""
+    M, C = means2d.shape[0], colors.shape[1]
+    cols = _np(colors)
+    ext = np.zeros((M, 0), dtype=cols.dtype) if extra is None else _np(extra.to(colors.dtype))
+    out = np.zeros((height, width, C + ext.shape[1]), dtype=cols.dtype)
     Tfin = np.ones((height, width), dtype=out.dtype)
     last = np.zeros((height, width), dtype=np.int64)
     if lists.gids.numel():
         _set_threads()
-        _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack(lists, means2d, conics, opac),
-                        _np(colors), lists.tiles_x, width, height, out, Tfin, last, *_consts(out.dtype, width, height))
+        r = np.arange(M, dtype=np.int64) if rows is None else _np(rows)
+        _forward_kernel(_np(lists.offsets), _np(lists.counts), _np(lists.gids), _pack_gaussians(means2d, conics, opac),
+                        cols, r, ext, lists.tiles_x, width, height, out, Tfin, last, *_consts(out.dtype, width, height))
     return torch.from_numpy(out), torch.from_numpy(Tfin), torch.from_numpy(last)
 
 
@@ -240,6 +336,17 @@ def composite(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor
     n_geo = colors.shape[1] if geometry_channels is None else int(geometry_channels)
     out, Tfin = _Composite.apply(means2d.to(dt), conics.to(dt), opacities.to(dt), colors, lists, width, height,
                                  n_geo)
+    return out, 1 - Tfin
+
+
+def composite_rows(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor, rows: Tensor, extra: Tensor,
+                   lists: TileLists, width: int, height: int):
+    """Forward only (no autograd): :func:`composite` of the channels ``[colors[rows], extra]`` without gathering them.
+    means2d [M, 2], conics [M, 3], opacities [M], colors [N, C], rows [M] long (rows of colors), extra [M, E]
+    -> image [H, W, C + E], alpha [H, W]. Renders that need no gradient (Stage 2 targets) skip the copy."""
+    dt = colors.dtype
+    out, Tfin, _ = _forward(lists, means2d.detach().to(dt), conics.detach().to(dt), opacities.detach().to(dt),
+                            colors.detach(), width, height, rows=rows, extra=extra.detach())
     return out, 1 - Tfin
 
 

@@ -5,7 +5,8 @@ rasterize_mode="classic", packed=False)`` for one camera. Backends:
 
 * ``"torch"``: :mod:`fit3d.splat.projection` + :mod:`fit3d.splat.raster_torch` (any device);
 * ``"numba"``: the same projection fused per Gaussian (:mod:`fit3d.splat.projection_numba`), the same
-  tile lists, compositing by :mod:`fit3d.splat.raster_numba` (CPU only; several times faster there);
+  tile lists (binned by a counting sort), compositing by :mod:`fit3d.splat.raster_numba` (CPU only; several
+  times faster there);
 * ``"gsplat"``: gsplat's CUDA kernels (:mod:`fit3d.splat.raster_gsplat`);
 * ``"reference"``: the slow float64 yardstick (:mod:`fit3d.splat.reference`);
 * ``"auto"``: gsplat on CUDA when it imports, numba on CPU when it imports, torch otherwise.
@@ -79,7 +80,10 @@ def project_to_tiles(backend: str, means: Tensor, quats: Tensor, scales: Tensor,
     """(``Projected``, ``TileLists``): the first half of the ``"numba"`` / ``"torch"`` backends' rasterisation
     (projection, then the depth-sorted per-tile lists), for ``rasterize`` and for renderers that keep it across
     passes (:class:`fit3d.splat.fixed_views.FixedViews`). viewmat [4, 4] and K [3, 3] are cast to means' dtype."""
-    from fit3d.splat.raster_torch import build_tile_lists
+    if backend == "numba":
+        from fit3d.splat.raster_numba import build_tile_lists
+    else:
+        from fit3d.splat.raster_torch import build_tile_lists
 
     project, _ = projection_and_composite(backend)
     dt = means.dtype
@@ -127,6 +131,14 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     dt = means.dtype
     p, lists = project_to_tiles(backend, means, quats, scales, opacities, viewmat, K, width, height,
                                 near_plane=near_plane, eps2d=eps2d)
+    if backend == "numba" and not (torch.is_grad_enabled() and any(
+            t.requires_grad for t in (means, quats, scales, opacities, colors))):
+        from fit3d.splat.raster_numba import composite_rows
+
+        # no gradient wanted (Stage 2 targets): the kernel reads each Gaussian's channels in place, depth last
+        out, alpha = composite_rows(p.means2d, p.conics, p.opacities, colors.to(dt), p.ids, p.depths[:, None],
+                                    lists, width, height)
+        return out[..., :C], out[..., C] / alpha.clamp_min(1e-10), alpha
     cols = colors[p.ids].to(dt)
     # [M, C + 1]: geometry channels, depth (also a geometry channel), the rest; k = C: colour + depth
     feats = torch.cat([cols[:, :k], p.depths[:, None], cols[:, k:]], -1)

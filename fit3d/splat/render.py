@@ -51,7 +51,7 @@ def render(gaussians: FeatureGaussians, K, c2w, width: int, height: int, *, with
     F = g.feature_dim
     if with_features or not chans:  # features alone still give depth and alpha
         chans.append(g.features)
-    colors = torch.cat(chans, -1)                                  # [N, 3 + F] / [N, 3] / [N, F]
+    colors = chans[0] if len(chans) == 1 else torch.cat(chans, -1)  # [N, 3 + F] / [N, 3] / [N, F] (no copy of one)
     geometry_channels = (3 if with_rgb else 0) if with_features and detach_geometry_for_features else None
     image, depth, alpha = rasterize(*args, colors, viewmat, K_t, width, height, backend=backend,
                                     geometry_channels=geometry_channels, **raster_kwargs)
