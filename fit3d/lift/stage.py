@@ -27,7 +27,7 @@ from fit3d.lift.init import split_views
 from fit3d.lift.lifted import lift_settings, write_lifted
 from fit3d.lift.methods import METHODS
 from fit3d.lift.optimize import remove_checkpoint
-from fit3d.lift.targets import TargetCache
+from fit3d.lift.targets import TargetCache, token_root
 from fit3d.models import load_backbone
 
 
@@ -68,7 +68,7 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
         check_not_input(out, [scene_or_path, *model_inputs(cfg.model_path)])  # also for Python callers
     out.mkdir(parents=True, exist_ok=True)
     mark(out, "lift")
-    cache_root = token_root(cfg, out)
+    cache_root = token_root(cfg.cache_dir, out)
     for d in (out, cache_root):
         if d is not None:
             clean_stale_temps(d)  # left by a kill during an atomic write
@@ -116,13 +116,6 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     meta = write_lifted(ctx, result, timings, t_start, src_path, layout, heldout)
     remove_checkpoint(ctx)
     return meta
-
-
-def token_root(cfg: LiftConfig, out: Path) -> Path | None:
-    """The token cache folder of a lift into ``out``: ``cfg.cache_dir`` ('none': no cache), else ``out/cache``."""
-    if cfg.cache_dir and cfg.cache_dir.lower() == "none":
-        return None
-    return Path(cfg.cache_dir) if cfg.cache_dir else out / "cache"
 
 
 def named_split(scene: Scene, train: list[str], held: list[str], where) -> tuple[list[int], list[int]]:

@@ -100,6 +100,13 @@ class TargetCache:
         return cls([v.name for v in views], grids, computed)
 
 
+def token_root(cache_dir: str | None, out: Path) -> Path | None:
+    """The token cache folder of a lift into ``out``: ``cache_dir`` ('none': no cache), else ``out/cache``."""
+    if cache_dir and cache_dir.lower() == "none":
+        return None
+    return Path(cache_dir) if cache_dir else out / "cache"
+
+
 def lifted_targets(lift_dir: str | Path) -> TargetCache:
     """The targets of a finished lift folder (its ``lift.json``: scene, views, backbone, ``feature_size`` and
     token cache), read back from the token cache; views missing there are computed again (the backbone loads)."""
@@ -112,8 +119,7 @@ def lifted_targets(lift_dir: str | Path) -> TargetCache:
     cfg, sc = meta["config"], meta["scene"]
     names = set(sc["train_views"]) | set(sc["heldout_views"])
     scene = read_scene(sc["path"], layout=sc.get("layout") or "auto", names=lambda n: n in names)
-    root = cfg.get("cache_dir")
-    root = None if (root or "").lower() == "none" else Path(root) if root else Path(lift_dir) / "cache"
+    root = token_root(cfg.get("cache_dir"), Path(lift_dir))
     backbone = load_backbone(cfg.get("backbone", LiftConfig.backbone), model_path=cfg.get("model_path"), device="cpu")
     return TargetCache.build(root, scene.views, backbone,
                              long_side=int(cfg.get("feature_size", LiftConfig.feature_size)), backbone_name=backbone.name,
