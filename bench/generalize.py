@@ -312,11 +312,13 @@ class OriginalStats:
 
     def __init__(self, root: Path, cfg: GeneralizeConfig, source_key: str):
         self.root, self.source_key = root / "original_stats", source_key
+        from fit3d.probe.depth import DepthSettings
         from fit3d.probe.seg import SegSettings
 
         self.settings = {k: getattr(cfg, k) for k in ("probe_iterations", "seeds", "probe_resolution", "max_items",
                                                       "room_views", "room_size", "gaps")}
         self.settings["seg_label_stride"] = SegSettings.label_stride  # heads trained otherwise are not reused
+        self.settings["depth_label_stride"] = DepthSettings.label_stride
 
     def path(self, name: str, train_names, test_names) -> Path:
         import hashlib

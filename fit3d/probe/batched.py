@@ -14,8 +14,9 @@ The separate trainers (``depth.train_depth``, ``seg.train_seg``) train one head 
   and the same (source, seed) trained alone follow the same path up to float rounding
   (``tests/probe/test_batched.py``);
 - the ground truth of a seed's batch (depth, valid mask, labels) is gathered once for all sources;
-- a seg head's cross entropy is taken on every ``label_stride``-th label pixel (``fit3d.probe.seg``): the
-  resize matrices keep only those rows and columns, so only those logits are ever computed;
+- a seg head's cross entropy and a depth head's loss are taken on every ``label_stride``-th label pixel
+  (``fit3d.probe.seg``, ``fit3d.probe.depth``): the final resize matrices keep only those rows and columns,
+  so only those logits / depths are ever computed;
 - the x4 and final bilinear resizes are matmuls with the interpolation matrices (built by
   ``F.interpolate`` itself, so the weights are PyTorch's), whose backward is a matmul too (CPU
   ``upsample_bilinear2d_backward`` was a tenth of a separate step), and the depth head's bin
@@ -41,8 +42,8 @@ from fit3d.errors import NonFiniteError
 from fit3d.resize import interp_matrix, resize  # noqa: F401 - resize is also this module's API
 from fit3d.probe.depth_bins import bin_sums
 from fit3d.probe.depth import DepthSettings, LinearDepthHead, log_gradient_loss, valid_mask
-from fit3d.probe.seg import LinearSegHead, SegSettings, label_phase
-from fit3d.probe.train import batch_order, lr_factor
+from fit3d.probe.seg import LinearSegHead, SegSettings
+from fit3d.probe.train import batch_order, label_phase, lr_factor
 
 
 @dataclass
@@ -68,7 +69,8 @@ class _Classes:
         return torch.tensor(sorted(range(len(flat)), key=flat.__getitem__))
 
 
-def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, eps: float = 1e-3) -> torch.Tensor:
+def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, eps: float = 1e-3,
+                  grid: int = 1) -> torch.Tensor:
     """``depth.sig_loss + grad_weight * depth.gradient_loss`` per head, with masked sums instead of
     boolean indexing (same value) and the log difference computed once for both terms."""
     m = valid.to(pred.dtype)
@@ -78,7 +80,7 @@ def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, 
     shape = mean.shape + (1,) * len(dims)
     var = (((g - mean.reshape(shape)) * m) ** 2).sum(dims) / (n - 1).clamp(min=1)  # unbiased as torch.var
     sig = torch.where(n >= 2, torch.sqrt(var + lam * mean ** 2), pred.sum(dims) * 0.0)
-    return sig + grad_weight * log_gradient_loss(g, m, dims=dims)
+    return sig + grad_weight * log_gradient_loss(g, m, dims=dims, grid=grid)
 
 
 def _gather(feats: list[torch.Tensor], members: list[int], src_of, idx_of) -> torch.Tensor:
@@ -175,8 +177,10 @@ class _StackedDepth:
             self._mats[key] = (mk(h, u * h), mk(w, u * w).T.contiguous(), mk(u * h, H), mk(u * w, W).T.contiguous())
         return self._mats[key]
 
-    def forward(self, patches: list[torch.Tensor], clss: list[torch.Tensor | None], out_size) -> torch.Tensor:
-        """patches[c] [n_c, B, C_c, h, w], clss[c] [n_c, B, Dc_c] per width class -> depth [G, B, H, W]."""
+    def forward(self, patches: list[torch.Tensor], clss: list[torch.Tensor | None], out_size, stride: int = 1,
+                phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """patches[c] [n_c, B, C_c, h, w], clss[c] [n_c, B, Dc_c] per width class -> depth [G, B, H, W] (with
+        ``stride``: at label pixels ``phase + stride * k`` of each axis only)."""
         fused = patches[0].device.type == "cpu" if self.fused is None else self.fused
         logits = []
         for c, x in enumerate(patches):
@@ -201,6 +205,8 @@ class _StackedDepth:
             nd = torch.einsum("gbkyx,kt->gbtyx", r, T)
             num, den = nd[:, :, 0], nd[:, :, 1]
         depth = (num + 0.1 * self.bins.sum()) / (den + 0.1 * K)  # = sum_k p_k bin_k, p = (relu + 0.1) normalised
+        if stride > 1:
+            out_r, out_c = out_r[phase[0]::stride].contiguous(), out_c[:, phase[1]::stride].contiguous()
         return resize(depth, out_r, out_c)
 
     def to_heads(self, heads: list[LinearDepthHead], state=None) -> list[LinearDepthHead]:
@@ -239,15 +245,17 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
     out_size = tuple(depth.shape[-2:])
     src_of = lambda g: g % F_  # noqa: E731
     dims = (2, 3, 4, 5)
+    k, it = s0.label_stride, iter(range(s0.iterations))
 
     def step_losses(idx: list[torch.Tensor]) -> torch.Tensor:
-        gt = torch.stack([depth[i] for i in idx])[:, None, :, None].to(patches[0].dtype)  # [S, 1, B, 1, H, W]
+        r, c = label_phase(k, next(it))
+        gt = torch.stack([depth[i, r::k, c::k] for i in idx])[:, None, :, None].to(patches[0].dtype)  # [S, 1, B, 1, H/k, W/k]
         valid = valid_mask(gt, s0.min_depth, s0.max_depth)
         xs = [_gather(patches, m, src_of, lambda g: idx[g // F_]) for m in classes.members]
         cs = [_gather(clss, m, src_of, lambda g: idx[g // F_]) for m in classes.members]
-        pred = stack.forward(xs, cs, out_size)  # [G, B, H, W]
-        pred = pred.reshape(S, F_, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H, W]
-        return _depth_losses(pred, gt, valid, dims, s0.grad_weight).reshape(-1)
+        pred = stack.forward(xs, cs, out_size, k, (r, c))  # [G, B, H / k, W / k]
+        pred = pred.reshape(S, F_, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H / k, W / k]
+        return _depth_losses(pred, gt, valid, dims, s0.grad_weight, grid=k).reshape(-1)
 
     validate = None
     if val is not None:

@@ -4,7 +4,12 @@ Per location: patch token concatenated with the image's [CLS] token -> x4 biline
 to ``n_bins`` logits -> ReLU + 0.1, normalised over bins -> depth = sum(p_k * bin_k), bins uniform on
 [min_depth, max_depth]; the depth map is bilinearly resized to the label resolution.
 Loss: SigLoss (lambda 0.15) + 0.5 x multi-scale gradient loss on log depth. AdamW 1e-4, wd 0.01, cosine
-with linear warmup. Metrics on valid pixels (0 < gt within [min_depth, max_depth], inside the Eigen /
+with linear warmup. Training takes the loss on every ``label_stride``-th label pixel of each direction
+(default 2; the phase cycles as the seg probe's, ``fit3d.probe.seg``): the depth map is bilinear between
+the x4 upsampled bins, 3.5 label pixels apart at a 14 px patch, so every other pixel samples it and
+the labels densely; every scale of the gradient loss keeps its pixel pairs (``gradient_pairs``); the
+final resize and the loss cost a quarter (``bench/depth_stride.py``: the same RMSE within the seed
+spread). Metrics on valid pixels (0 < gt within [min_depth, max_depth], inside the Eigen /
 Garg crop when set), averaged over images.
 """
 
@@ -18,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fit3d.probe.config import HeadSettings, ProbeConfig
-from fit3d.probe.train import train_head
+from fit3d.probe.train import label_phase, train_head
 
 DEPTH_METRICS = ("rmse", "abs_rel", "sq_rel", "log10", "rmse_log", "delta1", "delta2", "delta3")
 
@@ -59,27 +64,44 @@ def sig_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, lam: flo
 
 
 def gradient_loss(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, scales: int = 4, eps: float = 1e-3,
-                  dims: tuple[int, ...] | None = None) -> torch.Tensor:
+                  dims: tuple[int, ...] | None = None, grid: int = 1) -> torch.Tensor:
     """Multi-scale gradient matching of the log-depth difference (depth toolbox ``GradientLoss``).
 
     pred, gt [B, 1, H, W], valid [B, 1, H, W] bool. At scale s (stride 2s, s=0 full) it sums
     |d(x) - d(x+2)| along rows and columns over pairs of valid pixels, divided by the valid count.
     ``dims``: reduce over these dimensions only (one loss per remaining index, e.g. per head of a batched
-    trainer: pred [G, B, 1, H, W], dims (1, 2, 3, 4) -> [G]); None: over all (a scalar).
+    trainer: pred [G, B, 1, H, W], dims (1, 2, 3, 4) -> [G]); None: over all (a scalar). ``grid``: the maps
+    hold every grid-th label pixel (``log_gradient_loss``).
     """
     m = valid.to(pred.dtype)
-    return log_gradient_loss((torch.log(pred + eps) - torch.log(gt + eps)) * m, m, scales, dims)
+    return log_gradient_loss((torch.log(pred + eps) - torch.log(gt + eps)) * m, m, scales, dims, grid)
 
 
-def log_gradient_loss(d: torch.Tensor, m: torch.Tensor, scales: int = 4, dims: tuple[int, ...] | None = None) -> torch.Tensor:
+def gradient_pairs(scale: int, grid: int = 1) -> tuple[int, int]:
+    """(subsampling step, pair offset), in pixels of a map sampled every ``grid`` label pixels, of the
+    gradient loss at ``scale``: at full resolution (grid 1) scale s keeps every st-th pixel (st = 1, 2s for
+    s > 0) and pairs pixels 2 st apart. On a grid-2 map the same pairs (2 st label pixels apart, on a
+    lattice of spacing max(st, 2)) are (max(1, st / 2), 2 st / max(2, st)): every scale's pairs exist, on a
+    lattice at most twice as sparse, so the loss is the same average over fewer pairs. Grids above 2 lose
+    the finest scale's pairs (2 label pixels apart) and are refused."""
+    if grid not in (1, 2):
+        raise ValueError(f"the depth loss's grid must be 1 or 2 label pixels, got {grid}")
+    st = 1 if scale == 0 else 2 * scale
+    step = max(1, st // grid)
+    return step, 2 * st // (grid * step)
+
+
+def log_gradient_loss(d: torch.Tensor, m: torch.Tensor, scales: int = 4, dims: tuple[int, ...] | None = None,
+                      grid: int = 1) -> torch.Tensor:
     """``gradient_loss`` from the masked log-depth difference d = (log pred - log gt) * m and the mask m
-    (a scale's subsampled d is d at the subsampled pixels, so d is computed once for every scale)."""
+    (a scale's subsampled d is d at the subsampled pixels, so d is computed once for every scale).
+    ``grid``: d's pixels are every grid-th label pixel (a strided loss, ``gradient_pairs``)."""
     total = d.new_zeros(())
     for s in range(scales):
-        step = 1 if s == 0 else 2 * s
+        step, o = gradient_pairs(s, grid)
         ds, ms = d[..., ::step, ::step], m[..., ::step, ::step]
-        v = (ds[..., :-2, :] - ds[..., 2:, :]).abs() * ms[..., :-2, :] * ms[..., 2:, :]
-        h = (ds[..., :, :-2] - ds[..., :, 2:]).abs() * ms[..., :, :-2] * ms[..., :, 2:]
+        v = (ds[..., :-o, :] - ds[..., o:, :]).abs() * ms[..., :-o, :] * ms[..., o:, :]
+        h = (ds[..., :, :-o] - ds[..., :, o:]).abs() * ms[..., :, :-o] * ms[..., :, o:]
         if dims is None:
             total = total + (v.sum() + h.sum()) / ms.sum().clamp(min=1)
         else:
@@ -139,6 +161,7 @@ class DepthSettings(HeadSettings):
     max_depth: float = 10.0
     grad_weight: float = 0.5
     use_cls: bool = True
+    label_stride: int = 2  # loss on every k-th label pixel per direction (1: all, 2: module docstring)
 
     @classmethod
     def from_config(cls, cfg: ProbeConfig, max_depth: float, seed: int) -> "DepthSettings":
@@ -157,12 +180,14 @@ def train_depth(patch: torch.Tensor, cls: torch.Tensor, depth: torch.Tensor, s: 
     torch.manual_seed(s.seed)
     head = LinearDepthHead(patch.shape[1], cls.shape[1], s.n_bins, s.min_depth, s.max_depth, use_cls=s.use_cls).to(patch.device, patch.dtype)
     out_size = tuple(depth.shape[-2:])
+    k, it = s.label_stride, iter(range(s.iterations))
 
     def step(idx):
-        gt = depth[idx][:, None].to(patch.dtype)
-        pred = head(patch[idx], cls[idx], out_size)
+        r, c = label_phase(k, next(it))
+        gt = depth[idx][:, None, r::k, c::k].to(patch.dtype)
+        pred = head(patch[idx], cls[idx], out_size)[..., r::k, c::k]
         valid = valid_mask(gt, s.min_depth, s.max_depth)
-        return sig_loss(pred, gt, valid) + s.grad_weight * gradient_loss(pred, gt, valid)
+        return sig_loss(pred, gt, valid) + s.grad_weight * gradient_loss(pred, gt, valid, grid=k)
 
     validate = None
     if val is not None:

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fit3d.probe.config import HeadSettings, ProbeConfig
-from fit3d.probe.train import train_head
+from fit3d.probe.train import label_phase, train_head
 
 
 class LinearSegHead(nn.Module):
@@ -54,12 +54,6 @@ class SegSettings(HeadSettings):
     def from_config(cls, cfg: ProbeConfig, ignore_index: int, seed: int) -> "SegSettings":
         """A probe run's: ``cfg``'s settings and the data's ignored label."""
         return cls.of_run(cfg, seed, ignore_index=ignore_index)
-
-
-def label_phase(stride: int, it: int) -> tuple[int, int]:
-    """(row, column) offset of iteration ``it``'s label pixels: the stride x stride phases in turn."""
-    k = it % (stride * stride)
-    return k // stride, k % stride
 
 
 def train_seg(patch: torch.Tensor, labels: torch.Tensor, num_classes: int, s: SegSettings) -> tuple[LinearSegHead, dict]:

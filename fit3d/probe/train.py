@@ -29,6 +29,13 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str, power: float = 1.
     raise ValueError(f"unknown lr schedule {schedule!r}")
 
 
+def label_phase(stride: int, it: int) -> tuple[int, int]:
+    """(row, column) offset of iteration ``it``'s label pixels in a strided loss (seg and depth heads): the
+    stride x stride phases in turn, so every label pixel takes its turn."""
+    k = it % (stride * stride)
+    return k // stride, k % stride
+
+
 def batch_order(n_train: int, batch_size: int, iterations: int, seed: int) -> Iterator[torch.Tensor]:
     """The training indices of each iteration: a seeded random permutation per epoch, ``batch_size``
     (at most ``n_train``) at a time; a partial last batch starts a new permutation. Shared by the separate

@@ -25,12 +25,13 @@ def sources(dtype, n=12, seed=0):
     return P, C, D, L
 
 
-@pytest.mark.parametrize("dtype,fused,tol", [(torch.float64, None, 1e-10), (torch.float64, False, 1e-10),
-                                             (torch.float32, None, 1e-4)])
-def test_batched_depth_equals_separate(monkeypatch, dtype, fused, tol):
+@pytest.mark.parametrize("dtype,fused,tol,stride", [(torch.float64, None, 1e-10, 2), (torch.float64, False, 1e-10, 2),
+                                                    (torch.float64, None, 1e-10, 1), (torch.float32, None, 1e-4, 2)])
+def test_batched_depth_equals_separate(monkeypatch, dtype, fused, tol, stride):
     monkeypatch.setattr(batched._StackedDepth, "fused", fused)  # numba tail (CPU default) and tensor ops
     P, C, D, _ = sources(dtype)
-    ss = [DepthSettings(iterations=25, batch_size=5, lr=1e-2, n_bins=16, max_depth=5.0, seed=s) for s in SEEDS]
+    ss = [DepthSettings(iterations=25, batch_size=5, lr=1e-2, n_bins=16, max_depth=5.0, seed=s, label_stride=stride)
+          for s in SEEDS]
     val = ([p[:4] for p in P], [c[:4] for c in C], D[:4])
     out = train_depth_batched(P, C, D, ss, val=val, val_every=6)
     assert len(out) == len(SEEDS) * 3
@@ -80,6 +81,39 @@ def test_strided_seg_loss_is_the_full_loss_at_those_pixels():
         part = stack.forward(x, (20, 26), head.label_stride, phase)
         torch.testing.assert_close(part, full[..., phase[0]::3, phase[1]::3], atol=1e-12, rtol=0)
     assert {batched.label_phase(3, it) for it in range(9)} == {(r, c) for r in range(3) for c in range(3)}
+
+
+def test_strided_depth_is_the_full_depth_at_those_pixels():
+    P, C, _, _ = sources(torch.float64, seed=4)
+    heads = [batched.LinearDepthHead(P[0].shape[1], C[0].shape[1], 16, 1e-3, 5.0).double()]
+    stack = batched._StackedDepth(heads, batched._Classes.of([(P[0].shape[1], C[0].shape[1])]))
+    x, c = [P[0][None, :5]], [C[0][None, :5]]
+    full = stack.forward(x, c, (20, 26))
+    for phase in ((0, 0), (1, 1), (0, 1)):
+        torch.testing.assert_close(stack.forward(x, c, (20, 26), 2, phase), full[..., phase[0]::2, phase[1]::2],
+                                   atol=1e-12, rtol=0)
+
+
+def test_gradient_loss_on_a_stride_2_grid_keeps_every_scales_pairs():
+    """At phase (0, 0), scales >= 1 of the strided gradient loss are exactly the full-resolution ones (the same
+    lattice and pairs); scale 0 is the full-resolution pairs (x, x + 2) whose first pixel is on the grid."""
+    from fit3d.probe.depth import gradient_pairs, log_gradient_loss
+
+    g = torch.Generator().manual_seed(5)
+    d = torch.randn(2, 1, 24, 30, generator=g, dtype=torch.float64)
+    m = (torch.rand(2, 1, 24, 30, generator=g) > 0.2).double()
+    d = d * m
+    full_rest = log_gradient_loss(d, m, 4) - log_gradient_loss(d, m, 1)
+    sub_d, sub_m = d[..., ::2, ::2], m[..., ::2, ::2]
+    sub_rest = log_gradient_loss(sub_d, sub_m, 4, grid=2) - log_gradient_loss(sub_d, sub_m, 1, grid=2)
+    torch.testing.assert_close(sub_rest, full_rest, atol=1e-12, rtol=0)
+    v = (d[..., 0:-2:2, ::2] - d[..., 2::2, ::2]).abs() * m[..., 0:-2:2, ::2] * m[..., 2::2, ::2]
+    h = (d[..., ::2, 0:-2:2] - d[..., ::2, 2::2]).abs() * m[..., ::2, 0:-2:2] * m[..., ::2, 2::2]
+    torch.testing.assert_close(log_gradient_loss(sub_d, sub_m, 1, grid=2), (v.sum() + h.sum()) / sub_m.sum(),
+                               atol=1e-12, rtol=0)
+    assert [gradient_pairs(s, 1) for s in range(4)] == [(1, 2), (2, 2), (4, 2), (6, 2)]  # the depth toolbox's
+    with pytest.raises(ValueError, match="grid"):
+        gradient_pairs(0, 4)
 
 
 def test_interp_matrices_are_pytorchs_bilinear():
