@@ -241,7 +241,8 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     return result
 
 
-LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode")
+LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode",
+                "anchor_cls")
 
 
 def lever_name(r: dict) -> str:
@@ -254,7 +255,9 @@ def lever_name(r: dict) -> str:
             and not (k in ("anchor_at", "anchor_teacher") and not ft.get("anchor_weight"))]
     lift = f"lift {s.get('lift_method')}" + (f" f={s.get('lift_feature_dim') or 'D'}" if s.get("lift_feature_dim", 64)
                                             != 64 else "") + (f" {s['lift_feature_size']} px" if s.get("lift_feature_size") else "")
-    return f"{' '.join(diff) or 'fit3d'}, {lift}, {s.get('finetune_steps_run')} steps"
+    scenes = "".join([", icl not lifted" if not s.get("icl") else "",
+                      ", redkitchen not lifted" if s.get("lift_redkitchen") is False else ""])
+    return f"{' '.join(diff) or 'fit3d'}, {lift}{scenes}, {s.get('finetune_steps_run')} steps"
 
 
 def compare_table(paths: list[str]) -> str:
