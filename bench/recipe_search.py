@@ -267,10 +267,8 @@ def compare_table(paths: list[str]) -> str:
     evs = [e for e in VAL_EVALS if any(e in r["evals"] for r in runs)]
     head = ["lever"] + [f"{e} {HEADLINE[e]}" for e in evs] + ["held-out cos dist to targets"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    first = next(r for r in runs if evs)
-    lines.append("| original | " + " | ".join(
-        f"{first['evals'][e]['original'][HEADLINE[e]]['mean']:.4f}" if e in first["evals"] else "-" for e in evs)
-        + " | - |")
+    orig = {e: next(r for r in runs if e in r["evals"])["evals"][e]["original"][HEADLINE[e]]["mean"] for e in evs}
+    lines.append("| original | " + " | ".join(f"{orig[e]:.4f}" for e in evs) + " | - |")
     for p, r in zip(paths, runs):
         cells = []
         for e in evs:
