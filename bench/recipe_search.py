@@ -16,7 +16,11 @@ evals (none of them touches a test split of ``bench/generalize.py``):
   train -> val, whose frames are all 0016E5);
 - ``val_flowers_cls``: flowers *train* split: every 4th photo of each class held out (k-NN and linear top-1);
 - ``val_redkitchen_depth``: RedKitchen frames 0-199 -> 200-398 (Stage 2 saw these frames; the test eval
-  trains on them and tests on sun3d).
+  trains on them and tests on sun3d);
+- ``val_cross_depth``: a metric depth head on RedKitchen frames 0-199 tested on every frame of another scene
+  (``--cross-scene``, icl-livingroom1) that Stage 2 never saw: the structure of the test eval
+  ``sun3d_depth_from_redkitchen`` (head on a Stage 2 scene, tested on an unseen one) on validation data. Needs
+  the cross scene unlifted (``--icl ''``); not in the default evals, so earlier runs stay comparable.
 
 Writes ``OUT/search.json`` (``bench/generalize.py``'s schema) and ``OUT/search.md``.
 """
@@ -43,9 +47,11 @@ from fit3d.io import write_json, write_text  # noqa: E402
 from fit3d.probe.summary import claims, eval_depth, eval_seg, summarise, summary_markdown  # noqa: E402
 
 VAL_EVALS = ("val_rooms_seg", "val_rooms_depth", "val_rooms_corr", "val_camvid_seg", "val_flowers_cls",
-             "val_redkitchen_depth")
+             "val_redkitchen_depth", "val_cross_depth")
+DEFAULT_EVALS = VAL_EVALS[:-1]
 HEADLINE = {"val_rooms_seg": "miou", "val_rooms_depth": "rmse", "val_rooms_corr": "recall1",
-            "val_camvid_seg": "miou", "val_flowers_cls": "knn_top1", "val_redkitchen_depth": "rmse"}
+            "val_camvid_seg": "miou", "val_flowers_cls": "knn_top1", "val_redkitchen_depth": "rmse",
+            "val_cross_depth": "rmse"}
 
 
 @dataclass
@@ -62,7 +68,11 @@ class SearchConfig(G.GeneralizeConfig):
     flowers_train: int = field(default=200, metadata={"help": "flowers photos the cls heads train on (of the 3/4)"})
     flowers_test: int = field(default=100, metadata={"help": "flowers photos they are tested on (of the 1/4)"})
     val_gaps: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "val rooms correspondence gaps"})
-    evals: list[str] = field(default_factory=lambda: list(VAL_EVALS), metadata={
+    lift_redkitchen: bool = field(default=True, metadata={
+        "help": "lift and fine-tune on RedKitchen 0-398 (off: its frames are only probed)"})
+    cross_scene: str = field(default=str(G.shared_dir() / "data" / "icl-livingroom1"), metadata={
+        "help": "val_cross_depth's test scene (every frame); must not be lifted"})
+    evals: list[str] = field(default_factory=lambda: list(DEFAULT_EVALS), metadata={
         "choices": VAL_EVALS, "help": "the validation evaluations to run"})
     compare: list[str] = field(default_factory=list, metadata={
         "help": "instead of a run: print one table of these search.json files (finetuned - original per lever)"})
@@ -98,9 +108,12 @@ def val_data(cfg: SearchConfig, work: Path, res) -> dict:
         for k in ("vcamvid_train", "vcamvid_test"):
             d = data[k][0]
             data[k] = (d.subset(_even(list(range(len(d))), mi)), "seg")
-    if "val_redkitchen_depth" in want:
+    if want & {"val_redkitchen_depth", "val_cross_depth"}:
         for k, frames in (("vrk_train", (0, 199)), ("vrk_test", (200, 398))):
             data[k] = (load_probe_data(cfg.redkitchen, "train", res, train_frames=frames, max_items=mi), "depth")
+    if "val_cross_depth" in want:
+        data["vcross_test"] = (load_probe_data(cfg.cross_scene, "test", res, test_frames=(0, 10 ** 9), max_items=mi),
+                               "depth")
     return data
 
 
@@ -136,7 +149,9 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     t0 = time.perf_counter()
     rooms = G.generate_rooms(dataclasses.replace(cfg, probe_rooms=0, test_rooms=0), work)
     backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
-    scenes = [("redkitchen", Path(cfg.redkitchen), 398)]
+    scenes = [("redkitchen", Path(cfg.redkitchen), 398)] if cfg.lift_redkitchen else []
+    if cfg.icl and "val_cross_depth" in cfg.evals and Path(cfg.icl).resolve() == Path(cfg.cross_scene).resolve():
+        raise SystemExit("val_cross_depth tests on a scene Stage 2 never saw: pass --icl '' or another --cross-scene")
     if cfg.icl:
         scenes.append(("icl-livingroom1", Path(cfg.icl), None))
     scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
@@ -198,6 +213,11 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
         st = orig_stats("val_redkitchen_depth", a.data.names, b.data.names, eval_depth, feats["vrk_train"], a.depth,
                         feats["vrk_test"], b.depth, cfg)
         evals["val_redkitchen_depth"] = summarise("depth", st, cfg)
+    if "val_cross_depth" in want:
+        a, b = splits["vrk_train"], splits["vcross_test"]
+        st = orig_stats("val_cross_depth", a.data.names, b.data.names, eval_depth, feats["vrk_train"], a.depth,
+                        feats["vcross_test"], b.depth, cfg)
+        evals["val_cross_depth"] = summarise("depth", st, cfg)
     seconds["probe_camvid_redkitchen"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if "val_flowers_cls" in want:
@@ -221,7 +241,8 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     return result
 
 
-LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode")
+LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode",
+                "anchor_cls")
 
 
 def lever_name(r: dict) -> str:
@@ -234,7 +255,9 @@ def lever_name(r: dict) -> str:
             and not (k in ("anchor_at", "anchor_teacher") and not ft.get("anchor_weight"))]
     lift = f"lift {s.get('lift_method')}" + (f" f={s.get('lift_feature_dim') or 'D'}" if s.get("lift_feature_dim", 64)
                                             != 64 else "") + (f" {s['lift_feature_size']} px" if s.get("lift_feature_size") else "")
-    return f"{' '.join(diff) or 'fit3d'}, {lift}, {s.get('finetune_steps_run')} steps"
+    scenes = "".join([", icl not lifted" if not s.get("icl") else "",
+                      ", redkitchen not lifted" if s.get("lift_redkitchen") is False else ""])
+    return f"{' '.join(diff) or 'fit3d'}, {lift}{scenes}, {s.get('finetune_steps_run')} steps"
 
 
 def compare_table(paths: list[str]) -> str:
@@ -244,10 +267,8 @@ def compare_table(paths: list[str]) -> str:
     evs = [e for e in VAL_EVALS if any(e in r["evals"] for r in runs)]
     head = ["lever"] + [f"{e} {HEADLINE[e]}" for e in evs] + ["held-out cos dist to targets"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    first = next(r for r in runs if evs)
-    lines.append("| original | " + " | ".join(
-        f"{first['evals'][e]['original'][HEADLINE[e]]['mean']:.4f}" if e in first["evals"] else "-" for e in evs)
-        + " | - |")
+    orig = {e: next(r for r in runs if e in r["evals"])["evals"][e]["original"][HEADLINE[e]]["mean"] for e in evs}
+    lines.append("| original | " + " | ".join(f"{orig[e]:.4f}" for e in evs) + " | - |")
     for p, r in zip(paths, runs):
         cells = []
         for e in evs:

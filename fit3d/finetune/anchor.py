@@ -36,8 +36,9 @@ def frozen_prefix(model: nn.Module, blocks: nn.ModuleList) -> int:
 
 
 class AnchorReference:
-    """``reference(images)`` -> the original's patch tokens [B, D, h, w] (no grad), reusing the fine-tuned
-    model's frozen prefix when it has one; call it right after the fine-tuned forward on ``images``."""
+    """``reference(images)`` -> the original's patch tokens [B, D, h, w] (``reference.features(images)``: and its
+    [CLS] [B, D]; no grad), reusing the fine-tuned model's frozen prefix when it has one; call it right after
+    the fine-tuned forward on ``images``."""
 
     def __init__(self, original, trained, blocks_of, check_atol: float = 1e-4):
         """original / trained: ``Backbone``s; ``blocks_of(model) -> nn.ModuleList`` of transformer blocks."""
@@ -66,7 +67,7 @@ class AnchorReference:
             self._handle = None
 
     @torch.no_grad()
-    def _tail(self, images: Tensor) -> Tensor:
+    def _tail(self, images: Tensor) -> tuple[Tensor, Tensor]:
         h = self._hidden
         for block in self.tail:
             h = block(h)
@@ -75,11 +76,13 @@ class AnchorReference:
         o = self.original
         B, _, H, W = images.shape
         gh, gw = o.grid_size(H, W)
-        return s[:, o.num_prefix_tokens:].transpose(1, 2).reshape(B, s.shape[-1], gh, gw).float()
+        return s[:, o.num_prefix_tokens:].transpose(1, 2).reshape(B, s.shape[-1], gh, gw).float(), s[:, 0].float()
 
-    def __call__(self, images: Tensor) -> Tensor:
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """The original's (patch [B, D, h, w], cls [B, D]) on ``images`` (no grad): what ``forward_loss`` reads of
+        a reference model's ``features``."""
         if not self.shortcut or self._hidden is None or self._hidden.shape[0] != images.shape[0]:
-            return self.original.features(images)[0]
+            return tuple(self.original.features(images))
         was = self.original.training
         self.original.eval()
         try:
@@ -88,24 +91,24 @@ class AnchorReference:
         except Exception as e:  # noqa: BLE001 - a family whose blocks need more than the hidden state
             log.info("anchor reference: the frozen-prefix shortcut failed (%s); full forward of the original", e)
             self._disable()
-            return self.original.features(images)[0]
+            return tuple(self.original.features(images))
         finally:
             self.original.train(was)
             self._hidden = None
         if not self._checked:
             self._checked = True
-            full = self.original.features(images)[0]
-            if full.shape != ref.shape or not torch.allclose(full, ref, atol=self.check_atol, rtol=0):
+            full = tuple(self.original.features(images))
+            if any(f.shape != r.shape or not torch.allclose(f, r, atol=self.check_atol, rtol=0) for f, r in zip(full, ref)):
                 log.info("anchor reference: the frozen-prefix shortcut differs from the original's forward (max "
-                         "%.2e); full forward from now on", float((full - ref).abs().max()) if full.shape == ref.shape
-                         else float("nan"))
+                         "%.2e); full forward from now on", max(float((f - r).abs().max()) if f.shape == r.shape
+                                                                else float("nan") for f, r in zip(full, ref)))
                 self._disable()
                 return full
         return ref
 
-    def features(self, images: Tensor) -> tuple[Tensor, None]:
-        """(reference patch tokens, None): what ``forward_loss`` reads of an anchor model's ``features``."""
-        return self(images), None
+    def __call__(self, images: Tensor) -> Tensor:
+        """The original's patch tokens [B, D, h, w] (``features``' first)."""
+        return self.features(images)[0]
 
     def _disable(self) -> None:
         self.shortcut = False

@@ -57,6 +57,10 @@ class FinetuneConfig:
                 "the Gaussians' f over their mean square, 0 = every contributor agrees) at which a token's anchor "
                 "weight reaches 1; the weight is max(1 - opacity, min(1, spread / this)). 0.25: about the 90th "
                 "percentile of back-projected 7-Scenes / generated-room targets (median ~0.1)"})
+    anchor_cls: float = field(default=0.0, metadata={
+        "help": "weight of an L1 term keeping the fine-tuned [CLS] token at the frozen original's (0 = off, FiT3D). "
+                "Stage 2 has no 3D target for [CLS] but trains the blocks that make it; a drifted [CLS] costs the "
+                "probes that read it (the depth head's metric scale; issue 21, docs/generalize.md)"})
     anchor_teacher: str = field(default="original", metadata={
         "choices": ANCHOR_TEACHERS,
         "help": "what the anchor term pulls toward: original (the frozen pretrained model) or ema (an exponential "
@@ -125,7 +129,7 @@ class FinetuneConfig:
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
-                           "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1),
+                           "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1), "anchor_cls": (0, inf),
                            "ema_momentum": (0, 1)}, prefix)
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
             raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)",

@@ -110,14 +110,16 @@ def freeze_first_blocks(model: nn.Module, k: int) -> int:
 
 
 class PatchTokens(nn.Module):
-    """``backbone.tokens(images)[0]`` as a module (what DDP wraps): [B, 3, H, W] -> [B, D, h, w]."""
+    """``backbone.tokens(images)[0]`` as a module (what DDP wraps): [B, 3, H, W] -> [B, D, h, w]; with
+    ``with_cls`` the whole ``Tokens`` (patch [B, D, h, w], cls [B, D])."""
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, with_cls: bool = False):
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.with_cls = backbone, with_cls
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.backbone.tokens(images)[0]
+    def forward(self, images: Tensor):
+        out = self.backbone.tokens(images)
+        return out if self.with_cls else out[0]
 
 
 def masked_l1(tokens: Tensor, target: Tensor, mask: Tensor) -> Tensor:
@@ -163,6 +165,7 @@ class LossTerms:
     target_mode    rendered / residual / projection
     anchor_weight, anchor_at, anchor_spread   the anchor term (``anchor_token_weights``)
     teacher        the anchor's reference when not the original (the EMA teacher Backbone)
+    cls_weight     an L1 term keeping the [CLS] token at the original's (the module must return ``Tokens``)
     """
 
     original: object | None = None
@@ -172,23 +175,26 @@ class LossTerms:
     anchor_at: str = "opacity"
     anchor_spread: float = 0.25
     teacher: object | None = None
+    cls_weight: float = 0.0
 
 
 def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool,
                  terms: LossTerms | None = None) -> Tensor:
     """Masked L1 of one batch {"image" [B,3,H,W], "target" [B,D,h,w], "mask" [B,h,w], "alpha" [B,h,w], "scene" [B]}
     (bf16 autocast if use_amp) to the target of ``terms.target_mode``, plus ``anchor_weight * anchor_l1`` to the
-    frozen original's (or the EMA teacher's) tokens when ``terms`` has an anchor."""
+    frozen original's (or the EMA teacher's) tokens when ``terms`` has an anchor, plus ``cls_weight`` x the mean
+    |cls - original's cls| when it has a [CLS] anchor (``module`` then returns ``Tokens``)."""
     images = batch["image"].to(device, non_blocking=True)
     target = batch["target"].to(device, non_blocking=True)
     mask = batch["mask"].to(device, non_blocking=True)
     with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-        tokens = module(images)
+        out = module(images)
+    tokens, cls = out if isinstance(out, tuple) else (out, None)
     t = terms or LossTerms()
     anchored = t.anchor_weight > 0
-    reference = None
-    if t.target_mode != "rendered" or (anchored and t.teacher is None):
-        reference = t.original.features(images)[0]  # [B, D, h, w], no grad
+    reference = ref_cls = None
+    if t.target_mode != "rendered" or (anchored and t.teacher is None) or t.cls_weight > 0:
+        reference, ref_cls = t.original.features(images)  # [B, D, h, w], [B, D]; no grad
     if t.target_mode != "rendered":
         U = torch.stack([t.subspaces[int(i)] for i in batch["scene"]]).to(device)
         target = subspace_target(target.float(), reference.float(), U, t.target_mode)
@@ -199,6 +205,10 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
                                  None if spread is None else spread.to(device, non_blocking=True), t.anchor_spread)
         ref = reference if t.teacher is None else t.teacher.features(images)[0]
         loss = loss + t.anchor_weight * anchor_l1(tokens, ref, w)
+    if t.cls_weight > 0:
+        if cls is None or ref_cls is None:
+            raise Fit3DError("a [CLS] anchor needs the module's and the original's [CLS] tokens")
+        loss = loss + t.cls_weight * (cls.float() - ref_cls.float()).abs().mean()
     return loss
 
 
@@ -432,7 +442,7 @@ class _Run:
     def terms(self) -> LossTerms:
         c = self.cfg
         return LossTerms(self.anchor_ref or self.original, self.subspaces, c.target_mode, c.anchor_weight,
-                         c.anchor_at, c.anchor_spread, self.teacher)
+                         c.anchor_at, c.anchor_spread, self.teacher, c.anchor_cls)
 
 
 def _load_original(cfg: FinetuneConfig, device):
@@ -463,7 +473,8 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
     params, n_frozen, peft_model = build_trainable(bb, cfg)
-    needs_original = (cfg.anchor_weight > 0 and cfg.anchor_teacher == "original") or cfg.target_mode != "rendered"
+    needs_original = ((cfg.anchor_weight > 0 and cfg.anchor_teacher == "original") or cfg.target_mode != "rendered"
+                      or cfg.anchor_cls > 0)
     original = _load_original(cfg, device) if needs_original else None
     teacher = None
     if cfg.anchor_weight > 0 and cfg.anchor_teacher == "ema":  # starts as the model itself (= the original)
@@ -568,7 +579,7 @@ def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool) -> flo
 def _train(run: _Run, interrupt: Interrupt) -> None:
     """Steps until ``run.total``, checkpointing every ``checkpoint_every`` and on SIGTERM / SIGINT."""
     cfg, di, device = run.cfg, run.di, run.device
-    module: nn.Module = PatchTokens(run.bb)
+    module: nn.Module = PatchTokens(run.bb, with_cls=cfg.anchor_cls > 0)
     if di.active:
         module = nn.parallel.DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None,

@@ -24,8 +24,10 @@ def test_prefix_shortcut_equals_the_full_forward(tiny_model_dir):
             for p in trained.model.encoder.layer[1].parameters():
                 p.add_(0.01 * torch.randn_like(p))  # the trained tail moves; the reference must not
         PatchTokens(trained)(images).sum().backward()
-        got = ref.features(images)[0]
-        torch.testing.assert_close(got, original.features(images)[0], atol=1e-5, rtol=0)
+        got, got_cls = ref.features(images)
+        want = original.features(images)
+        torch.testing.assert_close(got, want.patch, atol=1e-5, rtol=0)
+        torch.testing.assert_close(got_cls, want.cls, atol=1e-5, rtol=0)  # the [CLS] anchor's reference
     assert ref.shortcut
     ref.close()
 

@@ -36,17 +36,21 @@ def test_search_end_to_end_with_a_tiny_model_and_the_lever_table(tmp_path, tiny_
               "--probe-iterations", "4", "--max-items", "6", "--bootstrap", "50", "--seeds", "2", "--val-rooms", "1",
               "--flowers-train", "10", "--flowers-test", "5", "--recipe", "fit3d", "--scenes-dir", str(tmp_path / "w")]
     assert s.main(["--out", str(tmp_path / "a")] + common + ["--set", "workers=0"]) == 0
-    assert s.main(["--out", str(tmp_path / "b")] + common + ["--set", "workers=0", "target_mode=residual"]) == 0
+    with pytest.raises(SystemExit, match="never saw"):  # the cross scene must not be lifted
+        s.main(["--out", str(tmp_path / "c")] + common + ["--evals", "val_cross_depth"])
+    assert s.main(["--out", str(tmp_path / "b")] + common + ["--set", "workers=0", "target_mode=residual", "--icl", "",
+                                                             "--evals", *s.VAL_EVALS]) == 0
     a = json.loads((tmp_path / "a" / "search.json").read_text())
-    assert set(a["evals"]) == set(s.VAL_EVALS)
+    assert set(a["evals"]) == set(s.DEFAULT_EVALS) == set(s.VAL_EVALS) - {"val_cross_depth"}
     for ev, e in a["evals"].items():
         for src in ("original", "finetuned", "concat"):
             assert all(np.isfinite(v["mean"]) for v in e[src].values()), (ev, src)
     b = json.loads((tmp_path / "b" / "search.json").read_text())
-    assert b["settings"]["finetune"]["target_mode"] == "residual"
+    assert b["settings"]["finetune"]["target_mode"] == "residual" and set(b["evals"]) == set(s.VAL_EVALS)
     for ev in a["evals"]:  # the original's heads are the same in both runs (cached per probe setting)
         assert a["evals"][ev]["original"] == b["evals"][ev]["original"]
     capsys.readouterr()
     assert s.main(["--compare", str(tmp_path / "a" / "search.json"), str(tmp_path / "b" / "search.json")]) == 0
     table = capsys.readouterr().out
-    assert "| fit3d, lift backprojected 64 px, 2 steps |" in table and "target_mode=residual" in table and "| original |" in table
+    assert "| fit3d, lift backprojected 64 px, 2 steps |" in table and "| original |" in table
+    assert "target_mode=residual, lift backprojected 64 px, icl not lifted, 2 steps" in table

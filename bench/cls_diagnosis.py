@@ -1,0 +1,94 @@
+"""Which token loses the fine-tuned model's metric depth: depth heads on mixed patch / [CLS] sources.
+
+    python bench/cls_diagnosis.py runs/search/noicl-default-300 [more runs] --scenes-dir /tmp/research/scenes \
+        --cache-dir /tmp/research/cache
+
+For each ``bench/recipe_search.py`` run given (its fine-tuned model under RUN/finetuned), DINOv2's linear depth
+head (patch tokens joined with the image's [CLS]) is trained on RedKitchen frames 0-199 from six feature
+mixes -- original / fine-tuned patch tokens x original / fine-tuned / no [CLS] -- and tested on RedKitchen
+200-398 (``val_redkitchen_depth``) and on every frame of the unlifted cross scene (``val_cross_depth``;
+icl-livingroom1). Validation data only. Printed per run: metric and scale-aligned RMSE (mean over seeds) per
+mix, and the relative drift |x_ft - x| / |x| of the [CLS] and patch tokens on both splits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import generalize as G  # noqa: E402
+import recipe_search as R  # noqa: E402
+
+from fit3d.probe.batched import train_depth_batched  # noqa: E402
+from fit3d.probe.depth import DepthSettings, predict_depth  # noqa: E402
+from fit3d.probe.features import FeatureCache  # noqa: E402
+from fit3d.probe.sources import FeatureSource  # noqa: E402
+from fit3d.probe.summary import DEPTH_METRICS, depth_per_image  # noqa: E402
+
+
+def mixes(f: dict) -> dict:
+    """{name: (patch [N, D, h, w], cls [N, D] | None)} of the original / fine-tuned tokens."""
+    o, t = f["original"], f["finetuned"]
+    return {"original patch + original [CLS]": (o.patch, o.cls), "fine-tuned patch + fine-tuned [CLS]": (t.patch, t.cls),
+            "fine-tuned patch + original [CLS]": (t.patch, o.cls), "original patch + fine-tuned [CLS]": (o.patch, t.cls),
+            "fine-tuned patch, no [CLS]": (t.patch, None), "original patch, no [CLS]": (o.patch, None)}
+
+
+def rmse_of(train, test, train_depth, test_depth, iterations: int, seeds: int) -> tuple[float, float]:
+    """(metric RMSE, aligned RMSE) of depth heads trained on ``train`` = (patch, cls | None), means over seeds."""
+    use_cls = train[1] is not None
+    cls = lambda x: x[1] if use_cls else torch.zeros(len(x[0]), 1)  # noqa: E731 - unused when use_cls is off
+    st = [DepthSettings(iterations=iterations, seed=s, max_depth=10.0, use_cls=use_cls) for s in range(seeds)]
+    heads = train_depth_batched([train[0]], [cls(train)], train_depth, st)
+    col = {n: i for i, n in enumerate(DEPTH_METRICS)}
+    per = [depth_per_image(predict_depth(h, test[0], cls(test), tuple(test_depth.shape[-2:])), test_depth, 1e-3, 10.0)
+           for h, _ in heads]
+    return (float(np.mean([np.nanmean(p[:, col["rmse"]]) for p in per])),
+            float(np.mean([np.nanmean(p[:, col["rmse_aligned"]]) for p in per])))
+
+
+def drift(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over images of |b - a| / |a| along the channels (dim 1)."""
+    return float(((b - a).norm(dim=1) / a.norm(dim=1)).mean())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", help="bench/recipe_search.py output folders")
+    ap.add_argument("--scenes-dir", required=True, help="the runs' --scenes-dir (generated validation rooms live there)")
+    ap.add_argument("--cache-dir", required=True, help="the runs' feature cache")
+    ap.add_argument("--iterations", type=int, default=R.SearchConfig.probe_iterations)
+    ap.add_argument("--seeds", type=int, default=R.SearchConfig.seeds)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    res = (224, 168)
+    for run in map(Path, args.runs):
+        cfg = R.SearchConfig(out=str(run), icl="", evals=["val_redkitchen_depth", "val_cross_depth"])
+        splits = G.materialise_splits(R.val_data(cfg, Path(args.scenes_dir), res))
+        sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
+                   "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(run / "finetuned"))}
+        feats = G.extract(sources, splits, FeatureCache(Path(args.cache_dir)), res)
+        tr = mixes(feats["vrk_train"])
+        te = {k: mixes(feats[k]) for k in ("vrk_test", "vcross_test")}
+        print(f"\n{run}: depth heads on RedKitchen 0-199 ({args.iterations} iterations, {args.seeds} seeds)\n")
+        print("| features the head reads | -> RedKitchen 200-398 RMSE | aligned | -> cross scene RMSE | aligned |")
+        print("|---|---|---|---|---|")
+        for name in tr:
+            r = [rmse_of(tr[name], te[k][name], splits["vrk_train"].depth, splits[k].depth, args.iterations, args.seeds)
+                 for k in ("vrk_test", "vcross_test")]
+            print(f"| {name} | {r[0][0]:.4f} | {r[0][1]:.4f} | {r[1][0]:.4f} | {r[1][1]:.4f} |", flush=True)
+        print("\n| split | [CLS] drift | patch drift |\n|---|---|---|")
+        for k, label in (("vrk_train", "RedKitchen 0-199"), ("vcross_test", "cross scene")):
+            o, t = feats[k]["original"], feats[k]["finetuned"]
+            print(f"| {label} | {drift(o.cls, t.cls):.3f} | {drift(o.patch, t.patch):.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
