@@ -21,7 +21,6 @@ the seed spread (the std of stride 1 over seeds).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -30,16 +29,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seg_stride import rooms  # noqa: E402
+from seg_stride import rooms, stride_bench  # noqa: E402
 
 from fit3d.clock import cpu_seconds, machine  # noqa: E402
-from fit3d.paths import shared_7scenes_dir, shared_model_dir  # noqa: E402
+from fit3d.paths import shared_7scenes_dir  # noqa: E402
 from fit3d.probe.batched import train_depth_batched  # noqa: E402
 from fit3d.probe.datasets import load_probe_data  # noqa: E402
 from fit3d.probe.depth import DepthSettings, predict_depth  # noqa: E402
-from fit3d.probe.features import FeatureCache  # noqa: E402
-from fit3d.probe.protocol import Models, materialise, source_features  # noqa: E402
-from fit3d.probe.sources import FeatureSource  # noqa: E402
+from fit3d.probe.protocol import materialise  # noqa: E402
 from fit3d.probe.summary import DEPTH_METRICS, depth_per_image  # noqa: E402
 
 
@@ -60,27 +57,10 @@ def splits(name: str, out: Path, res):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/depth_stride", help="feature cache and generated rooms")
-    ap.add_argument("--evals", nargs="+", default=["redkitchen", "rooms"], choices=["redkitchen", "rooms"])
-    ap.add_argument("--strides", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--iterations", type=int, default=0, help="override the evals' head iterations (0: theirs)")
-    ap.add_argument("--threads", type=int, default=0)
-    args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    res = (224, 168)
-    src = FeatureSource("original", "dinov2_small", str(shared_model_dir()))
-    cache, models = FeatureCache(out / "cache"), Models("cpu")
-    cfg = argparse.Namespace(extract_batch=8)
+    args, load = stride_bench(__doc__.splitlines()[0], "depth_stride", ["redkitchen", "rooms"], [1, 2], argv)
     rows = []
     for ev in args.evals:
-        train, test, its = splits(ev, out, res)
-        its = args.iterations or its
-        ftr = source_features(src, train, "train", res, cache, models, cfg)
-        fte = source_features(src, test, "test", res, cache, models, cfg)
+        train, test, its, ftr, fte = load(ev, splits)
         max_depth = float(train.data.max_depth)
         for k in args.strides:
             settings = [DepthSettings(iterations=its, seed=s, max_depth=max_depth, label_stride=k) for s in args.seeds]

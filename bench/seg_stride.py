@@ -63,28 +63,37 @@ def splits(name: str, out: Path, res):
     return train, test, its
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="runs/seg_stride", help="feature cache and generated rooms")
-    ap.add_argument("--evals", nargs="+", default=["camvid", "rooms"], choices=["camvid", "rooms"])
-    ap.add_argument("--strides", type=int, nargs="+", default=[1, 2, 4, 7])
+def stride_bench(description: str, name: str, evals: list[str], strides: list[int], argv=None):
+    """The label-stride benches' shared part (this one and ``bench/depth_stride.py``): their options, and a
+    function (eval -> (train Split, test Split, iterations, train tokens, test tokens) of the original DINOv2-S
+    at 224x168) given the bench's ``splits(name, out, res)``. Returns (args, that function)."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=f"runs/{name}", help="feature cache and generated rooms")
+    ap.add_argument("--evals", nargs="+", default=evals, choices=evals)
+    ap.add_argument("--strides", type=int, nargs="+", default=strides)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--iterations", type=int, default=0, help="override the evals' head iterations (0: theirs)")
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    res = (224, 168)
+    out, res = Path(args.out), (224, 168)
     src = FeatureSource("original", "dinov2_small", str(shared_model_dir()))
-    cache, models = FeatureCache(out / "cache"), Models("cpu")
-    cfg = argparse.Namespace(extract_batch=8)
+    cache, models, cfg = FeatureCache(out / "cache"), Models("cpu"), argparse.Namespace(extract_batch=8)
+
+    def load(ev: str, splits_of):
+        train, test, its = splits_of(ev, out, res)
+        return (train, test, args.iterations or its, source_features(src, train, "train", res, cache, models, cfg),
+                source_features(src, test, "test", res, cache, models, cfg))
+
+    return args, load
+
+
+def main(argv=None) -> int:
+    args, load = stride_bench(__doc__.splitlines()[0], "seg_stride", ["camvid", "rooms"], [1, 2, 4, 7], argv)
     rows = []
     for ev in args.evals:
-        train, test, its = splits(ev, out, res)
-        its = args.iterations or its
-        ftr = source_features(src, train, "train", res, cache, models, cfg)
-        fte = source_features(src, test, "test", res, cache, models, cfg)
+        train, test, its, ftr, fte = load(ev, splits)
         C, ignore = train.data.num_classes, train.data.ignore_index
         miou = {}
         for k in args.strides:
