@@ -163,6 +163,10 @@ class DepthSettings(HeadSettings):
     use_cls: bool = True
     label_stride: int = 2  # loss on every k-th label pixel per direction (1: all, 2: module docstring)
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        gradient_pairs(0, self.label_stride)  # refuses a stride the gradient loss cannot keep its pairs on
+
     @classmethod
     def from_config(cls, cfg: ProbeConfig, max_depth: float, seed: int) -> "DepthSettings":
         """A probe run's: ``cfg``'s settings, ``max_depth`` the data's when ``cfg`` gives none."""

@@ -15,7 +15,7 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from fit3d.splat.rasterize import project_to_tiles, projection_and_composite, rasterize, resolve_backend
+from fit3d.splat.rasterize import cpu_kernels, project_to_tiles, rasterize, resolve_backend
 
 
 def camera(view, device) -> tuple[Tensor, Tensor]:
@@ -68,7 +68,7 @@ class FixedViews:
             img, _, _ = rasterize(*self.geometry, colors, *camera(self.views[i], self.device), W, H,
                                   backend=self.backend, geometry_channels=0)
             return img
-        _, composite = projection_and_composite(self.backend)
+        composite = cpu_kernels(self.backend).composite
         p, lists = self.projected(i)
         feats = torch.cat([p.depths[:, None], colors[p.ids]], -1)  # depth: the (unused) geometry channel
         out, _ = composite(p.means2d, p.conics, p.opacities, feats, lists, W, H, geometry_channels=1)

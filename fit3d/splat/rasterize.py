@@ -21,6 +21,7 @@ through detached geometry (:func:`rasterize_two_pass`).
 from __future__ import annotations
 
 import functools
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,18 +62,27 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
-def projection_and_composite(backend: str):
-    """(project, composite) of the ``"numba"`` or ``"torch"`` backend: the one choice for ``rasterize`` and for
-    callers that keep a projection across passes (``fit3d.splat.fixed_views.FixedViews``)."""
+class CpuKernels(NamedTuple):
+    """The three steps of the ``"numba"`` / ``"torch"`` backends: project, bin into depth-sorted tile lists,
+    composite."""
+
+    project: Callable
+    tile_lists: Callable
+    composite: Callable
+
+
+def cpu_kernels(backend: str) -> CpuKernels:
+    """The ``"numba"`` or ``"torch"`` backend's kernels: the one choice for ``rasterize`` and for callers that
+    keep a projection across passes (``fit3d.splat.fixed_views.FixedViews``)."""
     if backend == "numba":
         from fit3d.splat.projection_numba import project
-        from fit3d.splat.raster_numba import composite
+        from fit3d.splat.raster_numba import build_tile_lists, composite
     elif backend == "torch":
         from fit3d.splat.projection import project
-        from fit3d.splat.raster_torch import composite
+        from fit3d.splat.raster_torch import build_tile_lists, composite
     else:
-        raise ValueError(f"projection_and_composite: {backend!r} is not a CPU backend (numba / torch)")
-    return project, composite
+        raise ValueError(f"cpu_kernels: {backend!r} is not a CPU backend (numba / torch)")
+    return CpuKernels(project, build_tile_lists, composite)
 
 
 def project_to_tiles(backend: str, means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, viewmat: Tensor,
@@ -80,16 +90,11 @@ def project_to_tiles(backend: str, means: Tensor, quats: Tensor, scales: Tensor,
     """(``Projected``, ``TileLists``): the first half of the ``"numba"`` / ``"torch"`` backends' rasterisation
     (projection, then the depth-sorted per-tile lists), for ``rasterize`` and for renderers that keep it across
     passes (:class:`fit3d.splat.fixed_views.FixedViews`). viewmat [4, 4] and K [3, 3] are cast to means' dtype."""
-    if backend == "numba":
-        from fit3d.splat.raster_numba import build_tile_lists
-    else:
-        from fit3d.splat.raster_torch import build_tile_lists
-
-    project, _ = projection_and_composite(backend)
+    kernels = cpu_kernels(backend)
     dt = means.dtype
     viewmat, K = viewmat.detach().to(device=means.device, dtype=dt), K.detach().to(device=means.device, dtype=dt)
-    p = project(means, quats, scales, opacities, viewmat, K, width, height, near_plane=near_plane, eps2d=eps2d)
-    return p, build_tile_lists(p.means2d, p.radii, p.depths, width, height)
+    p = kernels.project(means, quats, scales, opacities, viewmat, K, width, height, near_plane=near_plane, eps2d=eps2d)
+    return p, kernels.tile_lists(p.means2d, p.radii, p.depths, width, height)
 
 
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
@@ -127,7 +132,7 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
         return rasterize_gsplat(means, quats, scales, opacities, colors, viewmat, K, width, height,
                                 near_plane=near_plane, eps2d=eps2d)
 
-    _, composite = projection_and_composite(backend)
+    composite = cpu_kernels(backend).composite
     dt = means.dtype
     p, lists = project_to_tiles(backend, means, quats, scales, opacities, viewmat, K, width, height,
                                 near_plane=near_plane, eps2d=eps2d)

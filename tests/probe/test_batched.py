@@ -114,6 +114,8 @@ def test_gradient_loss_on_a_stride_2_grid_keeps_every_scales_pairs():
     assert [gradient_pairs(s, 1) for s in range(4)] == [(1, 2), (2, 2), (4, 2), (6, 2)]  # the depth toolbox's
     with pytest.raises(ValueError, match="grid"):
         gradient_pairs(0, 4)
+    with pytest.raises(ValueError, match="grid"):  # at construction, not mid-training
+        DepthSettings(label_stride=3)
 
 
 def test_interp_matrices_are_pytorchs_bilinear():
