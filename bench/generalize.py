@@ -103,6 +103,9 @@ class GeneralizeConfig:
     finetune_steps: int | None = field(default=None, metadata={"help": "Stage 2 steps (default: the recipe's epochs)"})
     set: list[str] = field(default_factory=list, metadata={
         "help": "FinetuneConfig overrides FIELD=VALUE (fit3d.config.set_fields), e.g. lr=1e-4 freeze_blocks=6"})
+    from_finetuned: str = field(default="", metadata={
+        "help": "a finished Stage 2 folder of the same settings to evaluate instead of fine-tuning (its weights "
+                "interpolated toward the original by --set interpolate=A: WiSE-FT without retraining)"})
     probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "probe W H"})
     probe_iterations: int = field(default=1000, metadata={"help": "head iterations (depth and seg)"})
     seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
@@ -201,6 +204,41 @@ def finetune_config(cfg: GeneralizeConfig):
     if cfg.finetune_steps:
         ft = dataclasses.replace(ft, max_steps=cfg.finetune_steps)
     return set_fields(ft, cfg.set)
+
+
+def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
+    """Stage 2 into ``ft_dir`` (returns its manifest): fine-tune on the ``lifted`` scenes, or with
+    ``--from-finetuned SRC`` train nothing and write SRC's weights interpolated by ``fcfg.interpolate``
+    (``fit3d.finetune.wise``). SRC must have been made with ``fcfg``'s settings but for ``interpolate``."""
+    from fit3d.finetune import finetune
+    from fit3d.finetune.assembled import read_manifest
+    from fit3d.finetune.trainer import MANIFEST_FILE
+    from fit3d.finetune.wise import interpolate_folder
+    from fit3d.models.identity import model_identity
+    from fit3d.run import result_settings
+
+    if not cfg.from_finetuned:
+        return finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
+    src = Path(cfg.from_finetuned)
+    m = read_manifest(src)
+    want = {**result_settings(fcfg), "interpolate": 1.0, "backbone": "dinov2_small",
+            "model": model_identity("dinov2_small", cfg.model_path)}
+    del want["model_path"]  # the same weights by another path: "model" (their identity) decides
+    # a field newer than SRC's record ran at its default there
+    have = {**result_settings(type(fcfg)()), **(m.get("settings") or {})}
+    differ = sorted(k for k in want if have.get(k) != want[k])
+    if differ:
+        raise SystemExit(f"--from-finetuned {src}: not this run's Stage 2 ("
+                         + ", ".join(f"{k} {have.get(k)!r} there, {want[k]!r} here" for k in differ) + ")")
+    done = ft_dir / MANIFEST_FILE
+    if done.exists():
+        old = read_manifest(ft_dir)
+        if old.get("interpolated_from") == str(src.resolve()) and \
+                old.get("config", {}).get("interpolate") == fcfg.interpolate:
+            return old
+        raise SystemExit(f"{ft_dir} holds another Stage 2 result; pass another --out")
+    _say(f"Stage 2 from {src}: weights interpolated at {fcfg.interpolate} -> {ft_dir}")
+    return interpolate_folder(src, ft_dir, fcfg.interpolate)
 
 
 # ----------------------------------------------------------------------------------------- evaluation
@@ -390,7 +428,6 @@ def materialise_splits(data: dict) -> dict:
 def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     from fit3d.data.readers import frame_number
     from fit3d.data.synthetic import CLASS_NAMES
-    from fit3d.finetune import finetune
     from fit3d.models import load_backbone
     from fit3d.probe.datasets import load_probe_data
     from fit3d.probe.features import FeatureCache
@@ -425,7 +462,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     fcfg = finetune_config(cfg)
     _say(f"fine-tune on {len(lifted)} lifted scenes, recipe {cfg.recipe} -> {ft_dir}")
     with clock.stage("finetune"):
-        manifest = finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
+        manifest = stage2(cfg, lifted, ft_dir, fcfg)
 
     # ---- evaluation sets
     clock.start("features")

@@ -133,7 +133,6 @@ def flowers_split(cfg: SearchConfig):
 
 def run(cfg: SearchConfig, command: str = "") -> dict:
     from fit3d.data.readers import frame_number
-    from fit3d.finetune import finetune
     from fit3d.models import load_backbone
     from fit3d.probe.features import FeatureCache
     from fit3d.probe.sources import FeatureSource
@@ -163,7 +162,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     ft_dir = out / "finetuned"
     fcfg = G.finetune_config(cfg)
     G._say(f"fine-tune on {len(lifted)} lifted scenes, recipe {cfg.recipe} {' '.join(cfg.set)} -> {ft_dir}")
-    manifest = finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
+    manifest = G.stage2(cfg, lifted, ft_dir, fcfg)
     seconds["finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -242,7 +241,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
 
 
 LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode",
-                "anchor_cls")
+                "anchor_cls", "interpolate")
 
 
 def lever_name(r: dict) -> str:

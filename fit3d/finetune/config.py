@@ -61,6 +61,10 @@ class FinetuneConfig:
         "help": "weight of an L1 term keeping the fine-tuned [CLS] token at the frozen original's (0 = off, FiT3D). "
                 "Stage 2 has no 3D target for [CLS] but trains the blocks that make it; a drifted [CLS] costs the "
                 "probes that read it (the depth head's metric scale; issue 21, docs/generalize.md)"})
+    interpolate: float = field(default=1.0, metadata={
+        "help": "weight-space ensemble (WiSE-FT): the saved model's weights are original + this x (fine-tuned - "
+                "original); 1 = the fine-tuned weights (FiT3D), smaller keeps more of the original "
+                "(fit3d.finetune.wise; one model, no extra cost at inference)"})
     anchor_teacher: str = field(default="original", metadata={
         "choices": ANCHOR_TEACHERS,
         "help": "what the anchor term pulls toward: original (the frozen pretrained model) or ema (an exponential "
@@ -131,6 +135,8 @@ class FinetuneConfig:
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
                            "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1), "anchor_cls": (0, inf),
                            "ema_momentum": (0, 1)}, prefix)
+        if not 0.0 < float(self.interpolate) <= 1.0:
+            raise option_error(self, "interpolate", "must be in (0, 1] (1 = the fine-tuned weights)", prefix)
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
             raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)",
                                prefix)

@@ -47,6 +47,7 @@ from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  render_workers, scene_memory)
 from fit3d.finetune.residual import decoder_subspace, subspace_target
+from fit3d.finetune.wise import interpolate_weights
 from fit3d.guard import check_not_input, check_replaceable, model_inputs
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
 from fit3d.lift.lifted import DECODER_FILE, GAUSSIANS_FILE, META_FILE
@@ -645,13 +646,17 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     if run.peft_model is not None:  # adapters folded into the weights: model/ is a plain transformers model
         bb.model = merge_lora(run.peft_model)
         run.peft_model = None
+    original = run.original
+    if cfg.interpolate != 1.0:  # WiSE-FT: the saved (and evaluated) weights part of the way back to the original
+        original = original if original is not None else _load_original(cfg, run.device)
+        interpolate_weights(original.model, bb.model, cfg.interpolate)
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
     finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})
     metrics: dict = {"loss": loss_summary(run.losses)}
     if cfg.evaluate:
         bb.eval()
-        original = run.original if run.original is not None else _load_original(cfg, run.device)
+        original = original if original is not None else _load_original(cfg, run.device)
         held = RenderedViews(run.scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
                              alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
                              flip_prob=0.0, seed=cfg.seed, target_pool=cfg.target_pool)
