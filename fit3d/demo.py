@@ -2,8 +2,8 @@
 
 1. generate many small synthetic rooms (posed RGB, depth, semantic labels; ScanNet layout): training
    rooms and held-out rooms (issue 14's recipe: more, cheaper rooms),
-2. lift each training room into feature Gaussians (Stage 1; ``--lift.method backprojected``: the rooms' depth
-   back-projected, features from the backbone's tokens at 224 px; the Stage 1 whose targets fine-tune best),
+2. lift each training room into feature Gaussians (Stage 1; ``--lift.method solve``: geometry fused from
+   depth, features in closed form, seconds per room),
 3. fine-tune the backbone on all of them (Stage 2, the ``default`` recipe),
 4. probe segmentation and depth on the held-out rooms for original / fine-tuned / concat features, with
    several head seeds (batched heads) and the width control ``concat(original, original)``,
@@ -39,7 +39,7 @@ from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.io import read_json, write_json, write_text
-from fit3d.lift.config import BackprojectedConfig, LiftConfig
+from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.models import load_backbone
 from fit3d.paths import shared_dir, shared_model_dir
 from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
@@ -74,15 +74,15 @@ class DemoConfig:
     control: bool = field(default=True, metadata={
         "help": "also train the probe heads on concat(original, original): the width control of concat"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples of the test images"})
-    lift: LiftConfig = field(default_factory=lambda: LiftConfig(
-        method="backprojected", feature_size=224, backprojected=BackprojectedConfig(feature_input="cache")), metadata={
-        "inherit": SHARED, "help": "Stage 1: the rooms' depth back-projected, features from the backbone's tokens of each "
-                                   "224x168 view (the Stage 2 and probe input: one token cache for all three). The "
-                                   "Stage 1 that gives the better fine-tuned backbone: at full scale "
-                                   "(docs/generalize.md, sitting 10) Stage 2 on solve lifts lost 4 evals and gained a "
-                                   "third of the correspondence, on back-projected lifts it lost 1; solve is the "
-                                   "better lift of held-out views (docs/demo/lift-choice.md) and stays `fit3d lift`'s "
-                                   "default"})
+    lift: LiftConfig = field(default_factory=lambda: LiftConfig(method="solve", solve=SolveConfig(
+        geometry_iterations=0, view_stride=1, cg_iterations=24, cg_tol=0.05, cg_ridge=1e-3, ridge_select=False,
+        decoder_kernel=5, decoder_stride=1)), metadata={
+        "inherit": SHARED, "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
+                                   "unchanged), every training view in the least-squares passes (cosine 0.88 vs 0.84 "
+                                   "with every 4th; optimize with 500 iterations: 0.89 in 20x the time; "
+                                   "docs/demo/lift-choice.md); CG and decoder as when the demo's numbers were "
+                                   "measured (before the solve's defaults moved to CG to tol 0.01, a selected ridge "
+                                   "and a 7x7 decoder)"})
     finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(iterations=300, resolution=[224, 168],

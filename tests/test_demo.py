@@ -11,6 +11,7 @@ import pytest
 from fit3d.demo import DemoConfig, check_rooms, resolve_model_path, run_demo
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.config import FinetuneConfig
+from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.probe.config import ProbeConfig
 from fit3d.run import SettingsMismatch
 
@@ -20,7 +21,7 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     monkeypatch.setenv("FIT3D_MODEL_PATH", str(dinov2_path))
     cfg = DemoConfig(out=str(tmp_path / "demo"), report_dir=str(tmp_path / "docs"), train_scenes=1, test_scenes=1,
                      num_views=8, width=112, height=84, bootstrap=100,
-                     lift=dataclasses.replace(DemoConfig().lift, width=56, feature_size=112),  # the demo's Stage 1
+                     lift=LiftConfig(method="solve", solve=SolveConfig(geometry_iterations=0), width=56),
                      finetune=FinetuneConfig(max_steps=3),
                      probe=ProbeConfig(iterations=15, resolution=[112, 84], seeds=[0, 1]))
     res = run_demo(cfg)

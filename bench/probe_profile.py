@@ -1,0 +1,104 @@
+"""Where the two largest probe stages of ``bench/generalize.py`` spend their CPU: a batched depth-head step
+and the flowers classification probe.
+
+    .venv/bin/python bench/probe_profile.py [--iterations 40] [--photos 128] [--threads 2]
+
+- depth: ``fit3d.probe.batched.train_depth_batched`` as the full-scale sun3d evals run it (3 seeds x 4 sources:
+  original / fine-tuned 384 wide, concat / width control 768 wide; 12x16 tokens, 168x224 labels, batch 8,
+  ``DepthSettings`` defaults) on random tokens, under cProfile: the share of the einsums (patch and [CLS]
+  weights, forward and weight gradient), the numba bin tail (``fit3d.probe.depth_bins``) and the rest;
+- flowers: decoding + DINO's resize / crop of ``--photos`` flowers photos, DINOv2-S [CLS] features of them at
+  224x224 (batch 32), and the k-NN + linear heads of 4 sources x 3 seeds on random features of the full
+  flowers split sizes.
+
+Prints one table: wall and CPU seconds per part (CPU = user + system of this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+import torch
+
+from fit3d.clock import cpu_seconds, machine
+
+
+def _timed(fn):
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0, cpu_seconds() - c0
+
+
+def depth_rows(iterations: int) -> list[tuple]:
+    from fit3d.probe.batched import train_depth_batched
+    from fit3d.probe.depth import DepthSettings
+
+    g = torch.Generator().manual_seed(0)
+    n = 64
+    widths = (384, 384, 768, 768)
+    patches = [torch.randn(n, w, 12, 16, generator=g) for w in widths]
+    clss = [torch.randn(n, w, generator=g) for w in widths]
+    depth = torch.rand(n, 168, 224, generator=g) * 5 + 0.5
+    settings = [DepthSettings(iterations=iterations, seed=s) for s in range(3)]
+    prof = cProfile.Profile()
+    _, wall, cpu = _timed(lambda: (prof.enable(), train_depth_batched(patches, clss, depth, settings), prof.disable()))
+    st = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+    tot = sum(v[2] for v in st.values())
+    einsum = sum(v[2] for k, v in st.items() if k[2] == "<built-in method torch.einsum>")
+    tail = sum(v[2] for k, v in st.items() if k[0].endswith("depth_bins.py") and k[2] in ("_forward", "_backward"))
+    # autograd's engine runs the einsums' backward: count its own time with them
+    backward = sum(v[2] for k, v in st.items() if "run_backward" in k[2])
+    rows = [("depth step: einsum forward", einsum / tot), ("depth step: backward engine (einsum grads)", backward / tot),
+            ("depth step: numba bin tail (fwd + bwd)", tail / tot),
+            ("depth step: everything else", 1 - (einsum + backward + tail) / tot)]
+    out = [(f"depth heads x12, {iterations} iterations", wall, cpu, "")]
+    out += [(name, share * wall / iterations, share * cpu / iterations, f"{100 * share:.0f}% of a step")
+            for name, share in rows]
+    return out
+
+
+def flowers_rows(photos: int) -> list[tuple]:
+    from fit3d.models import load_backbone
+    from fit3d.paths import shared_dir, shared_model_dir
+    from fit3d.probe.cls import ClsSettings, cls_stats, extract_cls, load_image, read_image_folder
+
+    tr = read_image_folder(shared_dir() / "data" / "flowers", "train")
+    te = read_image_folder(shared_dir() / "data" / "flowers", "test", class_names=tr.class_names)
+    sub = tr.subset(range(0, len(tr), max(1, len(tr) // photos)))
+    _, dw, dc = _timed(lambda: [load_image(p, 224) for p in sub.paths])
+    bb = load_backbone("dinov2_small", model_path=str(shared_model_dir())).eval()
+    _, fw, fc = _timed(lambda: extract_cls(bb, sub, 224))
+    g = torch.Generator().manual_seed(0)
+    y, yt = torch.from_numpy(tr.labels), torch.from_numpy(te.labels)
+    xs = {f"s{w}_{i}": torch.randn(len(tr), w, generator=g) for i, w in enumerate((384, 384, 768, 768))}
+    xt = {k: torch.randn(len(te), v.shape[1], generator=g) for k, v in xs.items()}
+    cfgs = [ClsSettings(iterations=1000, seed=s) for s in range(3)]
+    _, hw, hc = _timed(lambda: cls_stats(xs, y, xt, yt, len(tr.class_names), cfgs))
+    n = len(sub)
+    total = 2 * (len(tr) + len(te))
+    return [(f"flowers: decode + resize / crop, per photo ({n})", dw / n, dc / n, ""),
+            (f"flowers: DINOv2-S [CLS] at 224x224, per photo ({n}, batch 32)", fw / n, fc / n,
+             f"x {total} forwards a run = {fc / n * total:.0f} CPU s"),
+            (f"flowers: k-NN + linear heads, 4 sources x 3 seeds ({len(tr)} -> {len(te)})", hw, hc, "")]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--iterations", type=int, default=40, help="depth-head iterations profiled")
+    ap.add_argument("--photos", type=int, default=128, help="flowers photos through the backbone")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    rows = depth_rows(args.iterations) + flowers_rows(args.photos)
+    print(f"{args.threads} torch threads; {machine()}\n")
+    print("| part | wall s | CPU s | note |\n|---|---|---|---|")
+    for name, w, c, note in rows:
+        print(f"| {name} | {w:.4f} | {c:.4f} | {note} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
