@@ -5,8 +5,9 @@ and the flowers classification probe.
 
 - depth: ``fit3d.probe.batched.train_depth_batched`` as the full-scale sun3d evals run it (3 seeds x 4 sources:
   original / fine-tuned 384 wide, concat / width control 768 wide; 12x16 tokens, 168x224 labels, batch 8,
-  ``DepthSettings`` defaults) on random tokens, under cProfile: the share of the einsums (patch and [CLS]
-  weights, forward and weight gradient), the numba bin tail (``fit3d.probe.depth_bins``) and the rest;
+  ``DepthSettings`` defaults) on random tokens, under cProfile (its own overhead lands in "everything else"):
+  the share of the einsums' forward, autograd's backward (the einsums' weight gradients and the loss's), the
+  numba bin tail (``fit3d.probe.depth_bins``) and the rest (gathers, losses, AdamW, Python);
 - flowers: decoding + DINO's resize / crop of ``--photos`` flowers photos, DINOv2-S [CLS] features of them at
   224x224 (batch 32), and the k-NN + linear heads of 4 sources x 3 seeds on random features of the full
   flowers split sizes.
@@ -49,9 +50,9 @@ def depth_rows(iterations: int) -> list[tuple]:
     tot = sum(v[2] for v in st.values())
     einsum = sum(v[2] for k, v in st.items() if k[2] == "<built-in method torch.einsum>")
     tail = sum(v[2] for k, v in st.items() if k[0].endswith("depth_bins.py") and k[2] in ("_forward", "_backward"))
-    # autograd's engine runs the einsums' backward: count its own time with them
+    # autograd's engine: the einsums' weight gradients and the loss's backward (its C++ time, not split further)
     backward = sum(v[2] for k, v in st.items() if "run_backward" in k[2])
-    rows = [("depth step: einsum forward", einsum / tot), ("depth step: backward engine (einsum grads)", backward / tot),
+    rows = [("depth step: einsum forward", einsum / tot), ("depth step: autograd backward (einsum weight grads + loss)", backward / tot),
             ("depth step: numba bin tail (fwd + bwd)", tail / tot),
             ("depth step: everything else", 1 - (einsum + backward + tail) / tot)]
     out = [(f"depth heads x12, {iterations} iterations", wall, cpu, "")]
