@@ -213,7 +213,7 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     from fit3d.finetune import finetune
     from fit3d.finetune.assembled import read_manifest
     from fit3d.finetune.trainer import MANIFEST_FILE
-    from fit3d.finetune.wise import interpolate_folder
+    from fit3d.finetune.assembled import interpolate_folder
     from fit3d.models.identity import model_identity
     from fit3d.run import result_settings
 

@@ -7,11 +7,14 @@ token of the original (fine-tuned features alone were reported worse than the or
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 from fit3d.errors import ModelNotFoundError
-from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR
-from fit3d.io import read_json_dict
+from fit3d.finetune.trainer import LOSSES_FILE, MANIFEST_FILE, MODEL_DIR, _save_pretrained_atomic
+from fit3d.finetune.wise import check_alpha, interpolate_weights
+from fit3d.guard import check_not_input
+from fit3d.io import read_json_dict, write_json
 from fit3d.models import ConcatFeatures, get_spec, load_backbone
 from fit3d.models.identity import check_architecture, folder_fingerprint, read_architecture
 
@@ -79,3 +82,31 @@ def load_finetuned(path, device: str = "cpu"):
 def load_assembled(path, device: str = "cpu"):
     """``ConcatFeatures(original, fine-tuned)``: features() gives [B, 2D, h, w] patch tokens, CLS of the original."""
     return ConcatFeatures(*load_finetuned(path, device=device))
+
+
+def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
+    """WiSE-FT (``fit3d.finetune.wise``) of a finished folder: ``src`` (``fit3d finetune``'s model/ + fit3d.json)
+    -> ``dest`` with the weights at ``alpha`` between the original (its manifest's ``original_model_path`` / backbone) and ``src``'s. The new
+    manifest records ``config.interpolate`` and ``settings.interpolate`` = alpha (times ``src``'s own alpha when it
+    was interpolated already) and the new weights' fingerprint; ``src`` is never changed. Returns the manifest."""
+    a = check_alpha(alpha)
+    src, dest = Path(src), Path(dest)
+    m = read_manifest(src)
+    check_manifest(src, m)
+    check_not_input(dest, [src])
+    original, finetuned = load_finetuned(src, device=device)
+    interpolate_weights(original.model, finetuned.model, a)
+    dest.mkdir(parents=True, exist_ok=True)
+    _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR)
+    if (src / LOSSES_FILE).exists():
+        shutil.copyfile(src / LOSSES_FILE, dest / LOSSES_FILE)
+    total = a * float((m.get("config") or {}).get("interpolate", 1.0))
+    manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
+                "config": {**(m.get("config") or {}), "interpolate": total},
+                "settings": {**(m.get("settings") or {}), "interpolate": total},
+                "interpolated_from": str(src.resolve()),
+                # held-out fits were measured on src's weights, not these
+                "metrics": {k: v for k, v in (m.get("metrics") or {}).items() if k != "heldout"}}
+    write_json(dest / MANIFEST_FILE, manifest)
+    return manifest
+

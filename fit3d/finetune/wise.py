@@ -8,17 +8,13 @@ of what Stage 2 taught. Every floating-point parameter and buffer is interpolate
 are equal in both, so they stay as they are); integer buffers are taken from the fine-tuned model.
 
     interpolate_weights(original_module, finetuned_module, a)   # in place on the fine-tuned module
-    interpolate_folder(src, dest, a)    # a fine-tuned output folder -> a new one (model/ + fit3d.json)
 
 Written here rather than taken from a package: it is one ``torch.lerp`` per tensor (the WiSE-FT
-repository's own ``wise_ft`` is a script, not an installable library).
+repository's own ``wise_ft`` is a script, not an installable library). A finished fine-tuned folder is
+interpolated by ``fit3d.finetune.assembled.interpolate_folder``.
 """
 
 from __future__ import annotations
-
-import dataclasses
-import shutil
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -55,39 +51,3 @@ def interpolate_weights(original: nn.Module, finetuned: nn.Module, alpha: float)
         changed += 1
     return changed
 
-
-def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
-    """A fine-tuned output folder ``src`` (``fit3d finetune``'s model/ + fit3d.json) -> ``dest`` with the weights
-    at ``alpha`` between the original (its manifest's ``original_model_path`` / backbone) and ``src``'s. The new
-    manifest records ``config.interpolate`` and ``settings.interpolate`` = alpha (times ``src``'s own alpha when it
-    was interpolated already) and the new weights' fingerprint; ``src`` is never changed. Returns the manifest."""
-    from fit3d.finetune.assembled import check_manifest, load_finetuned, read_manifest
-    from fit3d.finetune.trainer import LOSSES_FILE, MANIFEST_FILE, MODEL_DIR, _save_pretrained_atomic
-    from fit3d.guard import check_not_input
-    from fit3d.io import write_json
-    from fit3d.models.identity import folder_fingerprint
-
-    a = check_alpha(alpha)
-    src, dest = Path(src), Path(dest)
-    m = read_manifest(src)
-    check_manifest(src, m)
-    check_not_input(dest, [src])
-    original, finetuned = load_finetuned(src, device=device)
-    interpolate_weights(original.model, finetuned.model, a)
-    dest.mkdir(parents=True, exist_ok=True)
-    _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR)
-    if (src / LOSSES_FILE).exists():
-        shutil.copyfile(src / LOSSES_FILE, dest / LOSSES_FILE)
-    total = a * float((m.get("config") or {}).get("interpolate", 1.0))
-    manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
-                "config": {**(m.get("config") or {}), "interpolate": total},
-                "settings": {**(m.get("settings") or {}), "interpolate": total},
-                "interpolated_from": str(src.resolve())}
-    manifest.get("metrics", {}).pop("heldout", None)  # measured on src's weights, not these
-    write_json(dest / MANIFEST_FILE, manifest)
-    return manifest
-
-
-def interpolated_config(cfg, alpha: float):
-    """``cfg`` (a ``FinetuneConfig``) with ``interpolate`` = alpha: what :func:`interpolate_folder` records."""
-    return dataclasses.replace(cfg, interpolate=check_alpha(alpha))

@@ -9,7 +9,8 @@ from torch.testing import assert_close
 
 from fit3d.errors import Fit3DError
 from fit3d.finetune import FinetuneConfig, finetune
-from fit3d.finetune.wise import interpolate_folder, interpolate_weights
+from fit3d.finetune.assembled import interpolate_folder
+from fit3d.finetune.wise import interpolate_weights
 
 BACKBONE = "dinov2_small"
 
