@@ -209,34 +209,29 @@ def finetune_config(cfg: GeneralizeConfig):
 def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     """Stage 2 into ``ft_dir`` (returns its manifest): fine-tune on the ``lifted`` scenes, or with
     ``--from-finetuned SRC`` train nothing and write SRC's weights interpolated by ``fcfg.interpolate``
-    (``fit3d.finetune.wise``). SRC must have been made with ``fcfg``'s settings but for ``interpolate``."""
+    (``fit3d.finetune.assembled.interpolate_folder``). SRC must be the Stage 2 this run would make at
+    interpolate 1 (the trainer's own settings record and resume rule: config, model, scenes and their lifts)."""
     from fit3d.finetune import finetune
-    from fit3d.finetune.assembled import read_manifest
-    from fit3d.finetune.trainer import MANIFEST_FILE
-    from fit3d.finetune.assembled import interpolate_folder
-    from fit3d.models.identity import model_identity
-    from fit3d.run import result_settings
+    from fit3d.finetune.assembled import interpolate_folder, read_manifest
+    from fit3d.finetune.trainer import MANIFEST_FILE, run_settings
+    from fit3d.run import SettingsMismatch, check_resume, result_settings
 
     if not cfg.from_finetuned:
         return finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
     src = Path(cfg.from_finetuned)
-    m = read_manifest(src)
-    want = {**result_settings(fcfg), "interpolate": 1.0, "backbone": "dinov2_small",
-            "model": model_identity("dinov2_small", cfg.model_path)}
-    del want["model_path"]  # the same weights by another path: "model" (their identity) decides
-    # a field newer than SRC's record ran at its default there
-    have = {**result_settings(type(fcfg)()), **(m.get("settings") or {})}
-    differ = sorted(k for k in want if have.get(k) != want[k])
-    if differ:
-        raise SystemExit(f"--from-finetuned {src}: not this run's Stage 2 ("
-                         + ", ".join(f"{k} {have.get(k)!r} there, {want[k]!r} here" for k in differ) + ")")
-    done = ft_dir / MANIFEST_FILE
-    if done.exists():
-        old = read_manifest(ft_dir)
-        if old.get("interpolated_from") == str(src.resolve()) and \
-                old.get("config", {}).get("interpolate") == fcfg.interpolate:
+    full = dataclasses.replace(fcfg, backbone="dinov2_small", model_path=cfg.model_path, interpolate=1.0)
+    want = run_settings([str(d) for d in lifted], full, 1)
+    recorded = lambda m: {**result_settings(type(fcfg)()), **(m.get("settings") or {})}  # noqa: E731 - newer fields: defaults
+    try:
+        check_resume(recorded(read_manifest(src)), want, "fine-tuning (--from-finetuned)", src,
+                     "pass the Stage 2 folder of this run's settings")
+        if (ft_dir / MANIFEST_FILE).exists():  # an earlier run of this command: reused when it is this one
+            old = read_manifest(ft_dir)
+            check_resume(recorded(old), {**want, "interpolate": fcfg.interpolate}, "interpolated Stage 2", ft_dir,
+                         "pass another --out")
             return old
-        raise SystemExit(f"{ft_dir} holds another Stage 2 result; pass another --out")
+    except SettingsMismatch as e:
+        raise SystemExit(str(e)) from None
     _say(f"Stage 2 from {src}: weights interpolated at {fcfg.interpolate} -> {ft_dir}")
     return interpolate_folder(src, ft_dir, fcfg.interpolate)
 

@@ -52,7 +52,8 @@ def depth_rows(iterations: int) -> list[tuple]:
     tail = sum(v[2] for k, v in st.items() if k[0].endswith("depth_bins.py") and k[2] in ("_forward", "_backward"))
     # autograd's engine: the einsums' weight gradients and the loss's backward (its C++ time, not split further)
     backward = sum(v[2] for k, v in st.items() if "run_backward" in k[2])
-    rows = [("depth step: einsum forward", einsum / tot), ("depth step: autograd backward (einsum weight grads + loss)", backward / tot),
+    rows = [("depth step: einsum forward", einsum / tot),
+            ("depth step: autograd backward (einsum weight grads + loss)", backward / tot),
             ("depth step: numba bin tail (fwd + bwd)", tail / tot),
             ("depth step: everything else", 1 - (einsum + backward + tail) / tot)]
     out = [(f"depth heads x12, {iterations} iterations", wall, cpu, "")]

@@ -86,14 +86,14 @@ def load_assembled(path, device: str = "cpu"):
 
 def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
     """WiSE-FT (``fit3d.finetune.wise``) of a finished folder: ``src`` (``fit3d finetune``'s model/ + fit3d.json)
-    -> ``dest`` with the weights at ``alpha`` between the original (its manifest's ``original_model_path`` / backbone) and ``src``'s. The new
+    -> ``dest`` with the weights at ``alpha`` between the original (its manifest's ``original_model_path`` /
+    backbone) and ``src``'s (``src``'s record is checked against its weights by :func:`load_finetuned`). The new
     manifest records ``config.interpolate`` and ``settings.interpolate`` = alpha (times ``src``'s own alpha when it
     was interpolated already) and the new weights' fingerprint; ``src`` is never changed. Returns the manifest."""
     a = check_alpha(alpha)
     src, dest = Path(src), Path(dest)
-    m = read_manifest(src)
-    check_manifest(src, m)
     check_not_input(dest, [src])
+    m = read_manifest(src)
     original, finetuned = load_finetuned(src, device=device)
     interpolate_weights(original.model, finetuned.model, a)
     dest.mkdir(parents=True, exist_ok=True)
@@ -109,4 +109,3 @@ def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
                 "metrics": {k: v for k, v in (m.get("metrics") or {}).items() if k != "heldout"}}
     write_json(dest / MANIFEST_FILE, manifest)
     return manifest
-

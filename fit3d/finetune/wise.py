@@ -50,4 +50,3 @@ def interpolate_weights(original: nn.Module, finetuned: nn.Module, alpha: float)
         t.copy_(torch.lerp(o.to(t.device, t.dtype), t, a))
         changed += 1
     return changed
-
