@@ -241,7 +241,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
 
 
 LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode",
-                "anchor_cls", "interpolate")
+                "anchor_cls", "interpolate", "target_mean")
 
 
 def lever_name(r: dict) -> str:

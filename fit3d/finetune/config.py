@@ -9,6 +9,7 @@ ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
 ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
 TARGET_MODES = ("rendered", "residual", "projection")  # fit3d.finetune.residual
+TARGET_MEANS = ("target", "original")  # whose per-view mean token the Stage 2 target carries (fit3d.finetune.residual)
 TARGET_POOLS = ("auto", "bilinear", "area")  # how the decoded render is brought to the token grid
 ANCHOR_TEACHERS = ("original", "ema")  # what the anchor pulls toward: the frozen original / an EMA of the model
 
@@ -78,6 +79,13 @@ class FinetuneConfig:
                 "lifted subspace (the decoder's main directions) plus the frozen original's tokens outside it, so "
                 "the model is not taught to drop what the f-dim lift cannot carry; projection: the original's "
                 "tokens projected onto that subspace (a control without 3D signal) (fit3d.finetune.residual)"})
+    target_mean: str = field(default="target", metadata={
+        "choices": TARGET_MEANS,
+        "help": "target: the target as it is (FiT3D); original: each view's target with its mean token over the "
+                "unmasked tokens replaced by the frozen original's mean for that view. A 3D-consistent target is "
+                "the same for a surface from every view, so it averages away what is view-dependent about a whole "
+                "image (e.g. how far the camera is); this keeps the view's own global component and takes the 3D "
+                "signal from the tokens' deviations from it (fit3d.finetune.residual.with_view_mean)"})
     subspace_rank: int = field(default=0, metadata={
         "help": "target_mode residual / projection: dimensions of each scene's lifted subspace (0 = the decoder's "
                 "input width f)"})

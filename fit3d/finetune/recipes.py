@@ -4,7 +4,7 @@
   no adapter, no anchor (= ``FinetuneConfig()``'s values).
 - ``default``: the best recipe measured in ``docs/generalize.md`` (chosen on validation data):
   ``freeze`` + ``spread`` + ``residual``.
-- ``lora``, ``freeze``, ``anchor``, ``spread``, ``residual``, ``ema``, ``cls``: the single levers of those searches, for
+- ``lora``, ``freeze``, ``anchor``, ``spread``, ``residual``, ``ema``, ``cls``, ``viewmean``: the single levers of those searches, for
   reproducing them.
 
 ``FinetuneConfig()`` itself keeps FiT3D's values (the library default is the faithful method); the commands
@@ -42,6 +42,8 @@ RECIPES: dict[str, FinetuneConfig] = {
     "ema": _preset("ema", anchor_weight=0.5, anchor_at="spread", anchor_teacher="ema"),
     # the [CLS] token held at the original's (Stage 2 has no target for it; issue 21's diagnosis)
     "cls": _preset("cls", anchor_cls=10.0),
+    # each view's target keeps the original's mean token over the view (3D-consistent targets average it away)
+    "viewmean": _preset("viewmean", target_mean="original"),
 }
 # The best recipe measured (docs/generalize.md, numbers there): FiT3D's optimiser on the last 6 blocks
 # only (7-12 of DINOv2-S; issue 14's search: same fit to the 3D targets as the whole backbone, the depth

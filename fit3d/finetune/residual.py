@@ -11,6 +11,11 @@ whatever of its tokens lies outside U (``bench/semantics_diagnosis.py`` measures
                  outside (the backbone is taught to change its features only where the lift says something).
 - ``projection`` U U^T x: the original's own tokens, projected (a control: the bottleneck without any 3D
                  signal, to tell the cost of the bottleneck from the cost of the 3D targets).
+
+``FinetuneConfig.target_mean`` "original" (:func:`with_view_mean`) then gives each view's target the frozen
+original's mean token over the view (its unmasked tokens): the target's deviations from its own mean carry
+the 3D signal, the view-level component stays the original's. A lifted feature is one value per surface
+whatever the camera's distance, so a 3D-consistent target has no view-dependent global component of its own.
 """
 
 from __future__ import annotations
@@ -48,3 +53,13 @@ def subspace_target(target: Tensor, reference: Tensor, U: Tensor, mode: str) -> 
     if mode == "projection":
         return project(ref)
     raise ValueError(f"target mode {mode!r}: expected one of {', '.join(TARGET_MODES)}")
+
+
+def with_view_mean(target: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
+    """``target`` with each sample's mean token over its ``mask`` replaced by ``reference``'s mean over the same
+    tokens: target - mean(target) + mean(reference). target / reference [B, D, h, w], mask [B, h, w] bool; a
+    sample with no unmasked token is returned unchanged (the loss ignores it)."""
+    m = mask.to(target.dtype)[:, None]  # [B, 1, h, w]
+    n = m.sum((2, 3), keepdim=True).clamp_min(1.0)
+    shift = ((reference.to(target.dtype) - target) * m).sum((2, 3), keepdim=True) / n  # [B, D, 1, 1]
+    return target + shift

@@ -46,7 +46,7 @@ from fit3d.finetune.anchor import AnchorReference
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  render_workers, scene_memory)
-from fit3d.finetune.residual import decoder_subspace, subspace_target
+from fit3d.finetune.residual import decoder_subspace, subspace_target, with_view_mean
 from fit3d.finetune.wise import interpolate_weights
 from fit3d.guard import check_not_input, check_replaceable, model_inputs
 from fit3d.io import atomic_dir, clean_stale_temps, read_json_dict, write_json
@@ -167,6 +167,7 @@ class LossTerms:
     anchor_weight, anchor_at, anchor_spread   the anchor term (``anchor_token_weights``)
     teacher        the anchor's reference when not the original (the EMA teacher Backbone)
     cls_weight     an L1 term keeping the [CLS] token at the original's (the module must return ``Tokens``)
+    target_mean    target / original: whose per-view mean token the target carries (``with_view_mean``)
     """
 
     original: object | None = None
@@ -177,6 +178,7 @@ class LossTerms:
     anchor_spread: float = 0.25
     teacher: object | None = None
     cls_weight: float = 0.0
+    target_mean: str = "target"
 
 
 def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool,
@@ -194,11 +196,16 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
     t = terms or LossTerms()
     anchored = t.anchor_weight > 0
     reference = ref_cls = None
-    if t.target_mode != "rendered" or (anchored and t.teacher is None) or t.cls_weight > 0:
+    if (t.target_mode != "rendered" or (anchored and t.teacher is None) or t.cls_weight > 0
+            or t.target_mean != "target"):
         reference, ref_cls = t.original.features(images)  # [B, D, h, w], [B, D]; no grad
     if t.target_mode != "rendered":
         U = torch.stack([t.subspaces[int(i)] for i in batch["scene"]]).to(device)
         target = subspace_target(target.float(), reference.float(), U, t.target_mode)
+    if t.target_mean == "original":
+        target = with_view_mean(target.float(), reference.float(), mask)
+    elif t.target_mean != "target":
+        raise Fit3DError(f"target_mean {t.target_mean!r}: expected target or original")
     loss = masked_l1(tokens, target, mask)
     if anchored:
         alpha, spread = (batch.get(k) for k in ("alpha", "spread"))
@@ -443,7 +450,7 @@ class _Run:
     def terms(self) -> LossTerms:
         c = self.cfg
         return LossTerms(self.anchor_ref or self.original, self.subspaces, c.target_mode, c.anchor_weight,
-                         c.anchor_at, c.anchor_spread, self.teacher, c.anchor_cls)
+                         c.anchor_at, c.anchor_spread, self.teacher, c.anchor_cls, c.target_mean)
 
 
 def _load_original(cfg: FinetuneConfig, device):
@@ -475,7 +482,7 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
     params, n_frozen, peft_model = build_trainable(bb, cfg)
     needs_original = ((cfg.anchor_weight > 0 and cfg.anchor_teacher == "original") or cfg.target_mode != "rendered"
-                      or cfg.anchor_cls > 0)
+                      or cfg.anchor_cls > 0 or cfg.target_mean != "target")
     original = _load_original(cfg, device) if needs_original else None
     teacher = None
     if cfg.anchor_weight > 0 and cfg.anchor_teacher == "ema":  # starts as the model itself (= the original)

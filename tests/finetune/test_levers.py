@@ -157,3 +157,44 @@ def test_cls_anchor_keeps_the_cls_token_and_still_trains_the_patches(tmp_path, l
     assert moved[1.0] > 0.7 * moved[0.0], moved  # the patches still learn (measured 0.35 and 0.33)
     with pytest.raises(Fit3DError, match="anchor-cls"):
         FinetuneConfig(anchor_cls=-1.0).validate()
+
+
+def test_view_mean_target_takes_the_originals_mean_and_keeps_the_deviations():
+    from fit3d.finetune.residual import with_view_mean
+
+    g = torch.Generator().manual_seed(0)
+    target, ref = torch.randn(3, 5, 4, 6, generator=g), torch.randn(3, 5, 4, 6, generator=g) + 2.0
+    mask = torch.rand(3, 4, 6, generator=g) > 0.4
+    mask[2] = False  # a view with nothing unmasked: left as it is
+    out = with_view_mean(target, ref, mask)
+
+    def mean(x, i):
+        return x[i][:, mask[i]].mean(1)
+
+    for i in (0, 1):
+        assert_close(mean(out, i), mean(ref, i), atol=1e-5, rtol=0)  # the original's view-level component
+        assert_close(out[i] - mean(out, i)[:, None, None], target[i] - mean(target, i)[:, None, None],
+                     atol=1e-5, rtol=0)  # the target's deviations from it, unchanged
+    assert_close(out[2], target[2])
+
+
+def test_view_mean_lever_is_the_loss_to_the_target_with_the_originals_view_mean(tiny_backbone):
+    """``forward_loss`` with ``target_mean`` original: FiT3D's masked L1, to the target whose per-view mean token is
+    the frozen original's (and the plain loss with the default)."""
+    from fit3d.finetune.residual import with_view_mean
+    from fit3d.finetune.trainer import LossTerms, forward_loss, masked_l1
+
+    g = torch.Generator().manual_seed(1)
+    images = torch.rand(2, 3, 48, 64, generator=g)
+    with torch.no_grad():
+        x = tiny_backbone.features(images).patch
+    batch = {"image": images, "target": torch.randn(x.shape, generator=g), "mask": torch.rand(2, 6, 8, generator=g) > 0.3}
+    module = lambda im: tiny_backbone.features(im).patch  # noqa: E731
+    with torch.no_grad():
+        got = forward_loss(module, batch, torch.device("cpu"), False, LossTerms(tiny_backbone, target_mean="original"))
+        plain = forward_loss(module, batch, torch.device("cpu"), False, LossTerms(tiny_backbone))
+    assert_close(got, masked_l1(x, with_view_mean(batch["target"], x, batch["mask"]), batch["mask"]))
+    assert_close(plain, masked_l1(x, batch["target"], batch["mask"]))
+    assert float((got - plain).abs()) > 1e-3  # the lever changed the target
+    with pytest.raises(Fit3DError, match="target-mean"):
+        FinetuneConfig(target_mean="nope").validate()
