@@ -42,7 +42,8 @@ RECIPES: dict[str, FinetuneConfig] = {
     "ema": _preset("ema", anchor_weight=0.5, anchor_at="spread", anchor_teacher="ema"),
     # the [CLS] token held at the original's (Stage 2 has no target for it; issue 21's diagnosis)
     "cls": _preset("cls", anchor_cls=10.0),
-    # each view's target keeps the original's mean token over the view (3D-consistent targets average it away)
+    # each view's target keeps the original's mean token over the view (3D-consistent targets average it away);
+    # on validation it traded the cross-scene metric-depth loss for a larger in-scene one (docs/generalize.md)
     "viewmean": _preset("viewmean", target_mean="original"),
 }
 # The best recipe measured (docs/generalize.md, numbers there): FiT3D's optimiser on the last 6 blocks
