@@ -2,6 +2,7 @@
 
     python bench/cls_diagnosis.py runs/search/noicl-default-300 [more runs] --scenes-dir /tmp/research/scenes \
         --cache-dir /tmp/research/cache
+    python bench/cls_diagnosis.py --full runs/generalize [more runs] --cache-dir CACHE   # at full scale
 
 For each ``bench/recipe_search.py`` run given (its fine-tuned model under RUN/finetuned), DINOv2's linear depth
 head (patch tokens joined with the image's [CLS]) is trained on RedKitchen frames 0-199 from six feature
@@ -9,6 +10,10 @@ mixes -- original / fine-tuned patch tokens x original / fine-tuned / no [CLS] -
 200-398 (``val_redkitchen_depth``) and on every frame of the unlifted cross scene (``val_cross_depth``;
 icl-livingroom1). Validation data only. Printed per run: metric and scale-aligned RMSE (mean over seeds) per
 mix, and the relative drift |x_ft - x| / |x| of the [CLS] and patch tokens on both splits.
+
+``--full``: the runs are ``bench/generalize.py`` outputs and the heads are its test eval
+``sun3d_depth_from_redkitchen`` (RedKitchen frames 0-398 -> every sun3d-office frame, its probe iterations and
+seeds); with the run's ``--cache-dir`` every token is read from the cache.
 """
 
 from __future__ import annotations
@@ -60,14 +65,22 @@ def drift(a: torch.Tensor, b: torch.Tensor) -> float:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="bench/recipe_search.py output folders")
-    ap.add_argument("--scenes-dir", required=True, help="the runs' --scenes-dir (generated validation rooms live there)")
+    ap.add_argument("--scenes-dir", help="the runs' --scenes-dir (generated validation rooms live there; not with --full)")
+    ap.add_argument("--full", action="store_true", help="the runs are bench/generalize.py outputs: RedKitchen -> sun3d")
     ap.add_argument("--cache-dir", required=True, help="the runs' feature cache")
-    ap.add_argument("--iterations", type=int, default=R.SearchConfig.probe_iterations)
-    ap.add_argument("--seeds", type=int, default=R.SearchConfig.seeds)
+    ap.add_argument("--iterations", type=int, default=None, help="default: the bench's probe iterations")
+    ap.add_argument("--seeds", type=int, default=None, help="default: the bench's head seeds")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if not args.full and not args.scenes_dir:
+        ap.error("--scenes-dir is needed for bench/recipe_search.py runs")
+    base = G.GeneralizeConfig if args.full else R.SearchConfig
+    args.iterations = args.iterations or base.probe_iterations
+    args.seeds = args.seeds or base.seeds
     torch.set_num_threads(args.threads)
     res = (224, 168)
+    if args.full:
+        return full_scale(args, res)
     for run in map(Path, args.runs):
         cfg = R.SearchConfig(out=str(run), icl="", evals=["val_redkitchen_depth", "val_cross_depth"])
         splits = G.materialise_splits(R.val_data(cfg, Path(args.scenes_dir), res))
@@ -85,6 +98,31 @@ def main(argv=None) -> int:
             print(f"| {name} | {r[0][0]:.4f} | {r[0][1]:.4f} | {r[1][0]:.4f} | {r[1][1]:.4f} |", flush=True)
         print("\n| split | [CLS] drift | patch drift |\n|---|---|---|")
         for k, label in (("vrk_train", "RedKitchen 0-199"), ("vcross_test", "cross scene")):
+            o, t = feats[k]["original"], feats[k]["finetuned"]
+            print(f"| {label} | {drift(o.cls, t.cls):.3f} | {drift(o.patch, t.patch):.3f} |")
+    return 0
+
+
+def full_scale(args, res) -> int:
+    """The test eval sun3d_depth_from_redkitchen of bench/generalize.py runs, from mixed token sources."""
+    from fit3d.probe.datasets import load_probe_data
+
+    cfg = G.GeneralizeConfig()
+    data = {"rk": (load_probe_data(cfg.redkitchen, "train", res, train_frames=(0, 398)), "depth"),
+            "sun3d": (load_probe_data(cfg.sun3d, "test", res, test_frames=(0, 10 ** 9)), "depth")}
+    splits = G.materialise_splits(data)
+    for run in map(Path, args.runs):
+        sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
+                   "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(run / "finetuned"))}
+        feats = G.extract(sources, splits, FeatureCache(Path(args.cache_dir)), res)
+        tr, te = mixes(feats["rk"]), mixes(feats["sun3d"])
+        print(f"\n{run}: depth heads on RedKitchen 0-398 ({args.iterations} iterations, {args.seeds} seeds) -> sun3d\n")
+        print("| features the head reads | -> sun3d RMSE | aligned |\n|---|---|---|")
+        for name in tr:
+            m, a = rmse_of(tr[name], te[name], splits["rk"].depth, splits["sun3d"].depth, args.iterations, args.seeds)
+            print(f"| {name} | {m:.4f} | {a:.4f} |", flush=True)
+        print("\n| split | [CLS] drift | patch drift |\n|---|---|---|")
+        for k, label in (("rk", "RedKitchen 0-398"), ("sun3d", "sun3d-office")):
             o, t = feats[k]["original"], feats[k]["finetuned"]
             print(f"| {label} | {drift(o.cls, t.cls):.3f} | {drift(o.patch, t.patch):.3f} |")
     return 0
