@@ -62,6 +62,20 @@ def drift(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((b - a).norm(dim=1) / a.norm(dim=1)).mean())
 
 
+def run_sources(model_path: str, run: Path) -> dict:
+    """The original and the fine-tuned model of a bench run folder (its ``finetuned`` output)."""
+    return {"original": FeatureSource("original", "dinov2_small", model_path),
+            "finetuned": FeatureSource("finetuned", "dinov2_small", model_path, str(run / "finetuned"))}
+
+
+def print_drift(feats: dict, splits: tuple[tuple[str, str], ...]) -> None:
+    """The [CLS] and patch drift of the fine-tuned tokens on ``splits`` ((key, label) pairs)."""
+    print("\n| split | [CLS] drift | patch drift |\n|---|---|---|")
+    for k, label in splits:
+        o, t = feats[k]["original"], feats[k]["finetuned"]
+        print(f"| {label} | {drift(o.cls, t.cls):.3f} | {drift(o.patch, t.patch):.3f} |")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="bench/recipe_search.py output folders")
@@ -84,9 +98,7 @@ def main(argv=None) -> int:
     for run in map(Path, args.runs):
         cfg = R.SearchConfig(out=str(run), icl="", evals=["val_redkitchen_depth", "val_cross_depth"])
         splits = G.materialise_splits(R.val_data(cfg, Path(args.scenes_dir), res))
-        sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
-                   "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(run / "finetuned"))}
-        feats = G.extract(sources, splits, FeatureCache(Path(args.cache_dir)), res)
+        feats = G.extract(run_sources(cfg.model_path, run), splits, FeatureCache(Path(args.cache_dir)), res)
         tr = mixes(feats["vrk_train"])
         te = {k: mixes(feats[k]) for k in ("vrk_test", "vcross_test")}
         print(f"\n{run}: depth heads on RedKitchen 0-199 ({args.iterations} iterations, {args.seeds} seeds)\n")
@@ -96,10 +108,7 @@ def main(argv=None) -> int:
             r = [rmse_of(tr[name], te[k][name], splits["vrk_train"].depth, splits[k].depth, args.iterations, args.seeds)
                  for k in ("vrk_test", "vcross_test")]
             print(f"| {name} | {r[0][0]:.4f} | {r[0][1]:.4f} | {r[1][0]:.4f} | {r[1][1]:.4f} |", flush=True)
-        print("\n| split | [CLS] drift | patch drift |\n|---|---|---|")
-        for k, label in (("vrk_train", "RedKitchen 0-199"), ("vcross_test", "cross scene")):
-            o, t = feats[k]["original"], feats[k]["finetuned"]
-            print(f"| {label} | {drift(o.cls, t.cls):.3f} | {drift(o.patch, t.patch):.3f} |")
+        print_drift(feats, (("vrk_train", "RedKitchen 0-199"), ("vcross_test", "cross scene")))
     return 0
 
 
@@ -112,19 +121,14 @@ def full_scale(args, res) -> int:
             "sun3d": (load_probe_data(cfg.sun3d, "test", res, test_frames=(0, 10 ** 9)), "depth")}
     splits = G.materialise_splits(data)
     for run in map(Path, args.runs):
-        sources = {"original": FeatureSource("original", "dinov2_small", cfg.model_path),
-                   "finetuned": FeatureSource("finetuned", "dinov2_small", cfg.model_path, str(run / "finetuned"))}
-        feats = G.extract(sources, splits, FeatureCache(Path(args.cache_dir)), res)
+        feats = G.extract(run_sources(cfg.model_path, run), splits, FeatureCache(Path(args.cache_dir)), res)
         tr, te = mixes(feats["rk"]), mixes(feats["sun3d"])
         print(f"\n{run}: depth heads on RedKitchen 0-398 ({args.iterations} iterations, {args.seeds} seeds) -> sun3d\n")
         print("| features the head reads | -> sun3d RMSE | aligned |\n|---|---|---|")
         for name in tr:
             m, a = rmse_of(tr[name], te[name], splits["rk"].depth, splits["sun3d"].depth, args.iterations, args.seeds)
             print(f"| {name} | {m:.4f} | {a:.4f} |", flush=True)
-        print("\n| split | [CLS] drift | patch drift |\n|---|---|---|")
-        for k, label in (("rk", "RedKitchen 0-398"), ("sun3d", "sun3d-office")):
-            o, t = feats[k]["original"], feats[k]["finetuned"]
-            print(f"| {label} | {drift(o.cls, t.cls):.3f} | {drift(o.patch, t.patch):.3f} |")
+        print_drift(feats, (("rk", "RedKitchen 0-398"), ("sun3d", "sun3d-office")))
     return 0
 
 
