@@ -241,7 +241,8 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
 
 
 LEVER_FIELDS = ("freeze_blocks", "adapter", "lr", "anchor_weight", "anchor_at", "anchor_teacher", "target_mode",
-                "anchor_cls", "interpolate", "target_mean")
+                "anchor_cls", "interpolate", "target_mean",
+                "freeze_last_blocks")
 
 
 def lever_name(r: dict) -> str:

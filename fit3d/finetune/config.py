@@ -34,6 +34,10 @@ class FinetuneConfig:
     freeze_blocks: int = field(default=0, metadata={
         "help": "freeze the patch embedding and the first k transformer blocks (0 = whole backbone trained; "
                 "k < 0: train only the last -k blocks)"})
+    freeze_last_blocks: int = field(default=0, metadata={
+        "help": "also freeze the last k transformer blocks (0 = FiT3D). The last block's [CLS] output reaches no "
+                "Stage 2 target, so training that block moves [CLS] freely (issue 21: the depth head's metric "
+                "scale); frozen, it maps the trained blocks' tokens as the original did"})
     adapter: str = field(default="none", metadata={
         "choices": ADAPTERS,
         "help": "none: train the backbone's weights; lora: train low-rank adapters (peft LoRA) on the attention "
@@ -137,7 +141,7 @@ class FinetuneConfig:
         check_choices(self, prefix)
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "workers": 0,
                             "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0,
-                            "lora_rank": 1, "subspace_rank": 0}, prefix)
+                            "lora_rank": 1, "subspace_rank": 0, "freeze_last_blocks": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),

@@ -4,7 +4,7 @@
   no adapter, no anchor (= ``FinetuneConfig()``'s values).
 - ``default``: the best recipe measured in ``docs/generalize.md`` (chosen on validation data):
   ``freeze`` + ``spread`` + ``residual``.
-- ``lora``, ``freeze``, ``anchor``, ``spread``, ``residual``, ``ema``, ``cls``, ``viewmean``: the single levers of those searches, for
+- ``lora``, ``freeze``, ``anchor``, ``spread``, ``residual``, ``ema``, ``cls``, ``viewmean``, ``lastfrozen``: the single levers of those searches, for
   reproducing them.
 
 ``FinetuneConfig()`` itself keeps FiT3D's values (the library default is the faithful method); the commands
@@ -45,6 +45,8 @@ RECIPES: dict[str, FinetuneConfig] = {
     # each view's target keeps the original's mean token over the view (3D-consistent targets average it away);
     # on validation it traded the cross-scene metric-depth loss for a larger in-scene one (docs/generalize.md)
     "viewmean": _preset("viewmean", target_mean="original"),
+    # the last block frozen too: its [CLS] output reaches no target, so training it moves [CLS] freely
+    "lastfrozen": _preset("lastfrozen", freeze_last_blocks=1),
 }
 # The best recipe measured (docs/generalize.md, numbers there): FiT3D's optimiser on the last 6 blocks
 # only (7-12 of DINOv2-S; issue 14's search: same fit to the 3D targets as the whole backbone, the depth

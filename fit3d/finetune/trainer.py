@@ -110,6 +110,22 @@ def freeze_first_blocks(model: nn.Module, k: int) -> int:
     return n
 
 
+def freeze_last_blocks(model: nn.Module, k: int) -> int:
+    """Freeze the last ``k`` transformer blocks (their parameters still trainable so far); returns how many
+    tensors were newly frozen."""
+    if k <= 0:
+        return 0
+    blocks = transformer_blocks(model)
+    if k > len(blocks):
+        raise Fit3DError(f"--freeze-last-blocks {k}: the backbone has only {len(blocks)} blocks")
+    n = 0
+    for b in blocks[-k:]:
+        for p in b.parameters():
+            n += int(p.requires_grad)
+            p.requires_grad_(False)
+    return n
+
+
 class PatchTokens(nn.Module):
     """``backbone.tokens(images)[0]`` as a module (what DDP wraps): [B, 3, H, W] -> [B, D, h, w]; with
     ``with_cls`` the whole ``Tokens`` (patch [B, D, h, w], cls [B, D])."""
@@ -234,7 +250,7 @@ def build_trainable(bb, cfg: FinetuneConfig) -> tuple[list, int, object]:
     peft_model = None
     if cfg.adapter == "lora":
         peft_model = add_lora(bb.model, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets, seed=cfg.seed)
-    n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks)
+    n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks) + freeze_last_blocks(bb.model, cfg.freeze_last_blocks)
     params = [p for p in bb.parameters() if p.requires_grad]
     if not params:
         raise Fit3DError(f"nothing to train: freeze_blocks={cfg.freeze_blocks} / adapter={cfg.adapter} leave "

@@ -198,3 +198,20 @@ def test_view_mean_lever_is_the_loss_to_the_target_with_the_originals_view_mean(
     assert float((got - plain).abs()) > 1e-3  # the lever changed the target
     with pytest.raises(Fit3DError, match="target-mean"):
         FinetuneConfig(target_mean="nope").validate()
+
+
+def test_freeze_last_blocks_leaves_the_last_block_as_the_original(tmp_path, lifted_dir, tiny_model_dir):
+    """``freeze_last_blocks`` 1: the last transformer block keeps the original's weights, the others train."""
+    from fit3d.finetune import load_finetuned
+    from fit3d.finetune.trainer import transformer_blocks
+
+    m = finetune([lifted_dir], BACKBONE, tmp_path / "ft", quick(freeze_last_blocks=1), model_path=str(tiny_model_dir))
+    assert m["config"]["freeze_last_blocks"] == 1
+    orig, ft = load_finetuned(tmp_path / "ft")
+    bo, bf = transformer_blocks(orig.model), transformer_blocks(ft.model)
+    same = [all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters())) for a, b in zip(bo, bf)]
+    assert same[-1] and not any(same[:-1]), same
+    with pytest.raises(Fit3DError, match="freeze-last-blocks"):
+        FinetuneConfig(freeze_last_blocks=-1).validate()
+    with pytest.raises(Fit3DError, match="freeze-last-blocks 9"):
+        finetune([lifted_dir], BACKBONE, tmp_path / "bad", quick(freeze_last_blocks=9), model_path=str(tiny_model_dir))
