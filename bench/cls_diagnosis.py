@@ -11,6 +11,9 @@ mixes -- original / fine-tuned patch tokens x original / fine-tuned / no [CLS] -
 icl-livingroom1). Validation data only. Printed per run: metric and scale-aligned RMSE (mean over seeds) per
 mix, and the relative drift |x_ft - x| / |x| of the [CLS] and patch tokens on both splits.
 
+``--blocks SCENE``: where the drift is made: the relative drift of [CLS] and the patch tokens after every block
+(hidden states before the final LayerNorm) on every 2nd frame of SCENE at 224x168, for each run's fine-tuned model.
+
 ``--full``: the runs are ``bench/generalize.py`` outputs and the heads are its test eval
 ``sun3d_depth_from_redkitchen`` (RedKitchen frames 0-398 -> every sun3d-office frame, its probe iterations and
 seeds); with the run's ``--cache-dir`` every token is read from the cache.
@@ -81,11 +84,16 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="bench/recipe_search.py output folders")
     ap.add_argument("--scenes-dir", help="the runs' --scenes-dir (generated validation rooms live there; not with --full)")
     ap.add_argument("--full", action="store_true", help="the runs are bench/generalize.py outputs: RedKitchen -> sun3d")
-    ap.add_argument("--cache-dir", required=True, help="the runs' feature cache")
+    ap.add_argument("--blocks", metavar="SCENE", help="only the drift after every block, on this scene's frames")
+    ap.add_argument("--cache-dir", help="the runs' feature cache (not with --blocks)")
     ap.add_argument("--iterations", type=int, default=None, help="default: the bench's probe iterations")
     ap.add_argument("--seeds", type=int, default=None, help="default: the bench's head seeds")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
+    if args.blocks:
+        return block_drift(args)
+    if not args.cache_dir:
+        ap.error("--cache-dir is needed (the runs' feature cache)")
     if not args.full and not args.scenes_dir:
         ap.error("--scenes-dir is needed for bench/recipe_search.py runs")
     base = G.GeneralizeConfig if args.full else R.SearchConfig
@@ -109,6 +117,25 @@ def main(argv=None) -> int:
                  for k in ("vrk_test", "vcross_test")]
             print(f"| {name} | {r[0][0]:.4f} | {r[0][1]:.4f} | {r[1][0]:.4f} | {r[1][1]:.4f} |", flush=True)
         print_drift(feats, (("vrk_train", "RedKitchen 0-199"), ("vcross_test", "cross scene")))
+    return 0
+
+
+def block_drift(args) -> int:
+    """Relative drift of [CLS] and the patch tokens after every block of each run's fine-tuned model."""
+    from fit3d.data import read_scene
+    from fit3d.finetune import load_finetuned
+
+    torch.set_num_threads(args.threads)
+    views = read_scene(args.blocks, resolution=(224, 168), load_depth=False).views[::2]
+    x = torch.stack([torch.from_numpy(np.ascontiguousarray(v.image)).permute(2, 0, 1).float() for v in views])
+    for run in map(Path, args.runs):
+        orig, ft = load_finetuned(run / "finetuned")
+        with torch.no_grad():  # the backbones' own input normalisation, then every hidden state
+            ho, hf = (m.model(pixel_values=m.normalize(x), output_hidden_states=True).hidden_states for m in (orig, ft))
+        print(f"\n{run}: drift after each block on {len(x)} frames of {args.blocks}\n")
+        print("| after block | [CLS] drift | patch drift |\n|---|---|---|")
+        for i, (a, b) in enumerate(zip(ho, hf)):
+            print(f"| {i} | {drift(a[:, 0], b[:, 0]):.3f} | {float(((b - a)[:, 1:].norm(dim=-1) / a[:, 1:].norm(dim=-1)).mean()):.3f} |")
     return 0
 
 
