@@ -12,7 +12,8 @@ icl-livingroom1). Validation data only. Printed per run: metric and scale-aligne
 mix, and the relative drift |x_ft - x| / |x| of the [CLS] and patch tokens on both splits.
 
 ``--blocks SCENE``: where the drift is made: the relative drift of [CLS] and the patch tokens after every block
-(hidden states before the final LayerNorm) on every 2nd frame of SCENE at 224x168, for each run's fine-tuned model.
+(hidden states before the final LayerNorm) on every 2nd frame of SCENE at 224x168, for each run's fine-tuned model,
+and how much of the output [CLS] drift the final LayerNorm makes (the drift with the original's LayerNorm swapped in).
 
 ``--full``: the runs are ``bench/generalize.py`` outputs and the heads are its test eval
 ``sun3d_depth_from_redkitchen`` (RedKitchen frames 0-398 -> every sun3d-office frame, its probe iterations and
@@ -22,6 +23,7 @@ seeds); with the run's ``--cache-dir`` every token is read from the cache.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -134,8 +136,16 @@ def block_drift(args) -> int:
             ho, hf = (m.model(pixel_values=m.normalize(x), output_hidden_states=True).hidden_states for m in (orig, ft))
         print(f"\n{run}: drift after each block on {len(x)} frames of {args.blocks}\n")
         print("| after block | [CLS] drift | patch drift |\n|---|---|---|")
-        for i, (a, b) in enumerate(zip(ho, hf)):
-            print(f"| {i} | {drift(a[:, 0], b[:, 0]):.3f} | {float(((b - a)[:, 1:].norm(dim=-1) / a[:, 1:].norm(dim=-1)).mean()):.3f} |")
+        for i, (a, b) in enumerate(zip(ho, hf)):  # [B, 1 + T, D]: tokens as rows
+            print(f"| {i} | {drift(a[:, 0], b[:, 0]):.3f} | {drift(a[:, 1:].flatten(0, 1), b[:, 1:].flatten(0, 1)):.3f} |")
+        lo, lf = orig.model.layernorm, ft.model.layernorm  # the final LayerNorm, shared by [CLS] and patches
+        swapped = copy.deepcopy(ft)
+        swapped.model.layernorm.load_state_dict(lo.state_dict())
+        with torch.no_grad():
+            c0, c1, c2 = (m.features(x).cls for m in (orig, ft, swapped))
+        print(f"\nfinal LayerNorm: relative change of weight {float((lf.weight - lo.weight).norm() / lo.weight.norm()):.4f}, "
+              f"of bias {float((lf.bias - lo.bias).norm() / lo.bias.norm()):.4f}; output [CLS] drift {drift(c0, c1):.3f}, "
+              f"{drift(c0, c2):.3f} with the original's final LayerNorm")
     return 0
 
 

@@ -253,7 +253,8 @@ def build_trainable(bb, cfg: FinetuneConfig) -> tuple[list, int, object]:
     n_frozen = freeze_first_blocks(bb.model, cfg.freeze_blocks) + freeze_last_blocks(bb.model, cfg.freeze_last_blocks)
     params = [p for p in bb.parameters() if p.requires_grad]
     if not params:
-        raise Fit3DError(f"nothing to train: freeze_blocks={cfg.freeze_blocks} / adapter={cfg.adapter} leave "
+        raise Fit3DError(f"nothing to train: freeze_blocks={cfg.freeze_blocks} / freeze_last_blocks="
+                         f"{cfg.freeze_last_blocks} / adapter={cfg.adapter} leave "
                          f"no trainable parameter")
     return params, n_frozen, peft_model
 
