@@ -66,6 +66,16 @@ class FinetuneConfig:
         "help": "weight of an L1 term keeping the fine-tuned [CLS] token at the frozen original's (0 = off, FiT3D). "
                 "Stage 2 has no 3D target for [CLS] but trains the blocks that make it; a drifted [CLS] costs the "
                 "probes that read it (the depth head's metric scale; issue 21, docs/generalize.md)"})
+    cls_restore_steps: int = field(default=0, metadata={
+        "help": "after the Stage 2 steps, this many more steps that pull the [CLS] token back to the frozen original's "
+                "while holding every patch token at the Stage 2 result (a frozen copy taken when the Stage 2 steps "
+                "end); no rendering. 0 = off (FiT3D). Stage 2 has no target for [CLS] but moves it, which costs the "
+                "probes that read it; an anchor during Stage 2 (--anchor-cls) fights the 3D targets instead "
+                "(issue 21, docs/generalize.md)"})
+    cls_restore_weight: float = field(default=1.0, metadata={
+        "help": "cls_restore_steps: weight of the [CLS] L1 term against the patch-token L1 term (weight 1)"})
+    cls_restore_lr: float = field(default=1e-5, metadata={
+        "help": "cls_restore_steps: learning rate of those steps (same AdamW state as Stage 2's)"})
     interpolate: float = field(default=1.0, metadata={
         "help": "weight-space ensemble (WiSE-FT): the saved model's weights are original + this x (fine-tuned - "
                 "original); 1 = the fine-tuned weights (FiT3D), smaller keeps more of the original "
@@ -141,17 +151,22 @@ class FinetuneConfig:
         check_choices(self, prefix)
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "workers": 0,
                             "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0,
-                            "lora_rank": 1, "subspace_rank": 0, "freeze_last_blocks": 0}, prefix)
+                            "lora_rank": 1, "subspace_rank": 0, "freeze_last_blocks": 0,
+                            "cls_restore_steps": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
                            "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1), "anchor_cls": (0, inf),
+                           "cls_restore_weight": (0, inf), "cls_restore_lr": (0, inf),
                            "ema_momentum": (0, 1)}, prefix)
         if not 0.0 < float(self.interpolate) <= 1.0:
             raise option_error(self, "interpolate", "must be in (0, 1] (1 = the fine-tuned weights)", prefix)
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
             raise option_error(self, "freeze_blocks", "must be an integer (k < 0: train only the last -k blocks)",
                                prefix)
+        if self.cls_restore_steps and self.adapter != "none":
+            raise option_error(self, "cls_restore_steps", "needs adapter=none (the frozen copy is of the backbone's "
+                                                          "own weights)", prefix)
         if self.anchor_teacher == "ema" and self.adapter != "none":
             raise option_error(self, "anchor_teacher", "ema needs adapter=none (the teacher averages the backbone's "
                                                        "own weights)", prefix)

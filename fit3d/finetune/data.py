@@ -215,14 +215,15 @@ def _scene_path(scene: SceneRef) -> Path:
 class RenderedViews(Dataset):
     """(scene, view) pairs of lifted scenes; an item renders that view's 3D-aware target.
 
-    ``which``: "train" (the views lifted on: FiT3D fine-tunes on them) or "heldout".
+    ``which``: "train" (the views lifted on: FiT3D fine-tunes on them) or "heldout". ``images_only``: items hold the
+    (flipped) image, scene and index only, nothing is rendered (the [CLS]-restore steps).
     Keys are an entry index or ``(index, epoch)`` (from :class:`ResumableSampler`; the epoch seeds the flip).
     """
 
     def __init__(self, scenes: list[SceneRef], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
                  render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift",
-                 with_spread: bool = False, target_pool: str = "auto"):
+                 with_spread: bool = False, target_pool: str = "auto", images_only: bool = False):
         if target_at not in TARGET_AT:
             raise ValueError(f"target_at must be one of {TARGET_AT}, got {target_at!r}")
         self.scenes = scenes
@@ -234,6 +235,7 @@ class RenderedViews(Dataset):
         self.render_kwargs = dict(render_kwargs or {})
         self.cull = cull
         self.with_spread = with_spread
+        self.images_only = images_only
         self.pools = [scene_target_pool(s, target_pool) for s in scenes]
         self.sizes = [training_resolution(s.resolution, patch_size, resolution) for s in scenes]
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
@@ -304,7 +306,7 @@ class RenderedViews(Dataset):
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         v = self.read_view(index)
-        grids = self.render_target(index, v.K, v.c2w)  # target, mask, alpha (+ spread) at the patch grid
+        grids = {} if self.images_only else self.render_target(index, v.K, v.c2w)  # target, mask, alpha (+ spread)
         image = torch.from_numpy(np.ascontiguousarray(v.image)).permute(2, 0, 1).contiguous()  # [3, H, W]
         flip = False
         if self.flip_prob > 0:

@@ -236,6 +236,21 @@ def forward_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: 
     return loss
 
 
+def restore_loss(module: nn.Module, batch: dict, device: torch.device, use_amp: bool, held, original,
+                 cls_weight: float) -> Tensor:
+    """The [CLS]-restore step's loss on {"image" [B,3,H,W]}: mean |patch - held's patch| + ``cls_weight`` x mean
+    |cls - original's cls|. ``module`` returns ``Tokens``; ``held`` (the frozen copy taken when the Stage 2 steps
+    ended) and ``original`` give ``features(images) -> (patch, cls)`` with no grad (``AnchorReference``s: call them
+    right after the module's forward)."""
+    images = batch["image"].to(device, non_blocking=True)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+        tokens, cls = module(images)
+    held_patch = held.features(images)[0]
+    ref_cls = original.features(images)[1]
+    return ((tokens.float() - held_patch.float()).abs().mean()
+            + cls_weight * (cls.float() - ref_cls.float()).abs().mean())
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, model: nn.Module, momentum: float) -> None:
     """teacher = momentum * teacher + (1 - momentum) * model, parameter by parameter (same architecture)."""
@@ -441,7 +456,7 @@ class _Run:
     scenes: list
     views: RenderedViews
     sampler: ResumableSampler
-    total: int                       # optimiser steps of the whole run
+    total: int                       # optimiser steps of the whole run (Stage 2's, then the [CLS]-restore steps)
     params: list
     opt: torch.optim.Optimizer
     n_frozen: int
@@ -451,6 +466,7 @@ class _Run:
     anchor_ref: object | None = None  # AnchorReference: the original's tokens, reusing the frozen prefix
     teacher: object | None = None    # the EMA teacher (anchor_teacher=ema)
     subspaces: list | None = None    # per scene U [D, r] (target_mode residual / projection)
+    held: object | None = None       # cls_restore_steps: the frozen copy of the model when the Stage 2 steps ended
     step: int = 0
     epoch: int = 0
     consumed: int = 0                # samples of the current epoch already seen
@@ -458,6 +474,11 @@ class _Run:
     seen: list = field(default_factory=list)
     step_times: list = field(default_factory=list)
     wait_times: list = field(default_factory=list)
+
+    @property
+    def stage2_total(self) -> int:
+        """Steps with the 3D targets (the rest of ``total`` are [CLS]-restore steps)."""
+        return self.total - self.cfg.cls_restore_steps
 
     @property
     def ckpt_path(self) -> Path:
@@ -496,10 +517,10 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     for si in sorted({views.entries[i][0] for i in (sampler.shard or range(len(views)))}):
         scenes[si].ensure_columns()  # this rank's scenes as mapped columns, once (before any render worker starts)
     steps_per_epoch = math.ceil(sampler.num_samples / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)
+    total = (steps_per_epoch * cfg.epochs if cfg.max_steps is None else int(cfg.max_steps)) + cfg.cls_restore_steps
     params, n_frozen, peft_model = build_trainable(bb, cfg)
     needs_original = ((cfg.anchor_weight > 0 and cfg.anchor_teacher == "original") or cfg.target_mode != "rendered"
-                      or cfg.anchor_cls > 0 or cfg.target_mean != "target")
+                      or cfg.anchor_cls > 0 or cfg.target_mean != "target" or cfg.cls_restore_steps > 0)
     original = _load_original(cfg, device) if needs_original else None
     teacher = None
     if cfg.anchor_weight > 0 and cfg.anchor_teacher == "ema":  # starts as the model itself (= the original)
@@ -533,6 +554,8 @@ def _resume(run: _Run) -> None:
         run.opt.load_state_dict(ck_t["optimizer"])
         if run.teacher is not None:
             run.teacher.model.load_state_dict(ck_t["teacher"])
+        if "held" in ck_t:
+            run.held = _frozen_copy(run, ck_t["held"])
         run.step, run.epoch, run.consumed, run.losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
         restore_rng(ck["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -547,6 +570,8 @@ def _checkpoint(run: _Run) -> None:
         tensors = {"model": run.bb.model.state_dict(), "optimizer": run.opt.state_dict()}
         if run.teacher is not None:
             tensors["teacher"] = run.teacher.model.state_dict()
+        if run.held is not None:
+            tensors["held"] = run.held.model.state_dict()
         save_checkpoint(run.ckpt_path, tensors,
                         {"step": run.step, "epoch": run.epoch, "consumed": run.consumed, "losses": run.losses,
                          "rng": capture_rng(), "settings": run.settings})
@@ -562,7 +587,15 @@ def _stop_requested(run: _Run, interrupt: Interrupt) -> bool:
     return bool(flag.item() > 0)
 
 
-def _make_loader(run: _Run) -> DataLoader:
+def _frozen_copy(run: _Run, state: dict):
+    """A frozen Backbone holding ``state`` (the model's weights; a fresh load, not a deepcopy: the model carries
+    the anchor's hooks)."""
+    held = _load_original(run.cfg, run.device)
+    held.model.load_state_dict(state)
+    return held
+
+
+def _make_loader(run: _Run, views: RenderedViews | None = None) -> DataLoader:
     """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
     and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
     cfg, workers = run.cfg, render_workers(run.cfg.workers)
@@ -572,7 +605,7 @@ def _make_loader(run: _Run) -> DataLoader:
             log.warning("fine-tuning renders in the main process (workers=0): %s; add the guard to use "
                         "--workers %d", why, workers)
             workers = 0
-    return DataLoader(run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
+    return DataLoader(views if views is not None else run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
                       worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
                       prefetch_factor=cfg.prefetch if workers else None,
                       persistent_workers=workers > 0,
@@ -580,9 +613,13 @@ def _make_loader(run: _Run) -> DataLoader:
                       pin_memory=run.device.type == "cuda", drop_last=False)
 
 
-def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool) -> float:
-    """Forward, backward, optimiser step on one batch; returns the loss averaged over ranks."""
-    loss = forward_loss(module, batch, run.device, use_amp, run.terms)
+def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool, restore: tuple | None = None) -> float:
+    """Forward, backward, optimiser step on one batch; returns the loss averaged over ranks. ``restore``: (held
+    reference, original reference) of a [CLS]-restore step (``restore_loss``) instead of the Stage 2 loss."""
+    if restore is None:
+        loss = forward_loss(module, batch, run.device, use_amp, run.terms)
+    else:
+        loss = restore_loss(module, batch, run.device, use_amp, *restore, run.cfg.cls_restore_weight)
     # One all-reduce gives the mean loss for the log and stops every rank on a non-finite one.
     stat = torch.stack([loss.detach().float(), (~torch.isfinite(loss.detach())).float()])
     if run.di.active:
@@ -596,25 +633,37 @@ def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool) -> flo
     if not torch.isfinite(gnorm):
         where = ", ".join(run.views.describe(int(i)) for i in batch["index"])
         raise NonFiniteError(f"non-finite gradient norm at step {run.step + 1} on {where}")
-    if run.teacher is not None:
+    if run.teacher is not None and restore is None:
         ema_update(run.teacher.model, run.bb.model, run.cfg.ema_momentum)
     return float(stat[0]) / run.di.world_size
 
 
-def _train(run: _Run, interrupt: Interrupt) -> None:
-    """Steps until ``run.total``, checkpointing every ``checkpoint_every`` and on SIGTERM / SIGINT."""
-    cfg, di, device = run.cfg, run.di, run.device
-    module: nn.Module = PatchTokens(run.bb, with_cls=cfg.anchor_cls > 0)
-    if di.active:
-        module = nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True)  # e.g. DINOv2's mask token never receives a gradient
-    use_amp = cfg.amp and device.type == "cuda"
-    where = f"fine-tune {run.out}"
-    bar = tqdm(total=run.total, initial=run.step, desc="fine-tune", unit="step",
-               disable=not (di.is_main and cfg.progress), dynamic_ncols=True)
-    loader = _make_loader(run)
-    while run.step < run.total:
+def _wrap(run: _Run, module: nn.Module) -> nn.Module:
+    """``module`` under DDP when the run is distributed."""
+    if not run.di.active:
+        return module
+    return nn.parallel.DistributedDataParallel(
+        module, device_ids=[run.device.index] if run.device.type == "cuda" else None,
+        find_unused_parameters=True)  # e.g. DINOv2's mask token never receives a gradient
+
+
+def _start_restore(run: _Run) -> tuple:
+    """The [CLS]-restore steps' references (held copy, original), taking the frozen copy of the model now unless
+    a resumed checkpoint had it, and their learning rate."""
+    if run.held is None:
+        run.held = _frozen_copy(run, run.bb.model.state_dict())
+    for group in run.opt.param_groups:
+        group["lr"] = run.cfg.cls_restore_lr
+    held = AnchorReference(run.held, run.bb, transformer_blocks)  # both reuse the model's frozen prefix
+    return held, run.anchor_ref or run.original
+
+
+def _loop(run: _Run, interrupt: Interrupt, module: nn.Module, loader: DataLoader, until: int, bar,
+          restore: tuple | None = None) -> None:
+    """Steps until ``until``, checkpointing every ``checkpoint_every`` and on SIGTERM / SIGINT."""
+    cfg, where = run.cfg, f"fine-tune {run.out}"
+    use_amp = cfg.amp and run.device.type == "cuda"
+    while run.step < until:
         run.sampler.set_epoch(run.epoch)
         run.sampler.set_start(run.consumed)
         it = iter(loader)
@@ -630,7 +679,7 @@ def _train(run: _Run, interrupt: Interrupt) -> None:
                 _checkpoint(run)
                 interrupt.stop(f"{where}: step {run.step}", run.ckpt_path)
             t_data = time.perf_counter()
-            run.losses.append(_train_step(run, module, batch, use_amp))
+            run.losses.append(_train_step(run, module, batch, use_amp, restore))
             run.step += 1
             run.consumed += len(batch["index"])
             run.seen.extend(int(i) for i in batch["index"])
@@ -646,16 +695,36 @@ def _train(run: _Run, interrupt: Interrupt) -> None:
                 interrupt.stop(f"{where}: step {run.step}", run.ckpt_path)
             if cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0 and run.step < run.total:
                 _checkpoint(run)
-            if run.step >= run.total:
+            if run.step >= until:
                 break
         del it
         if run.consumed >= run.sampler.num_samples:
             run.epoch, run.consumed = run.epoch + 1, 0
+
+
+def _train(run: _Run, interrupt: Interrupt) -> None:
+    """The Stage 2 steps, then the [CLS]-restore steps (``cls_restore_steps``) on the same views, images only."""
+    cfg = run.cfg
+    bar = tqdm(total=run.total, initial=run.step, desc="fine-tune", unit="step",
+               disable=not (run.di.is_main and cfg.progress), dynamic_ncols=True)
+    if run.step < run.stage2_total:
+        module = _wrap(run, PatchTokens(run.bb, with_cls=cfg.anchor_cls > 0))
+        loader = _make_loader(run)
+        _loop(run, interrupt, module, loader, run.stage2_total, bar)
+        del loader, module  # stops the workers; drops DDP's hold on the process group
+    if run.step < run.total:
+        held, original = _start_restore(run)
+        images = RenderedViews(run.scenes, run.bb.patch_size, which="train", resolution=cfg.resolution,
+                               flip_prob=cfg.flip_prob, seed=cfg.seed, images_only=True)
+        module = _wrap(run, PatchTokens(run.bb, with_cls=True))
+        loader = _make_loader(run, images)
+        bar.set_description("fine-tune ([CLS] restore)")
+        _loop(run, interrupt, module, loader, run.total, bar, restore=(held, original))
+        held.close()
+        del loader, module
     bar.close()
     if run.anchor_ref is not None:
         run.anchor_ref.close()
-    del loader  # stops the workers
-    del module  # drop DDP (and its hold on the process group) before the group is destroyed
 
 
 def _median_warm(times: list) -> float | None:
@@ -677,7 +746,9 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     _save_pretrained_atomic(bb.model, out / MODEL_DIR)
     finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})
-    metrics: dict = {"loss": loss_summary(run.losses)}
+    metrics: dict = {"loss": loss_summary(run.losses[:run.stage2_total])}
+    if cfg.cls_restore_steps:
+        metrics["cls_restore_loss"] = loss_summary(run.losses[run.stage2_total:])
     if cfg.evaluate:
         bb.eval()
         original = original if original is not None else _load_original(cfg, run.device)

@@ -215,3 +215,68 @@ def test_freeze_last_blocks_leaves_the_last_block_as_the_original(tmp_path, lift
         FinetuneConfig(freeze_last_blocks=-1).validate()
     with pytest.raises(Fit3DError, match="freeze-last-blocks 9"):
         finetune([lifted_dir], BACKBONE, tmp_path / "bad", quick(freeze_last_blocks=9), model_path=str(tiny_model_dir))
+
+
+def test_cls_restore_brings_the_cls_token_back_and_holds_the_patches(tmp_path, lifted_dir, tiny_model_dir):
+    """``cls_restore_steps``: after the Stage 2 steps, steps that pull [CLS] back to the original's while holding
+    the patch tokens at the Stage 2 result. Same seed and Stage 2 steps with and without them: the [CLS] drift on
+    held-out views falls, the patch tokens stay near the Stage 2 model's (far nearer than the original's)."""
+    from fit3d.finetune import load_finetuned
+    from fit3d.finetune.data import RenderedViews
+
+    views = RenderedViews(load_scenes([lifted_dir], embed_dim=32), 8, which="heldout", flip_prob=0.0)
+    imgs = torch.stack([views[i]["image"] for i in range(len(views))])
+    feats = {}
+    for k in (0, 12):
+        out = tmp_path / f"restore{k}"
+        m = finetune([lifted_dir], BACKBONE, out, quick(max_steps=8, cls_restore_steps=k, cls_restore_lr=1e-3),
+                     model_path=str(tiny_model_dir))
+        assert m["steps"] == 8 + k and m["config"]["cls_restore_steps"] == k
+        assert m["metrics"]["loss"]["steps"] == 8 and ("cls_restore_loss" in m["metrics"]) == (k > 0)
+        orig, ft = load_finetuned(out)
+        feats["original"], feats[k] = orig.features(imgs), ft.features(imgs)
+
+    def rel(a, b):
+        return float((b - a).norm() / a.norm())
+
+    o, s2, r = feats["original"], feats[0], feats[12]
+    assert rel(o.cls, r.cls) < 0.5 * rel(o.cls, s2.cls), (rel(o.cls, r.cls), rel(o.cls, s2.cls))
+    assert rel(s2.patch, r.patch) < 0.5 * rel(o.patch, s2.patch), (rel(s2.patch, r.patch), rel(o.patch, s2.patch))
+    with pytest.raises(Fit3DError, match="cls-restore-steps"):
+        FinetuneConfig(cls_restore_steps=-1).validate()
+    with pytest.raises(Fit3DError, match="cls-restore-steps"):
+        FinetuneConfig(cls_restore_steps=4, adapter="lora").validate()
+
+
+def test_cls_restore_resumes_with_its_frozen_copy(tmp_path, monkeypatch, lifted_dir, tiny_model_dir):
+    """A run killed during the [CLS]-restore steps resumes from its checkpoint (which holds the frozen Stage 2 copy)
+    to the same weights as a run that was never killed."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from fit3d.finetune import trainer as trainer_mod
+    from fit3d.run import load_checkpoint
+
+    cfg = quick(max_steps=2, cls_restore_steps=3, cls_restore_lr=1e-3, checkpoint_every=1)
+    finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
+    real, calls = trainer_mod.restore_loss, {"n": 0}
+
+    def dies_in_the_second(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(trainer_mod, "restore_loss", dies_in_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
+    monkeypatch.setattr(trainer_mod, "restore_loss", real)
+    tensors, ck = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
+    assert ck["step"] == 3 and "held" in tensors
+    finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
+    a, b = (load_file(tmp_path / r / "model" / "model.safetensors") for r in ("ref", "run"))
+    for k in a:
+        assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+    assert (json.loads((tmp_path / "run" / "losses.json").read_text())["loss"]
+            == json.loads((tmp_path / "ref" / "losses.json").read_text())["loss"])
