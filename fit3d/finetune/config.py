@@ -70,8 +70,9 @@ class FinetuneConfig:
         "help": "after the Stage 2 steps, this many more steps that pull the [CLS] token back to the frozen original's "
                 "while holding every patch token at the Stage 2 result (a frozen copy taken when the Stage 2 steps "
                 "end); no rendering. 0 = off (FiT3D). Stage 2 has no target for [CLS] but moves it, which costs the "
-                "probes that read it; an anchor during Stage 2 (--anchor-cls) fights the 3D targets instead "
-                "(issue 21, docs/generalize.md)"})
+                "probes that read it; an anchor during Stage 2 (--anchor-cls) fights the 3D targets instead. At full "
+                "scale it did not remove the depth head's loss across scenes and cost CamVid (issue 21, "
+                "docs/generalize.md)"})
     cls_restore_weight: float = field(default=1.0, metadata={
         "help": "cls_restore_steps: weight of the [CLS] L1 term against the patch-token L1 term (weight 1)"})
     cls_restore_lr: float = field(default=1e-5, metadata={
