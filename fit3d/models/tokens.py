@@ -6,7 +6,7 @@ for every caller (:func:`entry_key`): the model's identity (``fit3d.models.ident
 fine-tuned source's), the layers read (None = the last), the device kind (CUDA runs bf16 autocast), a
 ``variant`` for derived tokens (``"mean"``: patch tokens averaged to [D, 1, 1]) and the image's identity: a
 hash of the very pixels the backbone is given (:func:`image_id`: so the same image at the same input size
-is one entry, however it was read or resized) or a file's path + size + mtime + preprocessing
+is one entry, however it was read or resized) or a hash of a file's bytes + preprocessing
 (:func:`file_id`, for image folders read lazily). An unreadable, truncated or foreign entry is recomputed
 with a warning; caches of older formats (``.npy`` / ``.pt``) are simply not found.
 
@@ -74,11 +74,11 @@ def image_id(image: np.ndarray) -> str:
 
 
 def file_id(path: str | os.PathLike, how: str) -> str:
-    """Identity of an image file read lazily: resolved path, size and mtime, plus ``how`` it is turned into
-    the backbone's input (e.g. ``"resize 224x224"``)."""
-    p = Path(path).resolve()
-    st = p.stat()
-    return f"file:{p}:{st.st_size}:{st.st_mtime_ns}:{how}"
+    """Identity of an image file read lazily: a hash of its bytes, plus ``how`` it is turned into the backbone's
+    input (e.g. ``"resize 224x224"``). The bytes, not the path or mtime, so a copied or moved dataset (a fresh
+    checkout, another mount) finds its entries; hashing a photo costs far less than decoding it."""
+    h = hashlib.blake2b(Path(path).read_bytes(), digest_size=20).hexdigest()
+    return f"file:{h}:{how}"
 
 
 def token_key(model: dict | str, layers: Sequence[int] | None = None, device: str | torch.device = "cpu",

@@ -79,9 +79,14 @@ def test_a_file_identity_follows_its_content(tmp_path):
     f.write_bytes(b"one")
     first = file_id(f, "cls 224")
     assert file_id(f, "cls 224") == first and file_id(f, "cls 96") != first
-    f.write_bytes(b"three")  # re-saved: size and mtime move
+    f.write_bytes(b"thr")  # re-saved with other bytes of the same size and the same mtime
     os.utime(f, ns=(1, 1))
-    assert file_id(f, "cls 224") != first
+    changed = file_id(f, "cls 224")
+    assert changed != first
+    copy = tmp_path / "elsewhere" / "b.jpg"  # the dataset copied: another path, another mtime, the same bytes
+    copy.parent.mkdir()
+    copy.write_bytes(b"thr")
+    assert file_id(copy, "cls 224") == changed
 
 
 def test_a_foreign_file_under_an_entry_name_is_recomputed(tmp_path):
