@@ -605,7 +605,8 @@ def _make_loader(run: _Run, views: RenderedViews | None = None) -> DataLoader:
             log.warning("fine-tuning renders in the main process (workers=0): %s; add the guard to use "
                         "--workers %d", why, workers)
             workers = 0
-    return DataLoader(views if views is not None else run.views, batch_size=cfg.batch_size, sampler=run.sampler, num_workers=workers,
+    return DataLoader(views if views is not None else run.views, batch_size=cfg.batch_size, sampler=run.sampler,
+                      num_workers=workers,
                       worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
                       prefetch_factor=cfg.prefetch if workers else None,
                       persistent_workers=workers > 0,

@@ -44,25 +44,26 @@ def lifted_dir(tmp_path_factory, sevenscenes_path, tiny_backbone, tiny_model_dir
 
 
 @pytest.fixture
-def killed_at_step_4(monkeypatch, lifted_dir, tiny_model_dir):
-    """``kill(out, cfg)``: a fine-tune of ``lifted_dir`` into ``out`` killed (KeyboardInterrupt) in its 4th loss
-    evaluation, between the checkpoints of steps 2 and 4; the real loss is back when it returns."""
+def killed_run(monkeypatch, lifted_dir, tiny_model_dir):
+    """``kill(out, cfg, loss="masked_l1", call=4)``: a fine-tune of ``lifted_dir`` into ``out`` killed
+    (KeyboardInterrupt) in the ``call``-th call of the trainer's function ``loss`` (the default: the 4th loss
+    evaluation, between the checkpoints of steps 2 and 4); the real function is back when it returns."""
     from fit3d.finetune import finetune
     from fit3d.finetune import trainer as trainer_mod
 
-    def kill(out, cfg) -> None:
+    def kill(out, cfg, loss: str = "masked_l1", call: int = 4) -> None:
         calls = {"n": 0}
-        real = trainer_mod.masked_l1
+        real = getattr(trainer_mod, loss)
 
-        def dies_at_step_4(*a, **k):
+        def dies(*a, **k):
             calls["n"] += 1
-            if calls["n"] == 4:
+            if calls["n"] == call:
                 raise KeyboardInterrupt
             return real(*a, **k)
 
-        monkeypatch.setattr(trainer_mod, "masked_l1", dies_at_step_4)
+        monkeypatch.setattr(trainer_mod, loss, dies)
         with pytest.raises(KeyboardInterrupt):
             finetune([lifted_dir], "dinov2_small", out, cfg, model_path=str(tiny_model_dir))
-        monkeypatch.setattr(trainer_mod, "masked_l1", real)
+        monkeypatch.setattr(trainer_mod, loss, real)
 
     return kill

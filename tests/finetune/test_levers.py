@@ -83,11 +83,11 @@ def test_residual_target_keeps_what_the_rendered_one_teaches_to_drop(tmp_path, l
     assert erased["residual"] < 0.5 * erased["rendered"]  # measured 0.11
 
 
-def test_ema_teacher_trains_resumes_exactly_and_is_checked(tmp_path, lifted_dir, tiny_model_dir, killed_at_step_4):
+def test_ema_teacher_trains_resumes_exactly_and_is_checked(tmp_path, lifted_dir, tiny_model_dir, killed_run):
     cfg = quick(anchor_weight=1.0, anchor_at="everywhere", anchor_teacher="ema", ema_momentum=0.5,
                 target_mode="residual", max_steps=5, checkpoint_every=2)
     ref = finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
-    killed_at_step_4(tmp_path / "run", cfg)
+    killed_run(tmp_path / "run", cfg)
     resumed = finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
     assert resumed["steps"] == ref["steps"] == 5
     import json
@@ -248,30 +248,18 @@ def test_cls_restore_brings_the_cls_token_back_and_holds_the_patches(tmp_path, l
         FinetuneConfig(cls_restore_steps=4, adapter="lora").validate()
 
 
-def test_cls_restore_resumes_with_its_frozen_copy(tmp_path, monkeypatch, lifted_dir, tiny_model_dir):
+def test_cls_restore_resumes_with_its_frozen_copy(tmp_path, lifted_dir, tiny_model_dir, killed_run):
     """A run killed during the [CLS]-restore steps resumes from its checkpoint (which holds the frozen Stage 2 copy)
     to the same weights as a run that was never killed."""
     import json
 
     from safetensors.torch import load_file
 
-    from fit3d.finetune import trainer as trainer_mod
     from fit3d.run import load_checkpoint
 
     cfg = quick(max_steps=2, cls_restore_steps=3, cls_restore_lr=1e-3, checkpoint_every=1)
     finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
-    real, calls = trainer_mod.restore_loss, {"n": 0}
-
-    def dies_in_the_second(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(trainer_mod, "restore_loss", dies_in_the_second)
-    with pytest.raises(KeyboardInterrupt):
-        finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))
-    monkeypatch.setattr(trainer_mod, "restore_loss", real)
+    killed_run(tmp_path / "run", cfg, loss="restore_loss", call=2)  # in the second restore step (step 4)
     tensors, ck = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
     assert ck["step"] == 3 and "held" in tensors
     finetune([lifted_dir], BACKBONE, tmp_path / "run", cfg, model_path=str(tiny_model_dir))

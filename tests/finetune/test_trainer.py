@@ -73,10 +73,10 @@ def test_rerun_of_a_finished_run_does_nothing(trained, lifted_dir, tiny_model_di
     assert again["timing"] == m["timing"]
 
 
-def test_kill_and_resume_reaches_the_same_step_and_weights(tmp_path, lifted_dir, tiny_model_dir, killed_at_step_4):
+def test_kill_and_resume_reaches_the_same_step_and_weights(tmp_path, lifted_dir, tiny_model_dir, killed_run):
     cfg = quick(max_steps=5, checkpoint_every=2)
     ref = finetune([lifted_dir], BACKBONE, tmp_path / "ref", cfg, model_path=str(tiny_model_dir))
-    killed_at_step_4(tmp_path / "run", cfg)  # a kill between the checkpoints of steps 2 and 4
+    killed_run(tmp_path / "run", cfg)  # a kill between the checkpoints of steps 2 and 4
     from fit3d.run import load_checkpoint
 
     _, ck = load_checkpoint(tmp_path / "run" / "checkpoint.safetensors")
