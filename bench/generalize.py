@@ -105,7 +105,8 @@ class GeneralizeConfig:
         "help": "FinetuneConfig overrides FIELD=VALUE (fit3d.config.set_fields), e.g. lr=1e-4 freeze_blocks=6"})
     from_finetuned: str = field(default="", metadata={
         "help": "a finished Stage 2 folder of the same settings to evaluate instead of fine-tuning (its weights "
-                "interpolated toward the original by --set interpolate=A: WiSE-FT without retraining)"})
+                "interpolated toward the original by --set interpolate=A: WiSE-FT without retraining; or with a [CLS] "
+                "map fitted by --set cls_align=ridge)"})
     probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "probe W H"})
     probe_iterations: int = field(default=1000, metadata={"help": "head iterations (depth and seg)"})
     seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
@@ -212,14 +213,17 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     (``fit3d.finetune.assembled.interpolate_folder``). SRC must be the Stage 2 this run would make at
     interpolate 1 (the trainer's own settings record and resume rule: config, model, scenes and their lifts)."""
     from fit3d.finetune import finetune
-    from fit3d.finetune.assembled import interpolate_folder, read_manifest
+    from fit3d.finetune.assembled import align_folder, interpolate_folder, read_manifest
     from fit3d.finetune.trainer import MANIFEST_FILE, run_settings
     from fit3d.run import SettingsMismatch, check_resume, result_settings
 
     if not cfg.from_finetuned:
         return finetune([str(d) for d in lifted], "dinov2_small", ft_dir, fcfg, model_path=cfg.model_path)
+    if fcfg.interpolate != 1.0 and fcfg.cls_align != "none":
+        raise SystemExit("--from-finetuned: interpolate or cls_align, one at a time")
     src = Path(cfg.from_finetuned)
-    full = dataclasses.replace(fcfg, backbone="dinov2_small", model_path=cfg.model_path, interpolate=1.0)
+    full = dataclasses.replace(fcfg, backbone="dinov2_small", model_path=cfg.model_path, interpolate=1.0,
+                               cls_align="none")
     want = run_settings([str(d) for d in lifted], full, 1)
     recorded = lambda m: {**result_settings(type(fcfg)()), **(m.get("settings") or {})}  # noqa: E731 - newer fields: defaults
     try:
@@ -227,11 +231,14 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
                      "pass the Stage 2 folder of this run's settings")
         if (ft_dir / MANIFEST_FILE).exists():  # an earlier run of this command: reused when it is this one
             old = read_manifest(ft_dir)
-            check_resume(recorded(old), {**want, "interpolate": fcfg.interpolate}, "interpolated Stage 2", ft_dir,
-                         "pass another --out")
+            check_resume(recorded(old), {**want, "interpolate": fcfg.interpolate, "cls_align": fcfg.cls_align},
+                         "Stage 2 from --from-finetuned", ft_dir, "pass another --out")
             return old
     except SettingsMismatch as e:
         raise SystemExit(str(e)) from None
+    if fcfg.cls_align != "none":
+        _say(f"Stage 2 from {src}: [CLS] map fitted ({fcfg.cls_align}) -> {ft_dir}")
+        return align_folder(src, ft_dir, progress=True)
     _say(f"Stage 2 from {src}: weights interpolated at {fcfg.interpolate} -> {ft_dir}")
     return interpolate_folder(src, ft_dir, fcfg.interpolate)
 

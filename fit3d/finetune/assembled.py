@@ -102,10 +102,42 @@ def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
         shutil.copyfile(src / LOSSES_FILE, dest / LOSSES_FILE)
     total = a * float((m.get("config") or {}).get("interpolate", 1.0))
     manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
-                "config": {**(m.get("config") or {}), "interpolate": total},
-                "settings": {**(m.get("settings") or {}), "interpolate": total},
+                # a [CLS] map of src (cls_align) was fitted to src's weights: load_finetuned applied it, the save drops it
+                "config": {**(m.get("config") or {}), "interpolate": total, "cls_align": "none"},
+                "settings": {**(m.get("settings") or {}), "interpolate": total, "cls_align": "none"},
                 "interpolated_from": str(src.resolve()),
                 # held-out fits were measured on src's weights, not these
                 "metrics": {k: v for k, v in (m.get("metrics") or {}).items() if k != "heldout"}}
+    write_json(dest / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def align_folder(src, dest, device: str = "cpu", progress: bool = False) -> dict:
+    """``fit3d.finetune.cls_align`` on a finished folder: ``src`` -> ``dest`` with a [CLS] map fitted on ``src``'s Stage 2 scenes (its
+    manifest's ``scenes`` and ``config.resolution``); ``src`` is never changed. The new manifest records
+    ``config.cls_align`` / ``settings.cls_align`` = "ridge", the fit and the new fingerprint. Returns it."""
+    from fit3d.finetune.cls_align import align_backbone
+    from fit3d.finetune.data import load_scenes
+
+    src, dest = Path(src), Path(dest)
+    check_not_input(dest, [src])
+    m = read_manifest(src)
+    if not m.get("scenes"):
+        raise Fit3DError(f"{src}: its record lists no Stage 2 scenes to fit the [CLS] map on")
+    original, finetuned = load_finetuned(src, device=device)
+    cfg = m.get("config") or {}
+    scenes = load_scenes(m["scenes"], embed_dim=finetuned.embed_dim, cache_dir=dest / "scene-columns")
+    info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress)
+    dest.mkdir(parents=True, exist_ok=True)
+    _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR, cls_map=finetuned.cls_map)
+    shutil.rmtree(dest / "scene-columns", ignore_errors=True)
+    if (src / LOSSES_FILE).exists():
+        shutil.copyfile(src / LOSSES_FILE, dest / LOSSES_FILE)
+    metrics = dict(m.get("metrics") or {})
+    metrics["cls_align"] = info
+    manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
+                "config": {**cfg, "cls_align": "ridge"},
+                "settings": {**(m.get("settings") or {}), "cls_align": "ridge"},
+                "aligned_from": str(src.resolve()), "metrics": metrics}
     write_json(dest / MANIFEST_FILE, manifest)
     return manifest

@@ -9,6 +9,7 @@ ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
 ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
 TARGET_MODES = ("rendered", "residual", "projection")  # fit3d.finetune.residual
+CLS_ALIGNS = ("none", "ridge")  # fit3d.finetune.cls_align
 TARGET_MEANS = ("target", "original")  # whose per-view mean token the Stage 2 target carries (fit3d.finetune.residual)
 TARGET_POOLS = ("auto", "bilinear", "area")  # how the decoded render is brought to the token grid
 ANCHOR_TEACHERS = ("original", "ema")  # what the anchor pulls toward: the frozen original / an EMA of the model
@@ -77,6 +78,13 @@ class FinetuneConfig:
         "help": "cls_restore_steps: weight of the [CLS] L1 term against the patch-token L1 term (weight 1)"})
     cls_restore_lr: float = field(default=1e-5, metadata={
         "help": "cls_restore_steps: learning rate of those steps (same AdamW state as Stage 2's)"})
+    cls_align: str = field(default="none", metadata={
+        "choices": CLS_ALIGNS,
+        "help": "none: the fine-tuned model's [CLS] as Stage 2 leaves it (FiT3D); ridge: after Stage 2, an affine map "
+                "on the output [CLS] fitted in closed form to give the frozen original's [CLS] on the Stage 2 views "
+                "(ridge toward the identity, its weight cross-validated over the scenes), saved beside the weights "
+                "(model/cls_map.safetensors). The patch tokens do not change. Stage 2 has no target for [CLS] but "
+                "moves it, which costs the probes that read it (fit3d.finetune.cls_align, issue 21)"})
     interpolate: float = field(default=1.0, metadata={
         "help": "weight-space ensemble (WiSE-FT): the saved model's weights are original + this x (fine-tuned - "
                 "original); 1 = the fine-tuned weights (FiT3D), smaller keeps more of the original "

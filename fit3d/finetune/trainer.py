@@ -313,10 +313,13 @@ def _original_model_path(backbone, model_path) -> str | None:
     return None
 
 
-def _save_pretrained_atomic(model, dest: Path) -> None:
-    """save_pretrained into a temporary sibling folder, then swap it in (a crash never leaves half a model)."""
+def _save_pretrained_atomic(model, dest: Path, cls_map=None) -> None:
+    """save_pretrained into a temporary sibling folder, then swap it in (a crash never leaves half a model);
+    ``cls_map`` (``fit3d.models.cls_map.ClsMap``) is written beside the weights."""
     with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
+        if cls_map is not None:
+            cls_map.save(tmp)
 
 
 def _check_lifted(scene_dirs) -> None:
@@ -501,6 +504,10 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     """Backbone, lifted scenes, rendered views, sampler, trainable parameters and optimiser."""
     seed_everything(cfg.seed)
     bb = load_backbone(cfg.backbone, model_path=cfg.model_path, device=str(device))
+    if bb.cls_map is not None:  # fitted to those weights; Stage 2 changes them (cls_align fits a new one)
+        if di.is_main:
+            log.warning("%s: its [CLS] map is dropped: Stage 2 trains the weights it was fitted to", cfg.model_path)
+        bb.cls_map = None
     bb.train()
     scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone, cache_dir=out / SCENE_CACHE_DIR)
     mem = scene_memory(scenes)
@@ -744,12 +751,22 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     if cfg.interpolate != 1.0:  # WiSE-FT: the saved (and evaluated) weights part of the way back to the original
         original = original if original is not None else _load_original(cfg, run.device)
         interpolate_weights(original.model, bb.model, cfg.interpolate)
-    _save_pretrained_atomic(bb.model, out / MODEL_DIR)
+    align = None
+    if cfg.cls_align == "ridge":  # the output [CLS] mapped back to the original's (fit3d.finetune.cls_align)
+        from fit3d.finetune.cls_align import align_backbone
+
+        original = original if original is not None else _load_original(cfg, run.device)
+        bb.eval()
+        align = align_backbone(original, bb, run.scenes, bb.patch_size, cfg.resolution, cfg.batch_size * 8,
+                               cfg.progress)
+    _save_pretrained_atomic(bb.model, out / MODEL_DIR, cls_map=bb.cls_map)
     finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})
     metrics: dict = {"loss": loss_summary(run.losses[:run.stage2_total])}
     if cfg.cls_restore_steps:
         metrics["cls_restore_loss"] = loss_summary(run.losses[run.stage2_total:])
+    if align is not None:
+        metrics["cls_align"] = align
     if cfg.evaluate:
         bb.eval()
         original = original if original is not None else _load_original(cfg, run.device)

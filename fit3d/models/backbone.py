@@ -87,6 +87,7 @@ class Backbone(nn.Module):
         self.num_registers = int(num_registers)
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.cls_map: nn.Module | None = None  # fit3d.models.cls_map.ClsMap on the last layer's [CLS], if the weights carry one
         self.eval()
 
     # ---- geometry ----------------------------------------------------------------------------------
@@ -165,11 +166,14 @@ class Backbone(nn.Module):
         idx = self.resolve_layers([-1] if layers is None else layers)
         seqs = self._family.encode(self, self.normalize(images), idx)  # each [B, P + h*w, D], normed
         out = []
-        for s in seqs:
+        for i, s in zip(idx, seqs):
             patch = s[:, self.num_prefix_tokens:]
             if patch.shape[1] != h * w:
                 raise RuntimeError(f"{self.name}: got {patch.shape[1]} patch tokens for a {h}x{w} grid")
-            out.append(Tokens(patch.transpose(1, 2).reshape(B, s.shape[-1], h, w), s[:, 0]))
+            cls = s[:, 0]
+            if self.cls_map is not None and i == self.num_layers - 1:  # fitted on the last layer's [CLS] only
+                cls = self.cls_map(cls)
+            out.append(Tokens(patch.transpose(1, 2).reshape(B, s.shape[-1], h, w), cls))
         return out[0] if layers is None else out
 
     def _autocast(self):

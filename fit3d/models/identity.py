@@ -52,16 +52,21 @@ def file_fingerprint(path: str | os.PathLike, blocks: int = 4) -> str:
 
 
 def weights_files(folder: str | os.PathLike) -> list[Path]:
-    """The weights file(s) of a hub-layout folder: one file, or the shards an index lists."""
+    """The weights file(s) of a hub-layout folder: one file, or the shards an index lists; then the [CLS] map
+    (``fit3d.models.cls_map``) when the folder has one (it changes the model's output)."""
+    from fit3d.models.cls_map import CLS_MAP_FILE
+
     d = Path(folder)
+    extra = [d / CLS_MAP_FILE] if (d / CLS_MAP_FILE).is_file() else []
     for name in INDEX_FILES:
         if (d / name).is_file():
             try:
                 shards = sorted(set(json.loads((d / name).read_text())["weight_map"].values()))
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
                 raise ModelNotFoundError(f"{d / name}: unreadable weights index ({e})") from None
-            return [d / name] + [d / s for s in shards]
-    return [d / n for n in WEIGHT_FILES if (d / n).is_file()]
+            return [d / name] + [d / s for s in shards] + extra
+    files = [d / n for n in WEIGHT_FILES if (d / n).is_file()]
+    return files + extra if files else []
 
 
 def folder_fingerprint(folder: str | os.PathLike) -> str | None:

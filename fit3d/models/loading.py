@@ -29,6 +29,8 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
         backbone = load_with_family(spec, source, is_local)
         check_architecture(spec, {"width": backbone.embed_dim, "depth": backbone.num_layers}, source)
         check_finite_weights(backbone.model, source)
+        if is_local:
+            backbone.cls_map = _cls_map_of(source, backbone)
         return backbone.to(device)
     except Fit3DError:
         raise
@@ -37,6 +39,19 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
             raise
         raise ModelNotFoundError(f"{source}: model weights are unreadable or corrupt for backbone '{spec.name}' "
                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+
+def _cls_map_of(source, backbone):
+    """The folder's [CLS] map (``fit3d.models.cls_map``), checked against the backbone's width; None if none."""
+    from fit3d.models.cls_map import CLS_MAP_FILE, load_cls_map
+
+    m = load_cls_map(source)
+    if m is not None:
+        if m.dim != backbone.cls_dim:
+            raise ModelNotFoundError(f"{Path(source) / CLS_MAP_FILE}: a map of width {m.dim} for a [CLS] of "
+                                     f"{backbone.cls_dim}: not this model's")
+        check_finite_weights(m, str(Path(source) / CLS_MAP_FILE))
+    return m
 
 
 def check_finite_weights(model: torch.nn.Module, source: str) -> None:

@@ -1,0 +1,116 @@
+"""The fine-tuned model's [CLS] re-aligned to the original's after Stage 2 (``FinetuneConfig.cls_align``).
+
+Stage 2 gives [CLS] no target but trains the blocks that make it, and the drifted [CLS] is the whole of the
+fine-tuned model's metric-depth loss across scenes (``bench/cls_diagnosis.py``, docs/generalize.md). Pulling
+it back through the blocks (an anchor during Stage 2, restore steps after it) also moves the patch tokens.
+This lever moves nothing Stage 2 made: an affine map on the output [CLS] (``fit3d.models.cls_map.ClsMap``),
+fitted in closed form on the Stage 2 training views (the frozen original's [CLS] from the fine-tuned one):
+
+    min_{W, b}  sum_i |c_i W + b - o_i|^2 + lam |W - I|^2        (c_i fine-tuned, o_i original [CLS], [D])
+
+a ridge regression shrunk toward the identity (lam -> inf: no change). ``lam`` is chosen from ``LAMBDAS`` by
+cross-validation with the scenes as groups (each fold's map is scored on scenes it was not fitted on: the
+mean relative error |c W + b - o| / |o|), so the choice asks how well the map carries to unseen scenes.
+Written here rather than taken from scikit-learn (not a dependency): a ridge toward a prior is one solve.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import Tensor
+
+from fit3d.errors import Fit3DError
+from fit3d.models.cls_map import ClsMap
+
+log = logging.getLogger(__name__)
+
+LAMBDAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0, 10000.0)  # the ridge weights cross-validated
+FOLDS = 4
+
+
+def _solve(c: Tensor, o: Tensor, lam: float) -> tuple[Tensor, Tensor]:
+    """(W [D, D], b [D]) of the ridge toward the identity on float64 pairs c / o [N, D]; the bias is not shrunk
+    (it is fitted on centred data)."""
+    cm, om = c.mean(0), o.mean(0)
+    cc, oc = c - cm, o - om
+    D = c.shape[1]
+    eye = torch.eye(D, dtype=c.dtype)
+    W = torch.linalg.solve(cc.T @ cc + lam * eye, cc.T @ oc + lam * eye)
+    return W, om - cm @ W
+
+
+def _rel_err(c: Tensor, o: Tensor, W: Tensor, b: Tensor) -> Tensor:
+    return (c @ W + b - o).norm(dim=1) / o.norm(dim=1).clamp_min(1e-12)
+
+
+def fit_cls_map(finetuned: Tensor, original: Tensor, groups: Tensor, lambdas=LAMBDAS,
+                folds: int = FOLDS) -> tuple[ClsMap, dict]:
+    """The map finetuned [N, D] -> original [N, D] ([CLS] tokens of the same images), its ridge weight chosen by
+    cross-validation over ``groups`` [N] (scene ids: images of a scene share a fold; fewer than 2 groups: folds
+    of images). Returns (ClsMap, info: lambda, the cross-validated error per lambda, the error with no map)."""
+    c, o = finetuned.detach().double().cpu(), original.detach().double().cpu()
+    if c.shape != o.shape or c.ndim != 2 or len(c) < 2:
+        raise Fit3DError(f"[CLS] alignment needs matching [N, D] pairs with N >= 2, got {tuple(c.shape)} and "
+                         f"{tuple(o.shape)}")
+    g = torch.as_tensor(groups).long().cpu()
+    ids = torch.unique(g)
+    if len(ids) >= 2:
+        fold_of = {int(k): i % folds for i, k in enumerate(ids.tolist())}
+        fold = torch.tensor([fold_of[int(k)] for k in g.tolist()])
+    else:
+        fold = torch.arange(len(c)) % folds
+    scores = {}
+    for lam in lambdas:
+        err = torch.zeros(len(c), dtype=torch.float64)
+        for k in torch.unique(fold).tolist():
+            te = fold == k
+            if te.all():  # a single fold: nothing to fit on
+                continue
+            W, b = _solve(c[~te], o[~te], float(lam))
+            err[te] = _rel_err(c[te], o[te], W, b)
+        scores[float(lam)] = float(err.mean())
+    lam = min(scores, key=scores.get)
+    W, b = _solve(c, o, lam)
+    eye = torch.eye(c.shape[1], dtype=c.dtype)
+    info = {"lambda": lam, "cv_error": scores, "error_without_map": float(_rel_err(c, o, eye, torch.zeros_like(b)).mean()),
+            "pairs": len(c), "groups": len(ids)}
+    return ClsMap(W.float(), b.float(), {"lambda": lam, "pairs": len(c)}), info
+
+
+@torch.no_grad()
+def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """(finetuned [N, D], original [N, D], scene [N]) [CLS] tokens of every item of ``views``
+    (``RenderedViews(images_only=True)``), both models in eval mode, no maps applied to them."""
+    from tqdm.auto import tqdm
+
+    maps = (original.cls_map, finetuned.cls_map)
+    original.cls_map = finetuned.cls_map = None
+    ft, orig, scene = [], [], []
+    try:
+        for s in tqdm(range(0, len(views), batch_size), desc="[CLS] alignment", unit="batch", disable=not progress):
+            items = [views[i] for i in range(s, min(len(views), s + batch_size))]
+            images = torch.stack([it["image"] for it in items])
+            ft.append(finetuned.features(finetuned.prepare(images))[1].float().cpu())
+            orig.append(original.features(original.prepare(images))[1].float().cpu())
+            scene.append(torch.tensor([int(it["scene"]) for it in items]))
+    finally:
+        original.cls_map, finetuned.cls_map = maps
+    return torch.cat(ft), torch.cat(orig), torch.cat(scene)
+
+
+def align_backbone(original, finetuned, scenes, patch_size: int, resolution, batch_size: int = 16,
+                   progress: bool = False) -> dict:
+    """Fit the map on the training views of ``scenes`` (``SceneRef``s, unflipped images at ``resolution``) and set
+    it on ``finetuned`` (``finetuned.cls_map``); returns the fit's info."""
+    from fit3d.finetune.data import RenderedViews
+
+    views = RenderedViews(scenes, patch_size, which="train", resolution=resolution, flip_prob=0.0, images_only=True)
+    if len(views) == 0:
+        raise Fit3DError("[CLS] alignment: the scenes list no training views")
+    c, o, g = cls_pairs(original, finetuned, views, batch_size, progress)
+    finetuned.cls_map, info = fit_cls_map(c, o, g)
+    log.info("[CLS] alignment: lambda %g, held-out-scene error %.4f (no map %.4f), %d views of %d scenes",
+             info["lambda"], info["cv_error"][info["lambda"]], info["error_without_map"], info["pairs"], info["groups"])
+    return info

@@ -1,0 +1,103 @@
+"""fit3d.finetune.cls_align / fit3d.models.cls_map: the fine-tuned [CLS] mapped back to the original's after Stage 2."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from fit3d.errors import Fit3DError, ModelNotFoundError
+from fit3d.finetune import FinetuneConfig, finetune
+from fit3d.finetune.assembled import align_folder
+from fit3d.finetune.cls_align import fit_cls_map
+from fit3d.finetune.data import RenderedViews, load_scenes
+from fit3d.models import load_backbone
+from fit3d.models.cls_map import CLS_MAP_FILE, ClsMap
+from fit3d.models.identity import folder_fingerprint
+
+BACKBONE = "dinov2_small"
+
+
+def quick(**kw) -> FinetuneConfig:
+    return FinetuneConfig(**{**dict(lr=1e-3, workers=0, progress=False, evaluate=False, checkpoint_every=0,
+                                    max_steps=8), **kw})
+
+
+def _rel(a, b) -> float:
+    return float(((b - a).norm(dim=1) / a.norm(dim=1)).mean())
+
+
+def test_fit_recovers_an_affine_drift_and_keeps_the_identity_when_there_is_none():
+    g = torch.Generator().manual_seed(0)
+    D, N = 8, 400
+    c = torch.randn(N, D, generator=g) + 2.0
+    A = torch.eye(D) + 0.3 * torch.randn(D, D, generator=g)
+    b = torch.randn(D, generator=g)
+    groups = torch.arange(N) // 50  # 8 scenes
+    o = c @ A + b + 0.01 * torch.randn(N, D, generator=g)
+    m, info = fit_cls_map(c, o, groups)
+    fresh = torch.randn(100, D, generator=g) + 2.0
+    assert _rel(fresh @ A + b, m(fresh)) < 0.05 * _rel(fresh @ A + b, fresh)
+    assert info["cv_error"][info["lambda"]] < 0.1 * info["error_without_map"] and info["groups"] == 8
+    same, _ = fit_cls_map(c, c.clone(), groups)  # nothing to undo: the identity (to rounding)
+    assert_close(same(fresh), fresh, atol=1e-4, rtol=1e-4)
+    with pytest.raises(Fit3DError, match="pairs"):
+        fit_cls_map(c, o[:, :4], groups)
+
+
+def test_a_model_folder_with_a_map_changes_its_last_cls_only(tmp_path, tiny_model_dir):
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    plain = load_backbone(BACKBONE, model_path=str(folder))
+    fp = folder_fingerprint(folder)
+    m = ClsMap(2.0 * torch.eye(32), torch.ones(32))
+    m.save(folder)
+    mapped = load_backbone(BACKBONE, model_path=str(folder))
+    assert mapped.cls_map is not None and folder_fingerprint(folder) != fp  # the map is part of the model's identity
+    x = torch.rand(2, 3, 48, 64)
+    a, b = plain.features(x), mapped.features(x)
+    assert torch.equal(a.patch, b.patch)
+    assert_close(b.cls, 2.0 * a.cls + 1.0)
+    first = (plain.features(x, layers=[0])[0], mapped.features(x, layers=[0, -1]))
+    assert torch.equal(first[0].cls, first[1][0].cls)  # an earlier block's [CLS]: no map
+    assert_close(first[1][1].cls, b.cls)
+    ClsMap(torch.eye(16), torch.zeros(16)).save(folder)
+    with pytest.raises(ModelNotFoundError, match="width 16"):
+        load_backbone(BACKBONE, model_path=str(folder))
+    (folder / CLS_MAP_FILE).write_bytes(b"not a map")
+    with pytest.raises(ModelNotFoundError, match="unreadable"):
+        load_backbone(BACKBONE, model_path=str(folder))
+
+
+def test_cls_align_moves_cls_back_and_leaves_the_patches(tmp_path, lifted_dir, tiny_model_dir):
+    """Same seed and steps with and without ``cls_align``: the same patch tokens bit for bit, a [CLS] nearer the
+    original's on held-out views, the map saved beside the weights and recorded; ``align_folder`` fits the same
+    map to the finished folder of the run without it; WiSE-FT of an aligned folder drops the map."""
+    from fit3d.finetune import load_finetuned
+    from fit3d.finetune.assembled import interpolate_folder
+
+    views = RenderedViews(load_scenes([lifted_dir], embed_dim=32), 8, which="heldout", flip_prob=0.0)
+    imgs = torch.stack([views[i]["image"] for i in range(len(views))])
+    feats = {}
+    for k in ("none", "ridge"):
+        m = finetune([lifted_dir], BACKBONE, tmp_path / k, quick(cls_align=k), model_path=str(tiny_model_dir))
+        assert ("cls_align" in m["metrics"]) == (k == "ridge") and m["config"]["cls_align"] == k
+        assert (tmp_path / k / "model" / CLS_MAP_FILE).is_file() == (k == "ridge")
+        orig, ft = load_finetuned(tmp_path / k)
+        feats["original"], feats[k] = orig.features(imgs), ft.features(imgs)
+    o, s2, al = feats["original"], feats["none"], feats["ridge"]
+    assert torch.equal(s2.patch, al.patch)
+    assert _rel(o.cls, al.cls) < 0.5 * _rel(o.cls, s2.cls), (_rel(o.cls, al.cls), _rel(o.cls, s2.cls))
+
+    before = sorted(p.name for p in (tmp_path / "none").rglob("*"))
+    m = align_folder(tmp_path / "none", tmp_path / "aligned")
+    assert sorted(p.name for p in (tmp_path / "none").rglob("*")) == before  # the input is never changed
+    assert m["config"]["cls_align"] == "ridge" and m["aligned_from"] == str((tmp_path / "none").resolve())
+    assert_close(load_finetuned(tmp_path / "aligned")[1].features(imgs).cls, al.cls)
+
+    m = interpolate_folder(tmp_path / "ridge", tmp_path / "wise", 0.5)
+    assert m["config"]["cls_align"] == "none" and not (tmp_path / "wise" / "model" / CLS_MAP_FILE).exists()
+    assert json.loads((tmp_path / "wise" / "fit3d.json").read_text())["settings"]["cls_align"] == "none"
+    with pytest.raises(Fit3DError, match="cls-align"):
+        FinetuneConfig(cls_align="lasso").validate()
