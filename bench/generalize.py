@@ -106,7 +106,7 @@ class GeneralizeConfig:
     from_finetuned: str = field(default="", metadata={
         "help": "a finished Stage 2 folder of the same settings to evaluate instead of fine-tuning (its weights "
                 "interpolated toward the original by --set interpolate=A: WiSE-FT without retraining; or with a [CLS] "
-                "map fitted by --set cls_align=ridge)"})
+                "map fitted by --set cls_align=ridge / shift)"})
     probe_resolution: list[int] = field(default_factory=lambda: [224, 168], metadata={"help": "probe W H"})
     probe_iterations: int = field(default=1000, metadata={"help": "head iterations (depth and seg)"})
     seeds: int = field(default=3, metadata={"help": "probe seeds per head"})
@@ -238,7 +238,7 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
         raise SystemExit(str(e)) from None
     if fcfg.cls_align != "none":
         _say(f"Stage 2 from {src}: [CLS] map fitted ({fcfg.cls_align}) -> {ft_dir}")
-        return align_folder(src, ft_dir, progress=True)
+        return align_folder(src, ft_dir, progress=True, kind=fcfg.cls_align)
     _say(f"Stage 2 from {src}: weights interpolated at {fcfg.interpolate} -> {ft_dir}")
     return interpolate_folder(src, ft_dir, fcfg.interpolate)
 

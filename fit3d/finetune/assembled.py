@@ -112,10 +112,11 @@ def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
     return manifest
 
 
-def align_folder(src, dest, device: str = "cpu", progress: bool = False) -> dict:
+def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: str = "ridge") -> dict:
     """``fit3d.finetune.cls_align`` on a finished folder: ``src`` -> ``dest`` with a [CLS] map fitted on ``src``'s Stage 2 scenes (its
     manifest's ``scenes`` and ``config.resolution``); ``src`` is never changed. The new manifest records
-    ``config.cls_align`` / ``settings.cls_align`` = "ridge", the fit and the new fingerprint. Returns it."""
+    ``config.cls_align`` / ``settings.cls_align`` = ``kind`` (ridge / shift), the fit and the new fingerprint.
+    Returns it."""
     from fit3d.finetune.cls_align import align_backbone
     from fit3d.finetune.data import load_scenes
 
@@ -127,7 +128,8 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False) -> dict
     original, finetuned = load_finetuned(src, device=device)
     cfg = m.get("config") or {}
     scenes = load_scenes(m["scenes"], embed_dim=finetuned.embed_dim, cache_dir=dest / "scene-columns")
-    info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress)
+    info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress,
+                          kind=kind)
     dest.mkdir(parents=True, exist_ok=True)
     _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR, cls_map=finetuned.cls_map)
     shutil.rmtree(dest / "scene-columns", ignore_errors=True)
@@ -136,8 +138,8 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False) -> dict
     metrics = dict(m.get("metrics") or {})
     metrics["cls_align"] = info
     manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
-                "config": {**cfg, "cls_align": "ridge"},
-                "settings": {**(m.get("settings") or {}), "cls_align": "ridge"},
+                "config": {**cfg, "cls_align": kind},
+                "settings": {**(m.get("settings") or {}), "cls_align": kind},
                 "aligned_from": str(src.resolve()), "metrics": metrics}
     write_json(dest / MANIFEST_FILE, manifest)
     return manifest

@@ -11,6 +11,11 @@ fitted in closed form on the Stage 2 training views (the frozen original's [CLS]
 a ridge regression shrunk toward the identity (lam -> inf: no change). ``lam`` is chosen from ``LAMBDAS`` by
 cross-validation with the scenes as groups (each fold's map is scored on scenes it was not fitted on: the
 mean relative error |c W + b - o| / |o|), so the choice asks how well the map carries to unseen scenes.
+``cls_align = "shift"`` keeps W = I: one offset, the mean difference o - c over the views.
+
+A linear probe on the mapped [CLS] has the same function class as on the unmapped one (an invertible affine map
+is absorbed by its weights); what changes is what the probe's optimiser and weight decay find. So the lever acts
+through the probe's training, which is why it is judged on validation evals (docs/generalize.md).
 Written here rather than taken from scikit-learn (not a dependency): a ridge toward a prior is one solve.
 """
 
@@ -46,14 +51,24 @@ def _rel_err(c: Tensor, o: Tensor, W: Tensor, b: Tensor) -> Tensor:
 
 
 def fit_cls_map(finetuned: Tensor, original: Tensor, groups: Tensor, lambdas=LAMBDAS,
-                folds: int = FOLDS) -> tuple[ClsMap, dict]:
-    """The map finetuned [N, D] -> original [N, D] ([CLS] tokens of the same images), its ridge weight chosen by
-    cross-validation over ``groups`` [N] (scene ids: images of a scene share a fold; fewer than 2 groups: folds
-    of images). Returns (ClsMap, info: lambda, the cross-validated error per lambda, the error with no map)."""
+                folds: int = FOLDS, kind: str = "ridge") -> tuple[ClsMap, dict]:
+    """The map finetuned [N, D] -> original [N, D] ([CLS] tokens of the same images). ``kind`` "ridge": the affine
+    map, its ridge weight chosen by cross-validation over ``groups`` [N] (scene ids: images of a scene share a
+    fold; fewer than 2 groups: folds of images); "shift": the identity plus the mean difference (one offset for
+    every image). Returns (ClsMap, info: lambda, the cross-validated error per lambda, the error with no map)."""
     c, o = finetuned.detach().double().cpu(), original.detach().double().cpu()
     if c.shape != o.shape or c.ndim != 2 or len(c) < 2:
         raise Fit3DError(f"[CLS] alignment needs matching [N, D] pairs with N >= 2, got {tuple(c.shape)} and "
                          f"{tuple(o.shape)}")
+    eye = torch.eye(c.shape[1], dtype=c.dtype)
+    none = float(_rel_err(c, o, eye, torch.zeros(c.shape[1], dtype=c.dtype)).mean())
+    if kind == "shift":
+        b = o.mean(0) - c.mean(0)
+        info = {"kind": kind, "error": float(_rel_err(c, o, eye, b).mean()), "error_without_map": none,
+                "pairs": len(c), "groups": int(len(torch.unique(torch.as_tensor(groups))))}
+        return ClsMap(eye.float(), b.float(), {"kind": kind, "pairs": len(c)}), info
+    if kind != "ridge":
+        raise Fit3DError(f"[CLS] alignment kind {kind!r}: expected ridge or shift")
     g = torch.as_tensor(groups).long().cpu()
     ids = torch.unique(g)
     if len(ids) >= 2:
@@ -73,10 +88,9 @@ def fit_cls_map(finetuned: Tensor, original: Tensor, groups: Tensor, lambdas=LAM
         scores[float(lam)] = float(err.mean())
     lam = min(scores, key=scores.get)
     W, b = _solve(c, o, lam)
-    eye = torch.eye(c.shape[1], dtype=c.dtype)
-    info = {"lambda": lam, "cv_error": scores, "error_without_map": float(_rel_err(c, o, eye, torch.zeros_like(b)).mean()),
+    info = {"kind": kind, "lambda": lam, "cv_error": scores, "error": scores[lam], "error_without_map": none,
             "pairs": len(c), "groups": len(ids)}
-    return ClsMap(W.float(), b.float(), {"lambda": lam, "pairs": len(c)}), info
+    return ClsMap(W.float(), b.float(), {"kind": kind, "lambda": lam, "pairs": len(c)}), info
 
 
 @torch.no_grad()
@@ -101,16 +115,16 @@ def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool =
 
 
 def align_backbone(original, finetuned, scenes, patch_size: int, resolution, batch_size: int = 16,
-                   progress: bool = False) -> dict:
-    """Fit the map on the training views of ``scenes`` (``SceneRef``s, unflipped images at ``resolution``) and set
-    it on ``finetuned`` (``finetuned.cls_map``); returns the fit's info."""
+                   progress: bool = False, kind: str = "ridge") -> dict:
+    """Fit the map (``kind``: see :func:`fit_cls_map`) on the training views of ``scenes`` (``SceneRef``s, unflipped
+    images at ``resolution``) and set it on ``finetuned`` (``finetuned.cls_map``); returns the fit's info."""
     from fit3d.finetune.data import RenderedViews
 
     views = RenderedViews(scenes, patch_size, which="train", resolution=resolution, flip_prob=0.0, images_only=True)
     if len(views) == 0:
         raise Fit3DError("[CLS] alignment: the scenes list no training views")
     c, o, g = cls_pairs(original, finetuned, views, batch_size, progress)
-    finetuned.cls_map, info = fit_cls_map(c, o, g)
-    log.info("[CLS] alignment: lambda %g, held-out-scene error %.4f (no map %.4f), %d views of %d scenes",
-             info["lambda"], info["cv_error"][info["lambda"]], info["error_without_map"], info["pairs"], info["groups"])
+    finetuned.cls_map, info = fit_cls_map(c, o, g, kind=kind)
+    log.info("[CLS] alignment (%s): error %.4f (no map %.4f), %d views of %d scenes", kind, info["error"],
+             info["error_without_map"], info["pairs"], info["groups"])
     return info

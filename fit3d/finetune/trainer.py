@@ -752,13 +752,13 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         original = original if original is not None else _load_original(cfg, run.device)
         interpolate_weights(original.model, bb.model, cfg.interpolate)
     align = None
-    if cfg.cls_align == "ridge":  # the output [CLS] mapped back to the original's (fit3d.finetune.cls_align)
+    if cfg.cls_align != "none":  # the output [CLS] mapped back to the original's (fit3d.finetune.cls_align)
         from fit3d.finetune.cls_align import align_backbone
 
         original = original if original is not None else _load_original(cfg, run.device)
         bb.eval()
         align = align_backbone(original, bb, run.scenes, bb.patch_size, cfg.resolution, cfg.batch_size * 8,
-                               cfg.progress)
+                               cfg.progress, kind=cfg.cls_align)
     _save_pretrained_atomic(bb.model, out / MODEL_DIR, cls_map=bb.cls_map)
     finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})

@@ -44,6 +44,11 @@ def test_fit_recovers_an_affine_drift_and_keeps_the_identity_when_there_is_none(
     assert_close(same(fresh), fresh, atol=1e-4, rtol=1e-4)
     with pytest.raises(Fit3DError, match="pairs"):
         fit_cls_map(c, o[:, :4], groups)
+    shift, info = fit_cls_map(c, c + b, groups, kind="shift")  # a pure offset: found exactly, nothing else
+    assert_close(shift(fresh), fresh + b, atol=1e-4, rtol=1e-4)
+    assert info["error"] < 1e-5 < info["error_without_map"] and torch.equal(shift.weight, torch.eye(D))
+    with pytest.raises(Fit3DError, match="kind"):
+        fit_cls_map(c, o, groups, kind="lasso")
 
 
 def test_a_model_folder_with_a_map_changes_its_last_cls_only(tmp_path, tiny_model_dir):
