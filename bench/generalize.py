@@ -210,7 +210,8 @@ def finetune_config(cfg: GeneralizeConfig):
 def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     """Stage 2 into ``ft_dir`` (returns its manifest): fine-tune on the ``lifted`` scenes, or with
     ``--from-finetuned SRC`` train nothing and write SRC's weights interpolated by ``fcfg.interpolate``
-    (``fit3d.finetune.assembled.interpolate_folder``). SRC must be the Stage 2 this run would make at
+    (``fit3d.finetune.assembled.interpolate_folder``; at 1 with ``cls_align`` none: SRC without its [CLS] map)
+    or with a new [CLS] map (``fcfg.cls_align``, ``align_folder``). SRC must be the Stage 2 this run would make at
     interpolate 1 (the trainer's own settings record and resume rule: config, model, scenes and their lifts)."""
     from fit3d.finetune import finetune
     from fit3d.finetune.assembled import align_folder, interpolate_folder, read_manifest
@@ -227,7 +228,9 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     want = run_settings([str(d) for d in lifted], full, 1)
     recorded = lambda m: {**result_settings(type(fcfg)()), **(m.get("settings") or {})}  # noqa: E731 - newer fields: defaults
     try:
-        check_resume(recorded(read_manifest(src)), want, "fine-tuning (--from-finetuned)", src,
+        # SRC's own [CLS] map (cls_align) is fitted after training and leaves its weights as trained: not compared;
+        # interpolate_folder drops it, align_folder fits a new one
+        check_resume({**recorded(read_manifest(src)), "cls_align": "none"}, want, "fine-tuning (--from-finetuned)", src,
                      "pass the Stage 2 folder of this run's settings")
         if (ft_dir / MANIFEST_FILE).exists():  # an earlier run of this command: reused when it is this one
             old = read_manifest(ft_dir)
