@@ -224,24 +224,25 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
         raise SystemExit("--from-finetuned: interpolate or cls_align, one at a time")
     src = Path(cfg.from_finetuned)
     full = dataclasses.replace(fcfg, backbone="dinov2_small", model_path=cfg.model_path, interpolate=1.0,
-                               cls_align="none")
+                               cls_align="none", cls_align_views=0)
     want = run_settings([str(d) for d in lifted], full, 1)
     recorded = lambda m: {**result_settings(type(fcfg)()), **(m.get("settings") or {})}  # noqa: E731 - newer fields: defaults
     try:
         # SRC's own [CLS] map (cls_align) is fitted after training and leaves its weights as trained: not compared;
         # interpolate_folder drops it, align_folder fits a new one
-        check_resume({**recorded(read_manifest(src)), "cls_align": "none"}, want, "fine-tuning (--from-finetuned)", src,
-                     "pass the Stage 2 folder of this run's settings")
+        check_resume({**recorded(read_manifest(src)), "cls_align": "none", "cls_align_views": 0}, want,
+                     "fine-tuning (--from-finetuned)", src, "pass the Stage 2 folder of this run's settings")
         if (ft_dir / MANIFEST_FILE).exists():  # an earlier run of this command: reused when it is this one
             old = read_manifest(ft_dir)
-            check_resume(recorded(old), {**want, "interpolate": fcfg.interpolate, "cls_align": fcfg.cls_align},
+            check_resume(recorded(old), {**want, "interpolate": fcfg.interpolate, "cls_align": fcfg.cls_align,
+                                         "cls_align_views": fcfg.cls_align_views if fcfg.cls_align != "none" else 0},
                          "Stage 2 from --from-finetuned", ft_dir, "pass another --out")
             return old
     except SettingsMismatch as e:
         raise SystemExit(str(e)) from None
     if fcfg.cls_align != "none":
         _say(f"Stage 2 from {src}: [CLS] map fitted ({fcfg.cls_align}) -> {ft_dir}")
-        return align_folder(src, ft_dir, progress=True, kind=fcfg.cls_align)
+        return align_folder(src, ft_dir, progress=True, kind=fcfg.cls_align, max_views=fcfg.cls_align_views)
     _say(f"Stage 2 from {src}: weights interpolated at {fcfg.interpolate} -> {ft_dir}")
     return interpolate_folder(src, ft_dir, fcfg.interpolate)
 

@@ -103,8 +103,9 @@ def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
     total = a * float((m.get("config") or {}).get("interpolate", 1.0))
     manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
                 # a [CLS] map of src (cls_align) was fitted to src's weights: load_finetuned applied it, the save drops it
-                "config": {**(m.get("config") or {}), "interpolate": total, "cls_align": "none"},
-                "settings": {**(m.get("settings") or {}), "interpolate": total, "cls_align": "none"},
+                "config": {**(m.get("config") or {}), "interpolate": total, "cls_align": "none", "cls_align_views": 0},
+                "settings": {**(m.get("settings") or {}), "interpolate": total, "cls_align": "none",
+                             "cls_align_views": 0},
                 "interpolated_from": str(src.resolve()),
                 # held-out fits were measured on src's weights, not these
                 "metrics": {k: v for k, v in (m.get("metrics") or {}).items() if k != "heldout"}}
@@ -112,10 +113,12 @@ def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
     return manifest
 
 
-def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: str = "ridge") -> dict:
+def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: str = "ridge",
+                 max_views: int = 0) -> dict:
     """``fit3d.finetune.cls_align`` on a finished folder: ``src`` -> ``dest`` with a [CLS] map fitted on ``src``'s Stage 2 scenes (its
     manifest's ``scenes`` and ``config.resolution``); ``src`` is never changed. The new manifest records
-    ``config.cls_align`` / ``settings.cls_align`` = ``kind`` (ridge / shift), the fit and the new fingerprint.
+    ``config.cls_align`` / ``settings.cls_align`` = ``kind`` (ridge / shift), ``cls_align_views`` = ``max_views`` (0: every
+    training view), the fit and the new fingerprint.
     Returns it."""
     from fit3d.finetune.cls_align import align_backbone
     from fit3d.finetune.data import load_scenes
@@ -129,7 +132,7 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: s
     cfg = m.get("config") or {}
     scenes = load_scenes(m["scenes"], embed_dim=finetuned.embed_dim, cache_dir=dest / "scene-columns")
     info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress,
-                          kind=kind)
+                          kind=kind, max_views=max_views)
     dest.mkdir(parents=True, exist_ok=True)
     _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR, cls_map=finetuned.cls_map)
     shutil.rmtree(dest / "scene-columns", ignore_errors=True)
@@ -138,8 +141,8 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: s
     metrics = dict(m.get("metrics") or {})
     metrics["cls_align"] = info
     manifest = {**m, "model_dir": MODEL_DIR, "finetuned_fingerprint": folder_fingerprint(dest / MODEL_DIR),
-                "config": {**cfg, "cls_align": kind},
-                "settings": {**(m.get("settings") or {}), "cls_align": kind},
+                "config": {**cfg, "cls_align": kind, "cls_align_views": max_views},
+                "settings": {**(m.get("settings") or {}), "cls_align": kind, "cls_align_views": max_views},
                 "aligned_from": str(src.resolve()), "metrics": metrics}
     write_json(dest / MANIFEST_FILE, manifest)
     return manifest

@@ -114,15 +114,27 @@ def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool =
     return torch.cat(ft), torch.cat(orig), torch.cat(scene)
 
 
+def picked_views(n: int, max_views: int = 0) -> list[int]:
+    """Indices of ``max_views`` of ``n`` views, evenly spaced (the views are listed scene by scene, so every scene
+    keeps its share); all of them when ``max_views`` is 0 or >= n."""
+    if max_views <= 0 or max_views >= n:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (max_views - 1)) for i in range(max_views)}) if max_views > 1 else [0]
+
+
 def align_backbone(original, finetuned, scenes, patch_size: int, resolution, batch_size: int = 16,
-                   progress: bool = False, kind: str = "ridge") -> dict:
+                   progress: bool = False, kind: str = "ridge", max_views: int = 0) -> dict:
     """Fit the map (``kind``: see :func:`fit_cls_map`) on the training views of ``scenes`` (``SceneRef``s, unflipped
-    images at ``resolution``) and set it on ``finetuned`` (``finetuned.cls_map``); returns the fit's info."""
+    images at ``resolution``; ``max_views`` > 0: that many, :func:`picked_views`) and set it on ``finetuned``
+    (``finetuned.cls_map``); returns the fit's info."""
+    from torch.utils.data import Subset
+
     from fit3d.finetune.data import RenderedViews
 
     views = RenderedViews(scenes, patch_size, which="train", resolution=resolution, flip_prob=0.0, images_only=True)
     if len(views) == 0:
         raise Fit3DError("[CLS] alignment: the scenes list no training views")
+    views = Subset(views, picked_views(len(views), max_views))
     c, o, g = cls_pairs(original, finetuned, views, batch_size, progress)
     finetuned.cls_map, info = fit_cls_map(c, o, g, kind=kind)
     log.info("[CLS] alignment (%s): error %.4f (no map %.4f), %d views of %d scenes", kind, info["error"],

@@ -85,6 +85,9 @@ class FinetuneConfig:
                 "(ridge toward the identity, its weight cross-validated over the scenes), saved beside the weights "
                 "(model/cls_map.safetensors); shift: only the mean offset (W = I). The patch tokens do not change. Stage 2 has no target for [CLS] but "
                 "moves it, which costs the probes that read it (fit3d.finetune.cls_align, issue 21)"})
+    cls_align_views: int = field(default=0, metadata={
+        "help": "cls_align: fit the map on this many of the Stage 2 training views, evenly spaced over them (scene by "
+                "scene); 0 = every view. The fit runs both models once per view"})
     interpolate: float = field(default=1.0, metadata={
         "help": "weight-space ensemble (WiSE-FT): the saved model's weights are original + this x (fine-tuned - "
                 "original); 1 = the fine-tuned weights (FiT3D), smaller keeps more of the original "
@@ -161,7 +164,7 @@ class FinetuneConfig:
         check_counts(self, {"batch_size": 1, "epochs": 1, "max_steps": 1, "workers": 0,
                             "worker_threads": 1, "prefetch": 1, "checkpoint_every": 0, "log_every": 0,
                             "lora_rank": 1, "subspace_rank": 0, "freeze_last_blocks": 0,
-                            "cls_restore_steps": 0}, prefix)
+                            "cls_restore_steps": 0, "cls_align_views": 0}, prefix)
         inf = float("inf")
         check_reals(self, {"lr": (0, inf), "weight_decay": (0, inf), "grad_clip": (0, inf),
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),

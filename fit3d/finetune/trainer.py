@@ -758,7 +758,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         original = original if original is not None else _load_original(cfg, run.device)
         bb.eval()
         align = align_backbone(original, bb, run.scenes, bb.patch_size, cfg.resolution, cfg.batch_size * 8,
-                               cfg.progress, kind=cfg.cls_align)
+                               cfg.progress, kind=cfg.cls_align, max_views=cfg.cls_align_views)
     _save_pretrained_atomic(bb.model, out / MODEL_DIR, cls_map=bb.cls_map)
     finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})

@@ -10,7 +10,7 @@ from torch.testing import assert_close
 from fit3d.errors import Fit3DError, ModelNotFoundError
 from fit3d.finetune import FinetuneConfig, finetune
 from fit3d.finetune.assembled import align_folder
-from fit3d.finetune.cls_align import fit_cls_map
+from fit3d.finetune.cls_align import fit_cls_map, picked_views
 from fit3d.finetune.data import RenderedViews, load_scenes
 from fit3d.models import load_backbone
 from fit3d.models.cls_map import CLS_MAP_FILE, ClsMap
@@ -106,3 +106,22 @@ def test_cls_align_moves_cls_back_and_leaves_the_patches(tmp_path, lifted_dir, t
     assert json.loads((tmp_path / "wise" / "fit3d.json").read_text())["settings"]["cls_align"] == "none"
     with pytest.raises(Fit3DError, match="cls-align"):
         FinetuneConfig(cls_align="lasso").validate()
+
+
+def test_picked_views_are_evenly_spaced_and_every_view_by_default():
+    assert picked_views(10) == picked_views(10, 0) == picked_views(10, 10) == picked_views(10, 50) == list(range(10))
+    assert picked_views(10, 4) == [0, 3, 6, 9] and picked_views(10, 1) == [0]
+    assert len(picked_views(989, 256)) == 256
+
+
+def test_cls_align_views_caps_the_views_the_map_is_fitted_on(tmp_path, lifted_dir, tiny_model_dir):
+    """``cls_align_views`` k: the shift is fitted on k of the Stage 2 training views, and recorded."""
+    m = finetune([lifted_dir], BACKBONE, tmp_path / "s3", quick(cls_align="shift", cls_align_views=3),
+                 model_path=str(tiny_model_dir))
+    assert m["metrics"]["cls_align"]["pairs"] == 3 and m["settings"]["cls_align_views"] == 3
+    n = len(RenderedViews(load_scenes([lifted_dir], embed_dim=32), 8, which="train", flip_prob=0.0))
+    assert n > 3
+    m = align_folder(tmp_path / "s3", tmp_path / "all", kind="shift")
+    assert m["metrics"]["cls_align"]["pairs"] == n and m["settings"]["cls_align_views"] == 0
+    with pytest.raises(Fit3DError, match="cls-align-views"):
+        FinetuneConfig(cls_align_views=-1).validate()
