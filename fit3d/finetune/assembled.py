@@ -115,26 +115,28 @@ def interpolate_folder(src, dest, alpha: float, device: str = "cpu") -> dict:
 
 def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: str = "ridge",
                  max_views: int = 0) -> dict:
-    """``fit3d.finetune.cls_align`` on a finished folder: ``src`` -> ``dest`` with a [CLS] map fitted on ``src``'s Stage 2 scenes (its
-    manifest's ``scenes`` and ``config.resolution``); ``src`` is never changed. The new manifest records
-    ``config.cls_align`` / ``settings.cls_align`` = ``kind`` (ridge / shift), ``cls_align_views`` = ``max_views`` (0: every
-    training view), the fit and the new fingerprint.
-    Returns it."""
+    """``fit3d.finetune.cls_align`` on a finished folder: ``src`` -> ``dest`` with a [CLS] map fitted on ``src``'s Stage 2
+    scenes (its manifest's ``scenes`` and ``config.resolution``), or with ``kind`` original the original's [CLS] branch
+    (no fit, no scenes); ``src`` is never changed. The new manifest records ``config.cls_align`` /
+    ``settings.cls_align`` = ``kind``, ``cls_align_views`` = ``max_views`` (0: every training view), the fit and the
+    new fingerprint. Returns it."""
     from fit3d.finetune.cls_align import align_backbone
     from fit3d.finetune.data import load_scenes
 
     src, dest = Path(src), Path(dest)
     check_not_input(dest, [src])
     m = read_manifest(src)
-    if not m.get("scenes"):
+    if not m.get("scenes") and kind != "original":
         raise Fit3DError(f"{src}: its record lists no Stage 2 scenes to fit the [CLS] map on")
     original, finetuned = load_finetuned(src, device=device)
     cfg = m.get("config") or {}
-    scenes = load_scenes(m["scenes"], embed_dim=finetuned.embed_dim, cache_dir=dest / "scene-columns")
+    scenes = [] if kind == "original" else load_scenes(m["scenes"], embed_dim=finetuned.embed_dim,
+                                                       cache_dir=dest / "scene-columns")
     info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress,
                           kind=kind, max_views=max_views)
     dest.mkdir(parents=True, exist_ok=True)
-    _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR, cls_map=finetuned.cls_map)
+    _save_pretrained_atomic(finetuned.model, dest / MODEL_DIR, cls_map=finetuned.cls_map,
+                            cls_branch=finetuned.cls_branch)
     shutil.rmtree(dest / "scene-columns", ignore_errors=True)
     if (src / LOSSES_FILE).exists():
         shutil.copyfile(src / LOSSES_FILE, dest / LOSSES_FILE)

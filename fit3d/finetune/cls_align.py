@@ -12,6 +12,8 @@ a ridge regression shrunk toward the identity (lam -> inf: no change). ``lam`` i
 cross-validation with the scenes as groups (each fold's map is scored on scenes it was not fitted on: the
 mean relative error |c W + b - o| / |o|), so the choice asks how well the map carries to unseen scenes.
 ``cls_align = "shift"`` keeps W = I: one offset, the mean difference o - c over the views.
+``cls_align = "original"`` fits nothing: the output [CLS] becomes the original's own, computed by the original's
+blocks after the prefix Stage 2 froze (``fit3d.models.cls_branch``; 1.5x the forward with ``default``'s freeze).
 
 A linear probe on the mapped [CLS] has the same function class as on the unmapped one (an invertible affine map
 is absorbed by its weights); what changes is what the probe's optimiser and weight decay find. So the lever acts
@@ -99,8 +101,8 @@ def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool =
     (``RenderedViews(images_only=True)``), both models in eval mode, no maps applied to them."""
     from tqdm.auto import tqdm
 
-    maps = (original.cls_map, finetuned.cls_map)
-    original.cls_map = finetuned.cls_map = None
+    maps = (original.cls_map, finetuned.cls_map, original.cls_branch, finetuned.cls_branch)
+    original.cls_map = finetuned.cls_map = original.cls_branch = finetuned.cls_branch = None
     ft, orig, scene = [], [], []
     try:
         for s in tqdm(range(0, len(views), batch_size), desc="[CLS] alignment", unit="batch", disable=not progress):
@@ -110,8 +112,50 @@ def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool =
             orig.append(original.features(original.prepare(images))[1].float().cpu())
             scene.append(torch.tensor([int(it["scene"]) for it in items]))
     finally:
-        original.cls_map, finetuned.cls_map = maps
+        original.cls_map, finetuned.cls_map, original.cls_branch, finetuned.cls_branch = maps
     return torch.cat(ft), torch.cat(orig), torch.cat(scene)
+
+
+@torch.no_grad()
+def attach_original_cls(original, finetuned, atol: float = 1e-4) -> dict:
+    """``cls_align = "original"``: set ``finetuned.cls_branch`` to the original's blocks after the prefix the two
+    models share (``fit3d.models.cls_branch``; any [CLS] map of ``finetuned`` is dropped), checked on a random image
+    against the original's own [CLS]; returns the branch's info (start block, its share of the blocks)."""
+    from fit3d.models.cls_branch import ClsBranch, shared_prefix, transformer_blocks
+
+    start = shared_prefix(original.model, finetuned.model)
+    n = len(transformer_blocks(original.model))
+    if start == 0:
+        raise Fit3DError("cls_align=original: the fine-tuned model shares no leading block with the original (the "
+                         "patch embedding or block 1 was trained); use a recipe that freezes the first blocks "
+                         "(freeze_blocks > 0, as default does) or cls_align=shift")
+    start = min(start, n - 1)  # every block equal (nothing trained): the branch is the last block
+    norm_attr = getattr(finetuned._family, "norm_attr", None)
+    if norm_attr is None or getattr(original.model, norm_attr, None) is None:
+        raise Fit3DError(f"cls_align=original: backbone family '{finetuned.family}' has no final norm to branch from")
+    finetuned.cls_map = None
+    finetuned.cls_branch = ClsBranch.from_original(original.model, norm_attr, start,
+                                                   {"kind": "original", "backbone": finetuned.name}).to(finetuned.device)
+    p = finetuned.patch_size
+    g = torch.Generator().manual_seed(0)
+    image = torch.rand(2, 3, 3 * p, 4 * p, generator=g)
+    maps = original.cls_map, original.cls_branch
+    original.cls_map = original.cls_branch = None
+    try:
+        want = original.features(image)[1]
+    finally:
+        original.cls_map, original.cls_branch = maps
+    got = finetuned.features(image)[1]
+    err = float((got - want).abs().max())
+    if not err <= atol:
+        finetuned.cls_branch = None
+        raise Fit3DError(f"cls_align=original: the branch does not reproduce the original's [CLS] on family "
+                         f"'{finetuned.family}' (max difference {err:.2e}); use cls_align=shift")
+    info = {"kind": "original", "start_block": start, "branch_blocks": n - start, "blocks": n,
+            "forward_cost": round(1 + (n - start) / n, 4), "check_max_abs": err}
+    log.info("[CLS] from the original: its blocks %d-%d run beside the fine-tuned ones (%.2fx the forward)",
+             start + 1, n, info["forward_cost"])
+    return info
 
 
 def picked_views(n: int, max_views: int = 0) -> list[int]:
@@ -130,6 +174,9 @@ def align_backbone(original, finetuned, scenes, patch_size: int, resolution, bat
     from torch.utils.data import Subset
 
     from fit3d.finetune.data import RenderedViews
+
+    if kind == "original":
+        return attach_original_cls(original, finetuned)
 
     views = RenderedViews(scenes, patch_size, which="train", resolution=resolution, flip_prob=0.0, images_only=True)
     if len(views) == 0:

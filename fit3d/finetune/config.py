@@ -9,7 +9,7 @@ ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
 ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
 TARGET_MODES = ("rendered", "residual", "projection")  # fit3d.finetune.residual
-CLS_ALIGNS = ("none", "ridge", "shift")  # fit3d.finetune.cls_align
+CLS_ALIGNS = ("none", "ridge", "shift", "original")  # fit3d.finetune.cls_align
 TARGET_MEANS = ("target", "original")  # whose per-view mean token the Stage 2 target carries (fit3d.finetune.residual)
 TARGET_POOLS = ("auto", "bilinear", "area")  # how the decoded render is brought to the token grid
 ANCHOR_TEACHERS = ("original", "ema")  # what the anchor pulls toward: the frozen original / an EMA of the model
@@ -83,7 +83,9 @@ class FinetuneConfig:
         "help": "none: the fine-tuned model's [CLS] as Stage 2 leaves it (FiT3D); ridge: after Stage 2, an affine map "
                 "on the output [CLS] fitted in closed form to give the frozen original's [CLS] on the Stage 2 views "
                 "(ridge toward the identity, its weight cross-validated over the scenes), saved beside the weights "
-                "(model/cls_map.safetensors); shift: only the mean offset (W = I). The patch tokens do not change. Stage 2 has no target for [CLS] but "
+                "(model/cls_map.safetensors); shift: only the mean offset (W = I); original: no map, the output [CLS] is the "
+                "original's own, computed by the original's blocks after the prefix Stage 2 froze (model/"
+                "cls_branch.safetensors; 1.5x the forward when 6 of 12 blocks are trained). The patch tokens do not change. Stage 2 has no target for [CLS] but "
                 "moves it, which costs the probes that read it (fit3d.finetune.cls_align, issue 21)"})
     cls_align_views: int = field(default=0, metadata={
         "help": "cls_align: fit the map on this many of the Stage 2 training views, evenly spaced over them (scene by "

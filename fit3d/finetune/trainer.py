@@ -43,6 +43,7 @@ from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.adapters import add_lora, merge_lora
 from fit3d.finetune.anchor import AnchorReference
+from fit3d.models.cls_branch import transformer_blocks  # noqa: F401 - re-exported (benches, tests)
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
                                  render_workers, scene_memory)
@@ -71,17 +72,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The transformer's list of blocks (the ``ModuleList`` with ``num_hidden_layers`` entries)."""
-    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
-    if n is not None:
-        lists = [m for m in lists if len(m) == n] or lists
-    if not lists:
-        raise Fit3DError(f"{type(model).__name__}: no transformer block list found to freeze")
-    return max(lists, key=len)
 
 
 def freeze_first_blocks(model: nn.Module, k: int) -> int:
@@ -313,13 +303,15 @@ def _original_model_path(backbone, model_path) -> str | None:
     return None
 
 
-def _save_pretrained_atomic(model, dest: Path, cls_map=None) -> None:
+def _save_pretrained_atomic(model, dest: Path, cls_map=None, cls_branch=None) -> None:
     """save_pretrained into a temporary sibling folder, then swap it in (a crash never leaves half a model);
-    ``cls_map`` (``fit3d.models.cls_map.ClsMap``) is written beside the weights."""
+    ``cls_map`` (``fit3d.models.cls_map.ClsMap``) / ``cls_branch`` (``fit3d.models.cls_branch.ClsBranch``) are
+    written beside the weights."""
     with atomic_dir(dest) as tmp:
         model.save_pretrained(str(tmp))
-        if cls_map is not None:
-            cls_map.save(tmp)
+        for extra in (cls_map, cls_branch):
+            if extra is not None:
+                extra.save(tmp)
 
 
 def _check_lifted(scene_dirs) -> None:
@@ -504,10 +496,11 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     """Backbone, lifted scenes, rendered views, sampler, trainable parameters and optimiser."""
     seed_everything(cfg.seed)
     bb = load_backbone(cfg.backbone, model_path=cfg.model_path, device=str(device))
-    if bb.cls_map is not None:  # fitted to those weights; Stage 2 changes them (cls_align fits a new one)
+    if bb.cls_map is not None or bb.cls_branch is not None:  # made for those weights; Stage 2 changes them
         if di.is_main:
-            log.warning("%s: its [CLS] map is dropped: Stage 2 trains the weights it was fitted to", cfg.model_path)
-        bb.cls_map = None
+            log.warning("%s: its [CLS] map / branch is dropped: Stage 2 trains the weights it was made for (cls_align "
+                        "makes a new one)", cfg.model_path)
+        bb.cls_map = bb.cls_branch = None
     bb.train()
     scenes = load_scenes(scene_dirs, embed_dim=bb.embed_dim, backbone=cfg.backbone, cache_dir=out / SCENE_CACHE_DIR)
     mem = scene_memory(scenes)
@@ -759,7 +752,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         bb.eval()
         align = align_backbone(original, bb, run.scenes, bb.patch_size, cfg.resolution, cfg.batch_size * 8,
                                cfg.progress, kind=cfg.cls_align, max_views=cfg.cls_align_views)
-    _save_pretrained_atomic(bb.model, out / MODEL_DIR, cls_map=bb.cls_map)
+    _save_pretrained_atomic(bb.model, out / MODEL_DIR, cls_map=bb.cls_map, cls_branch=bb.cls_branch)
     finetuned_fp = folder_fingerprint(out / MODEL_DIR)
     write_json(out / LOSSES_FILE, {"loss": run.losses})
     metrics: dict = {"loss": loss_summary(run.losses[:run.stage2_total])}

@@ -88,6 +88,7 @@ class Backbone(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.cls_map: nn.Module | None = None  # fit3d.models.cls_map.ClsMap on the last layer's [CLS], if the weights carry one
+        self.cls_branch: nn.Module | None = None  # fit3d.models.cls_branch.ClsBranch: the last layer's [CLS] is the original's
         self.eval()
 
     # ---- geometry ----------------------------------------------------------------------------------
@@ -164,13 +165,21 @@ class Backbone(nn.Module):
         B, _, H, W = images.shape
         h, w = self.grid_size(H, W)
         idx = self.resolve_layers([-1] if layers is None else layers)
-        seqs = self._family.encode(self, self.normalize(images), idx)  # each [B, P + h*w, D], normed
+        branch = self.cls_branch if self.cls_branch is not None and self.num_layers - 1 in idx else None
+        hook = branch.capture(self.model) if branch is not None else None
+        try:
+            seqs = self._family.encode(self, self.normalize(images), idx)  # each [B, P + h*w, D], normed
+        finally:
+            if hook is not None:
+                hook.remove()
         out = []
         for i, s in zip(idx, seqs):
             patch = s[:, self.num_prefix_tokens:]
             if patch.shape[1] != h * w:
                 raise RuntimeError(f"{self.name}: got {patch.shape[1]} patch tokens for a {h}x{w} grid")
             cls = s[:, 0]
+            if branch is not None and i == self.num_layers - 1:  # the original's [CLS] from the shared prefix
+                cls = branch.cls().to(cls.dtype)
             if self.cls_map is not None and i == self.num_layers - 1:  # fitted on the last layer's [CLS] only
                 cls = self.cls_map(cls)
             out.append(Tokens(patch.transpose(1, 2).reshape(B, s.shape[-1], h, w), cls))

@@ -53,11 +53,13 @@ def file_fingerprint(path: str | os.PathLike, blocks: int = 4) -> str:
 
 def weights_files(folder: str | os.PathLike) -> list[Path]:
     """The weights file(s) of a hub-layout folder: one file, or the shards an index lists; then the [CLS] map
-    (``fit3d.models.cls_map``) when the folder has one (it changes the model's output)."""
+    (``fit3d.models.cls_map``) / branch (``fit3d.models.cls_branch``) when the folder has one (they change the
+    model's output)."""
+    from fit3d.models.cls_branch import CLS_BRANCH_FILE
     from fit3d.models.cls_map import CLS_MAP_FILE
 
     d = Path(folder)
-    extra = [d / CLS_MAP_FILE] if (d / CLS_MAP_FILE).is_file() else []
+    extra = [d / f for f in (CLS_MAP_FILE, CLS_BRANCH_FILE) if (d / f).is_file()]
     for name in INDEX_FILES:
         if (d / name).is_file():
             try:

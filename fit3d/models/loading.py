@@ -31,6 +31,7 @@ def load_backbone(name: str, model_path: str | os.PathLike | None = None,
         check_finite_weights(backbone.model, source)
         if is_local:
             backbone.cls_map = _cls_map_of(source, backbone)
+            backbone.cls_branch = _cls_branch_of(source, backbone)
         return backbone.to(device)
     except Fit3DError:
         raise
@@ -52,6 +53,21 @@ def _cls_map_of(source, backbone):
                                      f"{backbone.cls_dim}: not this model's")
         check_finite_weights(m, str(Path(source) / CLS_MAP_FILE))
     return m
+
+
+def _cls_branch_of(source, backbone):
+    """The folder's [CLS] branch (``fit3d.models.cls_branch``), checked against the backbone's width; None if none."""
+    from fit3d.models.cls_branch import CLS_BRANCH_FILE, load_cls_branch
+
+    norm_attr = getattr(backbone._family, "norm_attr", None)
+    if not (Path(source) / CLS_BRANCH_FILE).is_file():
+        return None
+    if norm_attr is None or getattr(backbone.model, norm_attr, None) is None:
+        raise ModelNotFoundError(f"{Path(source) / CLS_BRANCH_FILE}: backbone family '{backbone.family}' has no final "
+                                 f"norm to build a [CLS] branch from")
+    b = load_cls_branch(source, backbone.model, norm_attr)
+    check_finite_weights(b, str(Path(source) / CLS_BRANCH_FILE))
+    return b
 
 
 def check_finite_weights(model: torch.nn.Module, source: str) -> None:

@@ -125,3 +125,44 @@ def test_cls_align_views_caps_the_views_the_map_is_fitted_on(tmp_path, lifted_di
     assert m["metrics"]["cls_align"]["pairs"] == n and m["settings"]["cls_align_views"] == 0
     with pytest.raises(Fit3DError, match="cls-align-views"):
         FinetuneConfig(cls_align_views=-1).validate()
+
+
+def test_cls_align_original_gives_the_originals_cls_and_keeps_the_patches(tmp_path, lifted_dir, tiny_model_dir):
+    """``cls_align`` original: the saved model's patch tokens are the Stage 2 ones bit for bit and its last [CLS] is
+    the original's (its blocks after the frozen prefix, saved beside the weights, part of the fingerprint);
+    ``align_folder`` makes the same from the run without it; a model that shares no block is refused."""
+    from fit3d.finetune import load_finetuned
+    from fit3d.models.cls_branch import CLS_BRANCH_FILE
+
+    imgs = torch.rand(3, 3, 48, 64, generator=torch.Generator().manual_seed(1))
+    feats = {}
+    for k in ("none", "original"):
+        m = finetune([lifted_dir], BACKBONE, tmp_path / k, quick(cls_align=k, freeze_blocks=1),
+                     model_path=str(tiny_model_dir))
+        assert (tmp_path / k / "model" / CLS_BRANCH_FILE).is_file() == (k == "original")
+        orig, ft = load_finetuned(tmp_path / k)
+        feats["orig"], feats[k] = orig.features(imgs), ft.features(imgs)
+        feats[k + "_first"] = ft.features(imgs, layers=[0, -1])
+    info = m["metrics"]["cls_align"]
+    assert info["start_block"] == 1 and info["branch_blocks"] == 1 and info["forward_cost"] == 1.5
+    o, s2, br = feats["orig"], feats["none"], feats["original"]
+    assert torch.equal(s2.patch, br.patch) and not torch.allclose(s2.patch, o.patch)  # Stage 2 moved the patches
+    assert_close(br.cls, o.cls, atol=1e-5, rtol=0)
+    assert not torch.allclose(s2.cls, o.cls, atol=1e-3)  # ... and the [CLS] the branch gives back
+    assert torch.equal(feats["none_first"][0].cls, feats["original_first"][0].cls)  # an earlier block: no branch
+    assert_close(feats["original_first"][1].cls, o.cls, atol=1e-5, rtol=0)
+    assert folder_fingerprint(tmp_path / "original" / "model") != folder_fingerprint(tmp_path / "none" / "model")
+
+    before = sorted(p.name for p in (tmp_path / "none").rglob("*"))
+    m = align_folder(tmp_path / "none", tmp_path / "aligned", kind="original")
+    assert sorted(p.name for p in (tmp_path / "none").rglob("*")) == before
+    assert m["settings"]["cls_align"] == "original"
+    got = load_finetuned(tmp_path / "aligned")[1].features(imgs)
+    assert torch.equal(got.patch, s2.patch) and torch.equal(got.cls, br.cls)
+
+    finetune([lifted_dir], BACKBONE, tmp_path / "all", quick(max_steps=2), model_path=str(tiny_model_dir))
+    with pytest.raises(Fit3DError, match="shares no leading block"):
+        align_folder(tmp_path / "all", tmp_path / "refused", kind="original")
+    (tmp_path / "aligned" / "model" / CLS_BRANCH_FILE).write_bytes(b"not a branch")
+    with pytest.raises(ModelNotFoundError, match="unreadable"):
+        load_backbone(BACKBONE, model_path=str(tmp_path / "aligned" / "model"))

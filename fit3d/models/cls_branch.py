@@ -1,0 +1,158 @@
+"""The original's own [CLS] on a fine-tuned model that shares its first blocks (``cls_branch.safetensors``).
+
+When Stage 2 freezes the patch embedding and the first ``k`` blocks (``freeze_blocks``), the hidden state after
+block ``k`` is the original's on every image: same weights, same input. The original's remaining blocks and final
+norm, run on that state, give the original's [CLS] exactly. A model folder with this branch outputs its trained
+patch tokens and the original's [CLS]:
+
+    hidden_k = prefix(image)                                  shared, frozen (blocks 1..k)
+    patch    = finetuned_blocks(hidden_k)[patch tokens]       trained in Stage 2
+    cls      = norm_0(original_blocks(hidden_k))[0]           the original's, unchanged
+
+Stage 2 gives [CLS] no target but moves it, and the moved [CLS] is the whole of the fine-tuned model's metric-depth
+loss across scenes (``bench/cls_diagnosis.py``, docs/generalize.md); maps on the moved [CLS]
+(``fit3d.models.cls_map``) did not carry from validation to the test scenes. The branch removes the move instead.
+Its price is compute: attention needs every token, so the branch runs its blocks on all of them. With the
+``default`` recipe (6 of 12 blocks trained) that is 1.5x the forward FLOPs and 1.5x the parameters (concat, FiT3D's
+assembly: 2x and a 2D-wide output).
+
+``fit3d.finetune.cls_align`` (``cls_align = "original"``) attaches it after Stage 2; ``fit3d.models.load_backbone``
+loads it with the weights, whose fingerprint covers the file. Plain transformers loading ignores it.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from fit3d.errors import Fit3DError, ModelNotFoundError
+
+CLS_BRANCH_FILE = "cls_branch.safetensors"
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The transformer's list of blocks (the ``ModuleList`` with ``num_hidden_layers`` entries)."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    lists = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
+    if n is not None:
+        lists = [m for m in lists if len(m) == n] or lists
+    if not lists:
+        raise Fit3DError(f"{type(model).__name__}: no transformer block list found")
+    return max(lists, key=len)
+
+
+def shared_prefix(original: nn.Module, finetuned: nn.Module) -> int:
+    """Number of leading blocks the two models share with every weight before them (0 when anything in front of
+    the blocks, e.g. the patch embedding, differs): equal tensors, not only frozen ones."""
+    bo, bf = transformer_blocks(original), transformer_blocks(finetuned)
+    in_blocks = {id(p) for p in bf.parameters()}
+    po = dict(original.named_parameters())
+    # the parameters registered before the block list (embeddings, a pre-norm) make block 1's input; those after
+    # it (the final norm, a pooler) reach no block's hidden state
+    for n, p in finetuned.named_parameters():
+        if id(p) in in_blocks:
+            break
+        if n not in po or po[n].shape != p.shape or not torch.equal(po[n], p):
+            return 0
+    k = 0
+    for a, b in zip(bo, bf):
+        pa, pb = list(a.parameters()), list(b.parameters())
+        if len(pa) != len(pb) or not all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(pa, pb)):
+            break
+        k += 1
+    return k
+
+
+class ClsBranch(nn.Module):
+    """The original's blocks ``start..L`` and final norm: ``branch(hidden)`` [B, N, D] (the state after block
+    ``start``) -> [CLS] [B, D]. ``capture(model)`` hooks block ``start`` of a model sharing the prefix and
+    ``cls()`` runs the branch on what it captured (no grad; eval mode)."""
+
+    def __init__(self, start: int, blocks: nn.ModuleList, norm: nn.Module, meta: dict | None = None):
+        super().__init__()
+        if start < 1:
+            raise Fit3DError("a [CLS] branch needs at least one shared block (cls_align=original needs a recipe that "
+                             "freezes the first blocks, freeze_blocks > 0)")
+        self.start = int(start)
+        self.blocks = blocks
+        self.norm = norm
+        self.meta = {str(k): str(v) for k, v in (meta or {}).items()}
+        self.requires_grad_(False)
+        self.eval()
+        self._hidden: Tensor | None = None
+
+    @classmethod
+    def from_original(cls, original: nn.Module, norm_attr: str, start: int, meta: dict | None = None) -> "ClsBranch":
+        """Copies of ``original``'s blocks from ``start`` on and of its final norm (``getattr(original, norm_attr)``)."""
+        blocks = transformer_blocks(original)
+        if not 0 < start < len(blocks):
+            raise Fit3DError(f"a [CLS] branch from block {start} of {len(blocks)}: needs 0 < start < {len(blocks)}")
+        return cls(start, copy.deepcopy(blocks[start:]), copy.deepcopy(getattr(original, norm_attr)),
+                   {**(meta or {}), "start": start})
+
+    def train(self, mode: bool = True):  # the branch is the frozen original's: never in train mode (dropout)
+        return super().train(False)
+
+    @property
+    def dim(self) -> int:
+        return next(self.norm.parameters()).shape[-1]
+
+    @torch.no_grad()
+    def forward(self, hidden: Tensor) -> Tensor:
+        h = hidden
+        for block in self.blocks:
+            h = block(h)
+            h = h[0] if isinstance(h, (tuple, list)) else h
+        return self.norm(h)[:, 0]
+
+    def capture(self, model: nn.Module):
+        """Hook block ``start`` (1-based: its output) of ``model``; returns the hook's handle (remove it after)."""
+        self._hidden = None
+
+        def keep(module, args, out):
+            self._hidden = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+
+        return transformer_blocks(model)[self.start - 1].register_forward_hook(keep)
+
+    def cls(self) -> Tensor:
+        """The original's [CLS] [B, D] of the forward just captured."""
+        if self._hidden is None:
+            raise RuntimeError("ClsBranch.cls(): no hidden state captured (call capture(model) before the forward)")
+        h, self._hidden = self._hidden, None
+        return self(h)
+
+    def save(self, folder) -> Path:
+        """Write ``folder/cls_branch.safetensors`` (the folder must exist; callers write into a temporary folder)."""
+        from safetensors.torch import save_file
+
+        path = Path(folder) / CLS_BRANCH_FILE
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(path), metadata={**self.meta, "start": str(self.start)})
+        return path
+
+
+def load_cls_branch(folder, model: nn.Module, norm_attr: str) -> ClsBranch | None:
+    """The branch stored in a model folder (its modules shaped like ``model``'s), None when it has none;
+    ``ModelNotFoundError`` for a damaged or foreign file."""
+    path = Path(folder) / CLS_BRANCH_FILE
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        start = int(meta.get("start", 0))
+        blocks = transformer_blocks(model)
+        if not 0 < start < len(blocks):
+            raise ValueError(f"branch from block {start} for a model of {len(blocks)} blocks")
+        branch = ClsBranch(start, copy.deepcopy(blocks[start:]), copy.deepcopy(getattr(model, norm_attr)), meta)
+        branch.load_state_dict(state, strict=True)
+    except Exception as e:  # safetensors / torch raise their own types for a truncated or foreign file
+        raise ModelNotFoundError(f"{path}: unreadable [CLS] branch ({type(e).__name__}: {str(e)[:200]})") from None
+    branch.requires_grad_(False)
+    return branch.eval()
