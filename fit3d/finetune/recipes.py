@@ -72,6 +72,9 @@ RECIPES["default"] = _preset("default", RECIPES["freeze"], anchor_weight=0.5, an
                              target_mode="residual", cls_align="shift", cls_align_views=256)
 # ``default`` with the offset fitted on every Stage 2 view: the sitting-13 ``shift`` runs (docs/generalize.md)
 RECIPES["clsalign"] = _preset("clsalign", RECIPES["default"], cls_align_views=0)
+# ``default`` whose output [CLS] is the original's own (``cls_align`` original, fit3d.models.cls_branch): the original's
+# blocks 7-12 run beside the trained ones on the shared prefix, 1.5x the forward (docs/generalize.md, sitting 15)
+RECIPES["clsbranch"] = _preset("clsbranch", RECIPES["default"], cls_align="original", cls_align_views=0)
 DEFAULT_RECIPE = "default"
 
 
