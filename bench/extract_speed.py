@@ -7,7 +7,9 @@ DINOv2-S (the shared weights), ``Backbone.features`` under ``torch.inference_mod
 Per setting: wall and CPU seconds per image (CPU: user + system of this process over all threads, what
 other jobs on shared cores do not change) and the largest token difference to the float32 reference
 (batch 8, sdpa, all threads). Settings: batch 1 / 4 / 8 / 16 / 32 (at the default threads), threads
-1 / all, attention ``sdpa`` (transformers' default) / ``eager``, channels-last input, bf16 autocast.
+1 / all, attention ``sdpa`` (transformers' default) / ``eager``, channels-last input, bf16 autocast; with
+``--model-dir DIR`` also that model folder at batch 8 (e.g. a fine-tuned model with the original's [CLS] branch,
+``fit3d.models.cls_branch``: its cost against the plain model; its token difference is the fine-tuning's, not rounding).
 Each setting runs ``--repeats`` times in alternation with the reference; the median is kept.
 """
 
@@ -41,6 +43,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", nargs="+", default=["224x168", "448x336"], help="W x H of the inputs")
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model-dir", default=None, help="also time this model folder (hub layout) at batch 8")
     args = ap.parse_args(argv)
     all_threads = torch.get_num_threads()
     path = str(shared_model_dir())
@@ -50,6 +53,8 @@ def main(argv=None) -> int:
     for m in eager.model.modules():
         if hasattr(m, "config") and hasattr(m.config, "_attn_implementation"):
             m.config._attn_implementation = "eager"
+    other = load_backbone("dinov2_small", model_path=args.model_dir) if args.model_dir else None
+    branch = " (+ [CLS] branch)" if other is not None and other.cls_branch is not None else ""
     rows = []
     for size in args.sizes:
         W, H = (int(v) for v in size.split("x"))
@@ -58,6 +63,8 @@ def main(argv=None) -> int:
         settings.update({"batch 8, 1 thread": dict(batch=8, threads=1), "batch 8, eager attention": dict(batch=8, bb=eager),
                          "batch 8, channels-last": dict(batch=8, channels_last=True),
                          "batch 8, bf16 autocast": dict(batch=8, bf16=True)})
+        if other is not None:
+            settings[f"batch 8, --model-dir{branch}"] = dict(batch=8, bb=other)
         run(sdpa, images[:8], 8)  # warm-up
         ref = run(sdpa, images, 8)[2]
         res = {k: [] for k in settings}
