@@ -117,7 +117,7 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: s
                  max_views: int = 0) -> dict:
     """``fit3d.finetune.cls_align`` on a finished folder: ``src`` -> ``dest`` with a [CLS] map fitted on ``src``'s Stage 2
     scenes (its manifest's ``scenes`` and ``config.resolution``), or with ``kind`` original the original's [CLS] branch
-    (no fit, no scenes); ``src`` is never changed. The new manifest records ``config.cls_align`` /
+    (no fit; the shift where the model cannot have one, ``align_backbone``); ``src`` is never changed. The new manifest records ``config.cls_align`` /
     ``settings.cls_align`` = ``kind``, ``cls_align_views`` = ``max_views`` (0: every training view), the fit and the
     new fingerprint. Returns it."""
     from fit3d.finetune.cls_align import align_backbone
@@ -126,12 +126,11 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: s
     src, dest = Path(src), Path(dest)
     check_not_input(dest, [src])
     m = read_manifest(src)
-    if not m.get("scenes") and kind != "original":
+    if not m.get("scenes"):
         raise Fit3DError(f"{src}: its record lists no Stage 2 scenes to fit the [CLS] map on")
     original, finetuned = load_finetuned(src, device=device)
     cfg = m.get("config") or {}
-    scenes = [] if kind == "original" else load_scenes(m["scenes"], embed_dim=finetuned.embed_dim,
-                                                       cache_dir=dest / "scene-columns")
+    scenes = load_scenes(m["scenes"], embed_dim=finetuned.embed_dim, cache_dir=dest / "scene-columns")
     info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress,
                           kind=kind, max_views=max_views)
     dest.mkdir(parents=True, exist_ok=True)

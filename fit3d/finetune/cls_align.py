@@ -170,13 +170,20 @@ def align_backbone(original, finetuned, scenes, patch_size: int, resolution, bat
                    progress: bool = False, kind: str = "ridge", max_views: int = 0) -> dict:
     """Fit the map (``kind``: see :func:`fit_cls_map`) on the training views of ``scenes`` (``SceneRef``s, unflipped
     images at ``resolution``; ``max_views`` > 0: that many, :func:`picked_views`) and set it on ``finetuned``
-    (``finetuned.cls_map``); returns the fit's info."""
+    (``finetuned.cls_map``); returns the fit's info. ``kind`` original: :func:`attach_original_cls`, or where the
+    model cannot have the branch (no shared block, a family whose blocks need more than the hidden state) the shift,
+    with ``info["requested"]`` / ``info["fallback_reason"]`` saying so."""
     from torch.utils.data import Subset
 
     from fit3d.finetune.data import RenderedViews
 
+    fallback = None
     if kind == "original":
-        return attach_original_cls(original, finetuned)
+        try:
+            return attach_original_cls(original, finetuned)
+        except Fit3DError as e:  # after a whole Stage 2: never lose it; the shift is the 1.0x model's [CLS] fix
+            log.warning("%s; the [CLS] is shifted back instead (cls_align=shift)", e)
+            kind, fallback = "shift", str(e)
 
     views = RenderedViews(scenes, patch_size, which="train", resolution=resolution, flip_prob=0.0, images_only=True)
     if len(views) == 0:
@@ -184,6 +191,8 @@ def align_backbone(original, finetuned, scenes, patch_size: int, resolution, bat
     views = Subset(views, picked_views(len(views), max_views))
     c, o, g = cls_pairs(original, finetuned, views, batch_size, progress)
     finetuned.cls_map, info = fit_cls_map(c, o, g, kind=kind)
+    if fallback is not None:
+        info = {**info, "requested": "original", "fallback_reason": fallback}
     log.info("[CLS] alignment (%s): error %.4f (no map %.4f), %d views of %d scenes", kind, info["error"],
              info["error_without_map"], info["pairs"], info["groups"])
     return info

@@ -85,7 +85,8 @@ class FinetuneConfig:
                 "(ridge toward the identity, its weight cross-validated over the scenes), saved beside the weights "
                 "(model/cls_map.safetensors); shift: only the mean offset (W = I); original: no map, the output [CLS] is the "
                 "original's own, computed by the original's blocks after the prefix Stage 2 froze (model/"
-                "cls_branch.safetensors; 1.5x the forward when 6 of 12 blocks are trained). The patch tokens do not change. Stage 2 has no target for [CLS] but "
+                "cls_branch.safetensors; 1.5x the forward when 6 of 12 blocks are trained; shift where Stage 2 trained every "
+                "block). The patch tokens do not change. Stage 2 has no target for [CLS] but "
                 "moves it, which costs the probes that read it (fit3d.finetune.cls_align, issue 21)"})
     cls_align_views: int = field(default=0, metadata={
         "help": "cls_align: fit the map on this many of the Stage 2 training views, evenly spaced over them (scene by "

@@ -160,9 +160,13 @@ def test_cls_align_original_gives_the_originals_cls_and_keeps_the_patches(tmp_pa
     got = load_finetuned(tmp_path / "aligned")[1].features(imgs)
     assert torch.equal(got.patch, s2.patch) and torch.equal(got.cls, br.cls)
 
-    finetune([lifted_dir], BACKBONE, tmp_path / "all", quick(max_steps=2), model_path=str(tiny_model_dir))
-    with pytest.raises(Fit3DError, match="shares no leading block"):
-        align_folder(tmp_path / "all", tmp_path / "refused", kind="original")
+    # every block trained (the tiny model under default's "last 6 blocks"): no branch possible, the shift instead
+    m = finetune([lifted_dir], BACKBONE, tmp_path / "all", quick(max_steps=2, cls_align="original"),
+                 model_path=str(tiny_model_dir))
+    info = m["metrics"]["cls_align"]
+    assert info["kind"] == "shift" and info["requested"] == "original" and "no leading block" in info["fallback_reason"]
+    assert (tmp_path / "all" / "model" / CLS_MAP_FILE).is_file()
+    assert not (tmp_path / "all" / "model" / CLS_BRANCH_FILE).exists()
     (tmp_path / "aligned" / "model" / CLS_BRANCH_FILE).write_bytes(b"not a branch")
     with pytest.raises(ModelNotFoundError, match="unreadable"):
         load_backbone(BACKBONE, model_path=str(tmp_path / "aligned" / "model"))
