@@ -117,6 +117,18 @@ def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool =
 
 
 @torch.no_grad()
+def _cls_fp32(backbone, images: Tensor) -> Tensor:
+    """The last [CLS] [B, D] in float32 and eval mode on any device (``features`` autocasts to bf16 on CUDA, whose
+    rounding would blur the exactness check below)."""
+    was = backbone.training
+    backbone.eval()
+    try:
+        return backbone.tokens(images)[1].float()
+    finally:
+        backbone.train(was)
+
+
+@torch.no_grad()
 def attach_original_cls(original, finetuned, atol: float = 1e-4) -> dict:
     """``cls_align = "original"``: set ``finetuned.cls_branch`` to the original's blocks after the prefix the two
     models share (``fit3d.models.cls_branch``; any [CLS] map of ``finetuned`` is dropped), checked on a random image
@@ -142,10 +154,10 @@ def attach_original_cls(original, finetuned, atol: float = 1e-4) -> dict:
     maps = original.cls_map, original.cls_branch
     original.cls_map = original.cls_branch = None
     try:
-        want = original.features(image)[1]
+        want = _cls_fp32(original, image)
     finally:
         original.cls_map, original.cls_branch = maps
-    got = finetuned.features(image)[1]
+    got = _cls_fp32(finetuned, image)
     err = float((got - want).abs().max())
     if not err <= atol:
         finetuned.cls_branch = None
