@@ -19,6 +19,8 @@ import logging
 import torch
 from torch import Tensor, nn
 
+from fit3d.models.cls_branch import block_output, run_tail
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ class AnchorReference:
             self.shortcut = True
 
     def _capture(self, module, args, out) -> None:
-        self._hidden = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+        self._hidden = block_output(out).detach()
 
     def close(self) -> None:
         if self._handle is not None:
@@ -68,11 +70,7 @@ class AnchorReference:
 
     @torch.no_grad()
     def _tail(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        h = self._hidden
-        for block in self.tail:
-            h = block(h)
-            h = h[0] if isinstance(h, (tuple, list)) else h
-        s = self.norm(h)
+        s = run_tail(self.tail, self.norm, self._hidden)
         o = self.original
         B, _, H, W = images.shape
         gh, gw = o.grid_size(H, W)

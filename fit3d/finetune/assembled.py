@@ -130,7 +130,8 @@ def align_folder(src, dest, device: str = "cpu", progress: bool = False, kind: s
         raise Fit3DError(f"{src}: its record lists no Stage 2 scenes to fit the [CLS] map on")
     original, finetuned = load_finetuned(src, device=device)
     cfg = m.get("config") or {}
-    scenes = load_scenes(m["scenes"], embed_dim=finetuned.embed_dim, cache_dir=dest / "scene-columns")
+    scenes = lambda: load_scenes(m["scenes"], embed_dim=finetuned.embed_dim,  # noqa: E731 - read only for a map
+                                 cache_dir=dest / "scene-columns")
     info = align_backbone(original, finetuned, scenes, finetuned.patch_size, cfg.get("resolution"), progress=progress,
                           kind=kind, max_views=max_views)
     dest.mkdir(parents=True, exist_ok=True)

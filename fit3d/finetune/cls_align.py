@@ -23,6 +23,7 @@ Written here rather than taken from scikit-learn (not a dependency): a ridge tow
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -95,24 +96,33 @@ def fit_cls_map(finetuned: Tensor, original: Tensor, groups: Tensor, lambdas=LAM
     return ClsMap(W.float(), b.float(), {"kind": kind, "lambda": lam, "pairs": len(c)}), info
 
 
+@contextlib.contextmanager
+def plain_cls(*backbones):
+    """Within: the backbones' [CLS] maps and branches taken off (their own last [CLS]); put back after."""
+    kept = [(b.cls_map, b.cls_branch) for b in backbones]
+    for b in backbones:
+        b.cls_map = b.cls_branch = None
+    try:
+        yield
+    finally:
+        for b, (m, br) in zip(backbones, kept):
+            b.cls_map, b.cls_branch = m, br
+
+
 @torch.no_grad()
 def cls_pairs(original, finetuned, views, batch_size: int = 16, progress: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """(finetuned [N, D], original [N, D], scene [N]) [CLS] tokens of every item of ``views``
     (``RenderedViews(images_only=True)``), both models in eval mode, no maps applied to them."""
     from tqdm.auto import tqdm
 
-    maps = (original.cls_map, finetuned.cls_map, original.cls_branch, finetuned.cls_branch)
-    original.cls_map = finetuned.cls_map = original.cls_branch = finetuned.cls_branch = None
     ft, orig, scene = [], [], []
-    try:
+    with plain_cls(original, finetuned):
         for s in tqdm(range(0, len(views), batch_size), desc="[CLS] alignment", unit="batch", disable=not progress):
             items = [views[i] for i in range(s, min(len(views), s + batch_size))]
             images = torch.stack([it["image"] for it in items])
             ft.append(finetuned.features(finetuned.prepare(images))[1].float().cpu())
             orig.append(original.features(original.prepare(images))[1].float().cpu())
             scene.append(torch.tensor([int(it["scene"]) for it in items]))
-    finally:
-        original.cls_map, finetuned.cls_map, original.cls_branch, finetuned.cls_branch = maps
     return torch.cat(ft), torch.cat(orig), torch.cat(scene)
 
 
@@ -151,12 +161,8 @@ def attach_original_cls(original, finetuned, atol: float = 1e-4) -> dict:
     p = finetuned.patch_size
     g = torch.Generator().manual_seed(0)
     image = torch.rand(2, 3, 3 * p, 4 * p, generator=g)
-    maps = original.cls_map, original.cls_branch
-    original.cls_map = original.cls_branch = None
-    try:
+    with plain_cls(original):
         want = _cls_fp32(original, image)
-    finally:
-        original.cls_map, original.cls_branch = maps
     got = _cls_fp32(finetuned, image)
     err = float((got - want).abs().max())
     if not err <= atol:
@@ -180,7 +186,8 @@ def picked_views(n: int, max_views: int = 0) -> list[int]:
 
 def align_backbone(original, finetuned, scenes, patch_size: int, resolution, batch_size: int = 16,
                    progress: bool = False, kind: str = "ridge", max_views: int = 0) -> dict:
-    """Fit the map (``kind``: see :func:`fit_cls_map`) on the training views of ``scenes`` (``SceneRef``s, unflipped
+    """Fit the map (``kind``: see :func:`fit_cls_map`) on the training views of ``scenes`` (``SceneRef``s, or a
+    function returning them, called only when a map is fitted; unflipped
     images at ``resolution``; ``max_views`` > 0: that many, :func:`picked_views`) and set it on ``finetuned``
     (``finetuned.cls_map``); returns the fit's info. ``kind`` original: :func:`attach_original_cls`, or where the
     model cannot have the branch (no shared block, a family whose blocks need more than the hidden state) the shift,
@@ -190,13 +197,14 @@ def align_backbone(original, finetuned, scenes, patch_size: int, resolution, bat
     from fit3d.finetune.data import RenderedViews
 
     fallback = None
-    if kind == "original":
+    if kind == "original":  # scenes are only read if the branch cannot be attached
         try:
             return attach_original_cls(original, finetuned)
         except Fit3DError as e:  # after a whole Stage 2: never lose it; the shift is the 1.0x model's [CLS] fix
             log.warning("%s; the [CLS] is shifted back instead (cls_align=shift)", e)
             kind, fallback = "shift", str(e)
 
+    scenes = scenes() if callable(scenes) else scenes
     views = RenderedViews(scenes, patch_size, which="train", resolution=resolution, flip_prob=0.0, images_only=True)
     if len(views) == 0:
         raise Fit3DError("[CLS] alignment: the scenes list no training views")

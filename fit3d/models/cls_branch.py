@@ -44,6 +44,20 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
     return max(lists, key=len)
 
 
+def block_output(out) -> Tensor:
+    """A transformer block's hidden state [B, N, D] from what it returns (a tensor, or a tuple led by it)."""
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def run_tail(blocks, norm: nn.Module, hidden: Tensor) -> Tensor:
+    """``norm(blocks(hidden))``: the normed token sequence [B, N, D] of a model's last blocks run on the hidden state
+    [B, N, D] that enters the first of them (the anchor's reference, the [CLS] branch)."""
+    h = hidden
+    for block in blocks:
+        h = block_output(block(h))
+    return norm(h)
+
+
 def shared_prefix(original: nn.Module, finetuned: nn.Module) -> int:
     """Number of leading blocks the two models share with every weight before them (0 when anything in front of
     the blocks, e.g. the patch embedding, differs): equal tensors, not only frozen ones."""
@@ -102,18 +116,14 @@ class ClsBranch(nn.Module):
 
     @torch.no_grad()
     def forward(self, hidden: Tensor) -> Tensor:
-        h = hidden
-        for block in self.blocks:
-            h = block(h)
-            h = h[0] if isinstance(h, (tuple, list)) else h
-        return self.norm(h)[:, 0]
+        return run_tail(self.blocks, self.norm, hidden)[:, 0]
 
     def capture(self, model: nn.Module):
         """Hook block ``start`` (1-based: its output) of ``model``; returns the hook's handle (remove it after)."""
         self._hidden = None
 
         def keep(module, args, out):
-            self._hidden = (out[0] if isinstance(out, (tuple, list)) else out).detach()
+            self._hidden = block_output(out).detach()
 
         return transformer_blocks(model)[self.start - 1].register_forward_hook(keep)
 

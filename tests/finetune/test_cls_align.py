@@ -130,7 +130,8 @@ def test_cls_align_views_caps_the_views_the_map_is_fitted_on(tmp_path, lifted_di
 def test_cls_align_original_gives_the_originals_cls_and_keeps_the_patches(tmp_path, lifted_dir, tiny_model_dir):
     """``cls_align`` original: the saved model's patch tokens are the Stage 2 ones bit for bit and its last [CLS] is
     the original's (its blocks after the frozen prefix, saved beside the weights, part of the fingerprint);
-    ``align_folder`` makes the same from the run without it; a model that shares no block is refused."""
+    ``align_folder`` makes the same from the run without it; a model that shares no block gets the shift instead,
+    recorded as a fallback; a damaged branch file is an error naming it."""
     from fit3d.finetune import load_finetuned
     from fit3d.models.cls_branch import CLS_BRANCH_FILE
 
