@@ -341,6 +341,10 @@ def targets(evals: dict, gaps, controls: dict | None = None) -> dict:
 def markdown(result: dict) -> str:
     """The table of ``fit3d.probe.summary.summary_markdown``, then seconds per stage and the issue's targets."""
     lines = [summary_markdown(result["evals"], result.get("controls", {})).rstrip("\n")]
+    for ev, e in result["evals"].items():
+        for label, base in e.get("same_cls", {}).items():
+            lines += ["", f"{ev}: the {label} model's [CLS] is the {base}'s own (its [CLS] branch: the same weights, "
+                          f"compared), so its features are the {base}'s, not computed again; equal by construction."]
     m = result.get("machine", {})
     lines += ["", f"Wall and CPU seconds (user + system over all threads and worker processes) on {m.get('cpus')} "
                   f"cores, load average {m.get('load')} at the end:", "",
@@ -409,12 +413,14 @@ def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_pref
     f = {split: source_features(sources, d, 224, cache, load, set_name=set_prefix + split)
          for split, d in (("train", tr), ("test", te))}
     for d in f.values():
-        d[CONTROL] = ClsFeatures(d["original"].cls.repeat(1, 2), d["original"].pooled.repeat(1, 2))
+        d[CONTROL] = ClsFeatures(d["original"].cls.repeat(1, 2))
     settings = [ClsSettings(iterations=scfg.probe_iterations, seed=seed) for seed in range(scfg.seeds)]
     x = {split: {k: v.cls for k, v in d.items()} for split, d in f.items()}
     st = orig_stats(name, tr.names, te.names, cls_stats, x["train"], torch.from_numpy(tr.labels),
                     x["test"], torch.from_numpy(te.labels), len(tr.class_names), settings)
-    return summarise("corr", st, scfg, list(CLS_METRICS))
+    entry = summarise("corr", st, scfg, list(CLS_METRICS))
+    same = {k: v.same_as for k, v in f["test"].items() if v.same_as}
+    return {**entry, "same_cls": same} if same else entry
 
 
 def materialise_splits(data: dict) -> dict:

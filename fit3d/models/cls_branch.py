@@ -166,3 +166,45 @@ def load_cls_branch(folder, model: nn.Module, norm_attr: str) -> ClsBranch | Non
         raise ModelNotFoundError(f"{path}: unreadable [CLS] branch ({type(e).__name__}: {str(e)[:200]})") from None
     branch.requires_grad_(False)
     return branch.eval()
+
+
+# Config entries that name or describe a saved model without changing what it computes.
+_CONFIG_META = ("architectures", "transformers_version", "torch_dtype", "dtype", "name_or_path")
+
+
+def _equal_params(a: nn.Module, b: nn.Module) -> bool:
+    pa, pb = list(a.state_dict().items()), list(b.state_dict().items())
+    return len(pa) == len(pb) and all(ka == kb and x.shape == y.shape and torch.equal(x, y)
+                                      for (ka, x), (kb, y) in zip(pa, pb))
+
+
+def _compute_config(model: nn.Module) -> dict:
+    cfg = getattr(model, "config", None)
+    d = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    return {k: v for k, v in d.items() if not k.startswith("_") and k not in _CONFIG_META}
+
+
+def cls_is_original(original: nn.Module, model: nn.Module) -> bool:
+    """Whether ``model``'s last-layer [CLS] is ``original``'s own function of the image (both ``Backbone``s):
+    ``model`` has a [CLS] branch whose blocks and final norm equal ``original``'s from the branch's start on, the
+    blocks before it and everything in front of them (patch embedding, position embedding) equal too, the same
+    family, configuration and pixel normalisation, and neither carries a [CLS] map. Then the two compute the same
+    operations on the same weights, so the [CLS] of any image is the same (bit for bit, given the same batch and
+    device) and features of the one serve for the other (``fit3d.probe.cls``). Weights are compared, not trusted."""
+    br = getattr(model, "cls_branch", None)
+    if br is None or getattr(original, "cls_branch", None) is not None:
+        return False
+    if getattr(model, "cls_map", None) is not None or getattr(original, "cls_map", None) is not None:
+        return False
+    if (model.name, model.family, type(model.model)) != (original.name, original.family, type(original.model)):
+        return False
+    if not (torch.equal(model.mean.cpu(), original.mean.cpu()) and torch.equal(model.std.cpu(), original.std.cpu())):
+        return False
+    if _compute_config(model.model) != _compute_config(original.model):
+        return False
+    if shared_prefix(original.model, model.model) < br.start:
+        return False
+    norm = getattr(original.model, getattr(original._family, "norm_attr", "") or "", None)
+    blocks = transformer_blocks(original.model)
+    return (norm is not None and len(br.blocks) == len(blocks) - br.start
+            and all(_equal_params(a, b) for a, b in zip(blocks[br.start:], br.blocks)) and _equal_params(norm, br.norm))

@@ -16,9 +16,12 @@ Classifiers, both on the final-LayerNorm [CLS] token (``Backbone.features``' cls
 - **linear**: BatchNorm without affine (MAE's linear probe) + a linear layer, cross entropy, AdamW with
   warmup and a cosine schedule (``ClsSettings``), one head per seed (the seed draws init and batches).
 
-Sources: ``original`` / ``finetuned`` as the other probes; ``concat`` joins both [CLS] tokens (and both
-pooled patch sets), since the dense probes' concat (patch tokens of both, the original's [CLS]) would
-classify exactly as the original; the width control ``original_x2`` is the original's [CLS] twice.
+Sources: ``original`` / ``finetuned`` as the other probes; ``concat`` joins both [CLS] tokens, since the dense
+probes' concat (patch tokens of both, the original's [CLS]) would classify exactly as the original; the width
+control ``original_x2`` is the original's [CLS] twice.
+A fine-tuned model whose [CLS] is the original's own function (the ``default`` recipe's [CLS] branch, checked on
+the weights by ``fit3d.models.cls_branch.cls_is_original``) classifies exactly as the original; its features are
+the original's, not computed again (``source_features``; probe.json's ``same_cls`` says so).
 
 Per-image results are (hit, 1) columns, ``[seeds, N, 4]`` = (k-NN hit, 1, linear hit, 1) per seed, the
 pooled-ratio form the correspondence probe uses, so ``fit3d.probe.summary.summarise(kind="corr")`` gives
@@ -143,10 +146,11 @@ def load_image(path: Path, size: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- features
 @dataclass
 class ClsFeatures:
-    """Per-image global features of one source: [CLS] [N, Dc] and mean-pooled patch tokens [N, D]."""
+    """Per-image [CLS] [N, Dc] of one source; ``same_as``: the source whose features these are, when the source's
+    [CLS] is that one's own function (``fit3d.models.cls_branch.cls_is_original``) and was not computed again."""
 
     cls: torch.Tensor
-    pooled: torch.Tensor
+    same_as: str | None = None
 
 
 def extract_cls(model, data: ImageFolder, size: int, batch_size: int = 32, device="cpu",
@@ -170,12 +174,16 @@ def extract_cls(model, data: ImageFolder, size: int, batch_size: int = 32, devic
 def source_features(sources: dict[str, FeatureSource], data: ImageFolder, size: int, cache: FeatureCache,
                     load_model, batch_size: int = 32, device="cpu", set_name: str = "") -> dict[str, ClsFeatures]:
     """{label: ClsFeatures} of ``original`` / ``finetuned`` sources (cached per source and image file in the
-    token cache, as mean-pooled patch tokens [D, 1, 1] + [CLS]), plus ``concat`` (both joined) when both are
-    there. ``load_model(FeatureSource)`` gives a model with ``.features``; it is called only on a cache miss."""
+    token cache, as mean-pooled patch tokens [D, 1, 1] + [CLS]), plus ``concat`` (both [CLS] joined) when both are
+    there. ``load_model(FeatureSource)`` gives a model with ``.features``; it is called only on a cache miss, or to
+    compare the weights of a fine-tuned model whose folder has a [CLS] branch with the original's: when its [CLS]
+    is the original's (``cls_is_original``, the ``default`` recipe's model) the original's features are its own
+    (``same_as``), and none of its forwards run."""
     out = {}
     ids = [file_id(p, f"cls {size} crop {CROP_RATIO}") for p in data.paths]
+    same = _same_cls(sources, load_model)
     for label, src in sources.items():
-        if src.kind == "concat":
+        if src.kind == "concat" or label in same:
             continue
 
         def compute(idx, src=src, label=label):
@@ -184,11 +192,35 @@ def source_features(sources: dict[str, FeatureSource], data: ImageFolder, size: 
             return f.patch, f.cls, {"patch_size": f.patch_size}
 
         f = cache.get(source_key(src, device, variant="mean"), ids, compute)
-        out[label] = ClsFeatures(f.cls, f.patch.flatten(1))
+        out[label] = ClsFeatures(f.cls)
+    for label, base in same.items():
+        out[label] = ClsFeatures(out[base].cls, same_as=base)
     if "original" in out and "finetuned" in out:
-        o, f = out["original"], out["finetuned"]
-        out["concat"] = ClsFeatures(torch.cat([o.cls, f.cls], 1), torch.cat([o.pooled, f.pooled], 1))
+        out["concat"] = ClsFeatures(torch.cat([out["original"].cls, out["finetuned"].cls], 1))
     return out
+
+
+def _same_cls(sources: dict[str, FeatureSource], load_model) -> dict[str, str]:
+    """{label: original's label} of the fine-tuned sources whose [CLS] is the original's own (their folder has a
+    [CLS] branch and the weights say so); the models are loaded only for a folder with a branch."""
+    from fit3d.finetune.trainer import MODEL_DIR
+    from fit3d.models.cls_branch import CLS_BRANCH_FILE, cls_is_original
+
+    orig = [(k, s) for k, s in sources.items() if s.kind == "original"]
+    same = {}
+    for label, src in sources.items():
+        if src.kind != "finetuned" or not orig or src.layers:
+            continue
+        if not (Path(src.finetuned_dir) / MODEL_DIR / CLS_BRANCH_FILE).is_file():
+            continue
+        for olabel, osrc in orig:
+            if (osrc.backbone, osrc.model_path, osrc.layers) == (src.backbone, src.model_path, src.layers) \
+                    and cls_is_original(load_model(osrc), load_model(src)):
+                same[label] = olabel
+                print(f"[fit3d] {label}: its [CLS] is the original's (the same weights on the [CLS] path: a [CLS] "
+                      f"branch); the original's [CLS] features are used, none computed again", flush=True)
+                break
+    return same
 
 
 # ----------------------------------------------------------------------------------------- classifiers
@@ -348,8 +380,8 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
     extract_s = time.perf_counter() - t0
     want = [s for s in srcs] + ([CONTROL] if set(SOURCES) <= set(srcs) else [])
     if CONTROL in want:
-        ftr[CONTROL] = ClsFeatures(ftr["original"].cls.repeat(1, 2), ftr["original"].pooled.repeat(1, 2))
-        fte[CONTROL] = ClsFeatures(fte["original"].cls.repeat(1, 2), fte["original"].pooled.repeat(1, 2))
+        ftr[CONTROL] = ClsFeatures(ftr["original"].cls.repeat(1, 2))
+        fte[CONTROL] = ClsFeatures(fte["original"].cls.repeat(1, 2))
     settings = [ClsSettings(iterations=cfg.iterations, batch_size=cfg.batch_size, seed=s,
                             **{k: v for k, v in (("lr", cfg.lr), ("warmup", cfg.warmup)) if v is not None})
                 for s in cfg.head_seeds]
@@ -389,8 +421,9 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
              class_names=train.class_names, dataset="imagefolder",
              sources=[{"label": k, **asdict(v)} for k, v in srcs.items()])
     timing = {"extract_s": extract_s, "heads_s": head_s}
+    same = {k: v.same_as for k, v in ftr.items() if v.same_as}
     md = report.write_report(out, "cls", {k: v for k, v in results.items() if k != "intervals"}, s,
-                             {"timing": timing, "heads": saved, "config": result_settings(cfg),
+                             {"timing": timing, "heads": saved, "config": result_settings(cfg), "same_cls": same,
                               **({"intervals": results["intervals"]}
                                                                    if "intervals" in results else {})},
                              command, extra_md=table)

@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
@@ -171,3 +172,45 @@ def test_cls_align_original_gives_the_originals_cls_and_keeps_the_patches(tmp_pa
     (tmp_path / "aligned" / "model" / CLS_BRANCH_FILE).write_bytes(b"not a branch")
     with pytest.raises(ModelNotFoundError, match="unreadable"):
         load_backbone(BACKBONE, model_path=str(tmp_path / "aligned" / "model"))
+
+
+def test_a_branch_models_cls_is_the_originals_and_the_cls_probe_shares_its_features(tmp_path, lifted_dir,
+                                                                                   tiny_model_dir, capsys):
+    """``cls_is_original`` compares weights: true for a ``cls_align`` original model, false without the branch or
+    with one changed weight. ``fit3d probe --task cls`` then runs none of the fine-tuned model's forwards and its
+    results are those a forward gives: the fine-tuned model's own [CLS] features equal the original's."""
+    from PIL import Image
+
+    from fit3d.cli import main
+    from fit3d.finetune import load_finetuned
+    from fit3d.models.cls_branch import cls_is_original
+    from fit3d.probe.cls import extract_cls, read_image_folder
+
+    for k in ("none", "original"):
+        finetune([lifted_dir], BACKBONE, tmp_path / k, quick(cls_align=k, freeze_blocks=1, max_steps=2),
+                 model_path=str(tiny_model_dir))
+    orig, ft = load_finetuned(tmp_path / "original")
+    assert cls_is_original(orig, ft) and not cls_is_original(ft, orig) and not cls_is_original(orig, orig)
+    assert not cls_is_original(*load_finetuned(tmp_path / "none"))
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("val", 4)):
+        for j in range(2 * n):
+            c = (200, 40, 40) if j % 2 else (40, 40, 200)
+            img = np.clip(np.array(c) + rng.normal(0, 50, (32, 40, 3)), 0, 255).astype(np.uint8)
+            (tmp_path / "flowers" / split / ("red" if j % 2 else "blue")).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(tmp_path / "flowers" / split / ("red" if j % 2 else "blue") / f"{j}.png")
+    argv = ["probe", "--task", "cls", "--data", str(tmp_path / "flowers"), "--features", "original", "finetuned",
+            "--finetuned", str(tmp_path / "original"), "--model-path", str(tiny_model_dir), "--cls-size", "32",
+            "--iterations", "20", "--knn-k", "3", "--out", str(tmp_path / "probe")]
+    assert main(argv) == 0
+    assert "its [CLS] is the original's" in capsys.readouterr().out
+    d = json.loads((tmp_path / "probe" / "probe.json").read_text())
+    assert d["same_cls"] == {"finetuned": "original"}
+    for m in ("knn_top1", "linear_top1"):
+        assert d["metrics"]["finetuned"][m] == d["metrics"]["original"][m]
+    val = read_image_folder(tmp_path / "flowers", "test")
+    assert torch.equal(extract_cls(ft, val, 32).cls, extract_cls(orig, val, 32).cls)  # what a forward would give
+
+    with torch.no_grad():
+        next(ft.cls_branch.blocks[-1].parameters()).add_(1e-3)
+    assert not cls_is_original(orig, ft)
