@@ -53,6 +53,7 @@ import torch
 
 from fit3d.clock import Clock, machine, stage_table
 from fit3d.config import add_arguments, from_args
+from fit3d.device import resolve_precision
 from fit3d.finetune.recipes import RECIPES
 from fit3d.io import write_json, write_text
 from fit3d.data.synthetic import generated_with
@@ -120,6 +121,10 @@ class GeneralizeConfig:
     scenes_dir: str | None = field(default=None, metadata={
         "help": "where generated rooms and lifted scenes go (default OUT; share one between recipe runs)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: default)"})
+    precision: str = field(default="auto", metadata={
+        "choices": ("auto", "fp32", "bf16"),
+        "help": "dtype of the frozen features (lift targets, probe features): auto = bf16 autocast on a CPU with "
+                "bf16 hardware (AMX / AVX-512 BF16), else float32; Stage 2 trains in float32 either way"})
     quick: bool = field(default=False, metadata={
         "help": "smoke run: 3 rooms (+1+1 held out), 12 views, 40 views per lifted scene, 10 Stage 2 steps, "
                 "60 head iterations, 1 seed, 24 images per probe split"})
@@ -174,6 +179,7 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
                             **({"feature_dim": cfg.lift_feature_dim} if cfg.lift_feature_dim != 64 else {}),
                             **({"feature_size": fs} if fs else {}),
                             "max_frame": max_frame, "train_views": train, "heldout_views": held,
+                            "precision": resolve_precision(cfg.precision, "cpu"),
                             "scene": str(Path(path).resolve()), "source": generated_with(path)})
         record = d / "generalize.json"  # what this bench lifted the folder with (the lift's own settings vary by method)
         if is_lifted(d):
@@ -187,7 +193,7 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
         lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=cfg.lift_method,
                         iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
-                        progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim,
+                        progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim, precision=cfg.precision,
                         **({"feature_size": fs} if fs else {}),
                         backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"),
                         cache_dir=str(cfg.cache_dir or Path(cfg.out) / "cache"))  # the probes' token cache too
@@ -248,8 +254,9 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
 
 
 # ----------------------------------------------------------------------------------------- evaluation
-def extract(sources: dict, splits: dict, cache, res) -> dict:
-    """{set name: {"original"|"finetuned"|"concat": Feats}}; concat = the two patch sets, CLS of the original."""
+def extract(sources: dict, splits: dict, cache, res, precision: str | None = None) -> dict:
+    """{set name: {"original"|"finetuned"|"concat": Feats}}; concat = the two patch sets, CLS of the original.
+    ``precision``: the features' dtype (``fit3d.device.resolve_precision``; None: the models' default, float32)."""
     from fit3d.probe.sources import resolve_source
 
     models = {}
@@ -262,7 +269,7 @@ def extract(sources: dict, splits: dict, cache, res) -> dict:
                     models[label] = resolve_source(src)
                 return models[label]
 
-            f = cache.features(src, split.images, split.data.names, load, desc=f"{label} {set_name}")
+            f = cache.features(src, split.images, split.data.names, load, desc=f"{label} {set_name}", precision=precision)
             out[set_name][label] = Feats(f.patch, f.cls)
         o, f = out[set_name]["original"], out[set_name]["finetuned"]
         out[set_name]["concat"] = Feats(torch.cat([o.patch, f.patch], 1), o.cls)
@@ -347,7 +354,8 @@ def markdown(result: dict) -> str:
                           f"compared), so its features are the {base}'s, not computed again; equal by construction."]
     m = result.get("machine", {})
     lines += ["", f"Wall and CPU seconds (user + system over all threads and worker processes) on {m.get('cpus')} "
-                  f"cores, load average {m.get('load')} at the end:", "",
+                  f"cores ({m.get('cpu_model') or 'CPU model unknown'}; frozen features in {m.get('precision', 'fp32')}), "
+                  f"load average {m.get('load')} at the end:", "",
               *stage_table(result["seconds"], result.get("cpu_seconds", {}))]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'no'} |"
                                                      for k, v in result["targets"].items()]
@@ -366,6 +374,7 @@ class OriginalStats:
         self.settings = {k: getattr(cfg, k) for k in ("probe_iterations", "seeds", "probe_resolution", "max_items",
                                                       "room_views", "room_size", "gaps")}
         self.settings["seg_label_stride"] = SegSettings.label_stride  # heads trained otherwise are not reused
+        self.settings["precision"] = resolve_precision(getattr(cfg, "precision", None), "cpu")
         self.settings["depth_label_stride"] = DepthSettings.label_stride
 
     def path(self, name: str, train_names, test_names) -> Path:
@@ -398,10 +407,12 @@ def eval_flowers(cfg: GeneralizeConfig, scfg: SummaryConfig, sources: dict, cach
 
     tr = read_image_folder(cfg.flowers, "train", max_items=cfg.max_items)
     te = read_image_folder(cfg.flowers, "test", class_names=tr.class_names, max_items=cfg.max_items)
-    return cls_eval("flowers_cls", tr, te, sources, cache, orig_stats, scfg), len(te)
+    return cls_eval("flowers_cls", tr, te, sources, cache, orig_stats, scfg,
+                    precision=resolve_precision(cfg.precision, "cpu")), len(te)
 
 
-def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_prefix: str = "") -> dict:
+def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_prefix: str = "",
+             precision: str | None = None) -> dict:
     """An image-folder classification eval (``fit3d.probe.cls``: k-NN and linear top-1 on the [CLS] token at
     224 x 224) of image folders ``tr`` -> ``te`` with the width control; ``scfg``: ``probe_iterations``,
     ``seeds``, ``bootstrap`` (a ``SummaryConfig``). Returns the summary entry."""
@@ -410,7 +421,7 @@ def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_pref
 
     models: dict = {}
     load = lambda src: models.setdefault(src, resolve_source(src))  # noqa: E731
-    f = {split: source_features(sources, d, 224, cache, load, set_name=set_prefix + split)
+    f = {split: source_features(sources, d, 224, cache, load, set_name=set_prefix + split, precision=precision)
          for split, d in (("train", tr), ("test", te))}
     for d in f.values():
         d[CONTROL] = ClsFeatures(d["original"].cls.repeat(1, 2))
@@ -501,7 +512,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     cache = FeatureCache(cfg.cache_dir or out / "cache")
     orig_stats = OriginalStats(Path(cfg.cache_dir or out / "cache"), cfg, sources["original"].key())
     scfg = SummaryConfig(probe_iterations=cfg.probe_iterations, seeds=cfg.seeds, bootstrap=cfg.bootstrap)
-    feats = extract(sources, splits, cache, res)
+    feats = extract(sources, splits, cache, res, resolve_precision(cfg.precision, "cpu"))
 
     evals: dict = {}
     sun = splits.get("sun3d_all")
@@ -563,7 +574,8 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     wall, cpu = clock.rounded(total=True)
 
     controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
-    result = {"evals": evals, "controls": controls, "seconds": wall, "cpu_seconds": cpu, "machine": machine(),
+    result = {"evals": evals, "controls": controls, "seconds": wall, "cpu_seconds": cpu,
+              "machine": {**machine(), "precision": resolve_precision(cfg.precision, "cpu")},
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)
     result["targets"] = targets(evals, cfg.gaps, controls)

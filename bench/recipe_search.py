@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalize as G  # noqa: E402
 
 from fit3d.config import add_arguments, check_choices, from_args  # noqa: E402
+from fit3d.device import resolve_precision  # noqa: E402
 from fit3d.io import write_json, write_text  # noqa: E402
 from fit3d.probe.summary import claims, eval_depth, eval_seg, summarise, summary_markdown  # noqa: E402
 
@@ -173,7 +174,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     cache_root = Path(cfg.cache_dir or out / "cache")
     cache = FeatureCache(cache_root)
     orig_stats = G.OriginalStats(cache_root, cfg, sources["original"].key())
-    feats = G.extract(sources, splits, cache, res)
+    feats = G.extract(sources, splits, cache, res, resolve_precision(cfg.precision, "cpu"))
     seconds["features"] = time.perf_counter() - t0
 
     evals: dict = {}
@@ -221,7 +222,8 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     t0 = time.perf_counter()
     if "val_flowers_cls" in want:
         tr, te = flowers_split(cfg)
-        evals["val_flowers_cls"] = G.cls_eval("val_flowers_cls", tr, te, sources, cache, orig_stats, cfg, "val-")
+        evals["val_flowers_cls"] = G.cls_eval("val_flowers_cls", tr, te, sources, cache, orig_stats, cfg, "val-",
+                                              precision=resolve_precision(cfg.precision, "cpu"))
     seconds["probe_flowers"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 

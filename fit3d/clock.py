@@ -19,6 +19,7 @@ import contextlib
 import os
 import resource
 import time
+from pathlib import Path
 
 
 def cpu_seconds() -> float:
@@ -78,8 +79,22 @@ class Clock:
 
 
 def machine() -> dict:
-    """Cores and the 1-minute load average now (what else was running shows in wall, not CPU, seconds)."""
-    return {"cpus": os.cpu_count(), "load": round(os.getloadavg()[0], 2)}
+    """Cores, the CPU's model name (machines differ between sittings: compare seconds only within one) and the
+    1-minute load average now (what else was running shows in wall, not CPU, seconds)."""
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "load": round(os.getloadavg()[0], 2)}
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), None when unknown."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def stage_table(wall: dict, cpu: dict) -> list[str]:

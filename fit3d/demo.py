@@ -29,12 +29,12 @@ from pathlib import Path
 
 import numpy as np
 
-from fit3d.clock import Clock, stage_table
+from fit3d.clock import Clock, machine, stage_table
 from fit3d.compare import compare_figure
 from fit3d.config import check_counts
 from fit3d.data import read_scene
 from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
-from fit3d.device import resolve_device
+from fit3d.device import resolve_device, resolve_precision
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned
 from fit3d.finetune.config import FinetuneConfig
@@ -71,13 +71,17 @@ class DemoConfig:
     height: int = field(default=168, metadata={"help": "image height"})
     seed: int = field(default=0, metadata={"help": "seed of the rooms and of every stage"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
+    precision: str = field(default="auto", metadata={
+        "choices": ("auto", "fp32", "bf16"),
+        "help": "dtype of the frozen features (Stage 1's targets, the probes): auto = bf16 autocast on CUDA and on "
+                "CPUs with bf16 hardware (AMX / AVX-512 BF16), else float32"})
     control: bool = field(default=True, metadata={
         "help": "also train the probe heads on concat(original, original): the width control of concat"})
     bootstrap: int = field(default=2000, metadata={"help": "paired bootstrap resamples of the test images"})
     lift: LiftConfig = field(default_factory=lambda: LiftConfig(method="solve", solve=SolveConfig(
         geometry_iterations=0, view_stride=1, cg_iterations=24, cg_tol=0.05, cg_ridge=1e-3, ridge_select=False,
         decoder_kernel=5, decoder_stride=1)), metadata={
-        "inherit": SHARED, "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
+        "inherit": SHARED + ("precision",), "help": "Stage 1: solve, no colour iterations (they left the held-out feature cosine "
                                    "unchanged), every training view in the least-squares passes (cosine 0.88 vs 0.84 "
                                    "with every 4th; optimize with 500 iterations: 0.89 in 20x the time; "
                                    "docs/demo/lift-choice.md); CG and decoder as when the demo's numbers were "
@@ -87,7 +91,7 @@ class DemoConfig:
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=lambda: ProbeConfig(iterations=300, resolution=[224, 168],
                                                                    seeds=[0, 1, 2]),
-                               metadata={"inherit": PROBE_SET_BY_PIPELINE + ("dataset", "num_classes")})
+                               metadata={"inherit": PROBE_SET_BY_PIPELINE + ("dataset", "num_classes", "precision")})
 
 
 # The settings that make the rooms; lifts are reused by folder name, so these must not change under them.
@@ -142,6 +146,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         test = generate_scenes(out / "scenes" / "test", cfg.test_scenes,
                                dataclasses.replace(scfg, seed=cfg.seed + 1000))
     pcfg = PipelineConfig(out=str(out), backbone=cfg.backbone, model_path=model_path, device=cfg.device,
+                          precision=cfg.precision,
                           seed=cfg.seed, tasks=["seg", "depth", "corr"], probe_data=str(out / "scenes" / "train"),
                           eval_data=str(out / "scenes" / "test"), lift=cfg.lift, finetune=cfg.finetune,
                           probe=dataclasses.replace(cfg.probe, dataset="scannet", num_classes=len(CLASS_NAMES)))
@@ -152,7 +157,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     with clock.stage("intervals"):
         results["heldout"] = heldout_summary(pcfg, out, cfg)
     results["seconds"], results["cpu_seconds"] = clock.rounded(total=True)
-    results["machine"] = {"cpus": os.cpu_count(), "device": str(resolve_device(cfg.device)),
+    results["machine"] = {**machine(), "device": str(resolve_device(cfg.device)),
+                          "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
                           "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": results["cpu_seconds"]["total"]}
     write_json(out / "results.json", results)
     report = write_report(out, cfg, results, train, test, model_path)
@@ -402,7 +408,8 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"resamples images, not rooms, so it speaks for these {len(test)} rooms rather than for rooms in general.",
              "", summary_markdown(held["evals"], held["controls"]), "### What the numbers show", "",
              *findings(held), "", *corr_section(out, test, original.patch_size, cfg), "## Time per stage", "",
-             f"Wall seconds on {m['cpus']} CPU cores, device `{m['device']}`, load average {m['load_at_end']:.1f} "
+             f"Wall seconds on {m['cpus']} CPU cores ({m.get('cpu_model') or 'CPU model unknown'}), device "
+             f"`{m['device']}`, frozen features in {m.get('precision', 'fp32')}, load average {m['load_at_end']:.1f} "
              f"when the run ended (other jobs on the same cores slow every stage: compare stages within one run), "
              f"and CPU seconds (user + system, over all threads and worker processes: what other jobs do not "
              f"change)" + (f"; {m['cpu_seconds']:.0f} CPU seconds in all (on {m['cpus']} otherwise idle cores: at "

@@ -66,3 +66,50 @@ def check_device(name: str | None, option: str = "--device") -> None:
     """``None`` / "auto" or a device this machine has (``cuda`` without a GPU and ``cuda:7`` on a
     one-GPU machine are errors naming ``option``): ``resolve_device``'s rule."""
     resolve_device(name, local_rank=0, option=option)
+
+
+PRECISIONS = ("auto", "fp32", "bf16")  # of frozen feature extraction (``Backbone.features``)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AMX tiles or AVX-512 BF16). There bf16 autocast makes a
+    DINOv2 forward 2.5-3x cheaper than float32 (``bench/extract_speed.py``, docs/speed.md); on a CPU without it
+    bf16 is emulated and several times slower, so ``auto`` keeps float32."""
+    for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        probe = getattr(torch.cpu, name, None)  # private torch helpers; absent or failing means no
+        try:
+            if probe is not None and probe():
+                return True
+        except Exception:  # noqa: BLE001 - a detection failure is a "no", never an error
+            pass
+    return False
+
+
+def resolve_precision(precision: str | None, device: str | torch.device) -> str:
+    """``"fp32"`` or ``"bf16"``: the dtype frozen features are computed in on ``device``. ``auto``: bf16 autocast on
+    CUDA and on a CPU with bf16 hardware (:func:`cpu_has_fast_bf16`), float32 elsewhere (MPS too). None (a
+    ``Backbone``'s own default, which Stage 2's models keep): bf16 autocast on CUDA only."""
+    if precision is None:
+        kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
+        return "bf16" if kind == "cuda" else "fp32"
+    p = precision
+    if p not in PRECISIONS:
+        raise Fit3DError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
+    kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    if p == "auto":
+        return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_has_fast_bf16()) else "fp32"
+    if p == "bf16" and kind not in ("cpu", "cuda"):
+        raise Fit3DError(f"precision bf16 on {kind}: bf16 autocast runs on cpu or cuda (use fp32 or auto)")
+    return p
+
+
+def numerics(device: str | torch.device, precision: str | None = "auto") -> str:
+    """The device kind and dtype features are computed in, as cache keys and records name it: ``cpu`` (float32),
+    ``cpu-bf16``, ``cuda`` (bf16 autocast, the CUDA default), ``cuda-fp32``; other kinds as their name."""
+    kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    p = resolve_precision(precision, kind)
+    if kind == "cpu" and p == "bf16":
+        return "cpu-bf16"
+    if kind == "cuda" and p == "fp32":
+        return "cuda-fp32"
+    return kind

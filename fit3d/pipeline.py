@@ -60,6 +60,10 @@ class PipelineConfig:
     model_path: str | None = field(default=None, metadata={
         "help": "local weights folder (default: $FIT3D_MODEL_PATH, else the hub)"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N (every stage)"})
+    precision: str = field(default="auto", metadata={
+        "choices": ("auto", "fp32", "bf16"),
+        "help": "dtype of the frozen features of Stage 1's targets and the probes: auto = bf16 autocast on CUDA and on "
+                "CPUs with bf16 hardware (AMX / AVX-512 BF16), else float32; Stage 2 trains as --finetune.amp says"})
     seed: int | None = field(default=None, metadata={
         "help": "seed of every stage (default: each stage's own: lift 0, fine-tune 42 as FiT3D, probe 0)"})
     tasks: list[str] = field(default_factory=lambda: ["depth", "corr"], metadata={
@@ -68,10 +72,10 @@ class PipelineConfig:
         "help": "probe training data (default: the first scene; frame split --probe.train-frames / --probe.test-frames)"})
     eval_data: str | None = field(default=None, metadata={
         "help": "probe test data (default: the probe data's test frames)"})
-    lift: LiftConfig = field(default_factory=LiftConfig, metadata={"inherit": SHARED})
+    lift: LiftConfig = field(default_factory=LiftConfig, metadata={"inherit": SHARED + ("precision",)})
     finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
         "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
-    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"inherit": PROBE_SET_BY_PIPELINE})
+    probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"inherit": PROBE_SET_BY_PIPELINE + ("precision",)})
 
     def _shared(self) -> tuple[str, ...]:
         return SHARED if self.seed is not None else tuple(n for n in SHARED if n != "seed")
@@ -79,7 +83,7 @@ class PipelineConfig:
     def lift_config(self) -> LiftConfig:
         """Stage 1 config; its token cache defaults to the probes' (``<out>/cache``), so an image both need at one
         input size runs through the backbone once."""
-        lc = inherit(self, self.lift, self._shared())
+        lc = inherit(self, self.lift, self._shared() + ("precision",))
         return lc if lc.cache_dir else dataclasses.replace(lc, cache_dir=str(Path(self.out) / "cache"))
 
     def finetune_config(self) -> FinetuneConfig:
@@ -91,7 +95,7 @@ class PipelineConfig:
     def probe_config(self, task: str, data: str, finetuned: str | None, out: Path) -> ProbeConfig:
         """The ProbeConfig for ``task`` (original, and fine-tuned + concat when given)."""
         return dataclasses.replace(
-            inherit(self, self.probe, self._shared()), task=task, data=data, eval_data=self.eval_data,
+            inherit(self, self.probe, self._shared() + ("precision",)), task=task, data=data, eval_data=self.eval_data,
             finetuned=finetuned, features=list(SOURCES) if finetuned else ["original"], out=str(out / task),
             cache_dir=str(Path(self.out) / "cache"), val_frames=self.probe.val_frames if task == "depth" else None)
 

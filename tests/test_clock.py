@@ -9,11 +9,13 @@ from fit3d.clock import Clock, cpu_seconds, stage_table
 def test_stages_count_this_process_and_waited_children():
     clock = Clock()
     with clock.stage("child"):
-        subprocess.run([sys.executable, "-c", "s = 0\nfor i in range(3_000_000): s += i"], check=True)
+        # busy until 0.2 CPU s are spent (a count of iterations is too short on a fast machine)
+        subprocess.run([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                        "while time.process_time() - t < 0.2: pass"], check=True)
     clock.start("spin")
-    s = 0
-    for i in range(2_000_000):
-        s += i
+    t = cpu_seconds()
+    while cpu_seconds() - t < 0.2:
+        pass
     clock.stop()
     with clock.stage("spin"):  # a stage entered again adds up
         pass

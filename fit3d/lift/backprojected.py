@@ -23,6 +23,7 @@ from fit3d.errors import SceneError
 from fit3d.lift.context import LiftContext, LiftResult
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.lift.init import scene_extent
+from fit3d.models.backbone import using_precision
 from fit3d.splat.gaussians import rgb_to_sh_dc
 
 
@@ -41,7 +42,8 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
         if ctx.backbone is None:
             raise ValueError("backprojected: the context carries no backbone")
         images = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1) for v in views])  # [V, 3, H, W]
-        patch, _ = ctx.backbone.features(ctx.backbone.prepare(images))
+        with using_precision(ctx.backbone, (ctx.settings or {}).get("precision")):
+            patch, _ = ctx.backbone.features(ctx.backbone.prepare(images))
         patch = patch.float().cpu()  # [V, D, h, w]
     dense = F.interpolate(patch, size=(H, W), mode="bilinear", align_corners=False)  # [V, D, H, W]
     D = dense.shape[1]

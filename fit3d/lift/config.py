@@ -207,6 +207,10 @@ class LiftConfig:
         "volatile": True, "help": "checkpoint period in iterations (0: never)"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda[:i]"})
+    precision: str = field(default="auto", metadata={
+        "volatile": True, "choices": ("auto", "fp32", "bf16"),
+        "help": "dtype of the backbone's target features: auto = bf16 autocast on CUDA and on CPUs with bf16 hardware "
+                "(AMX / AVX-512 BF16), else float32 (the resolved value is recorded and checked on resume)"})
     raster_backend: str = field(default="auto", metadata={
         "volatile": True, "choices": ("auto", "torch", "numba", "gsplat", "reference"),
         "help": "fit3d.splat.rasterize backend (numba: CPU only; gsplat: CUDA only)"})

@@ -89,11 +89,13 @@ def load_lifted(path, map_location: str | torch.device = "cpu") -> LiftedScene:
     return LiftedScene(name=meta.get("name", p.name), path=p, gaussians=g, decoder=dec, meta=meta)
 
 
-def lift_settings(cfg, scene_path, split: tuple[list[str], list[str]] | None = None) -> dict:
+def lift_settings(cfg, scene_path, split: tuple[list[str], list[str]] | None = None, device=None) -> dict:
     """What determines a lift's result: the non-volatile ``LiftConfig`` fields with only the chosen method's
     nested settings (``fit3d.lift.methods``), the scene's path, the model's identity
-    (``fit3d.models.identity``: resolved weights, fingerprint, architecture) and, when the views were named,
+    (``fit3d.models.identity``: resolved weights, fingerprint, architecture), the dtype of the target features
+    (``precision`` resolved on ``device``, default ``cfg.device``'s: fp32 / bf16) and, when the views were named,
     the split."""
+    from fit3d.device import resolve_device, resolve_precision
     from fit3d.models.identity import model_identity
     from fit3d.run import result_settings
 
@@ -101,6 +103,7 @@ def lift_settings(cfg, scene_path, split: tuple[list[str], list[str]] | None = N
     out = {k: v for k, v in result_settings(cfg).items() if k not in other}
     if split is not None:
         out["views"] = {"train": sorted(split[0]), "heldout": sorted(split[1])}
+    out["precision"] = resolve_precision(cfg.precision, device if device is not None else resolve_device(cfg.device))
     return {**out, "scene": str(scene_path), "model": model_identity(cfg.backbone, cfg.model_path)}
 
 
@@ -117,6 +120,8 @@ def current_settings(recorded):
         out = {k: v for k, v in recorded.items() if not k.startswith("solve_")}
         if recorded.get("method") == "solve":
             out["solve"] = {k[len("solve_"):]: v for k, v in recorded.items() if k.startswith("solve_")}
+    if "precision" not in out:  # recorded before the setting: float32 targets (no lift had run on CUDA)
+        out = {**out, "precision": "fp32"}
     solve = out.get("solve")
     if out.get("method") == "solve" and isinstance(solve, dict) and "geometry_iterations_per_view" not in solve:
         cap = SolveConfig.geometry_iterations_per_view if solve.get("geometry_iterations") == 0 else 0.0

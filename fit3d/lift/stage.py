@@ -93,9 +93,9 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
     # Targets, computed on the source-resolution images and cached.
     t0 = time.perf_counter()
     backbone = backbone or load_lift_backbone(cfg, device)
-    settings = lift_settings(cfg, src_path, split)
+    settings = lift_settings(cfg, src_path, split, device)
     cache = TargetCache.build(cache_root, scene.views, backbone, long_side=cfg.feature_size, backbone_name=cfg.backbone,
-                              progress=cfg.progress, model=settings["model"])
+                              progress=cfg.progress, model=settings["model"], precision=settings["precision"])
     timings["features"] = time.perf_counter() - t0
 
     W, H = cfg.render_size(scene.views[0].width, scene.views[0].height)

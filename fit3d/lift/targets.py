@@ -73,15 +73,18 @@ class TargetCache:
     # ------------------------------------------------------------------ building
     @classmethod
     def build(cls, root: str | Path | None, views, backbone, *, long_side: int = 448, backbone_name: str = "",
-              batch_size: int = 4, progress: bool = True, model: dict | None = None, chunk: int = 32) -> "TargetCache":
+              batch_size: int = 4, progress: bool = True, model: dict | None = None, chunk: int = 32,
+              precision: str | None = None) -> "TargetCache":
         """The targets of ``views`` (list of ``View``): each view's tokens read from the token cache at ``root``
         (``fit3d.models.tokens``; None: no cache) or computed there. ``model``:
         ``fit3d.models.identity.model_identity`` of the weights (the cache key; else ``backbone_name``). ``chunk``
-        views are resized and run at a time (memory bounded whatever the number of views)."""
+        views are resized and run at a time (memory bounded whatever the number of views). ``precision``: the
+        features' dtype (``fit3d.device.resolve_precision``; None: the backbone's default), part of the cache key."""
         p = backbone.patch_size
         W, H = backbone_input_size(views[0].width, views[0].height, long_side, p)
         device = getattr(backbone, "device", "cpu")
-        what, cache = token_key(model if model else {"backbone": backbone_name}, None, device), TokenCache(root)
+        what = token_key(model if model else {"backbone": backbone_name}, None, device, precision=precision)
+        cache = TokenCache(root)
         grids, computed = None, 0
         from tqdm import tqdm
 
@@ -89,7 +92,7 @@ class TargetCache:
                       unit=f"{chunk} views"):  # a chunk of images in memory at a time
             images = backbone_images(views[s:s + chunk], long_side, p, (W, H))
             got = cache.get(what, [image_id(im) for im in images], lambda idx: extract_features(
-                backbone, [images[i] for i in idx], batch_size, device=device, progress=False))
+                backbone, [images[i] for i in idx], batch_size, device=device, progress=False, precision=precision))
             if tuple(got.patch.shape[-2:]) != (H // p, W // p):
                 raise RuntimeError(f"backbone returned a {tuple(got.patch.shape[-2:])} grid, expected "
                                    f"{(H // p, W // p)}")
@@ -123,4 +126,5 @@ def lifted_targets(lift_dir: str | Path) -> TargetCache:
     backbone = load_backbone(cfg.get("backbone", LiftConfig.backbone), model_path=cfg.get("model_path"), device="cpu")
     return TargetCache.build(root, scene.views, backbone,
                              long_side=int(cfg.get("feature_size", LiftConfig.feature_size)), backbone_name=backbone.name,
-                             progress=False, model=(meta.get("settings") or {}).get("model"))
+                             progress=False, model=(meta.get("settings") or {}).get("model"),
+                             precision=(meta.get("settings") or {}).get("precision"))

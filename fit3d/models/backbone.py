@@ -89,6 +89,9 @@ class Backbone(nn.Module):
         self.register_buffer("std", torch.tensor(spec.std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.cls_map: nn.Module | None = None  # fit3d.models.cls_map.ClsMap on the last layer's [CLS], if the weights carry one
         self.cls_branch: nn.Module | None = None  # fit3d.models.cls_branch.ClsBranch: the last layer's [CLS] is the original's
+        # of ``features``: None (bf16 autocast on CUDA only) / auto / fp32 / bf16 (fit3d.device.resolve_precision);
+        # the stages that extract frozen features set their config's ``precision`` here
+        self.precision: str | None = None
         self.eval()
 
     # ---- geometry ----------------------------------------------------------------------------------
@@ -186,14 +189,17 @@ class Backbone(nn.Module):
         return out[0] if layers is None else out
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """bf16 autocast where ``precision`` resolves to bf16 on this device (``fit3d.device.resolve_precision``)."""
+        from fit3d.device import resolve_precision
+
+        if resolve_precision(self.precision, self.device) == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def features(self, images: torch.Tensor, layers: Sequence[int] | None = None,
                  batch_size: int = 16) -> Tokens | list[Tokens]:
         """:meth:`tokens` without autograd: ``torch.inference_mode``, eval mode, ``batch_size`` images at a time,
-        bf16 autocast on CUDA. Outputs are ordinary (non-inference) float32 tensors on the backbone's device;
+        bf16 autocast as ``precision`` says (on CUDA by default). Outputs are ordinary (non-inference) float32 tensors on the backbone's device;
         images may live elsewhere (e.g. a large batch on the CPU)."""
         images = to_float_images(images)
         was_training = self.training
@@ -217,6 +223,22 @@ class Backbone(nn.Module):
     def extra_repr(self) -> str:
         return (f"name={self.name}, family={self.family}, patch_size={self.patch_size}, "
                 f"embed_dim={self.embed_dim}, layers={self.num_layers}, registers={self.num_registers}")
+
+
+@contextlib.contextmanager
+def using_precision(model, precision: str | None):
+    """Set ``precision`` (``fit3d.device.resolve_precision``'s values) on ``model`` and on the backbones it wraps
+    (``ConcatFeatures``' two) for the block; restored after. Models without the attribute are left alone."""
+    parts = [m for m in (model, getattr(model, "original", None), getattr(model, "finetuned", None))
+             if isinstance(m, Backbone)]
+    before = [m.precision for m in parts]
+    for m in parts:
+        m.precision = precision
+    try:
+        yield model
+    finally:
+        for m, p in zip(parts, before):
+            m.precision = p
 
 
 def _cat_chunks(chunks: list, single: bool) -> Tokens | list[Tokens]:

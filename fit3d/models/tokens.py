@@ -3,7 +3,7 @@
 An *entry* is one image's tokens: ``<root>/<key>.safetensors`` holding ``patch`` [D, h, w] and ``cls`` [Dc]
 (float32; several layers concatenated along D), written atomically through ``fit3d.io``. The key is one rule
 for every caller (:func:`entry_key`): the model's identity (``fit3d.models.identity.model_identity``, or a
-fine-tuned source's), the layers read (None = the last), the device kind (CUDA runs bf16 autocast), a
+fine-tuned source's), the layers read (None = the last), the device kind and dtype (``cpu``, ``cpu-bf16``, ``cuda``), a
 ``variant`` for derived tokens (``"mean"``: patch tokens averaged to [D, 1, 1]) and the image's identity: a
 hash of the very pixels the backbone is given (:func:`image_id`: so the same image at the same input size
 is one entry, however it was read or resized) or a hash of a file's bytes + preprocessing
@@ -42,12 +42,16 @@ FORMAT = "fit3d-tokens"
 def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
                      layers: Sequence[int] | None = None, desc: str = "features",
                      device: str | torch.device = "cpu",
-                     progress: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run ``model.features`` over ``images`` (each [H, W, 3] float 0-1, all the same size).
+                     progress: bool | None = None, precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``model.features`` over ``images`` (each [H, W, 3] float 0-1, all the same size) in ``precision``
+    (``fit3d.device.resolve_precision``: None, a backbone's default, is bf16 autocast on CUDA only; the same value
+    must go into the entries' :func:`token_key`).
 
     Returns (patch [N, D, h, w] float32 cpu, cls [N, Dc] float32 cpu); with ``layers``, per-layer tokens
     concatenated along D (DINOv2's "linear4"). ``progress`` None: a bar when there is more than one batch.
     """
+    from fit3d.models.backbone import using_precision
+
     patches, clss = [], []
     kw = {"layers": list(layers)} if layers else {}
     show = len(images) > batch_size if progress is None else progress
@@ -55,7 +59,7 @@ def extract_features(model, images: Sequence[np.ndarray], batch_size: int = 8,
         batch = torch.from_numpy(np.stack(images[i:i + batch_size])).permute(0, 3, 1, 2).contiguous()
         if hasattr(model, "prepare"):  # sides to patch multiples (a no-op at the default resolutions)
             batch = model.prepare(batch)
-        with torch.inference_mode():
+        with torch.inference_mode(), using_precision(model, precision):
             out = model.features(batch.to(device), **kw)
         if isinstance(out, list):  # one (patch, cls) per requested layer: DINOv2 "linear4" concatenation
             out = (torch.cat([o[0] for o in out], 1), torch.cat([o[1] for o in out], 1))
@@ -82,11 +86,14 @@ def file_id(path: str | os.PathLike, how: str) -> str:
 
 
 def token_key(model: dict | str, layers: Sequence[int] | None = None, device: str | torch.device = "cpu",
-              variant: str | None = None) -> dict:
+              variant: str | None = None, precision: str | None = None) -> dict:
     """What an entry's tokens depend on besides the image: ``model`` (an identity dict or string), the
-    ``layers`` read (None: the last), the device kind and an optional ``variant`` (``"mean"``)."""
+    ``layers`` read (None: the last), the device kind and dtype (``fit3d.device.numerics`` of ``device`` and the
+    model's ``precision``: ``cpu``, ``cpu-bf16``, ``cuda``, ...) and an optional ``variant`` (``"mean"``)."""
+    from fit3d.device import numerics
+
     return {"model": model, "layers": [int(i) for i in layers] if layers else None,
-            "device": torch.device(device).type, "variant": variant}
+            "device": numerics(device, precision), "variant": variant}
 
 
 def entry_key(what: dict, image: str) -> str:

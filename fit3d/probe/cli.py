@@ -23,10 +23,10 @@ from pathlib import Path
 
 from fit3d.config import add_arguments as add_config_arguments, from_args
 from fit3d.guard import check_not_input, guard_output, model_inputs
-from fit3d.probe.config import ProbeConfig
+from fit3d.probe.config import ProbeConfig, probe_settings
 from fit3d.probe.cls import run_cls_probe
 from fit3d.probe.protocol import run_probe
-from fit3d.run import check_rerun, result_settings
+from fit3d.run import check_rerun
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     cfg.validate()
     inputs = [cfg.data, cfg.eval_data, cfg.finetuned, *model_inputs(cfg.model_path)]
     guard_output(cfg.out, inputs, command="probe")
-    check_rerun(Path(cfg.out) / "probe.json", result_settings(cfg), "earlier probe", overwrite=cfg.overwrite,
+    check_rerun(Path(cfg.out) / "probe.json", probe_settings(cfg), "earlier probe", overwrite=cfg.overwrite,
                 key="config")
     if cfg.cache_dir and cfg.cache_dir.lower() != "none":
         check_not_input(cfg.cache_dir, inputs, option="--cache-dir")

@@ -43,6 +43,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fit3d.errors import Fit3DError, SceneError
+from fit3d.models.backbone import using_precision
 from fit3d.models.tokens import file_id
 from fit3d.probe.features import CachedFeatures, FeatureCache, source_key
 from fit3d.probe.sources import FeatureSource
@@ -154,7 +155,7 @@ class ClsFeatures:
 
 
 def extract_cls(model, data: ImageFolder, size: int, batch_size: int = 32, device="cpu",
-                desc: str = "cls features") -> CachedFeatures:
+                desc: str = "cls features", precision: str | None = None) -> CachedFeatures:
     """[CLS] and mean patch tokens of every image (only these are kept: the patch grids of thousands of
     images would not fit in memory); returned as ``CachedFeatures`` with patch = pooled [N, D, 1, 1]."""
     t0 = time.perf_counter()
@@ -162,7 +163,7 @@ def extract_cls(model, data: ImageFolder, size: int, batch_size: int = 32, devic
     for i in tqdm(range(0, len(data), batch_size), desc=desc, leave=False, disable=len(data) <= batch_size):
         batch = torch.from_numpy(np.stack([load_image(p, size) for p in data.paths[i:i + batch_size]]))
         batch = batch.permute(0, 3, 1, 2).contiguous()
-        with torch.inference_mode():
+        with torch.inference_mode(), using_precision(model, precision):
             p, c = model.features(batch.to(device))
         cls.append(c.float().cpu())
         pooled.append(p.float().mean((2, 3)).cpu())
@@ -172,13 +173,15 @@ def extract_cls(model, data: ImageFolder, size: int, batch_size: int = 32, devic
 
 
 def source_features(sources: dict[str, FeatureSource], data: ImageFolder, size: int, cache: FeatureCache,
-                    load_model, batch_size: int = 32, device="cpu", set_name: str = "") -> dict[str, ClsFeatures]:
+                    load_model, batch_size: int = 32, device="cpu", set_name: str = "",
+                    precision: str | None = None) -> dict[str, ClsFeatures]:
     """{label: ClsFeatures} of ``original`` / ``finetuned`` sources (cached per source and image file in the
     token cache, as mean-pooled patch tokens [D, 1, 1] + [CLS]), plus ``concat`` (both [CLS] joined) when both are
     there. ``load_model(FeatureSource)`` gives a model with ``.features``; it is called only on a cache miss, or to
     compare the weights of a fine-tuned model whose folder has a [CLS] branch with the original's: when its [CLS]
     is the original's (``cls_is_original``, the ``default`` recipe's model) the original's features are its own
-    (``same_as``), and none of its forwards run."""
+    (``same_as``), and none of its forwards run. ``precision``: the features' dtype (``fit3d.device.resolve_precision``;
+    None: the models' default), part of the cache key."""
     out = {}
     ids = [file_id(p, f"cls {size} crop {CROP_RATIO}") for p in data.paths]
     same = _same_cls(sources, load_model)
@@ -188,10 +191,11 @@ def source_features(sources: dict[str, FeatureSource], data: ImageFolder, size: 
 
         def compute(idx, src=src, label=label):
             model = load_model(src)
-            f = extract_cls(model, data.subset(idx), size, batch_size, device, desc=f"{label} {data.split}")
+            f = extract_cls(model, data.subset(idx), size, batch_size, device, desc=f"{label} {data.split}",
+                            precision=precision)
             return f.patch, f.cls, {"patch_size": f.patch_size}
 
-        f = cache.get(source_key(src, device, variant="mean"), ids, compute)
+        f = cache.get(source_key(src, device, variant="mean", precision=precision), ids, compute)
         out[label] = ClsFeatures(f.cls)
     for label, base in same.items():
         out[label] = ClsFeatures(out[base].cls, same_as=base)
@@ -344,11 +348,11 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
     from dataclasses import asdict
     from types import SimpleNamespace
 
-    from fit3d.device import resolve_device
+    from fit3d.device import resolve_device, resolve_precision
     from fit3d.probe import heads as heads_mod
     from fit3d.probe import report
     from fit3d.probe.report import seed_summary
-    from fit3d.run import result_settings
+    from fit3d.probe.config import probe_settings
     from fit3d.probe import sources as sources_mod
     from fit3d.probe.summary import CONTROL, SOURCES, summarise, summary_markdown
 
@@ -374,7 +378,7 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
         return loaded[src]
 
     t0 = time.perf_counter()
-    kw = dict(batch_size=cfg.extract_batch, device=device)
+    kw = dict(batch_size=cfg.extract_batch, device=device, precision=resolve_precision(cfg.precision, device))
     ftr = source_features(base, train, cfg.cls_size, cache, load_model, set_name="train", **kw)
     fte = source_features(base, test, cfg.cls_size, cache, load_model, set_name="test", **kw)
     extract_s = time.perf_counter() - t0
@@ -423,7 +427,7 @@ def run_cls_probe(cfg, command: str | None = None, verbose: bool = True) -> dict
     timing = {"extract_s": extract_s, "heads_s": head_s}
     same = {k: v.same_as for k, v in ftr.items() if v.same_as}
     md = report.write_report(out, "cls", {k: v for k, v in results.items() if k != "intervals"}, s,
-                             {"timing": timing, "heads": saved, "config": result_settings(cfg), "same_cls": same,
+                             {"timing": timing, "heads": saved, "config": probe_settings(cfg), "same_cls": same,
                               **({"intervals": results["intervals"]}
                                                                    if "intervals" in results else {})},
                              command, extra_md=table)

@@ -93,6 +93,10 @@ class ProbeConfig:
         "help": "cls: k-NN vote weight exp(cosine / this) (DINO: 0.07)"})
     figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
+    precision: str = field(default="auto", metadata={
+        "volatile": True, "choices": ("auto", "fp32", "bf16"),
+        "help": "dtype of the frozen features: auto = bf16 autocast on CUDA and on CPUs with bf16 hardware (AMX / "
+                "AVX-512 BF16), else float32 (the resolved value is recorded and checked on a rerun)"})
     overwrite: bool = field(default=False, metadata={"volatile": True,
         "help": "replace an earlier probe in --out made with other settings (without it such a rerun is refused)"})
     extract_batch: int = field(default=8, metadata={"help": "images per backbone forward"})
@@ -149,3 +153,12 @@ class HeadSettings:
         """The settings of a probe run of ``cfg`` with head seed ``seed`` (``task``: the task's own fields)."""
         return cls(iterations=cfg.iterations, batch_size=cfg.batch_size, lr=cfg.lr, warmup=cfg.warmup, seed=seed,
                    **task)
+
+
+def probe_settings(cfg: ProbeConfig) -> dict:
+    """What a probe's result depends on: ``fit3d.run.result_settings`` plus ``precision`` resolved on its device
+    (fp32 / bf16). probe.json records it (``config``) and a rerun is checked against it."""
+    from fit3d.device import resolve_device, resolve_precision
+    from fit3d.run import result_settings
+
+    return {**result_settings(cfg), "precision": resolve_precision(cfg.precision, resolve_device(cfg.device))}

@@ -47,11 +47,12 @@ def concat_features(o: CachedFeatures, f: CachedFeatures, n_layers: int = 1) -> 
                           o.from_cache and f.from_cache, {"from": [o.meta.get("path"), f.meta.get("path")]})
 
 
-def source_key(source: FeatureSource, device: str | torch.device = "cpu", variant: str | None = None) -> dict:
+def source_key(source: FeatureSource, device: str | torch.device = "cpu", variant: str | None = None,
+               precision: str | None = None) -> dict:
     """``fit3d.models.tokens.token_key`` of a source: the original model by its weights' identity (the key of
     Stage 1's targets too), any other by the source's whole key (fine-tuned folder, paths, mtimes)."""
     model = source_identity(source).get("original") if source.kind == "original" else None
-    return token_key(model or {"source": source.key()}, source.layers, device, variant)
+    return token_key(model or {"source": source.key()}, source.layers, device, variant, precision)
 
 
 class FeatureCache(TokenCache):
@@ -59,16 +60,17 @@ class FeatureCache(TokenCache):
 
     def features(self, source: FeatureSource, images: Sequence[np.ndarray], names: Sequence[str],
                  load_model: Callable[[], object], *, batch_size: int = 8, device: str | torch.device = "cpu",
-                 desc: str = "features") -> CachedFeatures:
+                 desc: str = "features", precision: str | None = None) -> CachedFeatures:
         """``source``'s features of ``images`` (each [H, W, 3] float 0-1, one size): read per image from the cache,
         the rest computed with ``load_model()`` (called only then) and stored."""
 
         def compute(idx):
             model = load_model()
-            p, c = extract_features(model, [images[i] for i in idx], batch_size, source.layers, desc=desc, device=device)
+            p, c = extract_features(model, [images[i] for i in idx], batch_size, source.layers, desc=desc, device=device,
+                                    precision=precision)
             return p, c, {"patch_size": int(getattr(model, "patch_size", 14))}
 
-        got = self.get(source_key(source, device), [image_id(im) for im in images], compute)
+        got = self.get(source_key(source, device, precision=precision), [image_id(im) for im in images], compute)
         return CachedFeatures(got.patch, got.cls, list(names), int((got.info or {}).get("patch_size", 14)),
                               got.seconds, got.from_cache, {"path": None if self.root is None else str(self.root),
                                                             "computed": got.computed})

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from fit3d.data.readers import frame_number
-from fit3d.device import resolve_device
+from fit3d.device import resolve_device, resolve_precision
 from fit3d.errors import Fit3DError
 from fit3d.probe import sources as sources_mod  # module attribute: tests swap resolve_source
-from fit3d.probe.config import ProbeConfig
+from fit3d.probe.config import ProbeConfig, probe_settings
 from fit3d.probe.datasets import ProbeData, load_probe_data, parse_range
 from fit3d.probe.depth import DEPTH_METRICS, DepthSettings
 from fit3d.probe.features import CachedFeatures, FeatureCache, concat_features
@@ -33,7 +33,6 @@ from fit3d.probe.report import seed_summary
 from fit3d.probe.sources import FeatureSource, check_sources, source_identity
 from fit3d.probe.sources import config_sources as sources
 from fit3d.probe.seg import SegSettings
-from fit3d.run import result_settings
 
 TRAIN_FRAMES, TEST_FRAMES = (0, 398), (400, 498)
 
@@ -66,10 +65,11 @@ def materialise(data: ProbeData, need: str) -> Split:
 
 
 class Models:
-    """Load each source's model at most once, only when a cache misses."""
+    """Load each source's model at most once, only when a cache misses; ``precision``: the dtype features are
+    computed in (``fit3d.device.resolve_precision``; None: the models' default), part of the cache key."""
 
-    def __init__(self, device: str):
-        self.device, self.loaded = device, {}
+    def __init__(self, device: str, precision: str | None = None):
+        self.device, self.precision, self.loaded = device, precision, {}
 
     def get(self, src: FeatureSource):
         if src not in self.loaded:
@@ -99,7 +99,7 @@ def source_features(src, split: Split, set_name: str, res, cache: FeatureCache, 
                 for k in ("original", "finetuned"))
         return concat_features(o, f, len(src.layers) if src.layers else 1)
     return cache.features(src, split.images, split.data.names, lambda: models.get(src), batch_size=cfg.extract_batch,
-                          device=models.device, desc=f"{src.label} {set_name}")
+                          device=models.device, desc=f"{src.label} {set_name}", precision=models.precision)
 
 
 def _check(cfg: ProbeConfig) -> None:
@@ -136,7 +136,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
     test = materialise(test_data, cfg.task)
     train = None if cfg.task == "corr" else materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
     meta = test.data
-    models = Models(device)
+    models = Models(device, resolve_precision(cfg.precision, device))
 
     timing: dict[str, dict] = {}
     feats_test, feats_train = {}, {}
@@ -160,7 +160,7 @@ def run_probe(cfg: ProbeConfig, command: str | None = None, verbose: bool = True
                     n_train=len(train.images) if train else 0, n_test=len(test.images), n_val=val_n,
                     dataset=meta.meta.get("dataset"), num_classes=meta.num_classes,
                     sources=[{"label": s.label, **asdict(s), "identity": source_identity(s)} for s in srcs])
-    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads, "config": result_settings(cfg)},
+    table = report.write_report(out, cfg.task, results, settings, {"timing": timing, "heads": saved_heads, "config": probe_settings(cfg)},
                                 command, corr_protocol=cfg.protocol)
     if cfg.figure:
         _figure(out / "figure.png", cfg, test, preds, examples, meta)

@@ -200,6 +200,7 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
     test features (the numbers of its probe.json, per image). With ``control``, the heads of ``CONTROL``
     are trained as ``run_probe`` trained the others (same settings and seeds, one batched pass) and
     added. A head file whose seed or iterations differ from ``cfg``'s is a ``Fit3DError`` (stale run)."""
+    from fit3d.device import resolve_precision
     from fit3d.errors import Fit3DError
     from fit3d.probe import heads as heads_mod
     from fit3d.probe.datasets import load_probe_data, parse_range
@@ -224,7 +225,7 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
     if cfg.task == "depth" and meta.crop:
         raise Fit3DError(f"{meta.meta.get('path')}: per-image depth statistics take no evaluation crop ({meta.crop})")
     cache = FeatureCache(None if (cfg.cache_dir or "").lower() == "none" else (cfg.cache_dir or Path(cfg.out) / "cache"))
-    models = Models("cpu")
+    models = Models("cpu", resolve_precision(cfg.precision, "cpu"))  # the features the probe's heads were trained on
     feats = {k: source_features(s, test, "test", res, cache, models, cfg) for k, s in srcs.items()}
     test_f = {k: Feats(f.patch, f.cls) for k, f in feats.items()}
     seeds = cfg.head_seeds

@@ -260,4 +260,6 @@ def test_records_before_the_colour_cap_read_as_today(tmp_path):
     none = {"method": "solve", "solve_geometry_iterations": 0}
     assert current_settings(none)["solve"] == {"geometry_iterations": 0, "geometry_iterations_per_view":
                                                SolveConfig.geometry_iterations_per_view}
-    assert current_settings({"method": "optimize", "lr": 1}) == {"method": "optimize", "lr": 1}
+    # a record from before the precision setting: float32 targets
+    assert current_settings({"method": "optimize", "lr": 1}) == {"method": "optimize", "lr": 1, "precision": "fp32"}
+    assert current_settings({"method": "optimize", "precision": "bf16"})["precision"] == "bf16"
