@@ -121,10 +121,12 @@ class GeneralizeConfig:
     scenes_dir: str | None = field(default=None, metadata={
         "help": "where generated rooms and lifted scenes go (default OUT; share one between recipe runs)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: default)"})
-    precision: str = field(default="auto", metadata={
+    precision: str = field(default="fp32", metadata={
         "choices": ("auto", "fp32", "bf16"),
-        "help": "dtype of the frozen features (lift targets, probe features): auto = bf16 autocast on a CPU with "
-                "bf16 hardware (AMX / AVX-512 BF16), else float32; Stage 2 trains in float32 either way"})
+        "help": "dtype of the frozen features (lift targets, probe features). fp32: the proof's protocol, every run in "
+                "docs/generalize.md; auto = bf16 autocast on a CPU with bf16 hardware (AMX / AVX-512 BF16), 0.87x the "
+                "CPU seconds at full scale, within the seed spread but not the same numbers (docs/speed.md section 10); "
+                "Stage 2 trains in float32 either way"})
     quick: bool = field(default=False, metadata={
         "help": "smoke run: 3 rooms (+1+1 held out), 12 views, 40 views per lifted scene, 10 Stage 2 steps, "
                 "60 head iterations, 1 seed, 24 images per probe split"})
