@@ -53,7 +53,7 @@ import torch
 
 from fit3d.clock import Clock, machine, stage_table
 from fit3d.config import add_arguments, from_args
-from fit3d.device import resolve_precision
+from fit3d.device import PRECISIONS, resolve_precision
 from fit3d.finetune.recipes import RECIPES
 from fit3d.io import write_json, write_text
 from fit3d.data.synthetic import generated_with
@@ -122,7 +122,7 @@ class GeneralizeConfig:
         "help": "where generated rooms and lifted scenes go (default OUT; share one between recipe runs)"})
     threads: int = field(default=0, metadata={"help": "torch threads (0: default)"})
     precision: str = field(default="fp32", metadata={
-        "choices": ("auto", "fp32", "bf16"),
+        "choices": PRECISIONS,
         "help": "dtype of the frozen features (lift targets, probe features). fp32: the proof's protocol, every run in "
                 "docs/generalize.md; auto = bf16 autocast on a CPU with bf16 hardware (AMX / AVX-512 BF16), 0.87x the "
                 "CPU seconds at full scale, within the seed spread but not the same numbers (docs/speed.md section 10); "

@@ -34,7 +34,7 @@ from fit3d.compare import compare_figure
 from fit3d.config import check_counts
 from fit3d.data import read_scene
 from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
-from fit3d.device import resolve_device, resolve_precision
+from fit3d.device import PRECISIONS, resolve_device, resolve_precision
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned
 from fit3d.finetune.config import FinetuneConfig
@@ -72,7 +72,7 @@ class DemoConfig:
     seed: int = field(default=0, metadata={"help": "seed of the rooms and of every stage"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda"})
     precision: str = field(default="auto", metadata={
-        "choices": ("auto", "fp32", "bf16"),
+        "choices": PRECISIONS,
         "help": "dtype of the frozen features (Stage 1's targets, the probes): auto = bf16 autocast on CUDA and on "
                 "CPUs with bf16 hardware (AMX / AVX-512 BF16), else float32"})
     control: bool = field(default=True, metadata={
@@ -157,8 +157,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     with clock.stage("intervals"):
         results["heldout"] = heldout_summary(pcfg, out, cfg)
     results["seconds"], results["cpu_seconds"] = clock.rounded(total=True)
-    results["machine"] = {**machine(), "device": str(resolve_device(cfg.device)),
-                          "precision": resolve_precision(cfg.precision, resolve_device(cfg.device)),
+    device = resolve_device(cfg.device)
+    results["machine"] = {**machine(), "device": str(device), "precision": resolve_precision(cfg.precision, device),
                           "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": results["cpu_seconds"]["total"]}
     write_json(out / "results.json", results)
     report = write_report(out, cfg, results, train, test, model_path)

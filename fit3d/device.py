@@ -89,13 +89,12 @@ def resolve_precision(precision: str | None, device: str | torch.device) -> str:
     """``"fp32"`` or ``"bf16"``: the dtype frozen features are computed in on ``device``. ``auto``: bf16 autocast on
     CUDA and on a CPU with bf16 hardware (:func:`cpu_has_fast_bf16`), float32 elsewhere (MPS too). None (a
     ``Backbone``'s own default, which Stage 2's models keep): bf16 autocast on CUDA only."""
+    kind = torch.device(device).type
     if precision is None:
-        kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
         return "bf16" if kind == "cuda" else "fp32"
     p = precision
     if p not in PRECISIONS:
         raise Fit3DError(f"precision {precision!r}: choose from {', '.join(PRECISIONS)}")
-    kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
     if p == "auto":
         return "bf16" if kind == "cuda" or (kind == "cpu" and cpu_has_fast_bf16()) else "fp32"
     if p == "bf16" and kind not in ("cpu", "cuda"):
@@ -106,7 +105,7 @@ def resolve_precision(precision: str | None, device: str | torch.device) -> str:
 def numerics(device: str | torch.device, precision: str | None = "auto") -> str:
     """The device kind and dtype features are computed in, as cache keys and records name it: ``cpu`` (float32),
     ``cpu-bf16``, ``cuda`` (bf16 autocast, the CUDA default), ``cuda-fp32``; other kinds as their name."""
-    kind = torch.device(device).type if not isinstance(device, torch.device) else device.type
+    kind = torch.device(device).type
     p = resolve_precision(precision, kind)
     if kind == "cpu" and p == "bf16":
         return "cpu-bf16"

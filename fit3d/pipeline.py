@@ -34,7 +34,7 @@ from fit3d.lift.stage import lift_scene
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.protocol import run_probe
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.device import check_device
+from fit3d.device import PRECISIONS, check_device
 
 # headline metric per task: (probe.json key, label, lower is better)
 HEADLINE = {
@@ -61,7 +61,7 @@ class PipelineConfig:
         "help": "local weights folder (default: $FIT3D_MODEL_PATH, else the hub)"})
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N (every stage)"})
     precision: str = field(default="auto", metadata={
-        "choices": ("auto", "fp32", "bf16"),
+        "choices": PRECISIONS,
         "help": "dtype of the frozen features of Stage 1's targets and the probes: auto = bf16 autocast on CUDA and on "
                 "CPUs with bf16 hardware (AMX / AVX-512 BF16), else float32; Stage 2 trains as --finetune.amp says"})
     seed: int | None = field(default=None, metadata={

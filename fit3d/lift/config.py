@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from fit3d.config import check_choices, check_counts, check_memory, check_reals, option_error, vit_bytes
+from fit3d.device import PRECISIONS
 from fit3d.lift.methods import METHODS
 
 
@@ -208,7 +209,7 @@ class LiftConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda[:i]"})
     precision: str = field(default="auto", metadata={
-        "volatile": True, "choices": ("auto", "fp32", "bf16"),
+        "volatile": True, "choices": PRECISIONS,
         "help": "dtype of the backbone's target features: auto = bf16 autocast on CUDA and on CPUs with bf16 hardware "
                 "(AMX / AVX-512 BF16), else float32 (the resolved value is recorded and checked on resume)"})
     raster_backend: str = field(default="auto", metadata={

@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fit3d.device import resolve_precision
+
 if TYPE_CHECKING:
     from fit3d.models.registry import BackboneSpec
 
@@ -190,8 +192,6 @@ class Backbone(nn.Module):
 
     def _autocast(self):
         """bf16 autocast where ``precision`` resolves to bf16 on this device (``fit3d.device.resolve_precision``)."""
-        from fit3d.device import resolve_precision
-
         if resolve_precision(self.precision, self.device) == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from fit3d.device import numerics
 from fit3d.io import atomic_path
 
 VERSION = 2  # of the key rule and the file layout (the first formats were TargetCache's .npy, FeatureCache's .pt)
@@ -90,8 +91,6 @@ def token_key(model: dict | str, layers: Sequence[int] | None = None, device: st
     """What an entry's tokens depend on besides the image: ``model`` (an identity dict or string), the
     ``layers`` read (None: the last), the device kind and dtype (``fit3d.device.numerics`` of ``device`` and the
     model's ``precision``: ``cpu``, ``cpu-bf16``, ``cuda``, ...) and an optional ``variant`` (``"mean"``)."""
-    from fit3d.device import numerics
-
     return {"model": model, "layers": [int(i) for i in layers] if layers else None,
             "device": numerics(device, precision), "variant": variant}
 

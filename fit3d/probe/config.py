@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from fit3d.config import check_choices, check_counts, check_memory, check_reals, check_size, option_error, vit_bytes
-from fit3d.device import check_device
+from fit3d.device import PRECISIONS, check_device
 from fit3d.probe.datasets import DATASETS
 from fit3d.probe.sources import KINDS
 
@@ -94,7 +94,7 @@ class ProbeConfig:
     figure: int = field(default=4, metadata={"help": "test images in the figure (0 = none)"})
     device: str = field(default="auto", metadata={"volatile": True, "help": "auto / cpu / cuda / cuda:N"})
     precision: str = field(default="auto", metadata={
-        "volatile": True, "choices": ("auto", "fp32", "bf16"),
+        "volatile": True, "choices": PRECISIONS,
         "help": "dtype of the frozen features: auto = bf16 autocast on CUDA and on CPUs with bf16 hardware (AMX / "
                 "AVX-512 BF16), else float32 (the resolved value is recorded and checked on a rerun)"})
     overwrite: bool = field(default=False, metadata={"volatile": True,
