@@ -357,25 +357,29 @@ def finetune_run(rep: Report, scenes: list[str], model: Path, out: Path, sc: Sca
     return m
 
 
-def section_gsplat(rep: Report, env: dict, model: Path, sc: Scale) -> bool:
-    """gsplat's first build in the background while the backbone's throughput is measured; True if built."""
-    build = None
-    if sc.device.startswith("cuda"):
-        build = subprocess.Popen([sys.executable, "-c", "import time; t = time.perf_counter(); "
-                                  "from gsplat.cuda._backend import _C; assert _C is not None; "
-                                  "print(f'built {time.perf_counter() - t:.1f}')"],
-                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def start_gsplat_build(env: dict) -> subprocess.Popen:
+    """gsplat's first JIT build, in the background: the sections that need no gsplat run meanwhile."""
+    return subprocess.Popen([sys.executable, "-c", "import time; t = time.perf_counter(); "
+                             "from gsplat.cuda._backend import _C; assert _C is not None; "
+                             "print(f'built {time.perf_counter() - t:.1f}')"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def section_backbone(rep: Report, model: Path, sc: Scale, note: str) -> None:
     try:
         for k, v in backbone_throughput(model, sc.device, sc.batch).items():
-            rep.add("backbone", f"DINOv2-S 224x224 batch {sc.batch}, {k}", f"{v:.3g} img/s",
-                    note="during gsplat's build" if build else "")
+            rep.add("backbone", f"DINOv2-S 224x224 batch {sc.batch}, {k}", f"{v:.3g} img/s", note=note)
     except Exception as e:  # keep going: every section reports on its own
         rep.add("backbone", "throughput", type(e).__name__, "FAIL", str(e)[:200])
+
+
+def finish_gsplat_build(rep: Report, build: subprocess.Popen | None, reserve: float) -> bool:
+    """Wait for the build while more than ``reserve`` seconds are left; True if gsplat's extension loads."""
     if build is None:
         rep.add("gsplat", "first JIT compilation", "skipped", "SKIP", "no CUDA")
         return False
     try:
-        log, _ = build.communicate(timeout=max(10.0, rep.left() - 240))
+        log, _ = build.communicate(timeout=max(10.0, rep.left() - reserve))
     except subprocess.TimeoutExpired:
         build.kill()
         rep.add("gsplat", "first JIT compilation", "not finished", "FAIL", "killed to leave time for the rest")
@@ -397,13 +401,12 @@ def section_cuda_tests(rep: Report, env: dict) -> None:
             "ok" if rc == 0 else "FAIL", f"{secs:.0f} s")
 
 
-def section_raster(rep: Report, sc: Scale, gsplat: bool) -> None:
+def section_raster(rep: Report, sc: Scale, backends: list[str]) -> None:
     import torch
 
-    backends = (["gsplat"] if gsplat else []) + ["torch"]
     for n, W, H in sc.raster:
         for backend in backends:
-            if rep.left() < 150 or (backend == "torch" and n > 100_000):
+            if rep.left() < 60 or (backend == "torch" and n > 100_000):
                 continue
             try:
                 f, fb = timed_raster(n, W, H, 67, backend, sc.device)
@@ -414,48 +417,54 @@ def section_raster(rep: Report, sc: Scale, gsplat: bool) -> None:
                 torch.cuda.empty_cache()
 
 
-def section_stage2(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, env: dict) -> None:
-    """bf16 vs fp32 on the same steps, render workers, then torchrun (nccl on CUDA)."""
-    scenes = relocate(assets, work / "lifted")
-    runs = {}
-    for amp, workers in ((False, 0), (True, 0), (True, sc.workers)):
-        if rep.left() < 120:
-            rep.add("stage2", f"amp={amp} workers={workers}", "skipped", "SKIP", "budget spent")
+def section_stage2(rep: Report, scenes: list[str], model: Path, work: Path, sc: Scale, env: dict, *,
+                   runs: tuple[tuple[bool, int], ...], raster: str, note: str = "") -> None:
+    """``fit3d finetune`` runs of (amp, render workers) with the rasterizer ``env`` gives (``raster`` names it);
+    with both fp32 and bf16 on 0 workers, the per-step losses of the same steps compared."""
+    done = {}
+    for amp, workers in runs:
+        if rep.left() < 60:
+            rep.add("stage2", f"amp={amp} workers={workers} ({raster})", "skipped", "SKIP", "budget spent")
             continue
-        m = finetune_run(rep, scenes, model, work / f"ft_amp{int(amp)}_w{workers}", sc, amp=amp, workers=workers,
-                         steps=sc.steps, env=env)
+        m = finetune_run(rep, scenes, model, work / f"ft_{raster}_amp{int(amp)}_w{workers}", sc, amp=amp,
+                         workers=workers, steps=sc.steps, env=env)
         if m:
-            runs[(amp, workers)] = m
+            done[(amp, workers)] = m
             step = m["timing"]["median_step_s"]
-            rep.add("stage2", f"fit3d finetune, {'bf16' if amp else 'fp32'}, {workers} render workers",
+            rep.add("stage2", f"fit3d finetune, {'bf16' if amp else 'fp32'}, {workers} render workers, {raster} raster",
                     f"{1 / step:.1f} steps/s", note=f"median step {1e3 * step:.0f} ms, data wait "
-                    f"{1e3 * m['timing']['median_data_wait_s']:.0f} ms, batch {m['config']['batch_size']}")
-    if (False, 0) in runs and (True, 0) in runs:
-        a, b = runs[(False, 0)]["losses"], runs[(True, 0)]["losses"]
+                    f"{1e3 * m['timing']['median_data_wait_s']:.0f} ms, batch {m['config']['batch_size']}{note}")
+    if (False, 0) in done and (True, 0) in done:
+        a, b = done[(False, 0)]["losses"], done[(True, 0)]["losses"]
         rel = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
-        amp_on = runs[(True, 0)]["device"].startswith("cuda")  # fit3d uses bf16 autocast on CUDA only
-        rep.add("stage2", f"bf16 vs fp32 loss, same {len(a)} steps", f"max rel. diff {rel:.3g}",
+        amp_on = done[(True, 0)]["device"].startswith("cuda")  # fit3d uses bf16 autocast on CUDA only
+        rep.add("stage2", f"bf16 vs fp32 loss, same {len(a)} steps ({raster} raster)", f"max rel. diff {rel:.3g}",
                 "ok" if rel < 0.05 and (rel > 0 or not amp_on) else "FAIL",
                 f"fp32 {a[0]:.4f} -> {a[-1]:.4f}, bf16 {b[0]:.4f} -> {b[-1]:.4f}" + ("" if amp_on else " (CPU: no autocast)"))
-    if rep.left() > 90:
-        m = finetune_run(rep, scenes, model, work / "ft_torchrun", sc, amp=True, workers=0, steps=5, env=env,
-                         torchrun=True)
-        if m:
-            backend = "nccl" if sc.device.startswith("cuda") else "gloo"
-            rep.add("torchrun", f"torchrun --nproc_per_node 1 -m fit3d finetune ({backend})", f"{m['steps']} steps",
-                    "ok" if m.get("world_size") == 1 and m["steps"] == 5 else "FAIL", f"device {m.get('device')}")
 
 
-def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, env: dict) -> None:
+def section_torchrun(rep: Report, scenes: list[str], model: Path, work: Path, sc: Scale, env: dict, raster: str) -> None:
+    if rep.left() < 45:
+        rep.add("torchrun", "torchrun --nproc_per_node 1", "skipped", "SKIP", "budget spent")
+        return
+    m = finetune_run(rep, scenes, model, work / "ft_torchrun", sc, amp=True, workers=0, steps=5, env=env, torchrun=True)
+    if m:
+        backend = "nccl" if sc.device.startswith("cuda") else "gloo"
+        rep.add("torchrun", f"torchrun --nproc_per_node 1 -m fit3d finetune ({backend}, {raster} raster)",
+                f"{m['steps']} steps", "ok" if m.get("world_size") == 1 and m["steps"] == 5 else "FAIL",
+                f"device {m.get('device')}")
+
+
+def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, env: dict, note: str = "") -> None:
     if rep.left() < 60:
         rep.add("lift", "fit3d lift --method solve", "skipped", "SKIP", "budget spent")
         return
     lifted = work / "lift_redkitchen"
     rc, log, secs = sh(fit3d_cmd("lift", str(assets / "redkitchen"), "--method", "solve", "--device", sc.device,
                                  "--model-path", str(model), "--out", str(lifted), *sc.lift_args),
-                       env=env, timeout=rep.left() - 10)
+                       env=env, timeout=max(30.0, rep.left() - 150))
     meta = next(lifted.glob("*/lift.json"), None)
-    note = ""
+    extra, note = note, ""
     if rc == 0 and meta:
         d = json.loads(meta.read_text())
         note = ", ".join(f"{k} {v:.1f} s" for k, v in d.get("timings", {}).items() if isinstance(v, (int, float)))
@@ -463,26 +472,36 @@ def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, 
         (rep.out / "fail_lift.log").write_text(log)
         note = log.strip().splitlines()[-1][:200] if log.strip() else ""
     rep.add("lift", f"fit3d lift --method solve, RedKitchen {' '.join(sc.lift_args) or f'0-{MAX_FRAME} every {FRAME_STEP}th'}",
-            f"{secs:.0f} s wall" if rc == 0 else f"exit {rc}", "ok" if rc == 0 else "FAIL", note[:300])
+            f"{secs:.0f} s wall" if rc == 0 else f"exit {rc}", "ok" if rc == 0 else "FAIL", note[:300] + extra)
 
 
-SECTIONS = ("gsplat", "raster", "stage2", "lift")  # gsplat: its build with the backbone timed meanwhile, its tests
+SECTIONS = ("gsplat", "raster", "stage2", "lift")  # gsplat: its build, its tests and every gsplat-backed run
 
 
 def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[str, ...] = SECTIONS) -> int:
+    """gsplat builds in the background while everything that needs no gsplat runs (its timings then carry a
+    note: the build holds the CPU cores); once built, its tests and the gsplat-backed runs. A build that fails or
+    outlasts the budget costs only the gsplat rows: the other sections ran without it."""
     import torch
 
     rep = Report(out, budget)
     work = Path(os.environ.get("TMPDIR", "/tmp")) / "fit3d_gpu_check"
     shutil.rmtree(work, ignore_errors=True)
-    site = work / "site"
-    rc, log, _ = sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                     "--target", str(site), *map(str, sorted((assets / "wheels").glob("*.whl")))])
-    if rc:
-        rep.add("setup", "install wheels", f"exit {rc}", "FAIL", log[-200:])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(site), os.environ.get("PYTHONPATH", "")]),
-               PYTHONUNBUFFERED="1", TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
-               MAX_JOBS=str(os.cpu_count() or 8), FIT3D_SHARED=str(work / "no_shared"))
+    site, site_gs = work / "site", work / "site_gsplat"  # gsplat apart: runs before its build must not import it
+    wheels = sorted((assets / "wheels").glob("*.whl"))
+    for target, group in ((site, [w for w in wheels if not w.name.startswith("gsplat-")]),
+                          (site_gs, [w for w in wheels if w.name.startswith("gsplat-")])):
+        rc, log, _ = sh([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                         "--target", str(target), *map(str, group)]) if group else (0, "", 0.0)
+        if rc:
+            rep.add("setup", f"install wheels into {target.name}", f"exit {rc}", "FAIL", log[-200:])
+
+    def env_with(*paths: Path) -> dict:
+        return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), *map(str, paths), os.environ.get("PYTHONPATH", "")]),
+                    PYTHONUNBUFFERED="1", TORCH_CUDA_ARCH_LIST=os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"),
+                    MAX_JOBS=str(os.cpu_count() or 8), FIT3D_SHARED=str(work / "no_shared"))
+
+    env_plain, env_gs = env_with(site), env_with(site, site_gs)
     sys.path.insert(1, str(site))
     cuda = sc.device.startswith("cuda")
     rep.info.update(torch=torch.__version__, cuda=torch.version.cuda,
@@ -490,15 +509,27 @@ def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[s
                     cpus=os.cpu_count(), budget_s=budget)
     model = random_dinov2(assets / "model_config", work / "model")
     rep.info["model"] = "DINOv2-S architecture, seeded random weights (see bench/gpu_check.py)"
-    gsplat = section_gsplat(rep, env, model, sc) if "gsplat" in sections else False
-    if gsplat:
-        section_cuda_tests(rep, env)
-    if "raster" in sections:
-        section_raster(rep, sc, gsplat)
+    build = start_gsplat_build(env_gs) if cuda and "gsplat" in sections else None
+    busy = "; during gsplat's build" if build else ""
+    section_backbone(rep, model, sc, busy.removeprefix("; "))
+    scenes = relocate(assets, work / "lifted") if "stage2" in sections else []
+    plain = "torch" if cuda else "auto"
     if "stage2" in sections:
-        section_stage2(rep, assets, model, work, sc, env)
+        section_stage2(rep, scenes, model, work, sc, env_plain, runs=((False, 0), (True, 0)), raster=plain, note=busy)
     if "lift" in sections:
-        section_lift(rep, assets, model, work, sc, env)
+        section_lift(rep, assets, model, work, sc, env_plain, note=busy)
+    if "raster" in sections:
+        section_raster(rep, sc, ["torch"])
+    gsplat = finish_gsplat_build(rep, build, reserve=150) if "gsplat" in sections else False
+    if gsplat:
+        sys.path.insert(1, str(site_gs))
+        section_cuda_tests(rep, env_gs)
+        if "raster" in sections:
+            section_raster(rep, sc, ["gsplat"])
+        if "stage2" in sections:
+            section_stage2(rep, scenes, model, work, sc, env_gs, runs=((True, 0), (True, sc.workers)), raster="gsplat")
+    if "stage2" in sections:
+        section_torchrun(rep, scenes, model, work, sc, env_gs if gsplat else env_plain, "gsplat" if gsplat else plain)
     failed = [r for r in rep.rows if r["status"] == "FAIL"]
     print(f"\n{len(rep.rows) - len(failed)} ok, {len(failed)} failed; table: {out / 'gpu_check.md'}")
     return 1 if failed else 0
