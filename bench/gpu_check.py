@@ -45,11 +45,12 @@ sys.path.insert(0, str(ROOT))
 WHEELS = ("gsplat==1.5.3", "plyfile")
 ROOMS = 2                      # small lifted rooms for Stage 2
 MAX_FRAME, FRAME_STEP = 398, 4  # RedKitchen frames 0, 4, ..., 396 (the lift range; 100 views: 64 MiB carry limit)
-CUDA_TESTS = ["tests/splat/test_rasterize_cuda.py", "tests/splat/test_geometry_channels.py"]
-MIN_CUDA_TESTS = 5
+CUDA_TESTS = ["tests/splat/test_rasterize_cuda.py", "tests/splat/test_geometry_channels.py",
+              "tests/finetune/test_data.py"]
+MIN_CUDA_TESTS = 6
 # subcommand -> options this script passes to it (checked against --help where no GPU is present)
 OPTIONS = {"finetune": ["--scenes", "--out", "--max-steps", "--amp", "--workers", "--device", "--model-path",
-                        "--no-amp", "--no-evaluate", "--checkpoint-every"],
+                        "--no-amp", "--no-evaluate", "--checkpoint-every", "--render-on"],
            "lift": ["--method", "--out", "--device", "--model-path", "--max-frame"],
            "generate": ["--num-scenes", "--num-views", "--width", "--height"]}
 CARRY_LIMIT = 64 * 2**20
@@ -57,7 +58,7 @@ CARRY_LIMIT = 64 * 2**20
 
 # ---------------------------------------------------------------------------------------------- helpers
 def sh(cmd: list[str], *, env: dict | None = None, timeout: float | None = None) -> tuple[int, str, float]:
-    """Run ``cmd`` from the repo root; (returncode, last 3000 characters of stdout+stderr, seconds)."""
+    """Run ``cmd`` from the repo root; (returncode, last 20000 characters of stdout+stderr, seconds)."""
     t = time.perf_counter()
     try:
         r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -67,7 +68,7 @@ def sh(cmd: list[str], *, env: dict | None = None, timeout: float | None = None)
             return x.decode(errors="replace") if isinstance(x, bytes) else (x or "")
         tail = (text(e.stdout) + text(e.stderr))[-2000:]
         rc, out = 124, f"{tail}\ntimed out after {timeout:.0f} s (the check's budget)"
-    return rc, out[-3000:], time.perf_counter() - t
+    return rc, out[-20000:], time.perf_counter() - t
 
 
 def fit3d_cmd(*args: str) -> list[str]:
@@ -338,11 +339,11 @@ def backbone_throughput(model_dir: Path, device: str, batch: int) -> dict:
 
 
 def finetune_run(rep: Report, scenes: list[str], model: Path, out: Path, sc: Scale, *, amp: bool, workers: int,
-                 steps: int, env: dict, torchrun: bool = False) -> dict | None:
+                 steps: int, env: dict, torchrun: bool = False, render_on: str = "auto") -> dict | None:
     """``fit3d finetune`` for ``steps`` steps; its manifest, with the per-step losses as ``losses``."""
     args = ["finetune", "--scenes", *scenes, "--out", str(out), "--max-steps", str(steps), "--device", sc.device,
             "--model-path", str(model), "--workers", str(workers), "--checkpoint-every", "0", "--no-evaluate",
-            "--amp" if amp else "--no-amp"]
+            "--amp" if amp else "--no-amp", "--render-on", render_on]
     cmd = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "fit3d", *args] if torchrun
            else fit3d_cmd(*args))
     rc, log, secs = sh(cmd, env=env, timeout=max(30.0, rep.left()))
@@ -394,7 +395,7 @@ def finish_gsplat_build(rep: Report, build: subprocess.Popen | None, reserve: fl
 
 
 def section_cuda_tests(rep: Report, env: dict) -> None:
-    rc, log, secs = sh([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *CUDA_TESTS],
+    rc, log, secs = sh([sys.executable, "-m", "pytest", "-q", "--tb=short", "-m", "cuda", "-p", "no:cacheprovider", *CUDA_TESTS],
                        env=env, timeout=max(30.0, rep.left() - 200))
     (rep.out / "cuda_tests.log").write_text(log)
     rep.add("tests", "pytest -m cuda", log.strip().splitlines()[-1][:120] if log.strip() else "?",
@@ -418,29 +419,37 @@ def section_raster(rep: Report, sc: Scale, backends: list[str]) -> None:
 
 
 def section_stage2(rep: Report, scenes: list[str], model: Path, work: Path, sc: Scale, env: dict, *,
-                   runs: tuple[tuple[bool, int], ...], raster: str, note: str = "") -> None:
-    """``fit3d finetune`` runs of (amp, render workers) with the rasterizer ``env`` gives (``raster`` names it);
-    with both fp32 and bf16 on 0 workers, the per-step losses of the same steps compared."""
+                   runs: tuple[tuple[bool, int, str], ...], raster: str, note: str = "") -> None:
+    """``fit3d finetune`` runs of (amp, render workers, --render-on) with the rasterizer ``env`` gives on the
+    GPU (``raster`` names it); fp32 and bf16 on the same steps (the first two runs, both rendering on the device)
+    compared by their per-step losses."""
     done = {}
-    for amp, workers in runs:
+    for amp, workers, where in runs:
+        label = f"{'bf16' if amp else 'fp32'}, {workers} render workers, targets on {where}"
+        label += f" ({raster})" if where == "device" else " (numba)"
         if rep.left() < 60:
-            rep.add("stage2", f"amp={amp} workers={workers} ({raster})", "skipped", "SKIP", "budget spent")
+            rep.add("stage2", label, "skipped", "SKIP", "budget spent")
             continue
-        m = finetune_run(rep, scenes, model, work / f"ft_{raster}_amp{int(amp)}_w{workers}", sc, amp=amp,
-                         workers=workers, steps=sc.steps, env=env)
+        m = finetune_run(rep, scenes, model, work / f"ft_{raster}_amp{int(amp)}_w{workers}_{where}", sc, amp=amp,
+                         workers=workers, steps=sc.steps, env=env, render_on=where)
         if m:
-            done[(amp, workers)] = m
+            done[(amp, workers, where)] = m
             step = m["timing"]["median_step_s"]
-            rep.add("stage2", f"fit3d finetune, {'bf16' if amp else 'fp32'}, {workers} render workers, {raster} raster",
-                    f"{1 / step:.1f} steps/s", note=f"median step {1e3 * step:.0f} ms, data wait "
-                    f"{1e3 * m['timing']['median_data_wait_s']:.0f} ms, batch {m['config']['batch_size']}{note}")
-    if (False, 0) in done and (True, 0) in done:
-        a, b = done[(False, 0)]["losses"], done[(True, 0)]["losses"]
+            rep.add("stage2", f"fit3d finetune, {label}", f"{1 / step:.1f} steps/s",
+                    note=f"median step {1e3 * step:.0f} ms, data wait {1e3 * m['timing']['median_data_wait_s']:.0f} ms, "
+                         f"batch {m['config']['batch_size']}{note}")
+    if (False, 0, "device") in done and (True, 0, "device") in done:
+        a, b = done[(False, 0, "device")]["losses"], done[(True, 0, "device")]["losses"]
         rel = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
-        amp_on = done[(True, 0)]["device"].startswith("cuda")  # fit3d uses bf16 autocast on CUDA only
-        rep.add("stage2", f"bf16 vs fp32 loss, same {len(a)} steps ({raster} raster)", f"max rel. diff {rel:.3g}",
+        amp_on = done[(True, 0, "device")]["device"].startswith("cuda")  # fit3d uses bf16 autocast on CUDA only
+        rep.add("stage2", f"bf16 vs fp32 loss, same {len(a)} steps ({raster})", f"max rel. diff {rel:.3g}",
                 "ok" if rel < 0.05 and (rel > 0 or not amp_on) else "FAIL",
                 f"fp32 {a[0]:.4f} -> {a[-1]:.4f}, bf16 {b[0]:.4f} -> {b[-1]:.4f}" + ("" if amp_on else " (CPU: no autocast)"))
+    if (True, 0, "device") in done and (True, 0, "cpu") in done:
+        a, b = done[(True, 0, "cpu")]["losses"], done[(True, 0, "device")]["losses"]
+        rel = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
+        rep.add("stage2", f"targets on the device vs the CPU, same {len(a)} steps ({raster})",
+                f"max rel. loss diff {rel:.3g}", "ok" if rel < 0.05 else "FAIL")
 
 
 def section_torchrun(rep: Report, scenes: list[str], model: Path, work: Path, sc: Scale, env: dict, raster: str) -> None:
@@ -455,11 +464,12 @@ def section_torchrun(rep: Report, scenes: list[str], model: Path, work: Path, sc
                 f"device {m.get('device')}")
 
 
-def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, env: dict, note: str = "") -> None:
+def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, env: dict, note: str = "",
+                 raster: str = "torch") -> None:
     if rep.left() < 60:
         rep.add("lift", "fit3d lift --method solve", "skipped", "SKIP", "budget spent")
         return
-    lifted = work / "lift_redkitchen"
+    lifted = work / f"lift_redkitchen_{raster}"
     rc, log, secs = sh(fit3d_cmd("lift", str(assets / "redkitchen"), "--method", "solve", "--device", sc.device,
                                  "--model-path", str(model), "--out", str(lifted), *sc.lift_args),
                        env=env, timeout=max(30.0, rep.left() - 150))
@@ -471,7 +481,7 @@ def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, 
     elif rc:
         (rep.out / "fail_lift.log").write_text(log)
         note = log.strip().splitlines()[-1][:200] if log.strip() else ""
-    rep.add("lift", f"fit3d lift --method solve, RedKitchen {' '.join(sc.lift_args) or f'0-{MAX_FRAME} every {FRAME_STEP}th'}",
+    rep.add("lift", f"fit3d lift --method solve ({raster}), RedKitchen {' '.join(sc.lift_args) or f'0-{MAX_FRAME} every {FRAME_STEP}th'}",
             f"{secs:.0f} s wall" if rc == 0 else f"exit {rc}", "ok" if rc == 0 else "FAIL", note[:300] + extra)
 
 
@@ -515,9 +525,10 @@ def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[s
     scenes = relocate(assets, work / "lifted") if "stage2" in sections else []
     plain = "torch" if cuda else "auto"
     if "stage2" in sections:
-        section_stage2(rep, scenes, model, work, sc, env_plain, runs=((False, 0), (True, 0)), raster=plain, note=busy)
+        section_stage2(rep, scenes, model, work, sc, env_plain, runs=((False, 0, "device"), (True, 0, "device"),
+                                                                      (True, 0, "cpu")), raster=plain, note=busy)
     if "lift" in sections:
-        section_lift(rep, assets, model, work, sc, env_plain, note=busy)
+        section_lift(rep, assets, model, work, sc, env_plain, note=busy, raster=plain)
     if "raster" in sections:
         section_raster(rep, sc, ["torch"])
     gsplat = finish_gsplat_build(rep, build, reserve=150) if "gsplat" in sections else False
@@ -527,7 +538,10 @@ def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[s
         if "raster" in sections:
             section_raster(rep, sc, ["gsplat"])
         if "stage2" in sections:
-            section_stage2(rep, scenes, model, work, sc, env_gs, runs=((True, 0), (True, sc.workers)), raster="gsplat")
+            section_stage2(rep, scenes, model, work, sc, env_gs, runs=((True, 0, "device"), (True, 0, "cpu"),
+                                                                       (True, sc.workers, "cpu")), raster="gsplat")
+        if "lift" in sections:
+            section_lift(rep, assets, model, work, sc, env_gs, raster="gsplat")
     if "stage2" in sections:
         section_torchrun(rep, scenes, model, work, sc, env_gs if gsplat else env_plain, "gsplat" if gsplat else plain)
     failed = [r for r in rep.rows if r["status"] == "FAIL"]

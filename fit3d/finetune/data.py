@@ -19,6 +19,7 @@ One item (``RenderedViews[i]``)::
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
-from fit3d.errors import SceneError
+from fit3d.errors import Fit3DError, SceneError
 from fit3d.finetune.config import TARGET_AT
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
@@ -223,7 +224,8 @@ class RenderedViews(Dataset):
     def __init__(self, scenes: list[SceneRef], patch_size: int, *, which: str = "train",
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
                  render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift",
-                 with_spread: bool = False, target_pool: str = "auto", images_only: bool = False):
+                 with_spread: bool = False, target_pool: str = "auto", images_only: bool = False,
+                 render_device: str | torch.device = "cpu"):
         if target_at not in TARGET_AT:
             raise ValueError(f"target_at must be one of {TARGET_AT}, got {target_at!r}")
         self.scenes = scenes
@@ -236,6 +238,10 @@ class RenderedViews(Dataset):
         self.cull = cull
         self.with_spread = with_spread
         self.images_only = images_only
+        # where targets render: "cpu" (the memory-mapped Gaussians, numba), or a CUDA device: the view's visible
+        # Gaussians move there (gsplat) and only the patch-grid targets come back (see render_target)
+        self.render_device = torch.device(render_device)
+        self._decoders: dict[int, object] = {}  # scene index -> its decoder on render_device
         self.pools = [scene_target_pool(s, target_pool) for s in scenes]
         self.sizes = [training_resolution(s.resolution, patch_size, resolution) for s in scenes]
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
@@ -280,17 +286,23 @@ class RenderedViews(Dataset):
         if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
             K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
         g = s.visible(K, c2w, Wr, Hr) if self.cull else s.gaussians  # read from disk: what the view can see
+        decoder = s.decoder
+        if self.render_device.type != "cpu":
+            g = g.to(self.render_device, non_blocking=True)
+            if si not in self._decoders:
+                self._decoders[si] = copy.deepcopy(s.decoder).to(self.render_device)
+            decoder = self._decoders[si]
         r = render(with_square_norm(g) if self.with_spread else g, K, c2w, Wr, Hr, with_rgb=False,
                    **self.render_kwargs)
         rendered = r.features[..., :-1] if self.with_spread else r.features
         feats = rendered.permute(2, 0, 1)[None].float()  # [1, f, H, W]
         alpha = F.interpolate(r.alpha[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
-        out = {"target": decode_to_grid(s.decoder, feats, (h, w), self.pools[si])[0].contiguous(),  # [D, h, w]
+        out = {"target": decode_to_grid(decoder, feats, (h, w), self.pools[si])[0].contiguous(),  # [D, h, w]
                "mask": alpha >= self.alpha_threshold, "alpha": alpha.clamp(0, 1).contiguous()}
         if self.with_spread:
             out["spread"] = F.interpolate(feature_spread(r.features.float(), r.alpha.float())[None, None],
                                           size=(h, w), mode="area")[0, 0].contiguous()
-        return out
+        return {k: v.cpu() for k, v in out.items()}  # the loader collates (and pins) CPU tensors
 
     def render_size(self, scene_index: int) -> tuple[int, int]:
         """(W, H) targets of this scene are rendered at before decoding: its lift resolution (the scale its
@@ -339,6 +351,20 @@ def render_workers(workers: int | None) -> int:
     if workers is not None:
         return int(workers)
     return 0 if available_cores() < MIN_CORES_FOR_A_WORKER else 1
+
+
+def render_plan(workers: int | None, render_on: str, device) -> tuple[int, torch.device]:
+    """(render workers, device targets render on) for ``--workers`` / ``--render-on`` and the training device.
+
+    ``auto`` renders on a CUDA training device, inline, unless render workers were asked for: there gsplat
+    renders a view in milliseconds, where the CPU's numba takes tens (bench/gpu_check.py's Stage 2 rows,
+    docs/gpu.md). Elsewhere targets render on the CPU, with :func:`render_workers`' default."""
+    device = torch.device(device)
+    if render_on == "device" or (render_on == "auto" and device.type == "cuda" and not workers):
+        if workers:
+            raise Fit3DError(f"--render-on device renders in the training process: use --workers 0, not {workers}")
+        return 0, device
+    return render_workers(workers), torch.device("cpu")
 
 
 def worker_init(worker_id: int, threads: int = 1) -> None:

@@ -46,7 +46,7 @@ from fit3d.finetune.anchor import AnchorReference
 from fit3d.models.cls_branch import transformer_blocks  # noqa: F401 - re-exported (benches, tests)
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
-                                 render_workers, scene_memory)
+                                 render_plan, scene_memory)
 from fit3d.finetune.residual import decoder_subspace, subspace_target, with_view_mean
 from fit3d.finetune.wise import interpolate_weights
 from fit3d.guard import check_not_input, check_replaceable, model_inputs
@@ -598,14 +598,16 @@ def _frozen_copy(run: _Run, state: dict):
 def _make_loader(run: _Run, views: RenderedViews | None = None) -> DataLoader:
     """One loader for the whole run: its workers persist across epochs (a spawned worker pays its imports
     and the renderer's start-up once); the sampler, read in this process, sets epoch and position."""
-    cfg, workers = run.cfg, render_workers(run.cfg.workers)
+    cfg = run.cfg
+    views = views if views is not None else run.views
+    workers, views.render_device = render_plan(cfg.workers, cfg.render_on, run.device)
     if workers:
         ok, why = workers_can_spawn(cfg.worker_start)
         if not ok:  # e.g. the README's snippet saved as a script: render here instead (same batches, slower)
             log.warning("fine-tuning renders in the main process (workers=0): %s; add the guard to use "
                         "--workers %d", why, workers)
             workers = 0
-    return DataLoader(views if views is not None else run.views, batch_size=cfg.batch_size, sampler=run.sampler,
+    return DataLoader(views, batch_size=cfg.batch_size, sampler=run.sampler,
                       num_workers=workers,
                       worker_init_fn=make_worker_init(cfg.worker_threads) if workers else None,
                       prefetch_factor=cfg.prefetch if workers else None,
@@ -765,7 +767,8 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         original = original if original is not None else _load_original(cfg, run.device)
         held = RenderedViews(run.scenes, bb.patch_size, which="heldout", resolution=cfg.resolution,
                              alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
-                             flip_prob=0.0, seed=cfg.seed, target_pool=cfg.target_pool)
+                             flip_prob=0.0, seed=cfg.seed, target_pool=cfg.target_pool,
+                             render_device=render_plan(None, cfg.render_on, run.device)[1])
         metrics["heldout"] = evaluate_against_targets(held, {"original": original, "finetuned": bb}, run.device,
                                                       cfg.batch_size, progress=cfg.progress)
     manifest = {

@@ -180,7 +180,8 @@ def densify_and_prune(params: dict, optimizer, stats: DensifyStats, *, grad_thre
     # Split: two samples from each large Gaussian, scales / (0.8 * 2), originals removed below.
     sidx = torch.nonzero(split).squeeze(1).repeat(2)
     std = scales[sidx]
-    noise = torch.randn(std.shape, generator=generator, device=std.device) * std
+    # drawn on the CPU (the generator's device) and moved: the same split on every device
+    noise = torch.randn(std.shape, generator=generator).to(std.device) * std
     rot = quat_to_rotmat(p["quats"][sidx])
     new_split = {k: p[k][sidx] for k in PARAM_NAMES}
     new_split["means"] = p["means"][sidx] + torch.bmm(rot, noise[:, :, None]).squeeze(-1)

@@ -116,3 +116,54 @@ def test_targets_render_at_the_lift_resolution_by_default(lifted_dir):
     assert both.sum() > 50 and cos.mean() > 0.9
     with pytest.raises(ValueError, match="target_at"):
         RenderedViews(scenes, 8, target_at="full")
+
+
+def test_render_plan_renders_on_cuda_inline_by_default_and_on_the_cpu_elsewhere():
+    from fit3d.errors import Fit3DError
+    from fit3d.finetune.data import render_plan, render_workers
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda:0")  # a device object: nothing is allocated on it
+    assert render_plan(None, "auto", "cpu") == (render_workers(None), cpu)
+    assert render_plan(None, "auto", gpu) == render_plan(0, "auto", gpu) == (0, gpu)  # gsplat, in the training process
+    assert render_plan(2, "auto", gpu) == (2, cpu)      # workers asked for: they render on the CPU
+    assert render_plan(None, "cpu", gpu) == (render_workers(None), cpu)
+    assert render_plan(0, "device", "cpu") == (0, cpu)
+    with pytest.raises(Fit3DError, match="--workers 0"):
+        render_plan(1, "device", gpu)
+
+
+def synthetic_lifted(tmp_path, backbone, model_dir):
+    """A back-projected lift of a generated room (no shared data: the GPU check runs this test without it)."""
+    from fit3d.data import read_scene
+    from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
+    from fit3d.lift.backprojected import backprojected_lift
+
+    room = generate_scenes(tmp_path / "room", 1, SyntheticSceneConfig(num_views=8, width=64, height=48, seed=3),
+                           progress=False)[0]
+    names = [v.name for v in read_scene(room, load_depth=False).views]
+    return backprojected_lift(room, backbone, tmp_path / "lifted", train_views=names[1:], heldout_views=names[:1],
+                              resolution=(64, 48), feature_dim=8, stride=4, footprint=1.0, model_path=str(model_dir))
+
+
+def targets_match(lifted, device: str) -> None:
+    scenes = load_scenes([lifted])
+    on_cpu = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True)
+    on_dev = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True, render_device=device)
+    for i in (0, 5):
+        a, b = on_cpu[i], on_dev[i]
+        assert all(t.device.type == "cpu" for t in b.values() if isinstance(t, torch.Tensor))
+        assert a["alpha"].mean() > 0.3
+        for k in ("target", "alpha", "spread"):
+            assert_close(b[k], a[k], rtol=1e-3, atol=1e-3 * float(a[k].abs().max()))
+        assert (b["mask"] != a["mask"]).float().mean() < 0.05  # alpha at the threshold may flip a few cells
+
+
+def test_targets_rendered_on_an_explicit_device_come_back_to_the_cpu(tmp_path, tiny_backbone, tiny_model_dir):
+    targets_match(synthetic_lifted(tmp_path, tiny_backbone, tiny_model_dir), "cpu")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_targets_rendered_on_cuda_match_the_cpus(tmp_path, tiny_backbone, tiny_model_dir):
+    """The same views' target, mask, alpha and spread rendered on the GPU (gsplat when it imports) and on the CPU."""
+    targets_match(synthetic_lifted(tmp_path, tiny_backbone, tiny_model_dir), "cuda")

@@ -30,7 +30,7 @@ def make_scene(n, width, height, *, opacity=(0.3, 1.0), scale=(0.05, 0.35), chan
 def weighted_loss(image, depth, alpha):
     """A loss touching every output with distinct weights."""
     def ramp(x, lo, hi):
-        return torch.linspace(lo, hi, x.numel(), dtype=x.dtype).reshape(x.shape)
+        return torch.linspace(lo, hi, x.numel(), dtype=x.dtype, device=x.device).reshape(x.shape)
     return (image * ramp(image, -1, 1)).sum() + (depth * ramp(depth, 0.2, 0.1)).sum() + (alpha * ramp(alpha, 1, -2)).sum()
 
 
