@@ -465,14 +465,15 @@ def section_torchrun(rep: Report, scenes: list[str], model: Path, work: Path, sc
 
 
 def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, env: dict, note: str = "",
-                 raster: str = "torch") -> None:
+                 raster: str = "torch", reserve: float = 10.0) -> None:
+    """``fit3d lift --method solve`` of the prepared RedKitchen frames, leaving ``reserve`` seconds of the budget."""
     if rep.left() < 60:
         rep.add("lift", "fit3d lift --method solve", "skipped", "SKIP", "budget spent")
         return
     lifted = work / f"lift_redkitchen_{raster}"
     rc, log, secs = sh(fit3d_cmd("lift", str(assets / "redkitchen"), "--method", "solve", "--device", sc.device,
                                  "--model-path", str(model), "--out", str(lifted), *sc.lift_args),
-                       env=env, timeout=max(30.0, rep.left() - 150))
+                       env=env, timeout=max(30.0, rep.left() - reserve))
     meta = next(lifted.glob("*/lift.json"), None)
     extra, note = note, ""
     if rc == 0 and meta:
@@ -528,7 +529,7 @@ def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[s
         section_stage2(rep, scenes, model, work, sc, env_plain, runs=((False, 0, "device"), (True, 0, "device"),
                                                                       (True, 0, "cpu")), raster=plain, note=busy)
     if "lift" in sections:
-        section_lift(rep, assets, model, work, sc, env_plain, note=busy, raster=plain)
+        section_lift(rep, assets, model, work, sc, env_plain, note=busy, raster=plain, reserve=150 if build else 10)
     if "raster" in sections:
         section_raster(rep, sc, ["torch"])
     gsplat = finish_gsplat_build(rep, build, reserve=150) if "gsplat" in sections else False
@@ -558,6 +559,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=540.0, help="seconds after which remaining sections are skipped")
     ap.add_argument("--simulate-cpu", action="store_true",
                     help="run the GPU sections' code on the CPU at small sizes (no gsplat): a rehearsal of the script")
+    ap.add_argument("--lift-max-frame", type=int, default=None,
+                    help="lift RedKitchen frames up to this one only (default: every prepared frame, 0-396)")
     ap.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS),
                     help="the sections to run (default: all; a rerun of one after a fix)")
     args = ap.parse_args(argv)
@@ -570,7 +573,8 @@ def main(argv=None) -> int:
         return run_gpu(assets, Path(args.out), args.budget, SIMULATE, tuple(args.sections))
     if not torch.cuda.is_available():
         return check_only(assets)
-    return run_gpu(assets, Path(args.out), args.budget, Scale(), tuple(args.sections))
+    lift_args = ("--max-frame", str(args.lift_max_frame)) if args.lift_max_frame is not None else ()
+    return run_gpu(assets, Path(args.out), args.budget, Scale(lift_args=lift_args), tuple(args.sections))
 
 
 if __name__ == "__main__":

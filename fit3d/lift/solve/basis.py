@@ -20,7 +20,7 @@ def view_targets(cache, name: str, proj: Tensor, width: int, height: int, at: st
     """[H, W, f] the view's tokens in the decoder's basis at the render size: ``render`` bilinearly
     upsampled (FiT3D's targets), ``grid`` each token repeated over its pixels (the adjoint of the grid
     loss's average pooling, up to the constant pool area)."""
-    g = torch.einsum("kd,dhw->khw", proj, cache.grid(cache.index(name)))[None]
+    g = torch.einsum("kd,dhw->khw", proj, cache.grid(cache.index(name), proj.device))[None]
     mode = {"render": dict(mode="bilinear", align_corners=False), "grid": dict(mode="nearest")}[at]
     return F.interpolate(g, size=(height, width), **mode)[0].permute(1, 2, 0).contiguous()
 
@@ -31,7 +31,7 @@ def stacked_targets(cache, names, proj: Tensor, width: int, height: int, at: str
     rows = []
     for name in names:
         if at == "grid":
-            g = torch.einsum("kd,dhw->hwk", proj, cache.grid(cache.index(name)))
+            g = torch.einsum("kd,dhw->hwk", proj, cache.grid(cache.index(name), proj.device))
             rows.append(g.reshape(-1, g.shape[-1]))
         else:
             rows.append(view_targets(cache, name, proj, width, height, at).reshape(width * height, -1))
