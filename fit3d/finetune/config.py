@@ -141,7 +141,7 @@ class FinetuneConfig:
     render_on: str = field(default="auto", metadata={"volatile": True, "choices": ("auto", "cpu", "device"),
         "help": "where targets render: cpu (numba, in the render workers or inline), device (the view's visible "
                 "Gaussians moved to the training device: gsplat on CUDA; inline, so --workers 0), or auto: device "
-                "on CUDA unless --workers is above 0, else cpu"})
+                "on CUDA with gsplat unless --workers is above 0, else cpu"})
     worker_threads: int = field(default=1, metadata={"volatile": True, "help": "torch threads inside each render worker"})
     worker_start: str = field(default="spawn", metadata={"volatile": True, "choices": ("spawn", "forkserver", "fork"),
         "help": "how render workers start: spawn (safe: the renderer's OpenMP/numba threads do not survive "

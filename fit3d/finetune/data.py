@@ -356,11 +356,15 @@ def render_workers(workers: int | None) -> int:
 def render_plan(workers: int | None, render_on: str, device) -> tuple[int, torch.device]:
     """(render workers, device targets render on) for ``--workers`` / ``--render-on`` and the training device.
 
-    ``auto`` renders on a CUDA training device, inline, unless render workers were asked for: there gsplat
-    renders a view in milliseconds, where the CPU's numba takes tens (bench/gpu_check.py's Stage 2 rows,
-    docs/gpu.md). Elsewhere targets render on the CPU, with :func:`render_workers`' default."""
+    ``auto`` renders on a CUDA training device with gsplat, inline, unless render workers were asked for: gsplat
+    renders a view in milliseconds, where the CPU's numba takes tens. Without gsplat the torch rasterizer on
+    the GPU is slower than numba (bench/gpu_check.py's Stage 2 rows, docs/gpu.md), so targets render on the
+    CPU, as everywhere else, with :func:`render_workers`' default."""
+    from fit3d.splat.rasterize import gsplat_available
+
     device = torch.device(device)
-    if render_on == "device" or (render_on == "auto" and device.type == "cuda" and not workers):
+    on_gpu = device.type == "cuda" and not workers and gsplat_available()
+    if render_on == "device" or (render_on == "auto" and on_gpu):
         if workers:
             raise Fit3DError(f"--render-on device renders in the training process: use --workers 0, not {workers}")
         return 0, device

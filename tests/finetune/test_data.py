@@ -118,11 +118,16 @@ def test_targets_render_at_the_lift_resolution_by_default(lifted_dir):
         RenderedViews(scenes, 8, target_at="full")
 
 
-def test_render_plan_renders_on_cuda_inline_by_default_and_on_the_cpu_elsewhere():
+def test_render_plan_renders_on_cuda_with_gsplat_inline_by_default_and_on_the_cpu_elsewhere(monkeypatch):
     from fit3d.errors import Fit3DError
     from fit3d.finetune.data import render_plan, render_workers
+    import importlib
 
+    raster = importlib.import_module("fit3d.splat.rasterize")  # the module (the package exports the function)
     cpu, gpu = torch.device("cpu"), torch.device("cuda:0")  # a device object: nothing is allocated on it
+    monkeypatch.setattr(raster, "gsplat_available", lambda: False)
+    assert render_plan(None, "auto", gpu) == (render_workers(None), cpu)  # torch's rasterizer: slower than numba
+    monkeypatch.setattr(raster, "gsplat_available", lambda: True)
     assert render_plan(None, "auto", "cpu") == (render_workers(None), cpu)
     assert render_plan(None, "auto", gpu) == render_plan(0, "auto", gpu) == (0, gpu)  # gsplat, in the training process
     assert render_plan(2, "auto", gpu) == (2, cpu)      # workers asked for: they render on the CPU

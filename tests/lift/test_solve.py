@@ -492,3 +492,22 @@ def test_colour_iterations_capped_per_training_view(room, tmp_path):
     free = lift_scene(room, _cfg(geometry_iterations=3, geometry_iterations_per_view=0), tmp_path / "f",
                       backbone=_ColourBackbone())
     assert free["solve"]["iterations"] == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the rule for a CUDA device without gsplat (here: no GPU at all)")
+def test_solve_passes_on_cuda_without_gsplat_take_numbas_sparse_path_on_the_cpu():
+    from fit3d.lift.solve.passes import passes_backend, solve_views
+    from fit3d.splat.rasterize import numba_available
+
+    if not numba_available():
+        pytest.skip("numba missing")
+    cuda = torch.device("cuda")  # a device object only: nothing is allocated on it
+    assert passes_backend("auto", cuda) == "numba"  # torch's rasterizer re-renders every view each pass
+    assert passes_backend("torch", cuda) == "torch" and passes_backend("auto", "cpu") == "auto"
+    params = {"means": torch.randn(20, 3) + torch.tensor([0, 0, 4.0]), "quats": torch.randn(20, 4),
+              "log_scales": torch.full((20, 3), -2.0), "opacity_logits": torch.zeros(20)}
+    view = View(name="v", image=np.zeros((8, 8, 3), np.float32), K=np.array([[8.0, 0, 4], [0, 8, 4], [0, 0, 1]]),
+                c2w=np.eye(4))
+    fv = solve_views(params, [view], 8, 8, "auto", cuda)
+    assert fv.backend == "numba" and fv.device.type == "cpu"
+    assert solve_views(params, [view], 8, 8, "auto", "cpu").device.type == "cpu"

@@ -12,12 +12,10 @@ from tqdm import tqdm
 from fit3d.errors import NonFiniteError, SceneError
 from fit3d.lift.context import LiftContext
 from fit3d.lift.decoder import FeatureDecoder
-from fit3d.lift.init import raster_geometry
 from fit3d.lift.solve.basis import decoder_projection, stacked_targets, view_targets
 from fit3d.lift.solve.cg import RIDGE_CANDIDATES, conjugate_gradient, select_ridge, weighted_average
-from fit3d.lift.solve.passes import accumulate, normal_matvec
+from fit3d.lift.solve.passes import accumulate, normal_matvec, solve_views
 from fit3d.lift.solve.weights import ViewWeights
-from fit3d.splat.fixed_views import FixedViews
 
 
 def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep_pixels: int = 0
@@ -38,7 +36,7 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
     sub = train[::max(1, cfg.solve.view_stride)]  # dense trajectories: neighbouring views add little
     at = cfg.solve.targets_at
     grid = ctx.cache.grid_size if at == "grid" else None
-    fv = FixedViews(*raster_geometry(params), sub, W, H, cfg.raster_backend, keep=False)  # one pass: nothing to keep
+    fv = solve_views(params, sub, W, H, cfg.raster_backend, ctx.device, keep=False)  # one pass: nothing to keep
     sparse = fv.backend == "numba"
     bar = tqdm(total=len(sub) * (1 + (0 if sparse else cfg.solve.cg_iterations + (cfg.solve.cg_iterations > 0))),
                desc=f"solve {ctx.name}", disable=not cfg.progress, unit="view")
@@ -63,7 +61,7 @@ def solve_features(ctx: LiftContext, params: dict, decoder: FeatureDecoder, keep
             mv = vw.matvec
             info["weights_nnz"] = int(vw.M.nnz)
         else:
-            fv = FixedViews(*raster_geometry(params), sub, W, H, cfg.raster_backend)  # kept Gaussians, projected once
+            fv = solve_views(params, sub, W, H, cfg.raster_backend, ctx.device)  # kept Gaussians, projected once
             mv = lambda X: normal_matvec(fv, X, grid, progress=bar)  # noqa: E731
         precond = den.clamp_min(1e-6)
         ridge, iterations = cfg.solve.cg_ridge, cfg.solve.cg_iterations

@@ -11,8 +11,7 @@ from torch import Tensor
 from fit3d.errors import NonFiniteError
 from fit3d.lift.context import LiftContext
 from fit3d.lift.decoder import FeatureDecoder
-from fit3d.lift.init import raster_geometry
-from fit3d.splat.fixed_views import FixedViews
+from fit3d.lift.solve.passes import solve_views
 
 
 def pooled_design(img: Tensor, k: int, grid: tuple[int, int] | None) -> Tensor:
@@ -80,7 +79,7 @@ def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, 
     W, H = ctx.size
     k = decoder.conv.kernel_size[0]
     D, C = decoder.out_dim, decoder.in_dim
-    fv = FixedViews(*raster_geometry(params), views, W, H, cfg.raster_backend, keep=False)
+    fv = solve_views(params, views, W, H, cfg.raster_backend, ctx.device, keep=False)
     feats = params["features"].detach().float()
     f32 = np.ascontiguousarray(feats.cpu().numpy())
     grid = ctx.cache.grid_size if cfg.solve.targets_at == "grid" else None
@@ -89,7 +88,7 @@ def fit_decoder(ctx: LiftContext, params: dict, decoder: FeatureDecoder, views, 
         if weights is not None:
             img = torch.from_numpy(weights[i] @ f32).reshape(H, W, C).permute(2, 0, 1)[None]
         else:
-            img = fv.render(i, feats).permute(2, 0, 1)[None]  # [1, C, H, W]
+            img = fv.render(i, feats.to(fv.device)).permute(2, 0, 1)[None]  # [1, C, H, W]
         idx = ctx.cache.index(v.name)
         Y = ctx.cache.grid(idx) if grid else ctx.cache.target(idx, W, H)[0]
         return pooled_design(img.cpu(), k, grid).T, Y.reshape(D, -1).T.cpu()

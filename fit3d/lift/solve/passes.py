@@ -12,6 +12,30 @@ from fit3d.lift.solve.weights import all_culled
 from fit3d.splat.fixed_views import FixedViews
 
 
+def passes_backend(backend: str, device) -> str:
+    """The rasterizer backend of the solve's fixed-view passes. ``auto`` on a CUDA device without gsplat is
+    numba's sparse path on the CPU: there each view's compositing weights are extracted once and every pass is
+    a sparse product, where the torch rasterizer re-renders each view for every pass (on an H200 it did about
+    4 view passes a second: 9 minutes for a 41-view solve; docs/gpu.md)."""
+    from fit3d.splat.rasterize import numba_available, resolve_backend
+
+    device = torch.device(device)
+    if backend == "auto" and device.type == "cuda" and resolve_backend("auto", device) == "torch" and numba_available():
+        return "numba"
+    return backend
+
+
+def solve_views(params: dict, views, width: int, height: int, backend: str, device, keep: bool = True) -> FixedViews:
+    """``FixedViews`` of ``params``' geometry for the solve's passes, on the device :func:`passes_backend` picks."""
+    from fit3d.lift.init import raster_geometry
+
+    backend = passes_backend(backend, device)
+    geometry = raster_geometry(params)
+    if backend == "numba":
+        geometry = tuple(t.cpu() for t in geometry)
+    return FixedViews(*geometry, views, width, height, backend, keep=keep)
+
+
 def accumulate(fv: FixedViews, targets, progress=None) -> tuple[Tensor, Tensor]:
     """(numerator [N, C], weight [N]) float64: sum over ``fv``'s views and their pixels p of w_pj * targets(i)[p]
     and w_pj, through the rasterizer's backward. targets: i -> [H, W, C]."""
