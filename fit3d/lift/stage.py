@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
+
+import torch
 
 from fit3d.data import read_scene
 from fit3d.data.readers import frame_number
@@ -29,6 +32,18 @@ from fit3d.lift.methods import METHODS
 from fit3d.lift.optimize import remove_checkpoint
 from fit3d.lift.targets import TargetCache, token_root
 from fit3d.models import load_backbone
+
+
+def warn_slow_raster(cfg: LiftConfig, device: torch.device) -> None:
+    """Warn when a lift on CUDA would rasterize with the torch backend (gsplat missing): on an H200 it did
+    about 4 view passes a second, slower than numba on a CPU (docs/gpu.md). The solve's passes move to numba
+    on the CPU by themselves; the colour and optimisation iterations stay on the GPU."""
+    from fit3d.splat.rasterize import resolve_backend
+
+    if device.type == "cuda" and cfg.raster_backend == "auto" and resolve_backend("auto", device) == "torch":
+        warnings.warn("lifting on CUDA without gsplat: the colour / optimisation iterations rasterize with the torch "
+                      "reference, slower than numba on the CPU; `pip install gsplat` (fit3d's extra `cuda`) or "
+                      "--device cpu", stacklevel=3)
 
 
 def load_lift_backbone(cfg: LiftConfig, device=None):
@@ -73,6 +88,7 @@ def lift_scene(scene_or_path, cfg: LiftConfig | None = None, out_dir=".", *, bac
         if d is not None:
             clean_stale_temps(d)  # left by a kill during an atomic write
     device = resolve_device(cfg.device)
+    warn_slow_raster(cfg, device)
     wanted = None if split is None else set(split[0]) | set(split[1])
     scene = scene if scene is not None else read_lift_scene(scene_or_path, cfg, wanted)
     if wanted is not None:

@@ -511,3 +511,18 @@ def test_solve_passes_on_cuda_without_gsplat_take_numbas_sparse_path_on_the_cpu(
     fv = solve_views(params, [view], 8, 8, "auto", cuda)
     assert fv.backend == "numba" and fv.device.type == "cpu"
     assert solve_views(params, [view], 8, 8, "auto", "cpu").device.type == "cpu"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the rule for a CUDA device without gsplat (here: no GPU at all)")
+def test_a_lift_on_cuda_without_gsplat_warns_that_its_iterations_are_slow():
+    import warnings
+
+    from fit3d.lift.config import LiftConfig
+    from fit3d.lift.stage import warn_slow_raster
+
+    with pytest.warns(UserWarning, match="without gsplat"):
+        warn_slow_raster(LiftConfig(), torch.device("cuda"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_slow_raster(LiftConfig(), torch.device("cpu"))
+        warn_slow_raster(LiftConfig(raster_backend="torch"), torch.device("cuda"))  # chosen: no warning
