@@ -52,7 +52,9 @@ MIN_CUDA_TESTS = 6
 OPTIONS = {"finetune": ["--scenes", "--out", "--max-steps", "--amp", "--workers", "--device", "--model-path",
                         "--no-amp", "--no-evaluate", "--checkpoint-every", "--render-on"],
            "lift": ["--method", "--out", "--device", "--model-path", "--max-frame"],
-           "generate": ["--num-scenes", "--num-views", "--width", "--height"]}
+           "generate": ["--num-scenes", "--num-views", "--width", "--height"],
+           "demo": ["--out", "--model-path", "--device", "--train-scenes", "--test-scenes", "--num-views",
+                    "--probe.iterations", "--bootstrap"]}
 CARRY_LIMIT = 64 * 2**20
 
 
@@ -251,6 +253,8 @@ class Scale:
     steps: int = 30            # Stage 2 steps per run
     workers: int = 2           # render workers of the third Stage 2 run
     lift_args: tuple = ()      # extra `fit3d lift` options
+    demo_args: tuple = ("--train-scenes", "2", "--test-scenes", "1", "--num-views", "8", "--probe.iterations", "50",
+                        "--bootstrap", "200")  # a small demo: every stage, seconds not minutes
 
 
 SIMULATE = Scale(device="cpu", raster=((20_000, 96, 96),), batch=4, steps=6, workers=1, lift_args=("--max-frame", "60"))
@@ -486,7 +490,27 @@ def section_lift(rep: Report, assets: Path, model: Path, work: Path, sc: Scale, 
             f"{secs:.0f} s wall" if rc == 0 else f"exit {rc}", "ok" if rc == 0 else "FAIL", note[:300] + extra)
 
 
-SECTIONS = ("gsplat", "raster", "stage2", "lift")  # gsplat: its build, its tests and every gsplat-backed run
+def section_demo(rep: Report, model: Path, work: Path, sc: Scale, env: dict, raster: str) -> None:
+    """A small ``fit3d demo`` end to end (generate, solve lift, Stage 2, seg / depth / corr probes, intervals,
+    report) on the device: every stage a user's first command runs."""
+    if rep.left() < 60:
+        rep.add("demo", "fit3d demo (small)", "skipped", "SKIP", "budget spent")
+        return
+    out = work / f"demo_{raster}"
+    rc, log, secs = sh(fit3d_cmd("demo", "--out", str(out), "--model-path", str(model), "--device", sc.device,
+                                 *sc.demo_args), env=env, timeout=max(30.0, rep.left() - 10))
+    note = ""
+    if rc == 0 and (out / "results.json").exists():
+        r = json.loads((out / "results.json").read_text())
+        note = ", ".join(f"{k} {v:.0f} s" for k, v in r.get("seconds", {}).items())
+    else:
+        (rep.out / f"fail_demo_{raster}.log").write_text(log)
+        note = log.strip().splitlines()[-1][:200] if log.strip() else ""
+    rep.add("demo", f"fit3d demo ({raster} raster; {' '.join(sc.demo_args)})",
+            f"{secs:.0f} s wall" if rc == 0 else f"exit {rc}", "ok" if rc == 0 else "FAIL", note[:300])
+
+
+SECTIONS = ("gsplat", "raster", "stage2", "lift", "demo")  # gsplat: its build, its tests and every gsplat-backed run
 
 
 def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[str, ...] = SECTIONS) -> int:
@@ -543,6 +567,8 @@ def run_gpu(assets: Path, out: Path, budget: float, sc: Scale, sections: tuple[s
                                                                        (True, sc.workers, "cpu")), raster="gsplat")
         if "lift" in sections:
             section_lift(rep, assets, model, work, sc, env_gs, raster="gsplat")
+    if "demo" in sections:
+        section_demo(rep, model, work, sc, env_gs if gsplat else env_plain, "gsplat" if gsplat else plain)
     if "stage2" in sections:
         section_torchrun(rep, scenes, model, work, sc, env_gs if gsplat else env_plain, "gsplat" if gsplat else plain)
     failed = [r for r in rep.rows if r["status"] == "FAIL"]
