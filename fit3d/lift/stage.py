@@ -35,12 +35,11 @@ from fit3d.models import load_backbone
 
 
 def warn_slow_raster(cfg: LiftConfig, device: torch.device) -> None:
-    """Warn when a lift on CUDA would rasterize with the torch backend (gsplat missing): on an H200 it did
-    about 4 view passes a second, slower than numba on a CPU (docs/gpu.md). The solve's passes move to numba
-    on the CPU by themselves; the colour and optimisation iterations stay on the GPU."""
-    from fit3d.splat.rasterize import resolve_backend
+    """Warn when a lift on CUDA would rasterize with the torch reference (gsplat missing). The solve's passes move to
+    numba on the CPU by themselves; the colour and optimisation iterations stay on the GPU."""
+    from fit3d.splat.rasterize import torch_fallback_on_cuda
 
-    if device.type == "cuda" and cfg.raster_backend == "auto" and resolve_backend("auto", device) == "torch":
+    if torch_fallback_on_cuda(cfg.raster_backend, device):
         warnings.warn("lifting on CUDA without gsplat: the colour / optimisation iterations rasterize with the torch "
                       "reference, slower than numba on the CPU; `pip install gsplat` (fit3d's extra `cuda`) or "
                       "--device cpu", stacklevel=3)

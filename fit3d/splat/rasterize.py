@@ -62,6 +62,13 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def torch_fallback_on_cuda(backend: str, device) -> bool:
+    """Whether ``backend`` resolves to the torch reference on a CUDA device (``auto`` without gsplat): on an H200 it
+    did about 4 view passes a second, slower than numba on a CPU (docs/gpu.md), so callers move work or warn."""
+    device = torch.device(device)
+    return backend == "auto" and device.type == "cuda" and resolve_backend(backend, device) == "torch"
+
+
 class CpuKernels(NamedTuple):
     """The three steps of the ``"numba"`` / ``"torch"`` backends: project, bin into depth-sorted tile lists,
     composite."""

@@ -17,12 +17,9 @@ def passes_backend(backend: str, device) -> str:
     numba's sparse path on the CPU: there each view's compositing weights are extracted once and every pass is
     a sparse product, where the torch rasterizer re-renders each view for every pass (on an H200 it did about
     4 view passes a second: 9 minutes for a 41-view solve; docs/gpu.md)."""
-    from fit3d.splat.rasterize import numba_available, resolve_backend
+    from fit3d.splat.rasterize import numba_available, torch_fallback_on_cuda
 
-    device = torch.device(device)
-    if backend == "auto" and device.type == "cuda" and resolve_backend("auto", device) == "torch" and numba_available():
-        return "numba"
-    return backend
+    return "numba" if torch_fallback_on_cuda(backend, device) and numba_available() else backend
 
 
 def solve_views(params: dict, views, width: int, height: int, backend: str, device, keep: bool = True) -> FixedViews:
