@@ -25,6 +25,7 @@ import generalize as G  # noqa: E402
 
 from fit3d.paths import shared_dir, shared_model_dir  # noqa: E402
 from fit3d.probe.datasets import load_probe_data  # noqa: E402
+from fit3d.probe.summary import SummaryConfig, eval_seg  # noqa: E402
 
 
 def class_iou(conf: np.ndarray) -> np.ndarray:
@@ -35,28 +36,6 @@ def class_iou(conf: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # nanmean of a class absent in every seed: NaN, as meant
         return np.nanmean(np.where(union > 0, tp / union, np.nan), 0)
-
-
-def seg_confusions(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, iterations: int,
-                   seeds: int, ignore: int = 255) -> dict:
-    """{source: [seeds, N, C, C]} per-image confusions of heads trained as ``fit3d.probe.summary.eval_seg`` trains
-    them (the protocol's settings, one batched pass), for any source names (eval_seg's are fixed)."""
-    from fit3d.probe.batched import train_seg_batched
-    from fit3d.probe.config import ProbeConfig
-    from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
-
-    names = list(train_f)
-    settings = [SegSettings.from_config(ProbeConfig(iterations=iterations), ignore, seed) for seed in range(seeds)]
-    heads = train_seg_batched([train_f[s].patch for s in names], train_labels, num_classes, settings)
-    out = {}
-    for k, src in enumerate(names):
-        per_seed = []
-        for si in range(seeds):
-            pred = predict_seg(heads[si * len(names) + k][0], test_f[src].patch, tuple(test_labels.shape[-2:]))
-            per_seed.append(np.stack([confusion_matrix(pred[i], test_labels[i], num_classes, ignore).numpy()
-                                      for i in range(len(pred))]))
-        out[src] = np.stack(per_seed).astype(np.float64)
-    return out
 
 
 def main(argv=None) -> int:
@@ -94,7 +73,8 @@ def main(argv=None) -> int:
         trf["original"], tef["original"] = feats["tr"]["original"], feats["te"]["original"]
         trf[f"ft{i}"], tef[f"ft{i}"] = feats["tr"]["finetuned"], feats["te"]["finetuned"]
     tr, te = splits["tr"], splits["te"]
-    conf = seg_confusions(trf, tr.labels, tef, te.labels, tr.data.num_classes, args.iterations, args.seeds)
+    conf = eval_seg(trf, tr.labels, tef, te.labels, tr.data.num_classes,
+                    SummaryConfig(probe_iterations=args.iterations, seeds=args.seeds), sources=list(trf))
     names = getattr(tr.data, "class_names", None) or [str(c) for c in range(tr.data.num_classes)]
     iou = {k: class_iou(v) for k, v in conf.items()}
     share = conf["original"][0].sum((0, 2))

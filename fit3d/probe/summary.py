@@ -74,10 +74,11 @@ def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: f
     return np.asarray(rows, dtype=np.float64)
 
 
-def _todo(known: dict | None) -> tuple[dict, list[str]]:
-    """(results so far, the sources still to train): heads of ``known`` sources are not retrained."""
+def _todo(known: dict | None, sources: list[str] | None = None) -> tuple[dict, list[str]]:
+    """(results so far, the sources still to train): heads of ``known`` sources are not retrained. ``sources``:
+    the feature sets to train on (default: original, finetuned, concat and the width control)."""
     out = dict(known or {})
-    return out, [src for src in SOURCES + (CONTROL,) if src not in out]
+    return out, [src for src in (sources or SOURCES + (CONTROL,)) if src not in out]
 
 
 def _per_seed(heads: list, todo: list[str], n_seeds: int, evaluate) -> dict:
@@ -112,14 +113,16 @@ def eval_depth(train_f: dict, train_depth, test_f: dict, test_depth, cfg: Summar
 
 
 def eval_seg(train_f: dict, train_labels, test_f: dict, test_labels, num_classes: int, cfg: SummaryConfig | None,
-             ignore: int = 255, known: dict | None = None, settings: list | None = None) -> dict:
+             ignore: int = 255, known: dict | None = None, settings: list | None = None,
+             sources: list[str] | None = None) -> dict:
     """{source: [seeds, N, C, C] per-image confusion matrices}; sources in ``known`` are taken from it.
     Heads of every source x seed train in one batched pass. ``settings``: one ``SegSettings`` per seed
-    (default as ``eval_depth``'s)."""
+    (default as ``eval_depth``'s). ``sources``: the keys of ``train_f`` / ``test_f`` to train on (default: the
+    benches' four, original / finetuned / concat / width control)."""
     from fit3d.probe.batched import train_seg_batched
     from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
 
-    out, todo = _todo(known)
+    out, todo = _todo(known, sources)
     if not todo:
         return out
     if settings is None:
