@@ -7,7 +7,7 @@ variance (docs/generalize.md, sitting 17), evaluated like any fine-tuned model:
     python bench/recipe_search.py ... --from-finetuned DIR --set seed=S
 
 Every source must have the same settings but the seed (checked); the [CLS] branch (``cls_branch.safetensors``)
-must be the same file in all (the original's own blocks: `default`'s) and is copied. The new ``fit3d.json`` is
+must hold the same tensors in all (the original's own blocks: `default`'s) and is copied. The new ``fit3d.json`` is
 ``--manifest-from``'s with the soup's fingerprint and ``soup_of`` (the sources); its settings keep that source's
 seed, so the benches' resume check reads it as that seed's run (the record says what it really is). The sources are
 never changed. Hand-written: a mean of state dicts, no library call to wrap.
@@ -16,7 +16,6 @@ never changed. Hand-written: a mean of state dicts, no library call to wrap.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -26,17 +25,19 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from fit3d.errors import Fit3DError  # noqa: E402
+from fit3d.finetune.assembled import read_manifest  # noqa: E402
+from fit3d.finetune.trainer import MANIFEST_FILE, MODEL_DIR  # noqa: E402
 from fit3d.guard import check_not_input  # noqa: E402
 from fit3d.io import write_json  # noqa: E402
 from fit3d.models.cls_branch import CLS_BRANCH_FILE  # noqa: E402
 from fit3d.models.identity import folder_fingerprint  # noqa: E402
 
-MODEL_DIR, MANIFEST = "model", "fit3d.json"
 WEIGHTS = "model.safetensors"
 
 
 def settings_but_seed(folder: Path) -> dict:
-    s = dict(json.loads((folder / MANIFEST).read_text()).get("settings") or {})
+    s = dict(read_manifest(folder).get("settings") or {})
     s.pop("seed", None)
     return s
 
@@ -68,11 +69,11 @@ def soup(sources: list[Path], out: Path, manifest_from: Path) -> dict:
     if (out / MODEL_DIR).exists():
         shutil.rmtree(out / MODEL_DIR)
     tmp.rename(out / MODEL_DIR)
-    m = json.loads((manifest_from / MANIFEST).read_text())
+    m = read_manifest(manifest_from)
     m.update(model_dir=MODEL_DIR, finetuned_fingerprint=folder_fingerprint(out / MODEL_DIR),
              soup_of=[str(s.resolve()) for s in sources],
              metrics={k: v for k, v in (m.get("metrics") or {}).items() if k != "heldout"})  # measured on one source
-    write_json(out / MANIFEST, m)
+    write_json(out / MANIFEST_FILE, m)
     return m
 
 
@@ -84,7 +85,10 @@ def main(argv=None) -> int:
                                                           "(default: the first)")
     args = ap.parse_args(argv)
     sources = [Path(s) for s in args.sources]
-    m = soup(sources, Path(args.out), Path(args.manifest_from) if args.manifest_from else sources[0])
+    try:
+        m = soup(sources, Path(args.out), Path(args.manifest_from) if args.manifest_from else sources[0])
+    except Fit3DError as e:  # a source that is not a finished Stage 2 folder, an output inside a source
+        raise SystemExit(f"bench/soup.py: {e}") from None
     print(f"{args.out}: mean of {len(sources)} models, fingerprint {m['finetuned_fingerprint']}")
     return 0
 

@@ -18,7 +18,8 @@ def folder(root, name, seed, w, branch=None, settings=None):
     (d / "model" / "config.json").write_text("{}")
     if branch is not None:
         save_file({"b": branch}, str(d / "model" / "cls_branch.safetensors"))
-    (d / "fit3d.json").write_text(json.dumps({"settings": {"seed": seed, "lr": 1e-5, **(settings or {})},
+    (d / "fit3d.json").write_text(json.dumps({"backbone": "dinov2_small",
+                                              "settings": {"seed": seed, "lr": 1e-5, **(settings or {})},
                                               "metrics": {"heldout": 1, "other": 2}}))
     return d
 
