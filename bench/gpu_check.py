@@ -422,6 +422,11 @@ def section_raster(rep: Report, sc: Scale, backends: list[str]) -> None:
                 torch.cuda.empty_cache()
 
 
+def max_rel_diff(a: list[float], b: list[float]) -> float:
+    """The largest |a_i - b_i| / |a_i| of two runs' per-step losses (the same steps)."""
+    return max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
+
+
 def section_stage2(rep: Report, scenes: list[str], model: Path, work: Path, sc: Scale, env: dict, *,
                    runs: tuple[tuple[bool, int, str], ...], raster: str, note: str = "") -> None:
     """``fit3d finetune`` runs of (amp, render workers, --render-on) with the rasterizer ``env`` gives on the
@@ -444,14 +449,14 @@ def section_stage2(rep: Report, scenes: list[str], model: Path, work: Path, sc: 
                          f"batch {m['config']['batch_size']}{note}")
     if (False, 0, "device") in done and (True, 0, "device") in done:
         a, b = done[(False, 0, "device")]["losses"], done[(True, 0, "device")]["losses"]
-        rel = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
+        rel = max_rel_diff(a, b)
         amp_on = done[(True, 0, "device")]["device"].startswith("cuda")  # fit3d uses bf16 autocast on CUDA only
         rep.add("stage2", f"bf16 vs fp32 loss, same {len(a)} steps ({raster})", f"max rel. diff {rel:.3g}",
                 "ok" if rel < 0.05 and (rel > 0 or not amp_on) else "FAIL",
                 f"fp32 {a[0]:.4f} -> {a[-1]:.4f}, bf16 {b[0]:.4f} -> {b[-1]:.4f}" + ("" if amp_on else " (CPU: no autocast)"))
     if (True, 0, "device") in done and (True, 0, "cpu") in done:
         a, b = done[(True, 0, "cpu")]["losses"], done[(True, 0, "device")]["losses"]
-        rel = max(abs(x - y) / max(abs(x), 1e-8) for x, y in zip(a, b))
+        rel = max_rel_diff(a, b)
         rep.add("stage2", f"targets on the device vs the CPU, same {len(a)} steps ({raster})",
                 f"max rel. loss diff {rel:.3g}", "ok" if rel < 0.05 else "FAIL")
 
