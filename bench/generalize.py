@@ -131,6 +131,10 @@ class GeneralizeConfig:
         "help": "smoke run: 3 rooms (+1+1 held out), 12 views, 40 views per lifted scene, 10 Stage 2 steps, "
                 "60 head iterations, 1 seed, 24 images per probe split"})
 
+    def features_precision(self) -> str:
+        """``precision`` resolved on this bench's device, the CPU: fp32 / bf16 (the cache keys' and records' value)."""
+        return resolve_precision(self.precision, "cpu")
+
 
 QUICK = dict(rooms=3, probe_rooms=1, test_rooms=1, room_views=12, lift_max_views=40, finetune_steps=10,
              probe_iterations=60, seeds=1, max_items=24, bootstrap=200)
@@ -181,7 +185,7 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
                             **({"feature_dim": cfg.lift_feature_dim} if cfg.lift_feature_dim != 64 else {}),
                             **({"feature_size": fs} if fs else {}),
                             "max_frame": max_frame, "train_views": train, "heldout_views": held,
-                            "precision": resolve_precision(cfg.precision, "cpu"),
+                            "precision": cfg.features_precision(),
                             "scene": str(Path(path).resolve()), "source": generated_with(path)})
         record = d / "generalize.json"  # what this bench lifted the folder with (the lift's own settings vary by method)
         if is_lifted(d):
@@ -376,7 +380,7 @@ class OriginalStats:
         self.settings = {k: getattr(cfg, k) for k in ("probe_iterations", "seeds", "probe_resolution", "max_items",
                                                       "room_views", "room_size", "gaps")}
         self.settings["seg_label_stride"] = SegSettings.label_stride  # heads trained otherwise are not reused
-        self.settings["precision"] = resolve_precision(getattr(cfg, "precision", None), "cpu")
+        self.settings["precision"] = cfg.features_precision()
         self.settings["depth_label_stride"] = DepthSettings.label_stride
 
     def path(self, name: str, train_names, test_names) -> Path:
@@ -410,7 +414,7 @@ def eval_flowers(cfg: GeneralizeConfig, scfg: SummaryConfig, sources: dict, cach
     tr = read_image_folder(cfg.flowers, "train", max_items=cfg.max_items)
     te = read_image_folder(cfg.flowers, "test", class_names=tr.class_names, max_items=cfg.max_items)
     return cls_eval("flowers_cls", tr, te, sources, cache, orig_stats, scfg,
-                    precision=resolve_precision(cfg.precision, "cpu")), len(te)
+                    precision=cfg.features_precision()), len(te)
 
 
 def cls_eval(name: str, tr, te, sources: dict, cache, orig_stats, scfg, set_prefix: str = "",
@@ -514,7 +518,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     cache = FeatureCache(cfg.cache_dir or out / "cache")
     orig_stats = OriginalStats(Path(cfg.cache_dir or out / "cache"), cfg, sources["original"].key())
     scfg = SummaryConfig(probe_iterations=cfg.probe_iterations, seeds=cfg.seeds, bootstrap=cfg.bootstrap)
-    feats = extract(sources, splits, cache, res, resolve_precision(cfg.precision, "cpu"))
+    feats = extract(sources, splits, cache, res, cfg.features_precision())
 
     evals: dict = {}
     sun = splits.get("sun3d_all")
@@ -577,7 +581,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
 
     controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
     result = {"evals": evals, "controls": controls, "seconds": wall, "cpu_seconds": cpu,
-              "machine": {**machine(), "precision": resolve_precision(cfg.precision, "cpu")},
+              "machine": {**machine(), "precision": cfg.features_precision()},
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)
     result["targets"] = targets(evals, cfg.gaps, controls)

@@ -43,7 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generalize as G  # noqa: E402
 
 from fit3d.config import add_arguments, check_choices, from_args  # noqa: E402
-from fit3d.device import resolve_precision  # noqa: E402
 from fit3d.io import write_json, write_text  # noqa: E402
 from fit3d.probe.summary import claims, eval_depth, eval_seg, summarise, summary_markdown  # noqa: E402
 
@@ -174,7 +173,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     cache_root = Path(cfg.cache_dir or out / "cache")
     cache = FeatureCache(cache_root)
     orig_stats = G.OriginalStats(cache_root, cfg, sources["original"].key())
-    feats = G.extract(sources, splits, cache, res, resolve_precision(cfg.precision, "cpu"))
+    feats = G.extract(sources, splits, cache, res, cfg.features_precision())
     seconds["features"] = time.perf_counter() - t0
 
     evals: dict = {}
@@ -223,7 +222,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     if "val_flowers_cls" in want:
         tr, te = flowers_split(cfg)
         evals["val_flowers_cls"] = G.cls_eval("val_flowers_cls", tr, te, sources, cache, orig_stats, cfg, "val-",
-                                              precision=resolve_precision(cfg.precision, "cpu"))
+                                              precision=cfg.features_precision())
     seconds["probe_flowers"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - t_all
 
