@@ -189,6 +189,9 @@ class FinetuneConfig:
         if self.anchor_teacher == "ema" and self.adapter != "none":
             raise option_error(self, "anchor_teacher", "ema needs adapter=none (the teacher averages the backbone's "
                                                        "own weights)", prefix)
+        if self.render_on == "device" and self.workers:
+            raise option_error(self, "render_on", f"device renders in the training process: use --{prefix}workers 0, "
+                                                  f"not {self.workers}", prefix)
         check_size(self, "resolution", prefix)
         if self.resolution:
             check_memory(self, "resolution", vit_bytes(*self.resolution) * 2 * self.batch_size,

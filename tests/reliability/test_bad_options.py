@@ -44,6 +44,8 @@ FINETUNE = {
     "cuda:7": (["--device", "cuda:7"], "--device", 1),
     "unknown worker start": (["--worker-start", "thread"], "--worker-start", 2),
     "unknown target_at": (["--target-at", "nowhere"], "--target-at", 2),
+    "unknown render-on": (["--render-on", "gpu"], "--render-on", 2),
+    "render-on device with workers": (["--render-on", "device", "--workers", "2"], "--render-on", 1),
 }
 
 
