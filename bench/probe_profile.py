@@ -2,6 +2,7 @@
 and the flowers classification probe.
 
     .venv/bin/python bench/probe_profile.py [--iterations 40] [--photos 128] [--threads 2]
+    .venv/bin/python bench/probe_profile.py --autocast --iterations 20   # float32 vs bf16 autocast depth heads
 
 - depth: ``fit3d.probe.batched.train_depth_batched`` as the full-scale sun3d evals run it (3 seeds x 4 sources:
   original / fine-tuned 384 wide, concat / width control 768 wide; 12x16 tokens, 168x224 labels, batch 8,
@@ -33,8 +34,8 @@ def _timed(fn):
     return out, time.perf_counter() - t0, cpu_seconds() - c0
 
 
-def depth_rows(iterations: int) -> list[tuple]:
-    from fit3d.probe.batched import train_depth_batched
+def depth_problem(iterations: int) -> tuple:
+    """(patches, clss, depth, settings) of the full-scale sun3d evals' batched depth step, on random tokens."""
     from fit3d.probe.depth import DepthSettings
 
     g = torch.Generator().manual_seed(0)
@@ -43,7 +44,31 @@ def depth_rows(iterations: int) -> list[tuple]:
     patches = [torch.randn(n, w, 12, 16, generator=g) for w in widths]
     clss = [torch.randn(n, w, generator=g) for w in widths]
     depth = torch.rand(n, 168, 224, generator=g) * 5 + 0.5
-    settings = [DepthSettings(iterations=iterations, seed=s) for s in range(3)]
+    return patches, clss, depth, [DepthSettings(iterations=iterations, seed=s) for s in range(3)]
+
+
+def autocast_rows(iterations: int, rounds: int = 2) -> list[tuple]:
+    """The same depth heads in float32 and in bf16 autocast around the whole trainer, alternating ``rounds`` times;
+    the last round of each (the first pays one-off start-up). A lever measured, not used by the probes."""
+    from fit3d.probe.batched import train_depth_batched
+
+    args = depth_problem(iterations)
+    last = {}
+    for _ in range(rounds):
+        for amp in (False, True):
+            def run(amp=amp):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                    train_depth_batched(*args)
+            _, wall, cpu = _timed(run)
+            last[amp] = (wall, cpu)
+    return [(f"depth heads x12, {iterations} iterations, {'bf16 autocast' if amp else 'float32'}", w, c,
+             "" if not amp else f"{c / last[False][1]:.2f}x the float32 CPU s") for amp, (w, c) in last.items()]
+
+
+def depth_rows(iterations: int) -> list[tuple]:
+    from fit3d.probe.batched import train_depth_batched
+
+    patches, clss, depth, settings = depth_problem(iterations)
     prof = cProfile.Profile()
     _, wall, cpu = _timed(lambda: (prof.enable(), train_depth_batched(patches, clss, depth, settings), prof.disable()))
     st = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
@@ -92,9 +117,11 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=40, help="depth-head iterations profiled")
     ap.add_argument("--photos", type=int, default=128, help="flowers photos through the backbone")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
+    ap.add_argument("--autocast", action="store_true",
+                    help="only time the depth heads in float32 against bf16 autocast (docs/speed.md section 11)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = depth_rows(args.iterations) + flowers_rows(args.photos)
+    rows = autocast_rows(args.iterations) if args.autocast else depth_rows(args.iterations) + flowers_rows(args.photos)
     print(f"{args.threads} torch threads; {machine()}\n")
     print("| part | wall s | CPU s | note |\n|---|---|---|---|")
     for name, w, c, note in rows:
