@@ -95,6 +95,11 @@ class FinetuneConfig:
         "help": "weight-space ensemble (WiSE-FT): the saved model's weights are original + this x (fine-tuned - "
                 "original); 1 = the fine-tuned weights (FiT3D), smaller keeps more of the original "
                 "(fit3d.finetune.wise; one model, no extra cost at inference)"})
+    weight_average: float = field(default=0.0, metadata={
+        "help": "the saved weights are an exponential moving average of the trained weights over the Stage 2 steps, "
+                "with a time constant of this fraction of them (0.2: about the last fifth of the run; 0 = the last step's "
+                "weights, FiT3D). Averages out the step-to-step noise of which views came last "
+                "(fit3d.finetune.averaging)"})
     anchor_teacher: str = field(default="original", metadata={
         "choices": ANCHOR_TEACHERS,
         "help": "what the anchor term pulls toward: original (the frozen pretrained model) or ema (an exponential "
@@ -177,7 +182,7 @@ class FinetuneConfig:
                            "alpha_threshold": (0, 1), "flip_prob": (0, 1), "lora_alpha": (0, inf),
                            "anchor_weight": (0, inf), "anchor_spread": (1e-6, 1), "anchor_cls": (0, inf),
                            "cls_restore_weight": (0, inf), "cls_restore_lr": (0, inf),
-                           "ema_momentum": (0, 1)}, prefix)
+                           "ema_momentum": (0, 1), "weight_average": (0, 1)}, prefix)
         if not 0.0 < float(self.interpolate) <= 1.0:
             raise option_error(self, "interpolate", "must be in (0, 1] (1 = the fine-tuned weights)", prefix)
         if isinstance(self.freeze_blocks, bool) or not isinstance(self.freeze_blocks, int):
@@ -186,6 +191,12 @@ class FinetuneConfig:
         if self.cls_restore_steps and self.adapter != "none":
             raise option_error(self, "cls_restore_steps", "needs adapter=none (the frozen copy is of the backbone's "
                                                           "own weights)", prefix)
+        if self.weight_average and self.adapter != "none":
+            raise option_error(self, "weight_average", "needs adapter=none (it averages the backbone's own weights)",
+                               prefix)
+        if self.weight_average and self.cls_restore_steps:
+            raise option_error(self, "weight_average", "averages the Stage 2 steps: not with cls_restore_steps",
+                               prefix)
         if self.anchor_teacher == "ema" and self.adapter != "none":
             raise option_error(self, "anchor_teacher", "ema needs adapter=none (the teacher averages the backbone's "
                                                        "own weights)", prefix)

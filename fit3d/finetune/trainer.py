@@ -43,6 +43,7 @@ from fit3d.device import DistInfo, dist_info, resolve_device
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.adapters import add_lora, merge_lora
 from fit3d.finetune.anchor import AnchorReference
+from fit3d.finetune.averaging import WeightAverage, trained_parameters
 from fit3d.models.cls_branch import transformer_blocks  # noqa: F401 - re-exported (benches, tests)
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.data import (RenderedViews, ResumableSampler, load_scenes, make_worker_init,
@@ -462,6 +463,7 @@ class _Run:
     teacher: object | None = None    # the EMA teacher (anchor_teacher=ema)
     subspaces: list | None = None    # per scene U [D, r] (target_mode residual / projection)
     held: object | None = None       # cls_restore_steps: the frozen copy of the model when the Stage 2 steps ended
+    average: object | None = None    # weight_average: the WeightAverage of the trained weights
     step: int = 0
     epoch: int = 0
     consumed: int = 0                # samples of the current epoch already seen
@@ -531,8 +533,10 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchor_ref = AnchorReference(original, bb, transformer_blocks) if original is not None and peft_model is None \
         else None
+    average = WeightAverage.start(trained_parameters(bb.model), cfg.weight_average, total) \
+        if cfg.weight_average > 0 else None
     return _Run(cfg, out, di, device, settings, bb, scenes, views, sampler, total, params, opt, n_frozen,
-                peft_model, original, mem, anchor_ref, teacher=teacher, subspaces=subspaces)
+                peft_model, original, mem, anchor_ref, teacher=teacher, subspaces=subspaces, average=average)
 
 
 def _resume(run: _Run) -> None:
@@ -556,6 +560,8 @@ def _resume(run: _Run) -> None:
             run.teacher.model.load_state_dict(ck_t["teacher"])
         if "held" in ck_t:
             run.held = _frozen_copy(run, ck_t["held"])
+        if run.average is not None:
+            run.average = WeightAverage.from_state(ck_t["average"], ck["average"])
         run.step, run.epoch, run.consumed, run.losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
         restore_rng(ck["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -572,9 +578,11 @@ def _checkpoint(run: _Run) -> None:
             tensors["teacher"] = run.teacher.model.state_dict()
         if run.held is not None:
             tensors["held"] = run.held.model.state_dict()
-        save_checkpoint(run.ckpt_path, tensors,
-                        {"step": run.step, "epoch": run.epoch, "consumed": run.consumed, "losses": run.losses,
-                         "rng": capture_rng(), "settings": run.settings})
+        state = {"step": run.step, "epoch": run.epoch, "consumed": run.consumed, "losses": run.losses,
+                 "rng": capture_rng(), "settings": run.settings}
+        if run.average is not None:
+            tensors["average"], state["average"] = run.average.state()
+        save_checkpoint(run.ckpt_path, tensors, state)
     if run.di.active:
         dist.barrier()
 
@@ -638,6 +646,8 @@ def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool, restor
         raise NonFiniteError(f"non-finite gradient norm at step {run.step + 1} on {where}")
     if run.teacher is not None and restore is None:
         ema_update(run.teacher.model, run.bb.model, run.cfg.ema_momentum)
+    if run.average is not None and restore is None:
+        run.average.update(trained_parameters(run.bb.model))
     return float(stat[0]) / run.di.world_size
 
 
@@ -742,6 +752,8 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     if run.peft_model is not None:  # adapters folded into the weights: model/ is a plain transformers model
         bb.model = merge_lora(run.peft_model)
         run.peft_model = None
+    if run.average is not None:  # the saved (and evaluated) weights are the run's average (fit3d.finetune.averaging)
+        run.average.copy_to(trained_parameters(bb.model))
     original = run.original
     if cfg.interpolate != 1.0:  # WiSE-FT: the saved (and evaluated) weights part of the way back to the original
         original = original if original is not None else _load_original(cfg, run.device)
