@@ -561,7 +561,7 @@ def _resume(run: _Run) -> None:
         if "held" in ck_t:
             run.held = _frozen_copy(run, ck_t["held"])
         if run.average is not None:
-            run.average = WeightAverage.from_state(ck_t["average"], ck["average"])
+            run.average.load_state(ck_t["average"], ck["average"])
         run.step, run.epoch, run.consumed, run.losses = ck["step"], ck["epoch"], ck["consumed"], list(ck["losses"])
         restore_rng(ck["rng"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
@@ -647,7 +647,7 @@ def _train_step(run: _Run, module: nn.Module, batch: dict, use_amp: bool, restor
     if run.teacher is not None and restore is None:
         ema_update(run.teacher.model, run.bb.model, run.cfg.ema_momentum)
     if run.average is not None and restore is None:
-        run.average.update(trained_parameters(run.bb.model))
+        run.average.update()
     return float(stat[0]) / run.di.world_size
 
 
@@ -753,7 +753,7 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
         bb.model = merge_lora(run.peft_model)
         run.peft_model = None
     if run.average is not None:  # the saved (and evaluated) weights are the run's average (fit3d.finetune.averaging)
-        run.average.copy_to(trained_parameters(bb.model))
+        run.average.copy_to()
     original = run.original
     if cfg.interpolate != 1.0:  # WiSE-FT: the saved (and evaluated) weights part of the way back to the original
         original = original if original is not None else _load_original(cfg, run.device)

@@ -26,7 +26,7 @@ def test_decay_warms_up_to_the_momentum_of_the_time_constant():
     seen = []
     for _ in range(200):
         seen.append(avg.decay())
-        avg.update({"w": torch.zeros(2)})
+        avg.update()
     assert seen[0] == 0.0 and seen[10] == pytest.approx(10 / 11)  # the plain mean of the weights so far ...
     assert seen[98] == pytest.approx(98 / 99) and seen[99] == seen[-1] == pytest.approx(0.99)  # ... then the EMA
     assert WeightAverage.start({"w": torch.zeros(1)}, 0.1, 3).momentum == 0.0  # horizon < 1 step: the last weights
@@ -38,11 +38,12 @@ def test_update_is_a_lerp_and_copy_to_writes_the_average():
     with torch.no_grad():
         p.fill_(3.0)
     d = avg.decay()
-    avg.update({"p": p})
+    avg.update()
     assert_close(avg.tensors["p"], d * torch.tensor([1.0, 2.0]) + (1 - d) * 3.0)
-    avg.copy_to({"p": p})
+    avg.copy_to()
     assert_close(p.detach(), avg.tensors["p"])
-    back = WeightAverage.from_state(*avg.state())
+    back = WeightAverage.start({"p": p}, fraction=0.5, steps=10)
+    back.load_state(*avg.state())
     assert back.updates == 1 and back.momentum == avg.momentum and back.tensors["p"] is not None
 
 
@@ -60,7 +61,7 @@ def test_the_average_of_noisy_sgd_is_closer_to_the_optimum_than_its_last_step():
             loss = 0.5 * w.square().sum() + (w * torch.randn(16, generator=g)).sum()  # optimum 0, noisy gradient
             loss.backward()
             opt.step()
-            avg.update({"w": w})
+            avg.update()
         last.append(float(w.detach().norm()))
         averaged.append(float(avg.tensors["w"].norm()))
     assert sum(averaged) < 0.5 * sum(last)  # measured 0.35x
