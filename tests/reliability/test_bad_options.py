@@ -46,6 +46,8 @@ FINETUNE = {
     "unknown target_at": (["--target-at", "nowhere"], "--target-at", 2),
     "unknown render-on": (["--render-on", "gpu"], "--render-on", 2),
     "render-on device with workers": (["--render-on", "device", "--workers", "2"], "--render-on", 1),
+    "weight average above 1": (["--weight-average", "1.5"], "--weight-average", 1),
+    "weight average with LoRA": (["--weight-average", "0.2", "--adapter", "lora"], "--weight-average", 1),
 }
 
 
