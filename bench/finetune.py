@@ -12,7 +12,9 @@ workers, over all threads: what other jobs on the shared cores do not change), o
   * full    the trainer's own step (``forward_loss`` with the recipe's anchor + ``backward_step``) on batches
             from a DataLoader as the trainer builds it: rendered inline (0 workers) or ahead by spawned
             workers; the anchor's reference from the original's full forward (``anchor full``) or through the
-            frozen prefix (``anchor prefix``, ``fit3d.finetune.anchor``, what the trainer runs); ratio to plain.
+            frozen prefix (``anchor prefix``, ``fit3d.finetune.anchor``, what the trainer runs), in float32 or in
+            bf16 autocast (``--reference-precision``: ``fit3d finetune --precision``, whose default ``auto`` is
+            bf16 on a CPU with bf16 hardware); ratio to plain.
             Targets render at the scene's lift resolution (``--target-at lift``, the default of ``fit3d
             finetune``) or at the training resolution (``train``, as FiT3D), with the spread channel when the
             recipe anchors at ``spread``.
@@ -103,6 +105,7 @@ def tree_cpu_seconds() -> float:
 def main() -> int:
     from fit3d.finetune.anchor import AnchorReference
     from fit3d.finetune.data import render_workers
+    from fit3d.device import cpu_has_fast_bf16, resolve_precision
     from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
     from fit3d.finetune.trainer import build_trainable, transformer_blocks
 
@@ -119,6 +122,9 @@ def main() -> int:
                     help="target render resolutions to time (FinetuneConfig.target_at)")
     ap.add_argument("--anchor", nargs="+", default=["prefix", "full"], choices=["prefix", "full"],
                     help="anchor reference paths to time (recipes with an anchor)")
+    ap.add_argument("--reference-precision", nargs="+", choices=["fp32", "bf16"], default=None,
+                    help="precisions of the original's reference forward to time (default: fp32, and bf16 where "
+                         "the CPU has bf16 hardware)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds over the settings")
     ap.add_argument("--block", type=int, default=5, help="steps per setting per round")
     ap.add_argument("--batch", type=int, default=2)
@@ -161,15 +167,21 @@ def main() -> int:
     anchors = {"none": None}
     subspaces = [decoder_subspace(s.decoder, cfg.subspace_rank or None) for s in scenes] \
         if cfg.target_mode != "rendered" else None
+    precisions = args.reference_precision or (["fp32", "bf16"] if cpu_has_fast_bf16() else ["fp32"])
     if cfg.anchor_weight > 0 or subspaces is not None:  # the original's tokens: the anchor's / residual's reference
-        original = load_backbone("dinov2_small", model_path=args.model_path).eval().requires_grad_(False)
-        for a in args.anchor:
-            ref = original if a == "full" else AnchorReference(original, bb, transformer_blocks)
-            anchors[a] = LossTerms(ref, subspaces, cfg.target_mode, cfg.anchor_weight, cfg.anchor_at,
-                                   cfg.anchor_spread)
-        if "prefix" in anchors and not anchors["prefix"].original.shortcut:
+        for p in precisions:
+            original = load_backbone("dinov2_small", model_path=args.model_path).eval().requires_grad_(False)
+            original.precision = p
+            for a in args.anchor:
+                ref = original if a == "full" else AnchorReference(original, bb, transformer_blocks)
+                anchors[a if p == "fp32" else f"{a} {p}"] = LossTerms(ref, subspaces, cfg.target_mode,
+                                                                     cfg.anchor_weight, cfg.anchor_at, cfg.anchor_spread)
+        prefixed = [k for k in anchors if k.startswith("prefix")]
+        if prefixed and not anchors[prefixed[0]].original.shortcut:
             print(f"recipe {args.recipe}: no frozen prefix to reuse; 'anchor prefix' is the full forward")
-    default_anchor = "prefix" if "prefix" in anchors else ("full" if "full" in anchors else "none")
+    run_p = resolve_precision(cfg.precision, "cpu")  # what `fit3d finetune` runs here
+    suffix = "" if run_p == "fp32" else f" {run_p}"
+    default_anchor = next((k for k in ("prefix" + suffix, "full" + suffix) if k in anchors), "none")
     settings = [("plain", None, "none")] + [(k, k, a) for k in loaders for a in anchors if a != "none"
                                              or len(anchors) == 1]
     times: dict[tuple, list[float]] = {s: [] for s in settings}

@@ -123,10 +123,10 @@ class GeneralizeConfig:
     threads: int = field(default=0, metadata={"help": "torch threads (0: default)"})
     precision: str = field(default="fp32", metadata={
         "choices": PRECISIONS,
-        "help": "dtype of the frozen features (lift targets, probe features). fp32: the proof's protocol, every run in "
-                "docs/generalize.md; auto = bf16 autocast on a CPU with bf16 hardware (AMX / AVX-512 BF16), 0.87x the "
-                "CPU seconds at full scale, within the seed spread but not the same numbers (docs/speed.md section 10); "
-                "Stage 2 trains in float32 either way"})
+        "help": "dtype of the frozen features (lift targets, Stage 2's reference forward of the original, probe "
+                "features). fp32: the proof's protocol, every run in docs/generalize.md; auto = bf16 autocast on a CPU "
+                "with bf16 hardware (AMX / AVX-512 BF16), 0.87x the CPU seconds at full scale, within the seed spread "
+                "but not the same numbers (docs/speed.md section 10); Stage 2 trains in float32 either way"})
     quick: bool = field(default=False, metadata={
         "help": "smoke run: 3 rooms (+1+1 held out), 12 views, 40 views per lifted scene, 10 Stage 2 steps, "
                 "60 head iterations, 1 seed, 24 images per probe split"})
@@ -213,7 +213,8 @@ def finetune_config(cfg: GeneralizeConfig):
     from fit3d.config import set_fields
     from fit3d.finetune.recipes import recipe
 
-    ft = dataclasses.replace(recipe(cfg.recipe), resolution=list(cfg.probe_resolution), device="cpu", progress=False)
+    ft = dataclasses.replace(recipe(cfg.recipe), resolution=list(cfg.probe_resolution), device="cpu", progress=False,
+                             precision=cfg.precision)  # Stage 2's reference forward as the features: fp32 by default
     if cfg.finetune_steps:
         ft = dataclasses.replace(ft, max_steps=cfg.finetune_steps)
     return set_fields(ft, cfg.set)
@@ -227,7 +228,7 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     interpolate 1 (the trainer's own settings record and resume rule: config, model, scenes and their lifts)."""
     from fit3d.finetune import finetune
     from fit3d.finetune.assembled import align_folder, interpolate_folder, read_manifest
-    from fit3d.finetune.trainer import MANIFEST_FILE, run_settings
+    from fit3d.finetune.trainer import MANIFEST_FILE, recorded_settings, run_settings
     from fit3d.run import SettingsMismatch, check_resume, result_settings
 
     if not cfg.from_finetuned:
@@ -238,7 +239,8 @@ def stage2(cfg: GeneralizeConfig, lifted: list, ft_dir: Path, fcfg) -> dict:
     full = dataclasses.replace(fcfg, backbone="dinov2_small", model_path=cfg.model_path, interpolate=1.0,
                                cls_align="none", cls_align_views=0)
     want = run_settings([str(d) for d in lifted], full, 1)
-    recorded = lambda m: {**result_settings(type(fcfg)()), **(m.get("settings") or {})}  # noqa: E731 - newer fields: defaults
+    recorded = lambda m: recorded_settings({**result_settings(type(fcfg)()), **(m.get("settings") or {})},  # noqa: E731
+                                           "cpu")  # newer fields: defaults
     try:
         # SRC's own [CLS] map (cls_align) is fitted after training and leaves its weights as trained: not compared;
         # interpolate_folder drops it, align_folder fits a new one

@@ -62,8 +62,9 @@ class PipelineConfig:
     device: str = field(default="auto", metadata={"help": "auto / cpu / cuda / cuda:N (every stage)"})
     precision: str = field(default="auto", metadata={
         "choices": PRECISIONS,
-        "help": "dtype of the frozen features of Stage 1's targets and the probes: auto = bf16 autocast on CUDA and on "
-                "CPUs with bf16 hardware (AMX / AVX-512 BF16), else float32; Stage 2 trains as --finetune.amp says"})
+        "help": "dtype of the frozen features of Stage 1's targets, of Stage 2's reference (the original's forward in "
+                "each step) and of the probes: auto = bf16 autocast on CUDA and on CPUs with bf16 hardware (AMX / "
+                "AVX-512 BF16), else float32; Stage 2 trains as --finetune.amp says"})
     seed: int | None = field(default=None, metadata={
         "help": "seed of every stage (default: each stage's own: lift 0, fine-tune 42 as FiT3D, probe 0)"})
     tasks: list[str] = field(default_factory=lambda: ["depth", "corr"], metadata={
@@ -74,7 +75,7 @@ class PipelineConfig:
         "help": "probe test data (default: the probe data's test frames)"})
     lift: LiftConfig = field(default_factory=LiftConfig, metadata={"inherit": SHARED + ("precision",)})
     finetune: FinetuneConfig = field(default_factory=lambda: recipe(DEFAULT_RECIPE), metadata={
-        "inherit": SHARED, "help": "Stage 2, starting from the --recipe preset"})
+        "inherit": SHARED + ("precision",), "help": "Stage 2, starting from the --recipe preset"})
     probe: ProbeConfig = field(default_factory=ProbeConfig, metadata={"inherit": PROBE_SET_BY_PIPELINE + ("precision",)})
 
     def _shared(self) -> tuple[str, ...]:
@@ -89,7 +90,7 @@ class PipelineConfig:
     def finetune_config(self) -> FinetuneConfig:
         """Stage 2 config; its resolution defaults to the probe's, so the backbone is trained at the
         resolution it is evaluated at."""
-        ft = inherit(self, self.finetune, self._shared())
+        ft = inherit(self, self.finetune, self._shared() + ("precision",))
         return ft if ft.resolution else dataclasses.replace(ft, resolution=list(self.probe.resolution))
 
     def probe_config(self, task: str, data: str, finetuned: str | None, out: Path) -> ProbeConfig:

@@ -7,18 +7,23 @@ same weights, same input. :class:`AnchorReference` captures that state during th
 forward (a hook on block ``k``) and runs only the original's remaining blocks and final norm on it (no
 grad): for the ``default`` recipe (last 6 of 12 blocks trained) half the original's forward.
 
-The first call checks the shortcut against the original's full forward on that batch and falls back to
+The tail runs in the original's ``precision`` (``fit3d finetune --precision``: bf16 autocast where the device has
+bf16 hardware; no gradient flows through it). The first call checks the shortcut in float32 against the original's
+full forward on that batch and falls back to
 the full forward for the rest of the run if they differ (e.g. a family whose blocks take more than the
 hidden state, or dropout in the frozen blocks); ``shortcut`` says which path is in use.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
 from torch import Tensor, nn
 
+from fit3d.device import resolve_precision
+from fit3d.models.backbone import using_precision
 from fit3d.models.cls_branch import block_output, run_tail
 
 log = logging.getLogger(__name__)
@@ -47,6 +52,7 @@ class AnchorReference:
         self.original, self.trained, self.check_atol = original, trained, check_atol
         self.shortcut = False
         self._hidden: Tensor | None = None
+        self._tail_bf16: nn.ModuleList | None = None
         self._checked = False
         self._handle = None
         try:
@@ -68,24 +74,47 @@ class AnchorReference:
             self._handle.remove()
             self._handle = None
 
+    def _bf16_tail(self) -> nn.ModuleList:
+        """The tail with its Linear layers' weights and biases stored in bf16 (a copy, made once). Under bf16
+        autocast a Linear rounds its float32 weight to bf16 on every call (a frozen weight's cast is not cached):
+        the same numbers, but on the CPU those casts took most of what bf16 saved."""
+        if self._tail_bf16 is None:
+            self._tail_bf16 = copy.deepcopy(self.tail)
+            for m in self._tail_bf16.modules():
+                if isinstance(m, nn.Linear):
+                    m.to(torch.bfloat16)
+        return self._tail_bf16
+
     @torch.no_grad()
     def _tail(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        s = run_tail(self.tail, self.norm, self._hidden)
+        bf16 = resolve_precision(self.original.precision, self._hidden.device) == "bf16"
+        s = run_tail(self._bf16_tail() if bf16 else self.tail, self.norm, self._hidden)
         o = self.original
         B, _, H, W = images.shape
         gh, gw = o.grid_size(H, W)
         return s[:, o.num_prefix_tokens:].transpose(1, 2).reshape(B, s.shape[-1], gh, gw).float(), s[:, 0].float()
 
     def features(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """The original's (patch [B, D, h, w], cls [B, D]) on ``images`` (no grad): what ``forward_loss`` reads of
-        a reference model's ``features``."""
+        """The original's (patch [B, D, h, w], cls [B, D]) on ``images`` (no grad), in the original's ``precision``:
+        what ``forward_loss`` reads of a reference model's ``features``."""
         if not self.shortcut or self._hidden is None or self._hidden.shape[0] != images.shape[0]:
             return tuple(self.original.features(images))
         was = self.original.training
         self.original.eval()
         try:
+            if not self._checked:  # the shortcut against the full forward, both in float32 (the check is of the
+                self._checked = True  # path, not of a precision's rounding)
+                with using_precision(self.original, "fp32"):
+                    ref, full = self._tail(images), tuple(self.original.features(images))
+                if any(f.shape != r.shape or not torch.allclose(f, r, atol=self.check_atol, rtol=0)
+                       for f, r in zip(full, ref)):
+                    log.info("anchor reference: the frozen-prefix shortcut differs from the original's forward (max "
+                             "%.2e); full forward from now on", max(float((f - r).abs().max()) if f.shape == r.shape
+                                                                    else float("nan") for f, r in zip(full, ref)))
+                    self._disable()
+                    return full
             with self.original._autocast():
-                ref = self._tail(images)
+                return self._tail(images)
         except Exception as e:  # noqa: BLE001 - a family whose blocks need more than the hidden state
             log.info("anchor reference: the frozen-prefix shortcut failed (%s); full forward of the original", e)
             self._disable()
@@ -93,16 +122,6 @@ class AnchorReference:
         finally:
             self.original.train(was)
             self._hidden = None
-        if not self._checked:
-            self._checked = True
-            full = tuple(self.original.features(images))
-            if any(f.shape != r.shape or not torch.allclose(f, r, atol=self.check_atol, rtol=0) for f, r in zip(full, ref)):
-                log.info("anchor reference: the frozen-prefix shortcut differs from the original's forward (max "
-                         "%.2e); full forward from now on", max(float((f - r).abs().max()) if f.shape == r.shape
-                                                                else float("nan") for f, r in zip(full, ref)))
-                self._disable()
-                return full
-        return ref
 
     def __call__(self, images: Tensor) -> Tensor:
         """The original's patch tokens [B, D, h, w] (``features``' first)."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from fit3d.device import PRECISIONS
+
 TARGET_AT = ("lift", "train")  # where Stage 2 targets are rendered: the scene's lift resolution / the training one
 ADAPTERS = ("none", "lora")  # what is trained: the whole backbone (after freeze_blocks) / LoRA adapters (peft)
 LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention output projection; + the MLP
@@ -158,6 +160,13 @@ class FinetuneConfig:
     device: str = field(default="auto", metadata={"volatile": True,
         "help": "auto / cpu / cuda / cuda:N (auto: cuda when available; under torchrun cuda:LOCAL_RANK)"})
     amp: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA (never on CPU)"})
+    precision: str = field(default="auto", metadata={
+        "volatile": True, "choices": PRECISIONS,
+        "help": "dtype of the frozen original's forward in each step (the residual target's and the anchor's "
+                "reference; no gradient flows through it): auto = bf16 autocast on CUDA and on CPUs with bf16 "
+                "hardware (AMX / AVX-512 BF16), else float32. Training stays float32 on the CPU (--amp: CUDA); "
+                "the held-out evaluation and --cls-align run at the backbone's default. The resolved value is "
+                "recorded and checked on resume"})
     evaluate: bool = field(default=True, metadata={
         "help": "after training, measure original vs fine-tuned features against the rendered targets on "
                 "held-out views"})

@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fit3d.config import to_dict
-from fit3d.device import DistInfo, dist_info, resolve_device
+from fit3d.device import DistInfo, dist_info, resolve_device, resolve_precision
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.adapters import add_lora, merge_lora
 from fit3d.finetune.anchor import AnchorReference
@@ -324,17 +324,27 @@ def _check_lifted(scene_dirs) -> None:
                              f"first")
 
 
-def run_settings(scene_dirs, cfg: FinetuneConfig, world_size: int) -> dict:
-    """What determines a fine-tuning result: the non-volatile config, backbone, the model's identity
-    (``fit3d.models.identity``: resolved weights, fingerprint, architecture), scenes (and the settings each
-    was lifted with), world size."""
+def run_settings(scene_dirs, cfg: FinetuneConfig, world_size: int, device=None) -> dict:
+    """What determines a fine-tuning result: the non-volatile config, ``precision`` resolved on ``device``
+    (default: ``cfg.device``'s), backbone, the model's identity (``fit3d.models.identity``: resolved weights,
+    fingerprint, architecture), scenes (and the settings each was lifted with), world size."""
     scenes = []
     for d in scene_dirs:
         meta = read_json_dict(Path(d) / "lift.json", "lifted scene record (lift.json)")
         scenes.append({"path": str(Path(d).resolve()), "lift": meta.get("settings", meta.get("config"))})
-    return {**result_settings(cfg), "model": model_identity(cfg.backbone, cfg.model_path),
+    device = device if device is not None else resolve_device(cfg.device)
+    return {**result_settings(cfg), "precision": resolve_precision(cfg.precision, device),
+            "model": model_identity(cfg.backbone, cfg.model_path),
             "scenes": scenes,
             "world_size": world_size}
+
+
+def recorded_settings(recorded: dict | None, device) -> dict | None:
+    """A run's recorded settings as this version compares them: one recorded before ``precision`` was a setting
+    ran the original's forwards at the backbone's default on its device (``resolve_precision(None, device)``)."""
+    if isinstance(recorded, dict) and "precision" not in recorded:
+        return {**recorded, "precision": resolve_precision(None, device)}
+    return recorded
 
 
 def ranks_in_sync(model: nn.Module, device) -> bool:
@@ -405,9 +415,9 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, timeout=timedelta(hours=2))
     try:
-        settings = run_settings(scene_dirs, cfg, di.world_size)
+        settings = run_settings(scene_dirs, cfg, di.world_size, device)
         recover_staged(out)
-        done = _finished(out, settings, overwrite, how)
+        done = _finished(out, settings, overwrite, how, device)
         if done is not None:
             if di.is_main:
                 log.info("%s: already fine-tuned (%d steps, same settings); nothing to do", out, done["steps"])
@@ -428,14 +438,14 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             dist.destroy_process_group()
 
 
-def _finished(out: Path, settings: dict, overwrite: bool, how: str | None) -> dict | None:
+def _finished(out: Path, settings: dict, overwrite: bool, how: str | None, device="cpu") -> dict | None:
     """The manifest of a finished run in ``out`` with ``settings``; None when there is none (or it is to be
     overwritten); ``SettingsMismatch`` when it was made with others."""
     manifest_path = out / MANIFEST_FILE
     if overwrite or not (manifest_path.exists() and (out / MODEL_DIR).exists()):
         return None
     done = read_json_dict(manifest_path, "fine-tuning manifest", keys=("steps",))
-    check_resume(done.get("settings"), settings, "finished fine-tuning", out, how)
+    check_resume(recorded_settings(done.get("settings"), device), settings, "finished fine-tuning", out, how)
     return done
 
 
@@ -524,6 +534,8 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     needs_original = ((cfg.anchor_weight > 0 and cfg.anchor_teacher == "original") or cfg.target_mode != "rendered"
                       or cfg.anchor_cls > 0 or cfg.target_mean != "target" or cfg.cls_restore_steps > 0)
     original = _load_original(cfg, device) if needs_original else None
+    if original is not None:  # the step's reference (residual target, anchor) in the run's precision
+        original.precision = cfg.precision
     teacher = None
     if cfg.anchor_weight > 0 and cfg.anchor_teacher == "ema":  # starts as the model itself (= the original)
         teacher = _load_original(cfg, device)
@@ -550,7 +562,7 @@ def _resume(run: _Run) -> None:
     if not path.exists():
         return
     ck_t, ck = load_checkpoint(path)
-    check_resume(ck.get("settings"), run.settings, "interrupted run's checkpoint", path,
+    check_resume(recorded_settings(ck.get("settings"), run.device), run.settings, "interrupted run's checkpoint", path,
                  how="rerun with the settings it was started with, or with --overwrite / another --out to "
                      "start over")
     try:
@@ -755,6 +767,8 @@ def _write_outputs(run: _Run, train_s: float, in_sync: bool | None) -> dict:
     if run.average is not None:  # the saved (and evaluated) weights are the run's average (fit3d.finetune.averaging)
         run.average.copy_to()
     original = run.original
+    if original is not None:  # the outputs' forwards (cls_align, held-out eval) at the backbone's default, as the
+        original.precision = None  # fine-tuned model's own
     if cfg.interpolate != 1.0:  # WiSE-FT: the saved (and evaluated) weights part of the way back to the original
         original = original if original is not None else _load_original(cfg, run.device)
         interpolate_weights(original.model, bb.model, cfg.interpolate)

@@ -52,3 +52,39 @@ def test_a_prefix_that_differs_falls_back(tiny_model_dir):
     PatchTokens(trained)(images)
     torch.testing.assert_close(ref(images), original.features(images)[0])
     assert not ref.shortcut
+
+
+def test_the_reference_runs_in_the_originals_precision_after_a_float32_check(tiny_model_dir):
+    original, trained = _pair(tiny_model_dir, 1)
+    original.precision = "bf16"  # fit3d finetune --precision bf16 (auto on a CPU with bf16 hardware)
+    ref = AnchorReference(original, trained, transformer_blocks)
+    images = torch.rand(2, 3, 48, 64)
+    for _ in range(2):  # the first call checks the path in float32: bf16 rounding must not disable the shortcut
+        PatchTokens(trained)(images)
+        got, got_cls = ref.features(images)
+    assert ref.shortcut
+    from fit3d.models.backbone import using_precision
+
+    with using_precision(original, "fp32"):
+        full32 = original.features(images)
+    bf16 = original.features(images)  # the original's own forward in bf16 autocast
+    assert not torch.equal(got, full32.patch)  # bf16 was applied
+    torch.testing.assert_close(got, full32.patch, atol=0.05 * float(full32.patch.abs().max()), rtol=0)
+    torch.testing.assert_close(got_cls, full32.cls, atol=0.05 * float(full32.cls.abs().max()), rtol=0)
+    assert (got - full32.patch).abs().max() <= 4 * (bf16.patch - full32.patch).abs().max() + 1e-6
+    ref.close()
+
+
+def test_the_bf16_tail_is_autocast_without_the_weight_casts(tiny_model_dir):
+    from fit3d.models.cls_branch import run_tail
+
+    original, trained = _pair(tiny_model_dir, 1)
+    original.precision = "bf16"
+    ref = AnchorReference(original, trained, transformer_blocks)
+    hidden = torch.randn(2, 49, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = run_tail(ref.tail, ref.norm, hidden)  # float32 weights, cast by autocast on every call
+        got = run_tail(ref._bf16_tail(), ref.norm, hidden)
+    assert torch.equal(got, want)
+    assert all(p.dtype == torch.float32 for p in ref.tail.parameters())  # the original itself is untouched
+    ref.close()

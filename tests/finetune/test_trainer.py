@@ -126,3 +126,32 @@ def test_cli_with_a_render_worker(tmp_path, lifted_dir, tiny_model_dir, capsys):
     assert rc == 0
     assert json.loads((out / "fit3d.json").read_text())["steps"] == 2
     assert "Gaussians x 88 B" in capsys.readouterr().out
+
+
+def test_the_reference_precision_is_recorded_and_a_rerun_in_another_is_refused(trained, lifted_dir, tiny_model_dir,
+                                                                                tmp_path):
+    from fit3d.device import resolve_precision
+    from fit3d.finetune.trainer import MANIFEST_FILE, recorded_settings
+    from fit3d.run import SettingsMismatch
+
+    out, m = trained
+    here = resolve_precision("auto", "cpu")
+    assert m["settings"]["precision"] == here
+    other = "fp32" if here == "bf16" else "bf16"
+    with pytest.raises(SettingsMismatch, match="precision"):
+        finetune([lifted_dir], BACKBONE, out, quick(epochs=3, evaluate=True, precision=other),
+                 model_path=str(tiny_model_dir))
+    # a run recorded before the setting ran the original at the backbone's default: float32 on the CPU
+    assert recorded_settings({"lr": 1.0}, "cpu") == {"lr": 1.0, "precision": "fp32"}
+    assert recorded_settings({"lr": 1.0}, "cuda")["precision"] == "bf16"
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    manifest = json.loads((old / MANIFEST_FILE).read_text())
+    del manifest["settings"]["precision"]
+    write_json(old / MANIFEST_FILE, manifest)
+    again = finetune([lifted_dir], BACKBONE, old, quick(epochs=3, evaluate=True, precision="fp32"),
+                     model_path=str(tiny_model_dir))
+    assert again["timing"] == m["timing"]  # reused, not retrained
+    with pytest.raises(SettingsMismatch, match="precision"):
+        finetune([lifted_dir], BACKBONE, old, quick(epochs=3, evaluate=True, precision="bf16"),
+                 model_path=str(tiny_model_dir))
