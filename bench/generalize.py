@@ -125,8 +125,8 @@ class GeneralizeConfig:
         "choices": PRECISIONS,
         "help": "dtype of the frozen features (lift targets, Stage 2's reference forward of the original, probe "
                 "features). fp32: the proof's protocol, every run in docs/generalize.md; auto = bf16 autocast on a CPU "
-                "with bf16 hardware (AMX / AVX-512 BF16), 0.87x the CPU seconds at full scale, within the seed spread "
-                "but not the same numbers (docs/speed.md section 10); Stage 2 trains in float32 either way"})
+                "with bf16 hardware (AMX / AVX-512 BF16), 0.80-0.87x the CPU seconds at full scale, within the seed spread "
+                "but not the same numbers (docs/speed.md sections 10 and 13); Stage 2 trains in float32 either way"})
     quick: bool = field(default=False, metadata={
         "help": "smoke run: 3 rooms (+1+1 held out), 12 views, 40 views per lifted scene, 10 Stage 2 steps, "
                 "60 head iterations, 1 seed, 24 images per probe split"})

@@ -113,6 +113,8 @@ class AnchorReference:
                                                                     else float("nan") for f, r in zip(full, ref)))
                     self._disable()
                     return full
+                if resolve_precision(self.original.precision, self._hidden.device) == "fp32":
+                    return ref  # the run's own precision: no second tail
             with self.original._autocast():
                 return self._tail(images)
         except Exception as e:  # noqa: BLE001 - a family whose blocks need more than the hidden state
