@@ -85,10 +85,13 @@ class AnchorReference:
                     m.to(torch.bfloat16)
         return self._tail_bf16
 
+    def _in_bf16(self) -> bool:
+        """Whether the original's ``precision`` resolves to bf16 on the captured hidden state's device."""
+        return resolve_precision(self.original.precision, self._hidden.device) == "bf16"
+
     @torch.no_grad()
     def _tail(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        bf16 = resolve_precision(self.original.precision, self._hidden.device) == "bf16"
-        s = run_tail(self._bf16_tail() if bf16 else self.tail, self.norm, self._hidden)
+        s = run_tail(self._bf16_tail() if self._in_bf16() else self.tail, self.norm, self._hidden)
         o = self.original
         B, _, H, W = images.shape
         gh, gw = o.grid_size(H, W)
@@ -113,7 +116,7 @@ class AnchorReference:
                                                                     else float("nan") for f, r in zip(full, ref)))
                     self._disable()
                     return full
-                if resolve_precision(self.original.precision, self._hidden.device) == "fp32":
+                if not self._in_bf16():
                     return ref  # the run's own precision: no second tail
             with self.original._autocast():
                 return self._tail(images)

@@ -438,9 +438,10 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             dist.destroy_process_group()
 
 
-def _finished(out: Path, settings: dict, overwrite: bool, how: str | None, device="cpu") -> dict | None:
+def _finished(out: Path, settings: dict, overwrite: bool, how: str | None, device) -> dict | None:
     """The manifest of a finished run in ``out`` with ``settings``; None when there is none (or it is to be
-    overwritten); ``SettingsMismatch`` when it was made with others."""
+    overwritten); ``SettingsMismatch`` when it was made with others (a record from before ``precision`` read as
+    ``recorded_settings`` does on ``device``)."""
     manifest_path = out / MANIFEST_FILE
     if overwrite or not (manifest_path.exists() and (out / MODEL_DIR).exists()):
         return None
