@@ -3,9 +3,11 @@ and the flowers classification probe.
 
     .venv/bin/python bench/probe_profile.py [--iterations 40] [--photos 128] [--threads 2]
     .venv/bin/python bench/probe_profile.py --autocast --iterations 20   # float32 vs bf16 autocast depth heads
+    .venv/bin/python bench/probe_profile.py --heads --iterations 40      # an iteration of the depth / seg heads
 
 - depth: ``fit3d.probe.batched.train_depth_batched`` as the full-scale sun3d evals run it (3 seeds x 4 sources:
-  original / fine-tuned 384 wide, concat / width control 768 wide; 12x16 tokens, 168x224 labels, batch 8,
+  original / fine-tuned 384 wide, concat / width control 768 wide and made of those two, as
+  ``bench/generalize.py`` makes them; 12x16 tokens, 168x224 labels, batch 8,
   ``DepthSettings`` defaults) on random tokens, under cProfile (its own overhead lands in "everything else"):
   the share of the einsums' forward, autograd's backward (the einsums' weight gradients and the loss's), the
   numba bin tail (``fit3d.probe.depth_bins``) and the rest (gathers, losses, AdamW, Python);
@@ -34,17 +36,44 @@ def _timed(fn):
     return out, time.perf_counter() - t0, cpu_seconds() - c0
 
 
+def sources(n: int = 64, g: torch.Generator | None = None) -> tuple[list, list]:
+    """(patches, clss) of the four sources as ``bench/generalize.py`` builds them, on random tokens: original and
+    fine-tuned 384 wide, concat = (original, fine-tuned) and the width control = (original, original) 768 wide,
+    the last two with the original's [CLS]; 12 x 16 tokens (224 x 168)."""
+    g = g or torch.Generator().manual_seed(0)
+    o, f = (torch.randn(n, 384, 12, 16, generator=g) for _ in range(2))
+    co, cf = (torch.randn(n, 384, generator=g) for _ in range(2))
+    return [o, f, torch.cat([o, f], 1), torch.cat([o, o], 1)], [co, cf, co, co]
+
+
 def depth_problem(iterations: int) -> tuple:
     """(patches, clss, depth, settings) of the full-scale sun3d evals' batched depth step, on random tokens."""
     from fit3d.probe.depth import DepthSettings
 
     g = torch.Generator().manual_seed(0)
-    n = 64
-    widths = (384, 384, 768, 768)
-    patches = [torch.randn(n, w, 12, 16, generator=g) for w in widths]
-    clss = [torch.randn(n, w, generator=g) for w in widths]
-    depth = torch.rand(n, 168, 224, generator=g) * 5 + 0.5
+    patches, clss = sources(64, g)
+    depth = torch.rand(64, 168, 224, generator=g) * 5 + 0.5
     return patches, clss, depth, [DepthSettings(iterations=iterations, seed=s) for s in range(3)]
+
+
+def heads_rows(iterations: int, rounds: int = 2) -> list[tuple]:
+    """CPU / wall seconds an iteration of the 12 batched depth heads and of 12 seg heads (CamVid's 11 classes,
+    168 x 224 labels) on the four sources; the last of ``rounds`` runs each (the first pays one-off start-up)."""
+    from fit3d.probe.batched import train_depth_batched, train_seg_batched
+    from fit3d.probe.seg import SegSettings
+
+    dp = depth_problem(iterations)
+    g = torch.Generator().manual_seed(1)
+    labels = torch.randint(0, 11, (64, 168, 224), generator=g)
+    seg = [SegSettings(iterations=iterations, seed=s) for s in range(3)]
+    last = {}
+    for _ in range(rounds):
+        _, w, c = _timed(lambda: train_depth_batched(*dp))
+        last["depth heads x12 (sun3d evals)"] = (w, c)
+        _, w, c = _timed(lambda: train_seg_batched(dp[0], labels, 11, seg))
+        last["seg heads x12 (CamVid)"] = (w, c)
+    return [(f"{k}, an iteration ({iterations} timed)", w / iterations, c / iterations, "")
+            for k, (w, c) in last.items()]
 
 
 def autocast_rows(iterations: int, rounds: int = 2) -> list[tuple]:
@@ -119,9 +148,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     ap.add_argument("--autocast", action="store_true",
                     help="only time the depth heads in float32 against bf16 autocast (docs/speed.md section 11)")
+    ap.add_argument("--heads", action="store_true",
+                    help="only time an iteration of the batched depth and seg heads (docs/speed.md section 14)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    rows = autocast_rows(args.iterations) if args.autocast else depth_rows(args.iterations) + flowers_rows(args.photos)
+    if args.heads:
+        rows = heads_rows(args.iterations)
+    elif args.autocast:
+        rows = autocast_rows(args.iterations)
+    else:
+        rows = depth_rows(args.iterations) + flowers_rows(args.photos)
     print(f"{args.threads} torch threads; {machine()}\n")
     print("| part | wall s | CPU s | note |\n|---|---|---|---|")
     for name, w, c, note in rows:

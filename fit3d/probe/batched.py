@@ -3,9 +3,13 @@
 The separate trainers (``depth.train_depth``, ``seg.train_seg``) train one head at a time; a run with
 3 sources x 3 seeds repeats the same loop 9 times. Here all heads step together:
 
-- one stacked weight per width class of the sources ([n, K, C] patch, [n, K, Dc] [CLS], [n, K] bias;
-  sources of equal width share a class, so original and fine-tuned never pay for concat's width),
-  applied as one ``einsum`` per class;
+- the features as base tensors (``_Layout``): a source that concatenates two others (concat = original +
+  fine-tuned, the width control = original twice) reads their tensors instead of its own, so each seed's
+  batch of a base is gathered once, and one ``einsum`` per base multiplies it by the weight blocks of
+  every head reading it ([S, slots, K, D_b] stacked; a head reading a base twice sums its two blocks
+  first, the same logits at half the multiply-adds); the heads' logits are the sums of their parts'. A
+  seg head's BN is per channel with the batch's statistics, so each base is normalised once per seed and
+  the heads' BN scale / shift are folded into their weight blocks;
 - one AdamW over the stacked tensors: AdamW (and its decoupled weight decay) is elementwise and the
   trainers clip no gradient, so the stacked update equals the separate ones; the total loss is the sum
   of the heads' losses, which share no parameter, so each head's gradient is its own;
@@ -46,27 +50,107 @@ from fit3d.probe.seg import LinearSegHead, SegSettings
 from fit3d.probe.train import batch_order, label_phase, lr_factor
 
 
-@dataclass
-class _Classes:
-    """Heads grouped by input width: ``members[c]`` = global head indices of width class c."""
+class _Layout:
+    """Which base feature tensors each head source reads, concatenated along channels.
 
-    widths: list[tuple[int, int]]
-    members: list[list[int]]
+    ``parts[f]``: the base indices of source f, in channel order (one source per base by default; concat =
+    (original, fine-tuned), the width control = (original, original)). The product of each base with the
+    weight blocks of every source reading it is one matmul per base (``rows[b]``: those sources in order), and
+    a base is gathered once per seed. A source reading a base twice sums its two weight blocks first
+    (``combine[b]``): the same logits as its own [x, x] product, with half the multiply-adds.
+    """
 
-    @classmethod
-    def of(cls, widths: list[tuple[int, int]]) -> "_Classes":
-        ws, members = [], []
-        for g, w in enumerate(widths):
-            if w not in ws:
-                ws.append(w)
-                members.append([])
-            members[ws.index(w)].append(g)
-        return cls(ws, members)
+    def __init__(self, parts: list[tuple[int, ...]], widths: list[int]):
+        self.parts, self.widths = [tuple(int(b) for b in p) for p in parts], list(widths)
+        if not self.parts or any(not p for p in self.parts):
+            raise ValueError("every head source reads at least one base feature tensor")
+        nb = len(widths)
+        if any(b < 0 or b >= nb for p in self.parts for b in p):
+            raise ValueError(f"parts {parts} name a base outside the {nb} given")
+        self.slots = [[(f, j) for f, p in enumerate(self.parts) for j, q in enumerate(p) if q == b] for b in range(nb)]
+        self.rows = [list(dict.fromkeys(f for f, _ in sl)) for sl in self.slots]
+        self.combine = []
+        for sl, rows in zip(self.slots, self.rows):
+            a = None
+            if len(rows) != len(sl):  # [slots, rows] 0/1: a row sums its source's slots
+                a = torch.zeros(len(sl), len(rows))
+                for i, (f, _) in enumerate(sl):
+                    a[i, rows.index(f)] = 1.0
+            self.combine.append(a)
+        self.offsets = [[sum(widths[q] for q in p[:j]) for j in range(len(p))] for p in self.parts]
 
-    def order(self) -> torch.Tensor:
-        """Permutation taking the class-concatenated head order back to the global order."""
-        flat = [g for m in self.members for g in m]
-        return torch.tensor(sorted(range(len(flat)), key=flat.__getitem__))
+    def width(self, f: int) -> int:
+        return sum(self.widths[b] for b in self.parts[f])
+
+    def split(self, f: int, w: torch.Tensor) -> list[tuple[int, int, torch.Tensor]]:
+        """[(base, slot index, w's columns of that part)] of source f's weight ``w`` [..., width(f)]."""
+        out = []
+        for j, b in enumerate(self.parts[f]):
+            o = self.offsets[f][j]
+            out.append((b, self.slots[b].index((f, j)), w[..., o:o + self.widths[b]]))
+        return out
+
+    def joined(self, f: int, blocks: list[torch.Tensor]) -> torch.Tensor:
+        """Source f's weight from its per-base blocks ``blocks[b]`` [n_slots_b, ..., D_b] (one seed)."""
+        return torch.cat([blocks[b][self.slots[b].index((f, j))] for j, b in enumerate(self.parts[f])], -1)
+
+    def logits(self, xs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per source [S, B, h, w, K]: the sum over its parts of each base's product. xs[b] [S, B, h, w, D_b]
+        (channels last: the product is a plain batched matmul); weights[b] [S, n_slots_b, K, D_b]."""
+        per_base = []
+        for b, (x, w) in enumerate(zip(xs, weights)):
+            if self.combine[b] is not None:
+                w = torch.einsum("sqkc,qr->srkc", w, self.combine[b].to(w.dtype).to(w.device))
+            # unbind, not indexing: its backward stacks the rows' gradients (indexing's fills zeros of the whole)
+            S, R, K, D = w.shape
+            # x [S, B h w, D] @ w^T [S, D, R K] with w^T contiguous (bmm took twice as long on the transposed view)
+            y = torch.matmul(x.reshape(S, -1, D), w.reshape(S, R * K, D).transpose(1, 2).contiguous())
+            per_base.append(y.reshape(*x.shape[:-1], R, K).unbind(-2))
+        out = []
+        for f, p in enumerate(self.parts):
+            terms = [per_base[b][self.rows[b].index(f)] for b in dict.fromkeys(p)]
+            out.append(terms[0] if len(terms) == 1 else sum(terms[1:], terms[0]))
+        return out
+
+
+def concatenations(patches: list[torch.Tensor]) -> list[tuple[int, ...]]:
+    """Per source, the two other sources it is the channel concatenation of, checked element for element
+    (concat = (original, fine-tuned), the width control = (original, original)), else (itself,)."""
+    parts: list[tuple[int, ...]] = [(f,) for f in range(len(patches))]
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:  # one image first: a mismatch costs no full pass
+        return (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a[:1], b[:1])
+                and torch.equal(a, b))
+
+    for f in sorted(range(len(patches)), key=lambda i: patches[i].shape[1]):  # narrower sources are decided first
+        t, w = patches[f], patches[f].shape[1]
+        plain = [a for a in range(len(patches)) if a != f and parts[a] == (a,) and patches[a].shape[1] < w]
+        for a in plain:
+            wa = patches[a].shape[1]
+            b = next((b for b in plain if patches[b].shape[1] == w - wa and same(t[:, wa:], patches[b])), None)
+            if b is not None and same(t[:, :wa], patches[a]):
+                parts[f] = (a, b)
+                break
+    return parts
+
+
+def _bases(patches: list[torch.Tensor], parts, vals: list[torch.Tensor] | None = None):
+    """(base tensors, parts over them, validation bases) of a trainer's call: ``parts`` given: ``patches`` are
+    the bases; None: the sources, with the concatenations among them (``concatenations``) read from their
+    parts when the validation tensors (if any) are made the same way."""
+    if parts is not None:
+        return list(patches), [tuple(p) for p in parts], vals
+    found = concatenations(patches)
+    if vals is not None and any(len(p) > 1 and not torch.equal(vals[f], torch.cat([vals[b] for b in p], 1))
+                                for f, p in enumerate(found)):
+        found = [(f,) for f in range(len(patches))]
+    used = sorted({b for p in found for b in p})
+    pos = {b: i for i, b in enumerate(used)}
+    return ([patches[b] for b in used], [tuple(pos[b] for b in p) for p in found],
+            None if vals is None else [vals[b] for b in used])
+
+
+def _layout(bases: list[torch.Tensor], parts) -> _Layout:
+    return _Layout(parts, [int(p.shape[1]) for p in bases])
 
 
 def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, eps: float = 1e-3,
@@ -81,11 +165,6 @@ def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, 
     var = (((g - mean.reshape(shape)) * m) ** 2).sum(dims) / (n - 1).clamp(min=1)  # unbiased as torch.var
     sig = torch.where(n >= 2, torch.sqrt(var + lam * mean ** 2), pred.sum(dims) * 0.0)
     return sig + grad_weight * log_gradient_loss(g, m, dims=dims, grid=grid)
-
-
-def _gather(feats: list[torch.Tensor], members: list[int], src_of, idx_of) -> torch.Tensor:
-    """[n, B, ...]: the features of each member head's source at its seed's batch indices."""
-    return torch.stack([feats[src_of(g)][idx_of(g)] for g in members])
 
 
 class _Loop:
@@ -141,33 +220,42 @@ def _logs(out: dict, validate: bool) -> list[dict]:
 
 
 class _StackedDepth:
-    """All depth heads as stacked tensors; ``forward`` gives depth [G, B, H, W] for per-head inputs."""
+    """All depth heads as stacked tensors (seed-major, head g = seed * sources + source); ``forward`` gives
+    depth [G, B, H, W] from the seeds' batches of the base features."""
 
     fused: bool | None = None  # the numba tail (depth_bins); None: on CPU, tensor ops on other devices
 
-    def __init__(self, heads: list[LinearDepthHead], classes: _Classes):
-        self.classes, self.use_cls = classes, heads[0].use_cls
+    def __init__(self, heads: list[LinearDepthHead], layout: _Layout):
+        self.layout, self.use_cls = layout, heads[0].use_cls
         self.upsample, self.bins = heads[0].upsample, heads[0].bins
-        self.Wp, self.Wc, self.b = [], [], []
-        for (C, Dc), members in zip(classes.widths, classes.members):
-            w = torch.stack([heads[g].conv.weight.detach()[:, :, 0, 0] for g in members])  # [n, K, C + Dc]
-            self.Wp.append(w[:, :, :C].clone().requires_grad_())
-            self.Wc.append(w[:, :, C:].clone().requires_grad_() if self.use_cls else None)
-            self.b.append(torch.stack([heads[g].conv.bias.detach() for g in members]).clone().requires_grad_())
-        self.order = classes.order()
+        F_ = len(layout.parts)
+        self.S = len(heads) // F_
+        w = [heads[g].conv.weight.detach()[:, :, 0, 0] for g in range(len(heads))]  # [K, C_f + Dc_f]
+        blocks = [[[None] * len(layout.slots[b]) for b in range(len(layout.widths))] for _ in range(self.S)]
+        for g, wg in enumerate(w):
+            s, f = divmod(g, F_)
+            for b, i, part in layout.split(f, wg[:, :layout.width(f)]):
+                blocks[s][b][i] = part
+        self.Wp = [torch.stack([torch.stack(blocks[s][b]) for s in range(self.S)]).clone().requires_grad_()
+                   for b in range(len(layout.widths))]  # [S, n_slots, K, D_b]
+        self.Wc = [torch.stack([w[s * F_ + f][:, layout.width(f):] for s in range(self.S)]).clone().requires_grad_()
+                   if self.use_cls else None for f in range(F_)]  # [S, K, Dc_f]
+        self.b = torch.stack([h.conv.bias.detach() for h in heads]).reshape(self.S, F_, -1).clone().requires_grad_()
         self._mats: dict = {}
 
     def params(self) -> list[torch.Tensor]:
-        return [t for t in (*self.Wp, *self.Wc, *self.b) if t is not None]
+        return [t for t in (*self.Wp, *self.Wc, self.b) if t is not None]
 
     def state(self) -> list[list[torch.Tensor]]:
         """Per global head: [patch weight, cls weight | None, bias] (detached clones)."""
-        out = [None] * len(self.order)
-        for c, members in enumerate(self.classes.members):
-            for i, g in enumerate(members):
-                out[g] = [self.Wp[c][i].detach().clone(), None if self.Wc[c] is None else self.Wc[c][i].detach().clone(),
-                          self.b[c][i].detach().clone()]
-        return [[out[g][k] for g in range(len(out))] for k in range(3)]
+        F_ = len(self.layout.parts)
+        out: list[list] = [[], [], []]
+        for s in range(self.S):
+            for f in range(F_):
+                out[0].append(self.layout.joined(f, [w[s].detach() for w in self.Wp]).clone())
+                out[1].append(None if self.Wc[f] is None else self.Wc[f][s].detach().clone())
+                out[2].append(self.b[s, f].detach().clone())
+        return out
 
     def mats(self, h: int, w: int, out_size: tuple[int, int], ref: torch.Tensor):
         key = (h, w, out_size, ref.dtype, ref.device)
@@ -177,29 +265,25 @@ class _StackedDepth:
             self._mats[key] = (mk(h, u * h), mk(w, u * w).T.contiguous(), mk(u * h, H), mk(u * w, W).T.contiguous())
         return self._mats[key]
 
-    def forward(self, patches: list[torch.Tensor], clss: list[torch.Tensor | None], out_size, stride: int = 1,
+    def forward(self, xs: list[torch.Tensor], clss: list[torch.Tensor | None], out_size, stride: int = 1,
                 phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """patches[c] [n_c, B, C_c, h, w], clss[c] [n_c, B, Dc_c] per width class -> depth [G, B, H, W] (with
-        ``stride``: at label pixels ``phase + stride * k`` of each axis only)."""
-        fused = patches[0].device.type == "cpu" if self.fused is None else self.fused
-        logits = []
-        for c, x in enumerate(patches):
-            l = torch.einsum("nkc,nbchw->nbhwk" if fused else "nkc,nbchw->nbkhw", self.Wp[c], x)
-            bias = self.b[c][:, None, :]
+        """xs[b] [S, B, h, w, D_b] per base (``_seed_batches``), clss[f] [S, B, Dc_f] per source -> depth
+        [G, B, H, W] (with ``stride``: at label pixels ``phase + stride * k`` of each axis only)."""
+        fused = xs[0].device.type == "cpu" if self.fused is None else self.fused
+        per = self.layout.logits(xs, self.Wp)  # per source [S, B, h, w, K]
+        for f in range(len(per)):
+            bias = self.b[:, f, None, :]  # [S, 1, K]
             if self.use_cls:
-                bias = bias + torch.einsum("nkd,nbd->nbk", self.Wc[c], clss[c])
-            logits.append(l + (bias[:, :, None, None] if fused else bias[..., None, None]))
-        B = logits[0].shape[1]
-        h, w = logits[0].shape[2:4] if fused else logits[0].shape[-2:]
-        up_r, up_c, out_r, out_c = self.mats(h, w, tuple(out_size), logits[0])
-        K = self.bins.numel()
-        order = self.order.to(logits[0].device)
-        if fused:  # per width class, then back to the global head order (on the small [n, B, 4h, 4w] sums)
-            sums = [bin_sums(l.reshape(-1, h, w, K), self.bins.to(l.dtype), self.upsample) for l in logits]
-            num = torch.cat([n_.reshape(-1, B, *n_.shape[1:]) for n_, _ in sums])[order]
-            den = torch.cat([d_.reshape(-1, B, *d_.shape[1:]) for _, d_ in sums])[order]
+                bias = bias + torch.einsum("skd,sbd->sbk", self.Wc[f], clss[f])
+            per[f] = per[f] + bias[:, :, None, None, :]
+        L = torch.stack(per, 1).flatten(0, 1)  # [G, B, h, w, K]
+        G, B, h, w, K = L.shape
+        up_r, up_c, out_r, out_c = self.mats(h, w, tuple(out_size), L)
+        if fused:
+            num, den = bin_sums(L.reshape(-1, h, w, K), self.bins.to(L.dtype), self.upsample)
+            num, den = num.reshape(G, B, *num.shape[1:]), den.reshape(G, B, *den.shape[1:])
         else:
-            L = torch.cat(logits)[order]  # [G, B, K, h, w]
+            L = L.permute(0, 1, 4, 2, 3)  # [G, B, K, h, w]
             r = torch.relu(resize(L, up_r, up_c) if self.upsample != 1 else L)  # [G, B, K, 4h, 4w]
             T = torch.stack([self.bins, torch.ones_like(self.bins)], 1).to(r.dtype)  # [K, 2]
             nd = torch.einsum("gbkyx,kt->gbtyx", r, T)
@@ -220,30 +304,42 @@ class _StackedDepth:
         return heads
 
 
+def _seed_batches(bases: list[torch.Tensor], idx: list[torch.Tensor]) -> list[torch.Tensor]:
+    """[S, B, ...] per base: each seed's batch, gathered once however many heads read the base; patch tokens
+    [N, D, h, w] come channels last, [S, B, h, w, D], in the same one copy."""
+    return [torch.stack([(x.permute(0, 2, 3, 1) if x.dim() == 4 else x)[i] for i in idx]) for x in bases]
+
+
 def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], depth: torch.Tensor,
-                        settings: list[DepthSettings], val=None, val_every: int = 100) -> list[tuple[LinearDepthHead, dict]]:
+                        settings: list[DepthSettings], val=None, val_every: int = 100,
+                        parts: list[tuple[int, ...]] | None = None) -> list[tuple[LinearDepthHead, dict]]:
     """Train one depth head per feature source x seed in one pass.
 
     patches[f] [N, D_f, h, w] and clss[f] [N, Dc_f]: the cached features of source f (same images, same
-    order); depth [N, H, W] metres (0 invalid). ``settings``: one per seed, equal except ``seed``.
-    ``val``: (val_patches [per source], val_clss [per source], val_depth [Nv, H, W]) picks each head's
-    checkpoint by validation abs rel, as ``train_depth``. Returns [(head, log)] ordered seed-major:
-    index = seed_index * n_sources + source_index; each log as ``train_depth``'s (``seconds`` is the
-    shared wall time of the whole pass).
+    order); depth [N, H, W] metres (0 invalid). A source that is the channel concatenation of two others
+    (concat, the width control: ``concatenations``) is trained from their tensors: each seed's batch of a
+    tensor is gathered once and multiplied once by the weight blocks of every head reading it (the same
+    heads, up to float rounding). ``parts`` instead: ``patches`` are base tensors and ``parts[f]`` the bases
+    source f concatenates (e.g. [(0,), (1,), (0, 1), (0, 0)]). ``settings``: one per seed, equal except
+    ``seed``. ``val``: (val_patches [as ``patches``], val_clss [per source], val_depth [Nv, H, W]) picks each
+    head's checkpoint by validation abs rel, as ``train_depth``.
+    Returns [(head, log)] ordered seed-major: index = seed_index * n_sources + source_index; each log as
+    ``train_depth``'s (``seconds`` is the shared wall time of the whole pass).
     """
-    F_, S = len(patches), len(settings)
+    patches, parts, vp = _bases(patches, parts, None if val is None else list(val[0]))
+    layout = _layout(patches, parts)
+    F_, S = len(layout.parts), len(settings)
+    if len(clss) != F_:
+        raise ValueError(f"{len(clss)} [CLS] tensors for {F_} sources")
     s0 = settings[0]
     heads = []
     for s in settings:
         for f in range(F_):
             torch.manual_seed(s.seed)  # the separate trainer's initial weights
-            heads.append(LinearDepthHead(patches[f].shape[1], clss[f].shape[1], s0.n_bins, s0.min_depth, s0.max_depth,
-                                         use_cls=s0.use_cls).to(patches[f].device, patches[f].dtype))
-    classes = _Classes.of([(patches[g % F_].shape[1], clss[g % F_].shape[1] if s0.use_cls else 0)
-                           for g in range(S * F_)])
-    stack = _StackedDepth(heads, classes)
+            heads.append(LinearDepthHead(layout.width(f), clss[f].shape[1], s0.n_bins, s0.min_depth, s0.max_depth,
+                                         use_cls=s0.use_cls).to(patches[0].device, patches[0].dtype))
+    stack = _StackedDepth(heads, layout)
     out_size = tuple(depth.shape[-2:])
-    src_of = lambda g: g % F_  # noqa: E731
     dims = (2, 3, 4, 5)
     k, it = s0.label_stride, iter(range(s0.iterations))
 
@@ -251,24 +347,22 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
         r, c = label_phase(k, next(it))
         gt = torch.stack([depth[i, r::k, c::k] for i in idx])[:, None, :, None].to(patches[0].dtype)  # [S, 1, B, 1, H/k, W/k]
         valid = valid_mask(gt, s0.min_depth, s0.max_depth)
-        xs = [_gather(patches, m, src_of, lambda g: idx[g // F_]) for m in classes.members]
-        cs = [_gather(clss, m, src_of, lambda g: idx[g // F_]) for m in classes.members]
-        pred = stack.forward(xs, cs, out_size, k, (r, c))  # [G, B, H / k, W / k]
+        pred = stack.forward(_seed_batches(patches, idx), _seed_batches(clss, idx), out_size, k, (r, c))  # [G, B, H/k, W/k]
         pred = pred.reshape(S, F_, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H / k, W / k]
         return _depth_losses(pred, gt, valid, dims, s0.grad_weight, grid=k).reshape(-1)
 
     validate = None
     if val is not None:
-        vp, vc, vd = val
+        _, vc, vd = val
 
         def validate(chunk: int = 4) -> torch.Tensor:
             """Validation abs rel per head ([G]), as ``depth_metrics`` (per-image mean over valid pixels)."""
             per_img = []
             for i in range(0, len(vd), chunk):
                 sl = slice(i, i + chunk)
-                xs = [torch.stack([vp[src_of(g)][sl] for g in m]) for m in classes.members]
-                cs = [torch.stack([vc[src_of(g)][sl] for g in m]) for m in classes.members]
-                p = stack.forward(xs, cs, tuple(vd.shape[-2:])).double().clamp(s0.min_depth, s0.max_depth)
+                every = [torch.arange(sl.start, min(sl.stop, len(vd)))] * S  # every seed's heads see the chunk
+                p = stack.forward(_seed_batches(vp, every), _seed_batches(vc, every), tuple(vd.shape[-2:]))
+                p = p.double().clamp(s0.min_depth, s0.max_depth)
                 gt = vd[sl].double()[None]
                 m = valid_mask(gt, s0.min_depth, s0.max_depth)
                 rel = ((p - gt).abs() / gt.clamp(min=1e-12) * m).sum((-2, -1))
@@ -291,42 +385,64 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
 
 
 class _StackedSeg:
-    """All seg heads (BN + 1x1 conv) as stacked tensors, BN in training mode with per-head statistics."""
+    """All seg heads (BN + 1x1 conv) as stacked tensors, BN in training mode with per-head statistics.
 
-    def __init__(self, heads: list[LinearSegHead], classes: _Classes):
-        self.classes, self.order = classes, classes.order()
+    A head's BN normalises each input channel with its batch's statistics, so every head reading a base
+    in a seed normalises it alike: the base is normalised once per seed, and each head's BN scale and shift
+    are folded into its weight block (W diag(gamma) and W beta; ``logits = W (gamma x^ + beta) + b``). The
+    running statistics are the base's, shared by the heads reading it."""
+
+    def __init__(self, heads: list[LinearSegHead], layout: _Layout):
+        self.layout = layout
         bn = heads[0].bn
         self.eps, self.momentum = bn.eps, bn.momentum
-        pick = lambda f, m: torch.stack([f(heads[g]).detach() for g in m]).clone()  # noqa: E731
-        self.gamma = [pick(lambda h: h.bn.weight, m).requires_grad_() for m in classes.members]
-        self.beta = [pick(lambda h: h.bn.bias, m).requires_grad_() for m in classes.members]
-        self.W = [pick(lambda h: h.conv.weight[:, :, 0, 0], m).requires_grad_() for m in classes.members]
-        self.b = [pick(lambda h: h.conv.bias, m).requires_grad_() for m in classes.members]
-        self.rmean = [pick(lambda h: h.bn.running_mean, m) for m in classes.members]
-        self.rvar = [pick(lambda h: h.bn.running_var, m) for m in classes.members]
+        F_, nb = len(layout.parts), len(layout.widths)
+        self.S = len(heads) // F_
+
+        def stacked(get):  # [S, n_slots, ..., D_b] per base from each head's tensor [..., C_f]
+            blocks = [[[None] * len(layout.slots[b]) for b in range(nb)] for _ in range(self.S)]
+            for g, h in enumerate(heads):
+                s, f = divmod(g, F_)
+                for b, i, part in layout.split(f, get(h).detach()):
+                    blocks[s][b][i] = part
+            return [torch.stack([torch.stack(blocks[s][b]) for s in range(self.S)]).clone() for b in range(nb)]
+
+        self.gamma = [t.requires_grad_() for t in stacked(lambda h: h.bn.weight)]
+        self.beta = [t.requires_grad_() for t in stacked(lambda h: h.bn.bias)]
+        self.W = [t.requires_grad_() for t in stacked(lambda h: h.conv.weight[:, :, 0, 0])]
+        self.b = torch.stack([h.conv.bias.detach() for h in heads]).reshape(self.S, F_, -1).clone().requires_grad_()
+        # the running statistics start equal in every head (BatchNorm2d's 0 / 1) and see the same batches
+        self.rmean = [t[:, 0].clone() for t in stacked(lambda h: h.bn.running_mean)]  # [S, D_b]
+        self.rvar = [t[:, 0].clone() for t in stacked(lambda h: h.bn.running_var)]
         self.steps = 0
         self._mats: dict = {}
 
     def params(self) -> list[torch.Tensor]:
-        return [*self.gamma, *self.beta, *self.W, *self.b]
+        return [*self.gamma, *self.beta, *self.W, self.b]
 
-    def forward(self, patches: list[torch.Tensor], out_size, stride: int = 1, phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """patches[c] [n_c, B, C_c, h, w] -> logits [G, B, classes, H, W] (with ``stride``: at label pixels
-        ``phase + stride * k`` of each axis only); updates the BN running stats."""
-        logits = []
-        for c, x in enumerate(patches):
-            mean = x.mean((1, 3, 4))  # [n, C]
-            var = x.var((1, 3, 4), unbiased=False)
-            shape = (x.shape[0], 1, x.shape[2], 1, 1)
-            y = (x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps)
-            y = y * self.gamma[c].reshape(shape) + self.beta[c].reshape(shape)
+    def forward(self, xs: list[torch.Tensor], out_size, stride: int = 1, phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
+        """xs[b] [S, B, h, w, D_b] per base (``_seed_batches``) -> logits [G, B, classes, H, W] (with ``stride``:
+        at label pixels ``phase + stride * k`` of each axis only); updates the BN running stats."""
+        normed, weights, shifts = [], [], []
+        for b, x in enumerate(xs):
+            mean = x.mean((1, 2, 3))  # [S, D]
+            var = x.var((1, 2, 3), unbiased=False)
+            shape = (x.shape[0], 1, 1, 1, x.shape[-1])
+            normed.append((x - mean.reshape(shape)) / torch.sqrt(var.reshape(shape) + self.eps))
             with torch.no_grad():  # BatchNorm2d's running statistics (unbiased variance)
-                n = x.numel() // (x.shape[0] * x.shape[2])
-                self.rmean[c].mul_(1 - self.momentum).add_(self.momentum * mean.detach())
-                self.rvar[c].mul_(1 - self.momentum).add_(self.momentum * var.detach() * n / max(1, n - 1))
-            logits.append(torch.einsum("nkc,nbchw->nbkhw", self.W[c], y) + self.b[c][:, None, :, None, None])
+                n = x.numel() // (x.shape[0] * x.shape[-1])
+                self.rmean[b].mul_(1 - self.momentum).add_(self.momentum * mean.detach())
+                self.rvar[b].mul_(1 - self.momentum).add_(self.momentum * var.detach() * n / max(1, n - 1))
+            weights.append(self.W[b] * self.gamma[b][:, :, None, :])  # [S, n_slots, K, D]
+            shifts.append(torch.einsum("sqkc,sqc->sqk", self.W[b], self.beta[b]))
         self.steps += 1
-        L = torch.cat(logits)[self.order.to(logits[0].device)]
+        per = self.layout.logits(normed, weights)  # per source [S, B, h, w, K]
+        for f in range(len(per)):
+            shift = self.b[:, f]  # [S, K]
+            for j, b in enumerate(self.layout.parts[f]):
+                shift = shift + shifts[b][:, self.layout.slots[b].index((f, j))]
+            per[f] = per[f] + shift[:, None, None, None, :]
+        L = torch.stack(per, 1).flatten(0, 1).permute(0, 1, 4, 2, 3)  # [G, B, K, h, w]
         key = (*L.shape[-2:], tuple(out_size), L.dtype, L.device)
         if key not in self._mats:
             (h, w), (H, W) = L.shape[-2:], out_size
@@ -337,45 +453,50 @@ class _StackedSeg:
         return resize(L, rows, cols_t)
 
     def to_heads(self, heads: list[LinearSegHead]) -> list[LinearSegHead]:
-        for c, members in enumerate(self.classes.members):
-            for i, g in enumerate(members):
-                h = heads[g]
-                with torch.no_grad():
-                    h.bn.weight.copy_(self.gamma[c][i])
-                    h.bn.bias.copy_(self.beta[c][i])
-                    h.bn.running_mean.copy_(self.rmean[c][i])
-                    h.bn.running_var.copy_(self.rvar[c][i])
-                    h.bn.num_batches_tracked.fill_(self.steps)
-                    h.conv.weight.copy_(self.W[c][i][:, :, None, None])
-                    h.conv.bias.copy_(self.b[c][i])
-                h.eval()
+        F_ = len(self.layout.parts)
+        for g, h in enumerate(heads):
+            s, f = divmod(g, F_)
+            join = lambda ts: self.layout.joined(f, [t[s].detach() for t in ts])  # noqa: E731
+            stats = lambda ts: torch.cat([ts[b][s] for b in self.layout.parts[f]])  # noqa: E731
+            with torch.no_grad():
+                h.bn.weight.copy_(join(self.gamma))
+                h.bn.bias.copy_(join(self.beta))
+                h.bn.running_mean.copy_(stats(self.rmean))
+                h.bn.running_var.copy_(stats(self.rvar))
+                h.bn.num_batches_tracked.fill_(self.steps)
+                h.conv.weight.copy_(join(self.W)[:, :, None, None])
+                h.conv.bias.copy_(self.b[s, f])
+            h.eval()
         return heads
 
 
 def train_seg_batched(patches: list[torch.Tensor], labels: torch.Tensor, num_classes: int,
-                      settings: list[SegSettings]) -> list[tuple[LinearSegHead, dict]]:
+                      settings: list[SegSettings], parts: list[tuple[int, ...]] | None = None
+                      ) -> list[tuple[LinearSegHead, dict]]:
     """Train one seg head per feature source x seed in one pass (as ``train_seg`` each).
 
-    patches[f] [N, D_f, h, w]; labels [N, H, W] int (``ignore_index`` allowed); ``settings`` one per seed.
+    patches[f] [N, D_f, h, w] per source, or base tensors with ``parts``, as ``train_depth_batched``'s (so a
+    concatenation of two sources is trained from their tensors); labels [N, H, W] int (``ignore_index``
+    allowed); ``settings`` one per seed.
     Returns [(head, log)] seed-major (index = seed_index * n_sources + source_index).
     """
-    F_, S = len(patches), len(settings)
+    patches, parts, _ = _bases(patches, parts)
+    layout = _layout(patches, parts)
+    F_, S = len(layout.parts), len(settings)
     s0 = settings[0]
     heads = []
     for s in settings:
         for f in range(F_):
             torch.manual_seed(s.seed)
-            heads.append(LinearSegHead(patches[f].shape[1], num_classes).to(patches[f].device, patches[f].dtype))
-    classes = _Classes.of([(patches[g % F_].shape[1], 0) for g in range(S * F_)])
-    stack = _StackedSeg(heads, classes)
+            heads.append(LinearSegHead(layout.width(f), num_classes).to(patches[0].device, patches[0].dtype))
+    stack = _StackedSeg(heads, layout)
     out_size = tuple(labels.shape[-2:])
     k, it = s0.label_stride, iter(range(s0.iterations))
 
     def step_losses(idx: list[torch.Tensor]) -> torch.Tensor:
         r, c = label_phase(k, next(it))
         lab = torch.stack([labels[i, r::k, c::k].long() for i in idx])  # [S, B, H / k, W / k]
-        xs = [_gather(patches, m, lambda g: g % F_, lambda g: idx[g // F_]) for m in classes.members]
-        logits = stack.forward(xs, out_size, k, (r, c))  # [G, B, C, H / k, W / k]
+        logits = stack.forward(_seed_batches(patches, idx), out_size, k, (r, c))  # [G, B, C, H / k, W / k]
         lab_g = lab[:, None].expand(S, F_, *lab.shape[1:]).reshape(-1, *lab.shape[2:])  # [G * B, H, W]
         ce = F.cross_entropy(logits.flatten(0, 1), lab_g, ignore_index=s0.ignore_index, reduction="none")
         keep = (lab_g != s0.ignore_index).to(ce.dtype)

@@ -69,13 +69,86 @@ def test_batched_seg_equals_separate(dtype, tol, stride):
             assert bool(same.all()) if dtype == torch.float64 else float(same.float().mean()) > 0.99
 
 
+PARTS = [(0,), (1,), (0, 1), (0, 0)]  # original, fine-tuned, concat, the width control
+
+
+def composed(P):
+    """The PARTS sources' tensors, concatenated."""
+    return [torch.cat([P[b] for b in p], 1) for p in PARTS]
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_batched_depth_of_composed_sources_equals_the_concatenated_tensors(monkeypatch, fused):
+    """Sources given as parts of base tensors train the heads of their concatenations (never built), gathering each
+    base once: the same heads, losses and validation checkpoints as the concatenated tensors (float64)."""
+    monkeypatch.setattr(batched._StackedDepth, "fused", fused)
+    P, C, D, _ = sources(torch.float64)
+    P = P[:2]
+    Cs = [C[0], C[1], C[0], C[0]]  # concat and the control read the original's [CLS]
+    ss = [DepthSettings(iterations=25, batch_size=5, lr=1e-2, n_bins=16, max_depth=5.0, seed=s) for s in SEEDS]
+    full, alone = composed(P), [(f,) for f in range(len(PARTS))]  # each concatenation its own tensor
+    want = train_depth_batched(full, Cs, D, ss, val=([p[:4] for p in full], [c[:4] for c in Cs], D[:4]), val_every=6,
+                               parts=alone)
+    got = train_depth_batched(P, Cs, D, ss, val=([p[:4] for p in P], [c[:4] for c in Cs], D[:4]), val_every=6,
+                              parts=PARTS)
+    found = train_depth_batched(full, Cs, D, ss, val=([p[:4] for p in full], [c[:4] for c in Cs], D[:4]),
+                                val_every=6)  # the concatenations found among the sources
+    assert len(got) == len(want) == len(found) == len(SEEDS) * len(PARTS)
+    for (hg, _), (hf, _) in zip(got, found):
+        assert torch.equal(hg.conv.weight, hf.conv.weight)
+    for (hg, lg), (hw, lw) in zip(got, want):
+        assert hg.conv.weight.shape == hw.conv.weight.shape
+        torch.testing.assert_close(hg.conv.weight, hw.conv.weight, atol=1e-10, rtol=0)
+        torch.testing.assert_close(hg.conv.bias, hw.conv.bias, atol=1e-10, rtol=0)
+        np.testing.assert_allclose(lg["losses"], lw["losses"], atol=1e-9)
+        assert lg["best_iteration"] == lw["best_iteration"]
+    # the control's two blocks stay separate parameters (different initial weights), not one summed block
+    w = got[3][0].conv.weight[:, :12, 0, 0]
+    assert not torch.allclose(w[:, :6], w[:, 6:])
+
+
+def test_batched_seg_of_composed_sources_equals_the_concatenated_tensors():
+    P, _, _, L = sources(torch.float64, seed=1)
+    P = P[:2]
+    ss = [SegSettings(iterations=20, batch_size=5, lr=1e-2, seed=s, label_stride=2) for s in SEEDS]
+    want = train_seg_batched(composed(P), L, 4, ss, parts=[(f,) for f in range(len(PARTS))])
+    got = train_seg_batched(composed(P), L, 4, ss)  # the concatenations found among the sources
+    for (hg, lg), (hw, lw) in zip(got, want):
+        for k, v in hw.state_dict().items():  # BN running stats included
+            torch.testing.assert_close(hg.state_dict()[k].to(v.dtype), v, atol=1e-12, rtol=0)
+        np.testing.assert_allclose(lg["losses"], lw["losses"], atol=1e-11)
+
+
+def test_concatenations_are_found_element_for_element():
+    P, _, _, _ = sources(torch.float64)
+    full = composed(P[:2])
+    assert batched.concatenations(full) == PARTS
+    assert batched.concatenations(P) == [(0,), (1,), (2,)]  # equal widths, no concatenation
+    off = [t.clone() for t in full]
+    off[2][-1, -1, -1, -1] += 1e-9  # one element of one image differs: its own tensor
+    assert batched.concatenations(off) == [(0,), (1,), (2,), (0, 0)]
+    swapped = [full[0], full[1], torch.cat([P[1], P[0]], 1)]
+    assert batched.concatenations(swapped) == [(0,), (1,), (1, 0)]
+
+
+def test_parts_name_existing_bases():
+    P, C, D, L = sources(torch.float64)
+    ss = [SegSettings(iterations=2, batch_size=5)]
+    with pytest.raises(ValueError, match="base"):
+        train_seg_batched(P[:2], L, 4, ss, parts=[(0,), (2,)])
+    with pytest.raises(ValueError, match="at least one"):
+        train_seg_batched(P[:2], L, 4, ss, parts=[(0,), ()])
+    with pytest.raises(ValueError, match="CLS"):
+        train_depth_batched(P[:2], C[:2], D, [DepthSettings(iterations=2, batch_size=5)], parts=PARTS)
+
+
 def test_strided_seg_loss_is_the_full_loss_at_those_pixels():
     """The strided cross entropy = the full-resolution one restricted to the pixels of the iteration's phase."""
     P, _, _, L = sources(torch.float64, seed=2)
     head = SegSettings(label_stride=3)
     heads = [batched.LinearSegHead(P[0].shape[1], 4).double()]
-    stack = batched._StackedSeg(heads, batched._Classes.of([(P[0].shape[1], 0)]))
-    x = [P[0][None, :5]]
+    stack = batched._StackedSeg(heads, batched._Layout([(0,)], [P[0].shape[1]]))
+    x = batched._seed_batches([P[0]], [torch.arange(5)])
     full = stack.forward(x, (20, 26))
     for phase in ((0, 0), (2, 1)):
         part = stack.forward(x, (20, 26), head.label_stride, phase)
@@ -86,8 +159,8 @@ def test_strided_seg_loss_is_the_full_loss_at_those_pixels():
 def test_strided_depth_is_the_full_depth_at_those_pixels():
     P, C, _, _ = sources(torch.float64, seed=4)
     heads = [batched.LinearDepthHead(P[0].shape[1], C[0].shape[1], 16, 1e-3, 5.0).double()]
-    stack = batched._StackedDepth(heads, batched._Classes.of([(P[0].shape[1], C[0].shape[1])]))
-    x, c = [P[0][None, :5]], [C[0][None, :5]]
+    stack = batched._StackedDepth(heads, batched._Layout([(0,)], [P[0].shape[1]]))
+    x, c = batched._seed_batches([P[0]], [torch.arange(5)]), [C[0][None, :5]]
     full = stack.forward(x, c, (20, 26))
     for phase in ((0, 0), (1, 1), (0, 1)):
         torch.testing.assert_close(stack.forward(x, c, (20, 26), 2, phase), full[..., phase[0]::2, phase[1]::2],
