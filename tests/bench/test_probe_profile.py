@@ -18,3 +18,16 @@ def test_autocast_rows_time_both_dtypes_and_give_the_ratio():
     assert [r[0].rsplit(", ", 1)[1] for r in rows] == ["float32", "bf16 autocast"]
     assert all(w > 0 and c > 0 for _, w, c, _ in rows)
     assert rows[1][3] == f"{rows[1][2] / rows[0][2]:.2f}x the float32 CPU s"
+
+
+def test_heads_rows_time_an_iteration_of_both_trainers_on_the_benches_sources():
+    bench = load_bench("probe_profile")
+    patches, clss = bench.sources(4)
+    o, f, concat, control = patches
+    assert concat.shape[1] == control.shape[1] == 768 and clss[2] is clss[0] is clss[3]
+    from fit3d.probe.batched import concatenations
+
+    assert concatenations(patches) == [(0,), (1,), (0, 1), (0, 0)]  # what the trainers read from their parts
+    rows = bench.heads_rows(iterations=2, rounds=1)
+    assert [r[0].split(",")[0] for r in rows] == ["depth heads x12 (sun3d evals)", "seg heads x12 (CamVid)"]
+    assert all(w > 0 and c > 0 for _, w, c, _ in rows)
