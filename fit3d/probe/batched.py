@@ -101,10 +101,10 @@ class _Layout:
         for b, (x, w) in enumerate(zip(xs, weights)):
             if self.combine[b] is not None:
                 w = torch.einsum("sqkc,qr->srkc", w, self.combine[b].to(w.dtype).to(w.device))
-            # unbind, not indexing: its backward stacks the rows' gradients (indexing's fills zeros of the whole)
             S, R, K, D = w.shape
             # x [S, B h w, D] @ w^T [S, D, R K] with w^T contiguous (bmm took twice as long on the transposed view)
             y = torch.matmul(x.reshape(S, -1, D), w.reshape(S, R * K, D).transpose(1, 2).contiguous())
+            # unbind, not indexing: its backward stacks the rows' gradients (indexing's fills zeros of the whole)
             per_base.append(y.reshape(*x.shape[:-1], R, K).unbind(-2))
         out = []
         for f, p in enumerate(self.parts):
@@ -116,18 +116,20 @@ class _Layout:
 def concatenations(patches: list[torch.Tensor]) -> list[tuple[int, ...]]:
     """Per source, the two other sources it is the channel concatenation of, checked element for element
     (concat = (original, fine-tuned), the width control = (original, original)), else (itself,)."""
-    parts: list[tuple[int, ...]] = [(f,) for f in range(len(patches))]
     def same(a: torch.Tensor, b: torch.Tensor) -> bool:  # one image first: a mismatch costs no full pass
         return (a.shape == b.shape and a.dtype == b.dtype and a.device == b.device and torch.equal(a[:1], b[:1])
                 and torch.equal(a, b))
 
+    parts: list[tuple[int, ...]] = [(f,) for f in range(len(patches))]
     for f in sorted(range(len(patches)), key=lambda i: patches[i].shape[1]):  # narrower sources are decided first
         t, w = patches[f], patches[f].shape[1]
         plain = [a for a in range(len(patches)) if a != f and parts[a] == (a,) and patches[a].shape[1] < w]
         for a in plain:
             wa = patches[a].shape[1]
+            if not same(t[:, :wa], patches[a]):
+                continue
             b = next((b for b in plain if patches[b].shape[1] == w - wa and same(t[:, wa:], patches[b])), None)
-            if b is not None and same(t[:, :wa], patches[a]):
+            if b is not None:
                 parts[f] = (a, b)
                 break
     return parts
