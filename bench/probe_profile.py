@@ -9,7 +9,8 @@ and the flowers classification probe.
   original / fine-tuned 384 wide, concat / width control 768 wide and made of those two, as
   ``bench/generalize.py`` makes them; 12x16 tokens, 168x224 labels, batch 8,
   ``DepthSettings`` defaults) on random tokens, under cProfile (its own overhead lands in "everything else"):
-  the share of the einsums' forward, autograd's backward (the einsums' weight gradients and the loss's), the
+  the share of the heads' products forward (matmuls and einsums), autograd's backward (their weight gradients
+  and the loss's), the
   numba bin tail (``fit3d.probe.depth_bins``) and the rest (gathers, losses, AdamW, Python);
 - flowers: decoding + DINO's resize / crop of ``--photos`` flowers photos, DINOv2-S [CLS] features of them at
   224x224 (batch 32), and the k-NN + linear heads of 4 sources x 3 seeds on random features of the full
@@ -102,12 +103,12 @@ def depth_rows(iterations: int) -> list[tuple]:
     _, wall, cpu = _timed(lambda: (prof.enable(), train_depth_batched(patches, clss, depth, settings), prof.disable()))
     st = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
     tot = sum(v[2] for v in st.values())
-    einsum = sum(v[2] for k, v in st.items() if k[2] == "<built-in method torch.einsum>")
+    einsum = sum(v[2] for k, v in st.items() if k[2] in ("<built-in method torch.einsum>", "<built-in method torch.matmul>"))
     tail = sum(v[2] for k, v in st.items() if k[0].endswith("depth_bins.py") and k[2] in ("_forward", "_backward"))
-    # autograd's engine: the einsums' weight gradients and the loss's backward (its C++ time, not split further)
+    # autograd's engine: the products' weight gradients and the loss's backward (its C++ time, not split further)
     backward = sum(v[2] for k, v in st.items() if "run_backward" in k[2])
-    rows = [("depth step: einsum forward", einsum / tot),
-            ("depth step: autograd backward (einsum weight grads + loss)", backward / tot),
+    rows = [("depth step: products forward (heads' matmuls / einsums, resizes)", einsum / tot),
+            ("depth step: autograd backward (weight grads + loss)", backward / tot),
             ("depth step: numba bin tail (fwd + bwd)", tail / tot),
             ("depth step: everything else", 1 - (einsum + backward + tail) / tot)]
     out = [(f"depth heads x12, {iterations} iterations", wall, cpu, "")]
