@@ -45,6 +45,7 @@ from tqdm import tqdm
 from fit3d.errors import NonFiniteError
 from fit3d.resize import interp_matrix, resize  # noqa: F401 - resize is also this module's API
 from fit3d.probe.depth_bins import bin_sums
+from fit3d.probe.depth_loss import depth_losses
 from fit3d.probe.depth import DepthSettings, LinearDepthHead, log_gradient_loss, valid_mask
 from fit3d.probe.seg import LinearSegHead, SegSettings
 from fit3d.probe.train import batch_order, label_phase, lr_factor
@@ -225,7 +226,7 @@ class _StackedDepth:
     """All depth heads as stacked tensors (seed-major, head g = seed * sources + source); ``forward`` gives
     depth [G, B, H, W] from the seeds' batches of the base features."""
 
-    fused: bool | None = None  # the numba tail (depth_bins); None: on CPU, tensor ops on other devices
+    fused: bool | None = None  # the numba tail (depth_bins) and loss (depth_loss); None: on CPU, tensor ops elsewhere
 
     def __init__(self, heads: list[LinearDepthHead], layout: _Layout):
         self.layout, self.use_cls = layout, heads[0].use_cls
@@ -347,11 +348,14 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
 
     def step_losses(idx: list[torch.Tensor]) -> torch.Tensor:
         r, c = label_phase(k, next(it))
-        gt = torch.stack([depth[i, r::k, c::k] for i in idx])[:, None, :, None].to(patches[0].dtype)  # [S, 1, B, 1, H/k, W/k]
+        gt = torch.stack([depth[i, r::k, c::k] for i in idx]).to(patches[0].dtype)  # [S, B, H/k, W/k]
         valid = valid_mask(gt, s0.min_depth, s0.max_depth)
         pred = stack.forward(_seed_batches(patches, idx), _seed_batches(clss, idx), out_size, k, (r, c))  # [G, B, H/k, W/k]
+        if pred.device.type == "cpu" if stack.fused is None else stack.fused:  # the numba loss (depth_loss)
+            return depth_losses(pred, gt, valid, F_, s0.grad_weight, grid=k)
         pred = pred.reshape(S, F_, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H / k, W / k]
-        return _depth_losses(pred, gt, valid, dims, s0.grad_weight, grid=k).reshape(-1)
+        return _depth_losses(pred, gt[:, None, :, None], valid[:, None, :, None], dims, s0.grad_weight,
+                             grid=k).reshape(-1)
 
     validate = None
     if val is not None:
