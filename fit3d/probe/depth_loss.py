@@ -23,20 +23,19 @@ from fit3d.probe.depth import gradient_pairs
 from fit3d.probe.depth_bins import _threads
 
 
-@nb.njit(parallel=True, cache=True)
-def _forward(P, LG, M, F, steps, offs, lam, eps, gw, D, out, stats):  # pragma: no cover - numba
-    G, N, H, W = P.shape
+@nb.njit(parallel=True, cache=True, fastmath=True)
+def _forward(LP, LG, M, F, steps, offs, lam, gw, D, out, stats):  # pragma: no cover - numba
+    G, N, H, W = LP.shape
     for g in nb.prange(G):
         s = g // F
         n = 0.0
         tot = 0.0
         for i in range(N):
             for y in range(H):
-                for x in range(W):
-                    m = M[s, i, y, x]
-                    d = (np.log(P[g, i, y, x] + eps) - LG[s, i, y, x]) * m
+                for x in range(W):  # branch-free inner loops: they vectorise
+                    d = (LP[g, i, y, x] - LG[s, i, y, x]) * M[s, i, y, x]
                     D[g, i, y, x] = d
-                    n += m
+                    n += M[s, i, y, x]
                     tot += d
         mu = tot / max(n, 1.0)
         v = 0.0
@@ -48,20 +47,18 @@ def _forward(P, LG, M, F, steps, offs, lam, eps, gw, D, out, stats):  # pragma: 
         sig = np.sqrt(v / max(n - 1.0, 1.0) + lam * mu * mu) if n >= 2 else 0.0
         grad = 0.0
         for k in range(steps.shape[0]):
-            st, o = steps[k], offs[k]
+            st, o = steps[k], offs[k] * steps[k]  # lattice step and pair offset in pixels
             cnt = 0.0
             acc = 0.0
             for i in range(N):
                 for y in range(0, H, st):
                     for x in range(0, W, st):
-                        ma = M[s, i, y, x]
-                        cnt += ma
-                        if ma == 0.0:
-                            continue
-                        if y + o * st < H:
-                            acc += abs(D[g, i, y, x] - D[g, i, y + o * st, x]) * M[s, i, y + o * st, x]
-                        if x + o * st < W:
-                            acc += abs(D[g, i, y, x] - D[g, i, y, x + o * st]) * M[s, i, y, x + o * st]
+                        cnt += M[s, i, y, x]
+                    if y + o < H:  # pairs down
+                        for x in range(0, W, st):
+                            acc += abs(D[g, i, y, x] - D[g, i, y + o, x]) * M[s, i, y, x] * M[s, i, y + o, x]
+                    for x in range(0, W - o, st):  # pairs right
+                        acc += abs(D[g, i, y, x] - D[g, i, y, x + o]) * M[s, i, y, x] * M[s, i, y, x + o]
             grad += acc / max(cnt, 1.0)
         out[g] = sig + gw * grad
         stats[g, 0] = n
@@ -69,7 +66,7 @@ def _forward(P, LG, M, F, steps, offs, lam, eps, gw, D, out, stats):  # pragma: 
         stats[g, 2] = sig
 
 
-@nb.njit(parallel=True, cache=True)
+@nb.njit(parallel=True, cache=True, fastmath=True)
 def _backward(P, M, F, steps, offs, lam, eps, gw, D, stats, gout, gP):  # pragma: no cover - numba
     G, N, H, W = P.shape
     for g in nb.prange(G):
@@ -82,25 +79,24 @@ def _backward(P, M, F, steps, offs, lam, eps, gw, D, stats, gout, gP):  # pragma
                 for x in range(W):
                     gP[g, i, y, x] = a * (D[g, i, y, x] - mu) * M[s, i, y, x] + b
         for k in range(steps.shape[0]):
-            st, o = steps[k], offs[k]
+            st, o = steps[k], offs[k] * steps[k]
             cnt = 0.0
             for i in range(N):
                 for y in range(0, H, st):
                     for x in range(0, W, st):
                         cnt += M[s, i, y, x]
             w = gout[g] * gw / max(cnt, 1.0)
-            for i in range(N):
+            for i in range(N):  # d |d_a - d_b| m_a m_b = sign(d_a - d_b) m_a m_b (torch's sign: 0 at 0)
                 for y in range(0, H, st):
-                    for x in range(0, W, st):
-                        if M[s, i, y, x] == 0.0:
-                            continue
-                        for dy, dx in ((o * st, 0), (0, o * st)):
-                            yy, xx = y + dy, x + dx
-                            if yy < H and xx < W and M[s, i, yy, xx] != 0.0:
-                                e = D[g, i, y, x] - D[g, i, yy, xx]
-                                sg = w if e > 0 else (-w if e < 0 else 0.0)  # torch's sign: 0 at 0
-                                gP[g, i, y, x] += sg
-                                gP[g, i, yy, xx] -= sg
+                    if y + o < H:
+                        for x in range(0, W, st):
+                            e = np.sign(D[g, i, y, x] - D[g, i, y + o, x]) * w * M[s, i, y, x] * M[s, i, y + o, x]
+                            gP[g, i, y, x] += e
+                            gP[g, i, y + o, x] -= e
+                    for x in range(0, W - o, st):
+                        e = np.sign(D[g, i, y, x] - D[g, i, y, x + o]) * w * M[s, i, y, x] * M[s, i, y, x + o]
+                        gP[g, i, y, x] += e
+                        gP[g, i, y, x + o] -= e
         for i in range(N):  # d d / d pred = m / (pred + eps)
             for y in range(H):
                 for x in range(W):
@@ -112,6 +108,7 @@ class _DepthLoss(torch.autograd.Function):
     def forward(ctx, pred, gt, valid, sources, grad_weight, lam, eps, grid, scales):
         dt = np.float32 if pred.dtype == torch.float32 else np.float64
         P = pred.detach().contiguous().numpy()
+        LP = torch.log(pred.detach() + eps).contiguous().numpy()  # torch's vectorised log, here and for gt
         LG = torch.log(gt.detach() + eps).to(pred.dtype).contiguous().numpy()
         M = valid.to(pred.dtype).contiguous().numpy()
         pairs = [gradient_pairs(s, grid) for s in range(scales)]
@@ -121,7 +118,7 @@ class _DepthLoss(torch.autograd.Function):
         out = np.empty(P.shape[0], dt)
         stats = np.empty((P.shape[0], 3), dt)
         _threads()
-        _forward(P, LG, M, sources, steps, offs, dt(lam), dt(eps), dt(grad_weight), D, out, stats)
+        _forward(LP, LG, M, sources, steps, offs, dt(lam), dt(grad_weight), D, out, stats)
         ctx.keep = (P, M, sources, steps, offs, dt(lam), dt(eps), dt(grad_weight), D, stats)
         return torch.from_numpy(out)
 
