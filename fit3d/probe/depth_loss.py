@@ -106,11 +106,14 @@ def _backward(P, M, F, steps, offs, lam, eps, gw, D, stats, gout, gP):  # pragma
 class _DepthLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, pred, gt, valid, sources, grad_weight, lam, eps, grid, scales):
-        dt = np.float32 if pred.dtype == torch.float32 else np.float64
-        P = pred.detach().contiguous().numpy()
-        LP = torch.log(pred.detach() + eps).contiguous().numpy()  # torch's vectorised log, here and for gt
-        LG = torch.log(gt.detach() + eps).to(pred.dtype).contiguous().numpy()
-        M = valid.to(pred.dtype).contiguous().numpy()
+        work = torch.float64 if pred.dtype == torch.float64 else torch.float32  # bf16 (autocast) in float32
+        dt = np.float64 if work == torch.float64 else np.float32
+        ctx.dtype = pred.dtype
+        p = pred.detach().to(work)
+        P = p.contiguous().numpy()
+        LP = torch.log(p + eps).contiguous().numpy()  # torch's vectorised log, here and for gt
+        LG = torch.log(gt.detach().to(work) + eps).contiguous().numpy()
+        M = valid.to(work).contiguous().numpy()
         pairs = [gradient_pairs(s, grid) for s in range(scales)]
         steps = np.array([p[0] for p in pairs], np.int64)
         offs = np.array([p[1] for p in pairs], np.int64)
@@ -120,16 +123,16 @@ class _DepthLoss(torch.autograd.Function):
         _threads()
         _forward(LP, LG, M, sources, steps, offs, dt(lam), dt(grad_weight), D, out, stats)
         ctx.keep = (P, M, sources, steps, offs, dt(lam), dt(eps), dt(grad_weight), D, stats)
-        return torch.from_numpy(out)
+        return torch.from_numpy(out).to(pred.dtype)
 
     @staticmethod
     def backward(ctx, gout):
         P, M, sources, steps, offs, lam, eps, gw, D, stats = ctx.keep
         gP = np.empty_like(P)
         _threads()
-        _backward(P, M, sources, steps, offs, lam, eps, gw, D, stats, gout.detach().contiguous().numpy().astype(P.dtype),
+        _backward(P, M, sources, steps, offs, lam, eps, gw, D, stats, gout.detach().double().numpy().astype(P.dtype),
                   gP)
-        return torch.from_numpy(gP), None, None, None, None, None, None, None, None
+        return torch.from_numpy(gP).to(ctx.dtype), None, None, None, None, None, None, None, None
 
 
 def depth_losses(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor, sources: int, grad_weight: float,

@@ -52,3 +52,14 @@ def test_shapes_are_checked():
     pred, gt, valid = problem(torch.float64)
     with pytest.raises(ValueError, match="heads per seed"):
         depth_losses(pred, gt, valid, 2, 0.5)
+
+
+def test_bf16_depth_maps_are_taken_in_float32():
+    """Under autocast the maps can be bf16: the loss is the float32 one of those values, its gradient in bf16."""
+    pred, gt, valid = problem(torch.float32)
+    p16 = pred.detach().bfloat16().requires_grad_()
+    got = depth_losses(p16, gt, valid, 3, 0.5)
+    (g16,) = torch.autograd.grad(got.sum(), p16)
+    assert got.dtype == g16.dtype == torch.bfloat16
+    want = depth_losses(p16.detach().float().requires_grad_(), gt, valid, 3, 0.5)
+    torch.testing.assert_close(got.float(), want.detach(), atol=0.02, rtol=0.01)
