@@ -27,6 +27,8 @@ The separate trainers (``depth.train_depth``, ``seg.train_seg``) train one head 
   normalisation + expectation is one contraction of relu(logits) with [bins, 1] instead of
   per-element divide / multiply / sum passes over the [B, 256, 4h, 4w] probabilities (half of a
   separate step in the profile);
+- on the CPU the depth loss is one numba pass per head (``fit3d.probe.depth_loss``; ``_depth_losses`` is the
+  reference and the other devices' path);
 - validation is one batched forward of the validation split for all heads.
 
 Heads come back as the ordinary ``LinearDepthHead`` / ``LinearSegHead`` modules, so prediction, saving
