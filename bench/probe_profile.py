@@ -4,6 +4,8 @@ and the flowers classification probe.
     .venv/bin/python bench/probe_profile.py [--iterations 40] [--photos 128] [--threads 2]
     .venv/bin/python bench/probe_profile.py --autocast --iterations 20   # float32 vs bf16 autocast depth heads
     .venv/bin/python bench/probe_profile.py --heads --iterations 40      # an iteration of the depth / seg heads
+    .venv/bin/python bench/probe_profile.py --loss --iterations 60       # the depth loss: tensor ops vs fused, A/B
+    .venv/bin/python bench/probe_profile.py --rounding --iterations 400  # float32 rounding's reach in the heads
 
 - depth: ``fit3d.probe.batched.train_depth_batched`` as the full-scale sun3d evals run it (3 seeds x 4 sources:
   original / fine-tuned 384 wide, concat / width control 768 wide and made of those two, as
@@ -55,6 +57,51 @@ def depth_problem(iterations: int) -> tuple:
     patches, clss = sources(64, g)
     depth = torch.rand(64, 168, 224, generator=g) * 5 + 0.5
     return patches, clss, depth, [DepthSettings(iterations=iterations, seed=s) for s in range(3)]
+
+
+def loss_rows(iterations: int, rounds: int = 3) -> list[tuple]:
+    """The depth-head step with the loss as tensor ops (``batched._depth_losses``) and fused (``depth_loss``),
+    interleaved ``rounds`` times; the mean of each. A lever's A/B in one process."""
+    from fit3d.probe import batched
+
+    fused = batched.depth_losses
+
+    def tensor_ops(pred, gt, valid, sources, grad_weight, grid=1):
+        S = gt.shape[0]
+        return batched._depth_losses(pred.reshape(S, sources, *pred.shape[1:])[:, :, :, None], gt[:, None, :, None],
+                                     valid[:, None, :, None], (2, 3, 4, 5), grad_weight, grid=grid).reshape(-1)
+
+    args = depth_problem(iterations)
+    batched.train_depth_batched(*depth_problem(2))  # numba's compilation / cache load
+    times: dict = {"tensor ops": [], "fused (numba)": []}
+    try:
+        for _ in range(rounds):
+            for name, fn in (("tensor ops", tensor_ops), ("fused (numba)", fused)):
+                batched.depth_losses = fn
+                _, w, c = _timed(lambda: batched.train_depth_batched(*args))
+                times[name].append((w / iterations, c / iterations))
+    finally:
+        batched.depth_losses = fused
+    rows = [(f"depth heads x12, loss as {k}, an iteration ({rounds} x {iterations})",
+             sum(w for w, _ in v) / rounds, sum(c for _, c in v) / rounds, "") for k, v in times.items()]
+    rows[1] = rows[1][:3] + (f"{rows[1][2] / rows[0][2]:.2f}x the CPU s",)
+    return rows
+
+
+def rounding_rows(iterations: int) -> list[tuple]:
+    """How far float32 rounding alone moves the depth heads: the heads trained on the bench's sources and on the
+    same with the original's tokens times (1 + 1e-7 noise); relative weight difference, largest over the heads."""
+    from fit3d.probe.batched import train_depth_batched
+
+    patches, clss, depth, settings = depth_problem(iterations)
+    noise = torch.randn(patches[0].shape, generator=torch.Generator().manual_seed(9))
+    o = patches[0] * (1 + 1e-7 * noise)
+    moved = [o, patches[1], torch.cat([o, patches[1]], 1), torch.cat([o, o], 1)]
+    a = [h.conv.weight.detach() for h, _ in train_depth_batched(patches, clss, depth, settings)]
+    b = [h.conv.weight.detach() for h, _ in train_depth_batched(moved, clss, depth, settings)]
+    rel = max(float((x - y).norm() / y.norm()) for x, y in zip(b, a))
+    return [(f"depth heads x12 after {iterations} iterations: tokens x (1 + 1e-7 noise)", 0.0, 0.0,
+             f"weights moved {100 * rel:.2f}% (relative norm, largest head)")]
 
 
 def heads_rows(iterations: int, rounds: int = 2) -> list[tuple]:
@@ -151,10 +198,18 @@ def main(argv=None) -> int:
                     help="only time the depth heads in float32 against bf16 autocast (docs/speed.md section 11)")
     ap.add_argument("--heads", action="store_true",
                     help="only time an iteration of the batched depth and seg heads (docs/speed.md section 14)")
+    ap.add_argument("--loss", action="store_true",
+                    help="only the depth step with its loss as tensor ops against fused, interleaved (section 14)")
+    ap.add_argument("--rounding", action="store_true",
+                    help="only how far a 1e-7 change of the tokens moves the depth heads (float32, section 14)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.heads:
         rows = heads_rows(args.iterations)
+    elif args.loss:
+        rows = loss_rows(args.iterations)
+    elif args.rounding:
+        rows = rounding_rows(args.iterations)
     elif args.autocast:
         rows = autocast_rows(args.iterations)
     else:

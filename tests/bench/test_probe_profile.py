@@ -31,3 +31,20 @@ def test_heads_rows_time_an_iteration_of_both_trainers_on_the_benches_sources():
     rows = bench.heads_rows(iterations=2, rounds=1)
     assert [r[0].split(",")[0] for r in rows] == ["depth heads x12 (sun3d evals)", "seg heads x12 (CamVid)"]
     assert all(w > 0 and c > 0 for _, w, c, _ in rows)
+
+
+def test_loss_rows_compare_both_losses_and_restore_the_fused_one():
+    bench = load_bench("probe_profile")
+    from fit3d.probe import batched
+
+    fused = batched.depth_losses
+    rows = bench.loss_rows(iterations=2, rounds=1)
+    assert batched.depth_losses is fused
+    assert [r[0].split(",")[1].strip() for r in rows] == ["loss as tensor ops", "loss as fused (numba)"]
+    assert rows[1][3] == f"{rows[1][2] / rows[0][2]:.2f}x the CPU s"
+
+
+def test_rounding_rows_report_a_finite_move():
+    (row,) = load_bench("probe_profile").rounding_rows(iterations=2)
+    pct = float(row[3].split("moved ")[1].split("%")[0])
+    assert 0.0 <= pct < 100.0
