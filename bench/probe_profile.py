@@ -65,18 +65,12 @@ def loss_rows(iterations: int, rounds: int = 3) -> list[tuple]:
     from fit3d.probe import batched
 
     fused = batched.depth_losses
-
-    def tensor_ops(pred, gt, valid, sources, grad_weight, grid=1):
-        S = gt.shape[0]
-        return batched._depth_losses(pred.reshape(S, sources, *pred.shape[1:])[:, :, :, None], gt[:, None, :, None],
-                                     valid[:, None, :, None], (2, 3, 4, 5), grad_weight, grid=grid).reshape(-1)
-
     args = depth_problem(iterations)
     batched.train_depth_batched(*depth_problem(2))  # numba's compilation / cache load
     times: dict = {"tensor ops": [], "fused (numba)": []}
     try:
         for _ in range(rounds):
-            for name, fn in (("tensor ops", tensor_ops), ("fused (numba)", fused)):
+            for name, fn in (("tensor ops", batched._depth_losses), ("fused (numba)", fused)):
                 batched.depth_losses = fn
                 _, w, c = _timed(lambda: batched.train_depth_batched(*args))
                 times[name].append((w / iterations, c / iterations))

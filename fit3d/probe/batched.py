@@ -93,6 +93,18 @@ class _Layout:
             out.append((b, self.slots[b].index((f, j)), w[..., o:o + self.widths[b]]))
         return out
 
+    def stacked(self, per_head: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per base [S, n_slots_b, ..., D_b] (new tensors) from each head's tensor ``per_head[g]`` [..., width(f)]
+        (head g = seed * sources + source)."""
+        F_, nb = len(self.parts), len(self.widths)
+        S = len(per_head) // F_
+        blocks = [[[None] * len(self.slots[b]) for b in range(nb)] for _ in range(S)]
+        for g, t in enumerate(per_head):
+            s, f = divmod(g, F_)
+            for b, i, part in self.split(f, t):
+                blocks[s][b][i] = part
+        return [torch.stack([torch.stack(blocks[s][b]) for s in range(S)]).clone() for b in range(nb)]
+
     def joined(self, f: int, blocks: list[torch.Tensor]) -> torch.Tensor:
         """Source f's weight from its per-base blocks ``blocks[b]`` [n_slots_b, ..., D_b] (one seed)."""
         return torch.cat([blocks[b][self.slots[b].index((f, j))] for j, b in enumerate(self.parts[f])], -1)
@@ -158,10 +170,16 @@ def _layout(bases: list[torch.Tensor], parts) -> _Layout:
     return _Layout(parts, [int(p.shape[1]) for p in bases])
 
 
-def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, eps: float = 1e-3,
+def _depth_losses(pred, gt, valid, sources: int, grad_weight: float, lam: float = 0.15, eps: float = 1e-3,
                   grid: int = 1) -> torch.Tensor:
     """``depth.sig_loss + grad_weight * depth.gradient_loss`` per head, with masked sums instead of
-    boolean indexing (same value) and the log difference computed once for both terms."""
+    boolean indexing (same value) and the log difference computed once for both terms: pred [G, B, H, W]
+    (head g = seed * sources + source), gt and valid [S, B, H, W] -> [G]. The tensor-op reference of
+    ``depth_loss.depth_losses`` (same arguments) and the path on devices other than the CPU."""
+    S = gt.shape[0]
+    pred = pred.reshape(S, sources, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H, W]
+    gt, valid = gt[:, None, :, None], valid[:, None, :, None]  # [S, 1, B, 1, H, W]
+    dims = (2, 3, 4, 5)
     m = valid.to(pred.dtype)
     g = (torch.log(pred + eps) - torch.log(gt + eps)) * m
     n = m.expand_as(g).sum(dims)
@@ -169,7 +187,7 @@ def _depth_losses(pred, gt, valid, dims, grad_weight: float, lam: float = 0.15, 
     shape = mean.shape + (1,) * len(dims)
     var = (((g - mean.reshape(shape)) * m) ** 2).sum(dims) / (n - 1).clamp(min=1)  # unbiased as torch.var
     sig = torch.where(n >= 2, torch.sqrt(var + lam * mean ** 2), pred.sum(dims) * 0.0)
-    return sig + grad_weight * log_gradient_loss(g, m, dims=dims, grid=grid)
+    return (sig + grad_weight * log_gradient_loss(g, m, dims=dims, grid=grid)).reshape(-1)
 
 
 class _Loop:
@@ -236,17 +254,15 @@ class _StackedDepth:
         F_ = len(layout.parts)
         self.S = len(heads) // F_
         w = [heads[g].conv.weight.detach()[:, :, 0, 0] for g in range(len(heads))]  # [K, C_f + Dc_f]
-        blocks = [[[None] * len(layout.slots[b]) for b in range(len(layout.widths))] for _ in range(self.S)]
-        for g, wg in enumerate(w):
-            s, f = divmod(g, F_)
-            for b, i, part in layout.split(f, wg[:, :layout.width(f)]):
-                blocks[s][b][i] = part
-        self.Wp = [torch.stack([torch.stack(blocks[s][b]) for s in range(self.S)]).clone().requires_grad_()
-                   for b in range(len(layout.widths))]  # [S, n_slots, K, D_b]
+        self.Wp = [t.requires_grad_() for t in layout.stacked([wg[:, :layout.width(g % F_)] for g, wg in enumerate(w)])]
         self.Wc = [torch.stack([w[s * F_ + f][:, layout.width(f):] for s in range(self.S)]).clone().requires_grad_()
                    if self.use_cls else None for f in range(F_)]  # [S, K, Dc_f]
         self.b = torch.stack([h.conv.bias.detach() for h in heads]).reshape(self.S, F_, -1).clone().requires_grad_()
         self._mats: dict = {}
+
+    def on_fused(self, t: torch.Tensor) -> bool:
+        """Whether tensors like ``t`` take the numba tail and loss (``fused``; None: on the CPU)."""
+        return t.device.type == "cpu" if self.fused is None else self.fused
 
     def params(self) -> list[torch.Tensor]:
         return [t for t in (*self.Wp, *self.Wc, self.b) if t is not None]
@@ -274,7 +290,7 @@ class _StackedDepth:
                 phase: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """xs[b] [S, B, h, w, D_b] per base (``_seed_batches``), clss[f] [S, B, Dc_f] per source -> depth
         [G, B, H, W] (with ``stride``: at label pixels ``phase + stride * k`` of each axis only)."""
-        fused = xs[0].device.type == "cpu" if self.fused is None else self.fused
+        fused = self.on_fused(xs[0])
         per = self.layout.logits(xs, self.Wp)  # per source [S, B, h, w, K]
         for f in range(len(per)):
             bias = self.b[:, f, None, :]  # [S, 1, K]
@@ -345,7 +361,6 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
                                          use_cls=s0.use_cls).to(patches[0].device, patches[0].dtype))
     stack = _StackedDepth(heads, layout)
     out_size = tuple(depth.shape[-2:])
-    dims = (2, 3, 4, 5)
     k, it = s0.label_stride, iter(range(s0.iterations))
 
     def step_losses(idx: list[torch.Tensor]) -> torch.Tensor:
@@ -353,11 +368,8 @@ def train_depth_batched(patches: list[torch.Tensor], clss: list[torch.Tensor], d
         gt = torch.stack([depth[i, r::k, c::k] for i in idx]).to(patches[0].dtype)  # [S, B, H/k, W/k]
         valid = valid_mask(gt, s0.min_depth, s0.max_depth)
         pred = stack.forward(_seed_batches(patches, idx), _seed_batches(clss, idx), out_size, k, (r, c))  # [G, B, H/k, W/k]
-        if pred.device.type == "cpu" if stack.fused is None else stack.fused:  # the numba loss (depth_loss)
-            return depth_losses(pred, gt, valid, F_, s0.grad_weight, grid=k)
-        pred = pred.reshape(S, F_, *pred.shape[1:])[:, :, :, None]  # [S, F, B, 1, H / k, W / k]
-        return _depth_losses(pred, gt[:, None, :, None], valid[:, None, :, None], dims, s0.grad_weight,
-                             grid=k).reshape(-1)
+        loss = depth_losses if stack.on_fused(pred) else _depth_losses  # the numba loss (depth_loss) on the CPU
+        return loss(pred, gt, valid, F_, s0.grad_weight, grid=k)
 
     validate = None
     if val is not None:
@@ -404,17 +416,9 @@ class _StackedSeg:
         self.layout = layout
         bn = heads[0].bn
         self.eps, self.momentum = bn.eps, bn.momentum
-        F_, nb = len(layout.parts), len(layout.widths)
+        F_ = len(layout.parts)
         self.S = len(heads) // F_
-
-        def stacked(get):  # [S, n_slots, ..., D_b] per base from each head's tensor [..., C_f]
-            blocks = [[[None] * len(layout.slots[b]) for b in range(nb)] for _ in range(self.S)]
-            for g, h in enumerate(heads):
-                s, f = divmod(g, F_)
-                for b, i, part in layout.split(f, get(h).detach()):
-                    blocks[s][b][i] = part
-            return [torch.stack([torch.stack(blocks[s][b]) for s in range(self.S)]).clone() for b in range(nb)]
-
+        stacked = lambda get: layout.stacked([get(h).detach() for h in heads])  # noqa: E731 - per base
         self.gamma = [t.requires_grad_() for t in stacked(lambda h: h.bn.weight)]
         self.beta = [t.requires_grad_() for t in stacked(lambda h: h.bn.bias)]
         self.W = [t.requires_grad_() for t in stacked(lambda h: h.conv.weight[:, :, 0, 0])]

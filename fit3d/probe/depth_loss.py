@@ -60,6 +60,7 @@ def _forward(LP, LG, M, F, steps, offs, lam, gw, D, out, stats):  # pragma: no c
                     for x in range(0, W - o, st):  # pairs right
                         acc += abs(D[g, i, y, x] - D[g, i, y, x + o]) * M[s, i, y, x] * M[s, i, y, x + o]
             grad += acc / max(cnt, 1.0)
+            stats[g, 3 + k] = cnt
         out[g] = sig + gw * grad
         stats[g, 0] = n
         stats[g, 1] = mu
@@ -80,12 +81,7 @@ def _backward(P, M, F, steps, offs, lam, eps, gw, D, stats, gout, gP):  # pragma
                     gP[g, i, y, x] = a * (D[g, i, y, x] - mu) * M[s, i, y, x] + b
         for k in range(steps.shape[0]):
             st, o = steps[k], offs[k] * steps[k]
-            cnt = 0.0
-            for i in range(N):
-                for y in range(0, H, st):
-                    for x in range(0, W, st):
-                        cnt += M[s, i, y, x]
-            w = gout[g] * gw / max(cnt, 1.0)
+            w = gout[g] * gw / max(stats[g, 3 + k], 1.0)  # the forward's valid count on the scale's lattice
             for i in range(N):  # d |d_a - d_b| m_a m_b = sign(d_a - d_b) m_a m_b (torch's sign: 0 at 0)
                 for y in range(0, H, st):
                     if y + o < H:
@@ -119,7 +115,7 @@ class _DepthLoss(torch.autograd.Function):
         offs = np.array([p[1] for p in pairs], np.int64)
         D = np.empty_like(P)
         out = np.empty(P.shape[0], dt)
-        stats = np.empty((P.shape[0], 3), dt)
+        stats = np.empty((P.shape[0], 3 + scales), dt)  # n, mean, sig, each scale's valid count
         _threads()
         _forward(LP, LG, M, sources, steps, offs, dt(lam), dt(grad_weight), D, out, stats)
         ctx.keep = (P, M, sources, steps, offs, dt(lam), dt(eps), dt(grad_weight), D, stats)
