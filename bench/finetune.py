@@ -105,7 +105,7 @@ def tree_cpu_seconds() -> float:
 def main() -> int:
     from fit3d.finetune.anchor import AnchorReference
     from fit3d.finetune.data import render_workers
-    from fit3d.device import cpu_has_fast_bf16, resolve_precision
+    from fit3d.device import adamw, cpu_has_fast_bf16, resolve_precision
     from fit3d.finetune.recipes import DEFAULT_RECIPE, RECIPES, from_recipe
     from fit3d.finetune.trainer import build_trainable, transformer_blocks
 
@@ -162,7 +162,7 @@ def main() -> int:
     bb.train()
     module = PatchTokens(bb)
     params, n_frozen, _ = build_trainable(bb, cfg)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     dev = torch.device("cpu")
     anchors = {"none": None}
     subspaces = [decoder_subspace(s.decoder, cfg.subspace_rank or None) for s in scenes] \

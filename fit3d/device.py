@@ -112,3 +112,14 @@ def numerics(device: str | torch.device, precision: str | None = "auto") -> str:
     if kind == "cuda" and p == "fp32":
         return "cuda-fp32"
     return kind
+
+
+def adamw(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with torch's fused kernel where every parameter allows it (CPU or CUDA, floating):
+    one pass over a parameter and its two moments per step instead of one per elementwise op (on 2 CPU cores
+    3-4x cheaper: 14 against 40-52 CPU ms a Stage 2 step, 4 against 15 ms a batched probe step); the same
+    update up to float rounding. Elsewhere (MPS, ...) the default implementation."""
+    params = list(params)
+    ts = [t for p in params for t in (p["params"] if isinstance(p, dict) else [p])]
+    fused = bool(ts) and all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in ts)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=fused or None)

@@ -35,3 +35,25 @@ def test_dist_info_reads_torchrun_env(monkeypatch):
     assert (di.rank, di.world_size, di.local_rank, di.active, di.is_main) == (3, 4, 1, True, False)
     if not torch.cuda.is_available():
         assert resolve_device("auto") == torch.device("cpu")
+
+
+def test_adamw_takes_the_fused_kernel_on_the_cpu_with_the_default_update():
+    from fit3d.device import adamw
+
+    g = torch.Generator().manual_seed(0)
+    w0 = [torch.randn(4, 7, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)]
+    grads = [[torch.randn(w.shape, generator=g, dtype=torch.float64) for w in w0] for _ in range(20)]
+    out = []
+    for make in (lambda ps: adamw(ps, lr=1e-2, weight_decay=1e-2),
+                 lambda ps: torch.optim.AdamW(ps, lr=1e-2, weight_decay=1e-2)):
+        ps = [w.clone().requires_grad_() for w in w0]
+        opt = make(ps)
+        for gs in grads:
+            for p, gr in zip(ps, gs):
+                p.grad = gr.clone()
+            opt.step()
+        out.append((ps, opt.param_groups[0]["fused"]))
+    (fused, is_fused), (ref, _) = out
+    assert is_fused
+    for a, b in zip(fused, ref):
+        assert (a - b).abs().max() < 1e-13 and (a - w0[0 if a.dim() == 2 else 1]).abs().max() > 1e-2

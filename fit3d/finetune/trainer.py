@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from fit3d.config import to_dict
-from fit3d.device import DistInfo, dist_info, resolve_device, resolve_precision
+from fit3d.device import DistInfo, adamw, dist_info, resolve_device, resolve_precision
 from fit3d.errors import Fit3DError, NonFiniteError
 from fit3d.finetune.adapters import add_lora, merge_lora
 from fit3d.finetune.anchor import AnchorReference
@@ -543,7 +543,7 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     subspaces = None
     if cfg.target_mode != "rendered":
         subspaces = [decoder_subspace(s.decoder, cfg.subspace_rank or None) for s in scenes]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     anchor_ref = AnchorReference(original, bb, transformer_blocks) if original is not None and peft_model is None \
         else None
     average = WeightAverage.start(trained_parameters(bb.model), cfg.weight_average, total) \

@@ -3,9 +3,11 @@
 
 Hand-written (numba) because this tail is most of a depth-probe step: done with tensor ops it writes
 and re-reads a [B, 256, 4h, 4w] tensor several times per step (upsample, relu, normalise, multiply,
-sum, and as many passes backward); here each output pixel recomputes its 256 logits from 4 corner
-cells in registers and only two numbers per pixel are written. Weights and corner indices are taken
-from ``F.interpolate``'s own interpolation matrices, so the result is PyTorch's up to float rounding.
+sum, and as many passes backward); here the upsample is separable, a row at a time (each upsampled
+row's logits interpolated along y once into a [w, 256] buffer, each pixel's 256 logits then from its
+2 neighbours in that row, in registers), and only two numbers per pixel are written. Weights and
+corner indices are taken from ``F.interpolate``'s own interpolation matrices, so the result is
+PyTorch's up to float rounding.
 
     num, den = bin_sums(logits [N, h, w, K], bins [K], u)   # [N, u*h, u*w] each
     depth = (num + 0.1 * bins.sum()) / (den + 0.1 * K)     # = LinearDepthHead's expectation
@@ -21,16 +23,21 @@ import torch.nn.functional as F
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def _forward(L, i0, i1, a0, a1, j0, j1, b0, b1, bins, num, den):  # pragma: no cover - numba
-    N, _, _, K = L.shape
+    N, _, w, K = L.shape
     for n in nb.prange(N):
+        R = np.empty((w, K), L.dtype)  # one upsampled row, interpolated along y only: [w, K]
+        zero = np.zeros(1, L.dtype)[0]  # typed: a float64 literal would widen the sums (half the vector lanes)
         for Y in range(i0.shape[0]):
-            for X in range(j0.shape[0]):
-                w00, w01, w10, w11 = a0[Y] * b0[X], a0[Y] * b1[X], a1[Y] * b0[X], a1[Y] * b1[X]
-                p00, p01, p10, p11 = L[n, i0[Y], j0[X]], L[n, i0[Y], j1[X]], L[n, i1[Y], j0[X]], L[n, i1[Y], j1[X]]
-                sn = 0.0
-                sd = 0.0
+            p0, p1, c0, c1 = L[n, i0[Y]], L[n, i1[Y]], a0[Y], a1[Y]
+            for x in range(w):
                 for k in range(K):
-                    r = max(w00 * p00[k] + w01 * p01[k] + w10 * p10[k] + w11 * p11[k], 0.0)
+                    R[x, k] = c0 * p0[x, k] + c1 * p1[x, k]
+            for X in range(j0.shape[0]):
+                q0, q1, d0, d1 = R[j0[X]], R[j1[X]], b0[X], b1[X]
+                sn = zero
+                sd = zero
+                for k in range(K):
+                    r = max(d0 * q0[k] + d1 * q1[k], zero)
                     sn += r * bins[k]
                     sd += r
                 num[n, Y, X] = sn
@@ -39,29 +46,35 @@ def _forward(L, i0, i1, a0, a1, j0, j1, b0, b1, bins, num, den):  # pragma: no c
 
 @nb.njit(parallel=True, cache=True, fastmath=True)
 def _backward(L, i0, i1, a0, a1, j0, j1, b0, b1, bins, gnum, gden, gL):  # pragma: no cover - numba
-    N, _, _, K = L.shape
-    for n in nb.prange(N):  # one image per thread: the corner scatter-adds never race
+    N, _, w, K = L.shape
+    for n in nb.prange(N):  # one image per thread: the scatter-adds never race
+        R = np.empty((w, K), L.dtype)
+        gR = np.empty((w, K), L.dtype)  # the gradient of R, gathered along x first
         g = np.empty(K, L.dtype)
+        zero = np.zeros(1, L.dtype)[0]
+        gL[n] = zero  # filled here, per thread, rather than by a serial np.zeros_like of all N images
         for Y in range(i0.shape[0]):
+            p0, p1, c0, c1 = L[n, i0[Y]], L[n, i1[Y]], a0[Y], a1[Y]
+            for x in range(w):
+                for k in range(K):
+                    R[x, k] = c0 * p0[x, k] + c1 * p1[x, k]
+                    gR[x, k] = zero
             for X in range(j0.shape[0]):
-                w00, w01, w10, w11 = a0[Y] * b0[X], a0[Y] * b1[X], a1[Y] * b0[X], a1[Y] * b1[X]
-                p00, p01, p10, p11 = L[n, i0[Y], j0[X]], L[n, i0[Y], j1[X]], L[n, i1[Y], j0[X]], L[n, i1[Y], j1[X]]
+                q0, q1, d0, d1 = R[j0[X]], R[j1[X]], b0[X], b1[X]
+                g0, g1 = gR[j0[X]], gR[j1[X]]
                 gn, gd = gnum[n, Y, X], gden[n, Y, X]
-                for k in range(K):  # d(num, den)/d(logit) at this pixel, then 4 separate axpys (vectorised)
-                    l = w00 * p00[k] + w01 * p01[k] + w10 * p10[k] + w11 * p11[k]
-                    g[k] = (gn * bins[k] + gd) if l > 0 else 0.0
-                q = gL[n, i0[Y], j0[X]]
+                for k in range(K):  # d(num, den)/d(logit) at this pixel, then separate axpys (they vectorise)
+                    l = d0 * q0[k] + d1 * q1[k]
+                    g[k] = (gn * bins[k] + gd) if l > zero else zero
                 for k in range(K):
-                    q[k] += w00 * g[k]
-                q = gL[n, i0[Y], j1[X]]
+                    g0[k] += d0 * g[k]
                 for k in range(K):
-                    q[k] += w01 * g[k]
-                q = gL[n, i1[Y], j0[X]]
+                    g1[k] += d1 * g[k]
+            o0, o1 = gL[n, i0[Y]], gL[n, i1[Y]]
+            for x in range(w):
                 for k in range(K):
-                    q[k] += w10 * g[k]
-                q = gL[n, i1[Y], j1[X]]
-                for k in range(K):
-                    q[k] += w11 * g[k]
+                    o0[x, k] += c0 * gR[x, k]
+                    o1[x, k] += c1 * gR[x, k]
 
 
 def corners(n_in: int, n_out: int) -> tuple[np.ndarray, ...]:
@@ -98,7 +111,7 @@ class _BinSums(torch.autograd.Function):
         L, bins = ctx.saved_tensors
         rows, cols = ctx.geom
         Ln = L.detach().cpu().contiguous().numpy()
-        gL = np.zeros_like(Ln)
+        gL = np.empty_like(Ln)  # zeroed by the kernel
         _threads()
         _backward(Ln, *rows, *cols, bins.detach().cpu().numpy().astype(Ln.dtype),
                   gnum.detach().cpu().contiguous().numpy().astype(Ln.dtype),

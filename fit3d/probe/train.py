@@ -12,6 +12,7 @@ from typing import Callable, Iterator
 import torch
 from tqdm import tqdm
 
+from fit3d.device import adamw
 from fit3d.errors import NonFiniteError
 
 
@@ -64,7 +65,7 @@ def train_head(head: torch.nn.Module, n_train: int, step_loss: Callable[[torch.T
     Returns {"losses": [float per iteration], "seconds": float} plus, with ``validate``,
     "val": [(iteration, score)], "best_iteration" and "best_val".
     """
-    opt = torch.optim.AdamW([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
+    opt = adamw([p for p in head.parameters() if p.requires_grad], lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, iterations, warmup, schedule))
     head.train()
     losses: list[float] = []
