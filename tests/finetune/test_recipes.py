@@ -205,3 +205,19 @@ def test_pipeline_applies_recipe_lora_and_rejects_finetune_recipe(capsys):
     with pytest.raises(SystemExit):
         d.parse_args(["--finetune.recipe", "lora"])
 
+
+
+def test_derived_presets_are_default_plus_their_own_fields():
+    """The presets measured as variants of ``default`` (docs/generalize.md) differ from it only in the fields their
+    names say, so a change to ``default`` carries into them."""
+    from fit3d.finetune.recipes import RECIPES
+
+    def changed(name):
+        a, b = RECIPES[name], RECIPES["default"]
+        return {f.name for f in dataclasses.fields(a) if f.name != "recipe" and getattr(a, f.name) != getattr(b, f.name)}
+
+    assert changed("epochs2") == {"epochs"}
+    assert changed("lr2anchor1") == {"lr", "anchor_weight"}
+    assert RECIPES["lr2anchor1"].lr == 2 * RECIPES["default"].lr
+    assert RECIPES["lr2anchor1"].anchor_weight == 2 * RECIPES["default"].anchor_weight
+    assert changed("clsshift") == {"cls_align", "cls_align_views"}
