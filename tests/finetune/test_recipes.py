@@ -206,7 +206,6 @@ def test_pipeline_applies_recipe_lora_and_rejects_finetune_recipe(capsys):
         d.parse_args(["--finetune.recipe", "lora"])
 
 
-
 def test_derived_presets_are_default_plus_their_own_fields():
     """The presets measured as variants of ``default`` (docs/generalize.md) differ from it only in the fields their
     names say, so a change to ``default`` carries into them."""

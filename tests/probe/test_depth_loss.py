@@ -18,8 +18,6 @@ def problem(dtype, S=2, F=3, B=3, H=17, W=22, seed=0):
     return pred, gt, valid_mask(gt, 1e-3, 4.5)
 
 
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
 @pytest.mark.parametrize("grid", [1, 2])
 def test_fused_depth_loss_matches_the_reference(dtype, tol, grid):
