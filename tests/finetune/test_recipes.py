@@ -164,7 +164,7 @@ def test_every_preset_passes_validation():
 
 
 def test_finetune_help_shows_the_values_the_command_runs_with(capsys):
-    """The command runs the default recipe: its parser's base, so --help shows -6 / 0.5, and no option given
+    """The command runs the default recipe: its parser's base, so --help shows -6 / 1.0, and no option given
     parses to exactly that preset; --recipe NAME makes another preset the base."""
     import argparse
 
@@ -174,7 +174,7 @@ def test_finetune_help_shows_the_values_the_command_runs_with(capsys):
     p = argparse.ArgumentParser()
     add_arguments(p)
     text = " ".join(p.format_help().split())
-    assert "the last -k blocks) (default: -6)" in text and "--anchor-at says (default: 0.5)" in text
+    assert "the last -k blocks) (default: -6)" in text and "--anchor-at says (default: 1.0)" in text
     base = ["--scenes", "s", "--out", "o"]
     assert config_from_args(FinetuneConfig, p.parse_args(base)) == recipe(DEFAULT_RECIPE)
     lora = config_from_args(FinetuneConfig, p.parse_args([*base, "--recipe", "lora", "--lr", "0.5"]))
@@ -206,17 +206,19 @@ def test_pipeline_applies_recipe_lora_and_rejects_finetune_recipe(capsys):
         d.parse_args(["--finetune.recipe", "lora"])
 
 
-def test_derived_presets_are_default_plus_their_own_fields():
-    """The presets measured as variants of ``default`` (docs/generalize.md) differ from it only in the fields their
-    names say, so a change to ``default`` carries into them."""
+def test_derived_presets_are_their_base_plus_their_own_fields():
+    """The presets measured as variants of ``default21`` (docs/generalize.md) differ from it only in the fields their
+    names say, so their commands reproduce; ``default`` is ``lr2anchor1`` (sitting 23) under its own name."""
     from fit3d.finetune.recipes import RECIPES
 
-    def changed(name):
-        a, b = RECIPES[name], RECIPES["default"]
+    def changed(name, base="default21"):
+        a, b = RECIPES[name], RECIPES[base]
         return {f.name for f in dataclasses.fields(a) if f.name != "recipe" and getattr(a, f.name) != getattr(b, f.name)}
 
     assert changed("epochs2") == {"epochs"}
     assert changed("lr2anchor1") == {"lr", "anchor_weight"}
-    assert RECIPES["lr2anchor1"].lr == 2 * RECIPES["default"].lr
-    assert RECIPES["lr2anchor1"].anchor_weight == 2 * RECIPES["default"].anchor_weight
+    assert RECIPES["lr2anchor1"].lr == 2 * RECIPES["default21"].lr
+    assert RECIPES["lr2anchor1"].anchor_weight == 2 * RECIPES["default21"].anchor_weight
     assert changed("clsshift") == {"cls_align", "cls_align_views"}
+    assert changed("default", "lr2anchor1") == set() and RECIPES["default"].recipe == "default"
+    assert changed("default21", "freeze") == {"anchor_weight", "anchor_at", "target_mode", "cls_align"}
