@@ -138,6 +138,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
     scfg.validate()  # the rooms' size is bounded by this machine's memory
     model_path = resolve_model_path(cfg.backbone, cfg.model_path)
+    resumed = (out / "rooms.json").is_file()  # an earlier run in this folder: its finished stages are reused
     check_rooms(out, cfg)
     print(f"[fit3d demo] generating {cfg.train_scenes} training + {cfg.test_scenes} held-out rooms "
           f"({cfg.num_views} views, {cfg.width}x{cfg.height})", flush=True)
@@ -159,7 +160,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     results["seconds"], results["cpu_seconds"] = clock.rounded(total=True)
     device = resolve_device(cfg.device)
     results["machine"] = {**machine(), "device": str(device), "precision": resolve_precision(cfg.precision, device),
-                          "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": results["cpu_seconds"]["total"]}
+                          "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": results["cpu_seconds"]["total"],
+                          "resumed": resumed}
     write_json(out / "results.json", results)
     report = write_report(out, cfg, results, train, test, model_path)
     print(f"[fit3d demo] report: {report}")
@@ -414,7 +416,10 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"and CPU seconds (user + system, over all threads and worker processes: what other jobs do not "
              f"change)" + (f"; {m['cpu_seconds']:.0f} CPU seconds in all (on {m['cpus']} otherwise idle cores: at "
                            f"least {m['cpu_seconds'] / m['cpus']:.0f} s of wall time)." if m.get("cpu_seconds")
-                           else "."), "",
+                           else "."), *([" **This run resumed an earlier one in the same folder:** the stages it "
+                                         "found finished took almost no time here, so these seconds are not what "
+                                         "the demo costs (a run into a new `--out` measures that)."]
+                                        if m.get("resumed") else []), "",
              *stage_table(results["seconds"], results.get("cpu_seconds", {})), ""]
     lift = results.get("lift", {})
     if lift:

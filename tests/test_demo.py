@@ -59,8 +59,11 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
 
     assert AutoModel.from_pretrained(out / "finetuned" / "model") is not None
     # a rerun resumes (the lift is skipped); other room settings in the same folder are refused
+    assert "This run resumed" not in report
     again = run_demo(cfg)
     assert again["lift"] == res["lift"] and again["finetune"]["steps"] == 3
+    # whose time table says that it is the resume's, not the demo's cost
+    assert "**This run resumed an earlier one" in (tmp_path / "docs" / "report.md").read_text()
     with pytest.raises(SettingsMismatch, match="num_views"):
         run_demo(dataclasses.replace(cfg, num_views=6))
 
