@@ -118,17 +118,20 @@ def resolve_model_path(backbone: str, model_path: str | None) -> str | None:
             f"the hub's layout (config.json + model.safetensors). Details: {e}") from None
 
 
-def check_rooms(out: Path, cfg: DemoConfig) -> None:
+def check_rooms(out: Path, cfg: DemoConfig) -> bool:
     """Record the room settings in ``<out>/rooms.json``; ``SettingsMismatch`` when ``out`` holds a run made
-    with other ones (or by a demo that recorded none): its lifted rooms would be silently reused."""
+    with other ones (or by a demo that recorded none): its lifted rooms would be silently reused. True when
+    ``out`` held an earlier run of these settings (its finished stages are reused)."""
     current = {k: getattr(cfg, k) for k in ROOM_FIELDS}
     rec = out / "rooms.json"
     how = f"use another --out, or delete {out} to start again"
-    if rec.is_file():
+    resumed = rec.is_file()
+    if resumed:
         check_resume(read_json(rec, "demo room settings").get("settings"), current, "demo", out, how)
     elif any((out / d).exists() for d in ("scenes", "lifted", "finetuned")):
         check_resume(None, current, "demo", out, how)
     write_json(rec, {"settings": current})
+    return resumed
 
 
 def run_demo(cfg: DemoConfig) -> dict:
@@ -138,8 +141,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
     scfg.validate()  # the rooms' size is bounded by this machine's memory
     model_path = resolve_model_path(cfg.backbone, cfg.model_path)
-    resumed = (out / "rooms.json").is_file()  # an earlier run in this folder: its finished stages are reused
-    check_rooms(out, cfg)
+    resumed = check_rooms(out, cfg)
     print(f"[fit3d demo] generating {cfg.train_scenes} training + {cfg.test_scenes} held-out rooms "
           f"({cfg.num_views} views, {cfg.width}x{cfg.height})", flush=True)
     with clock.stage("generate"):
