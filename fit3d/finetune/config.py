@@ -12,6 +12,7 @@ LORA_TARGETS = ("qkv", "attention", "all")  # LoRA on q/k/v; + the attention out
 ANCHOR_AT = ("opacity", "everywhere", "unmasked", "spread")  # where the anchor to the frozen original applies
 TARGET_MODES = ("rendered", "residual", "projection")  # fit3d.finetune.residual
 CLS_ALIGNS = ("none", "ridge", "shift", "original")  # fit3d.finetune.cls_align
+TARGET_VIEWS = ("all", "others")  # which views' Gaussians a view's target is rendered from (fit3d.finetune.data)
 TARGET_MEANS = ("target", "original")  # whose per-view mean token the Stage 2 target carries (fit3d.finetune.residual)
 TARGET_POOLS = ("auto", "bilinear", "area")  # how the decoded render is brought to the token grid
 ANCHOR_TEACHERS = ("original", "ema")  # what the anchor pulls toward: the frozen original / an EMA of the model
@@ -122,6 +123,12 @@ class FinetuneConfig:
                 "the same for a surface from every view, so it averages away what is view-dependent about a whole "
                 "image (e.g. how far the camera is); this keeps the view's own global component and takes the 3D "
                 "signal from the tokens' deviations from it (fit3d.finetune.residual.with_view_mean)"})
+    target_views: str = field(default="all", metadata={
+        "choices": TARGET_VIEWS,
+        "help": "all: a view's target is rendered from every Gaussian (FiT3D); others: without the Gaussians that "
+                "view itself contributed (back-projected lifts record them), so the target at a pixel is only what "
+                "the other views saw there, as Splat-and-Distill renders its teacher from other views: nothing of "
+                "the view's own tokens to copy"})
     subspace_rank: int = field(default=0, metadata={
         "help": "target_mode residual / projection: dimensions of each scene's lifted subspace (0 = the decoder's "
                 "input width f)"})

@@ -14,6 +14,8 @@ One item (``RenderedViews[i]``)::
     alpha  [h, w]     float32 in [0, 1]  rendered opacity at the patch grid (the anchor term weights by 1 - alpha)
     spread [h, w]     float32 in [0, 1]  only with ``with_spread``: how much the Gaussians composited there
                                          disagree (:func:`feature_spread`), area-averaged to the patch grid
+                                         (with ``target_views="others"`` every [h, w] grid is of the render
+                                         without the view's own Gaussians)
     scene, index      int                which scene / which entry, for error messages
 """
 
@@ -33,7 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
 from fit3d.errors import Fit3DError, SceneError
-from fit3d.finetune.config import TARGET_AT
+from fit3d.finetune.config import TARGET_AT, TARGET_VIEWS
 from fit3d.lift.decoder import FeatureDecoder
 from fit3d.splat.gaussians import FeatureGaussians
 from fit3d.finetune.store import SceneRef, decoder_bytes, scene_refs, visible_mask
@@ -201,6 +203,16 @@ def scene_target_pool(scene: LiftedScene, pool: str = "auto") -> str:
     return "area" if solved else "bilinear"
 
 
+def _without_rows(g: FeatureGaussians, rows: tuple[int, int] | None) -> FeatureGaussians:
+    """``g`` without its rows [start, stop) (``g`` itself when None)."""
+    if rows is None:
+        return g
+    keep = torch.ones(len(g), dtype=torch.bool)
+    keep[rows[0]:rows[1]] = False
+    return FeatureGaussians(**{k: getattr(g, k)[keep] for k in ("means", "quats", "log_scales", "opacity_logits",
+                                                                  "sh", "features")}, sh_degree=g.sh_degree)
+
+
 def _item_seed(seed: int, epoch: int, index: int) -> int:
     """A per-(epoch, item) seed: flips do not depend on worker assignment or on resuming."""
     return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
@@ -217,7 +229,9 @@ class RenderedViews(Dataset):
     """(scene, view) pairs of lifted scenes; an item renders that view's 3D-aware target.
 
     ``which``: "train" (the views lifted on: FiT3D fine-tunes on them) or "heldout". ``images_only``: items hold the
-    (flipped) image, scene and index only, nothing is rendered (the [CLS]-restore steps).
+    (flipped) image, scene and index only, nothing is rendered (the [CLS]-restore steps). ``target_views``: "all"
+    (FiT3D: every Gaussian) or "others": a view's target is rendered without the Gaussians that view itself
+    contributed (back-projected lifts record them), i.e. only from what the other views saw there.
     Keys are an entry index or ``(index, epoch)`` (from :class:`ResumableSampler`; the epoch seeds the flip).
     """
 
@@ -225,9 +239,11 @@ class RenderedViews(Dataset):
                  resolution=None, alpha_threshold: float = 0.5, flip_prob: float = 0.5, seed: int = 42,
                  render_kwargs: dict | None = None, cull: bool = True, target_at: str = "lift",
                  with_spread: bool = False, target_pool: str = "auto", images_only: bool = False,
-                 render_device: str | torch.device = "cpu"):
+                 render_device: str | torch.device = "cpu", target_views: str = "all"):
         if target_at not in TARGET_AT:
             raise ValueError(f"target_at must be one of {TARGET_AT}, got {target_at!r}")
+        if target_views not in TARGET_VIEWS:
+            raise ValueError(f"target_views must be one of {TARGET_VIEWS}, got {target_views!r}")
         self.scenes = scenes
         self.target_at = target_at
         self.patch_size = patch_size
@@ -247,6 +263,9 @@ class RenderedViews(Dataset):
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
         self.entries: list[tuple[int, str]] = [(i, str(v)) for i, s in enumerate(scenes)
                                                for v in s.meta["scene"].get(key, [])]
+        self.target_views = target_views
+        if target_views == "others" and not images_only:  # each scene must say which Gaussians a view made
+            self.own = [{v: s.own_rows(v) for v in s.meta["scene"].get(key, [])} for s in scenes]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -285,7 +304,8 @@ class RenderedViews(Dataset):
         Wr, Hr = self.render_size(si)
         if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
             K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
-        g = s.visible(K, c2w, Wr, Hr) if self.cull else s.gaussians  # read from disk: what the view can see
+        exclude = self.own[si][self.entries[index][1]] if self.target_views == "others" else None
+        g = s.visible(K, c2w, Wr, Hr, exclude) if self.cull else _without_rows(s.gaussians, exclude)
         decoder = s.decoder
         if self.render_device.type != "cpu":
             g = g.to(self.render_device, non_blocking=True)

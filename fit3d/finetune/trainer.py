@@ -522,7 +522,8 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
     views = RenderedViews(scenes, bb.patch_size, which="train", resolution=cfg.resolution,
                           alpha_threshold=cfg.alpha_threshold, target_at=cfg.target_at,
                           flip_prob=cfg.flip_prob, seed=cfg.seed, target_pool=cfg.target_pool,
-                          with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread")
+                          with_spread=cfg.anchor_weight > 0 and cfg.anchor_at == "spread",
+                          target_views=cfg.target_views)
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
     sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed,

@@ -6,7 +6,9 @@ of the view at the lift resolution, bilinearly upsampled) and ``Q`` [D, f] the t
 of a sample of those features; the decoder's centre tap is ``Q``. Rendered + decoded features are then a
 multi-view blend of the backbone's own features projected onto its f main directions: 3D-consistent, and
 different from the original features in a way a fine-tuned backbone can learn. Seconds per scene: the cheap
-lift for tests and benchmarks of Stage 2.
+lift for tests and benchmarks of Stage 2. The Gaussians are written view by view in the training views' order;
+lift.json's ``backprojected.view_gaussians`` counts each view's, so Stage 2 can leave a view's own Gaussians out of
+its target (``FinetuneConfig.target_views = "others"``, :meth:`fit3d.finetune.store.SceneRef.own_rows`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
     s = bp.stride
     ys, xs = torch.meshgrid(torch.arange(s // 2, H, s), torch.arange(s // 2, W, s), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
-    means, colors, feats, sizes = [], [], [], []
+    means, colors, feats, sizes, counts = [], [], [], [], []
     for i, v in enumerate(views):
         d = torch.from_numpy(v.depth)[ys, xs].double()
         ok = d > 0
@@ -62,6 +64,7 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
         colors.append(torch.from_numpy(v.image)[ys[ok], xs[ok]])
         feats.append(dense[i, :, ys[ok], xs[ok]].T)  # [M, D]
         sizes.append((d / v.K[0, 0] * s * bp.footprint / 2).float())
+        counts.append(int(ok.sum()))
     means, colors, feats, sizes = (torch.cat(a) for a in (means, colors, feats, sizes))
     if len(means) == 0:
         raise SceneError(f"{ctx.name}: no valid depth in the training views")
@@ -83,7 +86,7 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
     explained = float((sample @ Q).pow(2).sum() / sample.pow(2).sum())
     extent = scene_extent(views, means.numpy())
     return LiftResult(params, decoder.to(ctx.device), 0, extent, "depth-backprojected", [],
-                      {"lift": time.perf_counter() - t0}, {"backprojected": {"explained_variance": explained}})
+                      {"lift": time.perf_counter() - t0}, {"backprojected": {"explained_variance": explained, "view_gaussians": counts}})
 
 
 def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str], heldout_views: list[str],

@@ -177,3 +177,55 @@ def test_targets_rendered_on_an_explicit_device_come_back_to_the_cpu(tmp_path, t
 def test_targets_rendered_on_cuda_match_the_cpus(tmp_path, tiny_backbone, tiny_model_dir):
     """The same views' target, mask, alpha and spread rendered on the GPU (gsplat when it imports) and on the CPU."""
     targets_match(synthetic_lifted(tmp_path, tiny_backbone, tiny_model_dir), "cuda")
+
+
+def test_targets_from_other_views_leave_the_views_own_gaussians_out(lifted_dir, tmp_path):
+    """``target_views="others"``: a training view's target is the render of every Gaussian but its own (the rows
+    lift.json's ``view_gaussians`` give it, in the PLY's order), the same culled or not; held-out views own none."""
+    import json
+
+    from fit3d.finetune.data import _without_rows
+    from fit3d.splat.gaussians import FeatureGaussians
+
+    meta = json.loads((lifted_dir / "lift.json").read_text())
+    counts = meta["backprojected"]["view_gaussians"]
+    assert len(counts) == len(meta["scene"]["train_views"]) and sum(counts) == meta["gaussians"]
+    scenes = load_scenes([lifted_dir], embed_dim=32)
+    g = scenes[0].gaussians
+    # the rows of view k lie in view k's image: its own back-projected pixels (all in front of its camera)
+    k = 3
+    start, stop = scenes[0].own_rows(meta["scene"]["train_views"][k])
+    assert stop - start == counts[k] and start == sum(counts[:k])
+    every = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True)
+    others = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True, target_views="others")
+    uncut = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True, target_views="others", cull=False)
+    v = every.read_view(k)
+    cam = (g.means[start:stop].double() - torch.from_numpy(v.c2w[:3, 3])) @ torch.from_numpy(v.c2w[:3, :3])
+    assert (cam[:, 2] > 0).all()
+    a, b, c = every[k], others[k], uncut[k]
+    assert not torch.allclose(a["target"], b["target"])  # its own Gaussians were part of the render
+    for key in ("target", "alpha", "spread"):
+        assert_close(b[key], c[key])  # culling leaves out only what the view cannot see
+    # the same as rendering the Gaussians without those rows by hand
+    rest = _without_rows(g, (start, stop))
+    assert len(rest) == len(g) - counts[k] and isinstance(rest, FeatureGaussians)
+    held_every = RenderedViews(scenes, 8, which="heldout", flip_prob=0.0)
+    held_others = RenderedViews(scenes, 8, which="heldout", flip_prob=0.0, target_views="others")
+    assert_close(held_every[0]["target"], held_others[0]["target"])
+
+
+def test_targets_from_other_views_need_a_lift_that_records_them(lifted_dir, tmp_path):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(lifted_dir, old)
+    meta = json.loads((old / "lift.json").read_text())
+    del meta["backprojected"]["view_gaussians"]  # a back-projected lift of an earlier version
+    (old / "lift.json").write_text(json.dumps(meta))
+    scenes = load_scenes([old], embed_dim=32)
+    RenderedViews(scenes, 8)  # targets from every view: fine
+    with pytest.raises(SceneError, match="view_gaussians.*lift it again"):
+        RenderedViews(scenes, 8, target_views="others")
+    with pytest.raises(ValueError, match="target_views"):
+        RenderedViews(scenes, 8, target_views="mine")
