@@ -172,6 +172,7 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
     from fit3d.lift.config import BackprojectedConfig
 
     dirs = []
+    needs_own = cfg.lift_method == "backprojected" and finetune_config(cfg).target_views == "others"
     # other lift kinds go to their own folders, so runs sharing --scenes-dir do not lift over each other
     fs = cfg.lift_feature_size
     kind = "" if (cfg.lift_method, cfg.lift_feature_dim, fs) == ("backprojected", 64, 0) else (
@@ -190,10 +191,12 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
         record = d / "generalize.json"  # what this bench lifted the folder with (the lift's own settings vary by method)
         if is_lifted(d):
             had = json.loads(record.read_text()) if record.exists() else None
-            if had == want:
+            own = not needs_own or "view_gaussians" in (json.loads((d / "lift.json").read_text()).get(
+                "backprojected") or {})  # target_views=others reads which Gaussians each view made
+            if had == want and own:
                 continue
-            why = "no record of its settings" if had is None else "settings differ: " + ", ".join(
-                k for k in want if had.get(k) != want[k])
+            why = ("no record of its settings" if had is None else "settings differ: " + ", ".join(
+                k for k in want if had.get(k) != want[k])) if had != want else "no per-view Gaussians (lifted before)"
             _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
             shutil.rmtree(d)
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")

@@ -121,3 +121,13 @@ def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone
     assert json.loads((d / "generalize.json").read_text())["source"]["config"]["num_views"] == 9
     g.lift_all(dataclasses.replace(cfg, lift_width=48), [("room", path, None)], tmp_path, tiny_backbone)
     assert load_lifted(d).meta["resolution"][0] == 48
+    # targets from the other views need the per-view Gaussians a lift of an earlier version did not record
+    meta = json.loads((d / "lift.json").read_text())
+    del meta["backprojected"]["view_gaussians"]
+    (d / "lift.json").write_text(json.dumps(meta))
+    stamp = (d / "lift.json").stat().st_mtime_ns
+    g.lift_all(dataclasses.replace(cfg, lift_width=48), [("room", path, None)], tmp_path, tiny_backbone)
+    assert (d / "lift.json").stat().st_mtime_ns == stamp  # targets from every view: reused
+    others = dataclasses.replace(cfg, lift_width=48, set=["target_views=others"])
+    g.lift_all(others, [("room", path, None)], tmp_path, tiny_backbone)
+    assert "view_gaussians" in load_lifted(d).meta["backprojected"]
