@@ -164,6 +164,10 @@ def validate_pipeline(scenes: list[str], cfg: PipelineConfig, lift_cfg: LiftConf
     cfg.probe.validate("probe.")  # each stage's errors name the pipeline's option: --lift.solve.cg-ridge
     lift_cfg.validate("lift.")
     finetune_cfg.validate("finetune.")
+    if finetune_cfg.target_views == "others" and lift_cfg.method != "backprojected":
+        raise Fit3DError(f"--finetune.target-views others leaves each view's own Gaussians out of its target, which "
+                         f"only a back-projected lift records (--lift.method backprojected); --lift.method "
+                         f"{lift_cfg.method} fuses every view into each Gaussian")
     for s in scenes:
         detect_layout(s)  # SceneError naming a missing folder or one no reader knows
     for opt, path in (("--probe-data", cfg.probe_data), ("--eval-data", cfg.eval_data)):

@@ -83,6 +83,10 @@ def test_a_nested_method_option_and_its_errors_carry_the_pipelines_prefix(tmp_pa
     bad = from_args(PipelineConfig, p.parse_args([str(tmp_path), "--finetune.lr", "-1"]))
     with pytest.raises(Fit3DError, match=r"^--finetune\.lr "):
         validate_pipeline([str(tmp_path)], bad, bad.lift_config(), bad.finetune_config())
+    # targets without each view's own Gaussians need a lift that records them: refused before Stage 1 runs
+    bad = from_args(PipelineConfig, p.parse_args([str(tmp_path), "--finetune.target-views", "others"]))
+    with pytest.raises(Fit3DError, match=r"^--finetune\.target-views others .*--lift\.method backprojected"):
+        validate_pipeline([str(tmp_path)], bad, bad.lift_config(), bad.finetune_config())
 
 
 def test_lift_and_probes_share_one_token_cache():
