@@ -59,6 +59,7 @@ class SearchConfig(G.GeneralizeConfig):
     rooms: int = field(default=6, metadata={"help": "generated rooms lifted and fine-tuned on"})
     room_views: int = field(default=16, metadata={"help": "views per generated room"})
     lift_max_views: int = field(default=48, metadata={"help": "cap views per lifted scene (evenly spaced; 0 = all)"})
+    epochs: int = field(default=0, metadata={"help": "Stage 2 passes (0: the recipe's own; --finetune-steps 0 uses them)"})
     finetune_steps: int | None = field(default=100, metadata={"help": "Stage 2 steps"})
     probe_iterations: int = field(default=200, metadata={"help": "head iterations (depth, seg, cls linear)"})
     seeds: int = field(default=2, metadata={"help": "probe seeds per head"})
