@@ -133,12 +133,13 @@ def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone
     assert "view_gaussians" in load_lifted(d).meta["backprojected"]
 
 
-def test_the_proofs_stage2_length_is_its_own_epochs_unless_set():
-    """The proof trains its 60 rooms for --epochs (1); 0 keeps the recipe's; --set epochs=N has the last word."""
+def test_the_proofs_stage2_length_is_the_recipes_unless_set():
+    """The proof trains the recipe's epochs (--epochs 0); --epochs N replaces them; --set epochs=N has the last word."""
     from fit3d.finetune.recipes import recipe
 
     g = _bench()
-    assert g.GeneralizeConfig().rooms == 60 and g.finetune_config(g.GeneralizeConfig()).epochs == 1
-    assert g.finetune_config(g.GeneralizeConfig(epochs=0)).epochs == recipe("default").epochs == 2
-    assert g.finetune_config(g.GeneralizeConfig(set=["epochs=3"])).epochs == 3
+    assert g.GeneralizeConfig().rooms == 30
+    assert g.finetune_config(g.GeneralizeConfig()).epochs == recipe("default").epochs == 2
+    assert g.finetune_config(g.GeneralizeConfig(epochs=1)).epochs == 1
+    assert g.finetune_config(g.GeneralizeConfig(epochs=1, set=["epochs=3"])).epochs == 3
     assert g.finetune_config(g.GeneralizeConfig(finetune_steps=7)).max_steps == 7
