@@ -200,8 +200,9 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
                 "backprojected") or {})  # target_views=others reads which Gaussians each view made
             if had == want and own:
                 continue
-            why = ("no record of its settings" if had is None else "settings differ: " + ", ".join(
-                k for k in want if had.get(k) != want[k])) if had != want else "no per-view Gaussians (lifted before)"
+            why = ("no per-view Gaussians (lifted before)" if had == want
+                   else "no record of its settings" if had is None
+                   else "settings differ: " + ", ".join(k for k in want if had.get(k) != want[k]))
             _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
             shutil.rmtree(d)
         _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")

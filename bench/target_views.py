@@ -36,22 +36,18 @@ def compare(views: RenderedViews, backbone, every: int, windows: list[int]) -> d
     out: dict[int, list] = {w: [] for w in windows}
     for i in range(0, len(views), every):
         si, name = views.entries[i]
-        scene = views.scenes[si]
-        counts = scene.meta["backprojected"]["view_gaussians"]
-        off = np.concatenate([[0], np.cumsum(counts)]).astype(int)
-        k = list(scene.meta["scene"]["train_views"]).index(name)
+        rows = views.scenes[si].view_rows()  # the training views' rows, in capture order and PLY order alike
+        names = list(rows)
+        k = names.index(name)
         v = views.read_view(i)
         full = views.render_target(i, v.K, v.c2w)
         x = backbone.features(torch.from_numpy(v.image).permute(2, 0, 1)[None].float())[0][0]
-        views.target_views = "others"
-        for w in windows:
-            views.own = [dict() for _ in views.scenes]  # this view's exclusion: rows of views k-w .. k+w
-            views.own[si][name] = (int(off[max(0, k - w)]), int(off[min(len(counts), k + w + 1)]))
-            t = views.render_target(i, v.K, v.c2w)
+        for w in windows:  # left out: the rows of views k-w .. k+w, one contiguous run of the PLY
+            t = views.render_target(i, v.K, v.c2w, (rows[names[max(0, k - w)]][0],
+                                                    rows[names[min(len(names) - 1, k + w)]][1]))
             m = full["mask"] & t["mask"]
             out[w].append((float(t["mask"].float().mean()), _cos(full["target"], t["target"], m),
                            _cos(full["target"], x, m), _cos(t["target"], x, m)))
-        views.target_views = "all"
     return {w: np.asarray(r) for w, r in out.items()}
 
 

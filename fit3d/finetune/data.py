@@ -265,7 +265,7 @@ class RenderedViews(Dataset):
                                                for v in s.meta["scene"].get(key, [])]
         self.target_views = target_views
         if target_views == "others" and not images_only:  # each scene must say which Gaussians a view made
-            self.own = [{v: s.own_rows(v) for v in s.meta["scene"].get(key, [])} for s in scenes]
+            self.own = [s.view_rows() for s in scenes]
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -292,9 +292,10 @@ class RenderedViews(Dataset):
         return v
 
     @torch.no_grad()
-    def render_target(self, index: int, K, c2w) -> dict[str, Tensor]:
+    def render_target(self, index: int, K, c2w, exclude: tuple[int, int] | None = None) -> dict[str, Tensor]:
         """For a camera of this entry's scene: {"target" [D, h, w], "mask" [h, w] bool, "alpha" [h, w] float32,
-        and "spread" [h, w] float32 when the dataset was made ``with_spread``}."""
+        and "spread" [h, w] float32 when the dataset was made ``with_spread``}; ``exclude``: the scene's PLY rows
+        [start, stop) left out of the render (``SceneRef.view_rows``)."""
         from fit3d.splat.render import render
 
         si, _ = self.entries[index]
@@ -304,7 +305,6 @@ class RenderedViews(Dataset):
         Wr, Hr = self.render_size(si)
         if (Wr, Hr) != (W, H):  # the same camera at the render size (pixel centres at +0.5)
             K = np.diag([Wr / W, Hr / H, 1.0]) @ np.asarray(K, dtype=np.float64)
-        exclude = self.own[si][self.entries[index][1]] if self.target_views == "others" else None
         g = s.visible(K, c2w, Wr, Hr, exclude) if self.cull else _without_rows(s.gaussians, exclude)
         decoder = s.decoder
         if self.render_device.type != "cpu":
@@ -338,7 +338,11 @@ class RenderedViews(Dataset):
     def __getitem__(self, key) -> dict:
         index, epoch = key if isinstance(key, tuple) else (key, 0)
         v = self.read_view(index)
-        grids = {} if self.images_only else self.render_target(index, v.K, v.c2w)  # target, mask, alpha (+ spread)
+        grids = {}
+        if not self.images_only:  # target, mask, alpha (+ spread)
+            si, name = self.entries[index]
+            exclude = self.own[si].get(name) if self.target_views == "others" else None  # None: a held-out view
+            grids = self.render_target(index, v.K, v.c2w, exclude)
         image = torch.from_numpy(np.ascontiguousarray(v.image)).permute(2, 0, 1).contiguous()  # [3, H, W]
         flip = False
         if self.flip_prob > 0:

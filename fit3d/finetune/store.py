@@ -257,11 +257,11 @@ class SceneRef:
                 for k in COLUMNS}
         return FeatureGaussians(**cols, sh_degree=self.header["sh_degree"])
 
-    def own_rows(self, view: str) -> tuple[int, int] | None:
-        """PLY rows [start, stop) of the Gaussians that training view ``view`` contributed, for a lift that records
-        them (a back-projected lift's ``backprojected.view_gaussians``, one count per training view in order);
-        None for a view that contributed none (a held-out view). ``SceneError`` when the lift records no
-        per-view Gaussians (other methods fuse every view into each Gaussian; older back-projected lifts)."""
+    def view_rows(self) -> dict[str, tuple[int, int]]:
+        """{training view: PLY rows [start, stop) of the Gaussians it contributed}, in the training views' order, for a
+        lift that records them (a back-projected lift's ``backprojected.view_gaussians``, one count per training view;
+        held-out views contributed none). ``SceneError`` when the lift records no per-view Gaussians (other methods
+        fuse every view into each Gaussian; older back-projected lifts)."""
         counts = (self.meta.get("backprojected") or {}).get("view_gaussians")
         train = list(self.meta["scene"].get("train_views", []))
         if counts is None or len(counts) != len(train) or sum(counts) != len(self):
@@ -269,16 +269,13 @@ class SceneRef:
                              f"backprojected.view_gaussians; method {self.meta.get('method')!r}), so a view's own "
                              f"Gaussians cannot be left out of its target: lift it again with --method backprojected, "
                              f"or train with targets from all views")
-        if view not in train:
-            return None
-        k = train.index(view)
-        start = int(sum(counts[:k]))
-        return start, start + int(counts[k])
+        stops = np.cumsum(counts, dtype=np.int64)
+        return {v: (int(b - c), int(b)) for v, c, b in zip(train, counts, stops)}
 
     def visible(self, K, c2w, width: int, height: int, exclude: tuple[int, int] | None = None) -> FeatureGaussians:
         """The Gaussians a ``width`` x ``height`` view (K, c2w) can see (``visible_subset``'s conservative test),
         read from the mapped columns; every other row stays on disk. ``exclude``: PLY rows [start, stop) left out
-        (a view's own Gaussians, :meth:`own_rows`)."""
+        (a view's own Gaussians, :meth:`view_rows`)."""
         with MappedColumns(self.ensure_columns()) as m:
             means = torch.from_numpy(np.array(m["means"]))
             scale = torch.from_numpy(np.array(m["log_scales"]).max(1))

@@ -8,7 +8,7 @@ multi-view blend of the backbone's own features projected onto its f main direct
 different from the original features in a way a fine-tuned backbone can learn. Seconds per scene: the cheap
 lift for tests and benchmarks of Stage 2. The Gaussians are written view by view in the training views' order;
 lift.json's ``backprojected.view_gaussians`` counts each view's, so Stage 2 can leave a view's own Gaussians out of
-its target (``FinetuneConfig.target_views = "others"``, :meth:`fit3d.finetune.store.SceneRef.own_rows`).
+its target (``FinetuneConfig.target_views = "others"``, :meth:`fit3d.finetune.store.SceneRef.view_rows`).
 """
 
 from __future__ import annotations
@@ -86,7 +86,8 @@ def backprojected_scene(ctx: LiftContext) -> LiftResult:
     explained = float((sample @ Q).pow(2).sum() / sample.pow(2).sum())
     extent = scene_extent(views, means.numpy())
     return LiftResult(params, decoder.to(ctx.device), 0, extent, "depth-backprojected", [],
-                      {"lift": time.perf_counter() - t0}, {"backprojected": {"explained_variance": explained, "view_gaussians": counts}})
+                      {"lift": time.perf_counter() - t0},
+                      {"backprojected": {"explained_variance": explained, "view_gaussians": counts}})
 
 
 def backprojected_lift(scene_path, backbone, out_dir, *, train_views: list[str], heldout_views: list[str],

@@ -194,7 +194,7 @@ def test_targets_from_other_views_leave_the_views_own_gaussians_out(lifted_dir, 
     g = scenes[0].gaussians
     # the rows of view k lie in view k's image: its own back-projected pixels (all in front of its camera)
     k = 3
-    start, stop = scenes[0].own_rows(meta["scene"]["train_views"][k])
+    start, stop = scenes[0].view_rows()[meta["scene"]["train_views"][k]]
     assert stop - start == counts[k] and start == sum(counts[:k])
     every = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True)
     others = RenderedViews(scenes, 8, flip_prob=0.0, with_spread=True, target_views="others")
