@@ -217,6 +217,21 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
     return dirs
 
 
+def check_stage2(cfg: GeneralizeConfig):
+    """The Stage 2 settings (:func:`finetune_config`), checked before any work: a bad ``--epochs`` or ``--set`` value is a
+    plain error naming it (``SystemExit``), not a traceback after the lifts."""
+    from fit3d.errors import Fit3DError
+
+    try:
+        if cfg.epochs < 0:
+            raise Fit3DError(f"--epochs {cfg.epochs}: must be >= 0 (0: the recipe's own)")
+        fcfg = finetune_config(cfg)
+        fcfg.validate()
+    except Fit3DError as e:
+        raise SystemExit(f"{e}") from None
+    return fcfg
+
+
 def finetune_config(cfg: GeneralizeConfig):
     """``--recipe``'s preset at the probe resolution on CPU, ``--epochs``, ``--finetune-steps`` and the ``--set`` fields
     on top."""
@@ -478,6 +493,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
 
     if cfg.quick:
         cfg = dataclasses.replace(cfg, **{k: v for k, v in QUICK.items()})
+    check_stage2(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     clock = Clock()

@@ -138,6 +138,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     from fit3d.probe.features import FeatureCache
     from fit3d.probe.sources import FeatureSource
 
+    G.check_stage2(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_all = time.perf_counter()

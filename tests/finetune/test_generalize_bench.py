@@ -143,3 +143,13 @@ def test_the_proofs_stage2_length_is_the_recipes_unless_set():
     assert g.finetune_config(g.GeneralizeConfig(epochs=1)).epochs == 1
     assert g.finetune_config(g.GeneralizeConfig(epochs=1, set=["epochs=3"])).epochs == 3
     assert g.finetune_config(g.GeneralizeConfig(finetune_steps=7)).max_steps == 7
+
+
+@pytest.mark.parametrize("args, says", [(["--epochs", "-1"], "--epochs -1"), (["--set", "lr=-1"], "lr")])
+def test_bad_stage2_settings_stop_before_any_work(tmp_path, args, says):
+    """A bad --epochs or --set value is a plain error naming it, raised before a room is generated or lifted."""
+    g = _bench()
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=says):
+        g.main(["--out", str(out), "--quick", *args])
+    assert not out.exists()
