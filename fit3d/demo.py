@@ -422,7 +422,7 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
                                          "found finished took almost no time here, so these seconds are not what "
                                          "the demo costs (a run into a new `--out` measures that)."]
                                         if m.get("resumed") else []), "",
-             *stage_table(results["seconds"], results.get("cpu_seconds", {})), ""]
+             *stage_table(results), ""]
     lift = results.get("lift", {})
     if lift:
         lines += ["## Stage 1 on held-out views", "", "| room | Gaussians | PSNR | depth abs rel | feature cosine | "

@@ -230,7 +230,7 @@ def results_markdown(results: dict) -> str:
             rel = f"{(o - c) / o * 100 if lower else (c - o) / o * 100:+.1f}%" if o and c is not None else "-"
             rows.append(f"| {label} {'↓' if lower else '↑'} | " + " | ".join(cells) + f" | {rel} |")
     lines = ["| metric | original | finetuned | concat | concat gain (+ = better) |", "|---|---|---|---|---|", *rows,
-             "", *stage_table(results["seconds"], results.get("cpu_seconds", {}))]
+             "", *stage_table(results)]
     return "\n".join(lines) + "\n"
 
 
