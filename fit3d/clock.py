@@ -195,12 +195,9 @@ def _computed_by(reused: dict | None) -> str:
     if not reused:
         return "this run"
     n = reused["of"]
-    share = lambda k: "" if k == n else f" ({k} of {n})"  # noqa: E731
-    here = n - reused["recorded"] - reused["unrecorded"]
-    parts = [f"earlier run{share(reused['recorded'])}" if reused["recorded"] else "",
-             f"earlier run, not recorded{share(reused['unrecorded'])}" if reused["unrecorded"] else "",
-             f"this run{share(here)}" if here else ""]
-    return "; ".join(p for p in parts if p)
+    parts = {"earlier run": reused["recorded"], "earlier run, not recorded": reused["unrecorded"],
+             "this run": n - reused["recorded"] - reused["unrecorded"]}
+    return "; ".join(who + ("" if k == n else f" ({k} of {n})") for who, k in parts.items() if k)
 
 
 def _cell(cpu: dict, k: str) -> str:
