@@ -22,17 +22,17 @@ import dataclasses
 import json
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from fit3d.clock import Clock
 from fit3d.guard import guard_output
 from fit3d.io import write_json, write_text
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_model_dir
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.lift.config import LiftConfig
-from fit3d.pipeline import PipelineConfig, results_markdown, run_pipeline
+from fit3d.pipeline import SECONDS_FILE, PipelineConfig, results_markdown, run_pipeline
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.protocol import run_probe
 
@@ -80,18 +80,18 @@ def main(argv=None) -> int:
                                            train_frames="0-398", test_frames=test_frames,
                                            val_frames=a.val_frames or None, seeds=a.probe_seeds))
     guard_output(a.out, [a.data, a.eval_data, a.model_path], command="bench/e2e_7scenes.py")
-    t0 = time.perf_counter()
-    res = run_pipeline([a.data], cfg)
+    clock = Clock(record=Path(a.out) / SECONDS_FILE)  # as run_pipeline's own: reused stages keep their seconds
+    res = run_pipeline([a.data], cfg, clock=clock)
     plain = None
     if a.plain_probe_iterations:
-        t1 = time.perf_counter()
+        clock.start("probe_depth_plain")
         out = Path(a.out)
         pc = dataclasses.replace(cfg.probe_config("depth", a.data, str(out / "finetuned"), out / "probe"),
                                  iterations=a.plain_probe_iterations, val_frames=None, seeds=a.plain_probe_seeds,
                                  out=str(out / "probe" / "depth_plain"))
         plain = run_probe(pc, verbose=False)["metrics"]
-        res["seconds"]["probe_depth_plain"] = round(time.perf_counter() - t1, 1)
-    res["seconds"]["total"] = round(time.perf_counter() - t0, 1)
+        clock.stop()
+    res.update(clock.results(total=True))
     headline = {
         "depth_rmse": res.get("depth_rmse"), "depth_abs_rel": res.get("depth_abs_rel"),
         "depth_delta1": res.get("depth_delta1"), "corr_recall": res.get("corr_recall1"),

@@ -391,7 +391,7 @@ def markdown(result: dict) -> str:
     lines += ["", f"Wall and CPU seconds (user + system over all threads and worker processes) on {m.get('cpus')} "
                   f"cores ({m.get('cpu_model') or 'CPU model unknown'}; frozen features in {m.get('precision', 'fp32')}), "
                   f"load average {m.get('load')} at the end:", "",
-              *stage_table(result["seconds"], result.get("cpu_seconds", {}))]
+              *stage_table(result)]
     lines += ["", "| target | met |", "|---|---|"] + [f"| {k} | {'yes' if v else 'no'} |"
                                                      for k, v in result["targets"].items()]
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from fit3d.clock import Clock, machine, stage_table
 from fit3d.compare import compare_figure
 from fit3d.config import check_counts
 from fit3d.data import read_scene
-from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, generate_scenes
+from fit3d.data.synthetic import CLASS_NAMES, SyntheticSceneConfig, all_generated, generate_scenes
 from fit3d.device import PRECISIONS, resolve_device, resolve_precision
 from fit3d.errors import ModelNotFoundError
 from fit3d.finetune.assembled import load_finetuned
@@ -43,7 +43,7 @@ from fit3d.lift.config import LiftConfig, SolveConfig
 from fit3d.models import load_backbone
 from fit3d.paths import shared_dir, shared_model_dir
 from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
-from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SHARED, PipelineConfig, run_pipeline
+from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SECONDS_FILE, SHARED, PipelineConfig, run_pipeline
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.corr_figure import correspondence_figure, pick_pair
 from fit3d.probe.sources import KINDS as SOURCES
@@ -135,8 +135,8 @@ def check_rooms(out: Path, cfg: DemoConfig) -> bool:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    clock = Clock()
     out = Path(cfg.out)
+    clock = Clock(record=out / SECONDS_FILE)
     check_counts(cfg, {"train_scenes": 1, "test_scenes": 1, "num_views": 2, "width": 14, "height": 14, "bootstrap": 1})
     scfg = SyntheticSceneConfig(num_views=cfg.num_views, width=cfg.width, height=cfg.height, seed=cfg.seed)
     scfg.validate()  # the rooms' size is bounded by this machine's memory
@@ -144,22 +144,22 @@ def run_demo(cfg: DemoConfig) -> dict:
     resumed = check_rooms(out, cfg)
     print(f"[fit3d demo] generating {cfg.train_scenes} training + {cfg.test_scenes} held-out rooms "
           f"({cfg.num_views} views, {cfg.width}x{cfg.height})", flush=True)
-    with clock.stage("generate"):
-        train = generate_scenes(out / "scenes" / "train", cfg.train_scenes, scfg)
-        test = generate_scenes(out / "scenes" / "test", cfg.test_scenes,
-                               dataclasses.replace(scfg, seed=cfg.seed + 1000))
+    rooms = {}
+    for split, n, seed in (("train", cfg.train_scenes, cfg.seed), ("test", cfg.test_scenes, cfg.seed + 1000)):
+        where, rcfg = out / "scenes" / split, dataclasses.replace(scfg, seed=seed)
+        with clock.unit("generate", f"generate/{split}", reused=all_generated(where, n, rcfg)):
+            rooms[split] = generate_scenes(where, n, rcfg)
+    train, test = rooms["train"], rooms["test"]
     pcfg = PipelineConfig(out=str(out), backbone=cfg.backbone, model_path=model_path, device=cfg.device,
                           precision=cfg.precision,
                           seed=cfg.seed, tasks=["seg", "depth", "corr"], probe_data=str(out / "scenes" / "train"),
                           eval_data=str(out / "scenes" / "test"), lift=cfg.lift, finetune=cfg.finetune,
                           probe=dataclasses.replace(cfg.probe, dataset="scannet", num_classes=len(CLASS_NAMES)))
-    results = run_pipeline([str(p) for p in train], pcfg)
-    for k, v in results["seconds"].items():  # the pipeline's stages, in order after generate
-        clock.add(k, v, results.get("cpu_seconds", {}).get(k, 0.0))
+    results = run_pipeline([str(p) for p in train], pcfg, clock=clock)
     print("[fit3d demo] per-image statistics, width control, bootstrap intervals", flush=True)
     with clock.stage("intervals"):
         results["heldout"] = heldout_summary(pcfg, out, cfg)
-    results["seconds"], results["cpu_seconds"] = clock.rounded(total=True)
+    results.update(clock.results(total=True))
     device = resolve_device(cfg.device)
     results["machine"] = {**machine(), "device": str(device), "precision": resolve_precision(cfg.precision, device),
                           "load_at_end": round(os.getloadavg()[0], 2), "cpu_seconds": results["cpu_seconds"]["total"],
@@ -418,11 +418,10 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"and CPU seconds (user + system, over all threads and worker processes: what other jobs do not "
              f"change)" + (f"; {m['cpu_seconds']:.0f} CPU seconds in all (on {m['cpus']} otherwise idle cores: at "
                            f"least {m['cpu_seconds'] / m['cpus']:.0f} s of wall time)." if m.get("cpu_seconds")
-                           else "."), *([" **This run resumed an earlier one in the same folder:** the stages it "
-                                         "found finished took almost no time here, so these seconds are not what "
-                                         "the demo costs (a run into a new `--out` measures that)."]
+                           else "."), *([" **This run resumed an earlier one in the same folder:** each stage it "
+                                         "reused shows the seconds of the run that computed it (see the table)."]
                                         if m.get("resumed") else []), "",
-             *stage_table(results["seconds"], results.get("cpu_seconds", {})), ""]
+             *stage_table(results), ""]
     lift = results.get("lift", {})
     if lift:
         lines += ["## Stage 1 on held-out views", "", "| room | Gaussians | PSNR | depth abs rel | feature cosine | "

@@ -10,6 +10,8 @@ Output folder::
     <out>/probe/<task>/      probe.json, probe.md, figure.png
     <out>/cache/             the token cache of Stage 1 and the probes (fit3d.models.tokens)
     <out>/results.json|.md   the summary table and the time of each stage
+    <out>/seconds.json       wall / CPU seconds of each lift and of the fine-tuning, from the run that computed
+                             it: a rerun that reuses them reports those (``fit3d.clock.Clock.unit``)
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from fit3d.data.readers import detect_layout
 from fit3d.errors import Fit3DError
 from fit3d.finetune.config import FinetuneConfig
 from fit3d.finetune.recipes import DEFAULT_RECIPE, add_recipe_arguments, config_from_args, recipe
-from fit3d.finetune.trainer import finetune
+from fit3d.finetune.trainer import finetune, is_finished
 from fit3d.guard import guard_output, model_inputs
 from fit3d.io import clean_stale_temps, write_json, write_text
 from fit3d.lift.config import LiftConfig
@@ -43,6 +45,8 @@ HEADLINE = {
     "corr": [("recall@1", "corr recall@1", False), ("recall@2", "corr recall@2", False)],
 }
 
+
+SECONDS_FILE = "seconds.json"  # the seconds of each resumable part (fit3d.clock.Clock's record)
 
 # Fields every stage config has with one meaning; the pipeline sets them on each stage.
 SHARED = ("backbone", "model_path", "device", "seed")
@@ -101,13 +105,14 @@ class PipelineConfig:
             cache_dir=str(Path(self.out) / "cache"), val_frames=self.probe.val_frames if task == "depth" else None)
 
 
-def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True) -> dict:
-    """Run Stage 1 on every scene, Stage 2 on all of them, then the probes. Returns ``results.json``'s dict."""
+def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True, clock: Clock | None = None) -> dict:
+    """Run Stage 1 on every scene, Stage 2 on all of them, then the probes. Returns ``results.json``'s dict.
+    ``clock``: the caller's, recording into ``<out>/seconds.json`` (default: a new one)."""
     out = Path(cfg.out)
     lift_cfg, finetune_cfg = cfg.lift_config(), cfg.finetune_config()
     finished = validate_pipeline(scenes, cfg, lift_cfg, finetune_cfg)
     clean_stale_temps(out)  # results.json / results.md temporaries a kill left
-    clock = Clock()
+    clock = clock or Clock(record=out / SECONDS_FILE)
 
     def say(msg):
         if verbose:
@@ -115,22 +120,22 @@ def run_pipeline(scenes: list[str], cfg: PipelineConfig, *, verbose: bool = True
 
     # Stage 1 ---------------------------------------------------------------------------------------
     lifted_dirs, lift_reports = [], {}
-    with clock.stage("lift"):
-        for i, s in enumerate(scenes):
-            name = Path(s).name
-            d = out / "lifted" / name
+    for i, s in enumerate(scenes):
+        name = Path(s).name
+        d = out / "lifted" / name
+        with clock.unit("lift", f"lift/{name}", reused=finished[name] is not None):
             if finished[name] is not None:
                 say(f"lift {i + 1}/{len(scenes)} {name}: done already with these settings, skipped")
                 lift_reports[name] = finished[name]
             else:
                 say(f"lift {i + 1}/{len(scenes)} {name} -> {d}")
                 lift_reports[name] = lift_scene(s, lift_cfg, d, name=name)
-            lifted_dirs.append(str(d))
+        lifted_dirs.append(str(d))
 
     # Stage 2 ---------------------------------------------------------------------------------------
     ft_dir = out / "finetuned"
     say(f"fine-tune {cfg.backbone} on {len(lifted_dirs)} lifted scene(s) -> {ft_dir}")
-    with clock.stage("finetune"):
+    with clock.unit("finetune", "finetune", reused=is_finished(ft_dir)):  # a finished run is returned as is
         manifest = finetune(lifted_dirs, None, ft_dir, finetune_cfg,
                             how=f"use another --out, or delete {ft_dir} to fine-tune again")
 
@@ -201,9 +206,9 @@ def check_probe_scene(scene: str, tasks: list[str]) -> None:
 
 
 def summarize(cfg: PipelineConfig, lift_reports: dict, manifest: dict, probes: dict, clock: Clock) -> dict:
-    """Flat numbers: ``depth_rmse`` -> {original, finetuned, concat}, ... plus wall and CPU seconds per stage."""
-    wall, cpu = clock.rounded()
-    res: dict = {"config": dataclasses.asdict(cfg), "seconds": wall, "cpu_seconds": cpu}
+    """Flat numbers: ``depth_rmse`` -> {original, finetuned, concat}, ... plus wall and CPU seconds per stage and in
+    all, each stage's from the run that computed it (``Clock.results``)."""
+    res: dict = {"config": dataclasses.asdict(cfg), **clock.results(total=True)}
     for task, p in probes.items():
         for key, _, _ in HEADLINE[task]:
             res[f"{task}_{key}".replace("@", "")] = {s: p["metrics"][s][key] for s in SOURCES
@@ -230,7 +235,7 @@ def results_markdown(results: dict) -> str:
             rel = f"{(o - c) / o * 100 if lower else (c - o) / o * 100:+.1f}%" if o and c is not None else "-"
             rows.append(f"| {label} {'↓' if lower else '↑'} | " + " | ".join(cells) + f" | {rel} |")
     lines = ["| metric | original | finetuned | concat | concat gain (+ = better) |", "|---|---|---|---|---|", *rows,
-             "", *stage_table(results["seconds"], results.get("cpu_seconds", {}))]
+             "", *stage_table(results)]
     return "\n".join(lines) + "\n"
 
 

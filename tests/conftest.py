@@ -41,3 +41,16 @@ def sevenscenes_path():
 def icl_path():
     """Path of the 211 posed RGB-D frames of the (rendered) ICL-NUIM living room."""
     return _require(shared_dir() / "data" / "icl-livingroom1" / "camera-intrinsics.txt", "shared ICL living room").parent
+
+
+@pytest.fixture
+def spin():
+    """``spin(seconds)``: keep this process busy until it has spent ``seconds`` CPU seconds."""
+    from fit3d.clock import cpu_seconds
+
+    def spin(seconds: float) -> None:
+        t = cpu_seconds()
+        while cpu_seconds() - t < seconds:
+            pass
+
+    return spin

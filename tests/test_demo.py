@@ -59,11 +59,18 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
 
     assert AutoModel.from_pretrained(out / "finetuned" / "model") is not None
     # a rerun resumes (the lift is skipped); other room settings in the same folder are refused
-    assert "This run resumed" not in report
+    assert "This run resumed" not in report and "reused" not in res and "computed by" not in report
     again = run_demo(cfg)
     assert again["lift"] == res["lift"] and again["finetune"]["steps"] == 3
-    # whose time table says that it is the resume's, not the demo's cost
-    assert "**This run resumed an earlier one" in (tmp_path / "docs" / "report.md").read_text()
+    # whose time table gives the stages it reused the seconds of the run that computed them, marked, and its own
+    assert again["reused"] == {k: {"recorded": n, "unrecorded": 0, "of": n}
+                               for k, n in (("generate", 2), ("lift", 1), ("finetune", 1))}
+    for stage in again["reused"]:
+        assert again["cpu_seconds"][stage] == pytest.approx(res["cpu_seconds"][stage], abs=0.11)
+    assert again["this_run"]["cpu_seconds"] < again["cpu_seconds"]["total"]
+    report = (tmp_path / "docs" / "report.md").read_text()
+    assert "**This run resumed an earlier one" in report and "| lift |" in report and "| earlier run |" in report
+    assert "This run itself took" in report
     with pytest.raises(SettingsMismatch, match="num_views"):
         run_demo(dataclasses.replace(cfg, num_views=6))
 

@@ -438,14 +438,18 @@ def finetune(scene_dirs, backbone: str | None, out, cfg: FinetuneConfig | None =
             dist.destroy_process_group()
 
 
+def is_finished(out) -> bool:
+    """True when ``out`` holds a finished fine-tuning run (its manifest and model), whatever its settings."""
+    return (Path(out) / MANIFEST_FILE).exists() and (Path(out) / MODEL_DIR).exists()
+
+
 def _finished(out: Path, settings: dict, overwrite: bool, how: str | None, device) -> dict | None:
     """The manifest of a finished run in ``out`` with ``settings``; None when there is none (or it is to be
     overwritten); ``SettingsMismatch`` when it was made with others (a record from before ``precision`` read as
     ``recorded_settings`` does on ``device``)."""
-    manifest_path = out / MANIFEST_FILE
-    if overwrite or not (manifest_path.exists() and (out / MODEL_DIR).exists()):
+    if overwrite or not is_finished(out):
         return None
-    done = read_json_dict(manifest_path, "fine-tuning manifest", keys=("steps",))
+    done = read_json_dict(out / MANIFEST_FILE, "fine-tuning manifest", keys=("steps",))
     check_resume(recorded_settings(done.get("settings"), device), settings, "finished fine-tuning", out, how)
     return done
 

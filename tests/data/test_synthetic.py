@@ -6,8 +6,8 @@ import pytest
 
 from fit3d.cli import main
 from fit3d.data import read_scene
-from fit3d.data.synthetic import (CLASS_NAMES, FLOOR, WALL, SyntheticSceneConfig, generate_scene, make_layout,
-                                  write_scene)
+from fit3d.data.synthetic import (CLASS_NAMES, FLOOR, WALL, SyntheticSceneConfig, all_generated, generate_scene,
+                                  generate_scenes, make_layout, write_scene)
 
 
 def small(seed=0, **kw):
@@ -143,3 +143,13 @@ def test_generate_cli_writes_readable_scenes_and_resumes(tmp_path, capsys):
     mtime = (tmp_path / "synthetic_0003" / "color" / "0.png").stat().st_mtime_ns
     assert main(args) == 0  # second run: scenes are complete, nothing rewritten
     assert (tmp_path / "synthetic_0003" / "color" / "0.png").stat().st_mtime_ns == mtime
+
+
+def test_all_generated_says_whether_generate_scenes_has_anything_left(tmp_path):
+    cfg = small(7, num_views=2, width=32, height=24)
+    assert not all_generated(tmp_path, 2, cfg)
+    generate_scenes(tmp_path, 1, cfg, progress=False)
+    assert all_generated(tmp_path, 1, cfg) and not all_generated(tmp_path, 2, cfg)  # the second room is missing
+    generate_scenes(tmp_path, 2, cfg, progress=False)
+    assert all_generated(tmp_path, 2, cfg)
+    assert not all_generated(tmp_path, 2, small(7, num_views=3, width=32, height=24))  # other settings: rewritten

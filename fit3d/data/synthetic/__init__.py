@@ -16,17 +16,19 @@ ray/primitive intersections. Each primitive is tested only against the rays insi
 
 Modules: ``config`` (``SyntheticSceneConfig``, ``CLASS_NAMES``), ``textures``, ``world`` (primitives and the
 room), ``layout`` (``make_layout``), ``raycast`` (``render_view``), ``scenes`` (``generate_scene``,
-``write_scene``, ``generate_scenes``, ``generated_with``) and ``cli`` (``fit3d generate``).
+``write_scene``, ``generate_scenes``, ``all_generated``, ``generated_with``) and ``cli`` (``fit3d generate``).
 """
 
 from fit3d.data.synthetic.config import (BALL, BIN, CABINET, CEILING, CHAIR, CLASS_NAMES, FLOOR, LAMP, PICTURE,
                                          TABLE, WALL, SyntheticSceneConfig)
 from fit3d.data.synthetic.layout import make_layout
 from fit3d.data.synthetic.raycast import pixel_rays, render_view
-from fit3d.data.synthetic.scenes import generate_scene, generate_scenes, generated_with, scene_dir, write_scene
+from fit3d.data.synthetic.scenes import (all_generated, generate_scene, generate_scenes, generated_with, scene_dir,
+                                         write_scene)
 from fit3d.data.synthetic.textures import Material, sample_texture
 from fit3d.data.synthetic.world import Primitive, RoomLayout
 
 __all__ = ["BALL", "BIN", "CABINET", "CEILING", "CHAIR", "CLASS_NAMES", "FLOOR", "LAMP", "PICTURE", "TABLE", "WALL",
-           "Material", "Primitive", "RoomLayout", "SyntheticSceneConfig", "generate_scene", "generate_scenes",
-           "generated_with", "make_layout", "pixel_rays", "render_view", "sample_texture", "scene_dir", "write_scene"]
+           "Material", "Primitive", "RoomLayout", "SyntheticSceneConfig", "all_generated", "generate_scene",
+           "generate_scenes", "generated_with", "make_layout", "pixel_rays", "render_view", "sample_texture",
+           "scene_dir", "write_scene"]

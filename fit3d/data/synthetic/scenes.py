@@ -110,15 +110,25 @@ def generate_scenes(out: Path, num_scenes: int, cfg: SyntheticSceneConfig, overw
                     progress: bool = True) -> list[Path]:
     """Write ``num_scenes`` scenes with seeds ``cfg.seed + k``; return their folders (a scene written with
     other settings is regenerated: ``fit3d generate`` refuses that without ``--overwrite``, :func:`check_same`)."""
-    configs = [dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(num_scenes)]
-    paths = [scene_dir(out, c.seed) for c in configs]
+    planned = _planned(out, num_scenes, cfg)
     clean_stale_temps(out)  # scenes a kill interrupted mid-write
-    bar = tqdm(list(zip(configs, paths)), desc="generate", unit="scene", disable=not progress)
+    bar = tqdm(planned, desc="generate", unit="scene", disable=not progress)
     for scfg, path in bar:
         bar.set_postfix_str(path.name)
         if overwrite or not _done(path, scfg):
             write_scene(generate_scene(scfg, name=path.name), path)
-    return paths
+    return [path for _, path in planned]
+
+
+def all_generated(out: Path, num_scenes: int, cfg: SyntheticSceneConfig) -> bool:
+    """True when :func:`generate_scenes` (without ``overwrite``) would find every scene written already."""
+    return all(_done(path, scfg) for scfg, path in _planned(out, num_scenes, cfg))
+
+
+def _planned(out: Path, num_scenes: int, cfg: SyntheticSceneConfig) -> list[tuple[SyntheticSceneConfig, Path]]:
+    """(config, folder) of each scene: seeds ``cfg.seed + k``."""
+    configs = (dataclasses.replace(cfg, seed=cfg.seed + k) for k in range(num_scenes))
+    return [(c, scene_dir(out, c.seed)) for c in configs]
 
 
 def check_same(path: Path, cfg: SyntheticSceneConfig) -> None:
