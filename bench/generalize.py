@@ -60,8 +60,8 @@ from fit3d.data.synthetic import generated_with
 from fit3d.lift.methods import METHODS
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import (CONTROL, Feats, SummaryConfig, claims, eval_depth, eval_seg, summarise,
-                                 summary_markdown)
+from fit3d.probe.summary import (CONTROL, Feats, SummaryConfig, baselines_markdown, claims, depth_baselines,
+                                 eval_depth, eval_seg, summarise, summary_markdown)
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
@@ -387,6 +387,9 @@ def markdown(result: dict) -> str:
         for label, base in e.get("same_cls", {}).items():
             lines += ["", f"{ev}: the {label} model's [CLS] is the {base}'s own (its [CLS] branch: the same weights, "
                           f"compared), so its features are the {base}'s, not computed again; equal by construction."]
+    if result.get("baselines"):
+        lines += ["", "The trivial predictors of the depth evals (what a head must beat):", "",
+                  baselines_markdown(result["baselines"]).rstrip("\n")]
     m = result.get("machine", {})
     lines += ["", f"Wall and CPU seconds (user + system over all threads and worker processes) on {m.get('cpus')} "
                   f"cores ({m.get('cpu_model') or 'CPU model unknown'}; frozen features in {m.get('precision', 'fp32')}), "
@@ -551,6 +554,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     feats = extract(sources, splits, cache, res, cfg.features_precision())
 
     evals: dict = {}
+    baselines: dict = {}  # {depth eval: the trivial predictors' metrics}
     sun = splits.get("sun3d_all")
     sun_frames = [frame_number(n) for n in sun.data.names] if sun else []
     in_a = [i for i, f in enumerate(sun_frames) if 935 <= f <= 984]
@@ -567,12 +571,14 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
                         eval_depth, feats["redkitchen_train"], splits["redkitchen_train"].depth, feats["sun3d_all"],
                         sun.depth, scfg)
         evals["sun3d_depth_from_redkitchen"] = summarise("depth", st, scfg)
+        baselines["sun3d_depth_from_redkitchen"] = depth_baselines(splits["redkitchen_train"].depth, sun.depth)
     if "sun3d_depth_in_scene" in want:
         _say("depth probes: sun3d 935-984 -> 3160-3209")
         st = orig_stats("sun3d_depth_in_scene", [sun.data.names[i] for i in in_a], [sun.data.names[i] for i in in_b],
                         eval_depth, sub(feats["sun3d_all"], in_a), sun.depth[in_a],
                         sub(feats["sun3d_all"], in_b), sun.depth[in_b], scfg)
         evals["sun3d_depth_in_scene"] = summarise("depth", st, scfg)
+        baselines["sun3d_depth_in_scene"] = depth_baselines(sun.depth[in_a], sun.depth[in_b])
     clock.stop()
 
     with clock.stage("probe_sun3d_corr"):
@@ -606,11 +612,12 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
             st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
                             feats["rooms_test"], rt.depth, scfg)
             evals["rooms_depth"] = summarise("depth", st, scfg)
+            baselines["rooms_depth"] = depth_baselines(rp.depth, rt.depth)
         clock.stop()
     wall, cpu = clock.rounded(total=True)
 
     controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
-    result = {"evals": evals, "controls": controls, "seconds": wall, "cpu_seconds": cpu,
+    result = {"evals": evals, "controls": controls, "baselines": baselines, "seconds": wall, "cpu_seconds": cpu,
               "machine": {**machine(), "precision": cfg.features_precision()},
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)

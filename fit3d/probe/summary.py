@@ -74,6 +74,23 @@ def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: f
     return np.asarray(rows, dtype=np.float64)
 
 
+def depth_baselines(train_depth: torch.Tensor, test_depth: torch.Tensor, max_depth: float = 10.0) -> dict:
+    """The trivial predictors of a depth eval, in the heads' metrics (``depth_per_image`` averaged over the test
+    images, the valid range of ``eval_depth``'s heads): {"train mean depth": one value everywhere (the training
+    images' mean valid depth), "train mean depth image": each pixel's mean valid depth over the training images
+    (a position prior; the mean depth where no training image has one)} -> {metric: value}. train_depth
+    [N, H, W], test_depth [M, H, W] metres."""
+    from fit3d.probe.depth import DepthSettings, valid_mask
+
+    s = DepthSettings.from_config(ProbeConfig(), max_depth, 0)
+    v = valid_mask(train_depth, s.min_depth, s.max_depth).float()
+    mean = float((train_depth * v).sum() / v.sum().clamp_min(1))
+    image = torch.where(v.sum(0) > 0, (train_depth * v).sum(0) / v.sum(0).clamp_min(1), torch.tensor(mean))
+    preds = {"train mean depth": torch.full_like(test_depth, mean), "train mean depth image": image.expand_as(test_depth)}
+    return {k: dict(zip(DEPTH_METRICS, np.nanmean(depth_per_image(p, test_depth, s.min_depth, s.max_depth), axis=0)
+                        .tolist())) for k, p in preds.items()}
+
+
 def _todo(known: dict | None, sources: list[str] | None = None) -> tuple[dict, list[str]]:
     """(results so far, the sources still to train): heads of ``known`` sources are not retrained. ``sources``:
     the feature sets to train on (default: original, finetuned, concat and the width control)."""
@@ -296,4 +313,15 @@ def summary_markdown(evals: dict, controls: dict | None = None) -> str:
             else:
                 cells += ["-", "-"]
             lines.append(f"| {ev} | {m} {'↓' if m in LOWER_IS_BETTER else '↑'} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def baselines_markdown(baselines: dict) -> str:
+    """Table of {eval: ``depth_baselines``}: what a depth head must beat on each eval (the trivial predictors, in
+    the heads' metrics)."""
+    lines = ["| eval | trivial predictor | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}"
+                                                         for m in DEPTH_METRICS) + " |",
+             "|---|---|" + "---|" * len(DEPTH_METRICS)]
+    for ev, b in baselines.items():
+        lines += [f"| {ev} | {k} | " + " | ".join(f"{v[m]:.4f}" for m in DEPTH_METRICS) + " |" for k, v in b.items()]
     return "\n".join(lines) + "\n"

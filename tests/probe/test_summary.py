@@ -2,6 +2,7 @@
 marks a gain / loss only where the interval excludes 0."""
 
 import numpy as np
+import torch
 
 from fit3d.probe.summary import CONTROL, DEPTH_METRICS, claims, summarise, summary_markdown
 
@@ -36,3 +37,34 @@ def test_summary_has_seed_spread_and_intervals_that_mark_only_excluded_zero():
     assert cells[5].endswith("**gain**") and f"[{lo:+.4f}, {hi:+.4f}]" in cells[5]
     assert "gain" not in cells[6] and "loss" not in cells[6]
     assert "[" in cells[8]  # concat - control interval
+
+
+def test_depth_baselines_are_the_constant_and_the_mean_image_in_the_heads_metrics():
+    from fit3d.probe.summary import DEPTH_METRICS, baselines_markdown, depth_baselines
+
+    train = torch.zeros(2, 4, 6)
+    train[0, :2], train[1, :2] = 1.0, 3.0  # top rows: mean 2; bottom rows: invalid in training
+    test = torch.full((3, 4, 6), 2.0)
+    test[:, 2:] = 4.0
+    b = depth_baselines(train, test)
+    assert set(b) == {"train mean depth", "train mean depth image"} and set(b["train mean depth"]) == set(DEPTH_METRICS)
+    # the constant (2 m everywhere) is exact on the top rows and off by 2 m on the bottom ones
+    assert abs(b["train mean depth"]["rmse"] - (0.5 * 4.0) ** 0.5) < 1e-5
+    # the mean image is 2 m on top and falls back to the mean (2 m) where training had no depth: the same here
+    assert abs(b["train mean depth image"]["rmse"] - b["train mean depth"]["rmse"]) < 1e-5
+    test2 = test.clone()
+    test2[:, 2:] = 2.0  # now both predictors are exact
+    assert depth_baselines(train, test2)["train mean depth image"]["rmse"] < 1e-5
+    md = baselines_markdown({"ev": b})
+    assert "| ev | train mean depth |" in md and "| ev | train mean depth image |" in md
+
+
+def test_the_mean_depth_image_is_a_position_prior():
+    from fit3d.probe.summary import depth_baselines
+
+    train = torch.ones(3, 4, 6)
+    train[:, :, 3:] = 3.0  # the right half is always deeper
+    test = train[:1].clone()
+    b = depth_baselines(train, test)
+    assert b["train mean depth image"]["rmse"] < 1e-5 < b["train mean depth"]["rmse"]
+    assert b["train mean depth image"]["delta1"] == 1.0
