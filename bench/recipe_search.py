@@ -44,7 +44,8 @@ import generalize as G  # noqa: E402
 
 from fit3d.config import add_arguments, check_choices, from_args  # noqa: E402
 from fit3d.io import write_json, write_text  # noqa: E402
-from fit3d.probe.summary import claims, eval_depth, eval_seg, summarise, summary_markdown  # noqa: E402
+from fit3d.probe.summary import (baselines_markdown, claims, depth_baselines, eval_depth, eval_seg,  # noqa: E402
+                                 summarise, summary_markdown)
 
 VAL_EVALS = ("val_rooms_seg", "val_rooms_depth", "val_rooms_corr", "val_camvid_seg", "val_flowers_cls",
              "val_redkitchen_depth", "val_cross_depth")
@@ -179,6 +180,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     seconds["features"] = time.perf_counter() - t0
 
     evals: dict = {}
+    baselines: dict = {}  # {depth eval: the trivial predictors' metrics}
     want = set(cfg.evals)
     t0 = time.perf_counter()
     if "vrooms_probe" in splits:
@@ -191,6 +193,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
             st = orig_stats("val_rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["vrooms_probe"],
                             rp.depth, feats["vrooms_test"], rt.depth, cfg)
             evals["val_rooms_depth"] = summarise("depth", st, cfg)
+            baselines["val_rooms_depth"] = depth_baselines(rp.depth, rt.depth)
         if "val_rooms_corr" in want:  # pairs within each test room (frame gaps), pooled over rooms
             per_room: dict = {}
             for room in rt.data.meta["scenes"]:
@@ -214,11 +217,13 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
         st = orig_stats("val_redkitchen_depth", a.data.names, b.data.names, eval_depth, feats["vrk_train"], a.depth,
                         feats["vrk_test"], b.depth, cfg)
         evals["val_redkitchen_depth"] = summarise("depth", st, cfg)
+        baselines["val_redkitchen_depth"] = depth_baselines(a.depth, b.depth)
     if "val_cross_depth" in want:
         a, b = splits["vrk_train"], splits["vcross_test"]
         st = orig_stats("val_cross_depth", a.data.names, b.data.names, eval_depth, feats["vrk_train"], a.depth,
                         feats["vcross_test"], b.depth, cfg)
         evals["val_cross_depth"] = summarise("depth", st, cfg)
+        baselines["val_cross_depth"] = depth_baselines(a.depth, b.depth)
     seconds["probe_camvid_redkitchen"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if "val_flowers_cls" in want:
@@ -229,13 +234,15 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     seconds["total"] = time.perf_counter() - t_all
 
     controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
-    result = {"evals": evals, "controls": controls, "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    result = {"evals": evals, "controls": controls, "baselines": baselines, "seconds": {k: round(v, 1) for k, v in seconds.items()},
               "claims": claims(evals), "model_dir": str((ft_dir / "model").resolve()),
               "settings": {**dataclasses.asdict(cfg), "command": command, "finetune": dataclasses.asdict(fcfg),
                            "finetune_steps_run": manifest.get("steps"),
                            "finetune_heldout": manifest.get("metrics", {}).get("heldout"),
                            "trainable_parameters": manifest.get("trainable_parameters")}}
     table = summary_markdown(evals, controls)
+    if baselines:
+        table += "\nThe trivial predictors of the depth evals (what a head must beat):\n\n" + baselines_markdown(baselines)
     table += "\n| stage | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.0f} |\n" for k, v in result["seconds"].items())
     write_json(out / "search.json", result)
     write_text(out / "search.md", "\n".join(["# bench/recipe_search.py", "", "```", command, "```", "", table]))
