@@ -70,8 +70,6 @@ class SearchConfig(G.GeneralizeConfig):
     flowers_train: int = field(default=200, metadata={"help": "flowers photos the cls heads train on (of the 3/4)"})
     flowers_test: int = field(default=100, metadata={"help": "flowers photos they are tested on (of the 1/4)"})
     val_gaps: list[int] = field(default_factory=lambda: [1, 2], metadata={"help": "val rooms correspondence gaps"})
-    lift_redkitchen: bool = field(default=True, metadata={
-        "help": "lift and fine-tune on RedKitchen 0-398 (off: its frames are only probed)"})
     cross_scene: str = field(default=str(G.shared_dir() / "data" / "icl-livingroom1"), metadata={
         "help": "val_cross_depth's test scene (every frame); must not be lifted"})
     evals: list[str] = field(default_factory=lambda: list(DEFAULT_EVALS), metadata={
