@@ -3,7 +3,7 @@
 A lifted feature is one value per surface, whatever the camera's distance, so a 3D-consistent target may carry
 less of what tells a linear head how far a token is than the original's own token does. This measures it on a
 lifted scene's training views: a ridge regression from tokens to per-token log depth (the mean of the valid depth
-pixels in each token's cell), fitted on every other sampled view and tested on the rest, for
+pixels in each token's cell), fitted on every other sampled view and tested on the rest (``--split halves``: the first half of the capture, tested on the second), for
 
 - ``original``: the frozen original's tokens x;
 - ``rendered``: the rendered, decoded target t (``target_mode`` rendered, FiT3D);
@@ -158,6 +158,9 @@ def main(argv=None) -> None:
     ap.add_argument("--finetuned", type=Path, default=None, help="a Stage 2 output folder (its model's tokens too)")
     ap.add_argument("--lam", type=float, nargs="+", default=[0.1, 1.0, 10.0],
                     help="ridge strengths (per standardised feature and sample): one row each")
+    ap.add_argument("--split", choices=("alternate", "halves"), default="alternate",
+                    help="RedKitchen views fitted / tested: alternate ones, or the first half of the capture / the second "
+                         "(frames ~0-199 -> ~200-398: another part of the kitchen, as val_redkitchen_depth)")
     ap.add_argument("--sun3d", type=Path, nargs="+", default=None, help="fine-tuned folders: the sun3d in-scene rows")
     a = ap.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -179,15 +182,17 @@ def main(argv=None) -> None:
                           bb.patch_size, resolution=list(cfg.probe_resolution), flip_prob=0.0)
     data = collect(views, bb, a.every, ft)
     first = next(iter(data.values()))
-    fit, test = first[0::2], first[1::2]
+    half = len(first) // 2
+    split = (lambda v: (v[0::2], v[1::2])) if a.split == "alternate" else (lambda v: (v[:half], v[half:]))
+    fit, test = split(first)
     n = sum(len(y) for _, y in first)
-    print(f"RedKitchen, {len(first)} views ({len(fit)} fit / {len(test)} test, alternating), {n} tokens; "
+    print(f"RedKitchen, {len(first)} views ({len(fit)} fit / {len(test)} test, {a.split}), {n} tokens; "
           f"RMSE of log depth, metric / aligned, per ridge strength\n")
     print("| tokens | " + " | ".join(f"lam {x:g}" for x in a.lam) + " |\n|---" + "|---" * len(a.lam) + "|")
     print("| trivial (mean / 0) | " + " | ".join(["{:.4f} / {:.4f}".format(*baseline_rmse(fit, test))] * len(a.lam))
           + " |")
     for k, v in data.items():
-        print(f"| {k} | " + " | ".join("{:.4f} / {:.4f}".format(*ridge_rmse(v[0::2], v[1::2], x)) for x in a.lam)
+        print(f"| {k} | " + " | ".join("{:.4f} / {:.4f}".format(*ridge_rmse(*split(v), x)) for x in a.lam)
               + " |", flush=True)
 
 
