@@ -6,6 +6,7 @@ meet each target. The "Where the issue stands" table of docs/generalize.md is th
 Columns: fine-tuned minus original with the run's 95% paired-bootstrap verdict (G: a gain, L: a loss, the interval
 excluding 0; no letter: it includes 0); in-scene is fine-tuned / original sun3d RMSE (target <= 0.90x); concat is
 concat / original RMSE, RedKitchen -> sun3d and in-scene (target <= 0.95x on both); "-": the run had no such eval.
+Then, where a run recorded them, the sun3d evals' trivial predictors (``baselines``) as ratios to the original's RMSE.
 The count table reads each run's own ``targets`` (``bench/generalize.py``'s ``targets``), so the two never disagree.
 """
 
@@ -75,11 +76,28 @@ def counts(results: list[dict]) -> list[tuple[str, int, int]]:
     return [(k, met, n) for k, (met, n) in names.items()]
 
 
+def trivial_lines(results: list[dict]) -> list[str]:
+    """For the sun3d depth evals: the trivial predictors' RMSE as a ratio to the original's (the first run that
+    recorded them, ``bench/generalize.py``'s ``baselines``; the original's heads and the data are the same in every
+    run), i.e. where the in-scene and concat ratios stand against a head that reads no image."""
+    out = []
+    for ev, label in (("sun3d_depth_from_redkitchen", "RedKitchen -> sun3d"), ("sun3d_depth_in_scene", "in-scene")):
+        r = next((r for r in results if ev in r.get("baselines", {}) and ev in r.get("evals", {})), None)
+        if r is None:
+            continue
+        o = r["evals"][ev]["original"]
+        cells = [f"{k} {v['rmse'] / o['rmse']['mean']:.3f}x (aligned {v['rmse_aligned'] / o['rmse_aligned']['mean']:.3f}x)"
+                 for k, v in r["baselines"][ev].items()]
+        out.append(f"- {label}: trivial predictors' RMSE / the original's: {', '.join(cells)}")
+    return ["", *out] if out else []
+
+
 def table(paths: list[Path], names: list[str] | None = None) -> str:
     results = [json.loads(Path(p).read_text()) for p in paths]
     names = names or [run_name(r, Path(p)) for r, p in zip(results, paths)]
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(row(r, n)) + " |" for r, n in zip(results, names)]
+    lines += trivial_lines(results)
     lines += ["", "| target | runs meeting it |", "|---|---|"]
     lines += [f"| {k} | {met} of {n} |" for k, met, n in counts(results)]
     return "\n".join(lines)

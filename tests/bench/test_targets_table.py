@@ -58,3 +58,19 @@ def test_names_must_match_the_results(tmp_path):
     tt = load_bench("targets_table")
     with pytest.raises(SystemExit):
         tt.main([str(tmp_path / "a.json"), "--names", "a", "b"])
+
+
+def test_the_trivial_predictors_are_stated_as_ratios_to_the_original(tmp_path, capsys):
+    tt = load_bench("targets_table")
+    r = _result(0.9, [-0.02, -0.001])
+    r["baselines"] = {"sun3d_depth_in_scene": {"train mean depth": {"rmse": 1.1, "rmse_aligned": 0.88},
+                                               "train mean depth image": {"rmse": 1.03, "rmse_aligned": 0.84}}}
+    p = tmp_path / "generalize.json"
+    p.write_text(json.dumps(r))
+    old = _result(0.9, [-0.02, -0.001])  # a run from before the baselines: no line from it
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    tt.main([str(tmp_path / "old.json"), str(p)])
+    out = capsys.readouterr().out
+    assert ("- in-scene: trivial predictors' RMSE / the original's: train mean depth 1.100x (aligned 1.100x), "
+            "train mean depth image 1.030x (aligned 1.050x)") in out
+    assert "RedKitchen -> sun3d: trivial" not in out
