@@ -47,8 +47,8 @@ from fit3d.pipeline import PROBE_SET_BY_PIPELINE, SECONDS_FILE, SHARED, Pipeline
 from fit3d.probe.config import ProbeConfig
 from fit3d.probe.corr_figure import correspondence_figure, pick_pair
 from fit3d.probe.sources import KINDS as SOURCES
-from fit3d.probe.summary import (CONTROL, LOWER_IS_BETTER, SummaryConfig, claims, probe_stats, summarise,
-                                 summary_markdown)
+from fit3d.probe.summary import (CONTROL, LOWER_IS_BETTER, SummaryConfig, baselines_markdown, claims,
+                                 probe_depth_baselines, probe_stats, summarise, summary_markdown)
 from fit3d.run import check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
@@ -179,16 +179,18 @@ def run_demo(cfg: DemoConfig) -> dict:
 def heldout_summary(pcfg: PipelineConfig, out: Path, cfg: DemoConfig) -> dict:
     """{"evals": {rooms_seg|rooms_depth: summarise entry}, "controls": {...}, "claims": {...}, "n_test": N}
     from the pipeline's probes (their saved heads on the cached held-out features) plus the width control."""
-    evals, controls = {}, {}
+    evals, controls, baselines = {}, {}, {}
     for task in ("seg", "depth"):
         pc = pcfg.probe_config(task, pcfg.probe_data, str(out / "finetuned"), out / "probe")  # as run_pipeline
         stats = probe_stats(pc, control=cfg.control)
+        if task == "depth":
+            baselines["rooms_depth"] = probe_depth_baselines(pc)
         e = summarise(task, stats, SummaryConfig(bootstrap=cfg.bootstrap))
         if "_control" in e:
             controls[f"rooms_{task}"] = e.pop("_control")
         evals[f"rooms_{task}"] = e
         n_test = int(stats["original"].shape[1])
-    return {"evals": evals, "controls": controls, "claims": claims(evals), "n_test": n_test,
+    return {"evals": evals, "controls": controls, "baselines": baselines, "claims": claims(evals), "n_test": n_test,
             "seeds": pcfg.probe.head_seeds, "bootstrap": cfg.bootstrap}
 
 
@@ -410,7 +412,11 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"channels, which alone moves short-trained heads. Depth `*_aligned`: each prediction scaled by "
              f"median(gt) / median(pred) per image. The test views of one room are correlated; the interval "
              f"resamples images, not rooms, so it speaks for these {len(test)} rooms rather than for rooms in general.",
-             "", summary_markdown(held["evals"], held["controls"]), "### What the numbers show", "",
+             "", summary_markdown(held["evals"], held["controls"]),
+             *(["The depth head's trivial predictors (they read no image: the probe rooms' mean depth everywhere, and "
+                "their mean depth image, each pixel's mean over the probe rooms' views), in the same metrics:", "",
+                baselines_markdown(held["baselines"])] if held.get("baselines") else []),
+             "### What the numbers show", "",
              *findings(held), "", *corr_section(out, test, original.patch_size, cfg), "## Time per stage", "",
              f"Wall seconds on {m['cpus']} CPU cores ({m.get('cpu_model') or 'CPU model unknown'}), device "
              f"`{m['device']}`, frozen features in {m.get('precision', 'fp32')}, load average {m['load_at_end']:.1f} "

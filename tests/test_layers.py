@@ -12,7 +12,7 @@ import fit3d
 ROOT = Path(fit3d.__file__).parent
 # Lower layers never import higher ones; a package may import itself.
 LAYERS = {
-    "errors": 0, "paths": 0, "clock": 0, "io": 1, "resize": 1, "config": 1, "device": 1, "run": 2, "guard": 2,
+    "errors": 0, "paths": 0, "io": 1, "resize": 1, "config": 1, "device": 1, "clock": 2, "run": 2, "guard": 2,
     "data": 3, "viz": 4, "prepare": 4,
     "models": 5,
     "splat": 6,

@@ -74,20 +74,20 @@ def depth_per_image(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: f
     return np.asarray(rows, dtype=np.float64)
 
 
-def depth_baselines(train_depth: torch.Tensor, test_depth: torch.Tensor, max_depth: float = 10.0) -> dict:
+def depth_baselines(train_depth: torch.Tensor, test_depth: torch.Tensor, max_depth: float = 10.0,
+                    min_depth: float = ProbeConfig.min_depth) -> dict:
     """The trivial predictors of a depth eval, in the heads' metrics (``depth_per_image`` averaged over the test
     images, the valid range of ``eval_depth``'s heads): {"train mean depth": one value everywhere (the training
     images' mean valid depth), "train mean depth image": each pixel's mean valid depth over the training images
     (a position prior; the mean depth where no training image has one)} -> {metric: value}. train_depth
     [N, H, W], test_depth [M, H, W] metres."""
-    from fit3d.probe.depth import DepthSettings, valid_mask
+    from fit3d.probe.depth import valid_mask
 
-    s = DepthSettings.from_config(ProbeConfig(), max_depth, 0)
-    v = valid_mask(train_depth, s.min_depth, s.max_depth).float()
+    v = valid_mask(train_depth, min_depth, max_depth).float()
     mean = float((train_depth * v).sum() / v.sum().clamp_min(1))
     image = torch.where(v.sum(0) > 0, (train_depth * v).sum(0) / v.sum(0).clamp_min(1), torch.tensor(mean))
     preds = {"train mean depth": torch.full_like(test_depth, mean), "train mean depth image": image.expand_as(test_depth)}
-    return {k: dict(zip(DEPTH_METRICS, np.nanmean(depth_per_image(p, test_depth, s.min_depth, s.max_depth), axis=0)
+    return {k: dict(zip(DEPTH_METRICS, np.nanmean(depth_per_image(p, test_depth, min_depth, max_depth), axis=0)
                         .tolist())) for k, p in preds.items()}
 
 
@@ -223,10 +223,9 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
     from fit3d.device import resolve_precision
     from fit3d.errors import Fit3DError
     from fit3d.probe import heads as heads_mod
-    from fit3d.probe.datasets import load_probe_data, parse_range
     from fit3d.probe.depth import DepthSettings, predict_depth
     from fit3d.probe.features import FeatureCache
-    from fit3d.probe.protocol import TEST_FRAMES, TRAIN_FRAMES, Models, materialise, source_features, sources
+    from fit3d.probe.protocol import Models, source_features, sources
     from fit3d.probe.seg import SegSettings, confusion_matrix, predict_seg
 
     if cfg.task not in ("depth", "seg"):
@@ -237,10 +236,7 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
     if set(srcs) != set(SOURCES):
         raise Fit3DError(f"per-image probe statistics need the sources {', '.join(SOURCES)}, got {', '.join(srcs)}")
     res = (int(cfg.resolution[0]), int(cfg.resolution[1]))
-    kw = dict(dataset=cfg.dataset, num_classes=cfg.num_classes, max_depth=cfg.max_depth, max_items=cfg.max_items,
-              train_frames=parse_range(cfg.train_frames, TRAIN_FRAMES),
-              test_frames=parse_range(cfg.test_frames, TEST_FRAMES))
-    test = materialise(load_probe_data(cfg.eval_data or cfg.data, "test", res, **kw), cfg.task)
+    test = _probe_split(cfg, "test")
     meta = test.data
     if cfg.task == "depth" and meta.crop:
         raise Fit3DError(f"{meta.meta.get('path')}: per-image depth statistics take no evaluation crop ({meta.crop})")
@@ -278,7 +274,7 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
         stats[src] = np.stack(per)
     if not control:
         return stats
-    train = materialise(load_probe_data(cfg.data, "train", res, **kw), cfg.task)
+    train = _probe_split(cfg, "train")
     o = source_features(srcs["original"], train, "train", res, cache, models, cfg)
     train_f = {CONTROL: Feats(torch.cat([o.patch, o.patch], 1), o.cls)}
     test_f[CONTROL] = Feats(torch.cat([test_f["original"].patch] * 2, 1), test_f["original"].cls)
@@ -286,6 +282,25 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
         return eval_depth(train_f, train.depth, test_f, test.depth, None, known=stats, settings=settings)
     return eval_seg(train_f, train.labels, test_f, test.labels, meta.num_classes, None, ignore=meta.ignore_index,
                     known=stats, settings=settings)
+
+
+def _probe_split(cfg: ProbeConfig, split: str):
+    """The materialised ``split`` ("train" / "test") of a probe run's data as ``run_probe`` reads it."""
+    from fit3d.probe.datasets import load_probe_data, parse_range
+    from fit3d.probe.protocol import TEST_FRAMES, TRAIN_FRAMES, materialise
+
+    kw = dict(dataset=cfg.dataset, num_classes=cfg.num_classes, max_depth=cfg.max_depth, max_items=cfg.max_items,
+              train_frames=parse_range(cfg.train_frames, TRAIN_FRAMES),
+              test_frames=parse_range(cfg.test_frames, TEST_FRAMES))
+    res = (int(cfg.resolution[0]), int(cfg.resolution[1]))
+    return materialise(load_probe_data((cfg.eval_data or cfg.data) if split == "test" else cfg.data, split, res, **kw),
+                       cfg.task)
+
+
+def probe_depth_baselines(cfg: ProbeConfig) -> dict:
+    """``depth_baselines`` of a depth probe run's data (its train and test splits, its depth range)."""
+    train, test = _probe_split(cfg, "train"), _probe_split(cfg, "test")
+    return depth_baselines(train.depth, test.depth, test.data.max_depth, cfg.min_depth)
 
 
 def summary_markdown(evals: dict, controls: dict | None = None) -> str:
