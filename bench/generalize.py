@@ -61,7 +61,7 @@ from fit3d.lift.methods import METHODS
 from fit3d.paths import REPO_ROOT, shared_7scenes_dir, shared_dir, shared_model_dir
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import (CONTROL, Feats, SummaryConfig, baselines_markdown, claims, depth_baselines,
-                                 eval_depth, eval_seg, summarise, summary_markdown)
+                                 eval_depth, eval_seg, seg_baselines, summarise, summary_markdown)
 from fit3d.run import as_recorded
 
 EVALS = ("sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "sun3d_corr", "camvid_seg", "rooms_seg",
@@ -391,7 +391,7 @@ def markdown(result: dict) -> str:
             lines += ["", f"{ev}: the {label} model's [CLS] is the {base}'s own (its [CLS] branch: the same weights, "
                           f"compared), so its features are the {base}'s, not computed again; equal by construction."]
     if result.get("baselines"):
-        lines += ["", "The trivial predictors of the depth evals (what a head must beat):", "",
+        lines += ["", "The trivial predictors of the depth and seg evals (what a head must beat):", "",
                   baselines_markdown(result["baselines"]).rstrip("\n")]
     m = result.get("machine", {})
     lines += ["", f"Wall and CPU seconds (user + system over all threads and worker processes) on {m.get('cpus')} "
@@ -557,7 +557,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     feats = extract(sources, splits, cache, res, cfg.features_precision())
 
     evals: dict = {}
-    baselines: dict = {}  # {depth eval: the trivial predictors' metrics}
+    baselines: dict = {}  # {depth / seg eval: the trivial predictors' metrics}
     sun = splits.get("sun3d_all")
     sun_frames = [frame_number(n) for n in sun.data.names] if sun else []
     in_a = [i for i, f in enumerate(sun_frames) if 935 <= f <= 984]
@@ -597,6 +597,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
             st = orig_stats("camvid_seg", cv_tr.data.names, cv_te.data.names, eval_seg, feats["camvid_train"],
                             cv_tr.labels, feats["camvid_val"], cv_te.labels, cv_tr.data.num_classes, scfg)
             evals["camvid_seg"] = summarise("seg", st, scfg)
+            baselines["camvid_seg"] = seg_baselines(cv_tr.labels, cv_te.labels, cv_tr.data.num_classes)
 
     with clock.stage("probe_flowers"):
         if "flowers_cls" in want:
@@ -611,6 +612,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
             st = orig_stats("rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["rooms_probe"], rp.labels,
                             feats["rooms_test"], rt.labels, len(CLASS_NAMES), scfg)
             evals["rooms_seg"] = summarise("seg", st, scfg)
+            baselines["rooms_seg"] = seg_baselines(rp.labels, rt.labels, len(CLASS_NAMES))
         if "rooms_depth" in want:
             st = orig_stats("rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["rooms_probe"], rp.depth,
                             feats["rooms_test"], rt.depth, scfg)

@@ -45,7 +45,7 @@ import generalize as G  # noqa: E402
 from fit3d.config import add_arguments, check_choices, from_args  # noqa: E402
 from fit3d.io import write_json, write_text  # noqa: E402
 from fit3d.probe.summary import (baselines_markdown, claims, depth_baselines, eval_depth, eval_seg,  # noqa: E402
-                                 summarise, summary_markdown)
+                                 seg_baselines, summarise, summary_markdown)
 
 VAL_EVALS = ("val_rooms_seg", "val_rooms_depth", "val_rooms_corr", "val_camvid_seg", "val_flowers_cls",
              "val_redkitchen_depth", "val_cross_depth")
@@ -178,7 +178,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     seconds["features"] = time.perf_counter() - t0
 
     evals: dict = {}
-    baselines: dict = {}  # {depth eval: the trivial predictors' metrics}
+    baselines: dict = {}  # {depth / seg eval: the trivial predictors' metrics}
     want = set(cfg.evals)
     t0 = time.perf_counter()
     if "vrooms_probe" in splits:
@@ -187,6 +187,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
             st = orig_stats("val_rooms_seg", rp.data.names, rt.data.names, eval_seg, feats["vrooms_probe"], rp.labels,
                             feats["vrooms_test"], rt.labels, rp.data.num_classes, cfg)
             evals["val_rooms_seg"] = summarise("seg", st, cfg)
+            baselines["val_rooms_seg"] = seg_baselines(rp.labels, rt.labels, rp.data.num_classes)
         if "val_rooms_depth" in want:
             st = orig_stats("val_rooms_depth", rp.data.names, rt.data.names, eval_depth, feats["vrooms_probe"],
                             rp.depth, feats["vrooms_test"], rt.depth, cfg)
@@ -210,6 +211,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
         st = orig_stats("val_camvid_seg", a.data.names, b.data.names, eval_seg, feats["vcamvid_train"], a.labels,
                         feats["vcamvid_test"], b.labels, a.data.num_classes, cfg)
         evals["val_camvid_seg"] = summarise("seg", st, cfg)
+        baselines["val_camvid_seg"] = seg_baselines(a.labels, b.labels, a.data.num_classes)
     if "val_redkitchen_depth" in want:
         a, b = splits["vrk_train"], splits["vrk_test"]
         st = orig_stats("val_redkitchen_depth", a.data.names, b.data.names, eval_depth, feats["vrk_train"], a.depth,
@@ -240,7 +242,7 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
                            "trainable_parameters": manifest.get("trainable_parameters")}}
     table = summary_markdown(evals, controls)
     if baselines:
-        table += "\nThe trivial predictors of the depth evals (what a head must beat):\n\n" + baselines_markdown(baselines)
+        table += "\nThe trivial predictors of the depth and seg evals (what a head must beat):\n\n" + baselines_markdown(baselines)
     table += "\n| stage | seconds |\n|---|---|\n" + "".join(f"| {k} | {v:.0f} |\n" for k, v in result["seconds"].items())
     write_json(out / "search.json", result)
     write_text(out / "search.md", "\n".join(["# bench/recipe_search.py", "", "```", command, "```", "", table]))

@@ -48,7 +48,7 @@ from fit3d.probe.config import ProbeConfig
 from fit3d.probe.corr_figure import correspondence_figure, pick_pair
 from fit3d.probe.sources import KINDS as SOURCES
 from fit3d.probe.summary import (CONTROL, LOWER_IS_BETTER, SummaryConfig, baselines_markdown, claims,
-                                 probe_depth_baselines, probe_stats, summarise, summary_markdown)
+                                 probe_baselines, probe_stats, summarise, summary_markdown)
 from fit3d.run import check_resume
 from fit3d.viz.images import save_png, vstack
 from fit3d.viz.scene import scene_figure
@@ -183,8 +183,7 @@ def heldout_summary(pcfg: PipelineConfig, out: Path, cfg: DemoConfig) -> dict:
     for task in ("seg", "depth"):
         pc = pcfg.probe_config(task, pcfg.probe_data, str(out / "finetuned"), out / "probe")  # as run_pipeline
         stats = probe_stats(pc, control=cfg.control)
-        if task == "depth":
-            baselines["rooms_depth"] = probe_depth_baselines(pc)
+        baselines[f"rooms_{task}"] = probe_baselines(pc)
         e = summarise(task, stats, SummaryConfig(bootstrap=cfg.bootstrap))
         if "_control" in e:
             controls[f"rooms_{task}"] = e.pop("_control")
@@ -413,8 +412,8 @@ def write_report(out: Path, cfg: DemoConfig, results: dict, train, test, model_p
              f"median(gt) / median(pred) per image. The test views of one room are correlated; the interval "
              f"resamples images, not rooms, so it speaks for these {len(test)} rooms rather than for rooms in general.",
              "", summary_markdown(held["evals"], held["controls"]),
-             *(["The depth head's trivial predictors (they read no image: the probe rooms' mean depth everywhere, and "
-                "their mean depth image, each pixel's mean over the probe rooms' views), in the same metrics:", "",
+             *(["The heads' trivial predictors, in the same metrics (they read no image: the probe rooms' majority "
+                "class / mean depth everywhere, and per pixel over the probe rooms' views: a position prior):", "",
                 baselines_markdown(held["baselines"])] if held.get("baselines") else []),
              "### What the numbers show", "",
              *findings(held), "", *corr_section(out, test, original.patch_size, cfg), "## Time per stage", "",

@@ -50,10 +50,11 @@ def test_tiny_demo_end_to_end(tmp_path, dinov2_path, monkeypatch):
     assert "| lift |" in report and "| intervals |" in report
     # held-out correspondence next to seg and depth, with its trivial baseline; no machine path in the report
     assert "## Correspondence on the held-out rooms" in report and "baseline: same patch position" in report
-    # the depth head's trivial predictors, in its metrics, beside its numbers
+    # the heads' trivial predictors, in their metrics, beside their numbers
     b = held["baselines"]["rooms_depth"]
     assert set(b) == {"train mean depth", "train mean depth image"} and all(v["rmse"] > 0 for v in b.values())
-    assert "| rooms_depth | train mean depth image |" in report
+    assert set(held["baselines"]["rooms_seg"]) == {"train majority class", "train per-pixel majority class"}
+    assert "| rooms_depth | train mean depth image |" in report and "| rooms_seg | train majority class |" in report
     assert str(dinov2_path) not in report and str(tmp_path) not in report
     for pic in ("scene.png", "compare.png", "correspondence.png", "probe_depth.png", "probe_seg.png"):
         assert (tmp_path / "docs" / pic).stat().st_size > 1000, pic

@@ -91,6 +91,30 @@ def depth_baselines(train_depth: torch.Tensor, test_depth: torch.Tensor, max_dep
                         .tolist())) for k, p in preds.items()}
 
 
+def seg_baselines(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int, ignore: int = 255) -> dict:
+    """The trivial predictors of a seg eval, in the heads' metrics (confusion summed over the test images):
+    {"train majority class": the training labels' most frequent class everywhere, "train per-pixel majority class":
+    each pixel's most frequent class over the training images (a position prior: sky above, road below; the
+    majority class where no training image has a label)} -> {"miou", "macc"}. Labels [N, H, W] / [M, H, W] long."""
+    from fit3d.probe.seg import confusion_matrix
+    from fit3d.probe.stats import macc_from_confusion, miou_from_confusion
+
+    t = train_labels.long()
+    H, W = t.shape[-2:]
+    valid = (t != ignore) & (t >= 0) & (t < num_classes)
+    pixel = torch.arange(H * W).reshape(H, W).expand_as(t)
+    counts = torch.bincount((pixel * num_classes + t)[valid], minlength=H * W * num_classes).reshape(H, W, num_classes)
+    majority = int(counts.sum((0, 1)).argmax())
+    image = torch.where(counts.sum(-1) > 0, counts.argmax(-1), torch.tensor(majority))
+    preds = {"train majority class": torch.full_like(image, majority), "train per-pixel majority class": image}  # [H, W]
+    out = {}
+    for k, p in preds.items():
+        conf = sum(confusion_matrix(p, test_labels[i], num_classes, ignore)
+                   for i in range(len(test_labels))).numpy().astype(np.float64)
+        out[k] = {"miou": float(miou_from_confusion(conf)), "macc": float(macc_from_confusion(conf))}
+    return out
+
+
 def _todo(known: dict | None, sources: list[str] | None = None) -> tuple[dict, list[str]]:
     """(results so far, the sources still to train): heads of ``known`` sources are not retrained. ``sources``:
     the feature sets to train on (default: original, finetuned, concat and the width control)."""
@@ -297,10 +321,13 @@ def _probe_split(cfg: ProbeConfig, split: str):
                        cfg.task)
 
 
-def probe_depth_baselines(cfg: ProbeConfig) -> dict:
-    """``depth_baselines`` of a depth probe run's data (its train and test splits, its depth range)."""
+def probe_baselines(cfg: ProbeConfig) -> dict:
+    """The trivial predictors of a depth or seg probe run's data (its train and test splits): ``depth_baselines``
+    (its depth range) or ``seg_baselines`` (its classes)."""
     train, test = _probe_split(cfg, "train"), _probe_split(cfg, "test")
-    return depth_baselines(train.depth, test.depth, test.data.max_depth, cfg.min_depth)
+    if cfg.task == "depth":
+        return depth_baselines(train.depth, test.depth, test.data.max_depth, cfg.min_depth)
+    return seg_baselines(train.labels, test.labels, test.data.num_classes, test.data.ignore_index)
 
 
 def summary_markdown(evals: dict, controls: dict | None = None) -> str:
@@ -332,11 +359,17 @@ def summary_markdown(evals: dict, controls: dict | None = None) -> str:
 
 
 def baselines_markdown(baselines: dict) -> str:
-    """Table of {eval: ``depth_baselines``}: what a depth head must beat on each eval (the trivial predictors, in
-    the heads' metrics)."""
-    lines = ["| eval | trivial predictor | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}"
-                                                         for m in DEPTH_METRICS) + " |",
-             "|---|---|" + "---|" * len(DEPTH_METRICS)]
+    """Tables of {eval: ``depth_baselines`` or ``seg_baselines``}: what a head must beat on each eval (the trivial
+    predictors, in the heads' metrics); one table per set of metrics (depth, seg)."""
+    groups: dict[tuple, list] = {}
     for ev, b in baselines.items():
-        lines += [f"| {ev} | {k} | " + " | ".join(f"{v[m]:.4f}" for m in DEPTH_METRICS) + " |" for k, v in b.items()]
-    return "\n".join(lines) + "\n"
+        groups.setdefault(tuple(next(iter(b.values()))), []).append((ev, b))
+    tables = []
+    for metrics, evs in groups.items():
+        lines = ["| eval | trivial predictor | " + " | ".join(f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}"
+                                                             for m in metrics) + " |",
+                 "|---|---|" + "---|" * len(metrics)]
+        lines += [f"| {ev} | {k} | " + " | ".join(f"{v[m]:.4f}" for m in metrics) + " |"
+                  for ev, b in evs for k, v in b.items()]
+        tables.append("\n".join(lines) + "\n")
+    return "\n".join(tables)

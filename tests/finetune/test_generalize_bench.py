@@ -82,12 +82,18 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     ctl = r["controls"]["camvid_seg"]  # concat's width control: the original's tokens twice
     assert set(ctl["original_x2"]) == {"miou", "macc"} and set(ctl["ci"]) == {"concat-original_x2"}
     assert (out / "generalize.md").read_text().count("| sun3d_corr |") == 5
-    # every depth eval states its trivial predictors, in the heads' metrics, in the JSON and the table
-    assert set(r["baselines"]) == {"sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "rooms_depth"}
-    for b in r["baselines"].values():
-        assert set(b) == {"train mean depth", "train mean depth image"}
-        assert all(np.isfinite(v["rmse"]) and v["rmse"] > 0 for v in b.values())
-    assert (out / "generalize.md").read_text().count("| sun3d_depth_in_scene | train mean depth") == 2
+    # every depth and seg eval states its trivial predictors, in the heads' metrics, in the JSON and the table
+    assert set(r["baselines"]) == {"sun3d_depth_from_redkitchen", "sun3d_depth_in_scene", "rooms_depth", "camvid_seg",
+                                   "rooms_seg"}
+    for ev, b in r["baselines"].items():
+        if ev.endswith("_seg"):
+            assert set(b) == {"train majority class", "train per-pixel majority class"}
+            assert all(0 <= v["miou"] <= v["macc"] <= 1 for v in b.values())  # mIoU <= class accuracy
+        else:
+            assert set(b) == {"train mean depth", "train mean depth image"}
+            assert all(np.isfinite(v["rmse"]) and v["rmse"] > 0 for v in b.values())
+    md = (out / "generalize.md").read_text()
+    assert md.count("| sun3d_depth_in_scene | train mean depth") == 2 and "| camvid_seg | train per-pixel majority" in md
     # the original's per-image results are kept for the next run with the same probe settings (one file per eval)
     before = sorted(p.name for p in (out / "cache" / "original_stats").iterdir())
     assert len(before) == 6

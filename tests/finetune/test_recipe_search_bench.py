@@ -45,10 +45,10 @@ def test_search_end_to_end_with_a_tiny_model_and_the_lever_table(tmp_path, tiny_
     for ev, e in a["evals"].items():
         for src in ("original", "finetuned", "concat"):
             assert all(np.isfinite(v["mean"]) for v in e[src].values()), (ev, src)
-    assert set(a["baselines"]) == {"val_rooms_depth", "val_redkitchen_depth"}  # each depth eval's trivial predictors
+    assert set(a["baselines"]) == {"val_rooms_depth", "val_redkitchen_depth", "val_rooms_seg", "val_camvid_seg"}
     b = json.loads((tmp_path / "b" / "search.json").read_text())
-    assert set(b["baselines"]) == {"val_rooms_depth", "val_redkitchen_depth", "val_cross_depth"}
-    assert all(np.isfinite(v["rmse"]) for e in b["baselines"].values() for v in e.values())
+    assert set(b["baselines"]) == set(a["baselines"]) | {"val_cross_depth"}  # each depth / seg eval's trivial predictors
+    assert all(np.isfinite(v.get("rmse", v.get("miou"))) for e in b["baselines"].values() for v in e.values())
     assert "| val_cross_depth | train mean depth image |" in (tmp_path / "b" / "search.md").read_text()
     assert b["settings"]["finetune"]["target_mode"] == "residual" and set(b["evals"]) == set(s.VAL_EVALS)
     for ev in a["evals"]:  # the original's heads are the same in both runs (cached per probe setting)

@@ -68,3 +68,20 @@ def test_the_mean_depth_image_is_a_position_prior():
     b = depth_baselines(train, test)
     assert b["train mean depth image"]["rmse"] < 1e-5 < b["train mean depth"]["rmse"]
     assert b["train mean depth image"]["delta1"] == 1.0
+
+
+def test_seg_baselines_are_the_majority_class_and_the_per_pixel_majority():
+    from fit3d.probe.summary import baselines_markdown, depth_baselines, seg_baselines
+
+    train = torch.zeros(3, 4, 6, dtype=torch.long)
+    train[:, 2:] = 1  # class 1 always below, class 0 above
+    train[0, 2:, :4] = 255  # ignored pixels count for nothing
+    test = train[1:2].clone()
+    b = seg_baselines(train, test, num_classes=3)
+    assert set(b) == {"train majority class", "train per-pixel majority class"}
+    assert b["train per-pixel majority class"] == {"miou": 1.0, "macc": 1.0}  # the position prior is exact here
+    # the majority class everywhere (0: 12 + 12 + 12 pixels against 4 + 12 + 12) gets one class of two right
+    assert b["train majority class"]["macc"] == 0.5 and b["train majority class"]["miou"] == 0.25
+    md = baselines_markdown({"seg": b, "depth": depth_baselines(torch.ones(1, 2, 2), torch.ones(1, 2, 2))})
+    assert "| seg | train majority class | 0.2500 | 0.5000 |" in md and "miou ↑ | macc ↑" in md
+    assert md.count("| eval | trivial predictor |") == 2  # one table per metric set
