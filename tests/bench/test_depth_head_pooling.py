@@ -1,0 +1,24 @@
+"""bench/depth_head_pooling.py: the token-grid metrics average prediction and ground truth over each token's valid
+pixels, so within-token detail no longer counts while token-scale errors still do."""
+
+import torch
+
+from bench_kit import load_bench
+
+
+def test_pooling_averages_valid_pixels_per_token():
+    b = load_bench("depth_head_pooling")
+    d = torch.tensor([[[1.0, 3.0, 2.0, 2.0], [5.0, 0.0, 2.0, 2.0]]])  # [1, 2, 4]: two 2x2 tokens
+    mean, ok = b.pool_to_tokens(d, d > 0, 2)
+    assert torch.allclose(mean, torch.tensor([[[3.0, 2.0]]])) and ok.all()  # (1 + 3 + 5) / 3 valid pixels
+
+
+def test_token_metrics_forgive_detail_inside_tokens_but_not_a_token_scale_error():
+    b = load_bench("depth_head_pooling")
+    gt = torch.full((2, 4, 4), 2.0)
+    gt[:, ::2, ::2] = 3.0  # detail inside every 2x2 token
+    flat = torch.full_like(gt, 2.25)  # each token's mean, no detail
+    pixel = b.depth_per_image(flat, gt, 1e-3, 10.0)[:, 0]
+    token = b.token_metrics(flat, gt, 1e-3, 10.0, 2)[:, 0]
+    assert (pixel > 0.4).all() and (token < 1e-6).all()  # rmse: wrong per pixel, right per token
+    assert (b.token_metrics(flat + 1.0, gt, 1e-3, 10.0, 2)[:, 0] > 0.99).all()  # a token-scale error stays
