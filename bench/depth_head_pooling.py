@@ -12,7 +12,7 @@ A fine-tuned / original ratio that is worse per pixel but not per token points a
 points at the token-scale content. Data: RedKitchen frames 0-199 -> 200-398 (``val_redkitchen_depth``), or the sun3d
 in-scene split (``--sun3d``, frames 935-984 -> 3160-3209: a test split, for diagnosis only).
 
-    python bench/depth_head_pooling.py --finetuned RUN/finetuned [--sun3d] [--iterations 1000] [--seeds 3]
+    python bench/depth_head_pooling.py --finetuned RUN/finetuned [--sun3d] [--standardise] [--iterations 1000] [--seeds 3]
 """
 
 from __future__ import annotations
@@ -73,12 +73,23 @@ def features(model, images: list) -> tuple[torch.Tensor, torch.Tensor]:
     return t[0], t[1]
 
 
+def standardised(train: tuple, test: tuple) -> tuple:
+    """((patch, cls) of train, of test) with every patch channel z-scored by the training patches' mean and std."""
+    mu = train[0].mean((0, 2, 3), keepdim=True)
+    sd = train[0].std((0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return ((train[0] - mu) / sd, train[1]), ((test[0] - mu) / sd, test[1])
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--finetuned", type=Path, required=True, help="a Stage 2 output folder")
     ap.add_argument("--sun3d", action="store_true", help="the sun3d in-scene split instead of RedKitchen's halves")
     ap.add_argument("--iterations", type=int, default=1000, help="head iterations (the benches' 1000)")
     ap.add_argument("--seeds", type=int, default=3, help="head seeds")
+    ap.add_argument("--standardise", action="store_true",
+                    help="z-score each patch channel by the training split's statistics first (per source): an affine "
+                         "map a linear head could absorb, so any change it makes is the heads' optimisation, not the "
+                         "features' content")
     a = ap.parse_args(argv)
     from fit3d.finetune.assembled import load_finetuned
     from fit3d.probe.batched import train_depth_batched
@@ -90,6 +101,8 @@ def main(argv=None) -> None:
     original, finetuned = load_finetuned(a.finetuned)
     f = {k: (features(m, train.images), features(m, test.images)) for k, m in (("original", original),
                                                                                ("finetuned", finetuned))}
+    if a.standardise:
+        f = {k: standardised(*v) for k, v in f.items()}
     settings = [DepthSettings.from_config(ProbeConfig(iterations=a.iterations), 10.0, s) for s in range(a.seeds)]
     with torch.enable_grad():
         heads = train_depth_batched([f[k][0][0] for k in f], [f[k][0][1] for k in f], train.depth, settings)
@@ -106,7 +119,7 @@ def main(argv=None) -> None:
     r, ra = DEPTH_METRICS.index("rmse"), DEPTH_METRICS.index("rmse_aligned")
     name = "sun3d 935-984 -> 3160-3209" if a.sun3d else "RedKitchen 0-199 -> 200-398"
     print(f"{name}, {len(train.images)} -> {len(test.images)} images, {a.iterations}-iteration heads x {a.seeds} seeds, "
-          f"{a.finetuned}\n")
+          f"{a.finetuned}" + (", channels standardised" if a.standardise else "") + "\n")
     print("| features | pixel rmse / aligned | token rmse / aligned |\n|---|---|---|")
     for k, (pix, tok) in rows.items():
         print(f"| {k} | {pix[r]:.4f} / {pix[ra]:.4f} | {tok[r]:.4f} / {tok[ra]:.4f} |")

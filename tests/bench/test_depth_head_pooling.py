@@ -22,3 +22,15 @@ def test_token_metrics_forgive_detail_inside_tokens_but_not_a_token_scale_error(
     token = b.token_metrics(flat, gt, 1e-3, 10.0, 2)[:, 0]
     assert (pixel > 0.4).all() and (token < 1e-6).all()  # rmse: wrong per pixel, right per token
     assert (b.token_metrics(flat + 1.0, gt, 1e-3, 10.0, 2)[:, 0] > 0.99).all()  # a token-scale error stays
+
+
+def test_standardised_uses_the_training_statistics_for_both_splits():
+    b = load_bench("depth_head_pooling")
+    g = torch.Generator().manual_seed(0)
+    tr = (3.0 + 2.0 * torch.randn(5, 4, 2, 3, generator=g), torch.randn(5, 4, generator=g))
+    te = (3.0 + 2.0 * torch.randn(2, 4, 2, 3, generator=g), torch.randn(2, 4, generator=g))
+    (p, c), (q, d) = b.standardised(tr, te)
+    assert torch.allclose(p.mean((0, 2, 3)), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(p.std((0, 2, 3)), torch.ones(4), atol=1e-5)
+    mu, sd = tr[0].mean((0, 2, 3), keepdim=True), tr[0].std((0, 2, 3), keepdim=True)
+    assert torch.allclose(q, (te[0] - mu) / sd) and c is tr[1] and d is te[1]  # the test split by the train's, [CLS] as is
