@@ -27,16 +27,17 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench.generalize as G  # noqa: E402
 from fit3d.probe.summary import DEPTH_METRICS, depth_per_image  # noqa: E402
 
 
 def pool_to_tokens(depth: torch.Tensor, valid: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """depth / valid [N, H, W] (H, W multiples of ``patch``) -> (mean valid depth per token [N, H/p, W/p], tokens with
-    any valid pixel)."""
+    """depth / valid [N, H, W] (H, W multiples of ``patch``) -> (mean valid depth per token [N, H/p, W/p], the share
+    of each token's pixels that is valid [N, H/p, W/p])."""
     v = valid.float()[:, None]
     s = F.avg_pool2d(depth[:, None] * v, patch)[:, 0]
     n = F.avg_pool2d(v, patch)[:, 0]
-    return s / n.clamp_min(1e-6), n > 0
+    return s / n.clamp_min(1e-6), n
 
 
 def token_metrics(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: float, patch: int) -> np.ndarray:
@@ -45,9 +46,9 @@ def token_metrics(pred: torch.Tensor, gt: torch.Tensor, min_d: float, max_d: flo
     from fit3d.probe.depth import valid_mask
 
     valid = valid_mask(gt, min_d, max_d)
-    g, ok = pool_to_tokens(gt, valid, patch)
+    g, share = pool_to_tokens(gt, valid, patch)
     p, _ = pool_to_tokens(pred.clamp(min_d, max_d), valid, patch)
-    return depth_per_image(p, torch.where(ok, g, torch.zeros_like(g)), min_d, max_d)
+    return depth_per_image(p, torch.where(share > 0, g, torch.zeros_like(g)), min_d, max_d)
 
 
 def splits(sun3d: bool, res=(224, 168)):
@@ -61,9 +62,7 @@ def splits(sun3d: bool, res=(224, 168)):
         return tuple(materialise(load_probe_data(shared_7scenes_dir(), "train", res, train_frames=f), "depth")
                      for f in ((0, 199), (200, 398)))
     d = load_probe_data(shared_dir() / "data" / "sun3d-office", "test", res, test_frames=(0, 10 ** 9))
-    frames = [frame_number(n) for n in d.names]
-    pick = lambda lo, hi: d.subset([i for i, f in enumerate(frames) if lo <= f <= hi])  # noqa: E731
-    return materialise(pick(935, 984), "depth"), materialise(pick(3160, 3209), "depth")
+    return tuple(materialise(d.subset(idx), "depth") for idx in G.in_scene_split([frame_number(n) for n in d.names]))
 
 
 @torch.no_grad()

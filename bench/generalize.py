@@ -347,6 +347,15 @@ def corr_metric_names(gaps) -> list[str]:
     return ["recall1", "recall2"] + [f"recall1_gap{g}" for g in gaps]
 
 
+# sun3d_depth_in_scene: heads trained on the first stretch of the recording, tested on the second (3.3 m away)
+SUN3D_IN_SCENE = ((935, 984), (3160, 3209))
+
+
+def in_scene_split(frames: list[int]) -> tuple[list[int], list[int]]:
+    """Indices of ``frames`` (sun3d frame numbers) in the in-scene eval's training and test stretches."""
+    return tuple([i for i, f in enumerate(frames) if lo <= f <= hi] for lo, hi in SUN3D_IN_SCENE)
+
+
 HEADLINE = ("rmse", "rmse_aligned", "miou", "recall1", "knn_top1", "linear_top1")  # the metrics "not worse" reads
 
 
@@ -560,8 +569,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     baselines: dict = {}  # {depth / seg eval: the trivial predictors' metrics}
     sun = splits.get("sun3d_all")
     sun_frames = [frame_number(n) for n in sun.data.names] if sun else []
-    in_a = [i for i, f in enumerate(sun_frames) if 935 <= f <= 984]
-    in_b = [i for i, f in enumerate(sun_frames) if 3160 <= f <= 3209]
+    in_a, in_b = in_scene_split(sun_frames)
     if mi:
         in_a = [in_a[i] for i in np.linspace(0, len(in_a) - 1, min(mi, len(in_a))).round().astype(int)]
         in_b = [in_b[i] for i in np.linspace(0, len(in_b) - 1, min(mi, len(in_b))).round().astype(int)]

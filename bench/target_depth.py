@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import bench.depth_head_pooling as P  # noqa: E402
 import bench.generalize as G  # noqa: E402
 from fit3d.finetune.data import RenderedViews, _scene_path, load_scenes  # noqa: E402
 from fit3d.finetune.residual import decoder_subspace, subspace_target  # noqa: E402
@@ -43,11 +43,9 @@ from fit3d.paths import shared_7scenes_dir  # noqa: E402
 def token_log_depth(depth: np.ndarray, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
     """depth [H, W] metres (0 invalid), H and W multiples of h and w -> (log of the mean valid depth per cell
     [h, w], cells at least half valid [h, w] bool)."""
-    d = torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32))[None, None]
-    valid = (d > 0).float()
-    share = F.adaptive_avg_pool2d(valid, (h, w))[0, 0]
-    mean = F.adaptive_avg_pool2d(d, (h, w))[0, 0] / share.clamp_min(1e-6)
-    return mean.clamp_min(1e-3).log(), share >= 0.5
+    d = torch.as_tensor(np.asarray(depth, dtype=np.float32))[None]
+    mean, share = P.pool_to_tokens(d, d > 0, d.shape[-1] // w)
+    return mean[0].clamp_min(1e-3).log(), share[0] >= 0.5
 
 
 def ridge_rmse(fit: list[tuple[torch.Tensor, torch.Tensor]], test: list[tuple[torch.Tensor, torch.Tensor]],
@@ -111,23 +109,18 @@ def collect(views: RenderedViews, backbone, every: int, finetuned=None) -> dict[
 
 @torch.no_grad()
 def sun3d_rows(models: list[Path], lams: list[float], size=(224, 168)) -> list[str]:
-    """Markdown rows: the ridge's log-depth RMSE (metric / aligned) on sun3d 935-984 -> 3160-3209, for the
-    original and each fine-tuned folder, and each fine-tuned / original ratio."""
-    from fit3d.data import read_scene
+    """Markdown rows: the ridge's log-depth RMSE (metric / aligned) on the sun3d in-scene split (the benches' own,
+    ``bench/generalize.py``'s ``SUN3D_IN_SCENE``), for the original and each fine-tuned folder, and each fine-tuned /
+    original ratio."""
     from fit3d.finetune.assembled import load_finetuned
-    from fit3d.paths import shared_dir
 
-    scene = read_scene(shared_dir() / "data" / "sun3d-office", resolution=size, load_depth=True)
-    frames = [int(v.name.split("-")[-1].split(".")[0]) for v in scene.views]
-    parts = {"fit": [v for v, f in zip(scene.views, frames) if 935 <= f <= 984],
-             "test": [v for v, f in zip(scene.views, frames) if 3160 <= f <= 3209]}
+    parts = dict(zip(("fit", "test"), P.splits(sun3d=True, res=size)))
 
-    def per_view(bb, views):
-        img = torch.stack([torch.from_numpy(v.image).permute(2, 0, 1).float() for v in views])
-        x = bb.features(img)[0]  # [n, D, h, w]
+    def per_view(bb, split):
+        x = P.features(bb, split.images)[0]  # [n, D, h, w]
         out = []
-        for v, f in zip(views, x):
-            ld, ok = token_log_depth(v.depth, *f.shape[1:])
+        for d, f in zip(split.depth, x):
+            ld, ok = token_log_depth(d.numpy(), *f.shape[1:])
             out.append((f[:, ok].T.contiguous(), ld[ok]))
         return out
 

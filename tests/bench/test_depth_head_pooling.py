@@ -9,8 +9,9 @@ from bench_kit import load_bench
 def test_pooling_averages_valid_pixels_per_token():
     b = load_bench("depth_head_pooling")
     d = torch.tensor([[[1.0, 3.0, 2.0, 2.0], [5.0, 0.0, 2.0, 2.0]]])  # [1, 2, 4]: two 2x2 tokens
-    mean, ok = b.pool_to_tokens(d, d > 0, 2)
-    assert torch.allclose(mean, torch.tensor([[[3.0, 2.0]]])) and ok.all()  # (1 + 3 + 5) / 3 valid pixels
+    mean, share = b.pool_to_tokens(d, d > 0, 2)
+    assert torch.allclose(mean, torch.tensor([[[3.0, 2.0]]]))  # (1 + 3 + 5) / 3 valid pixels
+    assert torch.allclose(share, torch.tensor([[[0.75, 1.0]]])) and (share > 0).all()
 
 
 def test_token_metrics_forgive_detail_inside_tokens_but_not_a_token_scale_error():

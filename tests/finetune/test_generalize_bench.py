@@ -165,3 +165,9 @@ def test_bad_stage2_settings_stop_before_any_work(tmp_path, args, says):
     with pytest.raises(SystemExit, match=says):
         g.main(["--out", str(out), "--quick", *args])
     assert not out.exists()
+
+
+def test_the_in_scene_split_is_the_two_stretches():
+    g = _bench()
+    a, b = g.in_scene_split([934, 935, 984, 985, 3159, 3160, 3209, 3210])
+    assert (a, b) == ([1, 2], [5, 6])
