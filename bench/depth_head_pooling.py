@@ -65,6 +65,18 @@ def splits(sun3d: bool, res=(224, 168)):
     return tuple(materialise(d.subset(idx), "depth") for idx in G.in_scene_split([frame_number(n) for n in d.names]))
 
 
+def check_finetuned(ap: argparse.ArgumentParser, option: str, folders: list[Path]) -> None:
+    """Every ``folders`` entry a fine-tuned folder, before any work: else the parser's error naming ``option``."""
+    from fit3d.errors import Fit3DError
+    from fit3d.finetune.assembled import read_manifest
+
+    for f in folders:
+        try:
+            read_manifest(f)
+        except Fit3DError as e:
+            ap.error(f"{option}: {e}")
+
+
 @torch.no_grad()
 def features(model, images: list) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.stack([torch.as_tensor(np.asarray(im)).permute(2, 0, 1) for im in images]).float()
@@ -90,6 +102,7 @@ def main(argv=None) -> None:
                          "map a linear head could absorb, so any change it makes is the heads' optimisation, not the "
                          "features' content")
     a = ap.parse_args(argv)
+    check_finetuned(ap, "--finetuned", [a.finetuned])
     from fit3d.finetune.assembled import load_finetuned
     from fit3d.probe.batched import train_depth_batched
     from fit3d.probe.config import ProbeConfig

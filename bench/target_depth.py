@@ -156,6 +156,7 @@ def main(argv=None) -> None:
                          "(frames ~0-199 -> ~200-398: another part of the kitchen, as val_redkitchen_depth)")
     ap.add_argument("--sun3d", type=Path, nargs="+", default=None, help="fine-tuned folders: the sun3d in-scene rows")
     a = ap.parse_args(argv)
+    P.check_finetuned(ap, "--sun3d" if a.sun3d else "--finetuned", a.sun3d or ([a.finetuned] if a.finetuned else []))
     torch.set_grad_enabled(False)
     if a.sun3d:
         print("sun3d in-scene (935-984 -> 3160-3209): ridge RMSE of log depth, metric / aligned (ratio to the original)\n")

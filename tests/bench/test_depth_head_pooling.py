@@ -35,3 +35,14 @@ def test_standardised_uses_the_training_statistics_for_both_splits():
     assert torch.allclose(p.std((0, 2, 3)), torch.ones(4), atol=1e-5)
     mu, sd = tr[0].mean((0, 2, 3), keepdim=True), tr[0].std((0, 2, 3), keepdim=True)
     assert torch.allclose(q, (te[0] - mu) / sd) and c is tr[1] and d is te[1]  # the test split by the train's, [CLS] as is
+
+
+def test_a_folder_that_is_no_finetuned_run_is_an_error_naming_the_option(tmp_path, capsys):
+    import pytest
+
+    for bench, argv in (("depth_head_pooling", ["--finetuned", str(tmp_path)]),
+                        ("target_depth", ["--sun3d", str(tmp_path)])):
+        with pytest.raises(SystemExit):
+            load_bench(bench).main(argv)
+        err = capsys.readouterr().err
+        assert f"error: {argv[0]}: {tmp_path}: not a fit3d fine-tuned folder" in err, err
