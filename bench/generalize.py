@@ -80,6 +80,9 @@ class GeneralizeConfig:
     lift_redkitchen: bool = field(default=True, metadata={
         "help": "lift and fine-tune on RedKitchen 0-398 (off: its frames only train the RedKitchen heads, so Stage 2 "
                 "sees no real scene: the held-out-real protocol's Stage 2, docs/generalize.md sitting 25)"})
+    extra_scenes: list[str] = field(default_factory=list, metadata={
+        "help": "more posed scenes to lift and fine-tune on (any layout fit3d reads, e.g. a `fit3d prepare` folder of a "
+                "photo capture); one without depth is lifted by solve from its points (docs/generalize.md, sitting 26)"})
     sun3d: str = field(default=str(shared_dir() / "data" / "sun3d-office"), metadata={
         "help": "sun3d-office folder (evaluation only: never lifted or fine-tuned on)"})
     camvid: str = field(default=str(shared_dir() / "data" / "camvid"), metadata={"help": "CamVid (SegNet layout)"})
@@ -175,6 +178,35 @@ def _lift_views(path, max_frame: int | None, max_views: int, heldout_every: int 
     return [n for n in names if n not in held], held
 
 
+def stage2_scenes(cfg: GeneralizeConfig, rooms: dict) -> list[tuple[str, Path, int | None]]:
+    """(name, folder, last frame or None) of every scene Stage 2 trains on: RedKitchen 0-398, ICL, ``--extra-scenes``
+    and the generated rooms; a scene named twice, or the evaluation-only sun3d office, is a plain error."""
+    scenes = [("redkitchen", Path(cfg.redkitchen), 398)] if cfg.lift_redkitchen else []
+    if cfg.icl:
+        scenes.append(("icl-livingroom1", Path(cfg.icl), None))
+    for p in map(Path, cfg.extra_scenes):
+        if not p.is_dir():
+            raise SystemExit(f"--extra-scenes {p}: no such folder")
+        if cfg.sun3d and p.resolve() == Path(cfg.sun3d).resolve():
+            raise SystemExit(f"--extra-scenes {p}: the sun3d office is evaluation only, never lifted or fine-tuned on")
+        scenes.append((p.name, p, None))
+    scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
+    names = [n for n, _, _ in scenes]
+    if len(set(names)) < len(names):
+        raise SystemExit(f"two Stage 2 scenes share a name ({sorted({n for n in names if names.count(n) > 1})}): "
+                         "their lifts would share a folder; rename one")
+    return scenes
+
+
+def _has_depth(path) -> bool:
+    """Whether a scene's first view has any valid depth (the back-projected lift needs it)."""
+    from fit3d.data import read_scene
+
+    seen: list[str] = []
+    view = read_scene(path, resolution=(32, 24), names=lambda n: not seen and not seen.append(n)).views[0]
+    return view.depth is not None and bool((view.depth > 0).any())
+
+
 def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone) -> list[Path]:
     from fit3d.lift import LiftConfig, is_lifted, lift_scene
     from fit3d.lift.config import BackprojectedConfig
@@ -190,7 +222,10 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
         d = out / f"lifted{kind}" / name
         dirs.append(d)
         train, held = _lift_views(path, max_frame, cfg.lift_max_views)
-        want = as_recorded({"method": cfg.lift_method, "width": cfg.lift_width, "iterations": cfg.lift_iterations,
+        method = cfg.lift_method
+        if method == "backprojected" and not _has_depth(path):
+            method = "solve"  # fit3d lift's default: fused from the scene's points (a photo capture's SfM)
+        want = as_recorded({"method": method, "width": cfg.lift_width, "iterations": cfg.lift_iterations,
                             **({"feature_dim": cfg.lift_feature_dim} if cfg.lift_feature_dim != 64 else {}),
                             **({"feature_size": fs} if fs else {}),
                             "max_frame": max_frame, "train_views": train, "heldout_views": held,
@@ -208,8 +243,8 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
                    else "settings differ: " + ", ".join(k for k in want if had.get(k) != want[k]))
             _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
             shutil.rmtree(d)
-        _say(f"lift {i + 1}/{len(scenes)} {name} ({cfg.lift_method})")
-        lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=cfg.lift_method,
+        _say(f"lift {i + 1}/{len(scenes)} {name} ({method})")
+        lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=method,
                         iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
                         progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim, precision=cfg.precision,
                         **({"feature_size": fs} if fs else {}),
@@ -516,7 +551,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     from fit3d.guard import guard_output
     from fit3d.paths import shared_dir
 
-    guard_output(out, [shared_dir(), cfg.model_path], command="bench/generalize.py")  # before any work, locked
+    guard_output(out, [shared_dir(), cfg.model_path, *cfg.extra_scenes], command="bench/generalize.py")  # before any work, locked
     res = tuple(int(x) for x in cfg.probe_resolution)
 
     work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
@@ -525,11 +560,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
 
     with clock.stage("lift"):
         backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
-        scenes = [("redkitchen", Path(cfg.redkitchen), 398)] if cfg.lift_redkitchen else []
-        if cfg.icl:
-            scenes.append(("icl-livingroom1", Path(cfg.icl), None))
-        scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
-        lifted = lift_all(cfg, scenes, work, backbone)
+        lifted = lift_all(cfg, stage2_scenes(cfg, rooms), work, backbone)
         del backbone
 
     ft_dir = out / "finetuned"

@@ -149,12 +149,9 @@ def run(cfg: SearchConfig, command: str = "") -> dict:
     t0 = time.perf_counter()
     rooms = G.generate_rooms(dataclasses.replace(cfg, probe_rooms=0, test_rooms=0), work)
     backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
-    scenes = [("redkitchen", Path(cfg.redkitchen), 398)] if cfg.lift_redkitchen else []
-    if cfg.icl and "val_cross_depth" in cfg.evals and Path(cfg.icl).resolve() == Path(cfg.cross_scene).resolve():
+    scenes = G.stage2_scenes(cfg, rooms)
+    if "val_cross_depth" in cfg.evals and any(p.resolve() == Path(cfg.cross_scene).resolve() for _, p, _ in scenes):
         raise SystemExit("val_cross_depth tests on a scene Stage 2 never saw: pass --icl '' or another --cross-scene")
-    if cfg.icl:
-        scenes.append(("icl-livingroom1", Path(cfg.icl), None))
-    scenes += [(p.name, p, None) for p in rooms.get("lift", [])]
     lifted = G.lift_all(cfg, scenes, work, backbone)
     del backbone
     seconds["lift"] = time.perf_counter() - t0

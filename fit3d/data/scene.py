@@ -137,6 +137,27 @@ class View:
         rays = np.concatenate([pixels, np.ones((len(pixels), 1))], 1) @ np.linalg.inv(self.K).T  # [M, 3]
         return (rays * z[:, None]) @ self.c2w[:3, :3].T + self.c2w[:3, 3]
 
+    def cropped(self, x0: int, y0: int, width: int, height: int) -> "View":
+        """The window [x0, x0 + width) x [y0, y0 + height) of this view: image, depth, labels and mask cut,
+        the principal point moved by (x0, y0) (the same camera, a smaller sensor)."""
+        x0, y0, width, height = int(x0), int(y0), int(width), int(height)
+        if x0 < 0 or y0 < 0 or width <= 0 or height <= 0 or x0 + width > self.width or y0 + height > self.height:
+            raise SceneError(f"{self.name or 'view'}: window {width}x{height} at ({x0}, {y0}) is not inside its "
+                             f"{self.width}x{self.height} image")
+        if (x0, y0, width, height) == (0, 0, self.width, self.height):
+            return self
+        K = self.K.copy()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        cut = lambda a: None if a is None else a[y0:y0 + height, x0:x0 + width]  # noqa: E731
+        return replace(self, image=np.ascontiguousarray(cut(self.image)), K=K, depth=cut(self.depth),
+                       labels=cut(self.labels), mask=cut(self.mask))
+
+    def fitted(self, width: int, height: int) -> "View":
+        """This view at ``width`` x ``height`` without distortion: the largest centred window of that aspect
+        (:func:`aspect_window`), resized. A view already at the aspect (within a pixel) is only resized."""
+        return self.cropped(*aspect_window(self.width, self.height, width / height)).resized(width, height)
+
     def resized(self, width: int, height: int) -> "View":
         """This view at ``width`` x ``height``: image area-/bilinear-resampled, K rescaled consistently
         (pixel centres at +0.5), depth / labels / mask resampled with nearest neighbour."""
@@ -154,6 +175,20 @@ class View:
         return replace(self, image=image, K=K, depth=resize_nearest(self.depth, width, height),
                        labels=resize_nearest(self.labels, width, height),
                        mask=resize_nearest(self.mask, width, height))
+
+
+def aspect_window(width: int, height: int, aspect: float) -> tuple[int, int, int, int]:
+    """(x0, y0, w, h): the largest centred window of a ``width`` x ``height`` image whose aspect w / h is
+    ``aspect``, in whole pixels; the whole image when its own aspect is that within one pixel (so an image
+    already at the aspect is never cropped by rounding)."""
+    if aspect <= 0:
+        raise SceneError(f"aspect must be positive, got {aspect!r}")
+    w, h = width, height
+    if width > height * aspect + 1:  # too wide: keep the height
+        w = max(1, int(round(height * aspect)))
+    elif height > width / aspect + 1:  # too tall: keep the width
+        h = max(1, int(round(width / aspect)))
+    return (width - w) // 2, (height - h) // 2, w, h
 
 
 def resize_nearest(a: np.ndarray | None, width: int, height: int) -> np.ndarray | None:

@@ -7,7 +7,8 @@ Under ``torchrun`` the sampler gives each rank its own scenes (:class:`Resumable
 
 One item (``RenderedViews[i]``)::
 
-    image  [3, H, W]  float32 in [0, 1]  the view at the training resolution (a patch multiple)
+    image  [3, H, W]  float32 in [0, 1]  the view at the training resolution (a patch multiple); a scene of
+                                         another aspect than ``resolution``'s is centre-cropped to it first
     target [D, h, w]  float32            decoded rendered features, bilinearly resized to the patch grid
                                          (rendered at the scene's lift resolution unless target_at="train")
     mask   [h, w]     bool               tokens where the scene was rendered (opacity >= threshold)
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, DistributedSampler
 
+from fit3d.data.scene import aspect_window
 from fit3d.errors import Fit3DError, SceneError
 from fit3d.finetune.config import TARGET_AT, TARGET_VIEWS
 from fit3d.lift.decoder import FeatureDecoder
@@ -260,6 +262,9 @@ class RenderedViews(Dataset):
         self._decoders: dict[int, object] = {}  # scene index -> its decoder on render_device
         self.pools = [scene_target_pool(s, target_pool) for s in scenes]
         self.sizes = [training_resolution(s.resolution, patch_size, resolution) for s in scenes]
+        # a scene of another aspect than ``resolution`` is centre-cropped to it, not squashed (a portrait capture
+        # among landscape scenes); the requested aspect, not the patch-rounded one, so that a scene at it is never cut
+        self.aspect = int(resolution[0]) / int(resolution[1]) if resolution else None
         key = {"train": "train_views", "heldout": "heldout_views"}[which]
         self.entries: list[tuple[int, str]] = [(i, str(v)) for i, s in enumerate(scenes)
                                                for v in s.meta["scene"].get(key, [])]
@@ -281,12 +286,15 @@ class RenderedViews(Dataset):
         si, name = self.entries[index]
         s = self.scenes[si]
         W, H = self.sizes[si]
-        scene = read_scene(_scene_path(s), layout=s.meta["scene"].get("layout", "auto"), resolution=(W, H),
+        scene = read_scene(_scene_path(s), layout=s.meta["scene"].get("layout", "auto"),
+                           resolution=None if self.aspect else (W, H),
                            names=[name], load_depth=False)  # Stage 2 needs the image and camera only
         views = [v for v in scene.views if v.name == name] or scene.views
         if len(views) != 1:
             raise SceneError(f"{self.describe(index)}: expected one view, the reader returned {len(scene.views)}")
         v = views[0]
+        if self.aspect:  # the reader's resize after the window (none for a scene at the aspect: the same view)
+            v = v.cropped(*aspect_window(v.width, v.height, self.aspect))
         if (v.width, v.height) != (W, H):
             v = v.resized(W, H)
         return v
@@ -331,6 +339,8 @@ class RenderedViews(Dataset):
         if self.target_at == "train":
             return W, H
         Wl, Hl = self.scenes[scene_index].resolution
+        if self.aspect:  # the training view's window at the lift's scale
+            _, _, Wl, Hl = aspect_window(Wl, Hl, self.aspect)
         if Wl < W // self.patch_size or Hl < H // self.patch_size:
             return W, H
         return Wl, Hl

@@ -530,6 +530,14 @@ def _prepare(scene_dirs, out: Path, cfg: FinetuneConfig, di: DistInfo, device, s
                           target_views=cfg.target_views)
     if len(views) == 0:
         raise Fit3DError(f"the lifted scenes {[str(s.path) for s in scenes]} list no training views")
+    if cfg.batch_size > 1 and len(set(views.sizes)) > 1:  # the batch would not stack: say why, before any step
+        by_size = {}
+        for s, size in zip(scenes, views.sizes):
+            by_size.setdefault(size, s.name)
+        raise Fit3DError("the lifted scenes train at different sizes ("
+                         + ", ".join(f"{w}x{h}: {n!r}" for (w, h), n in by_size.items())
+                         + "; each scene's lift resolution, rounded to patches): set one resolution (fit3d finetune "
+                           "--resolution W H; scenes of another aspect are centre-cropped to it) or a batch size of 1")
     sampler = ResumableSampler(views, num_replicas=di.world_size, rank=di.rank, shuffle=True, seed=cfg.seed,
                                groups=[si for si, _ in views.entries])
     for si in sorted({views.entries[i][0] for i in (sampler.shard or range(len(views)))}):

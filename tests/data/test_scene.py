@@ -1,4 +1,4 @@
-"""The data model: View / Scene validation, check_pose / check_intrinsics, View.resized."""
+"""The data model: View / Scene validation, check_pose / check_intrinsics, View.resized / cropped / fitted."""
 
 import numpy as np
 import pytest
@@ -7,7 +7,7 @@ from scene_testkit import K, H, W, blob_centroid, random_c2w
 
 from fit3d.data import Scene, View, check_intrinsics, check_pose
 from fit3d.data.readers import frame_number
-from fit3d.data.scene import resize_nearest
+from fit3d.data.scene import aspect_window, resize_nearest
 from fit3d.errors import SceneError
 
 
@@ -89,6 +89,52 @@ def test_resized_keeps_projection(size):
     rel_after = _project(r, X) / [r.width, r.height]
     torch.testing.assert_close(rel_after, rel_before)
     torch.testing.assert_close(r.c2w, v.c2w)
+
+
+@pytest.mark.parametrize("size, aspect, window", [
+    ((640, 480), 4 / 3, (0, 0, 640, 480)),        # at the aspect: whole
+    ((641, 480), 4 / 3, (0, 0, 641, 480)),        # within a pixel: whole (never cut by rounding)
+    ((640, 480), 1.0, (80, 0, 480, 480)),         # too wide: the height kept, centred
+    ((540, 960), 4 / 3, (0, 277, 540, 405)),      # a portrait photo to landscape: the width kept
+    ((1920, 1080), 4 / 3, (240, 0, 1440, 1080)),
+])
+def test_aspect_window(size, aspect, window):
+    assert aspect_window(*size, aspect) == window
+    with pytest.raises(SceneError, match="aspect"):
+        aspect_window(*size, 0.0)
+
+
+def test_cropped_keeps_the_camera_and_cuts_every_map():
+    """A point projects to the same pixel minus the window's corner; depth / labels / mask are cut alike."""
+    rng = np.random.default_rng(3)
+    depth = rng.uniform(0.5, 3, (H, W)).astype(np.float32)
+    labels = rng.integers(0, 5, (H, W))
+    v = _view(depth=depth, labels=labels, mask=depth > 1)
+    X = (v.c2w @ np.c_[rng.uniform(-1, 1, (50, 2)), rng.uniform(1, 3, 50), np.ones(50)].T)[:3].T
+    c = v.cropped(5, 3, W - 9, H - 7)
+    assert (c.width, c.height) == (W - 9, H - 7)
+    torch.testing.assert_close(_project(c, X), _project(v, X) - [5, 3])
+    np.testing.assert_array_equal(c.image, v.image[3:H - 4, 5:W - 4])
+    np.testing.assert_array_equal(c.depth, depth[3:H - 4, 5:W - 4])
+    np.testing.assert_array_equal(c.labels, labels[3:H - 4, 5:W - 4])
+    np.testing.assert_array_equal(c.mask, (depth > 1)[3:H - 4, 5:W - 4])
+    assert v.cropped(0, 0, W, H) is v
+    with pytest.raises(SceneError, match="not inside"):
+        v.cropped(1, 0, W, H)
+
+
+def test_fitted_crops_to_the_aspect_instead_of_squashing():
+    """``fitted`` keeps the pixel aspect (fx / fy unchanged), ``resized`` to another aspect does not; at the
+    view's own aspect both are the same view."""
+    v = _view()
+    fx_over_fy = v.K[0, 0] / v.K[1, 1]
+    square = v.fitted(24, 24)
+    assert (square.width, square.height) == (24, 24)
+    assert square.K[0, 0] / square.K[1, 1] == pytest.approx(fx_over_fy, rel=2 / min(W, H))
+    assert v.resized(24, 24).K[0, 0] / v.resized(24, 24).K[1, 1] != pytest.approx(fx_over_fy, rel=0.05)
+    same = v.fitted(W // 2, H // 2)
+    np.testing.assert_array_equal(same.image, v.resized(W // 2, H // 2).image)
+    np.testing.assert_array_equal(same.K, v.resized(W // 2, H // 2).K)
 
 
 def test_resized_image_content_follows_K():

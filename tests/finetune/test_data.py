@@ -1,11 +1,12 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from fit3d.errors import SceneError
-from fit3d.finetune.data import (RenderedViews, ResumableSampler, decode_to_grid, load_scenes, scene_memory,
-                                 training_resolution)
+from fit3d.finetune.data import (RenderedViews, ResumableSampler, _scene_path, decode_to_grid, load_scenes,
+                                 scene_memory, training_resolution)
 from fit3d.lift.decoder import FeatureDecoder
 
 
@@ -116,6 +117,38 @@ def test_targets_render_at_the_lift_resolution_by_default(lifted_dir):
     assert both.sum() > 50 and cos.mean() > 0.9
     with pytest.raises(ValueError, match="target_at"):
         RenderedViews(scenes, 8, target_at="full")
+
+
+def test_a_scene_of_another_aspect_is_cropped_to_the_resolution_not_squashed(lifted_dir):
+    """A square training resolution on the 4:3 scene: each view is its centred square (read at full size, cut,
+    resized), its target rendered for that camera at the lift's scale (the 48x48 square of the 64x48 lift);
+    at the scene's own aspect the views are the reader's resize, as before."""
+    from fit3d.data import read_scene
+    from fit3d.splat.render import render
+
+    scenes = load_scenes([lifted_dir])  # lifted at 64x48 from 640x480 frames
+    square = RenderedViews(scenes, 8, resolution=[64, 64], flip_prob=0.0)
+    assert square.render_size(0) == (48, 48)
+    item = square[2]
+    assert item["image"].shape == (3, 64, 64) and item["target"].shape == (32, 8, 8)
+    _, name = square.entries[2]
+    path = _scene_path(scenes[0])
+    full = read_scene(path, names=[name], load_depth=False).views[0]
+    assert (full.width, full.height) == (640, 480)
+    want = full.cropped(80, 0, 480, 480).resized(64, 64)
+    v = square.read_view(2)
+    assert_close(torch.from_numpy(v.image), torch.from_numpy(want.image))
+    assert_close(torch.from_numpy(v.K), torch.from_numpy(want.K))
+    assert v.K[0, 0] == pytest.approx(v.K[1, 1] * full.K[0, 0] / full.K[1, 1])  # no squash: pixel aspect kept
+    w = v.resized(48, 48)
+    with torch.no_grad():
+        r = render(scenes[0].gaussians, w.K, w.c2w, 48, 48, with_rgb=False)
+        expected = decode_to_grid(scenes[0].decoder, r.features.permute(2, 0, 1)[None], (8, 8))[0]
+    assert_close(item["target"], expected, atol=1e-4, rtol=1e-4)
+    same = RenderedViews(scenes, 8, resolution=[128, 96], flip_prob=0.0)
+    reader = read_scene(path, names=[name], load_depth=False, resolution=(128, 96))
+    assert np.array_equal(same.read_view(2).image, reader.views[0].image)
+    assert np.array_equal(same.read_view(2).K, reader.views[0].K)
 
 
 def test_render_plan_renders_on_cuda_with_gsplat_inline_by_default_and_on_the_cpu_elsewhere(monkeypatch):

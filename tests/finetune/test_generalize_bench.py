@@ -145,6 +145,45 @@ def test_lift_all_redoes_a_lift_made_with_other_settings(tmp_path, tiny_backbone
     assert "view_gaussians" in load_lifted(d).meta["backprojected"]
 
 
+def test_a_scene_without_depth_is_lifted_by_solve(tmp_path, tiny_backbone, tiny_model_dir):
+    """The back-projected lift needs depth: a photo capture among the Stage 2 scenes (--extra-scenes) is lifted by
+    fit3d lift's default, solve (here with no points either: its fallback, optimize), and recorded so."""
+    import shutil
+
+    from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
+    from fit3d.lift.lifted import load_lifted
+
+    g = _bench()
+    path = generate_scenes(tmp_path / "rooms", 1, SyntheticSceneConfig(num_views=6, width=64, height=48, seed=0),
+                           progress=False)[0]
+    photos = tmp_path / "photos"
+    shutil.copytree(path, photos)
+    shutil.rmtree(photos / "depth")
+    assert g._has_depth(path) and not g._has_depth(photos)
+    cfg = g.GeneralizeConfig(model_path=str(tiny_model_dir), lift_width=32, lift_iterations=5,
+                             extra_scenes=[str(photos)], icl="", lift_redkitchen=False)
+    scenes = g.stage2_scenes(cfg, {"lift": [path]})
+    assert [n for n, _, _ in scenes] == ["photos", path.name]
+    with pytest.warns(UserWarning, match="no depth"):
+        d = g.lift_all(cfg, scenes[:1], tmp_path, tiny_backbone)[0]
+    assert json.loads((d / "generalize.json").read_text())["method"] == "solve"
+    assert load_lifted(d).meta["method"] == "solve"
+
+
+@pytest.mark.parametrize("extra, says", [("nowhere", "no such folder"), ("sun3d", "evaluation only"),
+                                         ("twice", "share a name")])
+def test_extra_scenes_are_checked(tmp_path, extra, says):
+    g = _bench()
+    (tmp_path / "a" / "room").mkdir(parents=True)
+    (tmp_path / "b" / "room").mkdir(parents=True)
+    sun3d = tmp_path / "sun3d"
+    sun3d.mkdir()
+    extra = {"nowhere": [str(tmp_path / "nowhere")], "sun3d": [str(sun3d)],
+             "twice": [str(tmp_path / "a" / "room"), str(tmp_path / "b" / "room")]}[extra]
+    with pytest.raises(SystemExit, match=says):
+        g.stage2_scenes(g.GeneralizeConfig(extra_scenes=extra, sun3d=str(sun3d)), {})
+
+
 def test_the_proofs_stage2_length_is_the_recipes_unless_set():
     """The proof trains the recipe's epochs (--epochs 0); --epochs N replaces them; --set epochs=N has the last word."""
     from fit3d.finetune.recipes import recipe

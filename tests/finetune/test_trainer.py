@@ -106,6 +106,23 @@ def test_non_finite_loss_names_the_step_and_scene(tmp_path, lifted_dir, tiny_mod
         finetune([bad], BACKBONE, tmp_path / "out", quick(max_steps=2), model_path=str(tiny_model_dir))
 
 
+def test_scenes_lifted_at_different_sizes_need_one_resolution(tmp_path, lifted_dir, tiny_model_dir):
+    """Without a resolution each scene trains at its lift size; two sizes would not stack into a batch: a plain
+    error naming the sizes and scenes, before any step; with one resolution the same scenes train."""
+    from fit3d.errors import Fit3DError
+
+    tall = tmp_path / "tall"
+    shutil.copytree(lifted_dir, tall)
+    meta = json.loads((tall / "lift.json").read_text())
+    write_json(tall / "lift.json", {**meta, "name": "tall", "resolution": [48, 64]})
+    with pytest.raises(Fit3DError, match=r"different sizes \(64x48: '7scenes-redkitchen', 48x64: 'tall'.*--resolution"):
+        finetune([lifted_dir, tall], BACKBONE, tmp_path / "out", quick(max_steps=1), model_path=str(tiny_model_dir))
+    assert not (tmp_path / "out" / "model").exists()
+    m = finetune([lifted_dir, tall], BACKBONE, tmp_path / "out2", quick(max_steps=1, resolution=[64, 48]),
+                 model_path=str(tiny_model_dir))
+    assert (tmp_path / "out2" / "model").is_dir() and m
+
+
 def test_freeze_first_blocks_keeps_them_fixed(tmp_path, lifted_dir, tiny_model_dir):
     finetune([lifted_dir], BACKBONE, tmp_path / "out", quick(max_steps=1, lr=1e-2, freeze_blocks=1),
              model_path=str(tiny_model_dir))
