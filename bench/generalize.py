@@ -7,10 +7,10 @@ Stages (each kept under ``--out``; rerunning reuses finished ones):
 
 1. generate ``--rooms`` synthetic rooms to lift, plus ``--probe-rooms`` + ``--test-rooms`` held-out rooms
    (never lifted or fine-tuned on) for the rooms probes (``fit3d.data.synthetic``);
-2. lift RedKitchen frames 0-398, icl-livingroom1 and the rooms with the Stage 1 method ``--lift-method``
-   (``backprojected``, a depth back-projection without optimisation, ``optimize`` or ``solve``) on the same
-   views (``--lift-max-views``, every 8th held out) whatever the method, from the backbone's features of each
-   view at ``--lift-feature-size`` (224: the Stage 2 input);
+2. lift RedKitchen frames 0-398, icl-livingroom1, ``--extra-scenes`` and the rooms with the Stage 1 method
+   ``--lift-method`` (``backprojected``, a depth back-projection without optimisation, ``optimize`` or ``solve``;
+   a scene without depth by ``solve``) on the same views (``--lift-max-views``, every 8th held out) whatever the
+   method, from the backbone's features of each view at ``--lift-feature-size`` (224: the Stage 2 input);
 3. fine-tune one DINOv2-S on all lifted scenes with ``--recipe`` (``fit3d.finetune.recipes``) -> ``OUT/finetuned``;
 4. evaluate original / finetuned / concat on:
 

@@ -263,7 +263,8 @@ def lever_name(r: dict) -> str:
     lift = f"lift {s.get('lift_method')}" + (f" f={s.get('lift_feature_dim') or 'D'}" if s.get("lift_feature_dim", 64)
                                             != 64 else "") + (f" {s['lift_feature_size']} px" if s.get("lift_feature_size") else "")
     scenes = "".join([", icl not lifted" if not s.get("icl") else "",
-                      ", redkitchen not lifted" if s.get("lift_redkitchen") is False else ""])
+                      ", redkitchen not lifted" if s.get("lift_redkitchen") is False else "",
+                      "".join(f", + {Path(p).name}" for p in s.get("extra_scenes") or [])])
     return f"{' '.join(diff) or 'fit3d'}, {lift}{scenes}, {s.get('finetune_steps_run')} steps"
 
 
