@@ -156,13 +156,22 @@ def _say(msg: str) -> None:
     print(f"[generalize] {msg}", flush=True)
 
 
-def generate_rooms(cfg: GeneralizeConfig, out: Path) -> dict[str, list[Path]]:
+def generate_rooms(cfg: GeneralizeConfig, out: Path, clock: Clock | None = None) -> dict[str, list[Path]]:
+    """The generated rooms under ``out/rooms/{lift,probe,test}`` (rooms written already are reused); ``clock``: each
+    set is a :meth:`Clock.unit` of stage ``generate``."""
     from fit3d.data.synthetic import SyntheticSceneConfig, generate_scenes
+    from fit3d.data.synthetic.scenes import all_generated
 
+    clock = clock or Clock()
     base = SyntheticSceneConfig(num_views=cfg.room_views, width=cfg.room_size[0], height=cfg.room_size[1], seed=0)
     sets = {"lift": (cfg.rooms, 0), "probe": (cfg.probe_rooms, 10000), "test": (cfg.test_rooms, 20000)}
-    return {k: generate_scenes(out / "rooms" / k, n, dataclasses.replace(base, seed=s), progress=False)
-            for k, (n, s) in sets.items() if n > 0}
+    rooms = {}
+    for k, (n, seed) in sets.items():
+        if n > 0:
+            where, rcfg = out / "rooms" / k, dataclasses.replace(base, seed=seed)
+            with clock.unit("generate", f"generate/{k}/{n}", reused=all_generated(where, n, rcfg)):
+                rooms[k] = generate_scenes(where, n, rcfg, progress=False)
+    return rooms
 
 
 def _lift_views(path, max_frame: int | None, max_views: int, heldout_every: int = 8) -> tuple[list, list]:
@@ -207,10 +216,13 @@ def _has_depth(path) -> bool:
     return view.depth is not None and bool((view.depth > 0).any())
 
 
-def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone) -> list[Path]:
-    from fit3d.lift import LiftConfig, is_lifted, lift_scene
-    from fit3d.lift.config import BackprojectedConfig
+def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], out: Path, backbone,
+             clock: Clock | None = None) -> list[Path]:
+    """Lift every scene into ``out/lifted*/<name>`` (a finished lift with this run's settings is reused). ``clock``:
+    each lift is a :meth:`Clock.unit` of stage ``lift`` (a reused one counts the seconds of the run that made it)."""
+    from fit3d.lift import is_lifted
 
+    clock = clock or Clock()
     dirs = []
     needs_own = cfg.lift_method == "backprojected" and finetune_config(cfg).target_views == "others"
     # other lift kinds go to their own folders, so runs sharing --scenes-dir do not lift over each other
@@ -237,22 +249,33 @@ def lift_all(cfg: GeneralizeConfig, scenes: list[tuple[str, Path, int | None]], 
             own = not needs_own or "view_gaussians" in (json.loads((d / "lift.json").read_text()).get(
                 "backprojected") or {})  # target_views=others reads which Gaussians each view made
             if had == want and own:
-                continue
+                with clock.unit("lift", f"lift/{d.relative_to(out)}", reused=True):
+                    continue
             why = ("no per-view Gaussians (lifted before)" if had == want
                    else "no record of its settings" if had is None
                    else "settings differ: " + ", ".join(k for k in want if had.get(k) != want[k]))
             _say(f"lift {name}: the finished lift in {d} is stale ({why}); lifting again")
             shutil.rmtree(d)
         _say(f"lift {i + 1}/{len(scenes)} {name} ({method})")
-        lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=method,
-                        iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
-                        progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim, precision=cfg.precision,
-                        **({"feature_size": fs} if fs else {}),
-                        backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"),
-                        cache_dir=str(cfg.cache_dir or Path(cfg.out) / "cache"))  # the probes' token cache too
-        lift_scene(str(path), lc, d, backbone=backbone, name=name, split=(train, held))
+        with clock.unit("lift", f"lift/{d.relative_to(out)}", reused=False):
+            _lift_one(cfg, backbone, path, d, name, method, max_frame, (train, held))
         write_json(record, want)
     return dirs
+
+
+def _lift_one(cfg: GeneralizeConfig, backbone, path, d: Path, name: str, method: str, max_frame, split) -> None:
+    """``fit3d lift`` of one scene into ``d`` with the bench's settings (``split``: train and held-out view names)."""
+    from fit3d.lift import LiftConfig, lift_scene
+    from fit3d.lift.config import BackprojectedConfig
+
+    fs = cfg.lift_feature_size
+    lc = LiftConfig(backbone=backbone.name, model_path=cfg.model_path, method=method,
+                    iterations=cfg.lift_iterations, width=cfg.lift_width, max_frame=max_frame, device="cpu",
+                    progress=False, feature_dim=cfg.lift_feature_dim or backbone.embed_dim, precision=cfg.precision,
+                    **({"feature_size": fs} if fs else {}),
+                    backprojected=BackprojectedConfig(feature_input="cache" if fs else "render"),
+                    cache_dir=str(cfg.cache_dir or Path(cfg.out) / "cache"))  # the probes' token cache too
+    lift_scene(str(path), lc, d, backbone=backbone, name=name, split=split)
 
 
 def check_stage2(cfg: GeneralizeConfig):
@@ -546,27 +569,30 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     check_stage2(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    clock = Clock()
     out = Path(cfg.out)
+    work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
+    # a reused room set, lift or Stage 2 counts the seconds of the run that computed it (recorded beside the lifts,
+    # which runs sharing --scenes-dir share)
+    clock = Clock(record=work / "seconds.json")
     from fit3d.guard import guard_output
     from fit3d.paths import shared_dir
 
     guard_output(out, [shared_dir(), cfg.model_path, *cfg.extra_scenes], command="bench/generalize.py")  # before any work, locked
     res = tuple(int(x) for x in cfg.probe_resolution)
 
-    work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
-    with clock.stage("generate"):
-        rooms = generate_rooms(cfg, work)
+    rooms = generate_rooms(cfg, work, clock)
 
     with clock.stage("lift"):
         backbone = load_backbone("dinov2_small", model_path=cfg.model_path)
-        lifted = lift_all(cfg, stage2_scenes(cfg, rooms), work, backbone)
+        lifted = lift_all(cfg, stage2_scenes(cfg, rooms), work, backbone, clock)
         del backbone
 
     ft_dir = out / "finetuned"
     fcfg = finetune_config(cfg)
     _say(f"fine-tune on {len(lifted)} lifted scenes, recipe {cfg.recipe} -> {ft_dir}")
-    with clock.stage("finetune"):
+    from fit3d.finetune.trainer import is_finished
+
+    with clock.unit("finetune", f"finetune/{ft_dir.resolve()}", reused=not cfg.from_finetuned and is_finished(ft_dir)):
         manifest = stage2(cfg, lifted, ft_dir, fcfg)
 
     # ---- evaluation sets
@@ -658,10 +684,10 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
             evals["rooms_depth"] = summarise("depth", st, scfg)
             baselines["rooms_depth"] = depth_baselines(rp.depth, rt.depth)
         clock.stop()
-    wall, cpu = clock.rounded(total=True)
+    seconds = clock.results(total=True)
 
     controls = {ev: e.pop("_control") for ev, e in evals.items() if "_control" in e}
-    result = {"evals": evals, "controls": controls, "baselines": baselines, "seconds": wall, "cpu_seconds": cpu,
+    result = {"evals": evals, "controls": controls, "baselines": baselines, **seconds,
               "machine": {**machine(), "precision": cfg.features_precision()},
               "model_dir": str((ft_dir / "model").resolve())}
     result["claims"] = claims(evals)

@@ -105,6 +105,16 @@ def test_quick_path_end_to_end_with_a_tiny_model(tmp_path, tiny_model_dir, seven
     sub = json.loads((tmp_path / "sub.json").read_text())
     assert set(sub["evals"]) == {"sun3d_corr"}
     assert sub["evals"]["sun3d_corr"]["finetuned"] == r["evals"]["sun3d_corr"]["finetuned"]
+    # what it reused counts the seconds of the run that computed it, not the near-zero of reusing it
+    units = json.loads((out / "seconds.json").read_text())["units"]
+    lifts = [k for k in units if k.startswith("lift/")]
+    assert len(lifts) == len(r["settings"]["lifted_scenes"]) and "reused" not in r  # the first run computed all
+    assert sub["reused"]["lift"] == {"recorded": len(lifts), "unrecorded": 0, "of": len(lifts)}
+    assert sub["reused"]["finetune"]["recorded"] == 1 and sub["reused"]["generate"]["recorded"] == 3
+    assert sub["seconds"]["lift"] >= sum(units[k]["wall"] for k in lifts)
+    assert sub["seconds"]["finetune"] >= units[f"finetune/{(out / 'finetuned').resolve()}"]["wall"]
+    assert sub["this_run"]["seconds"] < sub["seconds"]["total"]
+    assert "| lift |" in (md := (out / "generalize.md").read_text()) and "earlier run" in md and "This run itself" in md
     with pytest.raises(SystemExit):
         g.main(argv + ["--evals", "nope"])
     assert "--evals: invalid choice: 'nope'" in capsys.readouterr().err
