@@ -211,8 +211,8 @@ def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing
     """Train the depth / seg heads of every source x seed in one batched pass; metrics per source."""
     from fit3d.probe import heads as heads_mod
     from fit3d.probe.batched import train_depth_batched, train_seg_batched
-    from fit3d.probe.depth import depth_metrics, mean_depth_baseline, predict_depth
-    from fit3d.probe.seg import confusion_matrix, majority_baseline, predict_seg, seg_metrics
+    from fit3d.probe.depth import depth_metrics, mean_depth_baseline, mean_depth_image_baseline, predict_depth
+    from fit3d.probe.seg import confusion_matrix, majority_baseline, majority_image_baseline, predict_seg, seg_metrics
 
     meta, seeds, labels = test.data, cfg.head_seeds, [s.label for s in srcs]
     P = [feats_train[k].patch.to(device) for k in labels]
@@ -276,11 +276,13 @@ def _heads(cfg, srcs, train: Split, test: Split, feats_train, feats_test, timing
             cached = head_s + fr.seconds
             t.update(uncached_estimate_s=uncached, cached_total_s=cached, cache_speedup=uncached / cached)
     if cfg.task == "depth":
-        results["baseline: train mean depth"] = mean_depth_baseline(train.depth, test.depth, cfg.min_depth,
-                                                                    meta.max_depth, meta.crop)
+        args = (train.depth, test.depth, cfg.min_depth, meta.max_depth, meta.crop)
+        results["baseline: train mean depth"] = mean_depth_baseline(*args)
+        results["baseline: train mean depth image"] = mean_depth_image_baseline(*args)
     else:
-        results["baseline: majority class"] = majority_baseline(train.labels, test.labels, meta.num_classes,
-                                                                meta.ignore_index)
+        args = (train.labels, test.labels, meta.num_classes, meta.ignore_index)
+        results["baseline: majority class"] = majority_baseline(*args)
+        results["baseline: per-pixel majority class"] = majority_image_baseline(*args)
     return results, preds, saved, val_n
 
 

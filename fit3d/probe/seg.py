@@ -109,3 +109,29 @@ def majority_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor, num
     lab = train_labels[(train_labels != ignore_index) & (train_labels >= 0)].long()
     major = int(torch.bincount(lab, minlength=num_classes).argmax())
     return seg_metrics(confusion_matrix(torch.full_like(test_labels, major), test_labels, num_classes, ignore_index))
+
+
+def majority_image(train_labels: torch.Tensor, num_classes: int, ignore_index: int = 255,
+                   size: tuple[int, int] | None = None) -> tuple[int, torch.Tensor]:
+    """(the training labels' most frequent class, [H, W] long each pixel's most frequent class over the training
+    images [N, H, W]: a position prior, sky above and road below; the majority class where no image has a label).
+    ``size`` (H, W): the image resized (nearest) to another label size."""
+    t = train_labels.long()
+    H, W = t.shape[-2:]
+    valid = (t != ignore_index) & (t >= 0) & (t < num_classes)
+    pixel = torch.arange(H * W).reshape(H, W).expand_as(t)
+    counts = torch.bincount((pixel * num_classes + t)[valid], minlength=H * W * num_classes).reshape(H, W, num_classes)
+    majority = int(counts.sum((0, 1)).argmax())
+    image = torch.where(counts.sum(-1) > 0, counts.argmax(-1), torch.tensor(majority))
+    if size is not None and tuple(size) != (H, W):
+        image = F.interpolate(image[None, None].float(), size=tuple(size), mode="nearest")[0, 0].long()
+    return majority, image
+
+
+def majority_image_baseline(train_labels: torch.Tensor, test_labels: torch.Tensor, num_classes: int,
+                            ignore_index: int = 255) -> dict:
+    """Metrics of predicting every test image as :func:`majority_image` (what a head must beat to read more than
+    where a pixel is)."""
+    _, image = majority_image(train_labels, num_classes, ignore_index, tuple(test_labels.shape[-2:]))
+    conf = sum(confusion_matrix(image, test_labels[i], num_classes, ignore_index) for i in range(len(test_labels)))
+    return seg_metrics(conf)

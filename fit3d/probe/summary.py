@@ -81,11 +81,11 @@ def depth_baselines(train_depth: torch.Tensor, test_depth: torch.Tensor, max_dep
     images' mean valid depth), "train mean depth image": each pixel's mean valid depth over the training images
     (a position prior; the mean depth where no training image has one)} -> {metric: value}. train_depth
     [N, H, W], test_depth [M, H, W] metres."""
-    from fit3d.probe.depth import valid_mask
+    from fit3d.probe.depth import mean_depth_image, valid_mask
 
     v = valid_mask(train_depth, min_depth, max_depth).float()
     mean = float((train_depth * v).sum() / v.sum().clamp_min(1))
-    image = torch.where(v.sum(0) > 0, (train_depth * v).sum(0) / v.sum(0).clamp_min(1), torch.tensor(mean))
+    image = mean_depth_image(train_depth, min_depth, max_depth)
     preds = {"train mean depth": torch.full_like(test_depth, mean), "train mean depth image": image.expand_as(test_depth)}
     return {k: dict(zip(DEPTH_METRICS, np.nanmean(depth_per_image(p, test_depth, min_depth, max_depth), axis=0)
                         .tolist())) for k, p in preds.items()}
@@ -96,16 +96,10 @@ def seg_baselines(train_labels: torch.Tensor, test_labels: torch.Tensor, num_cla
     {"train majority class": the training labels' most frequent class everywhere, "train per-pixel majority class":
     each pixel's most frequent class over the training images (a position prior: sky above, road below; the
     majority class where no training image has a label)} -> {"miou", "macc"}. Labels [N, H, W] / [M, H, W] long."""
-    from fit3d.probe.seg import confusion_matrix
+    from fit3d.probe.seg import confusion_matrix, majority_image
     from fit3d.probe.stats import macc_from_confusion, miou_from_confusion
 
-    t = train_labels.long()
-    H, W = t.shape[-2:]
-    valid = (t != ignore) & (t >= 0) & (t < num_classes)
-    pixel = torch.arange(H * W).reshape(H, W).expand_as(t)
-    counts = torch.bincount((pixel * num_classes + t)[valid], minlength=H * W * num_classes).reshape(H, W, num_classes)
-    majority = int(counts.sum((0, 1)).argmax())
-    image = torch.where(counts.sum(-1) > 0, counts.argmax(-1), torch.tensor(majority))
+    majority, image = majority_image(train_labels, num_classes, ignore)
     preds = {"train majority class": torch.full_like(image, majority), "train per-pixel majority class": image}  # [H, W]
     out = {}
     for k, p in preds.items():

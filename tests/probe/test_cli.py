@@ -44,7 +44,8 @@ def test_depth_two_sources_side_by_side_and_cache(scene, tmp_path, fake_backbone
     out = capsys.readouterr().out
     assert "| original |" in out and "| concat |" in out and "baseline: train mean depth" in out
     d = json.loads((tmp_path / "out" / "probe.json").read_text())
-    assert set(d["metrics"]) == {"original", "concat", "baseline: train mean depth"}
+    assert set(d["metrics"]) == {"original", "concat", "baseline: train mean depth", "baseline: train mean depth image"}
+    assert "baseline: train mean depth image" in out  # the position prior beside the constant
     for k in ("rmse", "abs_rel", "delta1", "sq_rel", "log10", "rmse_log", "delta2", "delta3"):
         assert np.isfinite(d["metrics"]["original"][k])
     assert d["settings"]["n_train"] == 20 and d["settings"]["n_test"] == 10 and d["settings"]["seed"] == 0
@@ -80,6 +81,7 @@ def test_corr_and_seg(scene, tmp_path, fake_backbone):
                  "--resolution", "32", "24", "--iterations", "10", "--batch-size", "4", "--figure", "1"]) == 0
     m = json.loads((tmp_path / "s" / "probe.json").read_text())["metrics"]
     assert {"miou", "macc"} <= set(m["original"]) and "baseline: majority class" in m
+    assert m["baseline: per-pixel majority class"]["miou"] >= 0
     head, meta = load_seg_head(tmp_path / "s" / "heads" / "original.pt")
     assert meta["num_classes"] == 3 and head.conv.in_channels == 16
     assert not (tmp_path / "c" / "heads").exists()  # correspondence trains no head

@@ -85,3 +85,28 @@ def test_seg_baselines_are_the_majority_class_and_the_per_pixel_majority():
     md = baselines_markdown({"seg": b, "depth": depth_baselines(torch.ones(1, 2, 2), torch.ones(1, 2, 2))})
     assert "| seg | train majority class | 0.2500 | 0.5000 |" in md and "miou ↑ | macc ↑" in md
     assert md.count("| eval | trivial predictor |") == 2  # one table per metric set
+
+
+def test_fit3d_probes_position_priors_pool_over_pixels_and_follow_the_test_size():
+    # fit3d probe's own baselines (metrics pooled over pixels, as its heads are scored), beside the constant ones
+    from fit3d.probe.depth import mean_depth_baseline, mean_depth_image, mean_depth_image_baseline
+    from fit3d.probe.seg import majority_baseline, majority_image, majority_image_baseline
+
+    depth = torch.ones(3, 4, 6)
+    depth[:, 2:] = 3.0  # the floor rows are always deeper
+    test = depth[:2].clone()
+    image = mean_depth_image(depth, 0.1, 10.0)
+    assert torch.equal(image, depth[0])
+    assert mean_depth_image_baseline(depth, test, 0.1, 10.0)["rmse"] < 1e-6 < mean_depth_baseline(depth, test, 0.1, 10.0)["rmse"]
+    big = torch.nn.functional.interpolate(test[:, None], size=(8, 12), mode="nearest")[:, 0]  # test labels at 2x
+    assert mean_depth_image(depth, 0.1, 10.0, (8, 12)).shape == (8, 12)
+    assert mean_depth_image_baseline(depth, big, 0.1, 10.0)["rmse"] < mean_depth_baseline(depth, big, 0.1, 10.0)["rmse"]
+
+    labels = torch.zeros(3, 4, 6, dtype=torch.long)
+    labels[:, 2:] = 1
+    labels[:, :2, :2] = 255
+    majority, img = majority_image(labels, 2)
+    assert majority == 1 and img[0, 0] == 1 and img[0, 3] == 0 and img[3, 0] == 1  # no label: the majority class
+    assert majority_image(labels, 2, size=(8, 12))[1].shape == (8, 12)
+    assert majority_image_baseline(labels, labels[:1], 2)["miou"] == 1.0
+    assert majority_baseline(labels, labels[:1], 2)["miou"] < 1.0
