@@ -572,7 +572,7 @@ def run(cfg: GeneralizeConfig, command: str = "") -> dict:
     out = Path(cfg.out)
     work = Path(cfg.scenes_dir) if cfg.scenes_dir else out
     # a reused room set, lift or Stage 2 counts the seconds of the run that computed it (recorded beside the lifts,
-    # which runs sharing --scenes-dir share)
+    # which runs sharing --scenes-dir share; two such runs writing at once may drop each other's entries: seconds only)
     clock = Clock(record=work / "seconds.json")
     from fit3d.guard import guard_output
     from fit3d.paths import shared_dir
