@@ -182,8 +182,9 @@ def heldout_summary(pcfg: PipelineConfig, out: Path, cfg: DemoConfig) -> dict:
     evals, controls, baselines = {}, {}, {}
     for task in ("seg", "depth"):
         pc = pcfg.probe_config(task, pcfg.probe_data, str(out / "finetuned"), out / "probe")  # as run_pipeline
-        stats = probe_stats(pc, control=cfg.control)
-        baselines[f"rooms_{task}"] = probe_baselines(pc)
+        splits: dict = {}  # each split read once for both
+        stats = probe_stats(pc, control=cfg.control, splits=splits)
+        baselines[f"rooms_{task}"] = probe_baselines(pc, splits)
         e = summarise(task, stats, SummaryConfig(bootstrap=cfg.bootstrap))
         if "_control" in e:
             controls[f"rooms_{task}"] = e.pop("_control")

@@ -225,21 +225,21 @@ def mean_depth_baseline(train_depth: torch.Tensor, test_depth: torch.Tensor, min
 
 
 def mean_depth_image(train_depth: torch.Tensor, min_depth: float, max_depth: float,
-                     size: tuple[int, int] | None = None) -> torch.Tensor:
-    """[H, W] each pixel's mean valid depth over the training images [N, H, W] (a position prior: floor below,
-    far wall in the middle); the overall mean where no training image has a valid depth. ``size`` (H, W): the
-    image bilinearly resized to another label size."""
+                     size: tuple[int, int] | None = None) -> tuple[float, torch.Tensor]:
+    """(the training images' [N, H, W] mean valid depth, [H, W] each pixel's mean valid depth over them: a position
+    prior, floor below and far wall in the middle; the overall mean where no training image has a valid depth).
+    ``size`` (H, W): the image bilinearly resized to another label size."""
     v = valid_mask(train_depth, min_depth, max_depth).float()
     mean = (train_depth * v).sum() / v.sum().clamp_min(1)
     image = torch.where(v.sum(0) > 0, (train_depth * v).sum(0) / v.sum(0).clamp_min(1), mean)
     if size is not None and tuple(size) != tuple(image.shape):
         image = F.interpolate(image[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
-    return image
+    return float(mean), image
 
 
 def mean_depth_image_baseline(train_depth: torch.Tensor, test_depth: torch.Tensor, min_depth: float,
                               max_depth: float, crop: str | None = None) -> dict:
     """Metrics of predicting every test image as :func:`mean_depth_image` (what a head must beat to read more than
     where a pixel is)."""
-    image = mean_depth_image(train_depth, min_depth, max_depth, tuple(test_depth.shape[-2:]))
+    _, image = mean_depth_image(train_depth, min_depth, max_depth, tuple(test_depth.shape[-2:]))
     return depth_metrics(image.expand_as(test_depth).contiguous(), test_depth, min_depth, max_depth, crop)

@@ -133,5 +133,4 @@ def majority_image_baseline(train_labels: torch.Tensor, test_labels: torch.Tenso
     """Metrics of predicting every test image as :func:`majority_image` (what a head must beat to read more than
     where a pixel is)."""
     _, image = majority_image(train_labels, num_classes, ignore_index, tuple(test_labels.shape[-2:]))
-    conf = sum(confusion_matrix(image, test_labels[i], num_classes, ignore_index) for i in range(len(test_labels)))
-    return seg_metrics(conf)
+    return seg_metrics(confusion_matrix(image.expand_as(test_labels), test_labels, num_classes, ignore_index))

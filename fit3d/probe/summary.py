@@ -81,11 +81,9 @@ def depth_baselines(train_depth: torch.Tensor, test_depth: torch.Tensor, max_dep
     images' mean valid depth), "train mean depth image": each pixel's mean valid depth over the training images
     (a position prior; the mean depth where no training image has one)} -> {metric: value}. train_depth
     [N, H, W], test_depth [M, H, W] metres."""
-    from fit3d.probe.depth import mean_depth_image, valid_mask
+    from fit3d.probe.depth import mean_depth_image
 
-    v = valid_mask(train_depth, min_depth, max_depth).float()
-    mean = float((train_depth * v).sum() / v.sum().clamp_min(1))
-    image = mean_depth_image(train_depth, min_depth, max_depth)
+    mean, image = mean_depth_image(train_depth, min_depth, max_depth)
     preds = {"train mean depth": torch.full_like(test_depth, mean), "train mean depth image": image.expand_as(test_depth)}
     return {k: dict(zip(DEPTH_METRICS, np.nanmean(depth_per_image(p, test_depth, min_depth, max_depth), axis=0)
                         .tolist())) for k, p in preds.items()}
@@ -103,8 +101,7 @@ def seg_baselines(train_labels: torch.Tensor, test_labels: torch.Tensor, num_cla
     preds = {"train majority class": torch.full_like(image, majority), "train per-pixel majority class": image}  # [H, W]
     out = {}
     for k, p in preds.items():
-        conf = sum(confusion_matrix(p, test_labels[i], num_classes, ignore)
-                   for i in range(len(test_labels))).numpy().astype(np.float64)
+        conf = confusion_matrix(p.expand_as(test_labels), test_labels, num_classes, ignore).numpy().astype(np.float64)
         out[k] = {"miou": float(miou_from_confusion(conf)), "macc": float(macc_from_confusion(conf))}
     return out
 
@@ -232,12 +229,13 @@ def claims(evals: dict) -> dict:
     return out
 
 
-def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
+def probe_stats(cfg: ProbeConfig, control: bool = True, splits: dict | None = None) -> dict:
     """Per-image statistics {source: array} of a finished ``run_probe(cfg)`` of task seg or depth with the
     sources original / finetuned / concat: each seed's saved head (``<out>/heads``) applied to the cached
     test features (the numbers of its probe.json, per image). With ``control``, the heads of ``CONTROL``
     are trained as ``run_probe`` trained the others (same settings and seeds, one batched pass) and
-    added. A head file whose seed or iterations differ from ``cfg``'s is a ``Fit3DError`` (stale run)."""
+    added. A head file whose seed or iterations differ from ``cfg``'s is a ``Fit3DError`` (stale run). ``splits``:
+    a dict keeping the splits read (:func:`_probe_split`), for :func:`probe_baselines` of the same run."""
     from fit3d.device import resolve_precision
     from fit3d.errors import Fit3DError
     from fit3d.probe import heads as heads_mod
@@ -254,7 +252,7 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
     if set(srcs) != set(SOURCES):
         raise Fit3DError(f"per-image probe statistics need the sources {', '.join(SOURCES)}, got {', '.join(srcs)}")
     res = (int(cfg.resolution[0]), int(cfg.resolution[1]))
-    test = _probe_split(cfg, "test")
+    test = _probe_split(cfg, "test", splits)
     meta = test.data
     if cfg.task == "depth" and meta.crop:
         raise Fit3DError(f"{meta.meta.get('path')}: per-image depth statistics take no evaluation crop ({meta.crop})")
@@ -292,7 +290,7 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
         stats[src] = np.stack(per)
     if not control:
         return stats
-    train = _probe_split(cfg, "train")
+    train = _probe_split(cfg, "train", splits)
     o = source_features(srcs["original"], train, "train", res, cache, models, cfg)
     train_f = {CONTROL: Feats(torch.cat([o.patch, o.patch], 1), o.cls)}
     test_f[CONTROL] = Feats(torch.cat([test_f["original"].patch] * 2, 1), test_f["original"].cls)
@@ -302,23 +300,29 @@ def probe_stats(cfg: ProbeConfig, control: bool = True) -> dict:
                     known=stats, settings=settings)
 
 
-def _probe_split(cfg: ProbeConfig, split: str):
-    """The materialised ``split`` ("train" / "test") of a probe run's data as ``run_probe`` reads it."""
+def _probe_split(cfg: ProbeConfig, split: str, read: dict | None = None):
+    """The materialised ``split`` ("train" / "test") of a probe run's data as ``run_probe`` reads it; ``read``: the
+    splits of ``cfg`` read so far ({split: data}, filled here), so that one is read once."""
     from fit3d.probe.datasets import load_probe_data, parse_range
     from fit3d.probe.protocol import TEST_FRAMES, TRAIN_FRAMES, materialise
 
+    if read is not None and split in read:
+        return read[split]
     kw = dict(dataset=cfg.dataset, num_classes=cfg.num_classes, max_depth=cfg.max_depth, max_items=cfg.max_items,
               train_frames=parse_range(cfg.train_frames, TRAIN_FRAMES),
               test_frames=parse_range(cfg.test_frames, TEST_FRAMES))
     res = (int(cfg.resolution[0]), int(cfg.resolution[1]))
-    return materialise(load_probe_data((cfg.eval_data or cfg.data) if split == "test" else cfg.data, split, res, **kw),
+    data = materialise(load_probe_data((cfg.eval_data or cfg.data) if split == "test" else cfg.data, split, res, **kw),
                        cfg.task)
+    if read is not None:
+        read[split] = data
+    return data
 
 
-def probe_baselines(cfg: ProbeConfig) -> dict:
+def probe_baselines(cfg: ProbeConfig, splits: dict | None = None) -> dict:
     """The trivial predictors of a depth or seg probe run's data (its train and test splits): ``depth_baselines``
-    (its depth range) or ``seg_baselines`` (its classes)."""
-    train, test = _probe_split(cfg, "train"), _probe_split(cfg, "test")
+    (its depth range) or ``seg_baselines`` (its classes). ``splits``: those :func:`probe_stats` read already."""
+    train, test = _probe_split(cfg, "train", splits), _probe_split(cfg, "test", splits)
     if cfg.task == "depth":
         return depth_baselines(train.depth, test.depth, test.data.max_depth, cfg.min_depth)
     return seg_baselines(train.labels, test.labels, test.data.num_classes, test.data.ignore_index)

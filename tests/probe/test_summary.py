@@ -95,11 +95,11 @@ def test_fit3d_probes_position_priors_pool_over_pixels_and_follow_the_test_size(
     depth = torch.ones(3, 4, 6)
     depth[:, 2:] = 3.0  # the floor rows are always deeper
     test = depth[:2].clone()
-    image = mean_depth_image(depth, 0.1, 10.0)
-    assert torch.equal(image, depth[0])
+    mean, image = mean_depth_image(depth, 0.1, 10.0)
+    assert torch.equal(image, depth[0]) and abs(mean - 2.0) < 1e-6
     assert mean_depth_image_baseline(depth, test, 0.1, 10.0)["rmse"] < 1e-6 < mean_depth_baseline(depth, test, 0.1, 10.0)["rmse"]
     big = torch.nn.functional.interpolate(test[:, None], size=(8, 12), mode="nearest")[:, 0]  # test labels at 2x
-    assert mean_depth_image(depth, 0.1, 10.0, (8, 12)).shape == (8, 12)
+    assert mean_depth_image(depth, 0.1, 10.0, (8, 12))[1].shape == (8, 12)
     assert mean_depth_image_baseline(depth, big, 0.1, 10.0)["rmse"] < mean_depth_baseline(depth, big, 0.1, 10.0)["rmse"]
 
     labels = torch.zeros(3, 4, 6, dtype=torch.long)
@@ -110,3 +110,26 @@ def test_fit3d_probes_position_priors_pool_over_pixels_and_follow_the_test_size(
     assert majority_image(labels, 2, size=(8, 12))[1].shape == (8, 12)
     assert majority_image_baseline(labels, labels[:1], 2)["miou"] == 1.0
     assert majority_baseline(labels, labels[:1], 2)["miou"] < 1.0
+
+
+def test_probe_baselines_reuse_the_splits_probe_stats_read(monkeypatch):
+    """The demo asks for a run's per-image statistics and its trivial predictors: each split is read once."""
+    from fit3d.probe import summary
+    from fit3d.probe.config import ProbeConfig
+
+    reads = []
+
+    class Split:
+        def __init__(self, split):
+            self.depth = torch.full((2, 4, 6), 2.0 if split == "train" else 3.0)
+            self.data = type("Meta", (), {"max_depth": 10.0})()
+
+    monkeypatch.setattr("fit3d.probe.datasets.load_probe_data", lambda data, split, res, **kw: reads.append(split) or split)
+    monkeypatch.setattr("fit3d.probe.protocol.materialise", lambda split, task: Split(split))
+    cfg = ProbeConfig(task="depth", data="d")
+    splits: dict = {}
+    summary._probe_split(cfg, "test", splits)  # as probe_stats reads it
+    b = summary.probe_baselines(cfg, splits)
+    assert reads == ["test", "train"] and abs(b["train mean depth"]["rmse"] - 1.0) < 1e-6
+    summary.probe_baselines(cfg)  # without the record: read again
+    assert reads == ["test", "train", "train", "test"]
